@@ -1,0 +1,493 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "coapbr.h"
+#include "conf.h"
+#include "keystore.h"
+#include "log.h"
+#include "loop.h"
+
+#include <arpa/inet.h>
+#include <coap3/coap.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum request_state {
+	REQ_IN_HANDLER, /* handle_uplink() is running and answers it itself */
+	REQ_ASYNC,      /* deferred: libcoap answers it when the async is triggered */
+	REQ_ORPHAN,     /* could not be deferred and was answered 5.00: only freed */
+};
+
+struct coapbr_request {
+	struct coapbr *br;
+	enum request_state state;
+	coap_async_t *async;
+	bool done;
+	enum coapbr_status status;
+	unsigned max_age;
+	struct coapbr_request *prev, *next;
+};
+
+struct coapbr {
+	struct gw_loop *loop;
+	const struct keystore *ks;
+	coap_context_t *ctx;
+	int fd;
+	coapbr_uplink_fn uplink;
+	void *data;
+	/* libcoap copies the key it is handed; this is where it is handed from. */
+	uint8_t psk[KEYSTORE_PSK_MAX];
+	coap_bin_const_t psk_bin;
+	/* Uplinks awaiting their outcome, so that coapbr_free can release them. */
+	struct coapbr_request *requests;
+};
+
+static void
+on_coap_log(coap_log_t level, const char *message)
+{
+	char line[512];
+	size_t n = strlen(message);
+
+	while (n > 0 && isspace((unsigned char)message[n - 1]))
+		n--;
+	snprintf(line, sizeof(line), "%.*s", (int)n, message);
+	if (level <= LOG_WARNING)
+		log_warnx("coap: %s", line);
+	else
+		log_debug("coap: %s", line);
+}
+
+static const char *
+remote_str(const coap_session_t *session, char *buf, size_t len)
+{
+	if (coap_print_addr(coap_session_get_addr_remote(session), (uint8_t *)buf, len) == 0)
+		snprintf(buf, len, "(unknown address)");
+	return buf;
+}
+
+/* PSK identities are chosen by whoever sends the ClientHello: print them defensively. */
+static const char *
+identity_str(const uint8_t *id, size_t len, char *buf, size_t buflen)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len && n + 5 < buflen; i++) {
+		if (isprint(id[i]) && id[i] != '\\' && id[i] != '"')
+			buf[n++] = (char)id[i];
+		else
+			n += (size_t)snprintf(buf + n, buflen - n, "\\x%02x", id[i]);
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+/*
+ * libcoap's per-identity PSK lookup. Returning NULL fails the handshake: no default key is
+ * configured, so an unknown identity can never fall back to one (DESIGN.md 2).
+ */
+static const coap_bin_const_t *
+psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
+{
+	struct coapbr *br = arg;
+	const char *device;
+	size_t keylen;
+	char addr[INET6_ADDRSTRLEN + 8], idbuf[160];
+
+	if (!identity || keystore_psk_lookup(br->ks, identity->s, identity->length, &device,
+	                                     br->psk, &keylen) < 0) {
+		log_warnx(
+		        "sensor %s: unknown PSK identity \"%s\": handshake refused",
+		        remote_str(session, addr, sizeof(addr)),
+		        identity ? identity_str(identity->s, identity->length, idbuf, sizeof(idbuf))
+		                 : "");
+		return NULL;
+	}
+	/* The keystore owns the id string for the daemon's lifetime. */
+	coap_session_set_app_data(session, (void *)device);
+	br->psk_bin.s = br->psk;
+	br->psk_bin.length = keylen;
+	return &br->psk_bin;
+}
+
+static int
+on_coap_event(coap_session_t *session, const coap_event_t event)
+{
+	const char *device = coap_session_get_app_data(session);
+	char addr[INET6_ADDRSTRLEN + 8];
+
+	switch (event) {
+	case COAP_EVENT_DTLS_CONNECTED:
+		log_info("%s: sensor connected from %s", device ? device : "?",
+		         remote_str(session, addr, sizeof(addr)));
+		break;
+	case COAP_EVENT_DTLS_ERROR:
+		/* With a known identity the only way to fail is a key that does not match. */
+		if (device)
+			log_warnx("%s: DTLS handshake from %s failed: the sensor's PSK does not "
+			          "match the keystore's (re-pair the sensor)",
+			          device, remote_str(session, addr, sizeof(addr)));
+		else
+			log_info("sensor %s: DTLS handshake failed",
+			         remote_str(session, addr, sizeof(addr)));
+		break;
+	case COAP_EVENT_DTLS_CLOSED:
+		if (device)
+			log_debug("%s: DTLS session from %s closed", device,
+			          remote_str(session, addr, sizeof(addr)));
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static void
+request_unlink(struct coapbr_request *req)
+{
+	struct coapbr *br = req->br;
+
+	if (req->prev)
+		req->prev->next = req->next;
+	else
+		br->requests = req->next;
+	if (req->next)
+		req->next->prev = req->prev;
+}
+
+static void
+respond(coap_pdu_t *response, enum coapbr_status status, unsigned max_age)
+{
+	static const char unavailable[] = "upstream unavailable";
+	uint8_t buf[4];
+
+	switch (status) {
+	case COAPBR_CHANGED:
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED);
+		break;
+	case COAPBR_FORBIDDEN:
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
+		break;
+	case COAPBR_UNAVAILABLE:
+		/* RFC 7252 section 5.9.3.4: Max-Age says when to try again. */
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE);
+		coap_add_option(response, COAP_OPTION_MAXAGE,
+		                coap_encode_var_safe(buf, sizeof(buf), max_age ? max_age : 1), buf);
+		/* Section 5.5.2: a diagnostic payload for the technician's coap-client. */
+		coap_add_data(response, sizeof(unavailable) - 1, (const uint8_t *)unavailable);
+		break;
+	case COAPBR_ERROR:
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_INTERNAL_ERROR);
+		break;
+	}
+}
+
+static void
+handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *request,
+              const coap_string_t *query, coap_pdu_t *response)
+{
+	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
+	coap_async_t *async = coap_find_async(session, coap_pdu_get_token(request));
+	const char *device = coap_session_get_app_data(session);
+	struct coapbr_request *req;
+	struct coapbr_uplink up;
+	size_t len = 0, offset, total;
+	const uint8_t *payload = NULL;
+
+	(void)query;
+	if (async) {
+		/* Called again by libcoap after coapbr_complete() triggered the async. */
+		req = coap_async_get_app_data(async);
+		respond(response, req->status, req->max_age);
+		request_unlink(req);
+		free(req);
+		return;
+	}
+	if (!device) {
+		/* Not reachable over DTLS-PSK: psk_for_identity() sets it for every session. */
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_UNAUTHORIZED);
+		return;
+	}
+	req = calloc(1, sizeof(*req));
+	if (!req) {
+		respond(response, COAPBR_ERROR, 0);
+		return;
+	}
+	req->br = br;
+	req->next = br->requests;
+	if (br->requests)
+		br->requests->prev = req;
+	br->requests = req;
+
+	coap_get_data_large(request, &len, &payload, &offset, &total);
+	up = (struct coapbr_uplink){
+	        .device = device,
+	        .route = coap_resource_get_userdata(resource),
+	        .payload = payload,
+	        .len = len,
+	        .confirmable = coap_pdu_get_type(request) == COAP_MESSAGE_CON,
+	};
+	br->uplink(req, &up, br->data);
+	if (req->done) {
+		/* Answered at once (upstream down): piggy-back it on the ACK. */
+		respond(response, req->status, req->max_age);
+		request_unlink(req);
+		free(req);
+		return;
+	}
+	/*
+	 * Delay 0: wait for coapbr_complete(). libcoap acknowledges a CON with an empty ACK now
+	 * and answers a retransmission of it the same way, without calling us again.
+	 */
+	async = coap_register_async(session, request, 0);
+	if (!async) {
+		log_warnx("%s: cannot defer the response to a request (out of memory?)", device);
+		req->state = REQ_ORPHAN;
+		respond(response, COAPBR_ERROR, 0);
+		return;
+	}
+	req->state = REQ_ASYNC;
+	req->async = async;
+	coap_async_set_app_data(async, req);
+}
+
+void
+coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age)
+{
+	req->done = true;
+	req->status = status;
+	req->max_age = max_age;
+	switch (req->state) {
+	case REQ_IN_HANDLER:
+		break;
+	case REQ_ASYNC:
+		/* Makes libcoap's fd readable; the loop then runs handle_uplink() for it. */
+		coap_async_trigger(req->async);
+		break;
+	case REQ_ORPHAN:
+		request_unlink(req);
+		free(req);
+		break;
+	}
+}
+
+static void
+coap_ready(int fd, uint32_t events, void *data)
+{
+	struct coapbr *br = data;
+
+	(void)fd;
+	(void)events;
+	coap_io_process(br->ctx, COAP_IO_NO_WAIT);
+}
+
+/*
+ * libcoap 4.3.1 does not expose its endpoint's socket, so find it: the UDP socket bound to our
+ * port. Without a large receive buffer a burst of handshakes overflows the kernel's default
+ * 208 KiB and every dropped datagram costs the sensor a 1 s DTLS retransmit (DESIGN.md 2).
+ */
+static void
+grow_receive_buffer(uint16_t port, int bytes)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *de;
+	bool found = false;
+
+	if (!dir) {
+		log_warn("coap: /proc/self/fd");
+		return;
+	}
+	while ((de = readdir(dir))) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd = atoi(de->d_name), type, got = 0;
+		socklen_t tl = sizeof(type);
+		uint16_t p;
+
+		if (de->d_name[0] == '.' || fd == dirfd(dir))
+			continue;
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_DGRAM)
+			continue;
+		if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+			continue;
+		if (ss.ss_family == AF_INET)
+			p = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		else if (ss.ss_family == AF_INET6)
+			p = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+		else
+			continue;
+		if (p != port)
+			continue;
+		found = true;
+		/* FORCE passes net.core.rmem_max when we may (CAP_NET_ADMIN). */
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+		tl = sizeof(got);
+		getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &got, &tl);
+		/* The kernel reports twice what it was asked for (socket(7)). */
+		if (got / 2 < bytes)
+			log_warnx("coap: receive buffer is %d bytes, not the %d configured: raise "
+			          "net.core.rmem_max (see systemd/gatewayd-sysctl.conf)",
+			          got / 2, bytes);
+		else
+			log_debug("coap: receive buffer %d bytes", got / 2);
+	}
+	closedir(dir);
+	if (!found)
+		log_warnx("coap: cannot find the socket for port %u to size its receive buffer",
+		          port);
+}
+
+static int
+listen_address(const struct gwconf *conf, coap_address_t *addr)
+{
+	coap_address_init(addr);
+	if (inet_pton(AF_INET, conf->sensors.listen, &addr->addr.sin.sin_addr) == 1) {
+		addr->addr.sin.sin_family = AF_INET;
+		addr->addr.sin.sin_port = htons(conf->sensors.port);
+		addr->size = sizeof(addr->addr.sin);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, conf->sensors.listen, &addr->addr.sin6.sin6_addr) == 1) {
+		addr->addr.sin6.sin6_family = AF_INET6;
+		addr->addr.sin6.sin6_port = htons(conf->sensors.port);
+		addr->size = sizeof(addr->addr.sin6);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int
+add_routes(struct coapbr *br, const struct gwconf *conf)
+{
+	for (size_t i = 0; i < conf->nroutes; i++) {
+		const struct gwconf_route *route = &conf->routes[i];
+		coap_str_const_t *path = coap_new_str_const((const uint8_t *)route->resource,
+		                                            strlen(route->resource));
+		coap_resource_t *r;
+
+		if (!path)
+			return -ENOMEM;
+		r = coap_resource_init(path, COAP_RESOURCE_FLAGS_RELEASE_URI);
+		if (!r) {
+			coap_delete_str_const(path);
+			return -ENOMEM;
+		}
+		coap_resource_set_userdata(r, (void *)route);
+		coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
+		coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
+		coap_add_resource(br->ctx, r);
+	}
+	return 0;
+}
+
+int
+coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
+           const struct keystore *ks, coapbr_uplink_fn fn, void *data)
+{
+	coap_dtls_spsk_t spsk; /* libcoap keeps a copy */
+	struct coapbr *br;
+	coap_address_t addr;
+	size_t fleet = keystore_count(ks);
+	int r;
+
+	br = calloc(1, sizeof(*br));
+	if (!br)
+		return -ENOMEM;
+	br->loop = loop;
+	br->ks = ks;
+	br->uplink = fn;
+	br->data = data;
+	br->fd = -1;
+
+	coap_startup();
+	coap_set_log_handler(on_coap_log);
+	coap_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_INFO : LOG_WARNING);
+	coap_dtls_set_log_level(LOG_WARNING);
+
+	br->ctx = coap_new_context(NULL);
+	if (!br->ctx) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	coap_set_app_data(br->ctx, br);
+	spsk = (coap_dtls_spsk_t){
+	        .version = COAP_DTLS_SPSK_SETUP_VERSION,
+	        .validate_id_call_back = psk_for_identity,
+	        .id_call_back_arg = br,
+	};
+	if (!coap_context_set_psk2(br->ctx, &spsk)) {
+		log_warnx("coap: libcoap was built without DTLS PSK support");
+		r = -ENOTSUP;
+		goto fail;
+	}
+	/* Reassemble RFC 7959 Block1 uploads so the router sees whole messages. */
+	coap_context_set_block_mode(br->ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
+	/*
+	 * Size libcoap's limits for the fleet: every paired sensor may hold a session, and after a
+	 * gateway restart all of them handshake at once (libcoap's default allows 100).
+	 */
+	coap_context_set_max_idle_sessions(br->ctx, (unsigned)conf->sensors.max_sessions);
+	coap_context_set_max_handshake_sessions(
+	        br->ctx, (unsigned)(fleet > 100 ? (fleet < (size_t)conf->sensors.max_sessions
+	                                                   ? fleet
+	                                                   : (size_t)conf->sensors.max_sessions)
+	                                        : 100));
+	coap_register_event_handler(br->ctx, on_coap_event);
+
+	if (listen_address(conf, &addr) < 0) {
+		r = -EINVAL;
+		goto fail;
+	}
+	if (!coap_new_endpoint(br->ctx, &addr, COAP_PROTO_DTLS)) {
+		log_warnx("coap: cannot listen on %s port %u (in use, or not a local address?)",
+		          conf->sensors.listen, conf->sensors.port);
+		r = -EADDRNOTAVAIL;
+		goto fail;
+	}
+	grow_receive_buffer(conf->sensors.port, conf->sensors.receive_buffer);
+	r = add_routes(br, conf);
+	if (r < 0)
+		goto fail;
+	br->fd = coap_context_get_coap_fd(br->ctx);
+	if (br->fd < 0) {
+		log_warnx("coap: libcoap was built without epoll support");
+		r = -ENOTSUP;
+		goto fail;
+	}
+	r = gw_loop_add_fd(loop, br->fd, EPOLLIN, coap_ready, br);
+	if (r < 0)
+		goto fail;
+	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", conf->sensors.listen,
+	         conf->sensors.port, fleet);
+	*out = br;
+	return 0;
+fail:
+	coapbr_free(br);
+	return r;
+}
+
+void
+coapbr_free(struct coapbr *br)
+{
+	if (!br)
+		return;
+	if (br->fd >= 0)
+		gw_loop_del_fd(br->loop, br->fd);
+	/* Frees every pending async too (and sends nothing for them). */
+	if (br->ctx)
+		coap_free_context(br->ctx);
+	while (br->requests) {
+		struct coapbr_request *req = br->requests;
+
+		request_unlink(req);
+		free(req);
+	}
+	explicit_bzero(br->psk, sizeof(br->psk));
+	coap_cleanup();
+	free(br);
+}

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_COAPBR_H
+#define GW_COAPBR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * The sensor side: a CoAP server over DTLS with per-sensor pre-shared keys, driven from the
+ * daemon's loop. Each POST or PUT on a routed resource becomes an uplink request that the
+ * router answers once its outcome is known; until then a CON gets libcoap's empty ACK and the
+ * real answer follows as a separate response (RFC 7252 section 5.2.2).
+ */
+
+struct gw_loop;
+struct gwconf;
+struct gwconf_route;
+struct keystore;
+struct coapbr;
+struct coapbr_request;
+
+enum coapbr_status {
+	COAPBR_CHANGED,     /* 2.04: the message is safe upstream */
+	COAPBR_FORBIDDEN,   /* 4.03: the broker or a policy refused it */
+	COAPBR_UNAVAILABLE, /* 5.03 with Max-Age: upstream down, try again later */
+	COAPBR_ERROR,       /* 5.00 */
+};
+
+struct coapbr_uplink {
+	const char *device;
+	const struct gwconf_route *route;
+	const uint8_t *payload;
+	size_t len;
+	bool confirmable;
+};
+
+/* Must lead to exactly one coapbr_complete(req, ...), now or later. */
+typedef void (*coapbr_uplink_fn)(struct coapbr_request *req, const struct coapbr_uplink *up,
+                                 void *data);
+
+int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
+               const struct keystore *ks, coapbr_uplink_fn fn, void *data);
+/* Accepts NULL. Requests not yet completed are dropped without an answer. */
+void coapbr_free(struct coapbr *br);
+
+/* Answers an uplink request. max_age: seconds, used with COAPBR_UNAVAILABLE. */
+void coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age);
+
+#endif

@@ -1,0 +1,791 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "mqttbr.h"
+#include "conf.h"
+#include "log.h"
+#include "loop.h"
+
+#include <MQTTAsync.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+/* How long a clean shutdown waits for the brokers' DISCONNECT handshakes. */
+#define STOP_GRACE_MS 3000
+
+enum dev_state { DEV_CONNECTING, DEV_UP, DEV_WAITING, DEV_STOPPING, DEV_STOPPED };
+
+struct publish {
+	struct mqttbr_device *dev;
+	/* NULL once the outcome was reported (timeout, session lost): paho may still answer. */
+	mqttbr_publish_fn fn;
+	void *data;
+	struct gw_timer *timer;
+	struct publish *prev, *next;
+};
+
+struct mqttbr_device {
+	struct mqttbr *br;
+	char *id;
+	char *cert_file;
+	char *key_file;
+	MQTTAsync client;
+	enum dev_state state;
+	unsigned failures; /* consecutive failed connects, for the backoff */
+	struct gw_timer *retry;
+	/* Publishes paho still holds a pointer to, oldest first. */
+	struct publish *pending;
+	/* hostname_mismatches when this connect started: see on_trace(). */
+	unsigned mismatches_before;
+	/* OpenSSL's reasons for the last failed handshake; written on paho's thread. */
+	pthread_mutex_t tls_lock;
+	char tls_error[512];
+};
+
+enum ev_type { EV_CONNECTED, EV_CONNECT_FAILED, EV_CONN_LOST, EV_PUB_DONE, EV_DISCONNECTED };
+
+/* What a paho thread hands to the loop. */
+struct event {
+	enum ev_type type;
+	struct mqttbr_device *dev;
+	struct publish *pub;
+	int code;   /* paho's MQTTASYNC_* code */
+	int reason; /* MQTT 5 reason code */
+	char *msg;
+	struct event *next;
+};
+
+struct mqttbr {
+	struct gw_loop *loop;
+	struct {
+		char *broker;
+		char *host;
+		char *ca_file;
+		int keepalive;
+		int connect_timeout;
+		int publish_timeout;
+		int reconnect_min;
+		int reconnect_max;
+	} cfg;
+	struct mqttbr_device **devices;
+	size_t ndevices;
+	size_t connecting; /* devices with a connect in flight */
+
+	int wakefd;
+	pthread_mutex_t lock;
+	struct event *head, **tail;
+
+	struct {
+		mqttbr_stopped_fn fn;
+		void *data;
+		size_t remaining;
+		struct gw_timer *timer;
+	} stop;
+};
+
+/*
+ * paho checks the broker's host name after the handshake and tells the application only
+ * "TCP/TLS connect failure"; the reason appears solely in its protocol-level trace, which is
+ * process-wide. So count those lines here and enable that trace level only while a connect is
+ * in flight (it would otherwise format a line for every packet).
+ */
+static atomic_uint hostname_mismatches;
+
+/* ---- paho's threads: copy what is needed, queue it, wake the loop ---- */
+
+static void
+on_trace(enum MQTTASYNC_TRACE_LEVELS level, char *message)
+{
+	if (strstr(message, "X509_check_host for hostname"))
+		atomic_fetch_add(&hostname_mismatches, 1);
+	else if (level >= MQTTASYNC_TRACE_ERROR)
+		log_debug("paho: %s", message);
+}
+
+static void
+post(struct mqttbr *br, enum ev_type type, struct mqttbr_device *dev, struct publish *pub, int code,
+     int reason, const char *msg)
+{
+	struct event *ev = calloc(1, sizeof(*ev));
+	uint64_t one = 1;
+
+	if (!ev) {
+		/* Nowhere to report it from paho's thread; the publish timeout still fires. */
+		return;
+	}
+	*ev = (struct event){.type = type, .dev = dev, .pub = pub, .code = code, .reason = reason};
+	if (msg)
+		ev->msg = strdup(msg);
+	pthread_mutex_lock(&br->lock);
+	*br->tail = ev;
+	br->tail = &ev->next;
+	pthread_mutex_unlock(&br->lock);
+	if (write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("mqtt: eventfd write");
+}
+
+static void
+on_connected(void *ctx, MQTTAsync_successData5 *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	(void)resp;
+	post(dev->br, EV_CONNECTED, dev, NULL, 0, 0, NULL);
+}
+
+static void
+on_connect_failed(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	post(dev->br, EV_CONNECT_FAILED, dev, NULL, resp ? resp->code : MQTTASYNC_FAILURE,
+	     resp ? resp->reasonCode : 0, resp ? resp->message : NULL);
+}
+
+static void
+on_connection_lost(void *ctx, char *cause)
+{
+	struct mqttbr_device *dev = ctx;
+
+	post(dev->br, EV_CONN_LOST, dev, NULL, 0, 0, cause);
+	free(cause);
+}
+
+static int
+on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
+{
+	/* No subscriptions yet: downlink commands come with their own issue. */
+	(void)ctx;
+	(void)topic_len;
+	MQTTAsync_freeMessage(&msg);
+	MQTTAsync_free(topic);
+	return 1;
+}
+
+static void
+on_published(void *ctx, MQTTAsync_successData5 *resp)
+{
+	struct publish *pub = ctx;
+
+	(void)resp;
+	post(pub->dev->br, EV_PUB_DONE, pub->dev, pub, 0, 0, NULL);
+}
+
+static void
+on_publish_failed(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	struct publish *pub = ctx;
+	/* A refusing PUBACK comes with code 0 and the reason code; a lost session with -11. */
+	int code = resp && resp->code ? resp->code : MQTTASYNC_FAILURE;
+
+	post(pub->dev->br, EV_PUB_DONE, pub->dev, pub, code, resp ? resp->reasonCode : 0,
+	     resp ? resp->message : NULL);
+}
+
+static void
+on_disconnected(void *ctx, MQTTAsync_successData5 *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	(void)resp;
+	post(dev->br, EV_DISCONNECTED, dev, NULL, 0, 0, NULL);
+}
+
+static void
+on_disconnect_failed(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	(void)resp;
+	post(dev->br, EV_DISCONNECTED, dev, NULL, 0, 0, NULL);
+}
+
+/* OpenSSL's error queue, one line per call (ERR_print_errors_cb), during a failed handshake. */
+static int
+on_tls_error(const char *str, size_t len, void *ctx)
+{
+	struct mqttbr_device *dev = ctx;
+	size_t used;
+
+	while (len > 0 && (str[len - 1] == '\n' || str[len - 1] == '\0'))
+		len--;
+	pthread_mutex_lock(&dev->tls_lock);
+	used = strlen(dev->tls_error);
+	if (used + len + 3 < sizeof(dev->tls_error)) {
+		if (used > 0) {
+			memcpy(dev->tls_error + used, "; ", 2);
+			used += 2;
+		}
+		memcpy(dev->tls_error + used, str, len);
+		dev->tls_error[used + len] = '\0';
+	}
+	pthread_mutex_unlock(&dev->tls_lock);
+	return 1;
+}
+
+/* ---- the loop's thread ---- */
+
+static void connect_device(struct mqttbr_device *dev);
+
+static void
+retry_fired(struct gw_timer *t, void *data)
+{
+	(void)t;
+	connect_device(data);
+}
+
+static uint32_t
+random_u32(void)
+{
+	uint32_t v;
+
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v))
+		v = (uint32_t)random();
+	return v;
+}
+
+/*
+ * Exponential backoff from reconnect_min to reconnect_max, with the wait drawn from its upper
+ * half so that devices which dropped together (a broker restart) do not return together.
+ */
+static void
+schedule_retry(struct mqttbr_device *dev)
+{
+	struct mqttbr *br = dev->br;
+	uint64_t ms = (uint64_t)br->cfg.reconnect_min * 1000;
+
+	for (unsigned i = 0; i < dev->failures && ms < (uint64_t)br->cfg.reconnect_max * 1000; i++)
+		ms *= 2;
+	if (ms > (uint64_t)br->cfg.reconnect_max * 1000)
+		ms = (uint64_t)br->cfg.reconnect_max * 1000;
+	ms = ms / 2 + random_u32() % (ms / 2 + 1);
+	dev->failures++;
+	dev->state = DEV_WAITING;
+	gw_timer_arm(dev->retry, ms);
+}
+
+static const char *
+paho_code_str(int code)
+{
+	switch (code) {
+	case MQTTASYNC_FAILURE:
+		return "connection failed";
+	case MQTTASYNC_BAD_PROTOCOL:
+		return "broker refused MQTT 5";
+	case MQTTASYNC_SSL_NOT_SUPPORTED:
+		return "TLS not supported";
+	case MQTTASYNC_DISCONNECTED:
+		return "disconnected";
+	default:
+		return MQTTAsync_strerror(code);
+	}
+}
+
+static void
+report_connect_failure(struct mqttbr_device *dev, const struct event *ev)
+{
+	struct mqttbr *br = dev->br;
+	char tls[sizeof(dev->tls_error)];
+
+	pthread_mutex_lock(&dev->tls_lock);
+	memcpy(tls, dev->tls_error, sizeof(tls));
+	dev->tls_error[0] = '\0';
+	pthread_mutex_unlock(&dev->tls_lock);
+
+	if (!tls[0] && atomic_load(&hostname_mismatches) != dev->mismatches_before) {
+		log_warnx("%s: refusing broker %s: its certificate is not issued for the host "
+		          "name \"%s\" (check upstream.broker, or the broker's certificate "
+		          "subjectAltName)",
+		          dev->id, br->cfg.broker, br->cfg.host);
+	} else if (strstr(tls, "certificate verify failed")) {
+		log_warnx("%s: refusing broker %s: its certificate does not verify against %s "
+		          "(another CA, expired, or not yet valid): %s",
+		          dev->id, br->cfg.broker, br->cfg.ca_file, tls);
+	} else if (tls[0]) {
+		log_warnx("%s: upstream %s: TLS handshake failed: %s", dev->id, br->cfg.broker,
+		          tls);
+	} else if (ev->reason >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+		log_warnx("%s: upstream %s refused the connection: %s", dev->id, br->cfg.broker,
+		          MQTTReasonCode_toString((enum MQTTReasonCodes)ev->reason));
+	} else {
+		log_warnx("%s: cannot connect upstream to %s: %s%s%s", dev->id, br->cfg.broker,
+		          paho_code_str(ev->code), ev->msg ? ": " : "", ev->msg ? ev->msg : "");
+	}
+}
+
+static void
+connecting_changed(struct mqttbr *br, int delta)
+{
+	br->connecting += (size_t)delta;
+	MQTTAsync_setTraceLevel(br->connecting ? MQTTASYNC_TRACE_PROTOCOL : MQTTASYNC_TRACE_ERROR);
+}
+
+static void
+connect_device(struct mqttbr_device *dev)
+{
+	struct mqttbr *br = dev->br;
+	MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer5;
+	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	int rc;
+
+	ssl.trustStore = br->cfg.ca_file;
+	ssl.keyStore = dev->cert_file;
+	ssl.privateKey = dev->key_file;
+	/* Both checks on, always: the chain against ca_file and the host name (DESIGN.md 3). */
+	ssl.enableServerCertAuth = 1;
+	ssl.verify = 1;
+	/* Only the configured CA: the system bundle would trust any public CA and costs memory. */
+	ssl.disableDefaultTrustStore = 1;
+	ssl.ssl_error_cb = on_tls_error;
+	ssl.ssl_error_context = dev;
+
+	opts.keepAliveInterval = br->cfg.keepalive;
+	opts.connectTimeout = br->cfg.connect_timeout;
+	opts.cleanstart = 1;
+	opts.ssl = &ssl;
+	opts.onSuccess5 = on_connected;
+	opts.onFailure5 = on_connect_failed;
+	opts.context = dev;
+	/* paho's own reconnect would bypass our backoff and, later, the TPM's rate limit. */
+	opts.automaticReconnect = 0;
+
+	dev->state = DEV_CONNECTING;
+	dev->mismatches_before = atomic_load(&hostname_mismatches);
+	connecting_changed(br, +1);
+	rc = MQTTAsync_connect(dev->client, &opts);
+	if (rc != MQTTASYNC_SUCCESS) {
+		connecting_changed(br, -1);
+		log_warnx("%s: cannot start upstream connect to %s: %s", dev->id, br->cfg.broker,
+		          paho_code_str(rc));
+		schedule_retry(dev);
+	}
+}
+
+static void
+publish_free(struct publish *pub)
+{
+	struct mqttbr_device *dev = pub->dev;
+
+	if (pub->prev)
+		pub->prev->next = pub->next;
+	else
+		dev->pending = pub->next;
+	if (pub->next)
+		pub->next->prev = pub->prev;
+	gw_timer_free(pub->timer);
+	free(pub);
+}
+
+static void
+publish_report(struct publish *pub, int status)
+{
+	mqttbr_publish_fn fn = pub->fn;
+
+	if (!fn)
+		return;
+	pub->fn = NULL;
+	gw_timer_disarm(pub->timer);
+	fn(pub->dev, status, pub->data);
+}
+
+static int
+publish_status(const struct event *ev)
+{
+	if (ev->code == MQTTASYNC_SUCCESS)
+		return 0;
+	switch (ev->reason) {
+	case MQTTREASONCODE_NOT_AUTHORIZED:
+	case MQTTREASONCODE_TOPIC_NAME_INVALID:
+		return -EACCES;
+	case MQTTREASONCODE_QUOTA_EXCEEDED:
+	case MQTTREASONCODE_SERVER_BUSY:
+		return -EAGAIN;
+	default:
+		break;
+	}
+	if (ev->reason >= MQTTREASONCODE_UNSPECIFIED_ERROR)
+		return -EPROTO;
+	return -ENOTCONN;
+}
+
+static void
+stop_one_done(struct mqttbr *br)
+{
+	if (br->stop.remaining == 0 || --br->stop.remaining > 0)
+		return;
+	gw_timer_disarm(br->stop.timer);
+	if (br->stop.fn)
+		br->stop.fn(br->stop.data);
+}
+
+static void
+handle_event(struct mqttbr *br, struct event *ev)
+{
+	struct mqttbr_device *dev = ev->dev;
+
+	switch (ev->type) {
+	case EV_CONNECTED:
+		if (dev->state != DEV_CONNECTING)
+			break;
+		connecting_changed(br, -1);
+		dev->state = DEV_UP;
+		dev->failures = 0;
+		log_info("%s: upstream connected to %s", dev->id, br->cfg.broker);
+		break;
+	case EV_CONNECT_FAILED:
+		if (dev->state != DEV_CONNECTING)
+			break;
+		connecting_changed(br, -1);
+		report_connect_failure(dev, ev);
+		schedule_retry(dev);
+		break;
+	case EV_CONN_LOST:
+		if (dev->state != DEV_UP)
+			break;
+		log_warnx("%s: upstream connection to %s lost%s%s", dev->id, br->cfg.broker,
+		          ev->msg ? ": " : "", ev->msg ? ev->msg : "");
+		/* The sensors hear at once; a late PUBACK is still awaited, just not reported. */
+		for (struct publish *pub = dev->pending; pub; pub = pub->next)
+			publish_report(pub, -ENOTCONN);
+		schedule_retry(dev);
+		break;
+	case EV_PUB_DONE: {
+		int status = publish_status(ev);
+
+		if (status < 0 && status != -ENOTCONN)
+			log_warnx("%s: broker refused a publish: %s", dev->id,
+			          ev->reason ? MQTTReasonCode_toString(
+			                               (enum MQTTReasonCodes)ev->reason)
+			                     : paho_code_str(ev->code));
+		publish_report(ev->pub, status);
+		publish_free(ev->pub);
+		break;
+	}
+	case EV_DISCONNECTED:
+		if (dev->state == DEV_STOPPING) {
+			dev->state = DEV_STOPPED;
+			stop_one_done(br);
+		}
+		break;
+	}
+}
+
+static void
+drain_events(int fd, uint32_t events, void *data)
+{
+	struct mqttbr *br = data;
+	struct event *list;
+	uint64_t n;
+
+	(void)events;
+	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		log_warn("mqtt: eventfd read");
+	pthread_mutex_lock(&br->lock);
+	list = br->head;
+	br->head = NULL;
+	br->tail = &br->head;
+	pthread_mutex_unlock(&br->lock);
+	while (list) {
+		struct event *ev = list;
+
+		list = ev->next;
+		handle_event(br, ev);
+		free(ev->msg);
+		free(ev);
+	}
+}
+
+static void
+publish_timed_out(struct gw_timer *t, void *data)
+{
+	struct publish *pub = data;
+
+	(void)t;
+	log_warnx("%s: no acknowledgement from the broker within %d s", pub->dev->id,
+	          pub->dev->br->cfg.publish_timeout);
+	publish_report(pub, -ETIMEDOUT);
+}
+
+int
+mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload, size_t len,
+               int qos, mqttbr_publish_fn fn, void *data)
+{
+	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+	struct publish *pub;
+	int rc;
+
+	if (dev->state != DEV_UP)
+		return -ENOTCONN;
+	if (len > INT32_MAX)
+		return -EMSGSIZE;
+	pub = calloc(1, sizeof(*pub));
+	if (!pub)
+		return -ENOMEM;
+	*pub = (struct publish){.dev = dev, .fn = fn, .data = data};
+	pub->timer = gw_timer_new(dev->br->loop, publish_timed_out, pub);
+	if (!pub->timer) {
+		free(pub);
+		return -ENOMEM;
+	}
+	ro.onSuccess5 = on_published;
+	ro.onFailure5 = on_publish_failed;
+	ro.context = pub;
+	msg.payload = (void *)payload;
+	msg.payloadlen = (int)len;
+	msg.qos = qos;
+	rc = MQTTAsync_sendMessage(dev->client, topic, &msg, &ro);
+	if (rc != MQTTASYNC_SUCCESS) {
+		gw_timer_free(pub->timer);
+		free(pub);
+		log_warnx("%s: cannot publish to %s: %s", dev->id, topic, paho_code_str(rc));
+		return rc == MQTTASYNC_DISCONNECTED ? -ENOTCONN : -EIO;
+	}
+	/* Linked after the send: its callback is queued for this thread, so cannot overtake. */
+	pub->next = dev->pending;
+	if (dev->pending)
+		dev->pending->prev = pub;
+	dev->pending = pub;
+	gw_timer_arm(pub->timer, (uint64_t)dev->br->cfg.publish_timeout * 1000);
+	return 0;
+}
+
+bool
+mqttbr_device_up(const struct mqttbr_device *dev)
+{
+	return dev->state == DEV_UP;
+}
+
+unsigned
+mqttbr_device_retry_after(const struct mqttbr_device *dev)
+{
+	int64_t ms;
+
+	switch (dev->state) {
+	case DEV_UP:
+		return 0;
+	case DEV_CONNECTING:
+		return (unsigned)dev->br->cfg.connect_timeout;
+	case DEV_WAITING:
+		ms = gw_timer_remaining(dev->retry);
+		return ms <= 0 ? 1 : (unsigned)((ms + 999) / 1000);
+	default:
+		return 60;
+	}
+}
+
+int
+mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file, const char *key_file,
+                  struct mqttbr_device **out)
+{
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	struct mqttbr_device *dev, **devices;
+	int rc;
+
+	if (mqttbr_find(br, id))
+		return -EEXIST;
+	devices = reallocarray(br->devices, br->ndevices + 1, sizeof(*devices));
+	if (!devices)
+		return -ENOMEM;
+	br->devices = devices;
+	dev = calloc(1, sizeof(*dev));
+	if (!dev)
+		return -ENOMEM;
+	dev->br = br;
+	pthread_mutex_init(&dev->tls_lock, NULL);
+	dev->id = strdup(id);
+	dev->cert_file = strdup(cert_file);
+	dev->key_file = strdup(key_file);
+	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
+	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->retry)
+		goto nomem;
+	/*
+	 * No paho persistence: its file store never fsyncs (DESIGN.md 3), and a CON is answered
+	 * only after the PUBACK, so the sensor still holds anything not yet acknowledged.
+	 */
+	co.sendWhileDisconnected = 0;
+	rc = MQTTAsync_createWithOptions(&dev->client, br->cfg.broker, id,
+	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_warnx("%s: cannot create MQTT client for %s: %s", id, br->cfg.broker,
+		          paho_code_str(rc));
+		dev->client = NULL;
+		goto fail;
+	}
+	rc = MQTTAsync_setCallbacks(dev->client, dev, on_connection_lost, on_message, NULL);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_warnx("%s: cannot set MQTT callbacks: %s", id, paho_code_str(rc));
+		goto fail;
+	}
+	/* Sorted by id: mqttbr_find() runs for every uplink message. */
+	size_t at = br->ndevices;
+
+	while (at > 0 && strcmp(br->devices[at - 1]->id, id) > 0)
+		at--;
+	memmove(&br->devices[at + 1], &br->devices[at], (br->ndevices - at) * sizeof(*devices));
+	br->devices[at] = dev;
+	br->ndevices++;
+	connect_device(dev);
+	if (out)
+		*out = dev;
+	return 0;
+nomem:
+	log_warnx("%s: out of memory", id);
+fail:
+	if (dev->client)
+		MQTTAsync_destroy(&dev->client);
+	gw_timer_free(dev->retry);
+	free(dev->id);
+	free(dev->cert_file);
+	free(dev->key_file);
+	pthread_mutex_destroy(&dev->tls_lock);
+	free(dev);
+	return -ENOMEM;
+}
+
+static int
+cmp_id_device(const void *key, const void *elem)
+{
+	return strcmp(key, (*(struct mqttbr_device *const *)elem)->id);
+}
+
+struct mqttbr_device *
+mqttbr_find(struct mqttbr *br, const char *id)
+{
+	struct mqttbr_device **dev =
+	        bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
+
+	return dev ? *dev : NULL;
+}
+
+static void
+stop_timed_out(struct gw_timer *t, void *data)
+{
+	struct mqttbr *br = data;
+
+	(void)t;
+	log_warnx("mqtt: %zu sessions did not disconnect within %d ms", br->stop.remaining,
+	          STOP_GRACE_MS);
+	br->stop.remaining = 1;
+	stop_one_done(br);
+}
+
+void
+mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
+{
+	br->stop.fn = fn;
+	br->stop.data = data;
+	br->stop.remaining = 1; /* held until every disconnect is issued */
+	for (size_t i = 0; i < br->ndevices; i++) {
+		struct mqttbr_device *dev = br->devices[i];
+		MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer5;
+		bool connected = dev->state == DEV_UP || dev->state == DEV_CONNECTING;
+
+		gw_timer_disarm(dev->retry);
+		for (struct publish *pub = dev->pending; pub; pub = pub->next)
+			publish_report(pub, -ENOTCONN);
+		if (dev->state == DEV_CONNECTING)
+			connecting_changed(br, -1);
+		dev->state = DEV_STOPPED;
+		if (!connected)
+			continue;
+		opts.onSuccess5 = on_disconnected;
+		opts.onFailure5 = on_disconnect_failed;
+		opts.context = dev;
+		opts.timeout = STOP_GRACE_MS / 2;
+		if (MQTTAsync_disconnect(dev->client, &opts) == MQTTASYNC_SUCCESS) {
+			dev->state = DEV_STOPPING;
+			br->stop.remaining++;
+		}
+	}
+	gw_timer_arm(br->stop.timer, STOP_GRACE_MS);
+	stop_one_done(br);
+}
+
+int
+mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf)
+{
+	struct mqttbr *br = calloc(1, sizeof(*br));
+	int r;
+
+	if (!br)
+		return -ENOMEM;
+	br->loop = loop;
+	br->wakefd = -1;
+	pthread_mutex_init(&br->lock, NULL);
+	br->tail = &br->head;
+	br->cfg.broker = strdup(conf->upstream.broker);
+	br->cfg.host = strdup(conf->upstream.broker_host);
+	br->cfg.ca_file = strdup(conf->upstream.ca_file);
+	br->cfg.keepalive = conf->upstream.keepalive;
+	br->cfg.connect_timeout = conf->upstream.connect_timeout;
+	br->cfg.publish_timeout = conf->upstream.publish_timeout;
+	br->cfg.reconnect_min = conf->upstream.reconnect_min;
+	br->cfg.reconnect_max = conf->upstream.reconnect_max;
+	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
+	if (!br->cfg.broker || !br->cfg.host || !br->cfg.ca_file || !br->stop.timer) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	br->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (br->wakefd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	r = gw_loop_add_fd(loop, br->wakefd, EPOLLIN, drain_events, br);
+	if (r < 0)
+		goto fail;
+	MQTTAsync_setTraceCallback(on_trace);
+	MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
+	*out = br;
+	return 0;
+fail:
+	mqttbr_free(br);
+	return r;
+}
+
+void
+mqttbr_free(struct mqttbr *br)
+{
+	if (!br)
+		return;
+	/* Clients first: after MQTTAsync_destroy paho calls none of our callbacks for them. */
+	for (size_t i = 0; i < br->ndevices; i++)
+		MQTTAsync_destroy(&br->devices[i]->client);
+	while (br->head) {
+		struct event *ev = br->head;
+
+		br->head = ev->next;
+		free(ev->msg);
+		free(ev);
+	}
+	for (size_t i = 0; i < br->ndevices; i++) {
+		struct mqttbr_device *dev = br->devices[i];
+
+		while (dev->pending)
+			publish_free(dev->pending);
+		gw_timer_free(dev->retry);
+		pthread_mutex_destroy(&dev->tls_lock);
+		free(dev->id);
+		free(dev->cert_file);
+		free(dev->key_file);
+		free(dev);
+	}
+	free(br->devices);
+	if (br->wakefd >= 0) {
+		gw_loop_del_fd(br->loop, br->wakefd);
+		close(br->wakefd);
+	}
+	gw_timer_free(br->stop.timer);
+	free(br->cfg.broker);
+	free(br->cfg.host);
+	free(br->cfg.ca_file);
+	pthread_mutex_destroy(&br->lock);
+	free(br);
+}

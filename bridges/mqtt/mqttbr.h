@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_MQTTBR_H
+#define GW_MQTTBR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/*
+ * The cloud side: one MQTT 5 session per device, over mutual TLS with that device's own
+ * certificate, so the broker sees every device under its own identity. paho's callbacks arrive
+ * on paho's threads; they are queued and handled on the loop's thread, which owns all state.
+ */
+
+struct gw_loop;
+struct gwconf;
+struct mqttbr;
+struct mqttbr_device;
+
+/*
+ * Outcome of one publish: 0 once the broker acknowledged it (QoS 1 PUBACK, or handed to the
+ * socket for QoS 0); -ENOTCONN if the session dropped first; -EACCES if the broker refused it
+ * (e.g. not authorised); -ETIMEDOUT if no acknowledgement came in time; other -errno.
+ */
+typedef void (*mqttbr_publish_fn)(struct mqttbr_device *dev, int status, void *data);
+typedef void (*mqttbr_stopped_fn)(void *data);
+
+int mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf);
+/* Destroys every session without waiting; pending publishes are not reported. Accepts NULL. */
+void mqttbr_free(struct mqttbr *br);
+
+/* Adds a device and starts connecting it. The file names are copied. */
+int mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file,
+                      const char *key_file, struct mqttbr_device **out);
+struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
+
+bool mqttbr_device_up(const struct mqttbr_device *dev);
+/* Seconds until the device's session may be up again, for CoAP's Max-Age on 5.03. */
+unsigned mqttbr_device_retry_after(const struct mqttbr_device *dev);
+
+/*
+ * Publishes on dev's session. Returns 0 and later calls fn exactly once, or returns -errno
+ * (-ENOTCONN when the session is down) and never calls fn.
+ */
+int mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload, size_t len,
+                   int qos, mqttbr_publish_fn fn, void *data);
+
+/* Disconnects every session cleanly, then calls fn (within a bounded time). */
+void mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data);
+
+#endif

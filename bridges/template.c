@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "template.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+/* MQTT 3.1.1 section 4.7.3: topic names are at most 65535 bytes of UTF-8. */
+#define TOPIC_MAX 65535
+
+static const char *const var_names[TMPL_NVARS] = {
+        [TMPL_DEVICE] = "device",
+        [TMPL_PATH] = "path",
+        [TMPL_GATEWAY] = "gateway",
+};
+
+/* Parses "${name}" at s; returns the variable and sets *len to the placeholder's length. */
+static int
+parse_var(const char *s, size_t *len)
+{
+	const char *end;
+
+	if (s[0] != '$' || s[1] != '{')
+		return -ENOENT;
+	end = strchr(s + 2, '}');
+	if (!end)
+		return -EINVAL;
+	for (int v = 0; v < TMPL_NVARS; v++) {
+		size_t n = strlen(var_names[v]);
+
+		if ((size_t)(end - (s + 2)) == n && strncmp(s + 2, var_names[v], n) == 0) {
+			*len = (size_t)(end - s) + 1;
+			return v;
+		}
+	}
+	*len = (size_t)(end - s) + 1;
+	return -EBADMSG;
+}
+
+int
+tmpl_check(const char *tmpl, char *err, size_t errlen)
+{
+	if (tmpl[0] == '\0') {
+		snprintf(err, errlen, "topic template is empty");
+		return -EINVAL;
+	}
+	/* MQTT 3.1.1 section 4.7.2: topics starting with '$' are the broker's own. */
+	if (tmpl[0] == '$' && tmpl[1] != '{') {
+		snprintf(err, errlen,
+		         "topic template must not start with '$' (reserved by brokers)");
+		return -EINVAL;
+	}
+	if (strlen(tmpl) > TOPIC_MAX) {
+		snprintf(err, errlen, "topic template is longer than %d bytes", TOPIC_MAX);
+		return -EINVAL;
+	}
+	for (const char *s = tmpl; *s;) {
+		size_t len = 0;
+		int v = parse_var(s, &len);
+
+		if (v == -EINVAL) {
+			snprintf(err, errlen, "unterminated '${' in topic template \"%s\"", tmpl);
+			return -EINVAL;
+		}
+		if (v == -EBADMSG) {
+			snprintf(err, errlen,
+			         "unknown variable '%.*s' in topic template (known: ${device}, "
+			         "${path}, ${gateway})",
+			         (int)len, s);
+			return -EINVAL;
+		}
+		if (v >= 0) {
+			s += len;
+			continue;
+		}
+		if (*s == '+' || *s == '#') {
+			snprintf(
+			        err, errlen,
+			        "topic template \"%s\" contains the wildcard '%c', which a publish "
+			        "topic must not",
+			        tmpl, *s);
+			return -EINVAL;
+		}
+		s++;
+	}
+	return 0;
+}
+
+ssize_t
+tmpl_expand(const char *tmpl, const struct tmpl_vars *vars, char *out, size_t outlen)
+{
+	size_t n = 0;
+
+	for (const char *s = tmpl; *s;) {
+		size_t len = 0, vlen;
+		int v = parse_var(s, &len);
+		const char *val;
+
+		if (v == -EINVAL || v == -EBADMSG)
+			return -EINVAL;
+		if (v < 0) {
+			if (n + 1 >= outlen)
+				return -ENOBUFS;
+			out[n++] = *s++;
+			continue;
+		}
+		val = vars->value[v] ? vars->value[v] : "";
+		/* A value must fill in a level, never add wildcards that widen the topic. */
+		if (strpbrk(val, "+#"))
+			return -EINVAL;
+		vlen = strlen(val);
+		if (n + vlen >= outlen)
+			return -ENOBUFS;
+		memcpy(out + n, val, vlen);
+		n += vlen;
+		s += len;
+	}
+	if (n >= outlen)
+		return -ENOBUFS;
+	out[n] = '\0';
+	return (ssize_t)n;
+}

@@ -1,0 +1,546 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "conf.h"
+#include "template.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <libconfig.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* What one load is working on: the file, the result so far, the errors so far. */
+struct parse {
+	const char *path;
+	struct gwconf *conf;
+	struct gwconf_errors *errs;
+};
+
+static void __attribute__((format(printf, 3, 4)))
+report(struct parse *p, const config_setting_t *where, const char *fmt, ...)
+{
+	char msg[512], *line;
+	const char *file = p->path;
+	int lineno = 0;
+	va_list ap;
+
+	if (where) {
+		lineno = config_setting_source_line(where);
+		if (config_setting_source_file(where))
+			file = config_setting_source_file(where);
+	}
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (lineno > 0) {
+		if (asprintf(&line, "%s:%d: %s", file, lineno, msg) < 0)
+			return;
+	} else if (asprintf(&line, "%s: %s", file, msg) < 0) {
+		return;
+	}
+	char **lines = reallocarray(p->errs->lines, p->errs->count + 1, sizeof(*lines));
+
+	if (!lines) {
+		free(line);
+		return;
+	}
+	p->errs->lines = lines;
+	p->errs->lines[p->errs->count++] = line;
+}
+
+/* Levenshtein distance, for "did you mean" on misspelt keys. Keys are short. */
+static size_t
+edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), row[64];
+
+	if (lb >= sizeof(row) / sizeof(row[0]))
+		return SIZE_MAX;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t diag = row[0];
+
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t up = row[j];
+			size_t best = diag + (tolower((unsigned char)a[i - 1]) !=
+			                      tolower((unsigned char)b[j - 1]));
+
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+/* Reports every member of group whose name is not in known (a NULL-terminated list). */
+static void
+check_keys(struct parse *p, const config_setting_t *group, const char *where,
+           const char *const *known)
+{
+	int n = config_setting_length(group);
+
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(s), *best = NULL;
+		size_t best_d = 3; /* suggest only near misses */
+		bool found = false;
+
+		for (const char *const *k = known; *k; k++) {
+			size_t d = edit_distance(name, *k);
+
+			if (d == 0) {
+				found = true;
+				break;
+			}
+			if (d < best_d) {
+				best_d = d;
+				best = *k;
+			}
+		}
+		if (found)
+			continue;
+		if (best)
+			report(p, s, "unknown key '%s' in %s (did you mean '%s'?)", name, where,
+			       best);
+		else
+			report(p, s, "unknown key '%s' in %s", name, where);
+	}
+}
+
+static const config_setting_t *
+get_group(struct parse *p, const config_setting_t *root, const char *name, bool required)
+{
+	const config_setting_t *g = config_setting_get_member(root, name);
+
+	if (!g) {
+		if (required)
+			report(p, NULL, "missing required group '%s'", name);
+		return NULL;
+	}
+	if (!config_setting_is_group(g)) {
+		report(p, g, "'%s' must be a group: %s = { ... };", name, name);
+		return NULL;
+	}
+	return g;
+}
+
+/* Reads group.key as a string. Missing: def (NULL def means required). */
+static char *
+get_string(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+           const char *def)
+{
+	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
+	const char *v;
+
+	if (!s) {
+		if (!def) {
+			report(p, group, "missing required key '%s.%s'", gname, key);
+			return NULL;
+		}
+		return strdup(def);
+	}
+	v = config_setting_get_string(s);
+	if (!v) {
+		report(p, s, "'%s.%s' must be a string in double quotes", gname, key);
+		return NULL;
+	}
+	return strdup(v);
+}
+
+static int
+get_int(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+        long long def, long long min, long long max)
+{
+	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
+	long long v;
+
+	if (!s)
+		return (int)def;
+	if (config_setting_type(s) != CONFIG_TYPE_INT &&
+	    config_setting_type(s) != CONFIG_TYPE_INT64) {
+		report(p, s, "'%s.%s' must be an integer", gname, key);
+		return (int)def;
+	}
+	v = config_setting_get_int64(s);
+	if (v < min || v > max) {
+		report(p, s, "'%s.%s' is %lld, expected %lld to %lld", gname, key, v, min, max);
+		return (int)def;
+	}
+	return (int)v;
+}
+
+bool
+gwconf_valid_id(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 64)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (!isalnum((unsigned char)s[i]) && !strchr("._-", s[i]))
+			return false;
+	}
+	return true;
+}
+
+static void
+parse_gateway(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"id", "state_dir", "log_level", NULL};
+	const config_setting_t *g = get_group(p, root, "gateway", true);
+	struct gwconf *c = p->conf;
+	char *level;
+
+	if (g)
+		check_keys(p, g, "group 'gateway'", known);
+	c->gateway_id = get_string(p, g, "gateway", "id", NULL);
+	if (c->gateway_id && !gwconf_valid_id(c->gateway_id))
+		report(p, config_setting_get_member(g, "id"),
+		       "'gateway.id' \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-'",
+		       c->gateway_id);
+	c->state_dir = get_string(p, g, "gateway", "state_dir", "/var/lib/gateway");
+	if (c->state_dir && c->state_dir[0] != '/')
+		report(p, config_setting_get_member(g, "state_dir"),
+		       "'gateway.state_dir' must be an absolute path, not \"%s\"", c->state_dir);
+	level = get_string(p, g, "gateway", "log_level", "info");
+	if (level && log_level_parse(level, &c->log_level) < 0)
+		report(p, config_setting_get_member(g, "log_level"),
+		       "'gateway.log_level' is \"%s\", expected error, warning, info or debug",
+		       level);
+	free(level);
+}
+
+static void
+parse_sensors(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"listen", "port", "receive_buffer", "max_sessions",
+	                                    NULL};
+	const config_setting_t *g = get_group(p, root, "sensors", false);
+	struct gwconf *c = p->conf;
+	unsigned char addr[sizeof(struct in6_addr)];
+
+	if (g)
+		check_keys(p, g, "group 'sensors'", known);
+	c->sensors.listen = get_string(p, g, "sensors", "listen", "0.0.0.0");
+	if (c->sensors.listen && inet_pton(AF_INET, c->sensors.listen, addr) != 1 &&
+	    inet_pton(AF_INET6, c->sensors.listen, addr) != 1)
+		report(p, config_setting_get_member(g, "listen"),
+		       "'sensors.listen' \"%s\" is not an IPv4 or IPv6 address", c->sensors.listen);
+	/* RFC 7252 section 6.2: 5684 is the default port for coaps. */
+	c->sensors.port = (uint16_t)get_int(p, g, "sensors", "port", 5684, 1, 65535);
+	/*
+	 * 4 MiB: with the kernel's default 208 KiB, 1,000 sensors handshaking at once overflowed
+	 * the socket and waited for DTLS's 1 s retransmit (measured, DESIGN.md decision 2).
+	 */
+	c->sensors.receive_buffer =
+	        get_int(p, g, "sensors", "receive_buffer", 4 << 20, 64 << 10, 256 << 20);
+	c->sensors.max_sessions = get_int(p, g, "sensors", "max_sessions", 2000, 1, 100000);
+}
+
+/* Accepts ssl://host:port, mqtts://host:port or [v6]:port forms; the port defaults to 8883. */
+static void
+parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
+{
+	struct gwconf *c = p->conf;
+	const char *rest, *colon, *host_end;
+	char *host;
+	long port = 8883;
+
+	if (strncmp(uri, "ssl://", 6) == 0)
+		rest = uri + 6;
+	else if (strncmp(uri, "mqtts://", 8) == 0)
+		rest = uri + 8;
+	else {
+		report(p, where,
+		       "'upstream.broker' \"%s\" must start with mqtts:// or ssl:// (the gateway "
+		       "only connects upstream over TLS)",
+		       uri);
+		return;
+	}
+	if (rest[0] == '[') {
+		host_end = strchr(rest, ']');
+		if (!host_end) {
+			report(p, where, "'upstream.broker' \"%s\": unterminated '['", uri);
+			return;
+		}
+		host = strndup(rest + 1, (size_t)(host_end - rest - 1));
+		colon = host_end[1] == ':' ? host_end + 1 : NULL;
+	} else {
+		colon = strchr(rest, ':');
+		host = strndup(rest, colon ? (size_t)(colon - rest) : strlen(rest));
+	}
+	if (colon) {
+		char *end;
+
+		errno = 0;
+		port = strtol(colon + 1, &end, 10);
+		if (errno || *end || port < 1 || port > 65535) {
+			report(p, where, "'upstream.broker' \"%s\": port must be 1 to 65535", uri);
+			free(host);
+			return;
+		}
+	}
+	if (!host || host[0] == '\0' || strpbrk(host, "/?#@")) {
+		report(p, where, "'upstream.broker' \"%s\": expected mqtts://HOST:PORT", uri);
+		free(host);
+		return;
+	}
+	c->upstream.broker_host = host;
+	c->upstream.broker_port = (uint16_t)port;
+	if (strchr(host, ':')) {
+		if (asprintf(&c->upstream.broker, "ssl://[%s]:%ld", host, port) < 0)
+			c->upstream.broker = NULL;
+	} else if (asprintf(&c->upstream.broker, "ssl://%s:%ld", host, port) < 0) {
+		c->upstream.broker = NULL;
+	}
+}
+
+static void
+parse_upstream(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {
+	        "broker",          "ca_file",       "keepalive",     "connect_timeout",
+	        "publish_timeout", "reconnect_min", "reconnect_max", NULL};
+	const config_setting_t *g = get_group(p, root, "upstream", true);
+	struct gwconf *c = p->conf;
+	char *broker;
+
+	if (g)
+		check_keys(p, g, "group 'upstream'", known);
+	broker = get_string(p, g, "upstream", "broker", NULL);
+	if (broker)
+		parse_broker(p, config_setting_get_member(g, "broker"), broker);
+	free(broker);
+	c->upstream.ca_file = get_string(p, g, "upstream", "ca_file", NULL);
+	if (c->upstream.ca_file && access(c->upstream.ca_file, R_OK) < 0)
+		report(p, config_setting_get_member(g, "ca_file"),
+		       "'upstream.ca_file' \"%s\" cannot be read: %s", c->upstream.ca_file,
+		       strerror(errno));
+	c->upstream.keepalive = get_int(p, g, "upstream", "keepalive", 60, 5, 3600);
+	c->upstream.connect_timeout = get_int(p, g, "upstream", "connect_timeout", 10, 1, 300);
+	c->upstream.publish_timeout = get_int(p, g, "upstream", "publish_timeout", 10, 1, 300);
+	c->upstream.reconnect_min = get_int(p, g, "upstream", "reconnect_min", 1, 1, 3600);
+	c->upstream.reconnect_max = get_int(p, g, "upstream", "reconnect_max", 60, 1, 86400);
+	if (c->upstream.reconnect_max < c->upstream.reconnect_min)
+		report(p, config_setting_get_member(g, "reconnect_max"),
+		       "'upstream.reconnect_max' (%d) is less than 'upstream.reconnect_min' (%d)",
+		       c->upstream.reconnect_max, c->upstream.reconnect_min);
+}
+
+static void
+parse_keystore(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"backend", NULL};
+	const config_setting_t *g = get_group(p, root, "keystore", false);
+	struct gwconf *c = p->conf;
+
+	if (g)
+		check_keys(p, g, "group 'keystore'", known);
+	c->keystore.backend = get_string(p, g, "keystore", "backend", "soft");
+	if (c->keystore.backend && strcmp(c->keystore.backend, "soft") != 0)
+		report(p, config_setting_get_member(g, "backend"),
+		       "'keystore.backend' is \"%s\", expected \"soft\"", c->keystore.backend);
+}
+
+/* A resource is one or more '/'-separated segments of letters, digits, '.', '_', '-'. */
+static bool
+valid_resource(const char *s)
+{
+	bool seg_empty = true;
+
+	for (; *s; s++) {
+		if (*s == '/') {
+			if (seg_empty)
+				return false;
+			seg_empty = true;
+		} else if (isalnum((unsigned char)*s) || strchr("._-", *s)) {
+			seg_empty = false;
+		} else {
+			return false;
+		}
+	}
+	return !seg_empty;
+}
+
+static void
+parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *route)
+{
+	static const char *const known[] = {"resource", "topic", "qos", NULL};
+	char err[256];
+
+	if (!config_setting_is_group(r)) {
+		report(p, r,
+		       "each entry of 'routes' must be a group: { resource = ...; topic = ...; }");
+		return;
+	}
+	check_keys(p, r, "a route", known);
+	route->resource = get_string(p, r, "route", "resource", NULL);
+	if (route->resource && !valid_resource(route->resource))
+		report(p, config_setting_get_member(r, "resource"),
+		       "'route.resource' \"%s\" must be path segments like \"telemetry/temp\" "
+		       "(letters, digits, '.', '_', '-')",
+		       route->resource);
+	route->topic = get_string(p, r, "route", "topic", NULL);
+	if (route->topic && tmpl_check(route->topic, err, sizeof(err)) < 0)
+		report(p, config_setting_get_member(r, "topic"), "%s", err);
+	route->qos = get_int(p, r, "route", "qos", 1, 0, 1);
+}
+
+static void
+parse_routes(struct parse *p, const config_setting_t *root)
+{
+	const config_setting_t *rs = config_setting_get_member(root, "routes");
+	struct gwconf *c = p->conf;
+	int n;
+
+	if (!rs) {
+		report(p, NULL, "missing required list 'routes': nothing would be forwarded");
+		return;
+	}
+	if (!config_setting_is_list(rs)) {
+		report(p, rs, "'routes' must be a list: routes = ( { ... }, { ... } );");
+		return;
+	}
+	n = config_setting_length(rs);
+	if (n == 0) {
+		report(p, rs, "'routes' is empty: nothing would be forwarded");
+		return;
+	}
+	c->routes = calloc((size_t)n, sizeof(*c->routes));
+	if (!c->routes) {
+		report(p, rs, "out of memory");
+		return;
+	}
+	c->nroutes = (size_t)n;
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *r = config_setting_get_elem(rs, (unsigned)i);
+
+		parse_route(p, r, &c->routes[i]);
+		for (int j = 0; j < i && c->routes[i].resource; j++) {
+			if (c->routes[j].resource &&
+			    strcmp(c->routes[i].resource, c->routes[j].resource) == 0)
+				report(p, r, "resource \"%s\" is routed twice",
+				       c->routes[i].resource);
+		}
+	}
+}
+
+int
+gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
+{
+	static const char *const known[] = {"gateway",  "sensors", "upstream",
+	                                    "keystore", "routes",  NULL};
+	struct parse p = {.path = path, .errs = errs};
+	config_t cfg;
+	FILE *f;
+	int r;
+
+	*errs = (struct gwconf_errors){0};
+	*out = NULL;
+	/* Open it ourselves: libconfig reports an unreadable file only as "file I/O error". */
+	f = fopen(path, "r");
+	if (!f) {
+		r = -errno;
+		report(&p, NULL, "cannot open: %s", strerror(errno));
+		return r;
+	}
+	config_init(&cfg);
+	/* @include "x.conf" is relative to the including file's folder, not our cwd. */
+	char *copy = strdup(path);
+
+	if (copy) {
+		config_set_include_dir(&cfg, dirname(copy));
+		free(copy);
+	}
+	if (config_read(&cfg, f) != CONFIG_TRUE) {
+		char *line;
+
+		if (asprintf(&line, "%s:%d: %s",
+		             config_error_file(&cfg) ? config_error_file(&cfg) : path,
+		             config_error_line(&cfg), config_error_text(&cfg)) >= 0) {
+			errs->lines = calloc(1, sizeof(*errs->lines));
+			if (errs->lines) {
+				errs->lines[0] = line;
+				errs->count = 1;
+			} else {
+				free(line);
+			}
+		}
+		r = -EINVAL;
+		goto out;
+	}
+	p.conf = calloc(1, sizeof(*p.conf));
+	if (!p.conf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	p.conf->file = strdup(path);
+	check_keys(&p, config_root_setting(&cfg), "the top level", known);
+	parse_gateway(&p, config_root_setting(&cfg));
+	parse_sensors(&p, config_root_setting(&cfg));
+	parse_upstream(&p, config_root_setting(&cfg));
+	parse_keystore(&p, config_root_setting(&cfg));
+	parse_routes(&p, config_root_setting(&cfg));
+	if (errs->count > 0) {
+		r = -EINVAL;
+		goto out;
+	}
+	*out = p.conf;
+	p.conf = NULL;
+	r = 0;
+out:
+	gwconf_free(p.conf);
+	config_destroy(&cfg);
+	fclose(f);
+	return r;
+}
+
+void
+gwconf_free(struct gwconf *c)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->nroutes; i++) {
+		free(c->routes[i].resource);
+		free(c->routes[i].topic);
+	}
+	free(c->routes);
+	free(c->keystore.backend);
+	free(c->upstream.broker);
+	free(c->upstream.broker_host);
+	free(c->upstream.ca_file);
+	free(c->sensors.listen);
+	free(c->state_dir);
+	free(c->gateway_id);
+	free(c->file);
+	free(c);
+}
+
+void
+gwconf_errors_finish(struct gwconf_errors *errs)
+{
+	for (size_t i = 0; i < errs->count; i++)
+		free(errs->lines[i]);
+	free(errs->lines);
+	*errs = (struct gwconf_errors){0};
+}
+
+const struct gwconf_route *
+gwconf_route_find(const struct gwconf *conf, const char *resource)
+{
+	for (size_t i = 0; i < conf->nroutes; i++) {
+		if (strcmp(conf->routes[i].resource, resource) == 0)
+			return &conf->routes[i];
+	}
+	return NULL;
+}

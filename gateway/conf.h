@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_CONF_H
+#define GW_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+
+/*
+ * The validated configuration. Unlike the modules' own state this struct is plain data:
+ * every part of the daemon reads it, and a reload builds a fresh one to compare and swap.
+ */
+
+#define GWCONF_DEFAULT_FILE "/etc/gateway/gateway.conf"
+
+struct gwconf_route {
+	char *resource; /* CoAP Uri-Path served, "a/b" */
+	char *topic;    /* template, see bridges/template.h */
+	int qos;
+};
+
+struct gwconf {
+	char *file;
+	char *gateway_id;
+	char *state_dir;
+	enum log_level log_level;
+
+	struct {
+		char *listen;
+		uint16_t port;
+		int receive_buffer;
+		int max_sessions;
+	} sensors;
+
+	struct {
+		char *broker;      /* as paho wants it: ssl://host:port */
+		char *broker_host; /* the name the broker's certificate must carry */
+		uint16_t broker_port;
+		char *ca_file;
+		int keepalive;
+		int connect_timeout;
+		int publish_timeout;
+		int reconnect_min;
+		int reconnect_max;
+	} upstream;
+
+	struct {
+		char *backend;
+	} keystore;
+
+	struct gwconf_route *routes;
+	size_t nroutes;
+};
+
+/* Errors as "FILE:LINE: message", in file order. */
+struct gwconf_errors {
+	char **lines;
+	size_t count;
+};
+
+/*
+ * Parses and validates path. On success returns 0 and a new config in *out. Otherwise returns
+ * -EINVAL (or -errno if the file cannot be read) with every problem found listed in errs.
+ */
+int gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs);
+void gwconf_free(struct gwconf *conf);
+void gwconf_errors_finish(struct gwconf_errors *errs);
+
+/* The route serving a CoAP Uri-Path, or NULL. */
+const struct gwconf_route *gwconf_route_find(const struct gwconf *conf, const char *resource);
+
+/*
+ * Device and gateway ids become MQTT client ids and topic levels: 1 to 64 letters, digits,
+ * '.', '_' or '-'.
+ */
+bool gwconf_valid_id(const char *id);
+
+#endif

@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * gatewayd: bridges CoAP over DTLS-PSK from sensors to one mutual-TLS MQTT session per device.
+ */
+#include "coapbr.h"
+#include "conf.h"
+#include "keystore.h"
+#include "log.h"
+#include "loop.h"
+#include "mqttbr.h"
+#include "router.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct daemon {
+	struct gw_loop *loop;
+	struct gwconf *conf;
+	struct keystore *ks;
+	struct mqttbr *mqtt;
+	struct router *router;
+	struct coapbr *coap;
+	bool stopping;
+};
+
+static void __attribute__((noreturn)) usage(void)
+{
+	fprintf(stderr, "usage: gatewayd [-dnv] [-c file]\n"
+	                "  -c file  configuration file (default " GWCONF_DEFAULT_FILE ")\n"
+	                "  -d       stay in the foreground and log to stderr\n"
+	                "  -n       check the configuration, print \"configuration OK\" or every "
+	                "error, and exit\n"
+	                "  -v       log debug messages\n");
+	exit(1);
+}
+
+static void
+mqtt_stopped(void *data)
+{
+	struct daemon *d = data;
+
+	gw_loop_quit(d->loop, 0);
+}
+
+static void
+on_terminate(int signo, void *data)
+{
+	struct daemon *d = data;
+
+	if (d->stopping) {
+		log_info("%s again: stopping now", strsignal(signo));
+		gw_loop_quit(d->loop, 0);
+		return;
+	}
+	d->stopping = true;
+	log_info("%s: disconnecting upstream sessions and stopping", strsignal(signo));
+	mqttbr_stop(d->mqtt, mqtt_stopped, d);
+}
+
+static void
+on_hangup(int signo, void *data)
+{
+	struct daemon *d = data;
+
+	(void)signo;
+	log_warnx("SIGHUP: this version cannot reload %s while running; the configuration loaded "
+	          "at start stays in force (restart gatewayd to apply changes)",
+	          d->conf->file);
+}
+
+static int
+start(struct daemon *d)
+{
+	size_t n;
+	int r;
+
+	r = gw_loop_new(&d->loop);
+	if (r < 0) {
+		log_warnx("cannot create the event loop: %s", strerror(-r));
+		return r;
+	}
+	/* Before paho starts its threads, so that they inherit the blocked mask. */
+	if ((r = gw_loop_add_signal(d->loop, SIGTERM, on_terminate, d)) < 0 ||
+	    (r = gw_loop_add_signal(d->loop, SIGINT, on_terminate, d)) < 0 ||
+	    (r = gw_loop_add_signal(d->loop, SIGHUP, on_hangup, d)) < 0) {
+		log_warnx("cannot set up signal handling: %s", strerror(-r));
+		return r;
+	}
+	/* A broker that drops us mid-write must not kill the daemon. */
+	signal(SIGPIPE, SIG_IGN);
+
+	r = keystore_open(&d->ks, d->conf->state_dir, d->conf->keystore.backend);
+	if (r < 0) {
+		log_warnx("cannot open the keystore in %s: %s", d->conf->state_dir, strerror(-r));
+		return r;
+	}
+	r = mqttbr_new(&d->mqtt, d->loop, d->conf);
+	if (r < 0) {
+		log_warnx("cannot start the upstream bridge: %s", strerror(-r));
+		return r;
+	}
+	n = keystore_count(d->ks);
+	for (size_t i = 0; i < n; i++) {
+		const char *id = keystore_device_id(d->ks, i), *cert, *key;
+
+		if (keystore_tls_files(d->ks, id, &cert, &key) < 0 ||
+		    (r = mqttbr_add_device(d->mqtt, id, cert, key, NULL)) < 0) {
+			log_warnx("%s: cannot start its upstream session", id);
+			return r < 0 ? r : -ENOENT;
+		}
+	}
+	r = router_new(&d->router, d->conf, d->mqtt);
+	if (r < 0)
+		return r;
+	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, router_uplink, d->router);
+	if (r < 0) {
+		log_warnx("cannot start the sensor side: %s", strerror(-r));
+		return r;
+	}
+	if (n == 0)
+		log_warnx("no devices in the keystore under %s: nothing to bridge yet",
+		          d->conf->state_dir);
+	log_info("ready: gateway %s, %zu devices, upstream %s", d->conf->gateway_id, n,
+	         d->conf->upstream.broker);
+	return 0;
+}
+
+static void
+finish(struct daemon *d)
+{
+	coapbr_free(d->coap);
+	router_free(d->router);
+	mqttbr_free(d->mqtt);
+	keystore_free(d->ks);
+	gw_loop_free(d->loop);
+	gwconf_free(d->conf);
+}
+
+int
+main(int argc, char *argv[])
+{
+	const char *file = GWCONF_DEFAULT_FILE;
+	bool check_only = false, foreground = false, verbose = false;
+	struct gwconf_errors errs;
+	struct daemon d = {0};
+	int ch, r;
+
+	while ((ch = getopt(argc, argv, "c:dnvh")) != -1) {
+		switch (ch) {
+		case 'c':
+			file = optarg;
+			break;
+		case 'd':
+			foreground = true;
+			break;
+		case 'n':
+			check_only = true;
+			break;
+		case 'v':
+			verbose = true;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+
+	log_init("gatewayd", true, LOG_LEVEL_INFO);
+	r = gwconf_load(file, &d.conf, &errs);
+	if (r < 0) {
+		for (size_t i = 0; i < errs.count; i++)
+			fprintf(stderr, "%s\n", errs.lines[i]);
+		fprintf(stderr, "%s: %zu error%s; gatewayd not started\n", file, errs.count,
+		        errs.count == 1 ? "" : "s");
+		gwconf_errors_finish(&errs);
+		return 1;
+	}
+	if (check_only) {
+		fprintf(stderr, "configuration OK\n");
+		gwconf_free(d.conf);
+		return 0;
+	}
+	log_init("gatewayd", foreground, verbose ? LOG_LEVEL_DEBUG : d.conf->log_level);
+	/* Detach before any thread exists (paho starts its own on the first client). */
+	if (!foreground && daemon(0, 0) < 0)
+		fatal("daemon");
+
+	r = start(&d);
+	if (r == 0)
+		r = gw_loop_run(d.loop);
+	finish(&d);
+	log_info("stopped");
+	return r < 0 ? 1 : 0;
+}

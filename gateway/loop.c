@@ -1,0 +1,394 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "loop.h"
+#include "log.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SIGNALS 8
+
+struct watch {
+	int fd;
+	gw_loop_fd_fn fn;
+	void *data;
+	struct watch *next;
+};
+
+struct gw_timer {
+	struct gw_loop *loop;
+	gw_timer_fn fn;
+	void *data;
+	uint64_t due;
+	size_t slot; /* index in the heap, or SIZE_MAX when disarmed */
+};
+
+struct gw_loop {
+	int epfd;
+	int timerfd;
+	int sigfd;
+	sigset_t sigmask;
+	struct {
+		int signo;
+		gw_signal_fn fn;
+		void *data;
+	} signals[MAX_SIGNALS];
+	size_t nsignals;
+	struct watch *watches;
+	/* Watches removed while a batch of events is dispatched; freed after the batch. */
+	struct watch *graveyard;
+	/* Min-heap on due time: one timerfd serves every timer, whatever the fleet size. */
+	struct gw_timer **heap;
+	size_t nheap, heap_cap;
+	bool quit;
+	int status;
+};
+
+uint64_t
+gw_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int
+epoll_watch(struct gw_loop *loop, int fd, uint32_t events, struct watch *w)
+{
+	struct epoll_event ev = {.events = events, .data.ptr = w};
+
+	if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+		return -errno;
+	return 0;
+}
+
+int
+gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, void *data)
+{
+	struct watch *w = calloc(1, sizeof(*w));
+	int r;
+
+	if (!w)
+		return -ENOMEM;
+	*w = (struct watch){.fd = fd, .fn = fn, .data = data, .next = loop->watches};
+	r = epoll_watch(loop, fd, events, w);
+	if (r < 0) {
+		free(w);
+		return r;
+	}
+	loop->watches = w;
+	return 0;
+}
+
+int
+gw_loop_del_fd(struct gw_loop *loop, int fd)
+{
+	for (struct watch **p = &loop->watches; *p; p = &(*p)->next) {
+		struct watch *w = *p;
+
+		if (w->fd != fd)
+			continue;
+		epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+		*p = w->next;
+		w->fn = NULL;
+		w->next = loop->graveyard;
+		loop->graveyard = w;
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static void
+graveyard_empty(struct gw_loop *loop)
+{
+	while (loop->graveyard) {
+		struct watch *w = loop->graveyard;
+
+		loop->graveyard = w->next;
+		free(w);
+	}
+}
+
+static void
+timerfd_program(struct gw_loop *loop)
+{
+	struct itimerspec its = {0};
+
+	if (loop->nheap > 0) {
+		uint64_t due = loop->heap[0]->due;
+
+		/* An all-zero it_value would disarm the timerfd: 1 ns means "now". */
+		its.it_value.tv_sec = (time_t)(due / 1000);
+		its.it_value.tv_nsec = (long)(due % 1000) * 1000000;
+		if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+			its.it_value.tv_nsec = 1;
+	}
+	if (timerfd_settime(loop->timerfd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+		log_warn("timerfd_settime");
+}
+
+static void
+heap_swap(struct gw_timer **heap, size_t a, size_t b)
+{
+	struct gw_timer *t = heap[a];
+
+	heap[a] = heap[b];
+	heap[b] = t;
+	heap[a]->slot = a;
+	heap[b]->slot = b;
+}
+
+static void
+heap_up(struct gw_loop *loop, size_t i)
+{
+	while (i > 0) {
+		size_t parent = (i - 1) / 2;
+
+		if (loop->heap[parent]->due <= loop->heap[i]->due)
+			break;
+		heap_swap(loop->heap, i, parent);
+		i = parent;
+	}
+}
+
+static void
+heap_down(struct gw_loop *loop, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, min = i;
+
+		if (l < loop->nheap && loop->heap[l]->due < loop->heap[min]->due)
+			min = l;
+		if (r < loop->nheap && loop->heap[r]->due < loop->heap[min]->due)
+			min = r;
+		if (min == i)
+			return;
+		heap_swap(loop->heap, i, min);
+		i = min;
+	}
+}
+
+static void
+heap_remove(struct gw_loop *loop, struct gw_timer *t)
+{
+	size_t i = t->slot;
+
+	loop->nheap--;
+	if (i != loop->nheap) {
+		loop->heap[i] = loop->heap[loop->nheap];
+		loop->heap[i]->slot = i;
+		heap_up(loop, i);
+		heap_down(loop, loop->heap[i]->slot);
+	}
+	t->slot = SIZE_MAX;
+}
+
+struct gw_timer *
+gw_timer_new(struct gw_loop *loop, gw_timer_fn fn, void *data)
+{
+	struct gw_timer *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	*t = (struct gw_timer){.loop = loop, .fn = fn, .data = data, .slot = SIZE_MAX};
+	return t;
+}
+
+void
+gw_timer_disarm(struct gw_timer *timer)
+{
+	if (!timer || timer->slot == SIZE_MAX)
+		return;
+	bool was_first = timer->slot == 0;
+
+	heap_remove(timer->loop, timer);
+	if (was_first)
+		timerfd_program(timer->loop);
+}
+
+void
+gw_timer_free(struct gw_timer *timer)
+{
+	gw_timer_disarm(timer);
+	free(timer);
+}
+
+int
+gw_timer_arm(struct gw_timer *timer, uint64_t ms)
+{
+	struct gw_loop *loop = timer->loop;
+
+	gw_timer_disarm(timer);
+	if (loop->nheap == loop->heap_cap) {
+		size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
+		struct gw_timer **heap = reallocarray(loop->heap, cap, sizeof(*heap));
+
+		if (!heap)
+			return -ENOMEM;
+		loop->heap = heap;
+		loop->heap_cap = cap;
+	}
+	timer->due = gw_now_ms() + ms;
+	timer->slot = loop->nheap;
+	loop->heap[loop->nheap++] = timer;
+	heap_up(loop, timer->slot);
+	if (timer->slot == 0)
+		timerfd_program(loop);
+	return 0;
+}
+
+int64_t
+gw_timer_remaining(const struct gw_timer *timer)
+{
+	uint64_t now = gw_now_ms();
+
+	if (timer->slot == SIZE_MAX)
+		return -1;
+	return timer->due > now ? (int64_t)(timer->due - now) : 0;
+}
+
+static void
+timers_expire(int fd, uint32_t events, void *data)
+{
+	struct gw_loop *loop = data;
+	uint64_t ticks, now = gw_now_ms();
+
+	(void)events;
+	if (read(fd, &ticks, sizeof(ticks)) < 0 && errno != EAGAIN)
+		log_warn("timerfd read");
+	/* A callback may re-arm its own timer or others; pop one at a time. */
+	while (loop->nheap > 0 && loop->heap[0]->due <= now) {
+		struct gw_timer *t = loop->heap[0];
+
+		heap_remove(loop, t);
+		t->fn(t, t->data);
+	}
+	timerfd_program(loop);
+}
+
+static void
+signals_dispatch(int fd, uint32_t events, void *data)
+{
+	struct gw_loop *loop = data;
+	struct signalfd_siginfo si;
+
+	(void)events;
+	while (read(fd, &si, sizeof(si)) == sizeof(si)) {
+		for (size_t i = 0; i < loop->nsignals; i++) {
+			if (loop->signals[i].signo == (int)si.ssi_signo)
+				loop->signals[i].fn((int)si.ssi_signo, loop->signals[i].data);
+		}
+	}
+}
+
+int
+gw_loop_add_signal(struct gw_loop *loop, int signo, gw_signal_fn fn, void *data)
+{
+	if (loop->nsignals == MAX_SIGNALS)
+		return -ENOSPC;
+	sigaddset(&loop->sigmask, signo);
+	if (pthread_sigmask(SIG_BLOCK, &loop->sigmask, NULL) != 0)
+		return -EINVAL;
+	if (signalfd(loop->sigfd, &loop->sigmask, SFD_NONBLOCK | SFD_CLOEXEC) < 0)
+		return -errno;
+	loop->signals[loop->nsignals].signo = signo;
+	loop->signals[loop->nsignals].fn = fn;
+	loop->signals[loop->nsignals].data = data;
+	loop->nsignals++;
+	return 0;
+}
+
+int
+gw_loop_new(struct gw_loop **out)
+{
+	struct gw_loop *loop = calloc(1, sizeof(*loop));
+	int r;
+
+	if (!loop)
+		return -ENOMEM;
+	loop->timerfd = loop->sigfd = -1;
+	sigemptyset(&loop->sigmask);
+	loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (loop->epfd < 0)
+		goto fail_errno;
+	loop->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (loop->timerfd < 0)
+		goto fail_errno;
+	loop->sigfd = signalfd(-1, &loop->sigmask, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (loop->sigfd < 0)
+		goto fail_errno;
+	r = gw_loop_add_fd(loop, loop->timerfd, EPOLLIN, timers_expire, loop);
+	if (r == 0)
+		r = gw_loop_add_fd(loop, loop->sigfd, EPOLLIN, signals_dispatch, loop);
+	if (r < 0)
+		goto fail;
+	*out = loop;
+	return 0;
+
+fail_errno:
+	r = -errno;
+fail:
+	gw_loop_free(loop);
+	return r;
+}
+
+void
+gw_loop_free(struct gw_loop *loop)
+{
+	if (!loop)
+		return;
+	while (loop->watches)
+		gw_loop_del_fd(loop, loop->watches->fd);
+	graveyard_empty(loop);
+	for (size_t i = 0; i < loop->nheap; i++)
+		loop->heap[i]->slot = SIZE_MAX;
+	free(loop->heap);
+	if (loop->sigfd >= 0)
+		close(loop->sigfd);
+	if (loop->timerfd >= 0)
+		close(loop->timerfd);
+	if (loop->epfd >= 0)
+		close(loop->epfd);
+	free(loop);
+}
+
+void
+gw_loop_quit(struct gw_loop *loop, int status)
+{
+	loop->quit = true;
+	loop->status = status;
+}
+
+int
+gw_loop_run(struct gw_loop *loop)
+{
+	struct epoll_event evs[64];
+
+	loop->quit = false;
+	while (!loop->quit) {
+		int n = epoll_wait(loop->epfd, evs, 64, -1);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_warn("epoll_wait");
+			return -errno;
+		}
+		for (int i = 0; i < n && !loop->quit; i++) {
+			struct watch *w = evs[i].data.ptr;
+
+			if (w->fn)
+				w->fn(w->fd, evs[i].events, w->data);
+		}
+		graveyard_empty(loop);
+	}
+	return loop->status;
+}

@@ -1,0 +1,226 @@
+# SPDX-License-Identifier: Apache-2.0
+# Shared by the integration tests: real peers (mosquitto as the cloud, coap-client-openssl as
+# sensors, openssl as the CA), all on 127.0.0.1 with free ports in a temp dir, stopped by PID.
+# Sourced, not run. Each test calls gw_setup first and ends with gw_pass.
+
+set -euo pipefail
+
+: "${GATEWAYD:?set GATEWAYD to the gatewayd binary (meson test sets it)}"
+
+GW_PIDS=()
+GW_FAILED=0
+GW_TEST=${GW_TEST:-$(basename "$0" .sh)}
+
+gw_log() { printf '%s: %s\n' "$GW_TEST" "$*" >&2; }
+
+gw_fail() {
+  gw_log "FAIL: $*"
+  GW_FAILED=1
+  if [ -n "${WORK:-}" ]; then
+    for f in "$WORK"/gatewayd.log "$WORK"/mosquitto.log; do
+      [ -f "$f" ] && { echo "--- last lines of $f" >&2; tail -n 25 "$f" >&2; }
+    done
+  fi
+  exit 1
+}
+
+gw_require() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 ||
+      gw_fail "needs '$tool', which is not installed: run scripts/test.sh (it installs the test peers)"
+  done
+}
+
+gw_cleanup() {
+  local pid
+  for pid in "${GW_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${GW_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$GW_FAILED" = 0 ] && [ -z "${GW_KEEP:-}" ]; then
+    rm -rf "$WORK"
+  else
+    gw_log "files kept in $WORK"
+  fi
+}
+
+gw_setup() {
+  gw_require openssl mosquitto mosquitto_sub mosquitto_pub coap-client-openssl ss timeout
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/gw-$GW_TEST.XXXXXX")
+  trap gw_cleanup EXIT
+  trap 'GW_FAILED=1' ERR
+  mkdir -m 700 "$WORK/state"
+}
+
+gw_pass() {
+  gw_log "PASS"
+  exit 0
+}
+
+# A port nobody listens on (proto: tcp or udp). Racy in theory; the range makes a clash rare.
+gw_free_port() {
+  local proto=$1 flag port i
+  [ "$proto" = tcp ] && flag=-Hltn || flag=-Hlun
+  for i in $(seq 1 100); do
+    port=$((20000 + RANDOM % 40000))
+    if [ -z "$(ss $flag "sport = :$port" 2>/dev/null)" ]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  gw_fail "no free $proto port found"
+}
+
+# Waits up to $2 seconds for $1 (a shell condition) to hold.
+gw_wait_for() {
+  local cond=$1 secs=${2:-10} i
+  for i in $(seq 1 $((secs * 10))); do
+    if eval "$cond"; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---- a throwaway PKI ----
+
+gw_pki_init() {
+  mkdir -p "$WORK/pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=gatewayd test CA" -keyout "$WORK/pki/ca.key" -out "$WORK/pki/ca.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    2>/dev/null
+}
+
+# gw_pki_cert NAME CN EXT: key and certificate signed by the test CA into pki/NAME.{key,pem}.
+gw_pki_cert() {
+  local name=$1 cn=$2 ext=$3
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$cn" \
+    -keyout "$WORK/pki/$name.key" -out "$WORK/pki/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$WORK/pki/$name.ext"
+  openssl x509 -req -in "$WORK/pki/$name.csr" -CA "$WORK/pki/ca.pem" -CAkey "$WORK/pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$WORK/pki/$name.ext" -out "$WORK/pki/$name.pem" 2>/dev/null
+  chmod 600 "$WORK/pki/$name.key"
+}
+
+gw_pki_server() { gw_pki_cert "$1" "$2" "subjectAltName=$3
+extendedKeyUsage=serverAuth"; }
+gw_pki_client() { gw_pki_cert "$1" "$1" "extendedKeyUsage=clientAuth"; }
+
+# ---- the cloud: mosquitto with mutual TLS, identity as username, per-device ACL ----
+
+# gw_start_broker [SERVER_CERT_NAME]: the server certificate defaults to one for localhost.
+gw_start_broker() {
+  local cert=${1:-broker}
+  [ -f "$WORK/pki/$cert.pem" ] || gw_pki_server "$cert" localhost "DNS:localhost,IP:127.0.0.1"
+  [ -f "$WORK/pki/observer.pem" ] || gw_pki_client observer
+  BROKER_PORT=$(gw_free_port tcp)
+  cat >"$WORK/acl" <<ACL
+# Each device writes only under its own id; the test's observer reads everything.
+pattern write devices/%u/#
+user observer
+topic read devices/#
+ACL
+  cat >"$WORK/mosquitto.conf" <<CONF
+per_listener_settings false
+# Started as root, mosquitto would switch to its own user, who cannot read our temp dir.
+user $(id -un)
+persistence false
+log_dest file $WORK/mosquitto.log
+log_type all
+connection_messages true
+listener $BROKER_PORT 127.0.0.1
+cafile $WORK/pki/ca.pem
+certfile $WORK/pki/$cert.pem
+keyfile $WORK/pki/$cert.key
+require_certificate true
+use_identity_as_username true
+acl_file $WORK/acl
+CONF
+  mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.out" 2>&1 &
+  BROKER_PID=$!
+  GW_PIDS+=("$BROKER_PID")
+  gw_wait_for "[ -n \"\$(ss -Hltn 'sport = :$BROKER_PORT')\" ]" 10 ||
+    gw_fail "mosquitto did not start: $(cat "$WORK/mosquitto.out")"
+}
+
+# Subscribes as the observer to devices/# and writes "topic payload" lines to $WORK/sub.out.
+gw_start_subscriber() {
+  mosquitto_sub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
+    --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i observer \
+    -t 'devices/#' -q 1 -v >"$WORK/sub.out" 2>"$WORK/sub.err" &
+  GW_PIDS+=("$!")
+  gw_wait_for "grep -q \"observer.*u'observer'\" '$WORK/mosquitto.log' 2>/dev/null" 10 ||
+    gw_fail "subscriber did not connect: $(cat "$WORK/sub.err")"
+}
+
+# ---- devices: keystore entries (soft backend) and the matching sensor-side secrets ----
+
+# gw_add_device ID: certificate for CN=ID and a random PSK. The sensor's key is the ASCII of
+# 32 hex digits (coap-client takes -k as text); the keystore holds those bytes in hex.
+gw_add_device() {
+  local id=$1 dir key
+  dir="$WORK/state/keystore/$id"
+  [ -f "$WORK/pki/$id.pem" ] || gw_pki_client "$id"
+  mkdir -p -m 700 "$WORK/state/keystore"
+  mkdir -m 700 "$dir"
+  key=$(openssl rand -hex 16)
+  printf '%s' "$key" >"$WORK/psk-$id"
+  (umask 077 && printf '%s' "$key" | od -An -tx1 | tr -d ' \n' >"$dir/psk.key")
+  cp "$WORK/pki/$id.pem" "$dir/cert.pem"
+  (umask 077 && cp "$WORK/pki/$id.key" "$dir/key.pem")
+}
+
+gw_psk() { cat "$WORK/psk-$1"; }
+
+# ---- the gateway ----
+
+# gw_write_config [EXTRA_UPSTREAM_LINES]: $WORK/gateway.conf for the broker started above.
+gw_write_config() {
+  COAP_PORT=$(gw_free_port udp)
+  cat >"$WORK/gateway.conf" <<CONF
+gateway = {
+  id = "gw-test";
+  state_dir = "$WORK/state";
+  log_level = "debug";
+};
+sensors = {
+  listen = "127.0.0.1";
+  port = $COAP_PORT;
+};
+upstream = {
+  broker = "mqtts://${GW_BROKER_HOST:-localhost}:$BROKER_PORT";
+  ca_file = "$WORK/pki/ca.pem";
+  reconnect_min = 1;
+  reconnect_max = 2;
+  publish_timeout = 5;
+  ${1:-}
+};
+routes = (
+  { resource = "temp"; topic = "devices/\${device}/telemetry/\${path}"; },
+  { resource = "humidity"; topic = "devices/\${device}/telemetry/\${path}"; qos = 1; }
+);
+CONF
+}
+
+# gw_start_gateway N: starts gatewayd and waits until N devices are connected upstream.
+gw_start_gateway() {
+  local want=${1:-0}
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+  GATEWAY_PID=$!
+  GW_PIDS+=("$GATEWAY_PID")
+  gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 10 || gw_fail "gatewayd did not start"
+  gw_wait_for "[ \$(grep -c 'upstream connected' '$WORK/gatewayd.log') -ge $want ]" 30 ||
+    gw_fail "only $(grep -c 'upstream connected' "$WORK/gatewayd.log") of $want devices connected upstream"
+}
+
+# gw_sensor ID METHOD PATH PAYLOAD [KEY]: one CoAP request over DTLS-PSK, bounded in time.
+# Prints coap-client's output; returns its exit status.
+gw_sensor() {
+  local id=$1 method=$2 path=$3 payload=$4 key=${5:-}
+  [ -n "$key" ] || key=$(gw_psk "$id")
+  timeout 30 coap-client-openssl -B 10 -m "$method" -u "$id" -k "$key" -e "$payload" \
+    "coaps://127.0.0.1:$COAP_PORT/$path" 2>&1
+}

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conf.h"
+
+static char *
+fixture(const char *name)
+{
+	const char *dir = getenv("GW_TEST_DATA");
+	char *path;
+
+	assert_non_null(dir);
+	assert_true(asprintf(&path, "%s/conf/%s", dir, name) > 0);
+	return path;
+}
+
+static struct gwconf *
+load_ok(const char *name)
+{
+	char *path = fixture(name);
+	struct gwconf_errors errs;
+	struct gwconf *conf;
+	int r = gwconf_load(path, &conf, &errs);
+
+	for (size_t i = 0; i < errs.count; i++)
+		print_error("unexpected: %s\n", errs.lines[i]);
+	assert_int_equal(r, 0);
+	assert_int_equal(errs.count, 0);
+	gwconf_errors_finish(&errs);
+	free(path);
+	return conf;
+}
+
+static void
+minimal_config_gets_defaults(void **state)
+{
+	struct gwconf *c = load_ok("good-minimal.conf");
+
+	(void)state;
+	assert_string_equal(c->gateway_id, "gw-01");
+	assert_string_equal(c->state_dir, "/var/lib/gateway");
+	assert_int_equal(c->log_level, LOG_LEVEL_INFO);
+	assert_string_equal(c->sensors.listen, "0.0.0.0");
+	assert_int_equal(c->sensors.port, 5684);
+	assert_int_equal(c->sensors.receive_buffer, 4 << 20);
+	assert_string_equal(c->upstream.broker, "ssl://broker.example.com:8883");
+	assert_string_equal(c->upstream.broker_host, "broker.example.com");
+	assert_int_equal(c->upstream.keepalive, 60);
+	assert_int_equal(c->upstream.publish_timeout, 10);
+	assert_string_equal(c->keystore.backend, "soft");
+	assert_int_equal(c->nroutes, 1);
+	assert_string_equal(c->routes[0].resource, "temp");
+	assert_int_equal(c->routes[0].qos, 1);
+	assert_ptr_equal(gwconf_route_find(c, "temp"), &c->routes[0]);
+	assert_null(gwconf_route_find(c, "tem"));
+	gwconf_free(c);
+}
+
+static void
+full_config_is_read_as_written(void **state)
+{
+	struct gwconf *c = load_ok("good-full.conf");
+
+	(void)state;
+	assert_string_equal(c->state_dir, "/srv/gateway");
+	assert_int_equal(c->log_level, LOG_LEVEL_DEBUG);
+	assert_string_equal(c->sensors.listen, "::1");
+	assert_int_equal(c->sensors.port, 15684);
+	assert_int_equal(c->sensors.receive_buffer, 8 << 20);
+	assert_int_equal(c->sensors.max_sessions, 5000);
+	assert_string_equal(c->upstream.broker, "ssl://[2001:db8::1]:18883");
+	assert_string_equal(c->upstream.broker_host, "2001:db8::1");
+	assert_int_equal(c->upstream.broker_port, 18883);
+	assert_int_equal(c->upstream.keepalive, 30);
+	assert_int_equal(c->upstream.connect_timeout, 5);
+	assert_int_equal(c->upstream.publish_timeout, 7);
+	assert_int_equal(c->upstream.reconnect_min, 2);
+	assert_int_equal(c->upstream.reconnect_max, 120);
+	assert_int_equal(c->nroutes, 2);
+	assert_string_equal(c->routes[0].resource, "env/temp");
+	assert_string_equal(c->routes[0].topic, "${gateway}/devices/${device}/${path}");
+	assert_int_equal(c->routes[0].qos, 0);
+	gwconf_free(c);
+}
+
+/* Every error of a bad fixture, in order, exactly as in its .err file (FILE = the path). */
+static void
+check_bad(const char *name)
+{
+	char *path = fixture(name), *errpath, line[1024];
+	struct gwconf_errors errs;
+	struct gwconf *conf;
+	size_t n = 0;
+	FILE *f;
+
+	assert_true(asprintf(&errpath, "%.*s.err", (int)(strlen(path) - 5), path) > 0);
+	assert_int_equal(gwconf_load(path, &conf, &errs), -EINVAL);
+	assert_null(conf);
+	f = fopen(errpath, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		char want[2048];
+
+		line[strcspn(line, "\n")] = '\0';
+		assert_true(strncmp(line, "FILE", 4) == 0);
+		snprintf(want, sizeof(want), "%s%s", path, line + 4);
+		if (n >= errs.count)
+			fail_msg("%s: missing error: %s", name, want);
+		if (strcmp(errs.lines[n], want) != 0)
+			fail_msg("%s: error %zu\n got: %s\nwant: %s", name, n + 1, errs.lines[n],
+			         want);
+		n++;
+	}
+	if (n != errs.count)
+		fail_msg("%s: unexpected extra error: %s", name, errs.lines[n]);
+	fclose(f);
+	gwconf_errors_finish(&errs);
+	free(errpath);
+	free(path);
+}
+
+static void
+syntax_error_names_the_line(void **state)
+{
+	(void)state;
+	check_bad("bad-syntax.conf");
+}
+
+static void
+every_bad_value_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-values.conf");
+}
+
+static void
+every_missing_part_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-missing.conf");
+}
+
+static void
+unreadable_file_is_reported(void **state)
+{
+	struct gwconf_errors errs;
+	struct gwconf *conf;
+
+	(void)state;
+	assert_int_equal(gwconf_load("/nonexistent/gateway.conf", &conf, &errs), -ENOENT);
+	assert_int_equal(errs.count, 1);
+	assert_string_equal(errs.lines[0],
+	                    "/nonexistent/gateway.conf: cannot open: No such file or directory");
+	gwconf_errors_finish(&errs);
+}
+
+/* The shipped example must stay in step with the parser: no unknown or invalid key in it. */
+static void
+example_config_is_valid(void **state)
+{
+	const char *root = getenv("GW_SOURCE_ROOT");
+	struct gwconf_errors errs;
+	struct gwconf *conf;
+	char *path;
+
+	(void)state;
+	assert_non_null(root);
+	assert_true(asprintf(&path, "%s/configs/gateway.conf", root) > 0);
+	gwconf_load(path, &conf, &errs);
+	/* Its CA file is the installed gateway's, which a build machine need not have. */
+	for (size_t i = 0; i < errs.count; i++) {
+		if (!strstr(errs.lines[i],
+		            "'upstream.ca_file' \"/etc/gateway/broker-ca.pem\" cannot be read"))
+			fail_msg("example config: %s", errs.lines[i]);
+	}
+	assert_true(errs.count <= 1);
+	gwconf_errors_finish(&errs);
+	gwconf_free(conf);
+	free(path);
+}
+
+static void
+ids_are_plain(void **state)
+{
+	(void)state;
+	assert_true(gwconf_valid_id("dev-a.1_x"));
+	assert_false(gwconf_valid_id(""));
+	assert_false(gwconf_valid_id("a/b"));
+	assert_false(gwconf_valid_id("a+"));
+	assert_false(gwconf_valid_id("dev a"));
+	assert_false(gwconf_valid_id(
+	        "0123456789012345678901234567890123456789012345678901234567890123x"));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	        cmocka_unit_test(minimal_config_gets_defaults),
+	        cmocka_unit_test(full_config_is_read_as_written),
+	        cmocka_unit_test(syntax_error_names_the_line),
+	        cmocka_unit_test(every_bad_value_is_reported),
+	        cmocka_unit_test(every_missing_part_is_reported),
+	        cmocka_unit_test(unreadable_file_is_reported),
+	        cmocka_unit_test(example_config_is_valid),
+	        cmocka_unit_test(ids_are_plain),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
