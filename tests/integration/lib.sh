@@ -139,6 +139,11 @@ require_certificate true
 use_identity_as_username true
 acl_file $WORK/acl
 CONF
+  gw_run_broker
+}
+
+# (Re)starts mosquitto with the config gw_start_broker wrote, on the same port.
+gw_run_broker() {
   mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.out" 2>&1 &
   BROKER_PID=$!
   GW_PIDS+=("$BROKER_PID")
@@ -217,10 +222,34 @@ gw_start_gateway() {
 }
 
 # gw_sensor ID METHOD PATH PAYLOAD [KEY]: one CoAP request over DTLS-PSK, bounded in time.
-# Prints coap-client's output; returns its exit status.
+# Prints the response code ("2.04", "5.03", ...) or "none"; the whole exchange, as coap-client
+# logged it, is in $WORK/coap-last.out.
 gw_sensor() {
-  local id=$1 method=$2 path=$3 payload=$4 key=${5:-}
+  local id=$1 method=$2 path=$3 payload=$4 key=${5:-} code
   [ -n "$key" ] || key=$(gw_psk "$id")
-  timeout 30 coap-client-openssl -B 10 -m "$method" -u "$id" -k "$key" -e "$payload" \
-    "coaps://127.0.0.1:$COAP_PORT/$path" 2>&1
+  timeout 30 coap-client-openssl -v 6 -B 10 -m "$method" -u "$id" -k "$key" -e "$payload" \
+    "coaps://127.0.0.1:$COAP_PORT/$path" >"$WORK/coap-last.out" 2>&1 || true
+  # Response lines look like "v:1 t:ACK c:2.04 i:..."; the request's is "c:POST".
+  code=$(grep -o 'c:[0-9]\.[0-9][0-9]' "$WORK/coap-last.out" | tail -n 1 | cut -c3-)
+  echo "${code:-none}"
+}
+
+# gw_expect_code WANT ID METHOD PATH PAYLOAD [KEY]
+gw_expect_code() {
+  local want=$1 got
+  shift
+  got=$(gw_sensor "$@")
+  [ "$got" = "$want" ] || gw_fail "$2 $3 /$4 '$5': got $got, want $want: $(tail -n 5 "$WORK/coap-last.out")"
+}
+
+# gw_wait_received LINE [SECS]: waits until the observer received exactly this "topic payload".
+gw_wait_received() {
+  gw_wait_for "grep -qxF '$1' '$WORK/sub.out'" "${2:-10}" ||
+    gw_fail "the broker's subscriber never got '$1'; it got: $(cat "$WORK/sub.out")"
+}
+
+# The username mosquitto gave the client with this id (from its connection log line).
+gw_broker_username() {
+  grep -o "as $1 (p[0-9], c[0-9], k[0-9]*, u'[^']*')" "$WORK/mosquitto.log" | tail -n 1 |
+    sed "s/.*u'\([^']*\)')/\1/"
 }
