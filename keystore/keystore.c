@@ -311,7 +311,8 @@ keystore_open(struct keystore **out, const char *state_dir, const char *backend)
 		if (r < 0)
 			goto fail;
 	}
-	qsort(ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
+	if (ks->ndevices > 0)
+		qsort(ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
 	for (size_t i = 0; i < ks->ndevices; i++) {
 		for (size_t j = 0; j < i; j++) {
 			if (strcmp(ks->devices[i].psk_identity, ks->devices[j].psk_identity) == 0) {
@@ -364,6 +365,8 @@ find_device(const struct keystore *ks, const char *id)
 {
 	struct ks_device key = {.id = (char *)id};
 
+	if (ks->ndevices == 0)
+		return NULL;
 	return bsearch(&key, ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
 }
 

@@ -658,9 +658,11 @@ cmp_id_device(const void *key, const void *elem)
 struct mqttbr_device *
 mqttbr_find(struct mqttbr *br, const char *id)
 {
-	struct mqttbr_device **dev =
-	        bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
+	struct mqttbr_device **dev;
 
+	if (br->ndevices == 0)
+		return NULL;
+	dev = bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
 	return dev ? *dev : NULL;
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Installs the Debian 12 packages gatewayd needs, only those missing (safe to run again).
+#   scripts/deps.sh build   compilers, meson and the -dev libraries
+#   scripts/deps.sh peers   the real peers of the demo and the tests: mosquitto, coap-client,
+#                           swtpm, tpm2-tools, openssl
+#   scripts/deps.sh all     both (default)
+set -euo pipefail
+
+build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libpaho-mqtt-dev
+  libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev)
+peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools openssl iproute2
+  procps coreutils)
+
+case "${1:-all}" in
+  build) want=("${build[@]}") ;;
+  peers) want=("${peers[@]}") ;;
+  all) want=("${build[@]}" "${peers[@]}") ;;
+  *)
+    echo "usage: $0 [build|peers|all]" >&2
+    exit 2
+    ;;
+esac
+
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+    missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || {
+    echo "$0: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+  }
+  sudo=(sudo)
+fi
+echo "installing: ${missing[*]}" >&2
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  "${missing[@]}" >/dev/null

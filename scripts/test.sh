@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Runs the whole test suite (unit and integration, against real mosquitto and coap-client)
+# twice: on a -Werror build, and on an AddressSanitizer + UndefinedBehaviorSanitizer build.
+# Installs what it needs. Exits non-zero if anything fails. Builds live in .build/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh all || exit 1
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
+
+passed=0
+failed=0
+run() {
+  local name=$1 dir=$2
+  shift 2
+  echo "== $name: building in $dir" >&2
+  if ! scripts/build.sh "$dir" -Dwerror=true "$@"; then
+    echo "== $name: build failed" >&2
+    failed=$((failed + 1))
+    return
+  fi
+  echo "== $name: testing" >&2
+  meson test -C "$dir" --suite unit --suite integration --print-errorlogs
+  local log="$dir/meson-logs/testlog.json" ok bad
+  ok=$(grep -c '"result": "OK"' "$log" || true)
+  bad=$(grep -c '"result": "\(FAIL\|TIMEOUT\|ERROR\)"' "$log" || true)
+  if [ "$ok" -eq 0 ] && [ "$bad" -eq 0 ]; then
+    bad=1 # a run that ran nothing is a failure, not a pass
+  fi
+  passed=$((passed + ok))
+  failed=$((failed + bad))
+}
+
+run werror .build/werror
+run sanitize .build/sanitize -Db_sanitize=address,undefined -Db_lundef=false
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
