@@ -13,7 +13,10 @@
  * every part of the daemon reads it, and a reload builds a fresh one to compare and swap.
  */
 
-#define GWCONF_DEFAULT_FILE "/etc/gateway/gateway.conf"
+#ifndef GW_SYSCONFDIR
+#define GW_SYSCONFDIR "/etc"
+#endif
+#define GWCONF_DEFAULT_FILE GW_SYSCONFDIR "/gateway/gateway.conf"
 
 struct gwconf_route {
 	char *resource; /* CoAP Uri-Path served, "a/b" */
