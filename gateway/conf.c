@@ -157,6 +157,25 @@ get_string(struct parse *p, const config_setting_t *group, const char *gname, co
 	return strdup(v);
 }
 
+/*
+ * Reads a required file name. A relative one is taken from the config file's folder, not from
+ * the daemon's working directory (which is / once it detaches).
+ */
+static char *
+get_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key)
+{
+	char *v = get_string(p, group, gname, key, NULL), *dir, *abs;
+
+	if (!v || v[0] == '/')
+		return v;
+	dir = strdup(p->path);
+	if (!dir || asprintf(&abs, "%s/%s", dirname(dir), v) < 0)
+		abs = NULL;
+	free(dir);
+	free(v);
+	return abs;
+}
+
 static int
 get_int(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
         long long def, long long min, long long max)
@@ -321,7 +340,7 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	if (broker)
 		parse_broker(p, config_setting_get_member(g, "broker"), broker);
 	free(broker);
-	c->upstream.ca_file = get_string(p, g, "upstream", "ca_file", NULL);
+	c->upstream.ca_file = get_path(p, g, "upstream", "ca_file");
 	if (c->upstream.ca_file && access(c->upstream.ca_file, R_OK) < 0)
 		report(p, config_setting_get_member(g, "ca_file"),
 		       "'upstream.ca_file' \"%s\" cannot be read: %s", c->upstream.ca_file,

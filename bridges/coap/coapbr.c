@@ -406,8 +406,12 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 
 	coap_startup();
 	coap_set_log_handler(on_coap_log);
-	coap_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_INFO : LOG_WARNING);
-	coap_dtls_set_log_level(LOG_WARNING);
+	/*
+	 * libcoap logs several warnings for every refused handshake, which anyone can provoke;
+	 * gatewayd logs one line of its own for those, so keep libcoap's for debugging.
+	 */
+	coap_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_INFO : LOG_ERR);
+	coap_dtls_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_WARNING : LOG_ERR);
 
 	br->ctx = coap_new_context(NULL);
 	if (!br->ctx) {

@@ -92,6 +92,18 @@ full_config_is_read_as_written(void **state)
 	gwconf_free(c);
 }
 
+static void
+relative_paths_are_taken_from_the_config_folder(void **state)
+{
+	struct gwconf *c = load_ok("good-relative.conf");
+	char *want = fixture("ca.pem");
+
+	(void)state;
+	assert_string_equal(c->upstream.ca_file, want);
+	free(want);
+	gwconf_free(c);
+}
+
 /* Every error of a bad fixture, in order, exactly as in its .err file (FILE = the path). */
 static void
 check_bad(const char *name)
@@ -207,6 +219,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(minimal_config_gets_defaults),
 	        cmocka_unit_test(full_config_is_read_as_written),
+	        cmocka_unit_test(relative_paths_are_taken_from_the_config_folder),
 	        cmocka_unit_test(syntax_error_names_the_line),
 	        cmocka_unit_test(every_bad_value_is_reported),
 	        cmocka_unit_test(every_missing_part_is_reported),
