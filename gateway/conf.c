@@ -162,9 +162,10 @@ get_string(struct parse *p, const config_setting_t *group, const char *gname, co
  * the daemon's working directory (which is / once it detaches).
  */
 static char *
-get_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key)
+get_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+         const char *def)
 {
-	char *v = get_string(p, group, gname, key, NULL), *dir, *abs;
+	char *v = get_string(p, group, gname, key, def), *dir, *abs;
 
 	if (!v || v[0] == '/')
 		return v;
@@ -215,7 +216,7 @@ gwconf_valid_id(const char *s)
 static void
 parse_gateway(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"id", "state_dir", "log_level", NULL};
+	static const char *const known[] = {"id", "state_dir", "log_level", "control_socket", NULL};
 	const config_setting_t *g = get_group(p, root, "gateway", true);
 	struct gwconf *c = p->conf;
 	char *level;
@@ -231,6 +232,13 @@ parse_gateway(struct parse *p, const config_setting_t *root)
 	if (c->state_dir && c->state_dir[0] != '/')
 		report(p, config_setting_get_member(g, "state_dir"),
 		       "'gateway.state_dir' must be an absolute path, not \"%s\"", c->state_dir);
+	c->control_socket =
+	        get_path(p, g, "gateway", "control_socket", "/run/gateway/control.sock");
+	/* sockaddr_un.sun_path holds 108 bytes with its NUL (unix(7)). */
+	if (c->control_socket && strlen(c->control_socket) > 107)
+		report(p, config_setting_get_member(g, "control_socket"),
+		       "'gateway.control_socket' is longer than 107 bytes: \"%s\"",
+		       c->control_socket);
 	level = get_string(p, g, "gateway", "log_level", "info");
 	if (level && log_level_parse(level, &c->log_level) < 0)
 		report(p, config_setting_get_member(g, "log_level"),
@@ -340,7 +348,7 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	if (broker)
 		parse_broker(p, config_setting_get_member(g, "broker"), broker);
 	free(broker);
-	c->upstream.ca_file = get_path(p, g, "upstream", "ca_file");
+	c->upstream.ca_file = get_path(p, g, "upstream", "ca_file", NULL);
 	if (c->upstream.ca_file && access(c->upstream.ca_file, R_OK) < 0)
 		report(p, config_setting_get_member(g, "ca_file"),
 		       "'upstream.ca_file' \"%s\" cannot be read: %s", c->upstream.ca_file,
@@ -356,19 +364,68 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 		       c->upstream.reconnect_max, c->upstream.reconnect_min);
 }
 
+static bool
+get_bool(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+         bool def)
+{
+	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
+
+	if (!s)
+		return def;
+	if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
+		report(p, s, "'%s.%s' must be true or false", gname, key);
+		return def;
+	}
+	return config_setting_get_bool(s);
+}
+
 static void
 parse_keystore(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"backend", NULL};
+	static const char *const known[] = {"backend",       "tcti",           "parent",
+	                                    "create_parent", "device_ca_file", NULL};
 	const config_setting_t *g = get_group(p, root, "keystore", false);
+	const config_setting_t *s = g ? config_setting_get_member(g, "parent") : NULL;
 	struct gwconf *c = p->conf;
 
 	if (g)
 		check_keys(p, g, "group 'keystore'", known);
 	c->keystore.backend = get_string(p, g, "keystore", "backend", "soft");
-	if (c->keystore.backend && strcmp(c->keystore.backend, "soft") != 0)
+	if (c->keystore.backend && strcmp(c->keystore.backend, "soft") != 0 &&
+	    strcmp(c->keystore.backend, "tpm") != 0)
 		report(p, config_setting_get_member(g, "backend"),
-		       "'keystore.backend' is \"%s\", expected \"soft\"", c->keystore.backend);
+		       "'keystore.backend' is \"%s\", expected \"tpm\" or \"soft\"",
+		       c->keystore.backend);
+	c->keystore.tcti = get_string(p, g, "keystore", "tcti", "device:/dev/tpmrm0");
+	c->keystore.parent = 0x81000001u;
+	if (s) {
+		long long v = config_setting_get_int64(s);
+
+		/* libconfig reads 0x81000001 as a negative 32-bit int: take the bits. */
+		if (config_setting_type(s) == CONFIG_TYPE_INT && v < 0)
+			v = (uint32_t)(int32_t)v;
+		/* TPM 2.0 Part 2, 7.4: persistent objects live at 0x81000000 to 0x81FFFFFF. */
+		if ((config_setting_type(s) != CONFIG_TYPE_INT &&
+		     config_setting_type(s) != CONFIG_TYPE_INT64) ||
+		    v < 0x81000000LL || v > 0x81FFFFFFLL)
+			report(p, s,
+			       "'keystore.parent' must be a persistent TPM handle, 0x81000000 to "
+			       "0x81FFFFFF");
+		else
+			c->keystore.parent = (uint32_t)v;
+	}
+	c->keystore.create_parent = get_bool(p, g, "keystore", "create_parent", true);
+	/* Without an upstream CA (already reported) there is nothing to default to. */
+	if (!c->upstream.ca_file)
+		return;
+	c->keystore.device_ca_file =
+	        get_path(p, g, "keystore", "device_ca_file", c->upstream.ca_file);
+	/* The default is upstream.ca_file, whose own check speaks for it. */
+	if (c->keystore.device_ca_file && g && config_setting_get_member(g, "device_ca_file") &&
+	    access(c->keystore.device_ca_file, R_OK) < 0)
+		report(p, config_setting_get_member(g, "device_ca_file"),
+		       "'keystore.device_ca_file' \"%s\" cannot be read: %s",
+		       c->keystore.device_ca_file, strerror(errno));
 }
 
 /* A resource is one or more '/'-separated segments of letters, digits, '.', '_', '-'. */
@@ -535,11 +592,14 @@ gwconf_free(struct gwconf *c)
 	}
 	free(c->routes);
 	free(c->keystore.backend);
+	free(c->keystore.tcti);
+	free(c->keystore.device_ca_file);
 	free(c->upstream.broker);
 	free(c->upstream.broker_host);
 	free(c->upstream.ca_file);
 	free(c->sensors.listen);
 	free(c->state_dir);
+	free(c->control_socket);
 	free(c->gateway_id);
 	free(c->file);
 	free(c);

@@ -28,6 +28,7 @@ struct gwconf {
 	char *file;
 	char *gateway_id;
 	char *state_dir;
+	char *control_socket;
 	enum log_level log_level;
 
 	struct {
@@ -50,7 +51,11 @@ struct gwconf {
 	} upstream;
 
 	struct {
-		char *backend;
+		char *backend;        /* "soft" or "tpm" */
+		char *tcti;           /* tpm: TCTI configuration string */
+		uint32_t parent;      /* tpm: persistent handle of the storage key */
+		bool create_parent;   /* tpm: create the storage key if missing */
+		char *device_ca_file; /* CA(s) device certificates must chain to */
 	} keystore;
 
 	struct gwconf_route *routes;

@@ -4,6 +4,7 @@
  */
 #include "coapbr.h"
 #include "conf.h"
+#include "control.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
@@ -25,6 +26,7 @@ struct daemon {
 	struct mqttbr *mqtt;
 	struct router *router;
 	struct coapbr *coap;
+	struct control *control;
 	bool stopping;
 };
 
@@ -73,9 +75,49 @@ on_hangup(int signo, void *data)
 	          d->conf->file);
 }
 
+/*
+ * Brings a device's upstream session in line with the keystore: none for a device that is
+ * gone, not active or without a certificate; a fresh one (new certificate, new key) otherwise.
+ */
+static void
+sync_device(const char *id, void *data)
+{
+	struct daemon *d = data;
+	struct keystore_info info;
+	const char *cert, *key;
+	char *copy = strdup(id);
+	int r;
+
+	/* id may be the keystore's own string, which removing the device retires. */
+	if (!copy)
+		return;
+	mqttbr_remove_device(d->mqtt, copy);
+	if (keystore_device_info(d->ks, copy, &info) < 0 || info.state != KEYSTORE_ACTIVE)
+		goto out;
+	if (keystore_tls_files(d->ks, copy, &cert, &key) == -ENOKEY) {
+		log_info("%s: no certificate yet: no upstream session until gwctl device "
+		         "import-cert",
+		         copy);
+		goto out;
+	}
+	r = mqttbr_add_device(d->mqtt, copy, cert, key, NULL);
+	if (r < 0)
+		log_warnx("%s: cannot start its upstream session: %s", copy, strerror(-r));
+out:
+	free(copy);
+}
+
 static int
 start(struct daemon *d)
 {
+	struct keystore_config kc = {
+	        .state_dir = d->conf->state_dir,
+	        .backend = d->conf->keystore.backend,
+	        .tcti = d->conf->keystore.tcti,
+	        .parent = d->conf->keystore.parent,
+	        .create_parent = d->conf->keystore.create_parent,
+	        .device_ca_file = d->conf->keystore.device_ca_file,
+	};
 	size_t n;
 	int r;
 
@@ -94,7 +136,7 @@ start(struct daemon *d)
 	/* A broker that drops us mid-write must not kill the daemon. */
 	signal(SIGPIPE, SIG_IGN);
 
-	r = keystore_open(&d->ks, d->conf->state_dir, d->conf->keystore.backend);
+	r = keystore_open(&d->ks, &kc);
 	if (r < 0) {
 		log_warnx("cannot open the keystore in %s: %s", d->conf->state_dir, strerror(-r));
 		return r;
@@ -105,15 +147,8 @@ start(struct daemon *d)
 		return r;
 	}
 	n = keystore_count(d->ks);
-	for (size_t i = 0; i < n; i++) {
-		const char *id = keystore_device_id(d->ks, i), *cert, *key;
-
-		if (keystore_tls_files(d->ks, id, &cert, &key) < 0 ||
-		    (r = mqttbr_add_device(d->mqtt, id, cert, key, NULL)) < 0) {
-			log_warnx("%s: cannot start its upstream session", id);
-			return r < 0 ? r : -ENOENT;
-		}
-	}
+	for (size_t i = 0; i < n; i++)
+		sync_device(keystore_device_id(d->ks, i), d);
 	r = router_new(&d->router, d->conf, d->mqtt);
 	if (r < 0)
 		return r;
@@ -122,8 +157,15 @@ start(struct daemon *d)
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;
 	}
+	r = control_new(&d->control, d->loop, d->conf->control_socket, d->ks, sync_device, d);
+	if (r < 0) {
+		log_warnx("cannot open the control socket %s: %s (create its folder, or set "
+		          "gateway.control_socket)",
+		          d->conf->control_socket, strerror(-r));
+		return r;
+	}
 	if (n == 0)
-		log_warnx("no devices in the keystore under %s: nothing to bridge yet",
+		log_warnx("no devices in the keystore under %s: add them with gwctl device add",
 		          d->conf->state_dir);
 	log_info("ready: gateway %s, %zu devices, upstream %s", d->conf->gateway_id, n,
 	         d->conf->upstream.broker);
@@ -133,7 +175,9 @@ start(struct daemon *d)
 static void
 finish(struct daemon *d)
 {
+	control_free(d->control);
 	coapbr_free(d->coap);
+
 	router_free(d->router);
 	mqttbr_free(d->mqtt);
 	keystore_free(d->ks);

@@ -1,61 +1,254 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "keystore.h"
 #include "conf.h"
+#include "kstpm.h"
 #include "log.h"
+#include "provider.h"
 
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdbool.h>
-#include <stdio.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define PSK_IDENTITY_MAX 128
+#define MASTER_KEY_LEN   32
+/* AES-256-GCM record of a PSK: magic, nonce, tag, ciphertext. */
+#define PSK_MAGIC     "GWPSK1"
+#define PSK_MAGIC_LEN 6
+#define GCM_NONCE_LEN 12
+#define GCM_TAG_LEN   16
+#define REF_LABEL     "GATEWAYD KEY REFERENCE"
+#define TSS2_LABEL    "TSS2 PRIVATE KEY"
 
-/* dir/name into buf; -ENAMETOOLONG rather than a silently shortened path. */
-static int
-path_join(char *buf, size_t len, const char *dir, const char *name)
-{
-	int n = snprintf(buf, len, "%s/%s", dir, name);
+enum backend { BACKEND_SOFT, BACKEND_TPM };
 
-	if (n < 0 || (size_t)n >= len) {
-		log_warnx("keystore: path %s/%s is too long", dir, name);
-		return -ENAMETOOLONG;
-	}
-	return 0;
-}
+struct attr {
+	char *key;
+	char *value;
+};
 
 struct ks_device {
 	char *id;
+	enum backend backend;
+	enum keystore_state state;
 	char *psk_identity;
 	uint8_t psk[KEYSTORE_PSK_MAX];
 	size_t psk_len;
-	char *cert_file;
-	char *key_file;
+	char *cert_file; /* NULL until a certificate is imported */
+	char *key_file;  /* what the TLS library is given */
+	uint8_t pub[KSPROV_P256_POINT_LEN];
+	char subject[256];
+	time_t not_after;
+	struct attr *attrs;
+	size_t nattrs;
 };
 
 struct keystore {
 	char *dir;
+	int dirfd;
+	int lockfd;
+	enum backend backend;
+	char *device_ca_file;
+	struct kstpm *tpm;
+	uint8_t master[MASTER_KEY_LEN];
 	struct ks_device *devices;
 	size_t ndevices;
+	/*
+	 * Ids of removed devices: keystore_psk_lookup() hands out id pointers that sessions keep,
+	 * so they live until keystore_free(). One small string per removal.
+	 */
+	char **removed_ids;
+	size_t nremoved;
 };
 
-/* A directory holding secrets: ours, and closed to group and others. */
+static const char *const backend_names[] = {[BACKEND_SOFT] = "soft", [BACKEND_TPM] = "tpm"};
+static const char *const state_names[] = {
+        [KEYSTORE_ACTIVE] = "active",
+        [KEYSTORE_SUSPENDED] = "suspended",
+        [KEYSTORE_REVOKED] = "revoked",
+};
+
+/* The provider is process-wide, and so is the store it signs through. */
+static struct keystore *provider_store;
+
+const char *
+keystore_state_name(enum keystore_state state)
+{
+	return state_names[state];
+}
+
+static void
+log_openssl(const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[256];
+
+	if (e) {
+		ERR_error_string_n(e, buf, sizeof(buf));
+		log_warnx("%s: %s", what, buf);
+	} else {
+		log_warnx("%s", what);
+	}
+	ERR_clear_error();
+}
+
+/* ---- files: checked reads, atomic writes ---- */
+
+/*
+ * Opens a file in dirfd for reading. secret: it must be ours and closed to group and others;
+ * the checks run on the open file, so nothing can swap it in between. Returns an fd, -ENOENT
+ * (not logged) if it does not exist, or another -errno (logged).
+ */
 static int
-check_private_dir(const char *path)
+open_checked(int dirfd, const char *dir, const char *name, bool secret)
+{
+	struct stat st;
+	int fd;
+
+	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		int r = -errno;
+
+		if (r != -ENOENT)
+			log_warn("keystore: %s/%s", dir, name);
+		return r;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		log_warnx("keystore: %s/%s is not a regular file", dir, name);
+		close(fd);
+		return -EINVAL;
+	}
+	if (secret && (st.st_uid != geteuid() || (st.st_mode & 077))) {
+		log_warnx("keystore: %s/%s has mode %04o and owner uid %u; it holds a secret and "
+		          "must be mode 0600 owned by uid %u (chmod 600 %s/%s)",
+		          dir, name, st.st_mode & 07777, st.st_uid, geteuid(), dir, name);
+		close(fd);
+		return -EPERM;
+	}
+	return fd;
+}
+
+/* Reads a whole small file (at most max bytes) into a malloc'd, NUL-terminated buffer. */
+static int
+read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max, uint8_t **out,
+          size_t *len)
+{
+	uint8_t *buf = malloc(max + 1);
+	size_t n = 0;
+	int fd, r = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	fd = open_checked(dirfd, dir, name, secret);
+	if (fd < 0) {
+		free(buf);
+		return fd;
+	}
+	for (;;) {
+		ssize_t got = read(fd, buf + n, max + 1 - n);
+
+		if (got < 0) {
+			r = -errno;
+			log_warn("keystore: read %s/%s", dir, name);
+			break;
+		}
+		if (got == 0)
+			break;
+		n += (size_t)got;
+		if (n > max) {
+			log_warnx("keystore: %s/%s is larger than %zu bytes", dir, name, max);
+			r = -EFBIG;
+			break;
+		}
+	}
+	close(fd);
+	if (r < 0) {
+		explicit_bzero(buf, max + 1);
+		free(buf);
+		return r;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
+static int
+fsync_dir(int dirfd, const char *dir)
+{
+	if (fsync(dirfd) < 0) {
+		log_warn("keystore: fsync %s", dir);
+		return -errno;
+	}
+	return 0;
+}
+
+/* Writes name in dirfd so that a crash leaves either the old or the new content. */
+static int
+write_file_atomic(int dirfd, const char *dir, const char *name, const void *data, size_t len,
+                  mode_t mode)
+{
+	char tmp[128];
+	const uint8_t *p = data;
+	int fd, r = 0;
+
+	if (snprintf(tmp, sizeof(tmp), ".%s.tmp", name) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	unlinkat(dirfd, tmp, 0);
+	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (fd < 0) {
+		r = -errno;
+		log_warn("keystore: create %s/%s", dir, tmp);
+		return r;
+	}
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			r = -errno;
+			break;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
+		r = -errno;
+	if (r < 0) {
+		errno = -r;
+		log_warn("keystore: write %s/%s", dir, name);
+		unlinkat(dirfd, tmp, 0);
+		return r;
+	}
+	return fsync_dir(dirfd, dir);
+}
+
+/* A folder holding secrets: ours, and closed to group and others. */
+static int
+check_private_dir(int fd, const char *path)
 {
 	struct stat st;
 
-	if (lstat(path, &st) < 0) {
-		int r = -errno;
-
-		log_warn("keystore: %s", path);
-		return r;
-	}
+	if (fstat(fd, &st) < 0)
+		return -errno;
 	if (!S_ISDIR(st.st_mode)) {
 		log_warnx("keystore: %s is not a directory", path);
 		return -ENOTDIR;
@@ -70,69 +263,49 @@ check_private_dir(const char *path)
 	return 0;
 }
 
-/*
- * Opens a file for reading. secret: it must be ours and closed to group and others. The checks
- * run on the open file, so nothing can swap it between the check and the read.
- * Returns an fd, or -ENOENT (not logged) if it does not exist, or another -errno (logged).
- */
 static int
-open_checked(const char *path, bool secret)
+open_dir(int at, const char *name, const char *path)
 {
-	struct stat st;
-	int fd;
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int r;
 
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
-		int r = -errno;
-
-		if (r != -ENOENT)
-			log_warn("keystore: %s", path);
+		r = -errno;
+		log_warn("keystore: %s", path);
 		return r;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		log_warnx("keystore: %s is not a regular file", path);
+	r = check_private_dir(fd, path);
+	if (r < 0) {
 		close(fd);
-		return -EINVAL;
-	}
-	if (secret && (st.st_uid != geteuid() || (st.st_mode & 077))) {
-		log_warnx("keystore: %s has mode %04o and owner uid %u; it holds a secret and must "
-		          "be "
-		          "mode 0600 owned by uid %u (chmod 600 %s)",
-		          path, st.st_mode & 07777, st.st_uid, geteuid(), path);
-		close(fd);
-		return -EPERM;
+		return r;
 	}
 	return fd;
 }
 
-/* Reads a small file into buf as a NUL-terminated, whitespace-trimmed string. */
+/* Removes a device folder's files and the folder itself (no subfolders are ever made). */
 static int
-read_small_file(const char *path, bool secret, char *buf, size_t buflen)
+remove_tree(int at, const char *name)
 {
-	ssize_t n;
-	int fd, r = 0;
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d;
 
-	fd = open_checked(path, secret);
 	if (fd < 0)
-		return fd;
-	n = read(fd, buf, buflen - 1);
-	if (n < 0) {
-		r = -errno;
-		log_warn("keystore: read %s", path);
-		goto out;
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
 	}
-	if ((size_t)n == buflen - 1) {
-		log_warnx("keystore: %s is larger than %zu bytes", path, buflen - 2);
-		r = -EFBIG;
-		goto out;
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			unlinkat(fd, de->d_name, 0);
 	}
-	while (n > 0 && isspace((unsigned char)buf[n - 1]))
-		n--;
-	buf[n] = '\0';
-out:
-	close(fd);
-	return r;
+	closedir(d);
+	return unlinkat(at, name, AT_REMOVEDIR) < 0 ? -errno : 0;
 }
+
+/* ---- encodings ---- */
 
 static int
 hex_value(char c)
@@ -145,105 +318,499 @@ hex_value(char c)
 	return -1;
 }
 
-static int
-load_psk(struct ks_device *d, const char *devdir)
+/* Parses hex (whitespace around it ignored) into out; returns the length or -EINVAL. */
+static ssize_t
+hex_decode(const char *hex, uint8_t *out, size_t max)
 {
-	char path[4096], buf[2 * KEYSTORE_PSK_MAX + 8];
-	size_t len;
-	int r;
+	size_t n = 0;
 
-	r = path_join(path, sizeof(path), devdir, "psk.key");
-	if (r < 0)
-		return r;
-	r = read_small_file(path, true, buf, sizeof(buf));
-	if (r == -ENOENT)
-		log_warnx("keystore: device %s has no PSK (%s missing)", d->id, path);
-	if (r < 0)
-		goto out;
-	len = strlen(buf);
-	/* 16 bytes: RFC 7925 section 4.2 asks for PSKs of at least 128 bits. */
-	if (len % 2 || len < 32 || len > 2 * KEYSTORE_PSK_MAX) {
-		log_warnx("keystore: %s must hold the PSK as 32 to %d hex digits", path,
-		          2 * KEYSTORE_PSK_MAX);
-		r = -EINVAL;
-		goto out;
+	while (isspace((unsigned char)*hex))
+		hex++;
+	while (hex[0] && !isspace((unsigned char)hex[0])) {
+		int hi = hex_value(hex[0]), lo = hex[1] ? hex_value(hex[1]) : -1;
+
+		if (hi < 0 || lo < 0 || n == max)
+			return -EINVAL;
+		out[n++] = (uint8_t)(hi << 4 | lo);
+		hex += 2;
 	}
-	for (size_t i = 0; i < len; i += 2) {
-		int hi = hex_value(buf[i]), lo = hex_value(buf[i + 1]);
+	while (isspace((unsigned char)*hex))
+		hex++;
+	return *hex ? -EINVAL : (ssize_t)n;
+}
 
-		if (hi < 0 || lo < 0) {
-			log_warnx("keystore: %s must hold the PSK as hex digits only", path);
-			r = -EINVAL;
-			goto out;
+static void
+hex_encode(const uint8_t *in, size_t len, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < len; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * len] = '\0';
+}
+
+/* len random letters and digits, by rejection sampling so each is equally likely. */
+static int
+random_alnum(uint8_t *out, size_t len)
+{
+	static const char alphabet[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+	size_t n = 0;
+
+	while (n < len) {
+		uint8_t b[32];
+
+		if (RAND_bytes(b, sizeof(b)) != 1)
+			return -EIO;
+		for (size_t i = 0; i < sizeof(b) && n < len; i++) {
+			if (b[i] < 248) /* 248 = 4 * 62: keeps the draw uniform */
+				out[n++] = (uint8_t)alphabet[b[i] % 62];
 		}
-		d->psk[i / 2] = (uint8_t)(hi << 4 | lo);
+		explicit_bzero(b, sizeof(b));
 	}
-	d->psk_len = len / 2;
+	return 0;
+}
 
-	r = path_join(path, sizeof(path), devdir, "psk.identity");
-	if (r < 0)
-		goto out;
-	r = read_small_file(path, false, buf, PSK_IDENTITY_MAX + 2);
-	if (r == -ENOENT) {
-		d->psk_identity = strdup(d->id);
-		r = d->psk_identity ? 0 : -ENOMEM;
-	} else if (r == 0) {
-		if (buf[0] == '\0') {
-			log_warnx("keystore: %s is empty", path);
-			r = -EINVAL;
-		} else if (!(d->psk_identity = strdup(buf))) {
-			r = -ENOMEM;
-		}
+/* ---- PSK protection for the tpm backend: AES-256-GCM under the sealed master key ---- */
+
+static int
+psk_seal(const struct keystore *ks, const char *id, const uint8_t *psk, size_t len, uint8_t *out,
+         size_t *outlen)
+{
+	EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+	uint8_t *nonce = out + PSK_MAGIC_LEN, *tag = nonce + GCM_NONCE_LEN, *ct = tag + GCM_TAG_LEN;
+	int n, r = -EIO;
+
+	memcpy(out, PSK_MAGIC, PSK_MAGIC_LEN);
+	/* The device id as associated data: a record copied to another device will not open. */
+	if (c && RAND_bytes(nonce, GCM_NONCE_LEN) == 1 &&
+	    EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, ks->master, nonce) == 1 &&
+	    EVP_EncryptUpdate(c, NULL, &n, (const uint8_t *)id, (int)strlen(id)) == 1 &&
+	    EVP_EncryptUpdate(c, ct, &n, psk, (int)len) == 1 &&
+	    EVP_EncryptFinal_ex(c, ct + n, &n) == 1 &&
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, tag) == 1) {
+		*outlen = PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + len;
+		r = 0;
+	} else {
+		log_openssl("keystore: cannot encrypt a PSK");
 	}
-out:
-	explicit_bzero(buf, sizeof(buf));
+	EVP_CIPHER_CTX_free(c);
 	return r;
 }
 
 static int
-load_device(struct ks_device *d, const char *ksdir, const char *id)
+psk_open(const struct keystore *ks, const char *id, const uint8_t *in, size_t inlen, uint8_t *psk,
+         size_t *len)
 {
-	char devdir[4096];
+	const size_t head = PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN;
+	const uint8_t *nonce = in + PSK_MAGIC_LEN, *tag = nonce + GCM_NONCE_LEN,
+	              *ct = tag + GCM_TAG_LEN;
+	EVP_CIPHER_CTX *c;
+	int n, r = -EBADMSG;
+
+	if (inlen < head + KEYSTORE_PSK_MIN || inlen > head + KEYSTORE_PSK_MAX ||
+	    memcmp(in, PSK_MAGIC, PSK_MAGIC_LEN) != 0)
+		return -EBADMSG;
+	c = EVP_CIPHER_CTX_new();
+	if (c && EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, ks->master, nonce) == 1 &&
+	    EVP_DecryptUpdate(c, NULL, &n, (const uint8_t *)id, (int)strlen(id)) == 1 &&
+	    EVP_DecryptUpdate(c, psk, &n, ct, (int)(inlen - head)) == 1 &&
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, GCM_TAG_LEN, (void *)tag) == 1 &&
+	    EVP_DecryptFinal_ex(c, psk + n, &n) == 1) {
+		*len = inlen - head;
+		r = 0;
+	} else {
+		explicit_bzero(psk, KEYSTORE_PSK_MAX);
+	}
+	ERR_clear_error();
+	EVP_CIPHER_CTX_free(c);
+	return r;
+}
+
+/* The master key: unsealed from master.sealed, or made and sealed on first use. */
+static int
+load_master(struct keystore *ks)
+{
+	uint8_t *blob = NULL;
+	size_t bloblen, len;
 	int r;
 
-	d->id = strdup(id);
-	if (!d->id)
-		return -ENOMEM;
-	r = path_join(devdir, sizeof(devdir), ksdir, id);
-	if (r < 0)
-		return r;
-	r = check_private_dir(devdir);
-	if (r < 0)
-		return r;
-	r = load_psk(d, devdir);
-	if (r < 0)
-		return r;
-	if (asprintf(&d->cert_file, "%s/cert.pem", devdir) < 0 ||
-	    asprintf(&d->key_file, "%s/key.pem", devdir) < 0)
-		return -ENOMEM;
-	if (access(d->cert_file, R_OK) < 0) {
-		r = -errno;
-		log_warn("keystore: device %s: certificate %s", id, d->cert_file);
+	r = read_file(ks->dirfd, ks->dir, "master.sealed", false, 4096, &blob, &bloblen);
+	if (r == 0) {
+		r = kstpm_unseal(ks->tpm, blob, bloblen, ks->master, &len);
+		free(blob);
+		if (r == 0 && len != MASTER_KEY_LEN)
+			r = -EBADMSG;
+		if (r < 0)
+			log_warnx("keystore: cannot unseal %s/master.sealed with this TPM and "
+			          "storage "
+			          "key; the PSKs of the tpm backend cannot be read",
+			          ks->dir);
 		return r;
 	}
-	/* Only the secrecy check here; the TLS library parses the key when it connects. */
-	r = open_checked(d->key_file, true);
-	if (r == -ENOENT)
-		log_warnx("keystore: device %s has no private key (%s missing)", id, d->key_file);
+	if (r != -ENOENT)
+		return r;
+	if (RAND_bytes(ks->master, MASTER_KEY_LEN) != 1)
+		return -EIO;
+	r = kstpm_seal(ks->tpm, ks->master, MASTER_KEY_LEN, &blob, &bloblen);
 	if (r < 0)
 		return r;
-	close(r);
-	return 0;
+	r = write_file_atomic(ks->dirfd, ks->dir, "master.sealed", blob, bloblen, 0600);
+	free(blob);
+	if (r == 0)
+		log_info("keystore: new master key sealed to the TPM");
+	return r;
 }
+
+/* ---- the device record ---- */
 
 static void
 device_finish(struct ks_device *d)
 {
 	explicit_bzero(d->psk, sizeof(d->psk));
+	for (size_t i = 0; i < d->nattrs; i++) {
+		free(d->attrs[i].key);
+		free(d->attrs[i].value);
+	}
+	free(d->attrs);
 	free(d->id);
 	free(d->psk_identity);
 	free(d->cert_file);
 	free(d->key_file);
+	memset(d, 0, sizeof(*d));
+}
+
+static int
+record_set(struct ks_device *d, const char *key, const char *value)
+{
+	if (strcmp(key, "state") == 0) {
+		for (size_t i = 0; i < sizeof(state_names) / sizeof(state_names[0]); i++) {
+			if (strcmp(value, state_names[i]) == 0) {
+				d->state = (enum keystore_state)i;
+				return 0;
+			}
+		}
+		return -EINVAL;
+	}
+	if (strcmp(key, "backend") == 0) {
+		if (strcmp(value, "soft") == 0)
+			d->backend = BACKEND_SOFT;
+		else if (strcmp(value, "tpm") == 0)
+			d->backend = BACKEND_TPM;
+		else
+			return -EINVAL;
+		return 0;
+	}
+	if (strcmp(key, "psk_identity") == 0) {
+		free(d->psk_identity);
+		d->psk_identity = strdup(value);
+		return d->psk_identity ? 0 : -ENOMEM;
+	}
+	if (strncmp(key, "attr.", 5) == 0 && key[5]) {
+		struct attr *a = reallocarray(d->attrs, d->nattrs + 1, sizeof(*a));
+
+		if (!a)
+			return -ENOMEM;
+		d->attrs = a;
+		a[d->nattrs].key = strdup(key + 5);
+		a[d->nattrs].value = strdup(value);
+		d->nattrs++;
+		return a[d->nattrs - 1].key && a[d->nattrs - 1].value ? 0 : -ENOMEM;
+	}
+	/* Unknown keys come from a newer gatewayd: keep going rather than lose the device. */
+	return 0;
+}
+
+static int
+record_parse(struct ks_device *d, const char *dir, char *text)
+{
+	unsigned lineno = 0;
+
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+		char *eq = strchr(line, '=');
+
+		lineno++;
+		if (line[0] == '#' || line[0] == '\0')
+			continue;
+		if (!eq || record_set(d, (*eq = '\0', line), eq + 1) < 0) {
+			log_warnx("keystore: %s/device:%u: cannot read \"%s\"", dir, lineno, line);
+			return -EINVAL;
+		}
+	}
+	if (!d->psk_identity) {
+		log_warnx("keystore: %s/device: no psk_identity", dir);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static char *
+record_format(const struct ks_device *d)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f)
+		return NULL;
+	fprintf(f, "# gatewayd device record; change it with gwctl\n");
+	fprintf(f, "state=%s\nbackend=%s\npsk_identity=%s\n", state_names[d->state],
+	        backend_names[d->backend], d->psk_identity);
+	for (size_t i = 0; i < d->nattrs; i++)
+		fprintf(f, "attr.%s=%s\n", d->attrs[i].key, d->attrs[i].value);
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+/* ---- certificates ---- */
+
+/* Every PEM certificate in a file (NULL file: in pem/len), in order. */
+static STACK_OF(X509) * read_chain(const char *file, const char *pem, size_t len)
+{
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	BIO *b = file ? BIO_new_file(file, "r") : BIO_new_mem_buf(pem, (int)len);
+	X509 *x;
+
+	if (!chain || !b) {
+		sk_X509_free(chain);
+		BIO_free(b);
+		return NULL;
+	}
+	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)))
+		sk_X509_push(chain, x);
+	ERR_clear_error();
+	BIO_free(b);
+	if (sk_X509_num(chain) == 0) {
+		sk_X509_free(chain);
+		return NULL;
+	}
+	return chain;
+}
+
+static void
+cert_summary(struct ks_device *d)
+{
+	STACK_OF(X509) *chain = d->cert_file ? read_chain(d->cert_file, NULL, 0) : NULL;
+	X509 *leaf;
+	struct tm tm;
+
+	d->subject[0] = '\0';
+	d->not_after = 0;
+	if (!chain)
+		return;
+	leaf = sk_X509_value(chain, 0);
+	X509_NAME_oneline(X509_get_subject_name(leaf), d->subject, sizeof(d->subject));
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &tm) == 1)
+		d->not_after = timegm(&tm);
+	sk_X509_pop_free(chain, X509_free);
+}
+
+/* An EVP_PKEY (default provider) holding only the device's public key. */
+static EVP_PKEY *
+public_key(const uint8_t pub[KSPROV_P256_POINT_LEN])
+{
+	OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY_CTX *ctx = NULL;
+	EVP_PKEY *pkey = NULL;
+
+	if (bld &&
+	    OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) &&
+	    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub,
+	                                     KSPROV_P256_POINT_LEN) &&
+	    (params = OSSL_PARAM_BLD_to_param(bld)) &&
+	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", "provider=default")) &&
+	    EVP_PKEY_fromdata_init(ctx) == 1)
+		EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params);
+	EVP_PKEY_CTX_free(ctx);
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(bld);
+	return pkey;
+}
+
+static int
+point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN])
+{
+	size_t len = 0;
+
+	if (EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pub,
+	                                    KSPROV_P256_POINT_LEN, &len) != 1 ||
+	    len != KSPROV_P256_POINT_LEN)
+		return -EINVAL;
+	return 0;
+}
+
+/* ---- loading a device ---- */
+
+static int
+load_key_soft(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+{
+	uint8_t *pem;
+	size_t len;
+	EVP_PKEY *pkey;
+	BIO *b;
+	int r;
+
+	r = read_file(fd, dir, "key.pem", true, 16384, &pem, &len);
+	if (r < 0) {
+		if (r == -ENOENT)
+			log_warnx("keystore: device %s has no key (%s/key.pem missing)", d->id,
+			          dir);
+		return r;
+	}
+	b = BIO_new_mem_buf(pem, (int)len);
+	pkey = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default") : NULL;
+	BIO_free(b);
+	explicit_bzero(pem, len);
+	free(pem);
+	if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || point_of(pkey, d->pub) < 0) {
+		log_openssl("keystore: key.pem is not a P-256 EC private key");
+		EVP_PKEY_free(pkey);
+		return -EINVAL;
+	}
+	EVP_PKEY_free(pkey);
+	if (asprintf(&d->key_file, "%s/%s/keyref.pem", ks->dir, d->id) < 0) {
+		d->key_file = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int
+load_key_tpm(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+{
+	uint8_t *pem, *der = NULL;
+	char *name = NULL, *header = NULL;
+	long derlen = 0;
+	struct kstpm_key *key;
+	size_t len;
+	BIO *b;
+	int r;
+
+	r = read_file(fd, dir, "key.tss2.pem", false, 16384, &pem, &len);
+	if (r < 0) {
+		if (r == -ENOENT)
+			log_warnx("keystore: device %s has no key (%s/key.tss2.pem missing)", d->id,
+			          dir);
+		return r;
+	}
+	b = BIO_new_mem_buf(pem, (int)len);
+	if (!b || PEM_read_bio(b, &name, &header, &der, &derlen) != 1 ||
+	    strcmp(name, TSS2_LABEL) != 0) {
+		log_warnx("keystore: %s/key.tss2.pem is not a \"" TSS2_LABEL "\" PEM", dir);
+		r = -EINVAL;
+	} else {
+		r = kstpm_key_from_der(der, (size_t)derlen, &key, d->pub);
+		if (r == 0)
+			kstpm_key_free(key);
+	}
+	ERR_clear_error();
+	BIO_free(b);
+	OPENSSL_free(name);
+	OPENSSL_free(header);
+	OPENSSL_free(der);
+	free(pem);
+	if (r < 0)
+		return r;
+	if (asprintf(&d->key_file, "%s/%s/key.tss2.pem", ks->dir, d->id) < 0) {
+		d->key_file = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int
+load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+{
+	uint8_t *buf;
+	size_t len;
+	ssize_t n;
+	int r;
+
+	if (d->backend == BACKEND_TPM) {
+		r = read_file(fd, dir, "psk.enc", false, 256, &buf, &len);
+		if (r < 0)
+			return r;
+		r = psk_open(ks, d->id, buf, len, d->psk, &d->psk_len);
+		free(buf);
+		if (r < 0)
+			log_warnx(
+			        "keystore: %s/psk.enc does not open with this gateway's master key "
+			        "(corrupted, or from another gateway)",
+			        dir);
+		return r;
+	}
+	r = read_file(fd, dir, "psk.key", true, 2 * KEYSTORE_PSK_MAX + 8, &buf, &len);
+	if (r < 0)
+		return r;
+	n = hex_decode((const char *)buf, d->psk, sizeof(d->psk));
+	explicit_bzero(buf, len);
+	free(buf);
+	/* RFC 7925 section 4.2 asks for PSKs of at least 128 bits. */
+	if (n < KEYSTORE_PSK_MIN) {
+		log_warnx("keystore: %s/psk.key must hold the PSK as %d to %d hex digits", dir,
+		          2 * KEYSTORE_PSK_MIN, 2 * KEYSTORE_PSK_MAX);
+		return -EINVAL;
+	}
+	d->psk_len = (size_t)n;
+	return 0;
+}
+
+static int
+load_device(struct keystore *ks, struct ks_device *d, const char *id)
+{
+	char dir[4096];
+	uint8_t *text;
+	size_t len;
+	int fd, r;
+
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, id);
+	d->id = strdup(id);
+	if (!d->id)
+		return -ENOMEM;
+	fd = open_dir(ks->dirfd, id, dir);
+	if (fd < 0)
+		return fd;
+	r = read_file(fd, dir, "device", false, 65536, &text, &len);
+	if (r == -ENOENT)
+		log_warnx("keystore: %s has no device record; remove the folder or add the device "
+		          "again with gwctl",
+		          dir);
+	if (r < 0)
+		goto out;
+	r = record_parse(d, dir, (char *)text);
+	free(text);
+	if (r < 0)
+		goto out;
+	if (d->backend != ks->backend) {
+		log_warnx("keystore: device %s uses the %s backend but the keystore is configured "
+		          "for %s (keystore.backend)",
+		          id, backend_names[d->backend], backend_names[ks->backend]);
+		r = -EINVAL;
+		goto out;
+	}
+	r = d->backend == BACKEND_TPM ? load_key_tpm(ks, d, fd, dir)
+	                              : load_key_soft(ks, d, fd, dir);
+	if (r == 0)
+		r = load_psk(ks, d, fd, dir);
+	if (r < 0)
+		goto out;
+	if (faccessat(fd, "cert.pem", R_OK, 0) == 0) {
+		if (asprintf(&d->cert_file, "%s/cert.pem", dir) < 0) {
+			d->cert_file = NULL;
+			r = -ENOMEM;
+			goto out;
+		}
+		cert_summary(d);
+	}
+out:
+	close(fd);
+	return r;
 }
 
 static int
@@ -252,45 +819,64 @@ cmp_device(const void *a, const void *b)
 	return strcmp(((const struct ks_device *)a)->id, ((const struct ks_device *)b)->id);
 }
 
-int
-keystore_open(struct keystore **out, const char *state_dir, const char *backend)
+static struct ks_device *
+find_device(const struct keystore *ks, const char *id)
 {
-	struct keystore *ks;
-	struct dirent *de;
-	DIR *dir = NULL;
-	int r;
+	struct ks_device key = {.id = (char *)id};
 
-	if (strcmp(backend, "soft") != 0) {
-		log_warnx("keystore: unknown backend \"%s\"", backend);
-		return -EINVAL;
+	if (ks->ndevices == 0)
+		return NULL;
+	return bsearch(&key, ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
+}
+
+static int
+check_identities(const struct keystore *ks)
+{
+	for (size_t i = 0; i < ks->ndevices; i++) {
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(ks->devices[i].psk_identity, ks->devices[j].psk_identity) == 0) {
+				log_warnx("keystore: devices %s and %s share the PSK identity "
+				          "\"%s\"; "
+				          "each sensor needs its own",
+				          ks->devices[j].id, ks->devices[i].id,
+				          ks->devices[i].psk_identity);
+				return -EEXIST;
+			}
+		}
 	}
-	ks = calloc(1, sizeof(*ks));
-	if (!ks)
-		return -ENOMEM;
-	if (asprintf(&ks->dir, "%s/keystore", state_dir) < 0) {
-		ks->dir = NULL;
-		r = -ENOMEM;
-		goto fail;
+	return 0;
+}
+
+static int
+load_devices(struct keystore *ks)
+{
+	int fd = dup(ks->dirfd);
+	struct dirent *de;
+	DIR *dir;
+	int r = 0;
+
+	if (fd < 0 || !(dir = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return -errno;
 	}
-	/* A fresh install has no store yet: make it, closed to everyone else. */
-	if (mkdir(ks->dir, 0700) < 0 && errno != EEXIST) {
-		r = -errno;
-		log_warn("keystore: cannot create %s", ks->dir);
-		goto fail;
-	}
-	r = check_private_dir(ks->dir);
-	if (r < 0)
-		goto fail;
-	dir = opendir(ks->dir);
-	if (!dir) {
-		r = -errno;
-		log_warn("keystore: %s", ks->dir);
-		goto fail;
-	}
+	rewinddir(dir);
 	while ((de = readdir(dir))) {
 		struct ks_device *devices;
 
-		if (de->d_name[0] == '.')
+		if (de->d_name[0] == '.') {
+			/* A device half added or half removed when the process died. */
+			size_t n = strlen(de->d_name);
+
+			if (n > 4 && (strcmp(de->d_name + n - 4, ".new") == 0 ||
+			              strcmp(de->d_name + n - 4, ".del") == 0)) {
+				log_warnx("keystore: removing %s/%s, left by an interrupted change",
+				          ks->dir, de->d_name);
+				remove_tree(ks->dirfd, de->d_name);
+			}
+			continue;
+		}
+		if (de->d_type != DT_DIR && de->d_type != DT_UNKNOWN)
 			continue;
 		if (!gwconf_valid_id(de->d_name)) {
 			log_warnx(
@@ -302,36 +888,216 @@ keystore_open(struct keystore **out, const char *state_dir, const char *backend)
 		devices = reallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
 		if (!devices) {
 			r = -ENOMEM;
-			goto fail;
+			break;
 		}
 		ks->devices = devices;
-		memset(&ks->devices[ks->ndevices], 0, sizeof(ks->devices[0]));
+		memset(&ks->devices[ks->ndevices], 0, sizeof(*devices));
 		ks->ndevices++;
-		r = load_device(&ks->devices[ks->ndevices - 1], ks->dir, de->d_name);
+		r = load_device(ks, &ks->devices[ks->ndevices - 1], de->d_name);
+		if (r < 0)
+			break;
+	}
+	closedir(dir);
+	if (r < 0)
+		return r;
+	if (ks->ndevices > 0)
+		qsort(ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
+	return check_identities(ks);
+}
+
+/* ---- the provider's view of the store ---- */
+
+struct prov_key {
+	enum backend backend;
+	struct kstpm_key *tpm;
+	EVP_PKEY *soft;
+};
+
+static void *
+prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
+          uint8_t pub[KSPROV_P256_POINT_LEN])
+{
+	struct keystore *ks = arg;
+	struct prov_key *k = calloc(1, sizeof(*k));
+
+	if (!k)
+		return NULL;
+	if (strcmp(label, TSS2_LABEL) == 0) {
+		if (!ks->tpm) {
+			log_warnx("keystore: a TSS2 key was given but the keystore has no TPM "
+			          "(keystore.backend is \"soft\")");
+			goto fail;
+		}
+		k->backend = BACKEND_TPM;
+		if (kstpm_key_from_der(der, len, &k->tpm, pub) < 0)
+			goto fail;
+		return k;
+	}
+	if (strcmp(label, REF_LABEL) == 0) {
+		/* The body is the device id: the soft key stays in its 0600 file until now. */
+		char id[65], name[80];
+		uint8_t *pem;
+		size_t pemlen;
+		int fd;
+		BIO *b;
+
+		if (len == 0 || len >= sizeof(id))
+			goto fail;
+		memcpy(id, der, len);
+		id[len] = '\0';
+		if (!gwconf_valid_id(id))
+			goto fail;
+		snprintf(name, sizeof(name), "%s", id);
+		fd = openat(ks->dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0) {
+			log_warnx("keystore: key reference to unknown device %s", id);
+			goto fail;
+		}
+		if (read_file(fd, ks->dir, "key.pem", true, 16384, &pem, &pemlen) < 0) {
+			close(fd);
+			goto fail;
+		}
+		close(fd);
+		b = BIO_new_mem_buf(pem, (int)pemlen);
+		k->soft = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL,
+		                                         "provider=default")
+		            : NULL;
+		BIO_free(b);
+		explicit_bzero(pem, pemlen);
+		free(pem);
+		k->backend = BACKEND_SOFT;
+		if (!k->soft || point_of(k->soft, pub) < 0)
+			goto fail;
+		return k;
+	}
+fail:
+	ERR_clear_error();
+	kstpm_key_free(k->tpm);
+	EVP_PKEY_free(k->soft);
+	free(k);
+	return NULL;
+}
+
+static void
+prov_free(void *arg, void *key)
+{
+	struct prov_key *k = key;
+
+	(void)arg;
+	if (!k)
+		return;
+	kstpm_key_free(k->tpm);
+	EVP_PKEY_free(k->soft);
+	free(k);
+}
+
+static int
+prov_sign(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig, size_t *siglen)
+{
+	struct keystore *ks = arg;
+	struct prov_key *k = key;
+	EVP_PKEY_CTX *ctx;
+	size_t len = *siglen;
+	int r = -EIO;
+
+	if (k->backend == BACKEND_TPM)
+		return kstpm_sign(ks->tpm, k->tpm, digest, dlen, sig, siglen);
+	ctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->soft, "provider=default");
+	if (ctx && EVP_PKEY_sign_init(ctx) == 1 &&
+	    EVP_PKEY_sign(ctx, sig, &len, digest, dlen) == 1) {
+		*siglen = len;
+		r = 0;
+	} else {
+		log_openssl("keystore: soft signature failed");
+	}
+	EVP_PKEY_CTX_free(ctx);
+	return r;
+}
+
+static const char *const prov_labels[] = {TSS2_LABEL, REF_LABEL, NULL};
+
+static const struct ksprov_ops prov_ops = {
+        .labels = prov_labels,
+        .load = prov_load,
+        .free = prov_free,
+        .sign = prov_sign,
+};
+
+/* ---- open / free ---- */
+
+int
+keystore_open(struct keystore **out, const struct keystore_config *cfg)
+{
+	struct keystore *ks;
+	int r;
+
+	if (provider_store) {
+		log_warnx("keystore: already open in this process");
+		return -EBUSY;
+	}
+	ks = calloc(1, sizeof(*ks));
+	if (!ks)
+		return -ENOMEM;
+	ks->dirfd = ks->lockfd = -1;
+	if (strcmp(cfg->backend, "soft") == 0) {
+		ks->backend = BACKEND_SOFT;
+	} else if (strcmp(cfg->backend, "tpm") == 0) {
+		ks->backend = BACKEND_TPM;
+	} else {
+		log_warnx("keystore: unknown backend \"%s\"", cfg->backend);
+		r = -EINVAL;
+		goto fail;
+	}
+	if (asprintf(&ks->dir, "%s/keystore", cfg->state_dir) < 0) {
+		ks->dir = NULL;
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (cfg->device_ca_file && !(ks->device_ca_file = strdup(cfg->device_ca_file))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* A fresh install has no store yet: make it, closed to everyone else. */
+	if (mkdir(ks->dir, 0700) < 0 && errno != EEXIST) {
+		r = -errno;
+		log_warn("keystore: cannot create %s", ks->dir);
+		goto fail;
+	}
+	ks->dirfd = open_dir(AT_FDCWD, ks->dir, ks->dir);
+	if (ks->dirfd < 0) {
+		r = ks->dirfd;
+		goto fail;
+	}
+	ks->lockfd = openat(ks->dirfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (ks->lockfd < 0) {
+		r = -errno;
+		log_warn("keystore: %s/.lock", ks->dir);
+		goto fail;
+	}
+	if (flock(ks->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		log_warnx("keystore: %s is in use by another process (gatewayd, or another gwctl)",
+		          ks->dir);
+		goto fail;
+	}
+	if (ks->backend == BACKEND_TPM) {
+		r = kstpm_open(&ks->tpm, cfg->tcti, cfg->parent, cfg->create_parent);
+		if (r < 0)
+			goto fail;
+		r = load_master(ks);
 		if (r < 0)
 			goto fail;
 	}
-	if (ks->ndevices > 0)
-		qsort(ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
-	for (size_t i = 0; i < ks->ndevices; i++) {
-		for (size_t j = 0; j < i; j++) {
-			if (strcmp(ks->devices[i].psk_identity, ks->devices[j].psk_identity) == 0) {
-				log_warnx("keystore: devices %s and %s share the PSK identity "
-				          "\"%s\"; "
-				          "each sensor needs its own",
-				          ks->devices[j].id, ks->devices[i].id,
-				          ks->devices[i].psk_identity);
-				r = -EEXIST;
-				goto fail;
-			}
-		}
-	}
-	closedir(dir);
+	r = load_devices(ks);
+	if (r < 0)
+		goto fail;
+	r = ksprov_init(&prov_ops, ks);
+	if (r < 0)
+		goto fail;
+	provider_store = ks;
 	*out = ks;
 	return 0;
 fail:
-	if (dir)
-		closedir(dir);
 	keystore_free(ks);
 	return r;
 }
@@ -341,12 +1107,28 @@ keystore_free(struct keystore *ks)
 {
 	if (!ks)
 		return;
+	if (provider_store == ks) {
+		ksprov_finish();
+		provider_store = NULL;
+	}
 	for (size_t i = 0; i < ks->ndevices; i++)
 		device_finish(&ks->devices[i]);
 	free(ks->devices);
+	for (size_t i = 0; i < ks->nremoved; i++)
+		free(ks->removed_ids[i]);
+	free(ks->removed_ids);
+	kstpm_free(ks->tpm);
+	explicit_bzero(ks->master, sizeof(ks->master));
+	if (ks->lockfd >= 0)
+		close(ks->lockfd);
+	if (ks->dirfd >= 0)
+		close(ks->dirfd);
+	free(ks->device_ca_file);
 	free(ks->dir);
 	free(ks);
 }
+
+/* ---- queries ---- */
 
 size_t
 keystore_count(const struct keystore *ks)
@@ -360,14 +1142,23 @@ keystore_device_id(const struct keystore *ks, size_t i)
 	return i < ks->ndevices ? ks->devices[i].id : NULL;
 }
 
-static const struct ks_device *
-find_device(const struct keystore *ks, const char *id)
+int
+keystore_device_info(const struct keystore *ks, const char *id, struct keystore_info *out)
 {
-	struct ks_device key = {.id = (char *)id};
+	const struct ks_device *d = find_device(ks, id);
 
-	if (ks->ndevices == 0)
-		return NULL;
-	return bsearch(&key, ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
+	if (!d)
+		return -ENOENT;
+	*out = (struct keystore_info){
+	        .id = d->id,
+	        .backend = backend_names[d->backend],
+	        .psk_identity = d->psk_identity,
+	        .state = d->state,
+	        .has_cert = d->cert_file != NULL,
+	        .not_after = d->not_after,
+	};
+	snprintf(out->subject, sizeof(out->subject), "%s", d->subject);
+	return 0;
 }
 
 int
@@ -380,9 +1171,11 @@ keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t i
 
 		if (strlen(d->psk_identity) != idlen || memcmp(d->psk_identity, identity, idlen))
 			continue;
+		*device_id = d->id;
+		if (d->state != KEYSTORE_ACTIVE)
+			return -EPERM;
 		memcpy(key, d->psk, d->psk_len);
 		*keylen = d->psk_len;
-		*device_id = d->id;
 		return 0;
 	}
 	return -ENOENT;
@@ -396,7 +1189,437 @@ keystore_tls_files(const struct keystore *ks, const char *device_id, const char 
 
 	if (!d)
 		return -ENOENT;
+	if (!d->cert_file)
+		return -ENOKEY;
 	*cert_file = d->cert_file;
 	*key_file = d->key_file;
 	return 0;
+}
+
+void
+keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
+{
+	struct kstpm_stats t = {0};
+
+	if (ks->tpm)
+		kstpm_get_stats(ks->tpm, &t);
+	*out = (struct keystore_stats){
+	        .tpm_commands = t.commands, .signs = t.signs, .sign_ns = t.sign_ns};
+}
+
+/* ---- changes ---- */
+
+static int
+write_key_soft(int fd, const char *dir, const char *id)
+{
+	EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, "provider=default", "EC", "P-256");
+	BIO *b = BIO_new(BIO_s_mem());
+	char *data;
+	long len;
+	int r = -EIO;
+
+	if (!pkey || !b || PEM_write_bio_PKCS8PrivateKey(b, pkey, NULL, NULL, 0, NULL, NULL) != 1) {
+		log_openssl("keystore: cannot create a P-256 key");
+		goto out;
+	}
+	len = BIO_get_mem_data(b, &data);
+	r = write_file_atomic(fd, dir, "key.pem", data, (size_t)len, 0600);
+	if (r < 0)
+		goto out;
+	/* The reference names the device; only this process's provider can follow it. */
+	(void)BIO_reset(b);
+	if (PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)id, (long)strlen(id)) <= 0) {
+		r = -EIO;
+		goto out;
+	}
+	len = BIO_get_mem_data(b, &data);
+	r = write_file_atomic(fd, dir, "keyref.pem", data, (size_t)len, 0600);
+out:
+	/* The mem BIO held the private key's PEM: clear it before it is freed. */
+	if (b && (len = BIO_get_mem_data(b, &data)) > 0)
+		OPENSSL_cleanse(data, (size_t)len);
+	BIO_free(b);
+	EVP_PKEY_free(pkey);
+	return r;
+}
+
+static int
+write_key_tpm(struct keystore *ks, int fd, const char *dir)
+{
+	uint8_t pub[KSTPM_P256_POINT_LEN];
+	char *pem;
+	int r = kstpm_create_key(ks->tpm, &pem, pub);
+
+	if (r < 0)
+		return r;
+	r = write_file_atomic(fd, dir, "key.tss2.pem", pem, strlen(pem), 0600);
+	free(pem);
+	return r;
+}
+
+static int
+write_psk(struct keystore *ks, int fd, const char *dir, const char *id, const uint8_t *psk,
+          size_t len)
+{
+	uint8_t enc[PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + KEYSTORE_PSK_MAX];
+	char hex[2 * KEYSTORE_PSK_MAX + 2];
+	size_t enclen;
+	int r;
+
+	if (ks->backend == BACKEND_TPM) {
+		r = psk_seal(ks, id, psk, len, enc, &enclen);
+		if (r == 0)
+			r = write_file_atomic(fd, dir, "psk.enc", enc, enclen, 0600);
+		return r;
+	}
+	hex_encode(psk, len, hex);
+	strcat(hex, "\n");
+	r = write_file_atomic(fd, dir, "psk.key", hex, strlen(hex), 0600);
+	explicit_bzero(hex, sizeof(hex));
+	return r;
+}
+
+/* Puts a device loaded from disk into the sorted table. */
+static int
+insert_device(struct keystore *ks, const char *id)
+{
+	struct ks_device d = {0}, *devices;
+	size_t at;
+	int r = load_device(ks, &d, id);
+
+	if (r < 0) {
+		device_finish(&d);
+		return r;
+	}
+	devices = reallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
+	if (!devices) {
+		device_finish(&d);
+		return -ENOMEM;
+	}
+	ks->devices = devices;
+	for (at = ks->ndevices; at > 0 && strcmp(devices[at - 1].id, id) > 0; at--)
+		;
+	memmove(&devices[at + 1], &devices[at], (ks->ndevices - at) * sizeof(*devices));
+	devices[at] = d;
+	ks->ndevices++;
+	return 0;
+}
+
+int
+keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
+                    const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len)
+{
+	struct ks_device rec = {.backend = ks->backend, .state = KEYSTORE_ACTIVE};
+	uint8_t key[KEYSTORE_PSK_MAX];
+	char tmp[80], dir[4096], *text = NULL;
+	const char *ident = psk_identity ? psk_identity : id;
+	int fd = -1, r;
+
+	if (!gwconf_valid_id(id)) {
+		log_warnx("device id \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-'", id);
+		return -EINVAL;
+	}
+	if (find_device(ks, id)) {
+		log_warnx("device %s already exists", id);
+		return -EEXIST;
+	}
+	if (ident[0] == '\0' || strlen(ident) > PSK_IDENTITY_MAX || strchr(ident, '\n')) {
+		log_warnx("PSK identity must be 1 to %d characters on one line", PSK_IDENTITY_MAX);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < ks->ndevices; i++) {
+		if (strcmp(ks->devices[i].psk_identity, ident) == 0) {
+			log_warnx("PSK identity \"%s\" is already device %s's", ident,
+			          ks->devices[i].id);
+			return -EEXIST;
+		}
+	}
+	if (psk) {
+		if (psk_len < KEYSTORE_PSK_MIN || psk_len > KEYSTORE_PSK_MAX) {
+			log_warnx("a PSK must be %d to %d bytes (RFC 7925: at least 128 bits)",
+			          KEYSTORE_PSK_MIN, KEYSTORE_PSK_MAX);
+			return -EINVAL;
+		}
+		memcpy(key, psk, psk_len);
+	} else {
+		psk_len = 32;
+		if (random_alnum(key, psk_len) < 0)
+			return -EIO;
+	}
+
+	/* Assembled beside the store and renamed in: a crash leaves no half device. */
+	snprintf(tmp, sizeof(tmp), ".%s.new", id);
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, tmp);
+	remove_tree(ks->dirfd, tmp);
+	if (mkdirat(ks->dirfd, tmp, 0700) < 0) {
+		r = -errno;
+		log_warn("keystore: mkdir %s", dir);
+		goto out;
+	}
+	fd = open_dir(ks->dirfd, tmp, dir);
+	if (fd < 0) {
+		r = fd;
+		goto out;
+	}
+	r = ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir) : write_key_soft(fd, dir, id);
+	if (r < 0)
+		goto out;
+	r = write_psk(ks, fd, dir, id, key, psk_len);
+	if (r < 0)
+		goto out;
+	rec.psk_identity = (char *)ident;
+	text = record_format(&rec);
+	if (!text) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = write_file_atomic(fd, dir, "device", text, strlen(text), 0600);
+	if (r < 0)
+		goto out;
+	if (renameat(ks->dirfd, tmp, ks->dirfd, id) < 0) {
+		r = -errno;
+		log_warn("keystore: rename %s", dir);
+		goto out;
+	}
+	r = fsync_dir(ks->dirfd, ks->dir);
+	if (r == 0)
+		r = insert_device(ks, id);
+	if (r == 0) {
+		memcpy(psk_out, key, psk_len);
+		*psk_out_len = psk_len;
+		log_info("%s: device added (%s backend, PSK identity \"%s\")", id,
+		         backend_names[ks->backend], ident);
+	}
+out:
+	explicit_bzero(key, sizeof(key));
+	free(text);
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		remove_tree(ks->dirfd, tmp);
+	return r;
+}
+
+int
+keystore_device_remove(struct keystore *ks, const char *id)
+{
+	struct ks_device *d = find_device(ks, id);
+	char del[80];
+	size_t i;
+	int r;
+
+	if (!d)
+		return -ENOENT;
+	/* Out of the store's namespace first, atomically; then the files. */
+	snprintf(del, sizeof(del), ".%s.del", id);
+	remove_tree(ks->dirfd, del);
+	if (renameat(ks->dirfd, id, ks->dirfd, del) < 0) {
+		r = -errno;
+		log_warn("keystore: remove %s/%s", ks->dir, id);
+		return r;
+	}
+	r = fsync_dir(ks->dirfd, ks->dir);
+	if (r < 0)
+		return r;
+	remove_tree(ks->dirfd, del);
+	fsync_dir(ks->dirfd, ks->dir);
+	log_info("%s: device removed, its key destroyed", id);
+	i = (size_t)(d - ks->devices);
+	char **ids = reallocarray(ks->removed_ids, ks->nremoved + 1, sizeof(*ids));
+
+	if (ids) {
+		ks->removed_ids = ids;
+		ids[ks->nremoved++] = d->id;
+		d->id = NULL;
+	}
+	device_finish(d);
+	memmove(d, d + 1, (ks->ndevices - i - 1) * sizeof(*d));
+	ks->ndevices--;
+	return 0;
+}
+
+/* The device's key as an EVP_PKEY whose signatures go through the provider. */
+static EVP_PKEY *
+signing_key(const struct ks_device *d)
+{
+	BIO *b = BIO_new_file(d->key_file, "r");
+	EVP_PKEY *pkey = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+
+	if (!pkey)
+		log_openssl("keystore: cannot load the device key through the provider");
+	BIO_free(b);
+	return pkey;
+}
+
+int
+keystore_device_csr(struct keystore *ks, const char *id, char **pem)
+{
+	const struct ks_device *d = find_device(ks, id);
+	EVP_PKEY *priv = NULL, *pub = NULL;
+	X509_REQ *req = NULL;
+	X509_NAME *name;
+	BIO *b = NULL;
+	char *data;
+	long len;
+	int r = -EIO;
+
+	if (!d)
+		return -ENOENT;
+	priv = signing_key(d);
+	pub = public_key(d->pub);
+	req = X509_REQ_new();
+	b = BIO_new(BIO_s_mem());
+	if (!priv || !pub || !req || !b)
+		goto out;
+	name = X509_REQ_get_subject_name(req);
+	if (X509_REQ_set_version(req, 0) != 1 ||
+	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)id, -1, -1,
+	                               0) != 1 ||
+	    X509_REQ_set_pubkey(req, pub) != 1 || X509_REQ_sign(req, priv, EVP_sha256()) <= 0 ||
+	    PEM_write_bio_X509_REQ(b, req) != 1) {
+		log_openssl("keystore: cannot make a certificate request");
+		goto out;
+	}
+	len = BIO_get_mem_data(b, &data);
+	*pem = strndup(data, (size_t)len);
+	r = *pem ? 0 : -ENOMEM;
+out:
+	BIO_free(b);
+	X509_REQ_free(req);
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(priv);
+	return r;
+}
+
+static void
+format_time(const ASN1_TIME *t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (ASN1_TIME_to_tm(t, &tm) != 1 || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(buf, len, "(unreadable time)");
+}
+
+/* The reasons a certificate cannot be this device's, one at a time, in words. */
+static int
+check_cert(const struct keystore *ks, const struct ks_device *d, STACK_OF(X509) * chain, char *why,
+           size_t whylen)
+{
+	X509 *leaf = sk_X509_value(chain, 0);
+	EVP_PKEY *pub = public_key(d->pub);
+	X509_STORE *store = NULL;
+	X509_STORE_CTX *ctx = NULL;
+	STACK_OF(X509) *untrusted = NULL;
+	char when[64];
+	int r = -EINVAL;
+
+	if (!pub || EVP_PKEY_eq(X509_get0_pubkey(leaf), pub) != 1) {
+		snprintf(why, whylen,
+		         "its public key is not device %s's key (was the request made by another "
+		         "device, or before the device was added again?)",
+		         d->id);
+		r = -EKEYREJECTED;
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0) {
+		format_time(X509_get0_notAfter(leaf), when, sizeof(when));
+		snprintf(why, whylen, "it expired on %s", when);
+		r = -EKEYEXPIRED;
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0) {
+		format_time(X509_get0_notBefore(leaf), when, sizeof(when));
+		snprintf(why, whylen, "it is not valid before %s (is the gateway's clock right?)",
+		         when);
+		r = -EKEYEXPIRED;
+		goto out;
+	}
+	if (!ks->device_ca_file) {
+		snprintf(why, whylen, "no device CA is configured (keystore.device_ca_file)");
+		goto out;
+	}
+	store = X509_STORE_new();
+	ctx = X509_STORE_CTX_new();
+	untrusted = sk_X509_dup(chain);
+	if (!store || !ctx || !untrusted) {
+		r = -ENOMEM;
+		goto out;
+	}
+	(void)sk_X509_shift(untrusted);
+	if (X509_STORE_load_file(store, ks->device_ca_file) != 1) {
+		snprintf(why, whylen, "the device CA file %s cannot be read", ks->device_ca_file);
+		goto out;
+	}
+	if (X509_STORE_CTX_init(ctx, store, leaf, untrusted) != 1 ||
+	    X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT) != 1) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (X509_verify_cert(ctx) != 1) {
+		snprintf(why, whylen, "it does not chain to the device CA in %s: %s",
+		         ks->device_ca_file,
+		         X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+		goto out;
+	}
+	r = 0;
+out:
+	ERR_clear_error();
+	sk_X509_free(untrusted);
+	X509_STORE_CTX_free(ctx);
+	X509_STORE_free(store);
+	EVP_PKEY_free(pub);
+	return r;
+}
+
+int
+keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
+                            char *why, size_t whylen)
+{
+	struct ks_device *d = find_device(ks, id);
+	STACK_OF(X509) * chain;
+	char dir[4096], *data;
+	BIO *b = NULL;
+	long len;
+	int fd = -1, r;
+
+	snprintf(why, whylen, "%s", "");
+	if (!d)
+		return -ENOENT;
+	if (pemlen > INT32_MAX || !(chain = read_chain(NULL, pem, pemlen))) {
+		snprintf(why, whylen, "no PEM certificate in it");
+		return -EINVAL;
+	}
+	r = check_cert(ks, d, chain, why, whylen);
+	if (r < 0)
+		goto out;
+	b = BIO_new(BIO_s_mem());
+	if (!b) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (int i = 0; i < sk_X509_num(chain); i++)
+		PEM_write_bio_X509(b, sk_X509_value(chain, i));
+	len = BIO_get_mem_data(b, &data);
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, id);
+	fd = open_dir(ks->dirfd, id, dir);
+	if (fd < 0) {
+		r = fd;
+		goto out;
+	}
+	r = write_file_atomic(fd, dir, "cert.pem", data, (size_t)len, 0644);
+	if (r < 0)
+		goto out;
+	if (!d->cert_file && asprintf(&d->cert_file, "%s/cert.pem", dir) < 0) {
+		d->cert_file = NULL;
+		r = -ENOMEM;
+		goto out;
+	}
+	cert_summary(d);
+	log_info("%s: certificate installed: %s", id, d->subject);
+out:
+	if (fd >= 0)
+		close(fd);
+	BIO_free(b);
+	sk_X509_pop_free(chain, X509_free);
+	return r;
 }

@@ -2,45 +2,118 @@
 #ifndef GW_KEYSTORE_H
 #define GW_KEYSTORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <time.h>
 
 /*
- * Per-device credentials: the sensor's DTLS PSK and the device's upstream certificate and key.
- * The API is message-shaped (give me the PSK for this identity) so the store could later move
- * into a separate, privileged process without changing its callers.
+ * Per-device credentials: the upstream key and certificate, the sensor's DTLS PSK, the
+ * device's state and attributes. The API is message-shaped (sign this, give me the PSK for
+ * that identity) and never hands out private key bytes, so the store could move into a
+ * separate, privileged process without changing its callers.
  *
- * Backend "soft": <state_dir>/keystore/<device-id>/ holding
- *   psk.identity  the sensor's PSK identity (optional; defaults to the device id)
- *   psk.key       the PSK as hex, 16 to 64 bytes            (secret: mode 0600)
- *   cert.pem      the device's client certificate (chain)
- *   key.pem       the device's private key                  (secret: mode 0600)
- * The keystore directory and each device directory must be 0700 and owned by the daemon's
- * user; a secret readable by group or others is refused.
+ * Layout under STATE_DIR/keystore/ (0700), one folder per device (0700):
+ *   device          state, backend, PSK identity, attributes (text, key=value lines)
+ *   cert.pem        the device's certificate chain, once imported
+ *   backend "tpm":  key.tss2.pem  TPM-wrapped key blobs ("TSS2 PRIVATE KEY"; no secret)
+ *                   psk.enc       the PSK, AES-256-GCM under a master key sealed in the TPM
+ *   backend "soft": key.pem       PKCS#8 private key (0600)
+ *                   keyref.pem    a reference to it for the TLS library (no secret)
+ *                   psk.key       the PSK in hex (0600)
+ *   master.sealed   (tpm) the master key, sealed to this TPM
+ *   .lock           held by whoever may change the store (gatewayd, or gwctl without it)
+ * Every change is written to a temp file, fsync'd and renamed, and the folder fsync'd; a new
+ * device is assembled in a temp folder and renamed into place. A crash leaves the old or the
+ * new state, never a mix.
  */
 
 #define KEYSTORE_PSK_MAX 64
+#define KEYSTORE_PSK_MIN 16
 
 struct keystore;
 
-/* Opens and checks the store; errors are logged with the file and what to do. */
-int keystore_open(struct keystore **out, const char *state_dir, const char *backend);
+struct keystore_config {
+	const char *state_dir;
+	const char *backend;        /* "soft" or "tpm" */
+	const char *tcti;           /* tpm: TCTI configuration string */
+	uint32_t parent;            /* tpm: persistent handle of the storage key */
+	bool create_parent;         /* tpm: create the storage key if it is missing */
+	const char *device_ca_file; /* CA(s) a device certificate must chain to */
+};
+
+enum keystore_state { KEYSTORE_ACTIVE, KEYSTORE_SUSPENDED, KEYSTORE_REVOKED };
+
+struct keystore_info {
+	const char *id;
+	const char *backend;
+	const char *psk_identity;
+	enum keystore_state state;
+	bool has_cert;
+	char subject[256]; /* certificate subject, one line */
+	time_t not_after;  /* certificate expiry */
+};
+
+/*
+ * Opens the store (creating it if missing), takes its lock (-EBUSY if another process holds
+ * it), connects the backend and registers the OpenSSL provider. Errors are logged with the
+ * file or TPM condition and what to do.
+ */
+int keystore_open(struct keystore **out, const struct keystore_config *cfg);
 void keystore_free(struct keystore *ks);
 
 size_t keystore_count(const struct keystore *ks);
-/* The i-th device id, in sorted order. */
+/* The i-th device id, in sorted order, or NULL past the end. */
 const char *keystore_device_id(const struct keystore *ks, size_t i);
+int keystore_device_info(const struct keystore *ks, const char *id, struct keystore_info *out);
+const char *keystore_state_name(enum keystore_state state);
+
+/*
+ * Creates a device: a new key in the backend and a PSK. psk_identity NULL: the device id.
+ * psk NULL: 32 random letters and digits (about 190 bits, and printable for sensors whose
+ * tools take keys as text). The PSK is written to psk_out (KEYSTORE_PSK_MAX bytes) for the
+ * technician to flash into the sensor, once.
+ */
+int keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
+                        const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len);
+/* Removes a device and destroys its key (the only copy of a TPM key's blob). */
+int keystore_device_remove(struct keystore *ks, const char *id);
+
+/* A PKCS#10 request, subject CN=id, signed by the device key; *pem is malloc'd. */
+int keystore_device_csr(struct keystore *ks, const char *id, char **pem);
+/*
+ * Installs a certificate (chain) for the device after checking that its public key is the
+ * device's, that it chains to the device CA and that it is valid now. On refusal returns
+ * -EINVAL (or -EKEYREJECTED for a foreign key, -EKEYEXPIRED for an expired one) and writes
+ * the reason to why.
+ */
+int keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
+                                char *why, size_t whylen);
 
 /*
  * Looks up the sensor PSK for a DTLS identity. On success copies the key into key (at least
- * KEYSTORE_PSK_MAX bytes), its length into *keylen and the owning device id into *device_id.
- * Returns -ENOENT for an unknown identity.
+ * KEYSTORE_PSK_MAX bytes), its length into *keylen and the owning device id into *device_id
+ * (valid until keystore_free(), even if the device is removed). -ENOENT for an unknown identity,
+ * -EPERM for a device that is not active.
  */
 int keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
                         const char **device_id, uint8_t *key, size_t *keylen);
 
-/* Files to hand to the TLS client for a device's upstream session. */
+/*
+ * Files to hand to the TLS library for a device's upstream session: its certificate chain and
+ * its key reference (which only this process's provider can sign with). -ENOENT: no such
+ * device; -ENOKEY: no certificate imported yet.
+ */
 int keystore_tls_files(const struct keystore *ks, const char *device_id, const char **cert_file,
                        const char **key_file);
+
+/* Backend statistics for status and benchmarks (zeros for the soft backend). */
+struct keystore_stats {
+	uint64_t tpm_commands;
+	uint64_t signs;
+	uint64_t sign_ns;
+};
+void keystore_get_stats(const struct keystore *ks, struct keystore_stats *out);
 
 #endif

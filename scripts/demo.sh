@@ -10,25 +10,26 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh all
 scripts/build.sh .build/demo
 
-export GATEWAYD=$PWD/.build/demo/gatewayd GW_TEST=demo
+export GATEWAYD=$PWD/.build/demo/gatewayd GWCTL=$PWD/.build/demo/gwctl GW_TEST=demo
 source tests/integration/lib.sh
 gw_setup
 
 say() { printf '\n== %s\n' "$*"; }
 
-say "a throwaway CA, a broker certificate for localhost, one client certificate per sensor"
+say "a throwaway CA and mosquitto on 127.0.0.1 as the cloud: require_certificate,"
+say "use_identity_as_username, and an ACL that lets each device write only devices/<its id>/#"
 gw_pki_init
-sensors=(sensor-1 sensor-2 sensor-3)
-for s in "${sensors[@]}"; do gw_add_device "$s"; done
-ls "$WORK/state/keystore"
-
-say "mosquitto on 127.0.0.1: require_certificate, use_identity_as_username, ACL devices/<id>/#"
 gw_start_broker
 gw_start_subscriber
 echo "listening on port $BROKER_PORT"
-
-say "gatewayd: one MQTT session per sensor, each with its own certificate"
 gw_write_config
+
+say "three devices: gwctl device add (key and PSK), device csr, the CA signs, import-cert"
+sensors=(sensor-1 sensor-2 sensor-3)
+for s in "${sensors[@]}"; do gw_add_device "$s"; done
+gw_gwctl device list | sed 's/^/  /'
+
+say "gatewayd: one MQTT session per device, each with its own certificate"
 gw_start_gateway ${#sensors[@]}
 grep -E 'ready:|upstream connected' "$WORK/gatewayd.log" | sed 's/^/  /'
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Runs the whole test suite (unit and integration, against real mosquitto and coap-client)
+# Runs the whole test suite (unit; integration against real mosquitto and coap-client; tpm on swtpm)
 # twice: on a -Werror build, and on an AddressSanitizer + UndefinedBehaviorSanitizer build.
 # Installs what it needs. Exits non-zero if anything fails. Builds live in .build/.
 set -uo pipefail
@@ -23,7 +23,7 @@ run() {
     return
   fi
   echo "== $name: testing" >&2
-  meson test -C "$dir" --suite unit --suite integration --print-errorlogs
+  meson test -C "$dir" --suite unit --suite integration --suite tpm --print-errorlogs
   local log="$dir/meson-logs/testlog.json" ok bad
   ok=$(grep -c '"result": "OK"' "$log" || true)
   bad=$(grep -c '"result": "\(FAIL\|TIMEOUT\|ERROR\)"' "$log" || true)

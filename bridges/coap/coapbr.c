@@ -97,9 +97,17 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 	const char *device;
 	size_t keylen;
 	char addr[INET6_ADDRSTRLEN + 8], idbuf[160];
+	int r;
 
-	if (!identity || keystore_psk_lookup(br->ks, identity->s, identity->length, &device,
-	                                     br->psk, &keylen) < 0) {
+	r = identity ? keystore_psk_lookup(br->ks, identity->s, identity->length, &device, br->psk,
+	                                   &keylen)
+	             : -ENOENT;
+	if (r == -EPERM) {
+		log_warnx("%s: sensor %s refused: the device is not active (gwctl device show %s)",
+		          device, remote_str(session, addr, sizeof(addr)), device);
+		return NULL;
+	}
+	if (r < 0) {
 		log_warnx(
 		        "sensor %s: unknown PSK identity \"%s\": handshake refused",
 		        remote_str(session, addr, sizeof(addr)),
@@ -107,7 +115,7 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		                 : "");
 		return NULL;
 	}
-	/* The keystore owns the id string for the daemon's lifetime. */
+	/* The keystore keeps the id string for the daemon's lifetime, even past a removal. */
 	coap_session_set_app_data(session, (void *)device);
 	br->psk_bin.s = br->psk;
 	br->psk_bin.length = keylen;

@@ -19,7 +19,14 @@
 /* How long a clean shutdown waits for the brokers' DISCONNECT handshakes. */
 #define STOP_GRACE_MS 3000
 
-enum dev_state { DEV_CONNECTING, DEV_UP, DEV_WAITING, DEV_STOPPING, DEV_STOPPED };
+enum dev_state {
+	DEV_CONNECTING,
+	DEV_UP,
+	DEV_WAITING,
+	DEV_STOPPING, /* mqttbr_stop(): DISCONNECT sent */
+	DEV_STOPPED,
+	DEV_REMOVING, /* mqttbr_remove_device(): DISCONNECT sent, then freed */
+};
 
 struct publish {
 	struct mqttbr_device *dev;
@@ -76,6 +83,9 @@ struct mqttbr {
 	struct mqttbr_device **devices;
 	size_t ndevices;
 	size_t connecting; /* devices with a connect in flight */
+	/* Removed devices waiting for their DISCONNECT to go out before they are freed. */
+	struct mqttbr_device **removing;
+	size_t nremoving;
 
 	int wakefd;
 	pthread_mutex_t lock;
@@ -233,11 +243,19 @@ on_tls_error(const char *str, size_t len, void *ctx)
 
 static void connect_device(struct mqttbr_device *dev);
 
+static void removing_done(struct mqttbr_device *dev);
+
 static void
 retry_fired(struct gw_timer *t, void *data)
 {
+	struct mqttbr_device *dev = data;
+
 	(void)t;
-	connect_device(data);
+	/* While removing, the retry timer bounds the wait for the DISCONNECT. */
+	if (dev->state == DEV_REMOVING)
+		removing_done(dev);
+	else
+		connect_device(dev);
 }
 
 static uint32_t
@@ -468,6 +486,10 @@ handle_event(struct mqttbr *br, struct event *ev)
 		break;
 	}
 	case EV_DISCONNECTED:
+		if (dev->state == DEV_REMOVING) {
+			removing_done(dev);
+			break;
+		}
 		if (dev->state == DEV_STOPPING) {
 			dev->state = DEV_STOPPED;
 			stop_one_done(br);
@@ -649,6 +671,56 @@ fail:
 	return -ENOMEM;
 }
 
+/*
+ * Destroys the client (after which paho calls none of our callbacks for it), drops the events
+ * already queued for it, and frees the device.
+ */
+static void
+device_destroy(struct mqttbr_device *dev)
+{
+	struct mqttbr *br = dev->br;
+
+	MQTTAsync_destroy(&dev->client);
+	pthread_mutex_lock(&br->lock);
+	for (struct event **p = &br->head; *p;) {
+		struct event *ev = *p;
+
+		if (ev->dev != dev) {
+			p = &ev->next;
+			continue;
+		}
+		*p = ev->next;
+		free(ev->msg);
+		free(ev);
+	}
+	br->tail = &br->head;
+	while (*br->tail)
+		br->tail = &(*br->tail)->next;
+	pthread_mutex_unlock(&br->lock);
+	while (dev->pending)
+		publish_free(dev->pending);
+	gw_timer_free(dev->retry);
+	pthread_mutex_destroy(&dev->tls_lock);
+	free(dev->id);
+	free(dev->cert_file);
+	free(dev->key_file);
+	free(dev);
+}
+
+static void
+removing_done(struct mqttbr_device *dev)
+{
+	struct mqttbr *br = dev->br;
+
+	for (size_t i = 0; i < br->nremoving; i++) {
+		if (br->removing[i] == dev) {
+			br->removing[i] = br->removing[--br->nremoving];
+			break;
+		}
+	}
+	device_destroy(dev);
+}
+
 static int
 cmp_id_device(const void *key, const void *elem)
 {
@@ -664,6 +736,44 @@ mqttbr_find(struct mqttbr *br, const char *id)
 		return NULL;
 	dev = bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
 	return dev ? *dev : NULL;
+}
+
+void
+mqttbr_remove_device(struct mqttbr *br, const char *id)
+{
+	MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer5;
+	struct mqttbr_device *dev = mqttbr_find(br, id), **removing;
+	size_t i;
+
+	if (!dev)
+		return;
+	for (i = 0; br->devices[i] != dev; i++)
+		;
+	memmove(&br->devices[i], &br->devices[i + 1], (br->ndevices - i - 1) * sizeof(dev));
+	br->ndevices--;
+	gw_timer_disarm(dev->retry);
+	for (struct publish *pub = dev->pending; pub; pub = pub->next)
+		publish_report(pub, -ENOTCONN);
+	if (dev->state == DEV_CONNECTING)
+		connecting_changed(br, -1);
+	removing = reallocarray(br->removing, br->nremoving + 1, sizeof(*removing));
+	if (dev->state != DEV_UP || !removing) {
+		device_destroy(dev);
+		return;
+	}
+	br->removing = removing;
+	opts.onSuccess5 = on_disconnected;
+	opts.onFailure5 = on_disconnect_failed;
+	opts.context = dev;
+	opts.timeout = STOP_GRACE_MS / 2;
+	if (MQTTAsync_disconnect(dev->client, &opts) != MQTTASYNC_SUCCESS) {
+		device_destroy(dev);
+		return;
+	}
+	dev->state = DEV_REMOVING;
+	br->removing[br->nremoving++] = dev;
+	gw_timer_arm(dev->retry, STOP_GRACE_MS);
+	log_info("%s: upstream session closed", id);
 }
 
 static void
@@ -757,29 +867,12 @@ mqttbr_free(struct mqttbr *br)
 {
 	if (!br)
 		return;
-	/* Clients first: after MQTTAsync_destroy paho calls none of our callbacks for them. */
 	for (size_t i = 0; i < br->ndevices; i++)
-		MQTTAsync_destroy(&br->devices[i]->client);
-	while (br->head) {
-		struct event *ev = br->head;
-
-		br->head = ev->next;
-		free(ev->msg);
-		free(ev);
-	}
-	for (size_t i = 0; i < br->ndevices; i++) {
-		struct mqttbr_device *dev = br->devices[i];
-
-		while (dev->pending)
-			publish_free(dev->pending);
-		gw_timer_free(dev->retry);
-		pthread_mutex_destroy(&dev->tls_lock);
-		free(dev->id);
-		free(dev->cert_file);
-		free(dev->key_file);
-		free(dev);
-	}
+		device_destroy(br->devices[i]);
+	for (size_t i = 0; i < br->nremoving; i++)
+		device_destroy(br->removing[i]);
 	free(br->devices);
+	free(br->removing);
 	if (br->wakefd >= 0) {
 		gw_loop_del_fd(br->loop, br->wakefd);
 		close(br->wakefd);

@@ -32,6 +32,11 @@ void mqttbr_free(struct mqttbr *br);
 int mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file,
                       const char *key_file, struct mqttbr_device **out);
 struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
+/*
+ * Closes a device's session (its DISCONNECT still goes out) and forgets the device; its
+ * publishes still pending are reported -ENOTCONN. Nothing happens for an unknown id.
+ */
+void mqttbr_remove_device(struct mqttbr *br, const char *id);
 
 bool mqttbr_device_up(const struct mqttbr_device *dev);
 /* Seconds until the device's session may be up again, for CoAP's Max-Age on 5.03. */

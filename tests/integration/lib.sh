@@ -6,6 +6,7 @@
 set -euo pipefail
 
 : "${GATEWAYD:?set GATEWAYD to the gatewayd binary (meson test sets it)}"
+: "${GWCTL:?set GWCTL to the gwctl binary (meson test sets it)}"
 
 GW_PIDS=()
 GW_FAILED=0
@@ -51,7 +52,8 @@ gw_setup() {
   gw_require openssl mosquitto mosquitto_sub mosquitto_pub coap-client-openssl ss timeout
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/gw-$GW_TEST.XXXXXX")
   trap gw_cleanup EXIT
-  trap 'GW_FAILED=1' ERR
+  # set -e ends the test at a failing command: say which, rather than end in silence.
+  trap 'GW_FAILED=1; gw_log "FAIL: line $LINENO: $BASH_COMMAND"' ERR
   mkdir -m 700 "$WORK/state"
 }
 
@@ -60,12 +62,15 @@ gw_pass() {
   exit 0
 }
 
-# A port nobody listens on (proto: tcp or udp). Racy in theory; the range makes a clash rare.
+# A port nobody listens on (proto: tcp or udp), below the kernel's ephemeral range so that no
+# outgoing connection (gatewayd has one per device) takes it before our server binds it.
+# Parallel tests may still pick the same one: the servers' starters retry.
 gw_free_port() {
-  local proto=$1 flag port i
+  local proto=$1 flag port i low
   [ "$proto" = tcp ] && flag=-Hltn || flag=-Hlun
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   for i in $(seq 1 100); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (low - 10000)))
     if [ -z "$(ss $flag "sport = :$port" 2>/dev/null)" ]; then
       echo "$port"
       return 0
@@ -109,6 +114,27 @@ gw_pki_server() { gw_pki_cert "$1" "$2" "subjectAltName=$3
 extendedKeyUsage=serverAuth"; }
 gw_pki_client() { gw_pki_cert "$1" "$1" "extendedKeyUsage=clientAuth"; }
 
+# ---- the TPM: swtpm without a resource manager, as DESIGN.md describes ----
+
+# Starts swtpm on free ports P (commands) and P+1 (control); sets SWTPM_PORT.
+gw_start_swtpm() {
+  local p i
+  gw_require swtpm
+  for i in $(seq 1 50); do
+    p=$(gw_free_port tcp)
+    [ -z "$(ss -Hltn "sport = :$((p + 1))")" ] && break
+  done
+  mkdir -p -m 700 "$WORK/tpm"
+  swtpm socket --tpm2 --server type=tcp,port="$p",bindaddr=127.0.0.1 \
+    --ctrl type=tcp,port=$((p + 1)),bindaddr=127.0.0.1 --tpmstate dir="$WORK/tpm" \
+    --flags not-need-init,startup-clear >"$WORK/swtpm.log" 2>&1 &
+  SWTPM_PID=$!
+  GW_PIDS+=("$SWTPM_PID")
+  SWTPM_PORT=$p
+  gw_wait_for "[ -n \"\$(ss -Hltn 'sport = :$p')\" ]" 10 ||
+    gw_fail "swtpm did not start: $(cat "$WORK/swtpm.log")"
+}
+
 # ---- the cloud: mosquitto with mutual TLS, identity as username, per-device ACL ----
 
 # gw_start_broker [SERVER_CERT_NAME]: the server certificate defaults to one for localhost.
@@ -116,13 +142,26 @@ gw_start_broker() {
   local cert=${1:-broker}
   [ -f "$WORK/pki/$cert.pem" ] || gw_pki_server "$cert" localhost "DNS:localhost,IP:127.0.0.1"
   [ -f "$WORK/pki/observer.pem" ] || gw_pki_client observer
-  BROKER_PORT=$(gw_free_port tcp)
   cat >"$WORK/acl" <<ACL
 # Each device writes only under its own id; the test's observer reads everything.
 pattern write devices/%u/#
 user observer
 topic read devices/#
 ACL
+  local try
+  for try in 1 2 3 4 5; do
+    BROKER_PORT=$(gw_free_port tcp)
+    gw_write_broker_config "$cert"
+    gw_run_broker && return 0
+    grep -q 'Address already in use' "$WORK/mosquitto.log" ||
+      gw_fail "mosquitto did not start: $(cat "$WORK/mosquitto.out" "$WORK/mosquitto.log")"
+  done
+  gw_fail "mosquitto found no free port in 5 tries"
+}
+
+gw_write_broker_config() {
+  local cert=$1
+  rm -f "$WORK/mosquitto.log"
   cat >"$WORK/mosquitto.conf" <<CONF
 per_listener_settings false
 # Started as root, mosquitto would switch to its own user, who cannot read our temp dir.
@@ -139,7 +178,6 @@ require_certificate true
 use_identity_as_username true
 acl_file $WORK/acl
 CONF
-  gw_run_broker
 }
 
 # (Re)starts mosquitto with the config gw_start_broker wrote, on the same port.
@@ -147,8 +185,8 @@ gw_run_broker() {
   mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.out" 2>&1 &
   BROKER_PID=$!
   GW_PIDS+=("$BROKER_PID")
-  gw_wait_for "[ -n \"\$(ss -Hltn 'sport = :$BROKER_PORT')\" ]" 10 ||
-    gw_fail "mosquitto did not start: $(cat "$WORK/mosquitto.out")"
+  gw_wait_for "[ -n \"\$(ss -Hltn 'sport = :$BROKER_PORT')\" ] || ! kill -0 $BROKER_PID 2>/dev/null" 10
+  kill -0 "$BROKER_PID" 2>/dev/null || return 1
 }
 
 # Subscribes as the observer to devices/# and writes "topic payload" lines to $WORK/sub.out.
@@ -161,21 +199,25 @@ gw_start_subscriber() {
     gw_fail "subscriber did not connect: $(cat "$WORK/sub.err")"
 }
 
-# ---- devices: keystore entries (soft backend) and the matching sensor-side secrets ----
+# ---- devices, added the way a technician does: gwctl, a CSR, the CA's certificate ----
 
-# gw_add_device ID: certificate for CN=ID and a random PSK. The sensor's key is the ASCII of
-# 32 hex digits (coap-client takes -k as text); the keystore holds those bytes in hex.
+gw_gwctl() { "$GWCTL" -c "$WORK/gateway.conf" "$@"; }
+
+# gw_add_device ID [CN]: gwctl device add (the PSK it prints is kept in $WORK/psk-ID), then a
+# certificate for the device key, with subject CN (default ID), from the test CA.
+# Needs gw_write_config first. Works with gatewayd running (control socket) or not.
 gw_add_device() {
-  local id=$1 dir key
-  dir="$WORK/state/keystore/$id"
-  [ -f "$WORK/pki/$id.pem" ] || gw_pki_client "$id"
-  mkdir -p -m 700 "$WORK/state/keystore"
-  mkdir -m 700 "$dir"
-  key=$(openssl rand -hex 16)
-  printf '%s' "$key" >"$WORK/psk-$id"
-  (umask 077 && printf '%s' "$key" | od -An -tx1 | tr -d ' \n' >"$dir/psk.key")
-  cp "$WORK/pki/$id.pem" "$dir/cert.pem"
-  (umask 077 && cp "$WORK/pki/$id.key" "$dir/key.pem")
+  local id=$1 cn=${2:-$1} out
+  out=$(gw_gwctl device add "$id" 2>&1) || gw_fail "gwctl device add $id: $out"
+  sed -n 's/^psk-key: //p' <<<"$out" | tr -d '\n' >"$WORK/psk-$id"
+  [ -s "$WORK/psk-$id" ] || gw_fail "gwctl device add $id printed no PSK: $out"
+  out=$(gw_gwctl -o "$WORK/pki/$id.csr" device csr "$id" 2>&1) || gw_fail "gwctl device csr $id: $out"
+  printf 'extendedKeyUsage=clientAuth\n' >"$WORK/pki/client.ext"
+  openssl x509 -req -in "$WORK/pki/$id.csr" -CA "$WORK/pki/ca.pem" -CAkey "$WORK/pki/ca.key" \
+    -CAcreateserial -days 2 -subj "/CN=$cn" -extfile "$WORK/pki/client.ext" \
+    -out "$WORK/pki/$id.pem" 2>/dev/null || gw_fail "test CA could not sign $id's request"
+  out=$(gw_gwctl device import-cert "$id" "$WORK/pki/$id.pem" 2>&1) ||
+    gw_fail "gwctl device import-cert $id: $out"
 }
 
 gw_psk() { cat "$WORK/psk-$1"; }
@@ -183,13 +225,19 @@ gw_psk() { cat "$WORK/psk-$1"; }
 # ---- the gateway ----
 
 # gw_write_config [EXTRA_UPSTREAM_LINES]: $WORK/gateway.conf for the broker started above.
+# GW_BACKEND=tpm (with gw_start_swtpm) puts the keystore in the TPM.
 gw_write_config() {
   COAP_PORT=$(gw_free_port udp)
   cat >"$WORK/gateway.conf" <<CONF
 gateway = {
   id = "gw-test";
   state_dir = "$WORK/state";
+  control_socket = "$WORK/control.sock";
   log_level = "debug";
+};
+keystore = {
+  backend = "${GW_BACKEND:-soft}";
+  tcti = "swtpm:host=127.0.0.1,port=${SWTPM_PORT:-0}";
 };
 sensors = {
   listen = "127.0.0.1";

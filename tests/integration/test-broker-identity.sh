@@ -7,8 +7,8 @@ gw_setup
 gw_pki_init
 gw_pki_server wrong-host wrong.example "DNS:wrong.example"
 gw_start_broker wrong-host
-gw_add_device dev-a
 gw_write_config
+gw_add_device dev-a
 gw_start_gateway 0
 gw_wait_for "grep -q 'dev-a: refusing broker' '$WORK/gatewayd.log'" 15 ||
   gw_fail "no log line for the broker's wrong host name"

@@ -22,9 +22,9 @@ out=$("$GATEWAYD" -n -c "$GW_TEST_DATA/conf/good-minimal.conf" 2>&1) || gw_fail 
 # A secret readable by others stops the daemon before it talks to anyone.
 gw_pki_init
 BROKER_PORT=1
+gw_write_config
 gw_add_device dev-a
 chmod 644 "$WORK/state/keystore/dev-a/psk.key"
-gw_write_config
 rc=0
 timeout 10 "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 || rc=$?
 [ "$rc" -eq 1 ] || gw_fail "gatewayd started with a world-readable PSK (exit $rc)"

@@ -7,8 +7,8 @@ gw_setup
 gw_pki_init
 gw_start_broker
 gw_start_subscriber
-gw_add_device dev-a
 gw_write_config
+gw_add_device dev-a
 gw_start_gateway 1
 
 # Unknown identity, with a key that would be libcoap's default if one were configured.

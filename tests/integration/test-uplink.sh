@@ -7,12 +7,11 @@ gw_setup
 gw_pki_init
 gw_start_broker
 gw_start_subscriber
-for d in dev-a dev-b dev-c; do gw_add_device "$d"; done
-# An impostor: keystore entry dev-x holding dev-a's certificate, so the broker sees "dev-a".
-gw_add_device dev-x
-cp "$WORK/pki/dev-a.pem" "$WORK/state/keystore/dev-x/cert.pem"
-cp "$WORK/pki/dev-a.key" "$WORK/state/keystore/dev-x/key.pem"
 gw_write_config
+for d in dev-a dev-b dev-c; do gw_add_device "$d"; done
+# An impostor: device dev-x whose certificate was (mis)issued for CN=dev-a, so the broker
+# knows it as user "dev-a".
+gw_add_device dev-x dev-a
 gw_start_gateway 4
 
 for d in dev-a dev-b dev-c; do
@@ -31,9 +30,10 @@ gw_expect_code 4.03 dev-x post temp stolen
 grep -q "dev-x: broker refused a publish: Not authorized" "$WORK/gatewayd.log" ||
   gw_fail "no log line for the refused publish"
 
-# The broker's ACL itself: dev-a's certificate cannot publish into devices/dev-b/#.
+# The broker's ACL itself: a certificate for dev-a cannot publish into devices/dev-b/#.
+gw_pki_cert forger dev-a "extendedKeyUsage=clientAuth"
 out=$(timeout 10 mosquitto_pub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
-  --cert "$WORK/pki/dev-a.pem" --key "$WORK/pki/dev-a.key" -i forger -V mqttv5 -q 1 \
+  --cert "$WORK/pki/forger.pem" --key "$WORK/pki/forger.key" -i forger -V mqttv5 -q 1 \
   -t devices/dev-b/telemetry/temp -m forged 2>&1 || true)
 case "$out" in
   *"Not authorized"*) ;;

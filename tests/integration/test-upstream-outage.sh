@@ -6,8 +6,8 @@ source "$(dirname "$0")/lib.sh"
 gw_setup
 gw_pki_init
 gw_start_broker
-gw_add_device dev-a
 gw_write_config
+gw_add_device dev-a
 gw_start_gateway 1
 gw_expect_code 2.04 dev-a post temp before
 
@@ -20,7 +20,7 @@ grep -q 'Max-Age' "$WORK/coap-last.out" || gw_fail "5.03 without Max-Age"
 
 # Same port, fresh broker: the gateway's backoff (at most 2 s here) brings dev-a back.
 mv "$WORK/mosquitto.log" "$WORK/mosquitto-1.log"
-gw_run_broker
+gw_run_broker || gw_fail "mosquitto did not restart on port $BROKER_PORT: $(cat "$WORK/mosquitto.log")"
 gw_start_subscriber
 gw_wait_for "[ \$(grep -c 'dev-a: upstream connected' '$WORK/gatewayd.log') -ge 2 ]" 15 ||
   gw_fail "dev-a did not reconnect"

@@ -57,6 +57,11 @@ minimal_config_gets_defaults(void **state)
 	assert_int_equal(c->upstream.keepalive, 60);
 	assert_int_equal(c->upstream.publish_timeout, 10);
 	assert_string_equal(c->keystore.backend, "soft");
+	assert_string_equal(c->keystore.tcti, "device:/dev/tpmrm0");
+	assert_int_equal(c->keystore.parent, 0x81000001u);
+	assert_true(c->keystore.create_parent);
+	assert_string_equal(c->keystore.device_ca_file, "/dev/null");
+	assert_string_equal(c->control_socket, "/run/gateway/control.sock");
 	assert_int_equal(c->nroutes, 1);
 	assert_string_equal(c->routes[0].resource, "temp");
 	assert_int_equal(c->routes[0].qos, 1);
@@ -69,6 +74,7 @@ static void
 full_config_is_read_as_written(void **state)
 {
 	struct gwconf *c = load_ok("good-full.conf");
+	char *ca;
 
 	(void)state;
 	assert_string_equal(c->state_dir, "/srv/gateway");
@@ -89,6 +95,14 @@ full_config_is_read_as_written(void **state)
 	assert_string_equal(c->routes[0].resource, "env/temp");
 	assert_string_equal(c->routes[0].topic, "${gateway}/devices/${device}/${path}");
 	assert_int_equal(c->routes[0].qos, 0);
+	assert_string_equal(c->control_socket, "/tmp/gw.sock");
+	assert_string_equal(c->keystore.backend, "tpm");
+	assert_string_equal(c->keystore.tcti, "swtpm:host=127.0.0.1,port=2321");
+	assert_int_equal(c->keystore.parent, 0x81000002u);
+	assert_false(c->keystore.create_parent);
+	ca = fixture("ca.pem");
+	assert_string_equal(c->keystore.device_ca_file, ca);
+	free(ca);
 	gwconf_free(c);
 }
 

@@ -1,0 +1,267 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "admin.h"
+#include "keystore.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct verb {
+	const char *name;
+	const char *args;
+	int (*run)(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err);
+	bool changes; /* calls admin_changed_fn for argv[2] on success */
+};
+
+static void
+format_expiry(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (t == 0 || !gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d", &tm) == 0)
+		snprintf(buf, len, "-");
+}
+
+/* Parses hex into buf; -EINVAL unless it is an even number of hex digits that fits. */
+static ssize_t
+parse_hex(const char *s, uint8_t *buf, size_t max)
+{
+	size_t n = strlen(s);
+
+	if (n % 2 || n / 2 > max)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i += 2) {
+		unsigned v;
+
+		if (!isxdigit((unsigned char)s[i]) || !isxdigit((unsigned char)s[i + 1]) ||
+		    sscanf(s + i, "%2x", &v) != 1)
+			return -EINVAL;
+		buf[i / 2] = (uint8_t)v;
+	}
+	return (ssize_t)(n / 2);
+}
+
+static int
+device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	static const struct option opts[] = {
+	        {"psk-identity", required_argument, NULL, 'i'},
+	        {"psk-key", required_argument, NULL, 'k'},
+	        {NULL, 0, NULL, 0},
+	};
+	const char *identity = NULL, *id = req->argv[2];
+	uint8_t given[KEYSTORE_PSK_MAX], psk[KEYSTORE_PSK_MAX];
+	size_t psk_len = 0;
+	ssize_t given_len = -1;
+	bool printable = true;
+	int ch, r;
+
+	/* 0, not 1: glibc then also resets its internal state from the last call. */
+	optind = 0;
+	while ((ch = getopt_long(req->argc - 2, req->argv + 2, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'i':
+			identity = optarg;
+			break;
+		case 'k':
+			given_len = parse_hex(optarg, given, sizeof(given));
+			if (given_len < KEYSTORE_PSK_MIN) {
+				fprintf(err, "--psk-key must be %d to %d bytes as hex digits\n",
+				        KEYSTORE_PSK_MIN, KEYSTORE_PSK_MAX);
+				return 1;
+			}
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind != req->argc - 2)
+		return 2;
+	r = keystore_device_add(ks, id, identity, given_len > 0 ? given : NULL,
+	                        given_len > 0 ? (size_t)given_len : 0, psk, &psk_len);
+	explicit_bzero(given, sizeof(given));
+	if (r < 0) {
+		fprintf(err, "cannot add device %s: %s (see the log for the reason)\n", id,
+		        strerror(-r));
+		return 1;
+	}
+	/* The technician's one chance to copy the key into the sensor. */
+	fprintf(out, "device %s added\npsk-identity: %s\n", id, identity ? identity : id);
+	for (size_t i = 0; i < psk_len; i++)
+		printable = printable && isgraph(psk[i]);
+	if (printable)
+		fprintf(out, "psk-key: %.*s\n", (int)psk_len, psk);
+	fprintf(out, "psk-key-hex: ");
+	for (size_t i = 0; i < psk_len; i++)
+		fprintf(out, "%02x", psk[i]);
+	fprintf(out,
+	        "\nnext: gwctl device csr %s, have it signed, gwctl device import-cert %s FILE\n",
+	        id, id);
+	explicit_bzero(psk, sizeof(psk));
+	return 0;
+}
+
+static int
+device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	(void)err;
+	if (req->argc != 2)
+		return 2;
+	fprintf(out, "%-24s %-10s %-7s %-11s %s\n", "ID", "STATE", "BACKEND", "CERT-EXPIRY",
+	        "CERT-SUBJECT");
+	for (size_t i = 0; i < keystore_count(ks); i++) {
+		struct keystore_info info;
+		char expiry[32];
+
+		if (keystore_device_info(ks, keystore_device_id(ks, i), &info) < 0)
+			continue;
+		format_expiry(info.not_after, expiry, sizeof(expiry));
+		fprintf(out, "%-24s %-10s %-7s %-11s %s\n", info.id,
+		        keystore_state_name(info.state), info.backend, info.has_cert ? expiry : "-",
+		        info.has_cert ? info.subject : "(no certificate)");
+	}
+	return 0;
+}
+
+static int
+device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	struct keystore_info info;
+	char expiry[64];
+	struct tm tm;
+
+	if (req->argc != 3)
+		return 2;
+	if (keystore_device_info(ks, req->argv[2], &info) < 0) {
+		fprintf(err, "no device %s\n", req->argv[2]);
+		return 1;
+	}
+	fprintf(out, "id: %s\nstate: %s\nbackend: %s\npsk-identity: %s\n", info.id,
+	        keystore_state_name(info.state), info.backend, info.psk_identity);
+	if (!info.has_cert) {
+		fprintf(out, "certificate: none (gwctl device csr %s, then import-cert)\n",
+		        info.id);
+		return 0;
+	}
+	if (!gmtime_r(&info.not_after, &tm) ||
+	    strftime(expiry, sizeof(expiry), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(expiry, sizeof(expiry), "-");
+	fprintf(out, "certificate-subject: %s\ncertificate-expiry: %s\n", info.subject, expiry);
+	return 0;
+}
+
+static int
+device_csr(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	char *pem;
+	int r;
+
+	if (req->argc != 3)
+		return 2;
+	r = keystore_device_csr(ks, req->argv[2], &pem);
+	if (r < 0) {
+		fprintf(err, "cannot make a request for %s: %s\n", req->argv[2],
+		        r == -ENOENT ? "no such device" : strerror(-r));
+		return 1;
+	}
+	fputs(pem, out);
+	free(pem);
+	return 0;
+}
+
+static int
+device_import_cert(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	struct keystore_info info;
+	char why[512], expiry[32];
+	int r;
+
+	if (req->argc != 4)
+		return 2;
+	if (!req->input) {
+		fprintf(err, "no certificate was read from %s\n", req->argv[3]);
+		return 1;
+	}
+	r = keystore_device_import_cert(ks, req->argv[2], req->input, req->input_len, why,
+	                                sizeof(why));
+	if (r == -ENOENT) {
+		fprintf(err, "no device %s\n", req->argv[2]);
+		return 1;
+	}
+	if (r < 0) {
+		fprintf(err, "certificate %s refused for %s: %s\n", req->argv[3], req->argv[2],
+		        why[0] ? why : strerror(-r));
+		return 1;
+	}
+	keystore_device_info(ks, req->argv[2], &info);
+	format_expiry(info.not_after, expiry, sizeof(expiry));
+	fprintf(out, "certificate for %s installed: %s, expires %s\n", info.id, info.subject,
+	        expiry);
+	return 0;
+}
+
+static int
+device_remove(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	int r;
+
+	if (req->argc != 3)
+		return 2;
+	r = keystore_device_remove(ks, req->argv[2]);
+	if (r < 0) {
+		fprintf(err, "cannot remove %s: %s\n", req->argv[2],
+		        r == -ENOENT ? "no such device" : strerror(-r));
+		return 1;
+	}
+	fprintf(out, "device %s removed; its key is destroyed\n", req->argv[2]);
+	return 0;
+}
+
+static const struct verb verbs[] = {
+        {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, true},
+        {"list", "", device_list, false},
+        {"show", "ID", device_show, false},
+        {"csr", "ID [-o FILE]", device_csr, false},
+        {"import-cert", "ID FILE", device_import_cert, true},
+        {"remove", "ID", device_remove, true},
+};
+
+void
+admin_usage(FILE *f)
+{
+	fprintf(f, "usage: gwctl [-c config] [-s socket] command\ncommands:\n");
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		fprintf(f, "  device %s %s\n", verbs[i].name, verbs[i].args);
+}
+
+int
+admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+          admin_changed_fn changed, void *data)
+{
+	const struct verb *v = NULL;
+	int status;
+
+	if (req->argc >= 2 && strcmp(req->argv[0], "device") == 0) {
+		for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+			if (strcmp(req->argv[1], verbs[i].name) == 0)
+				v = &verbs[i];
+		}
+	}
+	/* Every verb but list names a device as its third word. */
+	if (!v || (v->run != device_list && req->argc < 3)) {
+		admin_usage(err);
+		return 2;
+	}
+	status = v->run(ks, req, out, err);
+	if (status == 2) {
+		fprintf(err, "usage: gwctl device %s %s\n", v->name, v->args);
+		return 2;
+	}
+	if (status == 0 && v->changes && changed)
+		changed(req->argv[2], data);
+	return status;
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_ADMIN_H
+#define GW_ADMIN_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+/*
+ * The gwctl verbs, run against an open keystore. gwctl runs them itself when gatewayd is not
+ * running; gatewayd runs them for gwctl's requests on its control socket, then applies what
+ * changed to its sessions. Either way the same code, the same checks, the same words.
+ */
+
+struct keystore;
+
+struct admin_request {
+	int argc;
+	char **argv;       /* the command words, e.g. {"device", "add", "dev-a"} */
+	const char *input; /* a file gwctl read for the verb (import-cert), or NULL */
+	size_t input_len;
+};
+
+/* Called after a verb changed a device (added, removed, new certificate). */
+typedef void (*admin_changed_fn)(const char *device_id, void *data);
+
+/*
+ * Runs one command. What the user asked for goes to out, errors to err. Returns the exit
+ * status: 0 done, 1 refused or failed, 2 not a valid command (usage on err).
+ */
+int admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+              admin_changed_fn changed, void *data);
+
+/* The command summary gwctl prints for -h. */
+void admin_usage(FILE *f);
+
+#endif

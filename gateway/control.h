@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_CONTROL_H
+#define GW_CONTROL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * The control socket: gwctl sends one request per connection, gatewayd runs it with
+ * admin_run() on its loop and answers. A request is the command's words and the content of
+ * the file the verb needs; the answer is the exit status and what to print.
+ *
+ * Framing, all integers 32-bit big-endian: "GWCTL1", argc, then per word its length and
+ * bytes, then the input's length and bytes. Answer: status, out length, out, err length, err.
+ * Only root and the daemon's own user may connect (SO_PEERCRED).
+ */
+
+struct gw_loop;
+struct keystore;
+struct control;
+
+#define CONTROL_MAX_REQUEST (1 << 20)
+
+typedef void (*control_changed_fn)(const char *device_id, void *data);
+
+/* Listens on path (replacing a stale socket), mode 0660. */
+int control_new(struct control **out, struct gw_loop *loop, const char *path, struct keystore *ks,
+                control_changed_fn changed, void *data);
+/* Stops listening and removes the socket file. Accepts NULL. */
+void control_free(struct control *ctl);
+
+/* gwctl's side. Returns -ECONNREFUSED or -ENOENT when no daemon listens at path. */
+int control_call(const char *path, int argc, char **argv, const char *input, size_t input_len,
+                 int *status, char **out, size_t *out_len, char **err, size_t *err_len);
+
+#endif

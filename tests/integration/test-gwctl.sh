@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# gwctl while gatewayd runs: a device added and given a certificate comes up without a
+# restart; a removed one loses its upstream session and its PSK at once; bad certificates are
+# refused with their reason. Without gatewayd, gwctl works on the store itself.
+source "$(dirname "$0")/lib.sh"
+gw_setup
+gw_pki_init
+gw_start_broker
+gw_start_subscriber
+gw_write_config
+gw_add_device dev-a # gatewayd not running: gwctl opens the store under its lock
+gw_start_gateway 1
+
+# Added through the daemon: up within seconds, no restart.
+gw_add_device dev-b
+gw_wait_for "grep -q 'dev-b: upstream connected' '$WORK/gatewayd.log'" 15 ||
+  gw_fail "dev-b did not connect after gwctl added it"
+grep -q 'control: gwctl device add' "$WORK/gatewayd.log" || gw_fail "gwctl did not go through the daemon"
+gw_expect_code 2.04 dev-b post temp hello-b
+gw_wait_received "devices/dev-b/telemetry/temp hello-b"
+
+list=$(gw_gwctl device list)
+grep -qE '^dev-a +active +soft +[0-9-]{10} +/CN=dev-a$' <<<"$list" || gw_fail "device list: $list"
+show=$(gw_gwctl device show dev-b)
+grep -qx 'psk-identity: dev-b' <<<"$show" || gw_fail "device show: $show"
+grep -qx 'certificate-subject: /CN=dev-b' <<<"$show" || gw_fail "device show: $show"
+if grep -q "$(gw_psk dev-b)" <<<"$list$show"; then gw_fail "list or show printed the PSK"; fi
+
+# Certificates that are not the device's are refused, each with its reason.
+out=$(gw_gwctl device import-cert dev-a "$WORK/pki/dev-b.pem" 2>&1) && gw_fail "dev-b's certificate accepted for dev-a"
+grep -q "is not device dev-a's key" <<<"$out" || gw_fail "mismatch message: $out"
+gw_pki_init_other() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=other CA" \
+    -keyout "$WORK/pki/other.key" -out "$WORK/pki/other.pem" 2>/dev/null
+}
+gw_pki_init_other
+openssl x509 -req -in "$WORK/pki/dev-a.csr" -CA "$WORK/pki/other.pem" -CAkey "$WORK/pki/other.key" \
+  -CAcreateserial -days 2 -out "$WORK/pki/dev-a-other.pem" 2>/dev/null
+out=$(gw_gwctl device import-cert dev-a "$WORK/pki/dev-a-other.pem" 2>&1) && gw_fail "foreign CA accepted"
+grep -q "does not chain to the device CA" <<<"$out" || gw_fail "chain message: $out"
+# Expired: issued by the right CA for the right key, but over.
+cat >"$WORK/pki/ca.cnf" <<CNF
+[ca]
+default_ca = test
+[test]
+database = $WORK/pki/index.txt
+new_certs_dir = $WORK/pki
+serial = $WORK/pki/serial
+default_md = sha256
+policy = any
+copy_extensions = none
+[any]
+commonName = supplied
+CNF
+: >"$WORK/pki/index.txt"
+echo 1000 >"$WORK/pki/serial"
+openssl ca -batch -config "$WORK/pki/ca.cnf" -cert "$WORK/pki/ca.pem" -keyfile "$WORK/pki/ca.key" \
+  -in "$WORK/pki/dev-a.csr" -startdate 20200101000000Z -enddate 20200201000000Z \
+  -out "$WORK/pki/dev-a-expired.pem" >/dev/null 2>&1 || gw_fail "could not issue the expired certificate"
+out=$(gw_gwctl device import-cert dev-a "$WORK/pki/dev-a-expired.pem" 2>&1) && gw_fail "expired certificate accepted"
+grep -q "it expired on 2020-02-01" <<<"$out" || gw_fail "expiry message: $out"
+# dev-a still has its good certificate and still publishes.
+gw_expect_code 2.04 dev-a post temp still-a
+
+# Removed through the daemon: its session goes, its sensor is refused.
+out=$(gw_gwctl device remove dev-b) || gw_fail "remove: $out"
+gw_wait_for "grep -q 'Client dev-b disconnected' '$WORK/mosquitto.log'" 10 ||
+  gw_fail "dev-b's upstream session stayed after remove"
+code=$(gw_sensor dev-b post temp after-remove)
+[ "$code" = none ] || gw_fail "removed device's sensor got $code"
+[ ! -e "$WORK/state/keystore/dev-b" ] || gw_fail "dev-b's folder is still there"
+
+# With the daemon holding the store, a second writer is kept out.
+out=$(gw_gwctl -s "$WORK/nothing.sock" device list 2>&1) && gw_fail "gwctl opened a store gatewayd holds"
+grep -q "gatewayd holds the keystore" <<<"$out" || gw_fail "lock message: $out"
+gw_pass
