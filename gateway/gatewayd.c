@@ -118,6 +118,7 @@ start(struct daemon *d)
 	        .create_parent = d->conf->keystore.create_parent,
 	        .device_ca_file = d->conf->keystore.device_ca_file,
 	};
+	struct keystore_stats st;
 	size_t n;
 	int r;
 
@@ -141,6 +142,11 @@ start(struct daemon *d)
 		log_warnx("cannot open the keystore in %s: %s", d->conf->state_dir, strerror(-r));
 		return r;
 	}
+	/* Before any session starts signing: the baseline for the per-handshake count. */
+	keystore_get_stats(d->ks, &st);
+	if (st.tpm_commands > 0)
+		log_info("keystore: %llu TPM commands at start",
+		         (unsigned long long)st.tpm_commands);
 	r = mqttbr_new(&d->mqtt, d->loop, d->conf);
 	if (r < 0) {
 		log_warnx("cannot start the upstream bridge: %s", strerror(-r));
@@ -177,9 +183,20 @@ finish(struct daemon *d)
 {
 	control_free(d->control);
 	coapbr_free(d->coap);
-
 	router_free(d->router);
 	mqttbr_free(d->mqtt);
+	if (d->ks) {
+		struct keystore_stats st;
+
+		/* The TPM's share of this run, for operators and for tests/bench. */
+		keystore_get_stats(d->ks, &st);
+		if (st.signs > 0)
+			log_info("keystore: %llu TPM commands, %llu signatures, %.2f ms per "
+			         "signature "
+			         "(load, sign, flush)",
+			         (unsigned long long)st.tpm_commands, (unsigned long long)st.signs,
+			         (double)st.sign_ns / (double)st.signs / 1e6);
+	}
 	keystore_free(d->ks);
 	gw_loop_free(d->loop);
 	gwconf_free(d->conf);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The gateway's main job end to end, on this machine only: a throwaway CA, mosquitto on
-# 127.0.0.1 as the cloud (mutual TLS, certificate identity as username, per-device ACL),
-# gatewayd, and three sensors sending readings with coap-client-openssl over DTLS-PSK.
+# The gateway's main job end to end, on this machine only: a software TPM (swtpm) holding the
+# device keys, a throwaway CA, mosquitto on 127.0.0.1 as the cloud (mutual TLS, certificate
+# identity as username, per-device ACL), gatewayd, and three sensors sending readings with
+# coap-client-openssl over DTLS-PSK.
 # Prints what the broker received and under which username; stops everything it started.
 # Installs what it needs. Set GW_KEEP=1 to keep the temp dir with every log and config.
 set -euo pipefail
@@ -22,12 +23,19 @@ gw_pki_init
 gw_start_broker
 gw_start_subscriber
 echo "listening on port $BROKER_PORT"
-gw_write_config
+say "swtpm as the gateway's TPM 2.0 (no resource manager), keystore backend \"tpm\""
+gw_start_swtpm
+echo "swtpm on port $SWTPM_PORT"
+GW_BACKEND=tpm gw_write_config
 
-say "three devices: gwctl device add (key and PSK), device csr, the CA signs, import-cert"
+say "three devices: gwctl device add (key in the TPM, and a PSK), csr, the CA signs, import-cert"
 sensors=(sensor-1 sensor-2 sensor-3)
 for s in "${sensors[@]}"; do gw_add_device "$s"; done
 gw_gwctl device list | sed 's/^/  /'
+echo "  on disk, TPM-wrapped keys only:"
+for s in "${sensors[@]}"; do
+  printf '    %s: %s\n' "$s" "$(head -n 1 "$WORK/state/keystore/$s/key.tss2.pem")"
+done
 
 say "gatewayd: one MQTT session per device, each with its own certificate"
 gw_start_gateway ${#sensors[@]}
@@ -58,6 +66,7 @@ grep -o "Received PUBLISH from [^ ]* (d[0-9], q[0-9], r[0-9], m[0-9]*, 'devices/
 say "stopping gatewayd (SIGTERM), then mosquitto and the subscriber"
 kill -TERM "$GATEWAY_PID"
 gw_wait_for "! kill -0 $GATEWAY_PID 2>/dev/null" 10 || gw_fail "gatewayd did not stop"
-tail -n 2 "$WORK/gatewayd.log" | sed 's/^/  /'
+grep -E 'keystore: [0-9]+ TPM commands, ' "$WORK/gatewayd.log" | sed 's/^/  /' || true
+tail -n 1 "$WORK/gatewayd.log" | sed 's/^/  /'
 echo
 echo "demo OK"
