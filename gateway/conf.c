@@ -614,6 +614,13 @@ gwconf_errors_finish(struct gwconf_errors *errs)
 	*errs = (struct gwconf_errors){0};
 }
 
+void
+gwconf_errors_print(const struct gwconf_errors *errs, FILE *f)
+{
+	for (size_t i = 0; i < errs->count; i++)
+		fprintf(f, "%s\n", errs->lines[i]);
+}
+
 const struct gwconf_route *
 gwconf_route_find(const struct gwconf *conf, const char *resource)
 {

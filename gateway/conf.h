@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "log.h"
 
@@ -75,6 +76,8 @@ struct gwconf_errors {
 int gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs);
 void gwconf_free(struct gwconf *conf);
 void gwconf_errors_finish(struct gwconf_errors *errs);
+/* One error per line. */
+void gwconf_errors_print(const struct gwconf_errors *errs, FILE *f);
 
 /* The route serving a CoAP Uri-Path, or NULL. */
 const struct gwconf_route *gwconf_route_find(const struct gwconf *conf, const char *resource);

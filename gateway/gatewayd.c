@@ -110,14 +110,7 @@ out:
 static int
 start(struct daemon *d)
 {
-	struct keystore_config kc = {
-	        .state_dir = d->conf->state_dir,
-	        .backend = d->conf->keystore.backend,
-	        .tcti = d->conf->keystore.tcti,
-	        .parent = d->conf->keystore.parent,
-	        .create_parent = d->conf->keystore.create_parent,
-	        .device_ca_file = d->conf->keystore.device_ca_file,
-	};
+	struct keystore_config kc;
 	struct keystore_stats st;
 	size_t n;
 	int r;
@@ -137,6 +130,7 @@ start(struct daemon *d)
 	/* A broker that drops us mid-write must not kill the daemon. */
 	signal(SIGPIPE, SIG_IGN);
 
+	keystore_config_from(&kc, d->conf);
 	r = keystore_open(&d->ks, &kc);
 	if (r < 0) {
 		log_warnx("cannot open the keystore in %s: %s", d->conf->state_dir, strerror(-r));
@@ -235,8 +229,7 @@ main(int argc, char *argv[])
 	log_init("gatewayd", true, LOG_LEVEL_INFO);
 	r = gwconf_load(file, &d.conf, &errs);
 	if (r < 0) {
-		for (size_t i = 0; i < errs.count; i++)
-			fprintf(stderr, "%s\n", errs.lines[i]);
+		gwconf_errors_print(&errs, stderr);
 		fprintf(stderr, "%s: %zu error%s; gatewayd not started\n", file, errs.count,
 		        errs.count == 1 ? "" : "s");
 		gwconf_errors_finish(&errs);

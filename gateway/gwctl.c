@@ -85,20 +85,14 @@ write_output(const char *path, const char *data, size_t len)
 static int
 run_direct(const struct gwconf *conf, const struct admin_request *req, const char *outfile)
 {
-	struct keystore_config kc = {
-	        .state_dir = conf->state_dir,
-	        .backend = conf->keystore.backend,
-	        .tcti = conf->keystore.tcti,
-	        .parent = conf->keystore.parent,
-	        .create_parent = conf->keystore.create_parent,
-	        .device_ca_file = conf->keystore.device_ca_file,
-	};
+	struct keystore_config kc;
 	struct keystore *ks;
 	char *out = NULL;
 	size_t outlen = 0;
 	FILE *f;
 	int r, status;
 
+	keystore_config_from(&kc, conf);
 	r = keystore_open(&ks, &kc);
 	if (r == -EBUSY) {
 		fprintf(stderr, "gwctl: gatewayd holds the keystore but does not answer on %s\n",
@@ -159,8 +153,7 @@ main(int argc, char *argv[])
 	log_init("gwctl", true, LOG_LEVEL_WARN);
 
 	if (gwconf_load(file, &conf, &errs) < 0) {
-		for (size_t i = 0; i < errs.count; i++)
-			fprintf(stderr, "%s\n", errs.lines[i]);
+		gwconf_errors_print(&errs, stderr);
 		gwconf_errors_finish(&errs);
 		return 1;
 	}

@@ -1025,6 +1025,19 @@ static const struct ksprov_ops prov_ops = {
 
 /* ---- open / free ---- */
 
+void
+keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf)
+{
+	*cfg = (struct keystore_config){
+	        .state_dir = conf->state_dir,
+	        .backend = conf->keystore.backend,
+	        .tcti = conf->keystore.tcti,
+	        .parent = conf->keystore.parent,
+	        .create_parent = conf->keystore.create_parent,
+	        .device_ca_file = conf->keystore.device_ca_file,
+	};
+}
+
 int
 keystore_open(struct keystore **out, const struct keystore_config *cfg)
 {

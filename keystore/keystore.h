@@ -43,6 +43,11 @@ struct keystore_config {
 	const char *device_ca_file; /* CA(s) a device certificate must chain to */
 };
 
+struct gwconf;
+
+/* The keystore's settings as the config file gives them (cfg points into conf). */
+void keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf);
+
 enum keystore_state { KEYSTORE_ACTIVE, KEYSTORE_SUSPENDED, KEYSTORE_REVOKED };
 
 struct keystore_info {
