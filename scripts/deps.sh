@@ -10,7 +10,7 @@ set -euo pipefail
 build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libpaho-mqtt-dev
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
-  procps coreutils)
+  procps coreutils bc)
 
 case "${1:-all}" in
   build) want=("${build[@]}") ;;
