@@ -935,7 +935,7 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 	}
 	if (strcmp(label, REF_LABEL) == 0) {
 		/* The body is the device id: the soft key stays in its 0600 file until now. */
-		char id[65], name[80];
+		char id[65];
 		uint8_t *pem;
 		size_t pemlen;
 		int fd;
@@ -947,8 +947,8 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 		id[len] = '\0';
 		if (!gwconf_valid_id(id))
 			goto fail;
-		snprintf(name, sizeof(name), "%s", id);
-		fd = openat(ks->dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		/* A valid id has no '/' or "..": it names a folder of the store, nothing else. */
+		fd = openat(ks->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {
 			log_warnx("keystore: key reference to unknown device %s", id);
 			goto fail;

@@ -376,6 +376,50 @@ refuses_secrets_others_can_read(void **state)
 }
 
 static void
+write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+/* What a careless hand or a bad disk can do to files gwctl wrote: refused, not half-used. */
+static void
+refuses_a_damaged_store(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	char path[256];
+
+	add(ks, "dev-a", NULL, NULL);
+	add(ks, "dev-b", NULL, NULL);
+	keystore_free(ks);
+
+	snprintf(path, sizeof(path), "%s/dev-a/psk.key", f->ks);
+	/* RFC 7925: at least 128 bits; hex only; whole bytes. */
+	write_text(path, "00112233445566778899aabbccddee\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
+	write_text(path, "zz112233445566778899aabbccddeeff\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
+	write_text(path, "00112233445566778899aabbccddeeff0\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
+	write_text(path, "00112233445566778899aabbccddeeff\n");
+	ks = open_ok(f);
+	keystore_free(ks);
+
+	/* Two records claiming one PSK identity: which sensor is which? Refused. */
+	snprintf(path, sizeof(path), "%s/dev-b/device", f->ks);
+	write_text(path, "state=active\nbackend=soft\npsk_identity=dev-a\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EEXIST);
+	write_text(path, "state=active\nbackend=tpm\npsk_identity=dev-b\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
+	write_text(path, "state=sleepy\nbackend=soft\npsk_identity=dev-b\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
+}
+
+static void
 recovers_from_an_interrupted_add(void **state)
 {
 	struct fixture *f = *state;
@@ -422,6 +466,7 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(removes_devices_for_good, setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_secrets_others_can_read, setup, teardown),
+	        cmocka_unit_test_setup_teardown(refuses_a_damaged_store, setup, teardown),
 	        cmocka_unit_test_setup_teardown(recovers_from_an_interrupted_add, setup, teardown),
 	        cmocka_unit_test_setup_teardown(creates_a_missing_store_closed_to_others, setup,
 	                                        teardown),
