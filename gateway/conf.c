@@ -204,7 +204,8 @@ gwconf_valid_id(const char *s)
 {
 	size_t n = strlen(s);
 
-	if (n == 0 || n > 64)
+	/* Not starting with '.': ids name folders, and "." or ".." would name others. */
+	if (n == 0 || n > 64 || !isalnum((unsigned char)s[0]))
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		if (!isalnum((unsigned char)s[i]) && !strchr("._-", s[i]))
@@ -226,7 +227,8 @@ parse_gateway(struct parse *p, const config_setting_t *root)
 	c->gateway_id = get_string(p, g, "gateway", "id", NULL);
 	if (c->gateway_id && !gwconf_valid_id(c->gateway_id))
 		report(p, config_setting_get_member(g, "id"),
-		       "'gateway.id' \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-'",
+		       "'gateway.id' \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
+		       "starting with a letter or digit",
 		       c->gateway_id);
 	c->state_dir = get_string(p, g, "gateway", "state_dir", "/var/lib/gateway");
 	if (c->state_dir && c->state_dir[0] != '/')

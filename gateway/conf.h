@@ -83,8 +83,8 @@ void gwconf_errors_print(const struct gwconf_errors *errs, FILE *f);
 const struct gwconf_route *gwconf_route_find(const struct gwconf *conf, const char *resource);
 
 /*
- * Device and gateway ids become MQTT client ids and topic levels: 1 to 64 letters, digits,
- * '.', '_' or '-'.
+ * Device and gateway ids become MQTT client ids, topic levels and folder names: 1 to 64
+ * letters, digits, '.', '_' or '-', starting with a letter or digit.
  */
 bool gwconf_valid_id(const char *id);
 

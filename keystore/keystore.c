@@ -881,7 +881,7 @@ load_devices(struct keystore *ks)
 		if (!gwconf_valid_id(de->d_name)) {
 			log_warnx(
 			        "keystore: ignoring %s/%s: not a valid device id (1 to 64 letters, "
-			        "digits, '.', '_' or '-')",
+			        "digits, '.', '_' or '-', starting with a letter or digit)",
 			        ks->dir, de->d_name);
 			continue;
 		}
@@ -1329,7 +1329,9 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 	int fd = -1, r;
 
 	if (!gwconf_valid_id(id)) {
-		log_warnx("device id \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-'", id);
+		log_warnx("device id \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
+		          "starting with a letter or digit",
+		          id);
 		return -EINVAL;
 	}
 	if (find_device(ks, id)) {

@@ -223,6 +223,9 @@ ids_are_plain(void **state)
 	assert_false(gwconf_valid_id("a/b"));
 	assert_false(gwconf_valid_id("a+"));
 	assert_false(gwconf_valid_id("dev a"));
+	assert_false(gwconf_valid_id(".."));
+	assert_false(gwconf_valid_id(".hidden"));
+	assert_false(gwconf_valid_id("-x"));
 	assert_false(gwconf_valid_id(
 	        "0123456789012345678901234567890123456789012345678901234567890123x"));
 }
