@@ -105,6 +105,15 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	return 0;
 }
 
+/* What list and show call the state: "disabled" is an active device with enabled=false. */
+static const char *
+state_word(const struct keystore_info *info)
+{
+	if (info->state == KEYSTORE_ACTIVE && !info->enabled)
+		return "disabled";
+	return keystore_state_name(info->state);
+}
+
 static int
 device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
 {
@@ -120,8 +129,8 @@ device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		if (keystore_device_info(ks, keystore_device_id(ks, i), &info) < 0)
 			continue;
 		format_expiry(info.not_after, expiry, sizeof(expiry));
-		fprintf(out, "%-24s %-10s %-7s %-11s %s\n", info.id,
-		        keystore_state_name(info.state), info.backend, info.has_cert ? expiry : "-",
+		fprintf(out, "%-24s %-10s %-7s %-11s %s\n", info.id, state_word(&info),
+		        info.backend, info.has_cert ? expiry : "-",
 		        info.has_cert ? info.subject : "(no certificate)");
 	}
 	return 0;
@@ -141,7 +150,13 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		return 1;
 	}
 	fprintf(out, "id: %s\nstate: %s\nbackend: %s\npsk-identity: %s\n", info.id,
-	        keystore_state_name(info.state), info.backend, info.psk_identity);
+	        state_word(&info), info.backend, info.psk_identity);
+	for (size_t i = 0; i < keystore_device_attr_count(ks, info.id); i++) {
+		const char *k, *v;
+
+		if (keystore_device_attr_at(ks, info.id, i, &k, &v) == 0)
+			fprintf(out, "attr.%s: %s\n", k, v);
+	}
 	if (!info.has_cert) {
 		fprintf(out, "certificate: none (gwctl device csr %s, then import-cert)\n",
 		        info.id);
@@ -221,6 +236,84 @@ device_remove(struct keystore *ks, const struct admin_request *req, FILE *out, F
 	return 0;
 }
 
+static int
+set_state(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+          enum keystore_state state)
+{
+	int r;
+
+	if (req->argc != 3)
+		return 2;
+	r = keystore_device_set_state(ks, req->argv[2], state);
+	if (r < 0) {
+		fprintf(err, "cannot make %s %s: %s\n", req->argv[2], keystore_state_name(state),
+		        r == -ENOENT  ? "no such device"
+		        : r == -EPERM ? "it is revoked, which is final"
+		                      : strerror(-r));
+		return 1;
+	}
+	fprintf(out, "device %s %s\n", req->argv[2], keystore_state_name(state));
+	return 0;
+}
+
+static int
+device_suspend(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	return set_state(ks, req, out, err, KEYSTORE_SUSPENDED);
+}
+
+static int
+device_resume(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	return set_state(ks, req, out, err, KEYSTORE_ACTIVE);
+}
+
+static int
+device_revoke(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	int status = set_state(ks, req, out, err, KEYSTORE_REVOKED);
+
+	if (status == 0)
+		fprintf(out, "its key and PSK are destroyed; this cannot be undone\n");
+	return status;
+}
+
+static int
+device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+{
+	if (req->argc < 4)
+		return 2;
+	/* Check every pair before changing any, so a typo changes nothing. */
+	for (int i = 3; i < req->argc; i++) {
+		if (!strchr(req->argv[i], '=')) {
+			fprintf(err, "\"%s\" is not key=value\n", req->argv[i]);
+			return 2;
+		}
+	}
+	for (int i = 3; i < req->argc; i++) {
+		char *pair = strdup(req->argv[i]), *eq;
+		int r;
+
+		if (!pair)
+			return 1;
+		eq = strchr(pair, '=');
+		*eq = '\0';
+		r = keystore_device_set_attr(ks, req->argv[2], pair, eq + 1);
+		if (r < 0) {
+			fprintf(err, "cannot set %s on %s: %s\n", pair, req->argv[2],
+			        r == -ENOENT ? "no such device" : strerror(-r));
+			free(pair);
+			return 1;
+		}
+		if (eq[1])
+			fprintf(out, "%s: %s=%s\n", req->argv[2], pair, eq + 1);
+		else
+			fprintf(out, "%s: %s removed\n", req->argv[2], pair);
+		free(pair);
+	}
+	return 0;
+}
+
 static const struct verb verbs[] = {
         {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, true},
         {"list", "", device_list, false},
@@ -228,6 +321,10 @@ static const struct verb verbs[] = {
         {"csr", "ID [-o FILE]", device_csr, false},
         {"import-cert", "ID FILE", device_import_cert, true},
         {"remove", "ID", device_remove, true},
+        {"suspend", "ID", device_suspend, true},
+        {"resume", "ID", device_resume, true},
+        {"revoke", "ID", device_revoke, true},
+        {"set", "ID KEY=VALUE... (KEY= removes it; enabled=false suspends)", device_set, true},
 };
 
 void

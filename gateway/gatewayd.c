@@ -83,7 +83,6 @@ static void
 sync_device(const char *id, void *data)
 {
 	struct daemon *d = data;
-	struct keystore_info info;
 	const char *cert, *key;
 	char *copy = strdup(id);
 	int r;
@@ -92,8 +91,12 @@ sync_device(const char *id, void *data)
 	if (!copy)
 		return;
 	mqttbr_remove_device(d->mqtt, copy);
-	if (keystore_device_info(d->ks, copy, &info) < 0 || info.state != KEYSTORE_ACTIVE)
+	if (!keystore_device_usable(d->ks, copy)) {
+		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
+		if (d->coap)
+			coapbr_drop_device(d->coap, copy);
 		goto out;
+	}
 	if (keystore_tls_files(d->ks, copy, &cert, &key) == -ENOKEY) {
 		log_info("%s: no certificate yet: no upstream session until gwctl device "
 		         "import-cert",

@@ -794,12 +794,15 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id)
 		r = -EINVAL;
 		goto out;
 	}
-	r = d->backend == BACKEND_TPM ? load_key_tpm(ks, d, fd, dir)
-	                              : load_key_soft(ks, d, fd, dir);
-	if (r == 0)
-		r = load_psk(ks, d, fd, dir);
-	if (r < 0)
-		goto out;
+	/* A revoked device keeps its record and certificate, for the operator; nothing else. */
+	if (d->state != KEYSTORE_REVOKED) {
+		r = d->backend == BACKEND_TPM ? load_key_tpm(ks, d, fd, dir)
+		                              : load_key_soft(ks, d, fd, dir);
+		if (r == 0)
+			r = load_psk(ks, d, fd, dir);
+		if (r < 0)
+			goto out;
+	}
 	if (faccessat(fd, "cert.pem", R_OK, 0) == 0) {
 		if (asprintf(&d->cert_file, "%s/cert.pem", dir) < 0) {
 			d->cert_file = NULL;
@@ -1143,6 +1146,64 @@ keystore_free(struct keystore *ks)
 
 /* ---- queries ---- */
 
+/* The attribute enabled=false acts as a suspension that policies and operators can set. */
+static bool
+device_enabled(const struct ks_device *d)
+{
+	for (size_t i = 0; i < d->nattrs; i++) {
+		if (strcmp(d->attrs[i].key, "enabled") == 0)
+			return strcmp(d->attrs[i].value, "false") != 0;
+	}
+	return true;
+}
+
+static bool
+device_usable(const struct ks_device *d)
+{
+	return d->state == KEYSTORE_ACTIVE && device_enabled(d);
+}
+
+bool
+keystore_device_usable(const struct keystore *ks, const char *id)
+{
+	const struct ks_device *d = find_device(ks, id);
+
+	return d && device_usable(d);
+}
+
+const char *
+keystore_device_attr(const struct keystore *ks, const char *id, const char *key)
+{
+	const struct ks_device *d = find_device(ks, id);
+
+	for (size_t i = 0; d && i < d->nattrs; i++) {
+		if (strcmp(d->attrs[i].key, key) == 0)
+			return d->attrs[i].value;
+	}
+	return NULL;
+}
+
+size_t
+keystore_device_attr_count(const struct keystore *ks, const char *id)
+{
+	const struct ks_device *d = find_device(ks, id);
+
+	return d ? d->nattrs : 0;
+}
+
+int
+keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, const char **key,
+                        const char **value)
+{
+	const struct ks_device *d = find_device(ks, id);
+
+	if (!d || i >= d->nattrs)
+		return -ENOENT;
+	*key = d->attrs[i].key;
+	*value = d->attrs[i].value;
+	return 0;
+}
+
 size_t
 keystore_count(const struct keystore *ks)
 {
@@ -1167,6 +1228,7 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 	        .backend = backend_names[d->backend],
 	        .psk_identity = d->psk_identity,
 	        .state = d->state,
+	        .enabled = device_enabled(d),
 	        .has_cert = d->cert_file != NULL,
 	        .not_after = d->not_after,
 	};
@@ -1185,7 +1247,7 @@ keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t i
 		if (strlen(d->psk_identity) != idlen || memcmp(d->psk_identity, identity, idlen))
 			continue;
 		*device_id = d->id;
-		if (d->state != KEYSTORE_ACTIVE)
+		if (!device_usable(d))
 			return -EPERM;
 		memcpy(key, d->psk, d->psk_len);
 		*keylen = d->psk_len;
@@ -1202,7 +1264,7 @@ keystore_tls_files(const struct keystore *ks, const char *device_id, const char 
 
 	if (!d)
 		return -ENOENT;
-	if (!d->cert_file)
+	if (!d->cert_file || !d->key_file)
 		return -ENOKEY;
 	*cert_file = d->cert_file;
 	*key_file = d->key_file;
@@ -1480,6 +1542,8 @@ keystore_device_csr(struct keystore *ks, const char *id, char **pem)
 
 	if (!d)
 		return -ENOENT;
+	if (d->state == KEYSTORE_REVOKED)
+		return -EKEYREVOKED;
 	priv = signing_key(d);
 	pub = public_key(d->pub);
 	req = X509_REQ_new();
@@ -1600,6 +1664,10 @@ keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem
 	snprintf(why, whylen, "%s", "");
 	if (!d)
 		return -ENOENT;
+	if (d->state == KEYSTORE_REVOKED) {
+		snprintf(why, whylen, "the device is revoked: its key no longer exists");
+		return -EKEYREVOKED;
+	}
 	if (pemlen > INT32_MAX || !(chain = read_chain(NULL, pem, pemlen))) {
 		snprintf(why, whylen, "no PEM certificate in it");
 		return -EINVAL;
@@ -1636,5 +1704,154 @@ out:
 		close(fd);
 	BIO_free(b);
 	sk_X509_pop_free(chain, X509_free);
+	return r;
+}
+
+/* Rewrites a device's record file from its in-memory state. */
+static int
+save_record(struct keystore *ks, const struct ks_device *d)
+{
+	char dir[4096], *text = record_format(d);
+	int fd, r;
+
+	if (!text)
+		return -ENOMEM;
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	fd = open_dir(ks->dirfd, d->id, dir);
+	if (fd < 0) {
+		free(text);
+		return fd;
+	}
+	r = write_file_atomic(fd, dir, "device", text, strlen(text), 0600);
+	close(fd);
+	free(text);
+	return r;
+}
+
+/* Destroys what made the device able to talk: its key (the only copy) and its PSK. */
+static void
+destroy_secrets(struct keystore *ks, struct ks_device *d)
+{
+	static const char *const files[] = {"key.tss2.pem", "key.pem", "keyref.pem", "psk.enc",
+	                                    "psk.key"};
+	char dir[4096];
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	fd = open_dir(ks->dirfd, d->id, dir);
+	if (fd < 0)
+		return;
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		unlinkat(fd, files[i], 0);
+	fsync_dir(fd, dir);
+	close(fd);
+	explicit_bzero(d->psk, sizeof(d->psk));
+	d->psk_len = 0;
+}
+
+int
+keystore_device_set_state(struct keystore *ks, const char *id, enum keystore_state state)
+{
+	struct ks_device *d = find_device(ks, id);
+	enum keystore_state old;
+	int r;
+
+	if (!d)
+		return -ENOENT;
+	if (d->state == KEYSTORE_REVOKED && state != KEYSTORE_REVOKED) {
+		log_warnx("%s: revoked devices stay revoked (remove it and add it again)", id);
+		return -EPERM;
+	}
+	if (d->state == state)
+		return 0;
+	old = d->state;
+	d->state = state;
+	/* The record first: once it says revoked, a crash cannot bring the key back to use. */
+	r = save_record(ks, d);
+	if (r < 0) {
+		d->state = old;
+		return r;
+	}
+	if (state == KEYSTORE_REVOKED)
+		destroy_secrets(ks, d);
+	log_info("%s: device %s", id, state_names[state]);
+	return 0;
+}
+
+static bool
+valid_attr_key(const char *k)
+{
+	size_t n = strlen(k);
+
+	if (n == 0 || n > 64 || !isalnum((unsigned char)k[0]))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (!isalnum((unsigned char)k[i]) && !strchr("._-", k[i]))
+			return false;
+	}
+	return true;
+}
+
+/* After a failed write: the device as the disk has it, so memory never runs ahead of it. */
+static void
+reload_device(struct keystore *ks, struct ks_device *d)
+{
+	char *id = strdup(d->id);
+
+	if (!id)
+		return;
+	device_finish(d);
+	if (load_device(ks, d, id) < 0)
+		log_warnx("keystore: %s could not be read back; restart gatewayd", id);
+	free(id);
+}
+
+int
+keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, const char *value)
+{
+	struct ks_device *d = find_device(ks, id);
+	char name[80];
+	size_t i;
+	int r;
+
+	if (!d)
+		return -ENOENT;
+	if (!valid_attr_key(key)) {
+		log_warnx("attribute name \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
+		          "starting with a letter or digit",
+		          key);
+		return -EINVAL;
+	}
+	for (const char *c = value ? value : ""; *c; c++) {
+		if (!isprint((unsigned char)*c) || strlen(value) > 256) {
+			log_warnx("attribute value must be at most 256 printable characters");
+			return -EINVAL;
+		}
+	}
+	for (i = 0; i < d->nattrs && strcmp(d->attrs[i].key, key) != 0; i++)
+		;
+	if (!value || !*value) {
+		if (i == d->nattrs)
+			return 0;
+		free(d->attrs[i].key);
+		free(d->attrs[i].value);
+		memmove(&d->attrs[i], &d->attrs[i + 1], (d->nattrs - i - 1) * sizeof(*d->attrs));
+		d->nattrs--;
+	} else if (i < d->nattrs) {
+		char *v = strdup(value);
+
+		if (!v)
+			return -ENOMEM;
+		free(d->attrs[i].value);
+		d->attrs[i].value = v;
+	} else {
+		snprintf(name, sizeof(name), "attr.%s", key);
+		r = record_set(d, name, value);
+		if (r < 0)
+			return r;
+	}
+	r = save_record(ks, d);
+	if (r < 0)
+		reload_device(ks, d);
 	return r;
 }

@@ -55,6 +55,7 @@ struct keystore_info {
 	const char *backend;
 	const char *psk_identity;
 	enum keystore_state state;
+	bool enabled; /* attribute enabled is not "false" */
 	bool has_cert;
 	char subject[256]; /* certificate subject, one line */
 	time_t not_after;  /* certificate expiry */
@@ -84,6 +85,22 @@ int keystore_device_add(struct keystore *ks, const char *id, const char *psk_ide
                         const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len);
 /* Removes a device and destroys its key (the only copy of a TPM key's blob). */
 int keystore_device_remove(struct keystore *ks, const char *id);
+
+/*
+ * Suspends, resumes or revokes a device. Revoking is final: the key and the PSK are destroyed
+ * (the record and certificate stay, for the operator) and -EPERM refuses any other state
+ * afterwards.
+ */
+int keystore_device_set_state(struct keystore *ks, const char *id, enum keystore_state state);
+/* Sets a free-form attribute; an empty or NULL value removes it. enabled=false suspends. */
+int keystore_device_set_attr(struct keystore *ks, const char *id, const char *key,
+                             const char *value);
+const char *keystore_device_attr(const struct keystore *ks, const char *id, const char *key);
+size_t keystore_device_attr_count(const struct keystore *ks, const char *id);
+int keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, const char **key,
+                            const char **value);
+/* Active and not disabled by enabled=false: may handshake, connect and forward. */
+bool keystore_device_usable(const struct keystore *ks, const char *id);
 
 /* A PKCS#10 request, subject CN=id, signed by the device key; *pem is malloc'd. */
 int keystore_device_csr(struct keystore *ks, const char *id, char **pem);

@@ -23,8 +23,21 @@ enum request_state {
 	REQ_ORPHAN,     /* could not be deferred and was answered 5.00: only freed */
 };
 
+/*
+ * A sensor's DTLS session, from its PSK callback until libcoap frees it
+ * (COAP_EVENT_SERVER_SESSION_DEL). Held as the session's app data. The session itself is found
+ * again by its address when needed, so that a pointer libcoap has freed is never used.
+ */
+struct sensor {
+	const char *device; /* the keystore's string: lives as long as the daemon */
+	coap_address_t remote;
+	int ifindex;
+	struct sensor *prev, *next;
+};
+
 struct coapbr_request {
 	struct coapbr *br;
+	coap_session_t *session;
 	enum request_state state;
 	coap_async_t *async;
 	bool done;
@@ -45,7 +58,27 @@ struct coapbr {
 	coap_bin_const_t psk_bin;
 	/* Uplinks awaiting their outcome, so that coapbr_free can release them. */
 	struct coapbr_request *requests;
+	struct sensor *sensors;
 };
+
+static const char *
+session_device(const coap_session_t *session)
+{
+	const struct sensor *sn = coap_session_get_app_data(session);
+
+	return sn ? sn->device : NULL;
+}
+
+static void
+sensor_unlink(struct coapbr *br, struct sensor *sn)
+{
+	if (sn->prev)
+		sn->prev->next = sn->next;
+	else
+		br->sensors = sn->next;
+	if (sn->next)
+		sn->next->prev = sn->prev;
+}
 
 static void
 on_coap_log(coap_log_t level, const char *message)
@@ -116,7 +149,21 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		return NULL;
 	}
 	/* The keystore keeps the id string for the daemon's lifetime, even past a removal. */
-	coap_session_set_app_data(session, (void *)device);
+	struct sensor *sn = coap_session_get_app_data(session);
+
+	if (!sn) {
+		sn = calloc(1, sizeof(*sn));
+		if (!sn)
+			return NULL;
+		sn->remote = *coap_session_get_addr_remote(session);
+		sn->ifindex = coap_session_get_ifindex(session);
+		sn->next = br->sensors;
+		if (br->sensors)
+			br->sensors->prev = sn;
+		br->sensors = sn;
+		coap_session_set_app_data(session, sn);
+	}
+	sn->device = device;
 	br->psk_bin.s = br->psk;
 	br->psk_bin.length = keylen;
 	return &br->psk_bin;
@@ -125,10 +172,19 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 static int
 on_coap_event(coap_session_t *session, const coap_event_t event)
 {
-	const char *device = coap_session_get_app_data(session);
+	const char *device = session_device(session);
 	char addr[INET6_ADDRSTRLEN + 8];
+	struct sensor *sn;
 
 	switch (event) {
+	case COAP_EVENT_SERVER_SESSION_DEL:
+		sn = coap_session_get_app_data(session);
+		if (sn) {
+			sensor_unlink(coap_get_app_data(coap_session_get_context(session)), sn);
+			coap_session_set_app_data(session, NULL);
+			free(sn);
+		}
+		break;
 	case COAP_EVENT_DTLS_CONNECTED:
 		log_info("%s: sensor connected from %s", device ? device : "?",
 		         remote_str(session, addr, sizeof(addr)));
@@ -200,7 +256,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	coap_async_t *async = coap_find_async(session, coap_pdu_get_token(request));
-	const char *device = coap_session_get_app_data(session);
+	const char *device = session_device(session);
 	struct coapbr_request *req;
 	struct coapbr_uplink up;
 	size_t len = 0, offset, total;
@@ -220,12 +276,18 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_UNAUTHORIZED);
 		return;
 	}
+	/* Suspended, revoked or removed since its handshake: nothing more of it goes upstream. */
+	if (!keystore_device_usable(br->ks, device)) {
+		respond(response, COAPBR_FORBIDDEN, 0);
+		return;
+	}
 	req = calloc(1, sizeof(*req));
 	if (!req) {
 		respond(response, COAPBR_ERROR, 0);
 		return;
 	}
 	req->br = br;
+	req->session = session;
 	req->next = br->requests;
 	if (br->requests)
 		br->requests->prev = req;
@@ -280,6 +342,38 @@ coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned 
 		request_unlink(req);
 		free(req);
 		break;
+	}
+}
+
+void
+coapbr_drop_device(struct coapbr *br, const char *device)
+{
+	char addr[INET6_ADDRSTRLEN + 8];
+
+	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
+		coap_session_t *s;
+
+		if (strcmp(sn->device, device) != 0)
+			continue;
+		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
+		if (!s || coap_session_get_app_data(s) != sn)
+			continue;
+		/*
+		 * Its deferred answers first: each holds a reference that would keep the session
+		 * half alive, unable to take a new handshake from the same address. The router
+		 * still completes those requests; they are then only freed.
+		 */
+		for (struct coapbr_request *req = br->requests; req; req = req->next) {
+			if (req->session == s && req->state == REQ_ASYNC) {
+				coap_free_async(s, req->async);
+				req->async = NULL;
+				req->state = REQ_ORPHAN;
+			}
+		}
+		log_info("%s: closing the DTLS session from %s", device,
+		         remote_str(s, addr, sizeof(addr)));
+		/* Sends close_notify and frees the TLS state; libcoap frees the session next. */
+		coap_session_disconnected(s, COAP_NACK_NOT_DELIVERABLE);
 	}
 }
 
@@ -498,6 +592,13 @@ coapbr_free(struct coapbr *br)
 
 		request_unlink(req);
 		free(req);
+	}
+	/* coap_free_context() frees sessions without SERVER_SESSION_DEL. */
+	while (br->sensors) {
+		struct sensor *sn = br->sensors;
+
+		sensor_unlink(br, sn);
+		free(sn);
 	}
 	explicit_bzero(br->psk, sizeof(br->psk));
 	coap_cleanup();

@@ -44,6 +44,13 @@ int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *c
 /* Accepts NULL. Requests not yet completed are dropped without an answer. */
 void coapbr_free(struct coapbr *br);
 
+/*
+ * Closes every DTLS session of a device (close_notify) and drops its answers still pending.
+ * Call from the loop, never from inside a request handler. New handshakes are refused by the
+ * keystore's PSK lookup, not here.
+ */
+void coapbr_drop_device(struct coapbr *br, const char *device);
+
 /* Answers an uplink request. max_age: seconds, used with COAPBR_UNAVAILABLE. */
 void coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age);
 

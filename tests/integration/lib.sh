@@ -34,7 +34,12 @@ gw_require() {
 }
 
 gw_cleanup() {
-  local pid
+  local rc=$? pid
+  # An exit by set -u or a failing command outside gw_fail still fails the test, loudly.
+  if [ "$rc" -ne 0 ] && [ "$GW_FAILED" = 0 ]; then
+    GW_FAILED=1
+    gw_log "FAIL: exited with status $rc"
+  fi
   for pid in "${GW_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -287,7 +292,7 @@ gw_expect_code() {
   local want=$1 got
   shift
   got=$(gw_sensor "$@")
-  [ "$got" = "$want" ] || gw_fail "$2 $3 /$4 '$5': got $got, want $want: $(tail -n 5 "$WORK/coap-last.out")"
+  [ "$got" = "$want" ] || gw_fail "$1 $2 /$3 '$4': got $got, want $want: $(tail -n 5 "$WORK/coap-last.out")"
 }
 
 # gw_wait_received LINE [SECS]: waits until the observer received exactly this "topic payload".

@@ -376,6 +376,60 @@ refuses_secrets_others_can_read(void **state)
 }
 
 static void
+states_and_attributes_persist(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	uint8_t key[KEYSTORE_PSK_MAX];
+	struct keystore_info info;
+	const char *device;
+	char path[256];
+	size_t len;
+
+	add(ks, "dev-a", NULL, NULL);
+	add(ks, "dev-b", NULL, NULL);
+	assert_int_equal(keystore_device_set_state(ks, "dev-a", KEYSTORE_SUSPENDED), 0);
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
+	                 -EPERM);
+	assert_false(keystore_device_usable(ks, "dev-a"));
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "enabled", "false"), 0);
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "room", "barn 2"), 0);
+	assert_false(keystore_device_usable(ks, "dev-b"));
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "bad key", "x"), -EINVAL);
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "room", "two\nlines"), -EINVAL);
+	keystore_free(ks);
+
+	/* All of it was on disk. */
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_int_equal(info.state, KEYSTORE_SUSPENDED);
+	assert_int_equal(keystore_device_info(ks, "dev-b", &info), 0);
+	assert_false(info.enabled);
+	assert_string_equal(keystore_device_attr(ks, "dev-b", "room"), "barn 2");
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "enabled", ""), 0);
+	assert_null(keystore_device_attr(ks, "dev-b", "enabled"));
+	assert_true(keystore_device_usable(ks, "dev-b"));
+	assert_int_equal(keystore_device_set_state(ks, "dev-a", KEYSTORE_ACTIVE), 0);
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
+	                 0);
+
+	/* Revoked: secrets gone, and no way back. */
+	assert_int_equal(keystore_device_set_state(ks, "dev-a", KEYSTORE_REVOKED), 0);
+	snprintf(path, sizeof(path), "%s/dev-a/key.pem", f->ks);
+	assert_int_equal(access(path, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/dev-a/psk.key", f->ks);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(keystore_device_set_state(ks, "dev-a", KEYSTORE_ACTIVE), -EPERM);
+	keystore_free(ks);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_int_equal(info.state, KEYSTORE_REVOKED);
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
+	                 -EPERM);
+	keystore_free(ks);
+}
+
+static void
 write_text(const char *path, const char *text)
 {
 	int fd = open(path, O_WRONLY | O_TRUNC);
@@ -466,6 +520,7 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(removes_devices_for_good, setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_secrets_others_can_read, setup, teardown),
+	        cmocka_unit_test_setup_teardown(states_and_attributes_persist, setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_a_damaged_store, setup, teardown),
 	        cmocka_unit_test_setup_teardown(recovers_from_an_interrupted_add, setup, teardown),
 	        cmocka_unit_test_setup_teardown(creates_a_missing_store_closed_to_others, setup,
