@@ -13,7 +13,8 @@
 struct verb {
 	const char *name;
 	const char *args;
-	int (*run)(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err);
+	int (*run)(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+	           const struct admin_hooks *hooks);
 	bool changes; /* calls admin_changed_fn for argv[2] on success */
 };
 
@@ -46,7 +47,8 @@ parse_hex(const char *s, uint8_t *buf, size_t max)
 }
 
 static int
-device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+           const struct admin_hooks *hooks)
 {
 	static const struct option opts[] = {
 	        {"psk-identity", required_argument, NULL, 'i'},
@@ -59,6 +61,7 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	ssize_t given_len = -1;
 	bool printable = true;
 	int ch, r;
+	(void)hooks;
 
 	/* 0, not 1: glibc then also resets its internal state from the last call. */
 	optind = 0;
@@ -105,6 +108,20 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	return 0;
 }
 
+/* The upstream session in a word; "-" where no daemon runs to ask. */
+static const char *
+upstream_word(const struct admin_hooks *hooks, const char *id, const char **reason)
+{
+	const char *dummy;
+
+	if (!reason)
+		reason = &dummy;
+	*reason = NULL;
+	if (!hooks || !hooks->upstream)
+		return "-";
+	return hooks->upstream(id, reason, hooks->data);
+}
+
 /* What list and show call the state: "disabled" is an active device with enabled=false. */
 static const char *
 state_word(const struct keystore_info *info)
@@ -115,13 +132,14 @@ state_word(const struct keystore_info *info)
 }
 
 static int
-device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+            const struct admin_hooks *hooks)
 {
 	(void)err;
 	if (req->argc != 2)
 		return 2;
-	fprintf(out, "%-24s %-10s %-7s %-11s %s\n", "ID", "STATE", "BACKEND", "CERT-EXPIRY",
-	        "CERT-SUBJECT");
+	fprintf(out, "%-24s %-10s %-7s %-17s %-11s %s\n", "ID", "STATE", "BACKEND", "UPSTREAM",
+	        "CERT-EXPIRY", "CERT-SUBJECT");
 	for (size_t i = 0; i < keystore_count(ks); i++) {
 		struct keystore_info info;
 		char expiry[32];
@@ -129,17 +147,20 @@ device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		if (keystore_device_info(ks, keystore_device_id(ks, i), &info) < 0)
 			continue;
 		format_expiry(info.not_after, expiry, sizeof(expiry));
-		fprintf(out, "%-24s %-10s %-7s %-11s %s\n", info.id, state_word(&info),
-		        info.backend, info.has_cert ? expiry : "-",
+		fprintf(out, "%-24s %-10s %-7s %-17s %-11s %s\n", info.id, state_word(&info),
+		        info.backend, upstream_word(hooks, info.id, NULL),
+		        info.has_cert ? expiry : "-",
 		        info.has_cert ? info.subject : "(no certificate)");
 	}
 	return 0;
 }
 
 static int
-device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+            const struct admin_hooks *hooks)
 {
 	struct keystore_info info;
+	const char *reason;
 	char expiry[64];
 	struct tm tm;
 
@@ -157,6 +178,9 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		if (keystore_device_attr_at(ks, info.id, i, &k, &v) == 0)
 			fprintf(out, "attr.%s: %s\n", k, v);
 	}
+	fprintf(out, "upstream: %s\n", upstream_word(hooks, info.id, &reason));
+	if (reason)
+		fprintf(out, "upstream-last-error: %s\n", reason);
 	if (!info.has_cert) {
 		fprintf(out, "certificate: none (gwctl device csr %s, then import-cert)\n",
 		        info.id);
@@ -170,10 +194,12 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 }
 
 static int
-device_csr(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_csr(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+           const struct admin_hooks *hooks)
 {
 	char *pem;
 	int r;
+	(void)hooks;
 
 	if (req->argc != 3)
 		return 2;
@@ -189,11 +215,13 @@ device_csr(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 }
 
 static int
-device_import_cert(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_import_cert(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+                   const struct admin_hooks *hooks)
 {
 	struct keystore_info info;
 	char why[512], expiry[32];
 	int r;
+	(void)hooks;
 
 	if (req->argc != 4)
 		return 2;
@@ -220,9 +248,11 @@ device_import_cert(struct keystore *ks, const struct admin_request *req, FILE *o
 }
 
 static int
-device_remove(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_remove(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+              const struct admin_hooks *hooks)
 {
 	int r;
+	(void)hooks;
 
 	if (req->argc != 3)
 		return 2;
@@ -257,21 +287,28 @@ set_state(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 }
 
 static int
-device_suspend(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_suspend(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+               const struct admin_hooks *hooks)
 {
+	(void)hooks;
 	return set_state(ks, req, out, err, KEYSTORE_SUSPENDED);
 }
 
 static int
-device_resume(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_resume(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+              const struct admin_hooks *hooks)
 {
+	(void)hooks;
 	return set_state(ks, req, out, err, KEYSTORE_ACTIVE);
 }
 
 static int
-device_revoke(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_revoke(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+              const struct admin_hooks *hooks)
 {
 	int status = set_state(ks, req, out, err, KEYSTORE_REVOKED);
+
+	(void)hooks;
 
 	if (status == 0)
 		fprintf(out, "its key and PSK are destroyed; this cannot be undone\n");
@@ -279,7 +316,8 @@ device_revoke(struct keystore *ks, const struct admin_request *req, FILE *out, F
 }
 
 static int
-device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err)
+device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+           const struct admin_hooks *hooks)
 {
 	if (req->argc < 4)
 		return 2;
@@ -293,6 +331,7 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	for (int i = 3; i < req->argc; i++) {
 		char *pair = strdup(req->argv[i]), *eq;
 		int r;
+		(void)hooks;
 
 		if (!pair)
 			return 1;
@@ -337,7 +376,7 @@ admin_usage(FILE *f)
 
 int
 admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
-          admin_changed_fn changed, void *data)
+          const struct admin_hooks *hooks)
 {
 	const struct verb *v = NULL;
 	int status;
@@ -353,12 +392,12 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 		admin_usage(err);
 		return 2;
 	}
-	status = v->run(ks, req, out, err);
+	status = v->run(ks, req, out, err, hooks);
 	if (status == 2) {
 		fprintf(err, "usage: gwctl device %s %s\n", v->name, v->args);
 		return 2;
 	}
-	if (status == 0 && v->changes && changed)
-		changed(req->argv[2], data);
+	if (status == 0 && v->changes && hooks && hooks->changed)
+		hooks->changed(req->argv[2], hooks->data);
 	return status;
 }

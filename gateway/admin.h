@@ -20,15 +20,21 @@ struct admin_request {
 	size_t input_len;
 };
 
-/* Called after a verb changed a device (added, removed, new certificate). */
-typedef void (*admin_changed_fn)(const char *device_id, void *data);
+/* What the running daemon adds to the verbs; gwctl on its own passes NULL. */
+struct admin_hooks {
+	/* Called after a verb changed a device (added, removed, state, certificate). */
+	void (*changed)(const char *device_id, void *data);
+	/* The device's upstream session in a word, and why the last attempt failed (or NULL). */
+	const char *(*upstream)(const char *device_id, const char **reason, void *data);
+	void *data;
+};
 
 /*
  * Runs one command. What the user asked for goes to out, errors to err. Returns the exit
  * status: 0 done, 1 refused or failed, 2 not a valid command (usage on err).
  */
 int admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
-              admin_changed_fn changed, void *data);
+              const struct admin_hooks *hooks);
 
 /* The command summary gwctl prints for -h. */
 void admin_usage(FILE *f);

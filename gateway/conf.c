@@ -337,9 +337,9 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 static void
 parse_upstream(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {
-	        "broker",          "ca_file",       "keepalive",     "connect_timeout",
-	        "publish_timeout", "reconnect_min", "reconnect_max", NULL};
+	static const char *const known[] = {"broker",          "ca_file",         "keepalive",
+	                                    "connect_timeout", "publish_timeout", "reconnect_min",
+	                                    "reconnect_max",   "rejected_retry",  NULL};
 	const config_setting_t *g = get_group(p, root, "upstream", true);
 	struct gwconf *c = p->conf;
 	char *broker;
@@ -360,6 +360,8 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	c->upstream.publish_timeout = get_int(p, g, "upstream", "publish_timeout", 10, 1, 300);
 	c->upstream.reconnect_min = get_int(p, g, "upstream", "reconnect_min", 1, 1, 3600);
 	c->upstream.reconnect_max = get_int(p, g, "upstream", "reconnect_max", 60, 1, 86400);
+	/* Slow: a revoked or unknown certificate needs an operator, not another handshake. */
+	c->upstream.rejected_retry = get_int(p, g, "upstream", "rejected_retry", 600, 10, 86400);
 	if (c->upstream.reconnect_max < c->upstream.reconnect_min)
 		report(p, config_setting_get_member(g, "reconnect_max"),
 		       "'upstream.reconnect_max' (%d) is less than 'upstream.reconnect_min' (%d)",

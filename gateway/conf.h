@@ -49,6 +49,7 @@ struct gwconf {
 		int publish_timeout;
 		int reconnect_min;
 		int reconnect_max;
+		int rejected_retry; /* seconds between tries of a device the broker refused */
 	} upstream;
 
 	struct {

@@ -37,8 +37,7 @@ struct client {
 struct control {
 	struct gw_loop *loop;
 	struct keystore *ks;
-	control_changed_fn changed;
-	void *data;
+	const struct admin_hooks *hooks;
 	char *path;
 	int fd;
 	struct client *clients[MAX_CLIENTS];
@@ -198,7 +197,7 @@ answer(struct client *c, const struct admin_request *req)
 	}
 	log_info("control: gwctl %s%s%s", req->argv[0], req->argc > 1 ? " " : "",
 	         req->argc > 1 ? req->argv[1] : "");
-	status = admin_run(c->ctl->ks, req, fo, fe, c->ctl->changed, c->ctl->data);
+	status = admin_run(c->ctl->ks, req, fo, fe, c->ctl->hooks);
 	fclose(fo);
 	fclose(fe);
 	fr = open_memstream(&resp, &resplen);
@@ -333,7 +332,7 @@ unix_address(const char *path, struct sockaddr_un *sa)
 
 int
 control_new(struct control **out, struct gw_loop *loop, const char *path, struct keystore *ks,
-            control_changed_fn changed, void *data)
+            const struct admin_hooks *hooks)
 {
 	struct control *ctl = calloc(1, sizeof(*ctl));
 	struct sockaddr_un sa;
@@ -342,7 +341,7 @@ control_new(struct control **out, struct gw_loop *loop, const char *path, struct
 
 	if (!ctl)
 		return -ENOMEM;
-	*ctl = (struct control){.loop = loop, .ks = ks, .changed = changed, .data = data, .fd = -1};
+	*ctl = (struct control){.loop = loop, .ks = ks, .hooks = hooks, .fd = -1};
 	ctl->path = strdup(path);
 	if (!ctl->path || unix_address(path, &sa) < 0) {
 		r = -EINVAL;

@@ -21,11 +21,11 @@ struct control;
 
 #define CONTROL_MAX_REQUEST (1 << 20)
 
-typedef void (*control_changed_fn)(const char *device_id, void *data);
+struct admin_hooks;
 
-/* Listens on path (replacing a stale socket), mode 0660. */
+/* Listens on path (replacing a stale socket), mode 0660. hooks must outlive the control. */
 int control_new(struct control **out, struct gw_loop *loop, const char *path, struct keystore *ks,
-                control_changed_fn changed, void *data);
+                const struct admin_hooks *hooks);
 /* Stops listening and removes the socket file. Accepts NULL. */
 void control_free(struct control *ctl);
 

@@ -4,6 +4,7 @@
  */
 #include "coapbr.h"
 #include "conf.h"
+#include "admin.h"
 #include "control.h"
 #include "keystore.h"
 #include "log.h"
@@ -27,6 +28,7 @@ struct daemon {
 	struct router *router;
 	struct coapbr *coap;
 	struct control *control;
+	struct admin_hooks hooks;
 	bool stopping;
 };
 
@@ -110,6 +112,14 @@ out:
 	free(copy);
 }
 
+static const char *
+upstream_word(const char *id, const char **reason, void *data)
+{
+	struct daemon *d = data;
+
+	return mqttbr_status_name(mqttbr_status(d->mqtt, id, reason));
+}
+
 static int
 start(struct daemon *d)
 {
@@ -160,7 +170,9 @@ start(struct daemon *d)
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;
 	}
-	r = control_new(&d->control, d->loop, d->conf->control_socket, d->ks, sync_device, d);
+	d->hooks =
+	        (struct admin_hooks){.changed = sync_device, .upstream = upstream_word, .data = d};
+	r = control_new(&d->control, d->loop, d->conf->control_socket, d->ks, &d->hooks);
 	if (r < 0) {
 		log_warnx("cannot open the control socket %s: %s (create its folder, or set "
 		          "gateway.control_socket)",

@@ -109,7 +109,7 @@ run_direct(const struct gwconf *conf, const struct admin_request *req, const cha
 		keystore_free(ks);
 		return 1;
 	}
-	status = admin_run(ks, req, f, stderr, NULL, NULL);
+	status = admin_run(ks, req, f, stderr, NULL);
 	fclose(f);
 	keystore_free(ks);
 	if (write_output(status == 0 ? outfile : NULL, out, outlen) != 0)

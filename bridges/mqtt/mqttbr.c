@@ -45,11 +45,15 @@ struct mqttbr_device {
 	MQTTAsync client;
 	enum dev_state state;
 	unsigned failures; /* consecutive failed connects, for the backoff */
+	/* The broker refused this device's identity: retried on the slow schedule. */
+	bool rejected;
+	char reason[256]; /* why the last connect failed or the session was lost */
 	struct gw_timer *retry;
 	/* Publishes paho still holds a pointer to, oldest first. */
 	struct publish *pending;
-	/* hostname_mismatches when this connect started: see on_trace(). */
+	/* hostname_mismatches and alerts_read when this connect started: see on_trace(). */
 	unsigned mismatches_before;
+	unsigned alerts_before;
 	/* OpenSSL's reasons for the last failed handshake; written on paho's thread. */
 	pthread_mutex_t tls_lock;
 	char tls_error[512];
@@ -79,6 +83,7 @@ struct mqttbr {
 		int publish_timeout;
 		int reconnect_min;
 		int reconnect_max;
+		int rejected_retry;
 	} cfg;
 	struct mqttbr_device **devices;
 	size_t ndevices;
@@ -107,14 +112,34 @@ struct mqttbr {
  */
 static atomic_uint hostname_mismatches;
 
+/*
+ * With TLS 1.3 a broker refuses a client certificate after the client's side of the handshake
+ * is done: the alert (certificate revoked, expired, ...) arrives with the first read, and paho
+ * again reports only "TCP/TLS connect failure". The alert, too, appears only in the trace, and
+ * without the connection it belongs to: a failing connect takes the latest alert read since it
+ * started. Devices refused at the same moment for different reasons may swap reasons; all of
+ * them are still known to be refused.
+ */
+static pthread_mutex_t alert_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned alerts_read;
+static char last_alert[96];
+
 /* ---- paho's threads: copy what is needed, queue it, wake the loop ---- */
 
 static void
 on_trace(enum MQTTASYNC_TRACE_LEVELS level, char *message)
 {
-	if (strstr(message, "X509_check_host for hostname"))
+	const char *alert = strstr(message, "SSL alert read:fatal:");
+
+	if (strstr(message, "X509_check_host for hostname")) {
 		atomic_fetch_add(&hostname_mismatches, 1);
-	else if (level >= MQTTASYNC_TRACE_ERROR)
+	} else if (alert) {
+		pthread_mutex_lock(&alert_lock);
+		snprintf(last_alert, sizeof(last_alert), "%s",
+		         alert + strlen("SSL alert read:fatal:"));
+		alerts_read++;
+		pthread_mutex_unlock(&alert_lock);
+	} else if (level >= MQTTASYNC_TRACE_ERROR)
 		log_debug("paho: %s", message);
 }
 
@@ -282,6 +307,9 @@ schedule_retry(struct mqttbr_device *dev)
 		ms *= 2;
 	if (ms > (uint64_t)br->cfg.reconnect_max * 1000)
 		ms = (uint64_t)br->cfg.reconnect_max * 1000;
+	/* A refused identity will not be accepted on the next try: ask again only now and then. */
+	if (dev->rejected)
+		ms = (uint64_t)br->cfg.rejected_retry * 1000;
 	ms = ms / 2 + random_u32() % (ms / 2 + 1);
 	dev->failures++;
 	dev->state = DEV_WAITING;
@@ -305,36 +333,78 @@ paho_code_str(int code)
 	}
 }
 
+/*
+ * The broker's refusals of the device itself, as OpenSSL words the alert it received (RFC 8446
+ * section 6.2) or as the CONNACK's reason code (MQTT 5.0 section 3.2.2.2). Anything else (the
+ * broker away, our own checks of the broker) is retried on the normal backoff.
+ */
+static const char *const refusing_alerts[] = {
+        "certificate revoked", "certificate expired", "bad certificate",      "certificate unknown",
+        "unknown ca",          "access denied",       "certificate required",
+};
+
+static bool
+refused_identity(const char *tls, int reason)
+{
+	for (size_t i = 0; i < sizeof(refusing_alerts) / sizeof(refusing_alerts[0]); i++) {
+		if (strcasestr(tls, refusing_alerts[i]))
+			return true;
+	}
+	return reason == MQTTREASONCODE_NOT_AUTHORIZED ||
+	       reason == MQTTREASONCODE_BAD_USER_NAME_OR_PASSWORD ||
+	       reason == MQTTREASONCODE_BANNED ||
+	       reason == MQTTREASONCODE_BAD_AUTHENTICATION_METHOD ||
+	       reason == MQTTREASONCODE_CLIENT_IDENTIFIER_NOT_VALID;
+}
+
+/* The connect that just failed, in words: logged, kept as the device's reason, classified. */
 static void
 report_connect_failure(struct mqttbr_device *dev, const struct event *ev)
 {
 	struct mqttbr *br = dev->br;
 	char tls[sizeof(dev->tls_error)];
+	bool was_rejected = dev->rejected;
 
 	pthread_mutex_lock(&dev->tls_lock);
 	memcpy(tls, dev->tls_error, sizeof(tls));
 	dev->tls_error[0] = '\0';
 	pthread_mutex_unlock(&dev->tls_lock);
+	pthread_mutex_lock(&alert_lock);
+	if (!tls[0] && alerts_read != dev->alerts_before)
+		snprintf(tls, sizeof(tls), "TLS alert from the broker: %s", last_alert);
+	pthread_mutex_unlock(&alert_lock);
 
+	dev->rejected = refused_identity(tls, ev->reason);
 	if (!tls[0] && atomic_load(&hostname_mismatches) != dev->mismatches_before) {
-		log_warnx("%s: refusing broker %s: its certificate is not issued for the host "
-		          "name \"%s\" (check upstream.broker, or the broker's certificate "
-		          "subjectAltName)",
-		          dev->id, br->cfg.broker, br->cfg.host);
+		snprintf(dev->reason, sizeof(dev->reason),
+		         "refusing broker %s: its certificate is not issued for the host name "
+		         "\"%s\" (check upstream.broker, or the broker's certificate "
+		         "subjectAltName)",
+		         br->cfg.broker, br->cfg.host);
 	} else if (strstr(tls, "certificate verify failed")) {
-		log_warnx("%s: refusing broker %s: its certificate does not verify against %s "
-		          "(another CA, expired, or not yet valid): %s",
-		          dev->id, br->cfg.broker, br->cfg.ca_file, tls);
+		snprintf(dev->reason, sizeof(dev->reason),
+		         "refusing broker %s: its certificate does not verify against %s (another "
+		         "CA, expired, or not yet valid): %s",
+		         br->cfg.broker, br->cfg.ca_file, tls);
+	} else if (dev->rejected && tls[0]) {
+		snprintf(dev->reason, sizeof(dev->reason),
+		         "broker %s refused the device's certificate: %s", br->cfg.broker, tls);
 	} else if (tls[0]) {
-		log_warnx("%s: upstream %s: TLS handshake failed: %s", dev->id, br->cfg.broker,
-		          tls);
+		snprintf(dev->reason, sizeof(dev->reason), "upstream %s: TLS handshake failed: %s",
+		         br->cfg.broker, tls);
 	} else if (ev->reason >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
-		log_warnx("%s: upstream %s refused the connection: %s", dev->id, br->cfg.broker,
-		          MQTTReasonCode_toString((enum MQTTReasonCodes)ev->reason));
+		snprintf(dev->reason, sizeof(dev->reason), "broker %s refused the connection: %s",
+		         br->cfg.broker, MQTTReasonCode_toString((enum MQTTReasonCodes)ev->reason));
 	} else {
-		log_warnx("%s: cannot connect upstream to %s: %s%s%s", dev->id, br->cfg.broker,
-		          paho_code_str(ev->code), ev->msg ? ": " : "", ev->msg ? ev->msg : "");
+		snprintf(dev->reason, sizeof(dev->reason), "cannot connect upstream to %s: %s%s%s",
+		         br->cfg.broker, paho_code_str(ev->code), ev->msg ? ": " : "",
+		         ev->msg ? ev->msg : "");
 	}
+	if (dev->rejected && !was_rejected)
+		log_warnx("%s: rejected upstream: %s; next try in %d s", dev->id, dev->reason,
+		          br->cfg.rejected_retry);
+	else if (!dev->rejected)
+		log_warnx("%s: %s", dev->id, dev->reason);
 }
 
 static void
@@ -375,6 +445,9 @@ connect_device(struct mqttbr_device *dev)
 
 	dev->state = DEV_CONNECTING;
 	dev->mismatches_before = atomic_load(&hostname_mismatches);
+	pthread_mutex_lock(&alert_lock);
+	dev->alerts_before = alerts_read;
+	pthread_mutex_unlock(&alert_lock);
 	connecting_changed(br, +1);
 	rc = MQTTAsync_connect(dev->client, &opts);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -454,6 +527,10 @@ handle_event(struct mqttbr *br, struct event *ev)
 		connecting_changed(br, -1);
 		dev->state = DEV_UP;
 		dev->failures = 0;
+		if (dev->rejected)
+			log_info("%s: accepted upstream again", dev->id);
+		dev->rejected = false;
+		dev->reason[0] = '\0';
 		log_info("%s: upstream connected to %s", dev->id, br->cfg.broker);
 		break;
 	case EV_CONNECT_FAILED:
@@ -466,8 +543,9 @@ handle_event(struct mqttbr *br, struct event *ev)
 	case EV_CONN_LOST:
 		if (dev->state != DEV_UP)
 			break;
-		log_warnx("%s: upstream connection to %s lost%s%s", dev->id, br->cfg.broker,
-		          ev->msg ? ": " : "", ev->msg ? ev->msg : "");
+		snprintf(dev->reason, sizeof(dev->reason), "upstream connection to %s lost%s%s",
+		         br->cfg.broker, ev->msg ? ": " : "", ev->msg ? ev->msg : "");
+		log_warnx("%s: %s", dev->id, dev->reason);
 		/* The sensors hear at once; a late PUBACK is still awaited, just not reported. */
 		for (struct publish *pub = dev->pending; pub; pub = pub->next)
 			publish_report(pub, -ENOTCONN);
@@ -576,6 +654,42 @@ mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload
 	dev->pending = pub;
 	gw_timer_arm(pub->timer, (uint64_t)dev->br->cfg.publish_timeout * 1000);
 	return 0;
+}
+
+enum mqttbr_status
+mqttbr_status(struct mqttbr *br, const char *id, const char **reason)
+{
+	struct mqttbr_device *dev = mqttbr_find(br, id);
+
+	*reason = NULL;
+	if (!dev)
+		return MQTTBR_NONE;
+	if (dev->reason[0])
+		*reason = dev->reason;
+	if (dev->rejected)
+		return MQTTBR_REJECTED;
+	switch (dev->state) {
+	case DEV_UP:
+		return MQTTBR_CONNECTED;
+	case DEV_CONNECTING:
+		return MQTTBR_CONNECTING;
+	default:
+		return MQTTBR_RETRYING;
+	}
+}
+
+const char *
+mqttbr_status_name(enum mqttbr_status st)
+{
+	static const char *const names[] = {
+	        [MQTTBR_NONE] = "none",
+	        [MQTTBR_CONNECTING] = "connecting",
+	        [MQTTBR_CONNECTED] = "connected",
+	        [MQTTBR_RETRYING] = "retrying",
+	        [MQTTBR_REJECTED] = "rejected-upstream",
+	};
+
+	return names[st];
 }
 
 bool
@@ -840,6 +954,7 @@ mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf)
 	br->cfg.publish_timeout = conf->upstream.publish_timeout;
 	br->cfg.reconnect_min = conf->upstream.reconnect_min;
 	br->cfg.reconnect_max = conf->upstream.reconnect_max;
+	br->cfg.rejected_retry = conf->upstream.rejected_retry;
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
 	if (!br->cfg.broker || !br->cfg.host || !br->cfg.ca_file || !br->stop.timer) {
 		r = -ENOMEM;

@@ -39,6 +39,18 @@ struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
 void mqttbr_remove_device(struct mqttbr *br, const char *id);
 
 bool mqttbr_device_up(const struct mqttbr_device *dev);
+
+enum mqttbr_status {
+	MQTTBR_NONE, /* no session: unknown device, or none wanted */
+	MQTTBR_CONNECTING,
+	MQTTBR_CONNECTED,
+	MQTTBR_RETRYING, /* waiting out the backoff after a failure or a loss */
+	MQTTBR_REJECTED, /* the broker refused the device's identity; retried slowly */
+};
+
+/* A device's upstream state, and why the last attempt failed (NULL if it did not). */
+enum mqttbr_status mqttbr_status(struct mqttbr *br, const char *id, const char **reason);
+const char *mqttbr_status_name(enum mqttbr_status st);
 /* Seconds until the device's session may be up again, for CoAP's Max-Age on 5.03. */
 unsigned mqttbr_device_retry_after(const struct mqttbr_device *dev);
 

@@ -115,6 +115,38 @@ gw_pki_cert() {
   chmod 600 "$WORK/pki/$name.key"
 }
 
+# Revocation: an `openssl ca` database beside the test CA, and a CRL at pki/crl.pem.
+gw_pki_crl_init() {
+  cat >"$WORK/pki/ca.cnf" <<CNF
+[ca]
+default_ca = test
+[test]
+database = $WORK/pki/index.txt
+crlnumber = $WORK/pki/crlnumber
+certificate = $WORK/pki/ca.pem
+private_key = $WORK/pki/ca.key
+default_md = sha256
+default_crl_days = 2
+CNF
+  : >"$WORK/pki/index.txt"
+  echo 1000 >"$WORK/pki/crlnumber"
+  gw_pki_crl_update
+}
+
+# Regenerates pki/crl.pem, atomically: mosquitto reading a half-written CRL would run without
+# one (it fails open).
+gw_pki_crl_update() {
+  openssl ca -batch -config "$WORK/pki/ca.cnf" -gencrl -out "$WORK/pki/crl.pem.new" 2>/dev/null ||
+    gw_fail "could not generate the CRL"
+  mv "$WORK/pki/crl.pem.new" "$WORK/pki/crl.pem"
+}
+
+gw_pki_revoke() {
+  openssl ca -batch -config "$WORK/pki/ca.cnf" -revoke "$WORK/pki/$1.pem" 2>/dev/null ||
+    gw_fail "could not revoke $1's certificate"
+  gw_pki_crl_update
+}
+
 gw_pki_server() { gw_pki_cert "$1" "$2" "subjectAltName=$3
 extendedKeyUsage=serverAuth"; }
 gw_pki_client() { gw_pki_cert "$1" "$1" "extendedKeyUsage=clientAuth"; }
@@ -183,6 +215,7 @@ require_certificate true
 use_identity_as_username true
 acl_file $WORK/acl
 CONF
+  [ ! -f "$WORK/pki/crl.pem" ] || echo "crlfile $WORK/pki/crl.pem" >>"$WORK/mosquitto.conf"
 }
 
 # (Re)starts mosquitto with the config gw_start_broker wrote, on the same port.
@@ -305,4 +338,48 @@ gw_wait_received() {
 gw_broker_username() {
   grep -o "as $1 (p[0-9], c[0-9], k[0-9]*, u'[^']*')" "$WORK/mosquitto.log" | tail -n 1 |
     sed "s/.*u'\([^']*\)')/\1/"
+}
+
+# ---- sensors under load: tests/tools/gwsensor, one DTLS session, numbered readings ----
+
+gw_now_ms() { date +%s%3N; }
+
+# sensor ID [gwsensor options]: readings in the background, answers in $WORK/sensor-ID.out.
+sensor() {
+  local id=$1
+  : "${GWSENSOR:?set GWSENSOR to the gwsensor test tool (meson test sets it)}"
+  shift
+  "$GWSENSOR" -a 127.0.0.1 -p "$COAP_PORT" -u "$id" -k "$(gw_psk "$id")" "$@" \
+    >>"$WORK/sensor-$id.out" 2>&1 &
+  eval "sensor_pid_${id//-/_}=$!"
+}
+sensor_pid() { eval "echo \$sensor_pid_${1//-/_}"; }
+# The last reading of ID the gateway acknowledged.
+acked() { awk '$3 == "2.04" { n = $2 } END { print n + 0 }' "$WORK/sensor-$1.out"; }
+
+# gw_check_flowing N [EXCEPT...]: after the sensors of dev-1..dev-N (but EXCEPT) have run out
+# their time, each got only 2.04s, and the broker holds every reading acknowledged to it.
+gw_check_flowing() {
+  local n=$1 i id k got missing
+  shift
+  for i in $(seq 1 "$n"); do
+    id=dev-$i
+    [[ " $* " == *" $id "* ]] && continue
+    wait "$(sensor_pid "$id")" || true
+    # Every answer 2.04; the run may end with its time limit ("stopped").
+    if grep -qvE ' (2\.04|stopped)$' "$WORK/sensor-$id.out"; then
+      gw_fail "$id got other answers: $(grep -vE ' (2\.04|stopped)$' "$WORK/sensor-$id.out" | head -3)"
+    fi
+  done
+  sleep 1
+  for i in $(seq 1 "$n"); do
+    id=dev-$i
+    [[ " $* " == *" $id "* ]] && continue
+    k=$(acked "$id")
+    got=$(awk -v id="$id" '$1 == "devices/" id "/telemetry/temp" && $2 == id { print $3 }' \
+      "$WORK/sub.out" | sort -u)
+    missing=$(comm -23 <(seq 1 "$k" | sort) <(printf '%s\n' "$got") | head -3)
+    [ -z "$missing" ] || gw_fail "$id: acknowledged readings missing upstream: $missing"
+  done
+  gw_log "$(wc -l <"$WORK/sub.out") readings upstream; every acknowledged one arrived"
 }

@@ -21,10 +21,11 @@ gw_expect_code 2.04 dev-b post temp hello-b
 gw_wait_received "devices/dev-b/telemetry/temp hello-b"
 
 list=$(gw_gwctl device list)
-grep -qE '^dev-a +active +soft +[0-9-]{10} +/CN=dev-a$' <<<"$list" || gw_fail "device list: $list"
+grep -qE '^dev-a +active +soft +connected +[0-9-]{10} +/CN=dev-a$' <<<"$list" || gw_fail "device list: $list"
 show=$(gw_gwctl device show dev-b)
 grep -qx 'psk-identity: dev-b' <<<"$show" || gw_fail "device show: $show"
 grep -qx 'certificate-subject: /CN=dev-b' <<<"$show" || gw_fail "device show: $show"
+grep -qx 'upstream: connected' <<<"$show" || gw_fail "device show: $show"
 if grep -q "$(gw_psk dev-b)" <<<"$list$show"; then gw_fail "list or show printed the PSK"; fi
 
 # Certificates that are not the device's are refused, each with its reason.

@@ -56,6 +56,7 @@ minimal_config_gets_defaults(void **state)
 	assert_string_equal(c->upstream.broker_host, "broker.example.com");
 	assert_int_equal(c->upstream.keepalive, 60);
 	assert_int_equal(c->upstream.publish_timeout, 10);
+	assert_int_equal(c->upstream.rejected_retry, 600);
 	assert_string_equal(c->keystore.backend, "soft");
 	assert_string_equal(c->keystore.tcti, "device:/dev/tpmrm0");
 	assert_int_equal(c->keystore.parent, 0x81000001u);
@@ -91,6 +92,7 @@ full_config_is_read_as_written(void **state)
 	assert_int_equal(c->upstream.publish_timeout, 7);
 	assert_int_equal(c->upstream.reconnect_min, 2);
 	assert_int_equal(c->upstream.reconnect_max, 120);
+	assert_int_equal(c->upstream.rejected_retry, 30);
 	assert_int_equal(c->nroutes, 2);
 	assert_string_equal(c->routes[0].resource, "env/temp");
 	assert_string_equal(c->routes[0].topic, "${gateway}/devices/${device}/${path}");
