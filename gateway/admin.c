@@ -3,6 +3,7 @@
 #include "keystore.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -15,7 +16,7 @@ struct verb {
 	const char *args;
 	int (*run)(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
 	           const struct admin_hooks *hooks);
-	bool changes; /* calls admin_changed_fn for argv[2] on success */
+	enum admin_change changes; /* told to hooks->changed for argv[2] on success */
 };
 
 static void
@@ -46,6 +47,30 @@ parse_hex(const char *s, uint8_t *buf, size_t max)
 	return (ssize_t)(n / 2);
 }
 
+/*
+ * What the technician flashes into the sensor, printed once: the key as text when it is
+ * printable (sensor tools often take it so), always in hex and base64. gwctl draws the QR code
+ * from these lines.
+ */
+static void
+print_psk(FILE *out, const char *identity, const uint8_t *psk, size_t len)
+{
+	unsigned char b64[4 * ((KEYSTORE_PSK_MAX + 2) / 3) + 1];
+	bool printable = true;
+
+	fprintf(out, "psk-identity: %s\n", identity);
+	for (size_t i = 0; i < len; i++)
+		printable = printable && isgraph(psk[i]);
+	if (printable)
+		fprintf(out, "psk-key: %.*s\n", (int)len, psk);
+	fprintf(out, "psk-key-hex: ");
+	for (size_t i = 0; i < len; i++)
+		fprintf(out, "%02x", psk[i]);
+	EVP_EncodeBlock(b64, psk, (int)len);
+	fprintf(out, "\npsk-key-base64: %s\n", b64);
+	explicit_bzero(b64, sizeof(b64));
+}
+
 static int
 device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
            const struct admin_hooks *hooks)
@@ -59,7 +84,6 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	uint8_t given[KEYSTORE_PSK_MAX], psk[KEYSTORE_PSK_MAX];
 	size_t psk_len = 0;
 	ssize_t given_len = -1;
-	bool printable = true;
 	int ch, r;
 	(void)hooks;
 
@@ -92,18 +116,11 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 		        strerror(-r));
 		return 1;
 	}
-	/* The technician's one chance to copy the key into the sensor. */
-	fprintf(out, "device %s added\npsk-identity: %s\n", id, identity ? identity : id);
-	for (size_t i = 0; i < psk_len; i++)
-		printable = printable && isgraph(psk[i]);
-	if (printable)
-		fprintf(out, "psk-key: %.*s\n", (int)psk_len, psk);
-	fprintf(out, "psk-key-hex: ");
-	for (size_t i = 0; i < psk_len; i++)
-		fprintf(out, "%02x", psk[i]);
+	fprintf(out, "device %s added\n", id);
+	print_psk(out, identity ? identity : id, psk, psk_len);
 	fprintf(out,
-	        "\nnext: gwctl device csr %s, have it signed, gwctl device import-cert %s FILE\n",
-	        id, id);
+	        "next: gwctl device csr %s, have it signed, gwctl device import-cert %s FILE\n", id,
+	        id);
 	explicit_bzero(psk, sizeof(psk));
 	return 0;
 }
@@ -172,6 +189,15 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	}
 	fprintf(out, "id: %s\nstate: %s\nbackend: %s\npsk-identity: %s\n", info.id,
 	        state_word(&info), info.backend, info.psk_identity);
+	if (info.prev_psk_identity) {
+		char when[64];
+		struct tm until;
+
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC",
+		         gmtime_r(&info.prev_psk_until, &until));
+		fprintf(out, "psk-previous-identity: %s (accepted until %s)\n",
+		        info.prev_psk_identity, when);
+	}
 	for (size_t i = 0; i < keystore_device_attr_count(ks, info.id); i++) {
 		const char *k, *v;
 
@@ -267,6 +293,82 @@ device_remove(struct keystore *ks, const struct admin_request *req, FILE *out, F
 }
 
 static int
+device_pair(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+            const struct admin_hooks *hooks)
+{
+	static const struct option opts[] = {
+	        {"grace", required_argument, NULL, 'g'},
+	        {"psk-key", required_argument, NULL, 'k'},
+	        {NULL, 0, NULL, 0},
+	};
+	const char *id = req->argv[2];
+	char identity[KEYSTORE_IDENTITY_MAX + 1];
+	uint8_t given[KEYSTORE_PSK_MAX], psk[KEYSTORE_PSK_MAX];
+	unsigned grace = KEYSTORE_GRACE_DEFAULT;
+	ssize_t given_len = -1;
+	struct keystore_info info;
+	size_t psk_len = 0;
+	char *end;
+	int ch, r;
+
+	(void)hooks;
+	optind = 0;
+	while ((ch = getopt_long(req->argc - 2, req->argv + 2, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'g':
+			errno = 0;
+			grace = (unsigned)strtoul(optarg, &end, 10);
+			if (errno || *end || grace > 365u * 86400) {
+				fprintf(err, "--grace is seconds, 0 to %u\n", 365u * 86400);
+				return 1;
+			}
+			break;
+		case 'k':
+			given_len = parse_hex(optarg, given, sizeof(given));
+			if (given_len < KEYSTORE_PSK_MIN) {
+				fprintf(err, "--psk-key must be %d to %d bytes as hex digits\n",
+				        KEYSTORE_PSK_MIN, KEYSTORE_PSK_MAX);
+				return 1;
+			}
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind != req->argc - 2)
+		return 2;
+	if (keystore_device_info(ks, id, &info) == -ENOENT) {
+		/* A device seen for the first time: pairing it creates it, key and all. */
+		r = keystore_device_add(ks, id, NULL, given_len > 0 ? given : NULL,
+		                        given_len > 0 ? (size_t)given_len : 0, psk, &psk_len);
+		snprintf(identity, sizeof(identity), "%s", id);
+	} else {
+		r = keystore_device_pair(ks, id, grace, given_len > 0 ? given : NULL,
+		                         given_len > 0 ? (size_t)given_len : 0, identity, psk,
+		                         &psk_len);
+	}
+	explicit_bzero(given, sizeof(given));
+	if (r < 0) {
+		fprintf(err, "cannot pair %s: %s\n", id,
+		        r == -EKEYREVOKED ? "it is revoked" : strerror(-r));
+		return 1;
+	}
+	fprintf(out, "device %s paired\n", id);
+	print_psk(out, identity, psk, psk_len);
+	explicit_bzero(psk, sizeof(psk));
+	if (keystore_device_info(ks, id, &info) == 0 && info.prev_psk_identity) {
+		char when[64];
+		struct tm tm;
+
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC",
+		         gmtime_r(&info.prev_psk_until, &tm));
+		fprintf(out, "previous-identity: %s (accepted until %s)\n", info.prev_psk_identity,
+		        when);
+	}
+	return 0;
+}
+
+static int
 set_state(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
           enum keystore_state state)
 {
@@ -354,16 +456,19 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 }
 
 static const struct verb verbs[] = {
-        {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, true},
-        {"list", "", device_list, false},
-        {"show", "ID", device_show, false},
-        {"csr", "ID [-o FILE]", device_csr, false},
-        {"import-cert", "ID FILE", device_import_cert, true},
-        {"remove", "ID", device_remove, true},
-        {"suspend", "ID", device_suspend, true},
-        {"resume", "ID", device_resume, true},
-        {"revoke", "ID", device_revoke, true},
-        {"set", "ID KEY=VALUE... (KEY= removes it; enabled=false suspends)", device_set, true},
+        {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, ADMIN_CHANGE_STATE},
+        {"pair", "ID [--grace SECONDS] [--psk-key HEX] | --from FILE.csv", device_pair,
+         ADMIN_CHANGE_NONE},
+        {"list", "", device_list, ADMIN_CHANGE_NONE},
+        {"show", "ID", device_show, ADMIN_CHANGE_NONE},
+        {"csr", "ID [-o FILE]", device_csr, ADMIN_CHANGE_NONE},
+        {"import-cert", "ID FILE", device_import_cert, ADMIN_CHANGE_CERT},
+        {"remove", "ID", device_remove, ADMIN_CHANGE_STATE},
+        {"suspend", "ID", device_suspend, ADMIN_CHANGE_STATE},
+        {"resume", "ID", device_resume, ADMIN_CHANGE_STATE},
+        {"revoke", "ID", device_revoke, ADMIN_CHANGE_STATE},
+        {"set", "ID KEY=VALUE... (KEY= removes it; enabled=false suspends)", device_set,
+         ADMIN_CHANGE_STATE},
 };
 
 void
@@ -397,7 +502,7 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 		fprintf(err, "usage: gwctl device %s %s\n", v->name, v->args);
 		return 2;
 	}
-	if (status == 0 && v->changes && hooks && hooks->changed)
-		hooks->changed(req->argv[2], hooks->data);
+	if (status == 0 && v->changes != ADMIN_CHANGE_NONE && hooks && hooks->changed)
+		hooks->changed(req->argv[2], v->changes, hooks->data);
 	return status;
 }

@@ -20,10 +20,16 @@ struct admin_request {
 	size_t input_len;
 };
 
+enum admin_change { ADMIN_CHANGE_NONE, ADMIN_CHANGE_STATE, ADMIN_CHANGE_CERT };
+
 /* What the running daemon adds to the verbs; gwctl on its own passes NULL. */
 struct admin_hooks {
-	/* Called after a verb changed a device (added, removed, state, certificate). */
-	void (*changed)(const char *device_id, void *data);
+	/*
+	 * Called after a verb changed a device: its state or attributes (added, removed,
+	 * suspended, ...; the daemon brings its sessions in line), or its certificate (the
+	 * upstream session must start again with the new one).
+	 */
+	void (*changed)(const char *device_id, enum admin_change what, void *data);
 	/* The device's upstream session in a word, and why the last attempt failed (or NULL). */
 	const char *(*upstream)(const char *device_id, const char **reason, void *data);
 	void *data;

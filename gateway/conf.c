@@ -386,8 +386,8 @@ get_bool(struct parse *p, const config_setting_t *group, const char *gname, cons
 static void
 parse_keystore(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"backend",       "tcti",           "parent",
-	                                    "create_parent", "device_ca_file", NULL};
+	static const char *const known[] = {
+	        "backend", "tcti", "parent", "create_parent", "device_ca_file", "psk_grace", NULL};
 	const config_setting_t *g = get_group(p, root, "keystore", false);
 	const config_setting_t *s = g ? config_setting_get_member(g, "parent") : NULL;
 	struct gwconf *c = p->conf;
@@ -419,6 +419,8 @@ parse_keystore(struct parse *p, const config_setting_t *root)
 			c->keystore.parent = (uint32_t)v;
 	}
 	c->keystore.create_parent = get_bool(p, g, "keystore", "create_parent", true);
+	/* A day: time to re-flash a sensor on site; up to a year for sensors visited rarely. */
+	c->keystore.psk_grace = get_int(p, g, "keystore", "psk_grace", 86400, 0, 365 * 86400);
 	/* Without an upstream CA (already reported) there is nothing to default to. */
 	if (!c->upstream.ca_file)
 		return;

@@ -58,6 +58,7 @@ struct gwconf {
 		uint32_t parent;      /* tpm: persistent handle of the storage key */
 		bool create_parent;   /* tpm: create the storage key if missing */
 		char *device_ca_file; /* CA(s) device certificates must chain to */
+		int psk_grace;        /* seconds a rotated-out PSK stays valid */
 	} keystore;
 
 	struct gwconf_route *routes;

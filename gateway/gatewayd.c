@@ -78,11 +78,12 @@ on_hangup(int signo, void *data)
 }
 
 /*
- * Brings a device's upstream session in line with the keystore: none for a device that is
- * gone, not active or without a certificate; a fresh one (new certificate, new key) otherwise.
+ * Brings a device's sessions in line with the keystore: none for a device that is gone, not
+ * usable or without a certificate; the one it has otherwise, or a fresh one when its
+ * certificate changed or it has none yet. Sessions of devices that did not change stay up.
  */
 static void
-sync_device(const char *id, void *data)
+sync_device(const char *id, enum admin_change what, void *data)
 {
 	struct daemon *d = data;
 	const char *cert, *key;
@@ -92,13 +93,17 @@ sync_device(const char *id, void *data)
 	/* id may be the keystore's own string, which removing the device retires. */
 	if (!copy)
 		return;
-	mqttbr_remove_device(d->mqtt, copy);
 	if (!keystore_device_usable(d->ks, copy)) {
 		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
+		mqttbr_remove_device(d->mqtt, copy);
 		if (d->coap)
 			coapbr_drop_device(d->coap, copy);
 		goto out;
 	}
+	if (what == ADMIN_CHANGE_CERT)
+		mqttbr_remove_device(d->mqtt, copy);
+	else if (mqttbr_find(d->mqtt, copy))
+		goto out;
 	if (keystore_tls_files(d->ks, copy, &cert, &key) == -ENOKEY) {
 		log_info("%s: no certificate yet: no upstream session until gwctl device "
 		         "import-cert",
@@ -110,6 +115,14 @@ sync_device(const char *id, void *data)
 		log_warnx("%s: cannot start its upstream session: %s", copy, strerror(-r));
 out:
 	free(copy);
+}
+
+/* At start: every device of the keystore. */
+static void
+sync_all(struct daemon *d)
+{
+	for (size_t i = 0; i < keystore_count(d->ks); i++)
+		sync_device(keystore_device_id(d->ks, i), ADMIN_CHANGE_STATE, d);
 }
 
 static const char *
@@ -160,8 +173,7 @@ start(struct daemon *d)
 		return r;
 	}
 	n = keystore_count(d->ks);
-	for (size_t i = 0; i < n; i++)
-		sync_device(keystore_device_id(d->ks, i), d);
+	sync_all(d);
 	r = router_new(&d->router, d->conf, d->mqtt);
 	if (r < 0)
 		return r;

@@ -8,6 +8,7 @@
 #include "control.h"
 #include "keystore.h"
 #include "log.h"
+#include "qr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,17 +16,102 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define INPUT_MAX (CONTROL_MAX_REQUEST / 2)
+
+/* Where requests go: the daemon's socket, or, once it proved absent, the store itself. */
+struct client {
+	const struct gwconf *conf;
+	const char *sock;
+	struct keystore *ks;
+};
+
+/* One request's answer. */
+struct answer {
+	int status;
+	char *out, *err;
+	size_t out_len, err_len;
+};
 
 static void __attribute__((noreturn)) usage(void)
 {
 	admin_usage(stderr);
 	fprintf(stderr, "  -c config   default " GWCONF_DEFAULT_FILE "\n"
 	                "  -s socket   the daemon's control socket (default: from the config)\n"
-	                "  -o file     write the output (a CSR) to file instead of stdout\n");
+	                "  -o file     write the output (a CSR, pairing results as CSV) to file\n"
+	                "  -q          draw pairing QR codes even when stdout is not a terminal\n");
 	exit(2);
+}
+
+static void
+answer_finish(struct answer *a)
+{
+	/* Answers to pair and add carry PSKs. */
+	if (a->out)
+		explicit_bzero(a->out, a->out_len);
+	free(a->out);
+	free(a->err);
+	*a = (struct answer){0};
+}
+
+static int
+open_store(struct client *c)
+{
+	struct keystore_config kc;
+	int r;
+
+	keystore_config_from(&kc, c->conf);
+	r = keystore_open(&c->ks, &kc);
+	if (r == -EBUSY)
+		fprintf(stderr, "gwctl: gatewayd holds the keystore but does not answer on %s\n",
+		        c->sock);
+	else if (r < 0)
+		fprintf(stderr, "gwctl: cannot open the keystore in %s: %s\n", c->conf->state_dir,
+		        strerror(-r));
+	return r;
+}
+
+/* Runs one command, through the daemon if one listens, else on the store under its lock. */
+static int
+client_call(struct client *c, int argc, char **argv, const char *input, size_t input_len,
+            struct answer *a)
+{
+	struct admin_request req = {
+	        .argc = argc, .argv = argv, .input = input, .input_len = input_len};
+	FILE *fo, *fe;
+	int r;
+
+	*a = (struct answer){0};
+	if (!c->ks) {
+		r = control_call(c->sock, argc, argv, input, input_len, &a->status, &a->out,
+		                 &a->out_len, &a->err, &a->err_len);
+		if (r == 0)
+			return 0;
+		if (r != -ENOENT && r != -ECONNREFUSED) {
+			fprintf(stderr, "gwctl: no answer from gatewayd on %s: %s\n", c->sock,
+			        strerror(-r));
+			return r;
+		}
+		r = open_store(c);
+		if (r < 0)
+			return r;
+	}
+	fo = open_memstream(&a->out, &a->out_len);
+	fe = open_memstream(&a->err, &a->err_len);
+	if (!fo || !fe) {
+		if (fo)
+			fclose(fo);
+		if (fe)
+			fclose(fe);
+		answer_finish(a);
+		return -ENOMEM;
+	}
+	a->status = admin_run(c->ks, &req, fo, fe, NULL);
+	fclose(fo);
+	fclose(fe);
+	return 0;
 }
 
 static int
@@ -59,21 +145,33 @@ read_input(const char *path, char **buf, size_t *len)
 	}
 	if (fd != STDIN_FILENO)
 		close(fd);
+	b[n] = '\0';
 	*buf = b;
 	*len = n;
 	return 0;
 }
 
-static int
-write_output(const char *path, const char *data, size_t len)
+/* Output that may hold secrets (pairing results) goes to a file only its owner can read. */
+static FILE *
+open_output(const char *path)
 {
-	FILE *f = path ? fopen(path, "w") : stdout;
+	int fd;
 
-	if (!f) {
+	if (!path)
+		return stdout;
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || fchmod(fd, 0600) < 0) {
 		fprintf(stderr, "gwctl: %s: %s\n", path, strerror(errno));
-		return 1;
+		if (fd >= 0)
+			close(fd);
+		return NULL;
 	}
-	fwrite(data, 1, len, f);
+	return fdopen(fd, "w");
+}
+
+static int
+close_output(FILE *f, const char *path)
+{
 	if ((path ? fclose(f) : fflush(f)) != 0) {
 		fprintf(stderr, "gwctl: %s: %s\n", path ? path : "stdout", strerror(errno));
 		return 1;
@@ -81,66 +179,159 @@ write_output(const char *path, const char *data, size_t len)
 	return 0;
 }
 
-/* No daemon: the same verbs on the store itself, which the lock keeps to one user at a time. */
-static int
-run_direct(const struct gwconf *conf, const struct admin_request *req, const char *outfile)
+/* The value of a "name: value" line in a verb's output, malloc'd, or NULL. */
+static char *
+field(const char *text, const char *name)
 {
-	struct keystore_config kc;
-	struct keystore *ks;
-	char *out = NULL;
-	size_t outlen = 0;
-	FILE *f;
-	int r, status;
+	size_t n = strlen(name);
 
-	keystore_config_from(&kc, conf);
-	r = keystore_open(&ks, &kc);
-	if (r == -EBUSY) {
-		fprintf(stderr, "gwctl: gatewayd holds the keystore but does not answer on %s\n",
-		        conf->control_socket);
-		return 1;
+	for (const char *line = text; line && *line;
+	     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+		if (strncmp(line, name, n) == 0 && line[n] == ':' && line[n + 1] == ' ')
+			return strndup(line + n + 2, strcspn(line + n + 2, "\n"));
 	}
+	return NULL;
+}
+
+/*
+ * After "device pair": the QR code a sensor's flashing tool scans, holding the identity and the
+ * key in hex ("gatewayd-psk:v1;id=...;key=...").
+ */
+static void
+print_pairing_qr(const char *out)
+{
+	char *identity = field(out, "psk-identity"), *hex = field(out, "psk-key-hex"), *text;
+
+	if (identity && hex &&
+	    asprintf(&text, "gatewayd-psk:v1;id=%s;key=%s", identity, hex) >= 0) {
+		qr_print(stdout, text);
+		explicit_bzero(text, strlen(text));
+		free(text);
+	}
+	if (hex)
+		explicit_bzero(hex, strlen(hex));
+	free(identity);
+	free(hex);
+}
+
+static void
+progress(size_t done, size_t total)
+{
+	char bar[41];
+	size_t fill = total ? done * 40 / total : 40;
+
+	memset(bar, '#', fill);
+	memset(bar + fill, '-', 40 - fill);
+	bar[40] = '\0';
+	fprintf(stderr, "\r[%s] %zu/%zu", bar, done, total);
+	if (done == total)
+		fputc('\n', stderr);
+	fflush(stderr);
+}
+
+/*
+ * gwctl device pair --from FILE.csv: one device per line, "id" or "id,psk-key-hex" (a header
+ * line "id..." and # comments are skipped). Writes "id,psk_identity,psk_key_hex" per device to
+ * the output, which should be -o FILE: it holds every key.
+ */
+static int
+pair_bulk(struct client *c, const char *csv, const char *outfile)
+{
+	char *text, *save = NULL, **lines = NULL;
+	size_t len, nlines = 0, failed = 0;
+	bool tty = isatty(STDERR_FILENO);
+	FILE *out;
+	int r;
+
+	r = read_input(csv, &text, &len);
 	if (r < 0) {
-		fprintf(stderr, "gwctl: cannot open the keystore in %s: %s\n", conf->state_dir,
-		        strerror(-r));
+		fprintf(stderr, "gwctl: %s: %s\n", csv, strerror(-r));
 		return 1;
 	}
-	f = open_memstream(&out, &outlen);
-	if (!f) {
-		keystore_free(ks);
+	for (char *line = strtok_r(text, "\r\n", &save); line;
+	     line = strtok_r(NULL, "\r\n", &save)) {
+		char **l;
+
+		if (!*line || *line == '#' ||
+		    (nlines == 0 && strncmp(line, "id", 2) == 0 &&
+		     (line[2] == '\0' || line[2] == ',')))
+			continue;
+		l = reallocarray(lines, nlines + 1, sizeof(*lines));
+		if (!l)
+			break;
+		lines = l;
+		lines[nlines++] = line;
+	}
+	out = open_output(outfile);
+	if (!out) {
+		free(lines);
+		free(text);
 		return 1;
 	}
-	status = admin_run(ks, req, f, stderr, NULL);
-	fclose(f);
-	keystore_free(ks);
-	if (write_output(status == 0 ? outfile : NULL, out, outlen) != 0)
-		status = 1;
-	explicit_bzero(out, outlen);
-	free(out);
-	return status;
+	fprintf(out, "id,psk_identity,psk_key_hex\n");
+	for (size_t i = 0; i < nlines; i++) {
+		char *id = lines[i], *key = strchr(id, ','), *argv[5] = {"device", "pair", id};
+		struct answer a;
+		int argc = 3;
+
+		if (key) {
+			*key++ = '\0';
+			argv[argc++] = "--psk-key";
+			argv[argc++] = key;
+		}
+		if (client_call(c, argc, argv, NULL, 0, &a) < 0 || a.status != 0) {
+			fprintf(stderr, "%s%s: %.*s", tty ? "\n" : "", id, (int)a.err_len,
+			        a.err ? a.err : "failed\n");
+			failed++;
+		} else {
+			char *identity = field(a.out, "psk-identity"),
+			     *hex = field(a.out, "psk-key-hex");
+
+			fprintf(out, "%s,%s,%s\n", id, identity ? identity : "", hex ? hex : "");
+			if (hex)
+				explicit_bzero(hex, strlen(hex));
+			free(identity);
+			free(hex);
+		}
+		answer_finish(&a);
+		if (tty)
+			progress(i + 1, nlines);
+	}
+	r = close_output(out, outfile);
+	fprintf(stderr, "%zu paired, %zu failed\n", nlines - failed, failed);
+	explicit_bzero(text, len);
+	free(text);
+	free(lines);
+	return failed || r ? 1 : 0;
 }
 
 int
 main(int argc, char *argv[])
 {
-	const char *file = GWCONF_DEFAULT_FILE, *sock = NULL, *outfile = NULL;
-	struct admin_request req = {0};
+	const char *file = GWCONF_DEFAULT_FILE, *outfile = NULL;
+	struct client c = {0};
 	struct gwconf_errors errs;
 	struct gwconf *conf;
-	char *input = NULL, *out = NULL, *err = NULL;
-	size_t out_len = 0, err_len = 0;
-	int ch, r, status;
+	struct answer a = {0};
+	char *input = NULL, **words;
+	size_t input_len = 0;
+	bool force_qr = false;
+	int ch, r, status, nwords;
 
 	/* "+": stop at the first command word, whose own options admin_run parses. */
-	while ((ch = getopt(argc, argv, "+c:s:o:h")) != -1) {
+	while ((ch = getopt(argc, argv, "+c:s:o:qh")) != -1) {
 		switch (ch) {
 		case 'c':
 			file = optarg;
 			break;
 		case 's':
-			sock = optarg;
+			c.sock = optarg;
 			break;
 		case 'o':
 			outfile = optarg;
+			break;
+		case 'q':
+			force_qr = true;
 			break;
 		default:
 			usage();
@@ -148,8 +339,8 @@ main(int argc, char *argv[])
 	}
 	if (optind >= argc)
 		usage();
-	req.argc = argc - optind;
-	req.argv = argv + optind;
+	nwords = argc - optind;
+	words = argv + optind;
 	log_init("gwctl", true, LOG_LEVEL_WARN);
 
 	if (gwconf_load(file, &conf, &errs) < 0) {
@@ -157,36 +348,50 @@ main(int argc, char *argv[])
 		gwconf_errors_finish(&errs);
 		return 1;
 	}
-	if (!sock)
-		sock = conf->control_socket;
-	/* import-cert's file is read here: the daemon may not see the operator's files. */
-	if (req.argc == 4 && strcmp(req.argv[0], "device") == 0 &&
-	    strcmp(req.argv[1], "import-cert") == 0) {
-		r = read_input(req.argv[3], &input, &req.input_len);
-		if (r < 0) {
-			fprintf(stderr, "gwctl: %s: %s\n", req.argv[3], strerror(-r));
-			gwconf_free(conf);
-			return 1;
-		}
-		req.input = input;
-	}
+	c.conf = conf;
+	if (!c.sock)
+		c.sock = conf->control_socket;
 
-	r = control_call(sock, req.argc, req.argv, req.input, req.input_len, &status, &out,
-	                 &out_len, &err, &err_len);
-	if (r == -ENOENT || r == -ECONNREFUSED) {
-		status = run_direct(conf, &req, outfile);
-	} else if (r < 0) {
-		fprintf(stderr, "gwctl: no answer from gatewayd on %s: %s\n", sock, strerror(-r));
-		status = 1;
-	} else {
-		fwrite(err, 1, err_len, stderr);
-		if (write_output(status == 0 ? outfile : NULL, out, out_len) != 0)
-			status = 1;
-		explicit_bzero(out, out_len);
+	if (nwords == 4 && strcmp(words[0], "device") == 0 && strcmp(words[1], "pair") == 0 &&
+	    strcmp(words[2], "--from") == 0) {
+		status = pair_bulk(&c, words[3], outfile);
+		goto out;
 	}
-	free(out);
-	free(err);
+	/* import-cert's file is read here: the daemon may not see the operator's files. */
+	if (nwords == 4 && strcmp(words[0], "device") == 0 &&
+	    strcmp(words[1], "import-cert") == 0) {
+		r = read_input(words[3], &input, &input_len);
+		if (r < 0) {
+			fprintf(stderr, "gwctl: %s: %s\n", words[3], strerror(-r));
+			status = 1;
+			goto out;
+		}
+	}
+	if (client_call(&c, nwords, words, input, input_len, &a) < 0) {
+		status = 1;
+		goto out;
+	}
+	status = a.status;
+	fwrite(a.err, 1, a.err_len, stderr);
+	if (status == 0) {
+		FILE *f = open_output(outfile);
+
+		if (!f) {
+			status = 1;
+		} else {
+			fwrite(a.out, 1, a.out_len, f);
+			status = close_output(f, outfile);
+		}
+		if (status == 0 && nwords >= 2 && strcmp(words[1], "pair") == 0 &&
+		    (force_qr || isatty(STDOUT_FILENO)))
+			print_pairing_qr(a.out);
+	} else {
+		fwrite(a.out, 1, a.out_len, stdout);
+	}
+out:
+	answer_finish(&a);
 	free(input);
+	keystore_free(c.ks);
 	gwconf_free(conf);
 	return status;
 }

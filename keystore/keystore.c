@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PSK_IDENTITY_MAX 128
+#define PSK_IDENTITY_MAX KEYSTORE_IDENTITY_MAX
 #define MASTER_KEY_LEN   32
 /* AES-256-GCM record of a PSK: magic, nonce, tag, ciphertext. */
 #define PSK_MAGIC     "GWPSK1"
@@ -35,6 +35,15 @@
 
 enum backend { BACKEND_SOFT, BACKEND_TPM };
 
+struct psk {
+	char identity[PSK_IDENTITY_MAX + 1]; /* "" when there is none */
+	uint8_t key[KEYSTORE_PSK_MAX];
+	size_t len;
+};
+
+/* The PSK file's plaintext, identities and keys in hex, is at most this long. */
+#define PSK_TEXT_MAX 1024
+
 struct attr {
 	char *key;
 	char *value;
@@ -44,9 +53,10 @@ struct ks_device {
 	char *id;
 	enum backend backend;
 	enum keystore_state state;
-	char *psk_identity;
-	uint8_t psk[KEYSTORE_PSK_MAX];
-	size_t psk_len;
+	/* The sensor's PSK, and during a rotation's grace period the one it replaced. */
+	struct psk psk;
+	struct psk prev;
+	time_t prev_until;
 	char *cert_file; /* NULL until a certificate is imported */
 	char *key_file;  /* what the TLS library is given */
 	uint8_t pub[KSPROV_P256_POINT_LEN];
@@ -62,6 +72,7 @@ struct keystore {
 	int lockfd;
 	enum backend backend;
 	char *device_ca_file;
+	unsigned psk_grace;
 	struct kstpm *tpm;
 	uint8_t master[MASTER_KEY_LEN];
 	struct ks_device *devices;
@@ -410,7 +421,7 @@ psk_open(const struct keystore *ks, const char *id, const uint8_t *in, size_t in
 	EVP_CIPHER_CTX *c;
 	int n, r = -EBADMSG;
 
-	if (inlen < head + KEYSTORE_PSK_MIN || inlen > head + KEYSTORE_PSK_MAX ||
+	if (inlen <= head || inlen > head + PSK_TEXT_MAX ||
 	    memcmp(in, PSK_MAGIC, PSK_MAGIC_LEN) != 0)
 		return -EBADMSG;
 	c = EVP_CIPHER_CTX_new();
@@ -422,7 +433,7 @@ psk_open(const struct keystore *ks, const char *id, const uint8_t *in, size_t in
 		*len = inlen - head;
 		r = 0;
 	} else {
-		explicit_bzero(psk, KEYSTORE_PSK_MAX);
+		explicit_bzero(psk, inlen - head);
 	}
 	ERR_clear_error();
 	EVP_CIPHER_CTX_free(c);
@@ -466,17 +477,27 @@ load_master(struct keystore *ks)
 
 /* ---- the device record ---- */
 
+/* Field by field: GCC 12 with -fsanitize takes explicit_bzero(&psk) for an overflow of its
+ * first member. */
+static void
+psk_clear(struct psk *p)
+{
+	explicit_bzero(p->identity, sizeof(p->identity));
+	explicit_bzero(p->key, sizeof(p->key));
+	p->len = 0;
+}
+
 static void
 device_finish(struct ks_device *d)
 {
-	explicit_bzero(d->psk, sizeof(d->psk));
+	psk_clear(&d->psk);
+	psk_clear(&d->prev);
 	for (size_t i = 0; i < d->nattrs; i++) {
 		free(d->attrs[i].key);
 		free(d->attrs[i].value);
 	}
 	free(d->attrs);
 	free(d->id);
-	free(d->psk_identity);
 	free(d->cert_file);
 	free(d->key_file);
 	memset(d, 0, sizeof(*d));
@@ -502,11 +523,6 @@ record_set(struct ks_device *d, const char *key, const char *value)
 		else
 			return -EINVAL;
 		return 0;
-	}
-	if (strcmp(key, "psk_identity") == 0) {
-		free(d->psk_identity);
-		d->psk_identity = strdup(value);
-		return d->psk_identity ? 0 : -ENOMEM;
 	}
 	if (strncmp(key, "attr.", 5) == 0 && key[5]) {
 		struct attr *a = reallocarray(d->attrs, d->nattrs + 1, sizeof(*a));
@@ -539,10 +555,6 @@ record_parse(struct ks_device *d, const char *dir, char *text)
 			return -EINVAL;
 		}
 	}
-	if (!d->psk_identity) {
-		log_warnx("keystore: %s/device: no psk_identity", dir);
-		return -EINVAL;
-	}
 	return 0;
 }
 
@@ -556,8 +568,7 @@ record_format(const struct ks_device *d)
 	if (!f)
 		return NULL;
 	fprintf(f, "# gatewayd device record; change it with gwctl\n");
-	fprintf(f, "state=%s\nbackend=%s\npsk_identity=%s\n", state_names[d->state],
-	        backend_names[d->backend], d->psk_identity);
+	fprintf(f, "state=%s\nbackend=%s\n", state_names[d->state], backend_names[d->backend]);
 	for (size_t i = 0; i < d->nattrs; i++)
 		fprintf(f, "attr.%s=%s\n", d->attrs[i].key, d->attrs[i].value);
 	if (fclose(f) != 0) {
@@ -724,41 +735,112 @@ load_key_tpm(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 	return 0;
 }
 
+/*
+ * The PSK file, one atomic unit so that a rotation cannot be half done: the sensor's identity
+ * and key, and while a rotation's grace period lasts the previous ones, as text
+ * ("identity=", "key=" in hex, "prev_identity=", "prev_key=", "prev_until=" in epoch seconds).
+ * It is psk.key (mode 0600) for the soft backend, psk.enc (AES-256-GCM) for the tpm backend.
+ */
+static int
+psk_parse(struct ks_device *d, char *text, const char *dir)
+{
+	unsigned lineno = 0;
+
+	for (char *save, *line = strtok_r(text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *eq = strchr(line, '=');
+		struct psk *p = strncmp(line, "prev_", 5) == 0 ? &d->prev : &d->psk;
+		const char *name = p == &d->prev ? line + 5 : line;
+		ssize_t n;
+
+		lineno++;
+		if (!eq)
+			goto bad;
+		*eq++ = '\0';
+		if (strcmp(name, "identity") == 0) {
+			if (!*eq || strlen(eq) > PSK_IDENTITY_MAX)
+				goto bad;
+			strcpy(p->identity, eq);
+		} else if (strcmp(name, "key") == 0) {
+			n = hex_decode(eq, p->key, sizeof(p->key));
+			/* RFC 7925 section 4.2 asks for PSKs of at least 128 bits. */
+			if (n < KEYSTORE_PSK_MIN)
+				goto bad;
+			p->len = (size_t)n;
+		} else if (strcmp(line, "prev_until") == 0) {
+			d->prev_until = (time_t)strtoll(eq, NULL, 10);
+		}
+		continue;
+	bad:
+		log_warnx("keystore: %s: PSK line %u (%s) is not valid: want identity= and key= "
+		          "(%d to %d bytes in hex)",
+		          dir, lineno, line, KEYSTORE_PSK_MIN, KEYSTORE_PSK_MAX);
+		return -EINVAL;
+	}
+	if (!d->psk.identity[0] || !d->psk.len || (d->prev.identity[0] && !d->prev.len)) {
+		log_warnx("keystore: %s: the PSK file lacks an identity or a key", dir);
+		return -EINVAL;
+	}
+	/* A grace period that is over: the old key is gone for good at the next write. */
+	if (d->prev.identity[0] && d->prev_until <= time(NULL)) {
+		psk_clear(&d->prev);
+		d->prev_until = 0;
+	}
+	return 0;
+}
+
+static size_t
+psk_format(const struct ks_device *d, char *buf, size_t len)
+{
+	char hex[2 * KEYSTORE_PSK_MAX + 1];
+	int n;
+
+	hex_encode(d->psk.key, d->psk.len, hex);
+	n = snprintf(buf, len, "identity=%s\nkey=%s\n", d->psk.identity, hex);
+	if (d->prev.identity[0]) {
+		hex_encode(d->prev.key, d->prev.len, hex);
+		n += snprintf(buf + n, len - (size_t)n,
+		              "prev_identity=%s\nprev_key=%s\nprev_until=%lld\n", d->prev.identity,
+		              hex, (long long)d->prev_until);
+	}
+	explicit_bzero(hex, sizeof(hex));
+	return (size_t)n;
+}
+
 static int
 load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 {
+	char text[PSK_TEXT_MAX + 1];
 	uint8_t *buf;
-	size_t len;
-	ssize_t n;
+	size_t len, tlen = 0;
 	int r;
 
 	if (d->backend == BACKEND_TPM) {
-		r = read_file(fd, dir, "psk.enc", false, 256, &buf, &len);
+		r = read_file(fd, dir, "psk.enc", false, 2 * PSK_TEXT_MAX, &buf, &len);
 		if (r < 0)
 			return r;
-		r = psk_open(ks, d->id, buf, len, d->psk, &d->psk_len);
+		r = psk_open(ks, d->id, buf, len, (uint8_t *)text, &tlen);
 		free(buf);
-		if (r < 0)
+		if (r < 0) {
 			log_warnx(
 			        "keystore: %s/psk.enc does not open with this gateway's master key "
 			        "(corrupted, or from another gateway)",
 			        dir);
-		return r;
+			return r;
+		}
+	} else {
+		r = read_file(fd, dir, "psk.key", true, PSK_TEXT_MAX, &buf, &len);
+		if (r < 0)
+			return r;
+		memcpy(text, buf, len);
+		tlen = len;
+		explicit_bzero(buf, len);
+		free(buf);
 	}
-	r = read_file(fd, dir, "psk.key", true, 2 * KEYSTORE_PSK_MAX + 8, &buf, &len);
-	if (r < 0)
-		return r;
-	n = hex_decode((const char *)buf, d->psk, sizeof(d->psk));
-	explicit_bzero(buf, len);
-	free(buf);
-	/* RFC 7925 section 4.2 asks for PSKs of at least 128 bits. */
-	if (n < KEYSTORE_PSK_MIN) {
-		log_warnx("keystore: %s/psk.key must hold the PSK as %d to %d hex digits", dir,
-		          2 * KEYSTORE_PSK_MIN, 2 * KEYSTORE_PSK_MAX);
-		return -EINVAL;
-	}
-	d->psk_len = (size_t)n;
-	return 0;
+	text[tlen] = '\0';
+	r = psk_parse(d, text, dir);
+	explicit_bzero(text, sizeof(text));
+	return r;
 }
 
 static int
@@ -832,22 +914,70 @@ find_device(const struct keystore *ks, const char *id)
 	return bsearch(&key, ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
 }
 
+/* The device whose current or (still valid) previous PSK identity this is, or NULL. */
+static const struct ks_device *
+identity_owner(const struct keystore *ks, const char *identity, size_t len, bool *prev)
+{
+	time_t now = time(NULL);
+
+	/* Linear: once per DTLS handshake, and a gateway holds a few thousand devices at most. */
+	for (size_t i = 0; i < ks->ndevices; i++) {
+		const struct ks_device *d = &ks->devices[i];
+
+		if (strlen(d->psk.identity) == len && memcmp(d->psk.identity, identity, len) == 0) {
+			*prev = false;
+			return d;
+		}
+		if (d->prev.identity[0] && d->prev_until > now && strlen(d->prev.identity) == len &&
+		    memcmp(d->prev.identity, identity, len) == 0) {
+			*prev = true;
+			return d;
+		}
+	}
+	return NULL;
+}
+
+struct ident_ref {
+	const char *identity;
+	const char *device;
+};
+
+static int
+cmp_ident(const void *a, const void *b)
+{
+	return strcmp(((const struct ident_ref *)a)->identity,
+	              ((const struct ident_ref *)b)->identity);
+}
+
+/* Each identity names one sensor: sorted, a duplicate is a neighbour. */
 static int
 check_identities(const struct keystore *ks)
 {
+	struct ident_ref *refs = calloc(2 * ks->ndevices + 1, sizeof(*refs));
+	size_t n = 0;
+	int r = 0;
+
+	if (!refs)
+		return -ENOMEM;
 	for (size_t i = 0; i < ks->ndevices; i++) {
-		for (size_t j = 0; j < i; j++) {
-			if (strcmp(ks->devices[i].psk_identity, ks->devices[j].psk_identity) == 0) {
-				log_warnx("keystore: devices %s and %s share the PSK identity "
-				          "\"%s\"; "
-				          "each sensor needs its own",
-				          ks->devices[j].id, ks->devices[i].id,
-				          ks->devices[i].psk_identity);
-				return -EEXIST;
-			}
+		const struct ks_device *d = &ks->devices[i];
+
+		if (d->psk.identity[0])
+			refs[n++] = (struct ident_ref){d->psk.identity, d->id};
+		if (d->prev.identity[0])
+			refs[n++] = (struct ident_ref){d->prev.identity, d->id};
+	}
+	qsort(refs, n, sizeof(*refs), cmp_ident);
+	for (size_t i = 1; i < n && r == 0; i++) {
+		if (strcmp(refs[i].identity, refs[i - 1].identity) == 0) {
+			log_warnx("keystore: devices %s and %s share the PSK identity \"%s\"; each "
+			          "sensor needs its own",
+			          refs[i - 1].device, refs[i].device, refs[i].identity);
+			r = -EEXIST;
 		}
 	}
-	return 0;
+	free(refs);
+	return r;
 }
 
 static int
@@ -1038,6 +1168,7 @@ keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf)
 	        .parent = conf->keystore.parent,
 	        .create_parent = conf->keystore.create_parent,
 	        .device_ca_file = conf->keystore.device_ca_file,
+	        .psk_grace = (unsigned)conf->keystore.psk_grace,
 	};
 }
 
@@ -1069,6 +1200,7 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 		r = -ENOMEM;
 		goto fail;
 	}
+	ks->psk_grace = cfg->psk_grace;
 	if (cfg->device_ca_file && !(ks->device_ca_file = strdup(cfg->device_ca_file))) {
 		r = -ENOMEM;
 		goto fail;
@@ -1226,7 +1358,10 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 	*out = (struct keystore_info){
 	        .id = d->id,
 	        .backend = backend_names[d->backend],
-	        .psk_identity = d->psk_identity,
+	        .psk_identity = d->psk.identity[0] ? d->psk.identity : "-",
+	        .prev_psk_identity =
+	                d->prev.identity[0] && d->prev_until > time(NULL) ? d->prev.identity : NULL,
+	        .prev_psk_until = d->prev_until,
 	        .state = d->state,
 	        .enabled = device_enabled(d),
 	        .has_cert = d->cert_file != NULL,
@@ -1240,20 +1375,19 @@ int
 keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
                     const char **device_id, uint8_t *key, size_t *keylen)
 {
-	/* Linear: called once per DTLS handshake, and a gateway holds a few thousand at most. */
-	for (size_t i = 0; i < ks->ndevices; i++) {
-		const struct ks_device *d = &ks->devices[i];
+	bool prev;
+	const struct ks_device *d = identity_owner(ks, (const char *)identity, idlen, &prev);
+	const struct psk *p;
 
-		if (strlen(d->psk_identity) != idlen || memcmp(d->psk_identity, identity, idlen))
-			continue;
-		*device_id = d->id;
-		if (!device_usable(d))
-			return -EPERM;
-		memcpy(key, d->psk, d->psk_len);
-		*keylen = d->psk_len;
-		return 0;
-	}
-	return -ENOENT;
+	if (!d)
+		return -ENOENT;
+	*device_id = d->id;
+	if (!device_usable(d))
+		return -EPERM;
+	p = prev ? &d->prev : &d->psk;
+	memcpy(key, p->key, p->len);
+	*keylen = p->len;
+	return 0;
 }
 
 int
@@ -1333,24 +1467,22 @@ write_key_tpm(struct keystore *ks, int fd, const char *dir)
 }
 
 static int
-write_psk(struct keystore *ks, int fd, const char *dir, const char *id, const uint8_t *psk,
-          size_t len)
+write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *d)
 {
-	uint8_t enc[PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + KEYSTORE_PSK_MAX];
-	char hex[2 * KEYSTORE_PSK_MAX + 2];
-	size_t enclen;
+	uint8_t enc[PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + PSK_TEXT_MAX];
+	char text[PSK_TEXT_MAX];
+	size_t len = psk_format(d, text, sizeof(text)), enclen;
 	int r;
 
 	if (ks->backend == BACKEND_TPM) {
-		r = psk_seal(ks, id, psk, len, enc, &enclen);
+		r = psk_seal(ks, d->id, (const uint8_t *)text, len, enc, &enclen);
 		if (r == 0)
 			r = write_file_atomic(fd, dir, "psk.enc", enc, enclen, 0600);
-		return r;
+	} else {
+		r = write_file_atomic(fd, dir, "psk.key", text, len, 0600);
 	}
-	hex_encode(psk, len, hex);
-	strcat(hex, "\n");
-	r = write_file_atomic(fd, dir, "psk.key", hex, strlen(hex), 0600);
-	explicit_bzero(hex, sizeof(hex));
+	explicit_bzero(text, sizeof(text));
+	explicit_bzero(enc, sizeof(enc));
 	return r;
 }
 
@@ -1384,8 +1516,10 @@ int
 keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
                     const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len)
 {
-	struct ks_device rec = {.backend = ks->backend, .state = KEYSTORE_ACTIVE};
+	struct ks_device rec = {.id = (char *)id, .backend = ks->backend, .state = KEYSTORE_ACTIVE};
+	const struct ks_device *owner;
 	uint8_t key[KEYSTORE_PSK_MAX];
+	bool prev;
 	char tmp[80], dir[4096], *text = NULL;
 	const char *ident = psk_identity ? psk_identity : id;
 	int fd = -1, r;
@@ -1404,12 +1538,9 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 		log_warnx("PSK identity must be 1 to %d characters on one line", PSK_IDENTITY_MAX);
 		return -EINVAL;
 	}
-	for (size_t i = 0; i < ks->ndevices; i++) {
-		if (strcmp(ks->devices[i].psk_identity, ident) == 0) {
-			log_warnx("PSK identity \"%s\" is already device %s's", ident,
-			          ks->devices[i].id);
-			return -EEXIST;
-		}
+	if ((owner = identity_owner(ks, ident, strlen(ident), &prev))) {
+		log_warnx("PSK identity \"%s\" is already device %s's", ident, owner->id);
+		return -EEXIST;
 	}
 	if (psk) {
 		if (psk_len < KEYSTORE_PSK_MIN || psk_len > KEYSTORE_PSK_MAX) {
@@ -1441,10 +1572,13 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 	r = ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir) : write_key_soft(fd, dir, id);
 	if (r < 0)
 		goto out;
-	r = write_psk(ks, fd, dir, id, key, psk_len);
+	strcpy(rec.psk.identity, ident);
+	memcpy(rec.psk.key, key, psk_len);
+	rec.psk.len = psk_len;
+	r = write_psk(ks, fd, dir, &rec);
+	psk_clear(&rec.psk);
 	if (r < 0)
 		goto out;
-	rec.psk_identity = (char *)ident;
 	text = record_format(&rec);
 	if (!text) {
 		r = -ENOMEM;
@@ -1745,8 +1879,8 @@ destroy_secrets(struct keystore *ks, struct ks_device *d)
 		unlinkat(fd, files[i], 0);
 	fsync_dir(fd, dir);
 	close(fd);
-	explicit_bzero(d->psk, sizeof(d->psk));
-	d->psk_len = 0;
+	psk_clear(&d->psk);
+	psk_clear(&d->prev);
 }
 
 int
@@ -1853,5 +1987,68 @@ keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, c
 	r = save_record(ks, d);
 	if (r < 0)
 		reload_device(ks, d);
+	return r;
+}
+
+int
+keystore_device_pair(struct keystore *ks, const char *id, unsigned grace, const uint8_t *psk,
+                     size_t psk_len, char *identity_out, uint8_t *psk_out, size_t *psk_out_len)
+{
+	struct ks_device *d = find_device(ks, id), next;
+	char dir[4096], suffix[7] = {0};
+	bool prev;
+	int fd, r;
+
+	if (!d)
+		return -ENOENT;
+	if (d->state == KEYSTORE_REVOKED)
+		return -EKEYREVOKED;
+	if (psk && (psk_len < KEYSTORE_PSK_MIN || psk_len > KEYSTORE_PSK_MAX))
+		return -EINVAL;
+	if (grace == KEYSTORE_GRACE_DEFAULT)
+		grace = ks->psk_grace;
+	memset(&next, 0, sizeof(next));
+	next.id = d->id;
+	/*
+	 * A new identity as well as a new key: DTLS picks the key by the identity the sensor
+	 * sends, so during the grace period the old and the new must differ to both work.
+	 */
+	do {
+		if (random_alnum((uint8_t *)suffix, 6) < 0)
+			return -EIO;
+		snprintf(next.psk.identity, sizeof(next.psk.identity), "%s-%s", id, suffix);
+	} while (identity_owner(ks, next.psk.identity, strlen(next.psk.identity), &prev));
+	if (psk) {
+		memcpy(next.psk.key, psk, psk_len);
+		next.psk.len = psk_len;
+	} else {
+		next.psk.len = 32;
+		if (random_alnum(next.psk.key, next.psk.len) < 0)
+			return -EIO;
+	}
+	if (grace > 0) {
+		next.prev = d->psk;
+		next.prev_until = time(NULL) + (time_t)grace;
+	}
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, id);
+	fd = open_dir(ks->dirfd, id, dir);
+	if (fd < 0) {
+		explicit_bzero(&next, sizeof(next));
+		return fd;
+	}
+	/* One file holds both keys: the rotation is all done or not at all. */
+	r = write_psk(ks, fd, dir, &next);
+	close(fd);
+	if (r == 0) {
+		d->prev = next.prev;
+		d->prev_until = next.prev_until;
+		d->psk = next.psk;
+		strcpy(identity_out, d->psk.identity);
+		memcpy(psk_out, d->psk.key, d->psk.len);
+		*psk_out_len = d->psk.len;
+		log_info("%s: new PSK identity \"%s\"; the previous one is accepted for %u s more",
+		         id, d->psk.identity, grace);
+	}
+	explicit_bzero(&next, sizeof(next));
 	return r;
 }

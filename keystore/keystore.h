@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <time.h>
@@ -29,8 +30,11 @@
  * new state, never a mix.
  */
 
-#define KEYSTORE_PSK_MAX 64
-#define KEYSTORE_PSK_MIN 16
+#define KEYSTORE_PSK_MAX      64
+#define KEYSTORE_PSK_MIN      16
+#define KEYSTORE_IDENTITY_MAX 128
+/* keystore_device_pair()'s grace: keystore_config.psk_grace. */
+#define KEYSTORE_GRACE_DEFAULT UINT_MAX
 
 struct keystore;
 
@@ -41,6 +45,7 @@ struct keystore_config {
 	uint32_t parent;            /* tpm: persistent handle of the storage key */
 	bool create_parent;         /* tpm: create the storage key if it is missing */
 	const char *device_ca_file; /* CA(s) a device certificate must chain to */
+	unsigned psk_grace;         /* seconds a rotated-out PSK stays valid */
 };
 
 struct gwconf;
@@ -54,6 +59,8 @@ struct keystore_info {
 	const char *id;
 	const char *backend;
 	const char *psk_identity;
+	const char *prev_psk_identity; /* still accepted until prev_psk_until, or NULL */
+	time_t prev_psk_until;
 	enum keystore_state state;
 	bool enabled; /* attribute enabled is not "false" */
 	bool has_cert;
@@ -83,6 +90,15 @@ const char *keystore_state_name(enum keystore_state state);
  */
 int keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
                         const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len);
+/*
+ * Gives the device's sensor a new PSK identity (ID-xxxxxx) and key (psk, or 32 random letters
+ * and digits when NULL); the previous identity and key stay valid for grace seconds, so that a
+ * sensor can be re-flashed without a gap. Writes the new identity (KEYSTORE_IDENTITY_MAX + 1
+ * bytes) and key (KEYSTORE_PSK_MAX bytes) for the technician.
+ */
+int keystore_device_pair(struct keystore *ks, const char *id, unsigned grace, const uint8_t *psk,
+                         size_t psk_len, char *identity_out, uint8_t *psk_out, size_t *psk_out_len);
+
 /* Removes a device and destroys its key (the only copy of a TPM key's blob). */
 int keystore_device_remove(struct keystore *ks, const char *id);
 

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libpaho-mqtt-dev
-  libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev)
+  libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
   procps coreutils bc)
 

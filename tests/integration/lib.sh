@@ -276,6 +276,7 @@ gateway = {
 keystore = {
   backend = "${GW_BACKEND:-soft}";
   tcti = "swtpm:host=127.0.0.1,port=${SWTPM_PORT:-0}";
+  ${GW_KEYSTORE_EXTRA:-}
 };
 sensors = {
   listen = "127.0.0.1";

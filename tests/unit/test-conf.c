@@ -61,6 +61,7 @@ minimal_config_gets_defaults(void **state)
 	assert_string_equal(c->keystore.tcti, "device:/dev/tpmrm0");
 	assert_int_equal(c->keystore.parent, 0x81000001u);
 	assert_true(c->keystore.create_parent);
+	assert_int_equal(c->keystore.psk_grace, 86400);
 	assert_string_equal(c->keystore.device_ca_file, "/dev/null");
 	assert_string_equal(c->control_socket, "/run/gateway/control.sock");
 	assert_int_equal(c->nroutes, 1);
@@ -102,6 +103,7 @@ full_config_is_read_as_written(void **state)
 	assert_string_equal(c->keystore.tcti, "swtpm:host=127.0.0.1,port=2321");
 	assert_int_equal(c->keystore.parent, 0x81000002u);
 	assert_false(c->keystore.create_parent);
+	assert_int_equal(c->keystore.psk_grace, 600);
 	ca = fixture("ca.pem");
 	assert_string_equal(c->keystore.device_ca_file, ca);
 	free(ca);

@@ -424,8 +424,57 @@ states_and_attributes_persist(void **state)
 	ks = open_ok(f);
 	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
 	assert_int_equal(info.state, KEYSTORE_REVOKED);
+	/* Its PSK, identity included, went with its key: a stranger now. */
 	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
-	                 -EPERM);
+	                 -ENOENT);
+	keystore_free(ks);
+}
+
+static void
+rotation_keeps_the_old_key_for_its_grace_period(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	uint8_t key[KEYSTORE_PSK_MAX], newkey[KEYSTORE_PSK_MAX];
+	char identity[KEYSTORE_IDENTITY_MAX + 1];
+	struct keystore_info info;
+	const char *device;
+	size_t len, newlen;
+
+	add(ks, "dev-a", NULL, "0123456789abcdef0123");
+	assert_int_equal(
+	        keystore_device_pair(ks, "dev-a", 3600, NULL, 0, identity, newkey, &newlen), 0);
+	assert_int_equal(strncmp(identity, "dev-a-", 6), 0);
+	assert_int_equal(newlen, 32);
+	/* Both work: the old one until the grace period ends. */
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
+	                 0);
+	assert_memory_equal(key, "0123456789abcdef0123", 20);
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)identity, strlen(identity),
+	                                     &device, key, &len),
+	                 0);
+	assert_string_equal(device, "dev-a");
+	assert_memory_equal(key, newkey, newlen);
+	keystore_free(ks);
+
+	/* Across a restart too. */
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_string_equal(info.psk_identity, identity);
+	assert_string_equal(info.prev_psk_identity, "dev-a");
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
+	                 0);
+
+	/* A rotation without grace: the old identity is refused at once. */
+	assert_int_equal(keystore_device_pair(ks, "dev-a", 0, NULL, 0, identity, newkey, &newlen),
+	                 0);
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
+	                 -ENOENT);
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)identity, strlen(identity),
+	                                     &device, key, &len),
+	                 0);
+	assert_int_equal(keystore_device_pair(ks, "nobody", 0, NULL, 0, identity, newkey, &newlen),
+	                 -ENOENT);
 	keystore_free(ks);
 }
 
@@ -452,24 +501,28 @@ refuses_a_damaged_store(void **state)
 	keystore_free(ks);
 
 	snprintf(path, sizeof(path), "%s/dev-a/psk.key", f->ks);
-	/* RFC 7925: at least 128 bits; hex only; whole bytes. */
-	write_text(path, "00112233445566778899aabbccddee\n");
+	/* RFC 7925: at least 128 bits; hex only; whole bytes; an identity. */
+	write_text(path, "identity=dev-a\nkey=00112233445566778899aabbccddee\n");
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
-	write_text(path, "zz112233445566778899aabbccddeeff\n");
+	write_text(path, "identity=dev-a\nkey=zz112233445566778899aabbccddeeff\n");
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
-	write_text(path, "00112233445566778899aabbccddeeff0\n");
+	write_text(path, "identity=dev-a\nkey=00112233445566778899aabbccddeeff0\n");
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
-	write_text(path, "00112233445566778899aabbccddeeff\n");
+	write_text(path, "key=00112233445566778899aabbccddeeff\n");
+	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
+	write_text(path, "identity=dev-a\nkey=00112233445566778899aabbccddeeff\n");
 	ks = open_ok(f);
 	keystore_free(ks);
 
-	/* Two records claiming one PSK identity: which sensor is which? Refused. */
-	snprintf(path, sizeof(path), "%s/dev-b/device", f->ks);
-	write_text(path, "state=active\nbackend=soft\npsk_identity=dev-a\n");
+	/* Two devices claiming one PSK identity: which sensor is which? Refused. */
+	snprintf(path, sizeof(path), "%s/dev-b/psk.key", f->ks);
+	write_text(path, "identity=dev-a\nkey=00112233445566778899aabbccddeeff\n");
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EEXIST);
-	write_text(path, "state=active\nbackend=tpm\npsk_identity=dev-b\n");
+	write_text(path, "identity=dev-b\nkey=00112233445566778899aabbccddeeff\n");
+	snprintf(path, sizeof(path), "%s/dev-b/device", f->ks);
+	write_text(path, "state=active\nbackend=tpm\n");
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
-	write_text(path, "state=sleepy\nbackend=soft\npsk_identity=dev-b\n");
+	write_text(path, "state=sleepy\nbackend=soft\n");
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
 }
 
@@ -521,6 +574,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(removes_devices_for_good, setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_secrets_others_can_read, setup, teardown),
 	        cmocka_unit_test_setup_teardown(states_and_attributes_persist, setup, teardown),
+	        cmocka_unit_test_setup_teardown(rotation_keeps_the_old_key_for_its_grace_period,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_a_damaged_store, setup, teardown),
 	        cmocka_unit_test_setup_teardown(recovers_from_an_interrupted_add, setup, teardown),
 	        cmocka_unit_test_setup_teardown(creates_a_missing_store_closed_to_others, setup,
