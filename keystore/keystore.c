@@ -898,6 +898,26 @@ out:
 	return r;
 }
 
+/*
+ * Keeps a device's id string alive past the device: keystore_psk_lookup() hands it out and
+ * sensor sessions hold it. One small string per removal or reload, freed with the keystore.
+ */
+static void
+retire_id(struct keystore *ks, struct ks_device *d)
+{
+	char **ids = reallocarray(ks->removed_ids, ks->nremoved + 1, sizeof(*ids));
+
+	if (!ids) {
+		/* The string then goes with the device, and a session naming it reads freed memory.
+		 */
+		log_warnx("keystore: out of memory retiring device %s", d->id);
+		return;
+	}
+	ks->removed_ids = ids;
+	ids[ks->nremoved++] = d->id;
+	d->id = NULL;
+}
+
 static int
 cmp_device(const void *a, const void *b)
 {
@@ -1636,13 +1656,7 @@ keystore_device_remove(struct keystore *ks, const char *id)
 	fsync_dir(ks->dirfd, ks->dir);
 	log_info("%s: device removed, its key destroyed", id);
 	i = (size_t)(d - ks->devices);
-	char **ids = reallocarray(ks->removed_ids, ks->nremoved + 1, sizeof(*ids));
-
-	if (ids) {
-		ks->removed_ids = ids;
-		ids[ks->nremoved++] = d->id;
-		d->id = NULL;
-	}
+	retire_id(ks, d);
 	device_finish(d);
 	memmove(d, d + 1, (ks->ndevices - i - 1) * sizeof(*d));
 	ks->ndevices--;
@@ -1934,6 +1948,7 @@ reload_device(struct keystore *ks, struct ks_device *d)
 
 	if (!id)
 		return;
+	retire_id(ks, d);
 	device_finish(d);
 	if (load_device(ks, d, id) < 0)
 		log_warnx("keystore: %s could not be read back; restart gatewayd", id);
