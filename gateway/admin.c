@@ -425,9 +425,22 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 		return 2;
 	/* Check every pair before changing any, so a typo changes nothing. */
 	for (int i = 3; i < req->argc; i++) {
-		if (!strchr(req->argv[i], '=')) {
+		char *pair = strdup(req->argv[i]), *eq = pair ? strchr(pair, '=') : NULL;
+		int r;
+
+		if (!eq) {
 			fprintf(err, "\"%s\" is not key=value\n", req->argv[i]);
+			free(pair);
 			return 2;
+		}
+		*eq = '\0';
+		r = keystore_check_attr(pair, eq + 1);
+		free(pair);
+		if (r < 0) {
+			fprintf(err,
+			        "\"%s\": not a valid attribute (see the log); nothing changed\n",
+			        req->argv[i]);
+			return 1;
 		}
 	}
 	for (int i = 3; i < req->argc; i++) {
@@ -502,7 +515,12 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 		fprintf(err, "usage: gwctl device %s %s\n", v->name, v->args);
 		return 2;
 	}
-	if (status == 0 && v->changes != ADMIN_CHANGE_NONE && hooks && hooks->changed)
+	/*
+	 * A state verb that failed halfway (set: an I/O error on the third pair) may still have
+	 * changed something; the daemon's resync is harmless when nothing did.
+	 */
+	if (hooks && hooks->changed &&
+	    (v->changes == ADMIN_CHANGE_STATE || (status == 0 && v->changes != ADMIN_CHANGE_NONE)))
 		hooks->changed(req->argv[2], v->changes, hooks->data);
 	return status;
 }

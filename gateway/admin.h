@@ -20,7 +20,7 @@ struct admin_request {
 	size_t input_len;
 };
 
-enum admin_change { ADMIN_CHANGE_NONE, ADMIN_CHANGE_STATE, ADMIN_CHANGE_CERT };
+enum admin_change { ADMIN_CHANGE_NONE, ADMIN_CHANGE_STATE, ADMIN_CHANGE_CERT, ADMIN_CHANGE_PSK };
 
 /* What the running daemon adds to the verbs; gwctl on its own passes NULL. */
 struct admin_hooks {

@@ -281,7 +281,7 @@ static void
 accept_client(int fd, uint32_t events, void *data)
 {
 	struct control *ctl = data;
-	struct ucred cred;
+	struct ucred cred = {.uid = (uid_t)-1};
 	socklen_t len = sizeof(cred);
 	struct client *c;
 	size_t slot;

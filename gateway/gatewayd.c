@@ -97,7 +97,13 @@ sync_device(const char *id, enum admin_change what, void *data)
 		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
 		mqttbr_remove_device(d->mqtt, copy);
 		if (d->coap)
-			coapbr_drop_device(d->coap, copy);
+			coapbr_drop_device(d->coap, copy, false);
+		goto out;
+	}
+	/* A new PSK: sessions on an identity that is no longer valid (no grace) go now. */
+	if (what == ADMIN_CHANGE_PSK) {
+		if (d->coap)
+			coapbr_drop_device(d->coap, copy, true);
 		goto out;
 	}
 	if (what == ADMIN_CHANGE_CERT)

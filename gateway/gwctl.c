@@ -280,8 +280,11 @@ pair_bulk(struct client *c, const char *csv, const char *outfile)
 			argv[argc++] = key;
 		}
 		if (client_call(c, argc, argv, NULL, 0, &a) < 0 || a.status != 0) {
-			fprintf(stderr, "%s%s: %.*s", tty ? "\n" : "", id, (int)a.err_len,
-			        a.err ? a.err : "failed\n");
+			if (a.err_len)
+				fprintf(stderr, "%s%s: %.*s", tty ? "\n" : "", id, (int)a.err_len,
+				        a.err);
+			else
+				fprintf(stderr, "%s%s: failed\n", tty ? "\n" : "", id);
 			failed++;
 		} else {
 			char *identity = field(a.out, "psk-identity"),

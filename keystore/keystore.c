@@ -450,10 +450,16 @@ load_master(struct keystore *ks)
 
 	r = read_file(ks->dirfd, ks->dir, "master.sealed", false, 4096, &blob, &bloblen);
 	if (r == 0) {
-		r = kstpm_unseal(ks->tpm, blob, bloblen, ks->master, &len);
+		uint8_t secret[KSTPM_SEAL_MAX];
+
+		/* kstpm_unseal() may write KSTPM_SEAL_MAX bytes, more than the key's 32. */
+		r = kstpm_unseal(ks->tpm, blob, bloblen, secret, &len);
 		free(blob);
 		if (r == 0 && len != MASTER_KEY_LEN)
 			r = -EBADMSG;
+		if (r == 0)
+			memcpy(ks->master, secret, MASTER_KEY_LEN);
+		explicit_bzero(secret, sizeof(secret));
 		if (r < 0)
 			log_warnx("keystore: cannot unseal %s/master.sealed with this TPM and "
 			          "storage "
@@ -654,6 +660,26 @@ point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN])
 	    len != KSPROV_P256_POINT_LEN)
 		return -EINVAL;
 	return 0;
+}
+
+static const char *const secret_files[] = {"key.tss2.pem", "key.pem", "keyref.pem", "psk.enc",
+                                           "psk.key"};
+
+/* Unlinks a device folder's key and PSK files. Returns 0 once none is left. */
+static int
+unlink_secrets(int fd, const char *dir)
+{
+	int r = 0;
+
+	for (size_t i = 0; i < sizeof(secret_files) / sizeof(secret_files[0]); i++) {
+		if (unlinkat(fd, secret_files[i], 0) < 0 && errno != ENOENT) {
+			r = -errno;
+			log_warn("keystore: cannot remove %s/%s", dir, secret_files[i]);
+		}
+	}
+	if (r == 0)
+		r = fsync_dir(fd, dir);
+	return r;
 }
 
 /* ---- loading a device ---- */
@@ -876,8 +902,15 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id)
 		r = -EINVAL;
 		goto out;
 	}
-	/* A revoked device keeps its record and certificate, for the operator; nothing else. */
-	if (d->state != KEYSTORE_REVOKED) {
+	/*
+	 * A revoked device keeps its record and certificate, for the operator; nothing else. Its
+	 * secrets are deleted after its record says revoked: a crash in between is mended here.
+	 */
+	if (d->state == KEYSTORE_REVOKED) {
+		r = unlink_secrets(fd, dir);
+		if (r < 0)
+			goto out;
+	} else {
 		r = d->backend == BACKEND_TPM ? load_key_tpm(ks, d, fd, dir)
 		                              : load_key_soft(ks, d, fd, dir);
 		if (r == 0)
@@ -1391,6 +1424,14 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 	return 0;
 }
 
+bool
+keystore_identity_valid(const struct keystore *ks, const uint8_t *identity, size_t len)
+{
+	bool prev;
+
+	return identity_owner(ks, (const char *)identity, len, &prev) != NULL;
+}
+
 int
 keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
                     const char **device_id, uint8_t *key, size_t *keylen)
@@ -1877,24 +1918,21 @@ save_record(struct keystore *ks, const struct ks_device *d)
 }
 
 /* Destroys what made the device able to talk: its key (the only copy) and its PSK. */
-static void
+static int
 destroy_secrets(struct keystore *ks, struct ks_device *d)
 {
-	static const char *const files[] = {"key.tss2.pem", "key.pem", "keyref.pem", "psk.enc",
-	                                    "psk.key"};
 	char dir[4096];
-	int fd;
+	int fd, r;
 
+	psk_clear(&d->psk);
+	psk_clear(&d->prev);
 	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
 	fd = open_dir(ks->dirfd, d->id, dir);
 	if (fd < 0)
-		return;
-	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
-		unlinkat(fd, files[i], 0);
-	fsync_dir(fd, dir);
+		return fd;
+	r = unlink_secrets(fd, dir);
 	close(fd);
-	psk_clear(&d->psk);
-	psk_clear(&d->prev);
+	return r;
 }
 
 int
@@ -1920,8 +1958,9 @@ keystore_device_set_state(struct keystore *ks, const char *id, enum keystore_sta
 		d->state = old;
 		return r;
 	}
-	if (state == KEYSTORE_REVOKED)
-		destroy_secrets(ks, d);
+	/* Should this fail, the next start finishes the job (load_device). */
+	if (state == KEYSTORE_REVOKED && (r = destroy_secrets(ks, d)) < 0)
+		return r;
 	log_info("%s: device %s", id, state_names[state]);
 	return 0;
 }
@@ -1944,15 +1983,37 @@ valid_attr_key(const char *k)
 static void
 reload_device(struct keystore *ks, struct ks_device *d)
 {
-	char *id = strdup(d->id);
+	struct ks_device fresh = {0};
 
-	if (!id)
+	if (load_device(ks, &fresh, d->id) < 0) {
+		/* Memory keeps what it had; the disk may differ until the next successful write. */
+		log_warnx("keystore: %s could not be read back; restart gatewayd", d->id);
+		device_finish(&fresh);
 		return;
+	}
 	retire_id(ks, d);
 	device_finish(d);
-	if (load_device(ks, d, id) < 0)
-		log_warnx("keystore: %s could not be read back; restart gatewayd", id);
-	free(id);
+	*d = fresh;
+}
+
+int
+keystore_check_attr(const char *key, const char *value)
+{
+	if (!valid_attr_key(key)) {
+		log_warnx("attribute name \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
+		          "starting with a letter or digit",
+		          key);
+		return -EINVAL;
+	}
+	for (const char *c = value ? value : ""; *c; c++) {
+		if (!isprint((unsigned char)*c) || strlen(value) > 256) {
+			log_warnx(
+			        "attribute %s: the value must be at most 256 printable characters",
+			        key);
+			return -EINVAL;
+		}
+	}
+	return 0;
 }
 
 int
@@ -1965,18 +2026,9 @@ keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, c
 
 	if (!d)
 		return -ENOENT;
-	if (!valid_attr_key(key)) {
-		log_warnx("attribute name \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
-		          "starting with a letter or digit",
-		          key);
-		return -EINVAL;
-	}
-	for (const char *c = value ? value : ""; *c; c++) {
-		if (!isprint((unsigned char)*c) || strlen(value) > 256) {
-			log_warnx("attribute value must be at most 256 printable characters");
-			return -EINVAL;
-		}
-	}
+	r = keystore_check_attr(key, value);
+	if (r < 0)
+		return r;
 	for (i = 0; i < d->nattrs && strcmp(d->attrs[i].key, key) != 0; i++)
 		;
 	if (!value || !*value) {

@@ -111,6 +111,8 @@ int keystore_device_set_state(struct keystore *ks, const char *id, enum keystore
 /* Sets a free-form attribute; an empty or NULL value removes it. enabled=false suspends. */
 int keystore_device_set_attr(struct keystore *ks, const char *id, const char *key,
                              const char *value);
+/* 0 if key=value may be stored as an attribute, else -EINVAL (logged, with the reason). */
+int keystore_check_attr(const char *key, const char *value);
 const char *keystore_device_attr(const struct keystore *ks, const char *id, const char *key);
 size_t keystore_device_attr_count(const struct keystore *ks, const char *id);
 int keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, const char **key,
@@ -137,6 +139,9 @@ int keystore_device_import_cert(struct keystore *ks, const char *id, const char 
  */
 int keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
                         const char **device_id, uint8_t *key, size_t *keylen);
+
+/* Whether a PSK identity is one a sensor may use now (current, or previous within its grace). */
+bool keystore_identity_valid(const struct keystore *ks, const uint8_t *identity, size_t len);
 
 /*
  * Files to hand to the TLS library for a device's upstream session: its certificate chain and

@@ -30,6 +30,9 @@ enum request_state {
  */
 struct sensor {
 	const char *device; /* the keystore's string: lives as long as the daemon */
+	/* The PSK identity it shook hands with: a rotation may retire it while it is up. */
+	uint8_t identity[KEYSTORE_IDENTITY_MAX];
+	size_t identity_len;
 	coap_address_t remote;
 	int ifindex;
 	struct sensor *prev, *next;
@@ -164,6 +167,8 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		coap_session_set_app_data(session, sn);
 	}
 	sn->device = device;
+	sn->identity_len = identity->length;
+	memcpy(sn->identity, identity->s, identity->length);
 	br->psk_bin.s = br->psk;
 	br->psk_bin.length = keylen;
 	return &br->psk_bin;
@@ -256,7 +261,8 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	coap_async_t *async = coap_find_async(session, coap_pdu_get_token(request));
-	const char *device = session_device(session);
+	const struct sensor *sn = coap_session_get_app_data(session);
+	const char *device = sn ? sn->device : NULL;
 	struct coapbr_request *req;
 	struct coapbr_uplink up;
 	size_t len = 0, offset, total;
@@ -276,8 +282,12 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_UNAUTHORIZED);
 		return;
 	}
-	/* Suspended, revoked or removed since its handshake: nothing more of it goes upstream. */
-	if (!keystore_device_usable(br->ks, device)) {
+	/*
+	 * Suspended, revoked or removed since its handshake, or its PSK rotated out (grace over):
+	 * nothing more of it goes upstream.
+	 */
+	if (!keystore_device_usable(br->ks, device) ||
+	    !keystore_identity_valid(br->ks, sn->identity, sn->identity_len)) {
 		respond(response, COAPBR_FORBIDDEN, 0);
 		return;
 	}
@@ -346,7 +356,7 @@ coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned 
 }
 
 void
-coapbr_drop_device(struct coapbr *br, const char *device)
+coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 {
 	char addr[INET6_ADDRSTRLEN + 8];
 
@@ -354,6 +364,8 @@ coapbr_drop_device(struct coapbr *br, const char *device)
 		coap_session_t *s;
 
 		if (strcmp(sn->device, device) != 0)
+			continue;
+		if (stale_only && keystore_identity_valid(br->ks, sn->identity, sn->identity_len))
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)
@@ -368,6 +380,14 @@ coapbr_drop_device(struct coapbr *br, const char *device)
 				coap_free_async(s, req->async);
 				req->async = NULL;
 				req->state = REQ_ORPHAN;
+			}
+		}
+		/* Those already answered by the router will not hear from it again. */
+		for (struct coapbr_request *req = br->requests, *next; req; req = next) {
+			next = req->next;
+			if (req->session == s && req->state == REQ_ORPHAN && req->done) {
+				request_unlink(req);
+				free(req);
 			}
 		}
 		log_info("%s: closing the DTLS session from %s", device,

@@ -45,11 +45,12 @@ int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *c
 void coapbr_free(struct coapbr *br);
 
 /*
- * Closes every DTLS session of a device (close_notify) and drops its answers still pending.
- * Call from the loop, never from inside a request handler. New handshakes are refused by the
- * keystore's PSK lookup, not here.
+ * Closes the DTLS sessions of a device (close_notify): all of them, or with stale_only those
+ * whose PSK identity is no longer valid (rotated out by pairing). Their pending answers are
+ * dropped. Call from the loop, never from inside a request handler. New handshakes are
+ * refused by the keystore's PSK lookup, not here.
  */
-void coapbr_drop_device(struct coapbr *br, const char *device);
+void coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only);
 
 /* Answers an uplink request. max_age: seconds, used with COAPBR_UNAVAILABLE. */
 void coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age);

@@ -871,11 +871,12 @@ mqttbr_remove_device(struct mqttbr *br, const char *id)
 	if (dev->state == DEV_CONNECTING)
 		connecting_changed(br, -1);
 	removing = reallocarray(br->removing, br->nremoving + 1, sizeof(*removing));
+	if (removing)
+		br->removing = removing;
 	if (dev->state != DEV_UP || !removing) {
 		device_destroy(dev);
 		return;
 	}
-	br->removing = removing;
 	opts.onSuccess5 = on_disconnected;
 	opts.onFailure5 = on_disconnect_failed;
 	opts.context = dev;

@@ -38,6 +38,17 @@ code=$(gw_sensor dev-a post temp "old key after grace")
 code=$(gw_sensor "$identity" post temp "new key after grace" "$key")
 [ "$code" = 2.04 ] || gw_fail "the new key stopped working: $code"
 
+# Without grace, a sensor already connected with the old identity is cut off at once.
+"$GWSENSOR" -a 127.0.0.1 -p "$COAP_PORT" -u "$identity" -k "$key" -n 100000 -i 50 -t 10 \
+  >"$WORK/sensor-rotated.out" 2>&1 &
+rotated=$!
+gw_wait_for "[ \$(grep -c ' 2.04\$' '$WORK/sensor-rotated.out') -ge 5 ]" 10 ||
+  gw_fail "the sensor did not get going: $(tail -n 2 "$WORK/sensor-rotated.out")"
+gw_gwctl device pair dev-a --grace 0 >/dev/null
+wait "$rotated" && gw_fail "the sensor on the rotated-out identity kept its session"
+tail -n 1 "$WORK/sensor-rotated.out" | grep -qE ' (closed|4\.03)$' ||
+  gw_fail "rotated-out sensor ended with: $(tail -n 1 "$WORK/sensor-rotated.out")"
+
 # Bulk: three new devices from a CSV, one with a key of its own (the ASCII of 0123456789abcdef).
 printf 'id\n# sensors of barn 2\nbarn-1\nbarn-2,30313233343536373839616263646566\nbarn-3\n' >"$WORK/barn.csv"
 gw_gwctl -o "$WORK/barn-keys.csv" device pair --from "$WORK/barn.csv" 2>"$WORK/bulk.err" ||
