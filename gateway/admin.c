@@ -47,6 +47,20 @@ parse_hex(const char *s, uint8_t *buf, size_t max)
 	return (ssize_t)(n / 2);
 }
 
+/* --psk-key HEX: the key a sensor already has, for add and pair. */
+static ssize_t
+parse_psk_option(const char *hex, uint8_t *key, FILE *err)
+{
+	ssize_t n = parse_hex(hex, key, KEYSTORE_PSK_MAX);
+
+	if (n < KEYSTORE_PSK_MIN) {
+		fprintf(err, "--psk-key must be %d to %d bytes as hex digits\n", KEYSTORE_PSK_MIN,
+		        KEYSTORE_PSK_MAX);
+		return -1;
+	}
+	return n;
+}
+
 /*
  * What the technician flashes into the sensor, printed once: the key as text when it is
  * printable (sensor tools often take it so), always in hex and base64. gwctl draws the QR code
@@ -95,12 +109,9 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 			identity = optarg;
 			break;
 		case 'k':
-			given_len = parse_hex(optarg, given, sizeof(given));
-			if (given_len < KEYSTORE_PSK_MIN) {
-				fprintf(err, "--psk-key must be %d to %d bytes as hex digits\n",
-				        KEYSTORE_PSK_MIN, KEYSTORE_PSK_MAX);
+			given_len = parse_psk_option(optarg, given, err);
+			if (given_len < 0)
 				return 1;
-			}
 			break;
 		default:
 			return 2;
@@ -324,12 +335,9 @@ device_pair(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 			}
 			break;
 		case 'k':
-			given_len = parse_hex(optarg, given, sizeof(given));
-			if (given_len < KEYSTORE_PSK_MIN) {
-				fprintf(err, "--psk-key must be %d to %d bytes as hex digits\n",
-				        KEYSTORE_PSK_MIN, KEYSTORE_PSK_MAX);
+			given_len = parse_psk_option(optarg, given, err);
+			if (given_len < 0)
 				return 1;
-			}
 			break;
 		default:
 			return 2;

@@ -1965,20 +1965,6 @@ keystore_device_set_state(struct keystore *ks, const char *id, enum keystore_sta
 	return 0;
 }
 
-static bool
-valid_attr_key(const char *k)
-{
-	size_t n = strlen(k);
-
-	if (n == 0 || n > 64 || !isalnum((unsigned char)k[0]))
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		if (!isalnum((unsigned char)k[i]) && !strchr("._-", k[i]))
-			return false;
-	}
-	return true;
-}
-
 /* After a failed write: the device as the disk has it, so memory never runs ahead of it. */
 static void
 reload_device(struct keystore *ks, struct ks_device *d)
@@ -1999,7 +1985,8 @@ reload_device(struct keystore *ks, struct ks_device *d)
 int
 keystore_check_attr(const char *key, const char *value)
 {
-	if (!valid_attr_key(key)) {
+	/* Attribute names follow the rule of ids: plain, and safe in templates and files. */
+	if (!gwconf_valid_id(key)) {
 		log_warnx("attribute name \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
 		          "starting with a letter or digit",
 		          key);
