@@ -62,6 +62,7 @@ struct coapbr {
 	/* Uplinks awaiting their outcome, so that coapbr_free can release them. */
 	struct coapbr_request *requests;
 	struct sensor *sensors;
+	struct gw_timer *sweep;
 };
 
 static const char *
@@ -363,7 +364,7 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 		coap_session_t *s;
 
-		if (strcmp(sn->device, device) != 0)
+		if (device && strcmp(sn->device, device) != 0)
 			continue;
 		if (stale_only && keystore_identity_valid(br->ks, sn->identity, sn->identity_len))
 			continue;
@@ -395,6 +396,21 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 		/* Sends close_notify and frees the TLS state; libcoap frees the session next. */
 		coap_session_disconnected(s, COAP_NACK_NOT_DELIVERABLE);
 	}
+}
+
+/*
+ * A rotated-out identity whose grace period ended is refused at its next request already;
+ * this closes such sessions too, so that sensors hear it and re-handshake with their new key.
+ */
+#define SWEEP_MS 30000
+
+static void
+sweep_stale(struct gw_timer *t, void *data)
+{
+	struct coapbr *br = data;
+
+	coapbr_drop_device(br, NULL, true);
+	gw_timer_arm(t, SWEEP_MS);
 }
 
 static void
@@ -588,6 +604,12 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	r = gw_loop_add_fd(loop, br->fd, EPOLLIN, coap_ready, br);
 	if (r < 0)
 		goto fail;
+	br->sweep = gw_timer_new(loop, sweep_stale, br);
+	if (!br->sweep) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	gw_timer_arm(br->sweep, SWEEP_MS);
 	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", conf->sensors.listen,
 	         conf->sensors.port, fleet);
 	*out = br;
@@ -602,6 +624,7 @@ coapbr_free(struct coapbr *br)
 {
 	if (!br)
 		return;
+	gw_timer_free(br->sweep);
 	if (br->fd >= 0)
 		gw_loop_del_fd(br->loop, br->fd);
 	/* Frees every pending async too (and sends nothing for them). */

@@ -45,8 +45,9 @@ int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *c
 void coapbr_free(struct coapbr *br);
 
 /*
- * Closes the DTLS sessions of a device (close_notify): all of them, or with stale_only those
- * whose PSK identity is no longer valid (rotated out by pairing). Their pending answers are
+ * Closes the DTLS sessions of a device (NULL: of every device) with close_notify: all of them,
+ * or with stale_only those whose PSK identity is no longer valid (rotated out by pairing, grace
+ * over; a sweep does that every 30 s by itself). Their pending answers are
  * dropped. Call from the loop, never from inside a request handler. New handshakes are
  * refused by the keystore's PSK lookup, not here.
  */
