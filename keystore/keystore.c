@@ -1424,12 +1424,22 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 	return 0;
 }
 
-bool
-keystore_identity_valid(const struct keystore *ks, const uint8_t *identity, size_t len)
+static bool
+psk_names(const struct psk *p, const uint8_t *identity, size_t len)
 {
-	bool prev;
+	return p->identity[0] && strlen(p->identity) == len &&
+	       memcmp(p->identity, identity, len) == 0;
+}
 
-	return identity_owner(ks, (const char *)identity, len, &prev) != NULL;
+bool
+keystore_identity_valid(const struct keystore *ks, const char *device, const uint8_t *identity,
+                        size_t len)
+{
+	/* By device, not by scanning every identity: this runs for every uplink message. */
+	const struct ks_device *d = find_device(ks, device);
+
+	return d && (psk_names(&d->psk, identity, len) ||
+	             (d->prev_until > time(NULL) && psk_names(&d->prev, identity, len)));
 }
 
 int

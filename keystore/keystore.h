@@ -140,8 +140,12 @@ int keystore_device_import_cert(struct keystore *ks, const char *id, const char 
 int keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
                         const char **device_id, uint8_t *key, size_t *keylen);
 
-/* Whether a PSK identity is one a sensor may use now (current, or previous within its grace). */
-bool keystore_identity_valid(const struct keystore *ks, const uint8_t *identity, size_t len);
+/*
+ * Whether a PSK identity is one device's sensor may use now (its current one, or its previous
+ * one within the grace period).
+ */
+bool keystore_identity_valid(const struct keystore *ks, const char *device, const uint8_t *identity,
+                             size_t len);
 
 /*
  * Files to hand to the TLS library for a device's upstream session: its certificate chain and

@@ -288,7 +288,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	 * nothing more of it goes upstream.
 	 */
 	if (!keystore_device_usable(br->ks, device) ||
-	    !keystore_identity_valid(br->ks, sn->identity, sn->identity_len)) {
+	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len)) {
 		respond(response, COAPBR_FORBIDDEN, 0);
 		return;
 	}
@@ -366,7 +366,8 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 
 		if (device && strcmp(sn->device, device) != 0)
 			continue;
-		if (stale_only && keystore_identity_valid(br->ks, sn->identity, sn->identity_len))
+		if (stale_only &&
+		    keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len))
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)

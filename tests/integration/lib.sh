@@ -386,3 +386,14 @@ gw_check_flowing() {
   done
   gw_log "$(wc -l <"$WORK/sub.out") readings upstream; every acknowledged one arrived"
 }
+
+# gw_start_fleet N: dev-1..dev-N added and connected, each with a sensor sending 20 readings a
+# second for 10 s; returns once dev-7 is flowing (the device the fleet tests act on).
+gw_start_fleet() {
+  local n=$1 i
+  for i in $(seq 1 "$n"); do gw_add_device "dev-$i"; done
+  gw_start_gateway "$n"
+  for i in $(seq 1 "$n"); do sensor "dev-$i" -n 100000 -i 50 -t 10; done
+  gw_wait_for "[ \$(acked dev-7) -ge 10 ]" 10 ||
+    gw_fail "dev-7 is not flowing: $(tail -n 3 "$WORK/sensor-dev-7.out")"
+}

@@ -13,11 +13,7 @@ gw_start_broker
 gw_start_subscriber
 gw_write_config
 fleet=20
-for i in $(seq 1 "$fleet"); do gw_add_device "dev-$i"; done
-gw_start_gateway "$fleet"
-
-for i in $(seq 1 "$fleet"); do sensor "dev-$i" -n 100000 -i 50 -t 10; done
-gw_wait_for "[ \$(acked dev-7) -ge 10 ]" 10 || gw_fail "dev-7 is not flowing"
+gw_start_fleet "$fleet"
 
 gw_pki_revoke dev-7
 kill -HUP "$BROKER_PID"

@@ -236,6 +236,7 @@ installs_only_a_certificate_for_the_device_key(void **state)
 	add(ks, "dev-a", NULL, NULL);
 	add(ks, "dev-b", NULL, NULL);
 	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &keyfile), -ENOKEY);
+	assert_int_equal(keystore_tls_files(ks, "dev-c", &cert, &keyfile), -ENOENT);
 
 	/* dev-b's certificate is not dev-a's. */
 	pem = certify(f, ks, "dev-b", -1, 30, true);
