@@ -434,6 +434,66 @@ parse_keystore(struct parse *p, const config_setting_t *root)
 		       c->keystore.device_ca_file, strerror(errno));
 }
 
+static double
+get_fraction(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+             double def, double min, double max)
+{
+	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
+	double v;
+
+	if (!s)
+		return def;
+	if (config_setting_type(s) != CONFIG_TYPE_FLOAT) {
+		report(p, s, "'%s.%s' must be a decimal number such as %.2f", gname, key, def);
+		return def;
+	}
+	v = config_setting_get_float(s);
+	if (!(v >= min && v <= max)) {
+		report(p, s, "'%s.%s' is %g, expected %g to %g", gname, key, v, min, max);
+		return def;
+	}
+	return v;
+}
+
+static void
+parse_est(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"url",         "ca_file",   "timeout",
+	                                    "auto_enroll", "renew_at",  "renew_jitter",
+	                                    "retry_min",   "retry_max", NULL};
+	const config_setting_t *g = get_group(p, root, "est", false);
+	struct gwconf *c = p->conf;
+
+	if (!g)
+		return;
+	check_keys(p, g, "group 'est'", known);
+	c->est.url = get_string(p, g, "est", "url", NULL);
+	/* The gateway's certificate goes to this server, and device certificates come back. */
+	if (c->est.url && strncmp(c->est.url, "https://", 8) != 0)
+		report(p, config_setting_get_member(g, "url"),
+		       "'est.url' \"%s\" must start with https:// (RFC 7030 runs over TLS only)",
+		       c->est.url);
+	c->est.ca_file = get_path(p, g, "est", "ca_file", NULL);
+	if (c->est.ca_file && access(c->est.ca_file, R_OK) < 0)
+		report(p, config_setting_get_member(g, "ca_file"),
+		       "'est.ca_file' \"%s\" cannot be read: %s", c->est.ca_file, strerror(errno));
+	c->est.timeout = get_int(p, g, "est", "timeout", 30, 1, 600);
+	c->est.auto_enroll = get_bool(p, g, "est", "auto_enroll", true);
+	/* Two thirds: a third of the lifetime is left to ride out an EST or broker outage. */
+	c->est.renew_at = get_fraction(p, g, "est", "renew_at", 0.667, 0.1, 0.95);
+	c->est.renew_jitter = get_fraction(p, g, "est", "renew_jitter", 0.05, 0.0, 0.5);
+	if (c->est.renew_jitter >= c->est.renew_at)
+		report(p, config_setting_get_member(g, "renew_jitter"),
+		       "'est.renew_jitter' (%g) must be less than 'est.renew_at' (%g)",
+		       c->est.renew_jitter, c->est.renew_at);
+	c->est.retry_min = get_int(p, g, "est", "retry_min", 60, 1, 86400);
+	c->est.retry_max = get_int(p, g, "est", "retry_max", 3600, 1, 7 * 86400);
+	if (c->est.retry_max < c->est.retry_min)
+		report(p, config_setting_get_member(g, "retry_max"),
+		       "'est.retry_max' (%d) is less than 'est.retry_min' (%d)", c->est.retry_max,
+		       c->est.retry_min);
+}
+
 /* A resource is one or more '/'-separated segments of letters, digits, '.', '_', '-'. */
 static bool
 valid_resource(const char *s)
@@ -520,8 +580,8 @@ parse_routes(struct parse *p, const config_setting_t *root)
 int
 gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 {
-	static const char *const known[] = {"gateway",  "sensors", "upstream",
-	                                    "keystore", "routes",  NULL};
+	static const char *const known[] = {"gateway", "sensors", "upstream", "keystore",
+	                                    "est",     "routes",  NULL};
 	struct parse p = {.path = path, .errs = errs};
 	config_t cfg;
 	FILE *f;
@@ -572,6 +632,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	parse_sensors(&p, config_root_setting(&cfg));
 	parse_upstream(&p, config_root_setting(&cfg));
 	parse_keystore(&p, config_root_setting(&cfg));
+	parse_est(&p, config_root_setting(&cfg));
 	parse_routes(&p, config_root_setting(&cfg));
 	if (errs->count > 0) {
 		r = -EINVAL;
@@ -597,6 +658,8 @@ gwconf_free(struct gwconf *c)
 		free(c->routes[i].topic);
 	}
 	free(c->routes);
+	free(c->est.url);
+	free(c->est.ca_file);
 	free(c->keystore.backend);
 	free(c->keystore.tcti);
 	free(c->keystore.device_ca_file);

@@ -61,6 +61,18 @@ struct gwconf {
 		int psk_grace;        /* seconds a rotated-out PSK stays valid */
 	} keystore;
 
+	/* Certificate enrolment over EST (RFC 7030); url is NULL when the group is absent. */
+	struct {
+		char *url;           /* https://host[:port]/.well-known/est[/label] */
+		char *ca_file;       /* CA(s) the EST server's certificate must chain to */
+		int timeout;         /* seconds for one request */
+		bool auto_enroll;    /* enrol devices added without a certificate */
+		double renew_at;     /* fraction of a certificate's lifetime when it is renewed */
+		double renew_jitter; /* renewals spread over this fraction before renew_at */
+		int retry_min;       /* seconds before a failed enrolment is tried again */
+		int retry_max;       /* the backoff's ceiling */
+	} est;
+
 	struct gwconf_route *routes;
 	size_t nroutes;
 };

@@ -49,22 +49,36 @@ struct attr {
 	char *value;
 };
 
+/* A key and the certificate issued for it. */
+struct ks_tls {
+	char *cert_file; /* NULL until a certificate is imported */
+	char *key_file;  /* what the TLS library is given; NULL: no key */
+	uint8_t pub[KSPROV_P256_POINT_LEN];
+	char subject[256];
+	time_t not_before, not_after;
+};
+
 struct ks_device {
 	char *id;
 	enum backend backend;
 	enum keystore_state state;
+	/* The gateway's own identity (GATEWAY_DIR): no PSK, no sensor. */
+	bool self;
 	/* The sensor's PSK, and during a rotation's grace period the one it replaced. */
 	struct psk psk;
 	struct psk prev;
 	time_t prev_until;
-	char *cert_file; /* NULL until a certificate is imported */
-	char *key_file;  /* what the TLS library is given */
-	uint8_t pub[KSPROV_P256_POINT_LEN];
-	char subject[256];
-	time_t not_after;
+	struct ks_tls cur;
+	/* A renewal under way: its new key, then the certificate on trial (the "next." files). */
+	struct ks_tls next;
 	struct attr *attrs;
 	size_t nattrs;
 };
+
+/* The gateway's own key and certificate live beside the devices, under a name no id can take. */
+#define GATEWAY_DIR "@gateway"
+/* A soft key reference names ID (key.pem) or ID NEXT_REF (next.key.pem). */
+#define NEXT_REF ":next"
 
 struct keystore {
 	char *dir;
@@ -77,6 +91,8 @@ struct keystore {
 	uint8_t master[MASTER_KEY_LEN];
 	struct ks_device *devices;
 	size_t ndevices;
+	/* The gateway's own identity, for EST; id NULL until it has a key. */
+	struct ks_device gateway;
 	/*
 	 * Ids of removed devices: keystore_psk_lookup() hands out id pointers that sessions keep,
 	 * so they live until keystore_free(). One small string per removal.
@@ -494,6 +510,14 @@ psk_clear(struct psk *p)
 }
 
 static void
+tls_finish(struct ks_tls *t)
+{
+	free(t->cert_file);
+	free(t->key_file);
+	memset(t, 0, sizeof(*t));
+}
+
+static void
 device_finish(struct ks_device *d)
 {
 	psk_clear(&d->psk);
@@ -504,8 +528,8 @@ device_finish(struct ks_device *d)
 	}
 	free(d->attrs);
 	free(d->id);
-	free(d->cert_file);
-	free(d->key_file);
+	tls_finish(&d->cur);
+	tls_finish(&d->next);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -609,21 +633,28 @@ static STACK_OF(X509) * read_chain(const char *file, const char *pem, size_t len
 	return chain;
 }
 
-static void
-cert_summary(struct ks_device *d)
+static time_t
+asn1_epoch(const ASN1_TIME *t)
 {
-	STACK_OF(X509) *chain = d->cert_file ? read_chain(d->cert_file, NULL, 0) : NULL;
-	X509 *leaf;
 	struct tm tm;
 
-	d->subject[0] = '\0';
-	d->not_after = 0;
+	return ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
+}
+
+static void
+cert_summary(struct ks_tls *t)
+{
+	STACK_OF(X509) *chain = t->cert_file ? read_chain(t->cert_file, NULL, 0) : NULL;
+	X509 *leaf;
+
+	t->subject[0] = '\0';
+	t->not_before = t->not_after = 0;
 	if (!chain)
 		return;
 	leaf = sk_X509_value(chain, 0);
-	X509_NAME_oneline(X509_get_subject_name(leaf), d->subject, sizeof(d->subject));
-	if (ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &tm) == 1)
-		d->not_after = timegm(&tm);
+	X509_NAME_oneline(X509_get_subject_name(leaf), t->subject, sizeof(t->subject));
+	t->not_before = asn1_epoch(X509_get0_notBefore(leaf));
+	t->not_after = asn1_epoch(X509_get0_notAfter(leaf));
 	sk_X509_pop_free(chain, X509_free);
 }
 
@@ -662,19 +693,38 @@ point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN])
 	return 0;
 }
 
-static const char *const secret_files[] = {"key.tss2.pem", "key.pem", "keyref.pem", "psk.enc",
-                                           "psk.key"};
+static const char *const secret_files[] = {"key.tss2.pem", "key.pem",         "keyref.pem",
+                                           "psk.enc",      "psk.key",         "next.key.tss2.pem",
+                                           "next.key.pem", "next.keyref.pem", "next.cert.pem"};
 
-/* Unlinks a device folder's key and PSK files. Returns 0 once none is left. */
+/* A key's file: the current key, or the renewal's new one. */
+static const char *
+key_name(enum backend b, bool next)
+{
+	if (b == BACKEND_TPM)
+		return next ? "next.key.tss2.pem" : "key.tss2.pem";
+	return next ? "next.key.pem" : "key.pem";
+}
+
+/* What the TLS library is given: the TSS2 file itself, or a reference to the soft key. */
+static const char *
+key_ref_name(enum backend b, bool next)
+{
+	if (b == BACKEND_TPM)
+		return key_name(b, next);
+	return next ? "next.keyref.pem" : "keyref.pem";
+}
+
+/* Unlinks files of a device folder. Returns 0 once none is left. */
 static int
-unlink_secrets(int fd, const char *dir)
+unlink_files(int fd, const char *dir, const char *const *names, size_t n)
 {
 	int r = 0;
 
-	for (size_t i = 0; i < sizeof(secret_files) / sizeof(secret_files[0]); i++) {
-		if (unlinkat(fd, secret_files[i], 0) < 0 && errno != ENOENT) {
+	for (size_t i = 0; i < n; i++) {
+		if (unlinkat(fd, names[i], 0) < 0 && errno != ENOENT) {
 			r = -errno;
-			log_warn("keystore: cannot remove %s/%s", dir, secret_files[i]);
+			log_warn("keystore: cannot remove %s/%s", dir, names[i]);
 		}
 	}
 	if (r == 0)
@@ -682,10 +732,26 @@ unlink_secrets(int fd, const char *dir)
 	return r;
 }
 
+/* The key and PSK files, a renewal's included. */
+static int
+unlink_secrets(int fd, const char *dir)
+{
+	return unlink_files(fd, dir, secret_files, sizeof(secret_files) / sizeof(secret_files[0]));
+}
+
+/* A renewal's new key and certificate: the last four of secret_files. */
+static int
+unlink_next(int fd, const char *dir)
+{
+	size_t n = sizeof(secret_files) / sizeof(secret_files[0]);
+
+	return unlink_files(fd, dir, secret_files + n - 4, 4);
+}
+
 /* ---- loading a device ---- */
 
 static int
-load_key_soft(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+load_key_soft(struct ks_tls *t, int fd, const char *dir, const char *name)
 {
 	uint8_t *pem;
 	size_t len;
@@ -693,70 +759,123 @@ load_key_soft(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 	BIO *b;
 	int r;
 
-	r = read_file(fd, dir, "key.pem", true, 16384, &pem, &len);
-	if (r < 0) {
-		if (r == -ENOENT)
-			log_warnx("keystore: device %s has no key (%s/key.pem missing)", d->id,
-			          dir);
+	r = read_file(fd, dir, name, true, 16384, &pem, &len);
+	if (r < 0)
 		return r;
-	}
 	b = BIO_new_mem_buf(pem, (int)len);
 	pkey = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default") : NULL;
 	BIO_free(b);
 	explicit_bzero(pem, len);
 	free(pem);
-	if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || point_of(pkey, d->pub) < 0) {
-		log_openssl("keystore: key.pem is not a P-256 EC private key");
+	if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || point_of(pkey, t->pub) < 0) {
+		log_openssl("keystore: a key file is not a P-256 EC private key");
 		EVP_PKEY_free(pkey);
 		return -EINVAL;
 	}
 	EVP_PKEY_free(pkey);
-	if (asprintf(&d->key_file, "%s/%s/keyref.pem", ks->dir, d->id) < 0) {
-		d->key_file = NULL;
-		return -ENOMEM;
-	}
 	return 0;
 }
 
 static int
-load_key_tpm(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+load_key_tpm(struct ks_tls *t, int fd, const char *dir, const char *name)
 {
 	uint8_t *pem, *der = NULL;
-	char *name = NULL, *header = NULL;
+	char *label = NULL, *header = NULL;
 	long derlen = 0;
 	struct kstpm_key *key;
 	size_t len;
 	BIO *b;
 	int r;
 
-	r = read_file(fd, dir, "key.tss2.pem", false, 16384, &pem, &len);
-	if (r < 0) {
-		if (r == -ENOENT)
-			log_warnx("keystore: device %s has no key (%s/key.tss2.pem missing)", d->id,
-			          dir);
+	r = read_file(fd, dir, name, false, 16384, &pem, &len);
+	if (r < 0)
 		return r;
-	}
 	b = BIO_new_mem_buf(pem, (int)len);
-	if (!b || PEM_read_bio(b, &name, &header, &der, &derlen) != 1 ||
-	    strcmp(name, TSS2_LABEL) != 0) {
-		log_warnx("keystore: %s/key.tss2.pem is not a \"" TSS2_LABEL "\" PEM", dir);
+	if (!b || PEM_read_bio(b, &label, &header, &der, &derlen) != 1 ||
+	    strcmp(label, TSS2_LABEL) != 0) {
+		log_warnx("keystore: %s/%s is not a \"" TSS2_LABEL "\" PEM", dir, name);
 		r = -EINVAL;
 	} else {
-		r = kstpm_key_from_der(der, (size_t)derlen, &key, d->pub);
+		r = kstpm_key_from_der(der, (size_t)derlen, &key, t->pub);
 		if (r == 0)
 			kstpm_key_free(key);
 	}
 	ERR_clear_error();
 	BIO_free(b);
-	OPENSSL_free(name);
+	OPENSSL_free(label);
 	OPENSSL_free(header);
 	OPENSSL_free(der);
 	free(pem);
+	return r;
+}
+
+/*
+ * Loads a device's current key (next false) or its renewal's new one into d->cur or d->next:
+ * the public key, and the file the TLS library is given. -ENOENT (not logged) if there is none.
+ */
+static int
+load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool next)
+{
+	struct ks_tls *t = next ? &d->next : &d->cur;
+	const char *name = key_name(d->backend, next);
+	int r = d->backend == BACKEND_TPM ? load_key_tpm(t, fd, dir, name)
+	                                  : load_key_soft(t, fd, dir, name);
+
 	if (r < 0)
 		return r;
-	if (asprintf(&d->key_file, "%s/%s/key.tss2.pem", ks->dir, d->id) < 0) {
-		d->key_file = NULL;
+	if (asprintf(&t->key_file, "%s/%s/%s", ks->dir, d->id, key_ref_name(d->backend, next)) <
+	    0) {
+		t->key_file = NULL;
 		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* The certificate file beside a loaded key, if there is one. */
+static int
+load_cert(struct keystore *ks, struct ks_device *d, int fd, bool next)
+{
+	struct ks_tls *t = next ? &d->next : &d->cur;
+	const char *name = next ? "next.cert.pem" : "cert.pem";
+
+	if (faccessat(fd, name, R_OK, 0) < 0)
+		return 0;
+	if (asprintf(&t->cert_file, "%s/%s/%s", ks->dir, d->id, name) < 0) {
+		t->cert_file = NULL;
+		return -ENOMEM;
+	}
+	cert_summary(t);
+	return 0;
+}
+
+/*
+ * A renewal's files. The switch renames next.key* over key* first and next.cert.pem over
+ * cert.pem second; the rename of the key is the commit. So: a new key is a renewal under way
+ * (its certificate on trial if next.cert.pem is there too; a new key without one is dropped,
+ * the next attempt makes another), and next.cert.pem alone is a switch to finish.
+ */
+static int
+load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+{
+	int r = load_key(ks, d, fd, dir, true);
+
+	if (r == 0) {
+		r = load_cert(ks, d, fd, true);
+		if (r == 0 && !d->next.cert_file) {
+			tls_finish(&d->next);
+			r = unlink_next(fd, dir);
+		}
+		return r;
+	}
+	if (r != -ENOENT)
+		return r;
+	if (faccessat(fd, "next.cert.pem", F_OK, 0) == 0) {
+		log_info("keystore: %s: finishing the switch to its new certificate", d->id);
+		if (renameat(fd, "next.cert.pem", fd, "cert.pem") < 0) {
+			log_warn("keystore: rename %s/next.cert.pem", dir);
+			return -errno;
+		}
+		return fsync_dir(fd, dir);
 	}
 	return 0;
 }
@@ -870,7 +989,7 @@ load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 }
 
 static int
-load_device(struct keystore *ks, struct ks_device *d, const char *id)
+load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self)
 {
 	char dir[4096];
 	uint8_t *text;
@@ -881,6 +1000,7 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id)
 	d->id = strdup(id);
 	if (!d->id)
 		return -ENOMEM;
+	d->self = self;
 	fd = open_dir(ks->dirfd, id, dir);
 	if (fd < 0)
 		return fd;
@@ -911,21 +1031,20 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id)
 		if (r < 0)
 			goto out;
 	} else {
-		r = d->backend == BACKEND_TPM ? load_key_tpm(ks, d, fd, dir)
-		                              : load_key_soft(ks, d, fd, dir);
-		if (r == 0)
+		/* First: a switch to a renewed certificate may be half done. */
+		r = load_next(ks, d, fd, dir);
+		if (r == 0) {
+			r = load_key(ks, d, fd, dir, false);
+			if (r == -ENOENT)
+				log_warnx("keystore: %s has no key (%s/%s missing)", id, dir,
+				          key_name(d->backend, false));
+		}
+		if (r == 0 && !d->self)
 			r = load_psk(ks, d, fd, dir);
 		if (r < 0)
 			goto out;
 	}
-	if (faccessat(fd, "cert.pem", R_OK, 0) == 0) {
-		if (asprintf(&d->cert_file, "%s/cert.pem", dir) < 0) {
-			d->cert_file = NULL;
-			r = -ENOMEM;
-			goto out;
-		}
-		cert_summary(d);
-	}
+	r = load_cert(ks, d, fd, false);
 out:
 	close(fd);
 	return r;
@@ -1064,6 +1183,12 @@ load_devices(struct keystore *ks)
 		}
 		if (de->d_type != DT_DIR && de->d_type != DT_UNKNOWN)
 			continue;
+		if (strcmp(de->d_name, GATEWAY_DIR) == 0) {
+			r = load_device(ks, &ks->gateway, GATEWAY_DIR, true);
+			if (r < 0)
+				break;
+			continue;
+		}
 		if (!gwconf_valid_id(de->d_name)) {
 			log_warnx(
 			        "keystore: ignoring %s/%s: not a valid device id (1 to 64 letters, "
@@ -1079,7 +1204,7 @@ load_devices(struct keystore *ks)
 		ks->devices = devices;
 		memset(&ks->devices[ks->ndevices], 0, sizeof(*devices));
 		ks->ndevices++;
-		r = load_device(ks, &ks->devices[ks->ndevices - 1], de->d_name);
+		r = load_device(ks, &ks->devices[ks->ndevices - 1], de->d_name, false);
 		if (r < 0)
 			break;
 	}
@@ -1120,10 +1245,14 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 		return k;
 	}
 	if (strcmp(label, REF_LABEL) == 0) {
-		/* The body is the device id: the soft key stays in its 0600 file until now. */
-		char id[65];
+		/*
+		 * The body is the device id, with NEXT_REF for a renewal's key: the soft key stays
+		 * in its 0600 file until now.
+		 */
+		char id[96], *suffix;
 		uint8_t *pem;
 		size_t pemlen;
+		bool next;
 		int fd;
 		BIO *b;
 
@@ -1131,7 +1260,13 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 			goto fail;
 		memcpy(id, der, len);
 		id[len] = '\0';
-		if (!gwconf_valid_id(id))
+		suffix = strchr(id, ':');
+		next = suffix && strcmp(suffix, NEXT_REF) == 0;
+		if (suffix && !next)
+			goto fail;
+		if (suffix)
+			*suffix = '\0';
+		if (!gwconf_valid_id(id) && strcmp(id, GATEWAY_DIR) != 0)
 			goto fail;
 		/* A valid id has no '/' or "..": it names a folder of the store, nothing else. */
 		fd = openat(ks->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -1139,7 +1274,8 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 			log_warnx("keystore: key reference to unknown device %s", id);
 			goto fail;
 		}
-		if (read_file(fd, ks->dir, "key.pem", true, 16384, &pem, &pemlen) < 0) {
+		if (read_file(fd, ks->dir, key_name(BACKEND_SOFT, next), true, 16384, &pem,
+		              &pemlen) < 0) {
 			close(fd);
 			goto fail;
 		}
@@ -1315,6 +1451,7 @@ keystore_free(struct keystore *ks)
 	for (size_t i = 0; i < ks->ndevices; i++)
 		device_finish(&ks->devices[i]);
 	free(ks->devices);
+	device_finish(&ks->gateway);
 	for (size_t i = 0; i < ks->nremoved; i++)
 		free(ks->removed_ids[i]);
 	free(ks->removed_ids);
@@ -1401,6 +1538,18 @@ keystore_device_id(const struct keystore *ks, size_t i)
 	return i < ks->ndevices ? ks->devices[i].id : NULL;
 }
 
+static void
+tls_info(const struct ks_device *d, struct keystore_info *out)
+{
+	out->has_cert = d->cur.cert_file != NULL;
+	out->not_before = d->cur.not_before;
+	out->not_after = d->cur.not_after;
+	snprintf(out->subject, sizeof(out->subject), "%s", d->cur.subject);
+	out->renewing = d->next.key_file != NULL;
+	out->on_trial = d->next.cert_file != NULL;
+	out->next_not_after = d->next.not_after;
+}
+
 int
 keystore_device_info(const struct keystore *ks, const char *id, struct keystore_info *out)
 {
@@ -1417,10 +1566,8 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 	        .prev_psk_until = d->prev_until,
 	        .state = d->state,
 	        .enabled = device_enabled(d),
-	        .has_cert = d->cert_file != NULL,
-	        .not_after = d->not_after,
 	};
-	snprintf(out->subject, sizeof(out->subject), "%s", d->subject);
+	tls_info(d, out);
 	return 0;
 }
 
@@ -1461,18 +1608,47 @@ keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t i
 	return 0;
 }
 
+/* The certificate on trial while there is one (see keystore_device_stage_cert()). */
+static int
+tls_files(const struct ks_device *d, const char **cert_file, const char **key_file)
+{
+	const struct ks_tls *t = d->next.cert_file ? &d->next : &d->cur;
+
+	if (!t->cert_file || !t->key_file)
+		return -ENOKEY;
+	*cert_file = t->cert_file;
+	*key_file = t->key_file;
+	return 0;
+}
+
 int
 keystore_tls_files(const struct keystore *ks, const char *device_id, const char **cert_file,
                    const char **key_file)
 {
 	const struct ks_device *d = find_device(ks, device_id);
 
-	if (!d)
+	return d ? tls_files(d, cert_file, key_file) : -ENOENT;
+}
+
+int
+keystore_gateway_tls_files(const struct keystore *ks, const char **cert_file, const char **key_file)
+{
+	return ks->gateway.id ? tls_files(&ks->gateway, cert_file, key_file) : -ENOKEY;
+}
+
+int
+keystore_gateway_info(const struct keystore *ks, struct keystore_info *out)
+{
+	if (!ks->gateway.id)
 		return -ENOENT;
-	if (!d->cert_file || !d->key_file)
-		return -ENOKEY;
-	*cert_file = d->cert_file;
-	*key_file = d->key_file;
+	*out = (struct keystore_info){
+	        .id = ks->gateway.id,
+	        .backend = backend_names[ks->gateway.backend],
+	        .psk_identity = "-",
+	        .state = KEYSTORE_ACTIVE,
+	        .enabled = true,
+	};
+	tls_info(&ks->gateway, out);
 	return 0;
 }
 
@@ -1490,8 +1666,9 @@ keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 /* ---- changes ---- */
 
 static int
-write_key_soft(int fd, const char *dir, const char *id)
+write_key_soft(int fd, const char *dir, const char *id, bool next)
 {
+	char ref[96];
 	EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, "provider=default", "EC", "P-256");
 	BIO *b = BIO_new(BIO_s_mem());
 	char *data;
@@ -1503,17 +1680,18 @@ write_key_soft(int fd, const char *dir, const char *id)
 		goto out;
 	}
 	len = BIO_get_mem_data(b, &data);
-	r = write_file_atomic(fd, dir, "key.pem", data, (size_t)len, 0600);
+	r = write_file_atomic(fd, dir, key_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
 	if (r < 0)
 		goto out;
 	/* The reference names the device; only this process's provider can follow it. */
 	(void)BIO_reset(b);
-	if (PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)id, (long)strlen(id)) <= 0) {
+	snprintf(ref, sizeof(ref), "%s%s", id, next ? NEXT_REF : "");
+	if (PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) <= 0) {
 		r = -EIO;
 		goto out;
 	}
 	len = BIO_get_mem_data(b, &data);
-	r = write_file_atomic(fd, dir, "keyref.pem", data, (size_t)len, 0600);
+	r = write_file_atomic(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
 out:
 	/* The mem BIO held the private key's PEM: clear it before it is freed. */
 	if (b && (len = BIO_get_mem_data(b, &data)) > 0)
@@ -1524,7 +1702,7 @@ out:
 }
 
 static int
-write_key_tpm(struct keystore *ks, int fd, const char *dir)
+write_key_tpm(struct keystore *ks, int fd, const char *dir, bool next)
 {
 	uint8_t pub[KSTPM_P256_POINT_LEN];
 	char *pem;
@@ -1532,9 +1710,17 @@ write_key_tpm(struct keystore *ks, int fd, const char *dir)
 
 	if (r < 0)
 		return r;
-	r = write_file_atomic(fd, dir, "key.tss2.pem", pem, strlen(pem), 0600);
+	r = write_file_atomic(fd, dir, key_name(BACKEND_TPM, next), pem, strlen(pem), 0600);
 	free(pem);
 	return r;
+}
+
+/* A new key in the folder: the device's first (next false) or a renewal's. */
+static int
+write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next)
+{
+	return ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir, next)
+	                                  : write_key_soft(fd, dir, id, next);
 }
 
 static int
@@ -1563,7 +1749,7 @@ insert_device(struct keystore *ks, const char *id)
 {
 	struct ks_device d = {0}, *devices;
 	size_t at;
-	int r = load_device(ks, &d, id);
+	int r = load_device(ks, &d, id, false);
 
 	if (r < 0) {
 		device_finish(&d);
@@ -1583,6 +1769,57 @@ insert_device(struct keystore *ks, const char *id)
 	return 0;
 }
 
+/*
+ * Makes rec's folder: its key, its PSK (a device's), its record. Assembled beside the store
+ * and renamed in: a crash leaves no half device.
+ */
+static int
+create_entry(struct keystore *ks, const struct ks_device *rec)
+{
+	char tmp[80], dir[4096], *text = NULL;
+	int fd = -1, r;
+
+	snprintf(tmp, sizeof(tmp), ".%s.new", rec->id);
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, tmp);
+	remove_tree(ks->dirfd, tmp);
+	if (mkdirat(ks->dirfd, tmp, 0700) < 0) {
+		r = -errno;
+		log_warn("keystore: mkdir %s", dir);
+		goto out;
+	}
+	fd = open_dir(ks->dirfd, tmp, dir);
+	if (fd < 0) {
+		r = fd;
+		goto out;
+	}
+	r = write_key(ks, fd, dir, rec->id, false);
+	if (r == 0 && !rec->self)
+		r = write_psk(ks, fd, dir, rec);
+	if (r < 0)
+		goto out;
+	text = record_format(rec);
+	if (!text) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = write_file_atomic(fd, dir, "device", text, strlen(text), 0600);
+	if (r < 0)
+		goto out;
+	if (renameat(ks->dirfd, tmp, ks->dirfd, rec->id) < 0) {
+		r = -errno;
+		log_warn("keystore: rename %s", dir);
+		goto out;
+	}
+	r = fsync_dir(ks->dirfd, ks->dir);
+out:
+	free(text);
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		remove_tree(ks->dirfd, tmp);
+	return r;
+}
+
 int
 keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
                     const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len)
@@ -1591,9 +1828,8 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 	const struct ks_device *owner;
 	uint8_t key[KEYSTORE_PSK_MAX];
 	bool prev;
-	char tmp[80], dir[4096], *text = NULL;
 	const char *ident = psk_identity ? psk_identity : id;
-	int fd = -1, r;
+	int r;
 
 	if (!gwconf_valid_id(id)) {
 		log_warnx("device id \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
@@ -1626,44 +1862,11 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 			return -EIO;
 	}
 
-	/* Assembled beside the store and renamed in: a crash leaves no half device. */
-	snprintf(tmp, sizeof(tmp), ".%s.new", id);
-	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, tmp);
-	remove_tree(ks->dirfd, tmp);
-	if (mkdirat(ks->dirfd, tmp, 0700) < 0) {
-		r = -errno;
-		log_warn("keystore: mkdir %s", dir);
-		goto out;
-	}
-	fd = open_dir(ks->dirfd, tmp, dir);
-	if (fd < 0) {
-		r = fd;
-		goto out;
-	}
-	r = ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir) : write_key_soft(fd, dir, id);
-	if (r < 0)
-		goto out;
 	strcpy(rec.psk.identity, ident);
 	memcpy(rec.psk.key, key, psk_len);
 	rec.psk.len = psk_len;
-	r = write_psk(ks, fd, dir, &rec);
+	r = create_entry(ks, &rec);
 	psk_clear(&rec.psk);
-	if (r < 0)
-		goto out;
-	text = record_format(&rec);
-	if (!text) {
-		r = -ENOMEM;
-		goto out;
-	}
-	r = write_file_atomic(fd, dir, "device", text, strlen(text), 0600);
-	if (r < 0)
-		goto out;
-	if (renameat(ks->dirfd, tmp, ks->dirfd, id) < 0) {
-		r = -errno;
-		log_warn("keystore: rename %s", dir);
-		goto out;
-	}
-	r = fsync_dir(ks->dirfd, ks->dir);
 	if (r == 0)
 		r = insert_device(ks, id);
 	if (r == 0) {
@@ -1672,13 +1875,7 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 		log_info("%s: device added (%s backend, PSK identity \"%s\")", id,
 		         backend_names[ks->backend], ident);
 	}
-out:
 	explicit_bzero(key, sizeof(key));
-	free(text);
-	if (fd >= 0)
-		close(fd);
-	if (r < 0)
-		remove_tree(ks->dirfd, tmp);
 	return r;
 }
 
@@ -1714,44 +1911,38 @@ keystore_device_remove(struct keystore *ks, const char *id)
 	return 0;
 }
 
-/* The device's key as an EVP_PKEY whose signatures go through the provider. */
+static void reload_device(struct keystore *ks, struct ks_device *d);
+
+/* A key as an EVP_PKEY whose signatures go through the provider. */
 static EVP_PKEY *
-signing_key(const struct ks_device *d)
+signing_key(const char *key_file)
 {
-	BIO *b = BIO_new_file(d->key_file, "r");
+	BIO *b = BIO_new_file(key_file, "r");
 	EVP_PKEY *pkey = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
 
 	if (!pkey)
-		log_openssl("keystore: cannot load the device key through the provider");
+		log_openssl("keystore: cannot load a key through the provider");
 	BIO_free(b);
 	return pkey;
 }
 
-int
-keystore_device_csr(struct keystore *ks, const char *id, char **pem)
+/* A PKCS#10 request for t's key, subject CN=cn, signed by that key; *pem is malloc'd. */
+static int
+make_csr(const struct ks_tls *t, const char *cn, char **pem)
 {
-	const struct ks_device *d = find_device(ks, id);
-	EVP_PKEY *priv = NULL, *pub = NULL;
-	X509_REQ *req = NULL;
+	EVP_PKEY *priv = signing_key(t->key_file), *pub = public_key(t->pub);
+	X509_REQ *req = X509_REQ_new();
+	BIO *b = BIO_new(BIO_s_mem());
 	X509_NAME *name;
-	BIO *b = NULL;
 	char *data;
 	long len;
 	int r = -EIO;
 
-	if (!d)
-		return -ENOENT;
-	if (d->state == KEYSTORE_REVOKED)
-		return -EKEYREVOKED;
-	priv = signing_key(d);
-	pub = public_key(d->pub);
-	req = X509_REQ_new();
-	b = BIO_new(BIO_s_mem());
 	if (!priv || !pub || !req || !b)
 		goto out;
 	name = X509_REQ_get_subject_name(req);
 	if (X509_REQ_set_version(req, 0) != 1 ||
-	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)id, -1, -1,
+	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
 	                               0) != 1 ||
 	    X509_REQ_set_pubkey(req, pub) != 1 || X509_REQ_sign(req, priv, EVP_sha256()) <= 0 ||
 	    PEM_write_bio_X509_REQ(b, req) != 1) {
@@ -1769,6 +1960,18 @@ out:
 	return r;
 }
 
+int
+keystore_device_csr(struct keystore *ks, const char *id, char **pem)
+{
+	const struct ks_device *d = find_device(ks, id);
+
+	if (!d)
+		return -ENOENT;
+	if (d->state == KEYSTORE_REVOKED)
+		return -EKEYREVOKED;
+	return make_csr(&d->cur, id, pem);
+}
+
 static void
 format_time(const ASN1_TIME *t, char *buf, size_t len)
 {
@@ -1778,13 +1981,17 @@ format_time(const ASN1_TIME *t, char *buf, size_t len)
 		snprintf(buf, len, "(unreadable time)");
 }
 
-/* The reasons a certificate cannot be this device's, one at a time, in words. */
+/*
+ * The reasons a certificate cannot be for the key pub of d, one at a time, in words. A
+ * device's must chain to the device CA; the gateway's own is checked by the EST server.
+ */
 static int
-check_cert(const struct keystore *ks, const struct ks_device *d, STACK_OF(X509) * chain, char *why,
+check_cert(const struct keystore *ks, const struct ks_device *d,
+           const uint8_t pub_point[KSPROV_P256_POINT_LEN], STACK_OF(X509) * chain, char *why,
            size_t whylen)
 {
 	X509 *leaf = sk_X509_value(chain, 0);
-	EVP_PKEY *pub = public_key(d->pub);
+	EVP_PKEY *pub = public_key(pub_point);
 	X509_STORE *store = NULL;
 	X509_STORE_CTX *ctx = NULL;
 	STACK_OF(X509) *untrusted = NULL;
@@ -1792,10 +1999,15 @@ check_cert(const struct keystore *ks, const struct ks_device *d, STACK_OF(X509) 
 	int r = -EINVAL;
 
 	if (!pub || EVP_PKEY_eq(X509_get0_pubkey(leaf), pub) != 1) {
-		snprintf(why, whylen,
-		         "its public key is not device %s's key (was the request made by another "
-		         "device, or before the device was added again?)",
-		         d->id);
+		if (d->self)
+			snprintf(why, whylen,
+			         "its public key is not the gateway's key (make the request with "
+			         "gwctl gateway csr)");
+		else
+			snprintf(why, whylen,
+			         "its public key is not device %s's key (was the request made by "
+			         "another device, or before the device was added again?)",
+			         d->id);
 		r = -EKEYREJECTED;
 		goto out;
 	}
@@ -1810,6 +2022,10 @@ check_cert(const struct keystore *ks, const struct ks_device *d, STACK_OF(X509) 
 		snprintf(why, whylen, "it is not valid before %s (is the gateway's clock right?)",
 		         when);
 		r = -EKEYEXPIRED;
+		goto out;
+	}
+	if (d->self) {
+		r = 0;
 		goto out;
 	}
 	if (!ks->device_ca_file) {
@@ -1849,11 +2065,16 @@ out:
 	return r;
 }
 
-int
-keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
-                            char *why, size_t whylen)
+/*
+ * Checks a certificate chain against d's current key (next false) or its renewal's new key,
+ * and writes it as cert.pem or next.cert.pem. On refusal, the reason is in why.
+ */
+static int
+install_cert(struct keystore *ks, struct ks_device *d, bool next, const char *pem, size_t pemlen,
+             char *why, size_t whylen)
 {
-	struct ks_device *d = find_device(ks, id);
+	struct ks_tls *t = next ? &d->next : &d->cur;
+	const char *name = next ? "next.cert.pem" : "cert.pem";
 	STACK_OF(X509) * chain;
 	char dir[4096], *data;
 	BIO *b = NULL;
@@ -1861,17 +2082,19 @@ keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem
 	int fd = -1, r;
 
 	snprintf(why, whylen, "%s", "");
-	if (!d)
-		return -ENOENT;
 	if (d->state == KEYSTORE_REVOKED) {
 		snprintf(why, whylen, "the device is revoked: its key no longer exists");
 		return -EKEYREVOKED;
+	}
+	if (!t->key_file) {
+		snprintf(why, whylen, "no renewal is under way: there is no new key to certify");
+		return -ENOKEY;
 	}
 	if (pemlen > INT32_MAX || !(chain = read_chain(NULL, pem, pemlen))) {
 		snprintf(why, whylen, "no PEM certificate in it");
 		return -EINVAL;
 	}
-	r = check_cert(ks, d, chain, why, whylen);
+	r = check_cert(ks, d, t->pub, chain, why, whylen);
 	if (r < 0)
 		goto out;
 	b = BIO_new(BIO_s_mem());
@@ -1882,28 +2105,157 @@ keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem
 	for (int i = 0; i < sk_X509_num(chain); i++)
 		PEM_write_bio_X509(b, sk_X509_value(chain, i));
 	len = BIO_get_mem_data(b, &data);
-	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, id);
-	fd = open_dir(ks->dirfd, id, dir);
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	fd = open_dir(ks->dirfd, d->id, dir);
 	if (fd < 0) {
 		r = fd;
 		goto out;
 	}
-	r = write_file_atomic(fd, dir, "cert.pem", data, (size_t)len, 0644);
+	r = write_file_atomic(fd, dir, name, data, (size_t)len, 0644);
 	if (r < 0)
 		goto out;
-	if (!d->cert_file && asprintf(&d->cert_file, "%s/cert.pem", dir) < 0) {
-		d->cert_file = NULL;
+	if (!t->cert_file && asprintf(&t->cert_file, "%s/%s", dir, name) < 0) {
+		t->cert_file = NULL;
 		r = -ENOMEM;
 		goto out;
 	}
-	cert_summary(d);
-	log_info("%s: certificate installed: %s", id, d->subject);
+	cert_summary(t);
 out:
 	if (fd >= 0)
 		close(fd);
 	BIO_free(b);
 	sk_X509_pop_free(chain, X509_free);
 	return r;
+}
+
+/* Drops d's renewal: its new key (the only copy) and the certificate on trial. */
+static int
+discard_next(struct keystore *ks, struct ks_device *d)
+{
+	char dir[4096];
+	int fd, r;
+
+	tls_finish(&d->next);
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	fd = open_dir(ks->dirfd, d->id, dir);
+	if (fd < 0)
+		return fd;
+	r = unlink_next(fd, dir);
+	close(fd);
+	return r;
+}
+
+int
+keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
+                            char *why, size_t whylen)
+{
+	struct ks_device *d = find_device(ks, id);
+	int r;
+
+	if (!d)
+		return -ENOENT;
+	r = install_cert(ks, d, false, pem, pemlen, why, whylen);
+	if (r < 0)
+		return r;
+	log_info("%s: certificate installed: %s", id, d->cur.subject);
+	/* The operator's certificate wins over a renewal that was under way. */
+	if (d->next.key_file)
+		r = discard_next(ks, d);
+	return r;
+}
+
+/* A new key beside d's current one, and a request for it (CN=cn). */
+static int
+rekey(struct keystore *ks, struct ks_device *d, const char *cn, char **csr)
+{
+	char dir[4096];
+	int fd, r;
+
+	r = discard_next(ks, d);
+	if (r < 0)
+		return r;
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	fd = open_dir(ks->dirfd, d->id, dir);
+	if (fd < 0)
+		return fd;
+	r = write_key(ks, fd, dir, d->id, true);
+	if (r == 0)
+		r = load_key(ks, d, fd, dir, true);
+	if (r == 0)
+		r = make_csr(&d->next, cn, csr);
+	close(fd);
+	if (r < 0)
+		discard_next(ks, d);
+	return r;
+}
+
+int
+keystore_device_rekey(struct keystore *ks, const char *id, char **csr)
+{
+	struct ks_device *d = find_device(ks, id);
+
+	if (!d)
+		return -ENOENT;
+	if (d->state == KEYSTORE_REVOKED)
+		return -EKEYREVOKED;
+	return rekey(ks, d, d->id, csr);
+}
+
+int
+keystore_device_stage_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
+                           char *why, size_t whylen)
+{
+	struct ks_device *d = find_device(ks, id);
+	int r;
+
+	if (!d)
+		return -ENOENT;
+	r = install_cert(ks, d, true, pem, pemlen, why, whylen);
+	if (r == 0)
+		log_info("%s: new certificate on trial: %s", id, d->next.subject);
+	return r;
+}
+
+int
+keystore_device_commit(struct keystore *ks, const char *id)
+{
+	struct ks_device *d = find_device(ks, id);
+	char dir[4096];
+	int fd, r;
+
+	if (!d)
+		return -ENOENT;
+	if (!d->next.cert_file)
+		return -ENOKEY;
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	fd = open_dir(ks->dirfd, d->id, dir);
+	if (fd < 0)
+		return fd;
+	/* The key's rename is the commit; load_next() finishes the rest after a crash. */
+	if (renameat(fd, key_name(d->backend, true), fd, key_name(d->backend, false)) < 0 ||
+	    fsync(fd) < 0 || renameat(fd, "next.cert.pem", fd, "cert.pem") < 0) {
+		r = -errno;
+		log_warn("keystore: %s: cannot switch to the new key and certificate", dir);
+		close(fd);
+		/* What the disk now holds is what the next start will find: follow it. */
+		reload_device(ks, d);
+		return r;
+	}
+	r = unlink_next(fd, dir);
+	close(fd);
+	reload_device(ks, d);
+	log_info("%s: switched to its new certificate: %s", id, d->cur.subject);
+	return r;
+}
+
+int
+keystore_device_discard(struct keystore *ks, const char *id)
+{
+	struct ks_device *d = find_device(ks, id);
+
+	if (!d)
+		return -ENOENT;
+	return d->next.key_file ? discard_next(ks, d) : 0;
 }
 
 /* Rewrites a device's record file from its in-memory state. */
@@ -1981,7 +2333,7 @@ reload_device(struct keystore *ks, struct ks_device *d)
 {
 	struct ks_device fresh = {0};
 
-	if (load_device(ks, &fresh, d->id) < 0) {
+	if (load_device(ks, &fresh, d->id, d->self) < 0) {
 		/* Memory keeps what it had; the disk may differ until the next successful write. */
 		log_warnx("keystore: %s could not be read back; restart gatewayd", d->id);
 		device_finish(&fresh);
@@ -2114,5 +2466,42 @@ keystore_device_pair(struct keystore *ks, const char *id, unsigned grace, const 
 		         id, d->psk.identity, grace);
 	}
 	explicit_bzero(&next, sizeof(next));
+	return r;
+}
+
+int
+keystore_gateway_csr(struct keystore *ks, const char *cn, char **pem)
+{
+	struct ks_device rec = {.id = (char *)GATEWAY_DIR, .backend = ks->backend, .self = true};
+	int r;
+
+	if (!ks->gateway.id) {
+		r = create_entry(ks, &rec);
+		if (r == 0)
+			r = load_device(ks, &ks->gateway, GATEWAY_DIR, true);
+		if (r < 0) {
+			device_finish(&ks->gateway);
+			return r;
+		}
+		log_info("keystore: the gateway's own key created (%s backend)",
+		         backend_names[ks->backend]);
+	}
+	return make_csr(&ks->gateway.cur, cn, pem);
+}
+
+int
+keystore_gateway_import_cert(struct keystore *ks, const char *pem, size_t pemlen, char *why,
+                             size_t whylen)
+{
+	int r;
+
+	if (!ks->gateway.id) {
+		snprintf(why, whylen,
+		         "the gateway has no key yet (make one with gwctl gateway csr)");
+		return -ENOKEY;
+	}
+	r = install_cert(ks, &ks->gateway, false, pem, pemlen, why, whylen);
+	if (r == 0)
+		log_info("the gateway's certificate installed: %s", ks->gateway.cur.subject);
 	return r;
 }

@@ -65,7 +65,11 @@ struct keystore_info {
 	bool enabled; /* attribute enabled is not "false" */
 	bool has_cert;
 	char subject[256]; /* certificate subject, one line */
-	time_t not_after;  /* certificate expiry */
+	time_t not_before;
+	time_t not_after; /* certificate expiry */
+	bool renewing;    /* a renewal's new key exists */
+	bool on_trial;    /* ... and its certificate is being tried upstream */
+	time_t next_not_after;
 };
 
 /*
@@ -149,11 +153,41 @@ bool keystore_identity_valid(const struct keystore *ks, const char *device, cons
 
 /*
  * Files to hand to the TLS library for a device's upstream session: its certificate chain and
- * its key reference (which only this process's provider can sign with). -ENOENT: no such
- * device; -ENOKEY: no certificate imported yet.
+ * its key reference (which only this process's provider can sign with); while a renewed
+ * certificate is on trial, that one and its new key. -ENOENT: no such device; -ENOKEY: no
+ * certificate imported yet.
  */
 int keystore_tls_files(const struct keystore *ks, const char *device_id, const char **cert_file,
                        const char **key_file);
+
+/*
+ * Renewal, in three steps that survive a crash at any point:
+ *   keystore_device_rekey()       a new key beside the current one, and a request (CSR) for it;
+ *   keystore_device_stage_cert()  the certificate issued for it, checked like an import, goes
+ *                                 on trial: keystore_tls_files() hands out the new pair;
+ *   keystore_device_commit()      the new pair replaces the old (whose key is destroyed), or
+ *   keystore_device_discard()     the new pair is destroyed and the old one serves again.
+ * A new key without a certificate does not outlive the process; a pair on trial does.
+ */
+int keystore_device_rekey(struct keystore *ks, const char *id, char **csr_pem);
+int keystore_device_stage_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
+                               char *why, size_t whylen);
+int keystore_device_commit(struct keystore *ks, const char *id);
+int keystore_device_discard(struct keystore *ks, const char *id);
+
+/*
+ * The gateway's own identity, with which it authenticates to the EST server on behalf of its
+ * devices: a key in the same backend (made by the first keystore_gateway_csr()) and a
+ * certificate checked against that key and the clock (the EST server judges its issuer).
+ */
+int keystore_gateway_csr(struct keystore *ks, const char *cn, char **pem);
+int keystore_gateway_import_cert(struct keystore *ks, const char *pem, size_t pemlen, char *why,
+                                 size_t whylen);
+/* -ENOENT: no key yet. */
+int keystore_gateway_info(const struct keystore *ks, struct keystore_info *out);
+/* -ENOKEY: no key or no certificate yet. */
+int keystore_gateway_tls_files(const struct keystore *ks, const char **cert_file,
+                               const char **key_file);
 
 /* Backend statistics for status and benchmarks (zeros for the soft backend). */
 struct keystore_stats {

@@ -134,17 +134,16 @@ add(struct keystore *ks, const char *id, const char *identity, const char *psk)
 	                 0);
 }
 
-/* The device's CSR, its public key taken out and certified by the CA. */
+/* A CSR's public key taken out and certified (by the CA, or by a stranger); csr is freed. */
 static char *
-certify(struct fixture *f, struct keystore *ks, const char *id, long from, long to, bool own_ca)
+certify_csr(struct fixture *f, char *csr, const char *id, long from, long to, bool own_ca)
 {
 	EVP_PKEY *other = NULL;
 	X509_REQ *req;
 	X509 *x;
-	char *csr, *pem;
+	char *pem;
 	BIO *b;
 
-	assert_int_equal(keystore_device_csr(ks, id, &csr), 0);
 	b = BIO_new_mem_buf(csr, -1);
 	req = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
 	BIO_free(b);
@@ -163,6 +162,16 @@ certify(struct fixture *f, struct keystore *ks, const char *id, long from, long 
 	X509_REQ_free(req);
 	free(csr);
 	return pem;
+}
+
+/* The device's CSR, certified. */
+static char *
+certify(struct fixture *f, struct keystore *ks, const char *id, long from, long to, bool own_ca)
+{
+	char *csr;
+
+	assert_int_equal(keystore_device_csr(ks, id, &csr), 0);
+	return certify_csr(f, csr, id, from, to, own_ca);
 }
 
 static void
@@ -563,6 +572,149 @@ creates_a_missing_store_closed_to_others(void **state)
 	keystore_free(ks);
 }
 
+static bool
+exists(const struct fixture *f, const char *id, const char *name)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s/%s", f->ks, id, name);
+	return access(path, F_OK) == 0;
+}
+
+/* A renewal's certificate for dev-a, staged; returns what keystore_tls_files() hands out. */
+static void
+stage_renewal(struct fixture *f, struct keystore *ks, const char **cert, const char **key)
+{
+	char *csr, *pem, why[512];
+
+	assert_int_equal(keystore_device_rekey(ks, "dev-a", &csr), 0);
+	pem = certify_csr(f, csr, "dev-a", -1, 60, true);
+	assert_int_equal(
+	        keystore_device_stage_cert(ks, "dev-a", pem, strlen(pem), why, sizeof(why)), 0);
+	free(pem);
+	assert_int_equal(keystore_tls_files(ks, "dev-a", cert, key), 0);
+}
+
+static void
+renewal_switches_on_commit_and_survives_restarts(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	struct keystore_info info;
+	const char *cert, *key;
+	char *old, *csr, why[512];
+
+	add(ks, "dev-a", NULL, NULL);
+	old = certify(f, ks, "dev-a", -1, 30, true);
+	import_ok(ks, "dev-a", old);
+
+	/* A new key without a certificate does not outlive the process. */
+	assert_int_equal(keystore_device_rekey(ks, "dev-a", &csr), 0);
+	free(csr);
+	assert_true(exists(f, "dev-a", "next.key.pem"));
+	keystore_free(ks);
+	ks = open_ok(f);
+	assert_false(exists(f, "dev-a", "next.key.pem"));
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_false(info.renewing);
+
+	/* On trial: the new pair is handed out, and still after a restart. */
+	stage_renewal(f, ks, &cert, &key);
+	assert_non_null(strstr(cert, "next.cert.pem"));
+	assert_non_null(strstr(key, "next.keyref.pem"));
+	keystore_free(ks);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_true(info.on_trial);
+	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &key), 0);
+	assert_non_null(strstr(cert, "next.cert.pem"));
+
+	/* Discarded: the old pair again, the new key gone. */
+	assert_int_equal(keystore_device_discard(ks, "dev-a"), 0);
+	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &key), 0);
+	assert_null(strstr(cert, "next."));
+	assert_false(exists(f, "dev-a", "next.key.pem"));
+
+	/* Committed: the new pair under the usual names; the old certificate is no longer ours. */
+	stage_renewal(f, ks, &cert, &key);
+	assert_int_equal(keystore_device_commit(ks, "dev-a"), 0);
+	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &key), 0);
+	assert_null(strstr(cert, "next."));
+	assert_null(strstr(key, "next."));
+	assert_false(exists(f, "dev-a", "next.key.pem"));
+	assert_false(exists(f, "dev-a", "next.cert.pem"));
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_false(info.renewing);
+	assert_true(info.not_after - time(NULL) > 50 * 86400);
+	assert_int_equal(
+	        keystore_device_import_cert(ks, "dev-a", old, strlen(old), why, sizeof(why)),
+	        -EKEYREJECTED);
+	free(old);
+	keystore_free(ks);
+}
+
+static void
+finishes_a_switch_cut_short(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	struct keystore_info info;
+	const char *cert, *key;
+	char *pem, from[256], to[256];
+	time_t trial_until;
+
+	add(ks, "dev-a", NULL, NULL);
+	pem = certify(f, ks, "dev-a", -1, 30, true);
+	import_ok(ks, "dev-a", pem);
+	free(pem);
+	stage_renewal(f, ks, &cert, &key);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	trial_until = info.next_not_after;
+	keystore_free(ks);
+	/* The process died right after the commit's first rename. */
+	snprintf(from, sizeof(from), "%s/dev-a/next.key.pem", f->ks);
+	snprintf(to, sizeof(to), "%s/dev-a/key.pem", f->ks);
+	assert_int_equal(rename(from, to), 0);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_false(info.renewing);
+	assert_int_equal(info.not_after, trial_until);
+	assert_false(exists(f, "dev-a", "next.cert.pem"));
+	keystore_free(ks);
+}
+
+static void
+keeps_the_gateways_own_identity(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	struct keystore_info info;
+	const char *cert, *key;
+	char *pem, why[512];
+
+	assert_int_equal(keystore_gateway_tls_files(ks, &cert, &key), -ENOKEY);
+	assert_int_equal(keystore_gateway_info(ks, &info), -ENOENT);
+	assert_int_equal(keystore_gateway_csr(ks, "gw-1", &pem), 0);
+	/* Any issuer: the EST server is the judge of the gateway's certificate. */
+	pem = certify_csr(f, pem, "gw-1", -1, 30, false);
+	assert_int_equal(keystore_gateway_import_cert(ks, pem, strlen(pem), why, sizeof(why)), 0);
+	free(pem);
+	/* A device's certificate is not the gateway's. */
+	add(ks, "dev-a", NULL, NULL);
+	pem = certify(f, ks, "dev-a", -1, 30, true);
+	assert_int_equal(keystore_gateway_import_cert(ks, pem, strlen(pem), why, sizeof(why)),
+	                 -EKEYREJECTED);
+	free(pem);
+	keystore_free(ks);
+	/* Not a device, and still there after a restart. */
+	ks = open_ok(f);
+	assert_int_equal(keystore_count(ks), 1);
+	assert_int_equal(keystore_gateway_info(ks, &info), 0);
+	assert_non_null(strstr(info.subject, "gw-1"));
+	assert_int_equal(keystore_gateway_tls_files(ks, &cert, &key), 0);
+	keystore_free(ks);
+}
+
 int
 main(void)
 {
@@ -581,6 +733,10 @@ main(void)
 	        cmocka_unit_test_setup_teardown(recovers_from_an_interrupted_add, setup, teardown),
 	        cmocka_unit_test_setup_teardown(creates_a_missing_store_closed_to_others, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(renewal_switches_on_commit_and_survives_restarts,
+	                                        setup, teardown),
+	        cmocka_unit_test_setup_teardown(finishes_a_switch_cut_short, setup, teardown),
+	        cmocka_unit_test_setup_teardown(keeps_the_gateways_own_identity, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
