@@ -183,14 +183,39 @@ device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	return 0;
 }
 
+static void
+format_time(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(buf, len, "-");
+}
+
+/* The certificate lines of show, for a device or the gateway. */
+static void
+print_cert(FILE *out, const struct keystore_info *info)
+{
+	char when[64];
+
+	if (!info->has_cert) {
+		fprintf(out, "certificate: none\n");
+		return;
+	}
+	format_time(info->not_after, when, sizeof(when));
+	fprintf(out, "certificate-subject: %s\ncertificate-expiry: %s\n", info->subject, when);
+	if (info->on_trial) {
+		format_time(info->next_not_after, when, sizeof(when));
+		fprintf(out, "certificate-renewed: on trial upstream, valid until %s\n", when);
+	}
+}
+
 static int
 device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
             const struct admin_hooks *hooks)
 {
 	struct keystore_info info;
-	const char *reason;
-	char expiry[64];
-	struct tm tm;
+	const char *reason, *enrolment;
 
 	if (req->argc != 3)
 		return 2;
@@ -218,15 +243,14 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	fprintf(out, "upstream: %s\n", upstream_word(hooks, info.id, &reason));
 	if (reason)
 		fprintf(out, "upstream-last-error: %s\n", reason);
-	if (!info.has_cert) {
-		fprintf(out, "certificate: none (gwctl device csr %s, then import-cert)\n",
-		        info.id);
-		return 0;
-	}
-	if (!gmtime_r(&info.not_after, &tm) ||
-	    strftime(expiry, sizeof(expiry), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-		snprintf(expiry, sizeof(expiry), "-");
-	fprintf(out, "certificate-subject: %s\ncertificate-expiry: %s\n", info.subject, expiry);
+	if (hooks && hooks->enrolment && (enrolment = hooks->enrolment(info.id, hooks->data)))
+		fprintf(out, "enrolment: %s\n", enrolment);
+	print_cert(out, &info);
+	if (!info.has_cert)
+		fprintf(out,
+		        "  (gwctl device enroll %s, or gwctl device csr %s and then "
+		        "import-cert)\n",
+		        info.id, info.id);
 	return 0;
 }
 
@@ -476,6 +500,100 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	return 0;
 }
 
+static int
+device_enroll(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+              const struct admin_hooks *hooks)
+{
+	(void)ks;
+	(void)out;
+	if (req->argc != 3)
+		return 2;
+	if (!hooks || !hooks->enroll || !req->done) {
+		fprintf(err, "enrolment over EST is not available here\n");
+		return 1;
+	}
+	return hooks->enroll(req->argv[2], req->done, req->done_ctx, err, hooks->data) < 0
+	               ? 1
+	               : ADMIN_PENDING;
+}
+
+/* ---- the gateway's own identity ---- */
+
+static int
+gateway_csr(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+            const struct admin_hooks *hooks)
+{
+	char *pem;
+	int r;
+
+	if (req->argc != 2)
+		return 2;
+	if (!hooks || !hooks->gateway_id) {
+		fprintf(err, "the gateway's id is not known here\n");
+		return 1;
+	}
+	r = keystore_gateway_csr(ks, hooks->gateway_id, &pem);
+	if (r < 0) {
+		fprintf(err, "cannot make the gateway's request: %s\n", strerror(-r));
+		return 1;
+	}
+	fputs(pem, out);
+	free(pem);
+	return 0;
+}
+
+static int
+gateway_import_cert(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+                    const struct admin_hooks *hooks)
+{
+	struct keystore_info info;
+	char why[512], expiry[32];
+	int r;
+	(void)hooks;
+
+	if (req->argc != 3)
+		return 2;
+	if (!req->input) {
+		fprintf(err, "no certificate was read from %s\n", req->argv[2]);
+		return 1;
+	}
+	r = keystore_gateway_import_cert(ks, req->input, req->input_len, why, sizeof(why));
+	if (r < 0) {
+		fprintf(err, "certificate %s refused for the gateway: %s\n", req->argv[2],
+		        why[0] ? why : strerror(-r));
+		return 1;
+	}
+	keystore_gateway_info(ks, &info);
+	format_expiry(info.not_after, expiry, sizeof(expiry));
+	fprintf(out, "the gateway's certificate installed: %s, expires %s\n", info.subject, expiry);
+	return 0;
+}
+
+static int
+gateway_show(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+             const struct admin_hooks *hooks)
+{
+	struct keystore_info info;
+
+	(void)err;
+	if (req->argc != 2)
+		return 2;
+	fprintf(out, "id: %s\n", hooks && hooks->gateway_id ? hooks->gateway_id : "-");
+	if (keystore_gateway_info(ks, &info) < 0) {
+		fprintf(out, "key: none (gwctl gateway csr makes it)\ncertificate: none\n");
+		return 0;
+	}
+	fprintf(out, "key: %s backend\n", info.backend);
+	print_cert(out, &info);
+	return 0;
+}
+
+static const struct verb gateway_verbs[] = {
+        {"csr", "[-o FILE]", gateway_csr, ADMIN_CHANGE_NONE},
+        {"import-cert", "FILE", gateway_import_cert, ADMIN_CHANGE_NONE},
+        {"show", "", gateway_show, ADMIN_CHANGE_NONE},
+};
+
 static const struct verb verbs[] = {
         {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, ADMIN_CHANGE_STATE},
         {"pair", "ID [--grace SECONDS] [--psk-key HEX] | --from FILE.csv", device_pair,
@@ -484,6 +602,8 @@ static const struct verb verbs[] = {
         {"show", "ID", device_show, ADMIN_CHANGE_NONE},
         {"csr", "ID [-o FILE]", device_csr, ADMIN_CHANGE_NONE},
         {"import-cert", "ID FILE", device_import_cert, ADMIN_CHANGE_CERT},
+        {"enroll", "ID (over EST: a first certificate, or a renewal with a new key)", device_enroll,
+         ADMIN_CHANGE_NONE},
         {"remove", "ID", device_remove, ADMIN_CHANGE_STATE},
         {"suspend", "ID", device_suspend, ADMIN_CHANGE_STATE},
         {"resume", "ID", device_resume, ADMIN_CHANGE_STATE},
@@ -498,6 +618,8 @@ admin_usage(FILE *f)
 	fprintf(f, "usage: gwctl [-c config] [-s socket] command\ncommands:\n");
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		fprintf(f, "  device %s %s\n", verbs[i].name, verbs[i].args);
+	for (size_t i = 0; i < sizeof(gateway_verbs) / sizeof(gateway_verbs[0]); i++)
+		fprintf(f, "  gateway %s %s\n", gateway_verbs[i].name, gateway_verbs[i].args);
 }
 
 int
@@ -512,15 +634,22 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 			if (strcmp(req->argv[1], verbs[i].name) == 0)
 				v = &verbs[i];
 		}
+		/* Every device verb but list names a device as its third word. */
+		if (v && v->run != device_list && req->argc < 3)
+			v = NULL;
+	} else if (req->argc >= 2 && strcmp(req->argv[0], "gateway") == 0) {
+		for (size_t i = 0; i < sizeof(gateway_verbs) / sizeof(gateway_verbs[0]); i++) {
+			if (strcmp(req->argv[1], gateway_verbs[i].name) == 0)
+				v = &gateway_verbs[i];
+		}
 	}
-	/* Every verb but list names a device as its third word. */
-	if (!v || (v->run != device_list && req->argc < 3)) {
+	if (!v) {
 		admin_usage(err);
 		return 2;
 	}
 	status = v->run(ks, req, out, err, hooks);
 	if (status == 2) {
-		fprintf(err, "usage: gwctl device %s %s\n", v->name, v->args);
+		fprintf(err, "usage: gwctl %s %s %s\n", req->argv[0], v->name, v->args);
 		return 2;
 	}
 	/*

@@ -13,11 +13,20 @@
 
 struct keystore;
 
+/* admin_run()'s status for a verb that answers later, through the request's done. */
+#define ADMIN_PENDING (-1)
+
+/* The late answer of a verb: status 0 (message is the output) or 1 (message is the error). */
+typedef void (*admin_done_fn)(void *ctx, int status, const char *message);
+
 struct admin_request {
 	int argc;
 	char **argv;       /* the command words, e.g. {"device", "add", "dev-a"} */
 	const char *input; /* a file gwctl read for the verb (import-cert), or NULL */
 	size_t input_len;
+	/* For verbs that wait on the network (device enroll): how to answer later. */
+	admin_done_fn done;
+	void *done_ctx;
 };
 
 enum admin_change { ADMIN_CHANGE_NONE, ADMIN_CHANGE_STATE, ADMIN_CHANGE_CERT, ADMIN_CHANGE_PSK };
@@ -32,12 +41,22 @@ struct admin_hooks {
 	void (*changed)(const char *device_id, enum admin_change what, void *data);
 	/* The device's upstream session in a word, and why the last attempt failed (or NULL). */
 	const char *(*upstream)(const char *device_id, const char **reason, void *data);
+	/* The device's certificate enrolment in words, or NULL. */
+	const char *(*enrolment)(const char *device_id, void *data);
+	/*
+	 * Enrols or renews the device's certificate now: 0 and done(ctx, ...) later, or -errno
+	 * with the reason written to err.
+	 */
+	int (*enroll)(const char *device_id, admin_done_fn done, void *ctx, FILE *err, void *data);
+	/* The CN of the gateway's own certificate request. */
+	const char *gateway_id;
 	void *data;
 };
 
 /*
  * Runs one command. What the user asked for goes to out, errors to err. Returns the exit
- * status: 0 done, 1 refused or failed, 2 not a valid command (usage on err).
+ * status: 0 done, 1 refused or failed, 2 not a valid command (usage on err); or ADMIN_PENDING,
+ * and req->done follows once.
  */
 int admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
               const struct admin_hooks *hooks);

@@ -28,10 +28,15 @@
 
 struct client {
 	struct control *ctl;
-	int fd;
+	int fd; /* -1 once gwctl went away while its answer was pending */
 	uint8_t *buf;
 	size_t len, cap;
 	struct gw_timer *timer;
+	/* The answer being written: at once, or later for a pending verb. */
+	FILE *fo, *fe;
+	char *out, *err;
+	size_t out_len, err_len;
+	bool pending;
 };
 
 struct control {
@@ -123,8 +128,19 @@ client_free(struct client *c)
 		if (ctl->clients[i] == c)
 			ctl->clients[i] = NULL;
 	}
-	gw_loop_del_fd(ctl->loop, c->fd);
-	close(c->fd);
+	if (c->fd >= 0) {
+		gw_loop_del_fd(ctl->loop, c->fd);
+		close(c->fd);
+	}
+	if (c->fo)
+		fclose(c->fo);
+	if (c->fe)
+		fclose(c->fe);
+	/* The answer may carry a PSK (device add). */
+	if (c->out)
+		explicit_bzero(c->out, c->out_len);
+	free(c->out);
+	free(c->err);
 	gw_timer_free(c->timer);
 	if (c->buf)
 		explicit_bzero(c->buf, c->cap);
@@ -178,44 +194,64 @@ parse_request(const struct client *c, struct admin_request *req, char **argv)
 	return 1;
 }
 
+/* Sends what the verb wrote, with its status. */
 static void
-answer(struct client *c, const struct admin_request *req)
+reply(struct client *c, int status)
 {
-	char *out = NULL, *err = NULL, *resp = NULL;
-	size_t outlen = 0, errlen = 0, resplen = 0;
-	FILE *fo = open_memstream(&out, &outlen), *fe = open_memstream(&err, &errlen), *fr;
-	int status;
+	char *resp = NULL;
+	size_t resplen = 0;
+	FILE *fr;
 
-	if (!fo || !fe) {
-		if (fo)
-			fclose(fo);
-		if (fe)
-			fclose(fe);
-		free(out);
-		free(err);
-		return;
-	}
-	log_info("control: gwctl %s%s%s", req->argv[0], req->argc > 1 ? " " : "",
-	         req->argc > 1 ? req->argv[1] : "");
-	status = admin_run(c->ctl->ks, req, fo, fe, c->ctl->hooks);
-	fclose(fo);
-	fclose(fe);
-	fr = open_memstream(&resp, &resplen);
+	fclose(c->fo);
+	fclose(c->fe);
+	c->fo = c->fe = NULL;
+	fr = c->fd >= 0 ? open_memstream(&resp, &resplen) : NULL;
 	if (fr) {
 		put_u32(fr, (uint32_t)status);
-		put_bytes(fr, out, outlen);
-		put_bytes(fr, err, errlen);
+		put_bytes(fr, c->out, c->out_len);
+		put_bytes(fr, c->err, c->err_len);
 		if (fclose(fr) == 0 && write_all(c->fd, (uint8_t *)resp, resplen) < 0)
 			log_warnx("control: gwctl did not read its answer");
 	}
-	/* The answer may carry a PSK (device add). */
-	if (out)
-		explicit_bzero(out, outlen);
 	if (resp)
 		explicit_bzero(resp, resplen);
-	free(out);
-	free(err);
 	free(resp);
+}
+
+static void
+late_answer(void *ctx, int status, const char *message)
+{
+	struct client *c = ctx;
+
+	fprintf(status == 0 ? c->fo : c->fe, "%s\n", message);
+	reply(c, status);
+	client_free(c);
+}
+
+/* Runs the request; false while its answer is pending (the client must stay). */
+static bool
+answer(struct client *c, const struct admin_request *req)
+{
+	struct admin_request r = *req;
+	int status;
+
+	c->fo = open_memstream(&c->out, &c->out_len);
+	c->fe = open_memstream(&c->err, &c->err_len);
+	if (!c->fo || !c->fe)
+		return true;
+	log_info("control: gwctl %s%s%s", req->argv[0], req->argc > 1 ? " " : "",
+	         req->argc > 1 ? req->argv[1] : "");
+	r.done = late_answer;
+	r.done_ctx = c;
+	status = admin_run(c->ctl->ks, &r, c->fo, c->fe, c->ctl->hooks);
+	if (status == ADMIN_PENDING) {
+		/* The verb bounds its own wait (est.timeout); gwctl waits as long. */
+		c->pending = true;
+		gw_timer_disarm(c->timer);
+		return false;
+	}
+	reply(c, status);
+	return true;
 }
 
 static void
@@ -224,9 +260,22 @@ client_readable(int fd, uint32_t events, void *data)
 	struct client *c = data;
 	char *argv[MAX_ARGS] = {NULL};
 	struct admin_request req;
+	bool done = true;
 	int r;
 
 	(void)events;
+	if (c->pending) {
+		char scratch[256];
+		ssize_t n = read(fd, scratch, sizeof(scratch));
+
+		/* gwctl gave up: the answer, when it comes, goes nowhere. */
+		if (n == 0 || (n < 0 && errno != EAGAIN)) {
+			gw_loop_del_fd(c->ctl->loop, fd);
+			close(fd);
+			c->fd = -1;
+		}
+		return;
+	}
 	for (;;) {
 		ssize_t n;
 
@@ -263,10 +312,11 @@ client_readable(int fd, uint32_t events, void *data)
 	if (r < 0)
 		log_warnx("control: malformed request refused");
 	else
-		answer(c, &req);
+		done = answer(c, &req);
 	for (size_t i = 0; i < MAX_ARGS; i++)
 		free(argv[i]);
-	client_free(c);
+	if (done)
+		client_free(c);
 }
 
 static void

@@ -6,6 +6,7 @@
 #include "conf.h"
 #include "admin.h"
 #include "control.h"
+#include "enrol.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
@@ -28,6 +29,7 @@ struct daemon {
 	struct router *router;
 	struct coapbr *coap;
 	struct control *control;
+	struct enrol *enrol; /* NULL without an EST server */
 	struct admin_hooks hooks;
 	bool stopping;
 };
@@ -83,43 +85,50 @@ on_hangup(int signo, void *data)
  * certificate changed or it has none yet. Sessions of devices that did not change stay up.
  */
 static void
-sync_device(const char *id, enum admin_change what, void *data)
+sync_sessions(struct daemon *d, const char *id, enum admin_change what)
 {
-	struct daemon *d = data;
 	const char *cert, *key;
-	char *copy = strdup(id);
 	int r;
 
-	/* id may be the keystore's own string, which removing the device retires. */
-	if (!copy)
-		return;
-	if (!keystore_device_usable(d->ks, copy)) {
+	if (!keystore_device_usable(d->ks, id)) {
 		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
-		mqttbr_remove_device(d->mqtt, copy);
+		mqttbr_remove_device(d->mqtt, id);
 		if (d->coap)
-			coapbr_drop_device(d->coap, copy, false);
-		goto out;
+			coapbr_drop_device(d->coap, id, false);
+		return;
 	}
 	/* A new PSK: sessions on an identity that is no longer valid (no grace) go now. */
 	if (what == ADMIN_CHANGE_PSK) {
 		if (d->coap)
-			coapbr_drop_device(d->coap, copy, true);
-		goto out;
+			coapbr_drop_device(d->coap, id, true);
+		return;
 	}
 	if (what == ADMIN_CHANGE_CERT)
-		mqttbr_remove_device(d->mqtt, copy);
-	else if (mqttbr_find(d->mqtt, copy))
-		goto out;
-	if (keystore_tls_files(d->ks, copy, &cert, &key) == -ENOKEY) {
-		log_info("%s: no certificate yet: no upstream session until gwctl device "
-		         "import-cert",
-		         copy);
-		goto out;
+		mqttbr_remove_device(d->mqtt, id);
+	else if (mqttbr_find(d->mqtt, id))
+		return;
+	if (keystore_tls_files(d->ks, id, &cert, &key) == -ENOKEY) {
+		log_info("%s: no certificate yet: no upstream session until %s", id,
+		         d->enrol ? "it is enrolled" : "gwctl device import-cert");
+		return;
 	}
-	r = mqttbr_add_device(d->mqtt, copy, cert, key, NULL);
+	r = mqttbr_add_device(d->mqtt, id, cert, key, NULL);
 	if (r < 0)
-		log_warnx("%s: cannot start its upstream session: %s", copy, strerror(-r));
-out:
+		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
+}
+
+/* A gwctl verb changed the device: its sessions, then its enrolment, follow. */
+static void
+device_changed(const char *id, enum admin_change what, void *data)
+{
+	struct daemon *d = data;
+	char *copy = strdup(id);
+
+	/* id may be the keystore's own string, which removing the device retires. */
+	if (!copy)
+		return;
+	sync_sessions(d, copy, what);
+	enrol_device_changed(d->enrol, copy);
 	free(copy);
 }
 
@@ -128,7 +137,54 @@ static void
 sync_all(struct daemon *d)
 {
 	for (size_t i = 0; i < keystore_count(d->ks); i++)
-		sync_device(keystore_device_id(d->ks, i), ADMIN_CHANGE_STATE, d);
+		device_changed(keystore_device_id(d->ks, i), ADMIN_CHANGE_STATE, d);
+}
+
+/* Enrolment changed a device's key or certificate. */
+static void
+tls_changed(const char *id, bool restart, void *data)
+{
+	struct daemon *d = data;
+	const char *cert, *key;
+
+	if (restart)
+		sync_sessions(d, id, ADMIN_CHANGE_CERT);
+	else if (keystore_tls_files(d->ks, id, &cert, &key) == 0)
+		mqttbr_set_tls_files(d->mqtt, id, cert, key);
+}
+
+static void
+upstream_judged(const char *id, bool accepted, const char *reason, void *data)
+{
+	struct daemon *d = data;
+
+	enrol_upstream(d->enrol, id, accepted, reason);
+}
+
+static const char *
+enrolment_words(const char *id, void *data)
+{
+	struct daemon *d = data;
+
+	return enrol_status(d->enrol, id);
+}
+
+static int
+enroll_now(const char *id, admin_done_fn done, void *ctx, FILE *err, void *data)
+{
+	struct daemon *d = data;
+	char why[600];
+	int r;
+
+	if (!d->enrol) {
+		fprintf(err, "no EST server is configured (add the group est to %s)\n",
+		        d->conf->file);
+		return -ENOTSUP;
+	}
+	r = enrol_now(d->enrol, id, done, ctx, why, sizeof(why));
+	if (r < 0)
+		fprintf(err, "%s\n", why);
+	return r;
 }
 
 static const char *
@@ -178,6 +234,21 @@ start(struct daemon *d)
 		log_warnx("cannot start the upstream bridge: %s", strerror(-r));
 		return r;
 	}
+	if (d->conf->est.url) {
+		const char *cert, *key;
+
+		r = enrol_new(&d->enrol, d->loop, d->conf, d->ks, tls_changed, d);
+		if (r < 0) {
+			log_warnx("cannot start the EST client: %s", strerror(-r));
+			return r;
+		}
+		mqttbr_on_judged(d->mqtt, upstream_judged, d);
+		if (keystore_gateway_tls_files(d->ks, &cert, &key) < 0)
+			log_warnx(
+			        "EST: the gateway has no certificate of its own to authenticate to "
+			        "%s: gwctl gateway csr, have it signed, gwctl gateway import-cert",
+			        d->conf->est.url);
+	}
 	n = keystore_count(d->ks);
 	sync_all(d);
 	r = router_new(&d->router, d->conf, d->mqtt);
@@ -188,8 +259,14 @@ start(struct daemon *d)
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;
 	}
-	d->hooks =
-	        (struct admin_hooks){.changed = sync_device, .upstream = upstream_word, .data = d};
+	d->hooks = (struct admin_hooks){
+	        .changed = device_changed,
+	        .upstream = upstream_word,
+	        .enrolment = enrolment_words,
+	        .enroll = enroll_now,
+	        .gateway_id = d->conf->gateway_id,
+	        .data = d,
+	};
 	r = control_new(&d->control, d->loop, d->conf->control_socket, d->ks, &d->hooks);
 	if (r < 0) {
 		log_warnx("cannot open the control socket %s: %s (create its folder, or set "
@@ -208,6 +285,8 @@ start(struct daemon *d)
 static void
 finish(struct daemon *d)
 {
+	/* First: gwctl clients waiting on an enrolment hear the daemon is stopping. */
+	enrol_free(d->enrol);
 	control_free(d->control);
 	coapbr_free(d->coap);
 	router_free(d->router);

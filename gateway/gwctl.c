@@ -6,8 +6,10 @@
 #include "admin.h"
 #include "conf.h"
 #include "control.h"
+#include "enrol.h"
 #include "keystore.h"
 #include "log.h"
+#include "loop.h"
 #include "qr.h"
 
 #include <errno.h>
@@ -21,18 +23,22 @@
 
 #define INPUT_MAX (CONTROL_MAX_REQUEST / 2)
 
-/* Where requests go: the daemon's socket, or, once it proved absent, the store itself. */
-struct client {
-	const struct gwconf *conf;
-	const char *sock;
-	struct keystore *ks;
-};
-
 /* One request's answer. */
 struct answer {
 	int status;
 	char *out, *err;
 	size_t out_len, err_len;
+};
+
+/* Where requests go: the daemon's socket, or, once it proved absent, the store itself. */
+struct client {
+	const struct gwconf *conf;
+	const char *sock;
+	struct keystore *ks;
+	/* Without the daemon, device enroll runs here, on a loop of gwctl's own. */
+	struct gw_loop *loop;
+	struct enrol *enrol;
+	struct answer *late; /* where the pending verb's answer goes */
 };
 
 static void __attribute__((noreturn)) usage(void)
@@ -73,13 +79,59 @@ open_store(struct client *c)
 	return r;
 }
 
+static void
+late_answer(void *ctx, int status, const char *message)
+{
+	struct client *c = ctx;
+	struct answer *a = c->late;
+
+	a->status = status;
+	if (asprintf(status == 0 ? &a->out : &a->err, "%s\n", message) < 0)
+		a->status = 1;
+	else if (status == 0)
+		a->out_len = strlen(a->out);
+	else
+		a->err_len = strlen(a->err);
+	gw_loop_quit(c->loop, 0);
+}
+
+static int
+enroll_here(const char *id, admin_done_fn done, void *ctx, FILE *err, void *data)
+{
+	struct client *c = data;
+	char why[600];
+	int r;
+
+	if (!c->conf->est.url) {
+		fprintf(err, "no EST server is configured (add the group est to %s)\n",
+		        c->conf->file);
+		return -ENOTSUP;
+	}
+	/* No sessions to switch: a renewed certificate waits on trial for gatewayd's start. */
+	if (!c->enrol && ((r = gw_loop_new(&c->loop)) < 0 ||
+	                  (r = enrol_new(&c->enrol, c->loop, c->conf, c->ks, NULL, NULL)) < 0)) {
+		fprintf(err, "cannot start the EST client: %s\n", strerror(-r));
+		return r;
+	}
+	r = enrol_now(c->enrol, id, done, ctx, why, sizeof(why));
+	if (r < 0)
+		fprintf(err, "%s\n", why);
+	return r;
+}
+
 /* Runs one command, through the daemon if one listens, else on the store under its lock. */
 static int
 client_call(struct client *c, int argc, char **argv, const char *input, size_t input_len,
             struct answer *a)
 {
-	struct admin_request req = {
-	        .argc = argc, .argv = argv, .input = input, .input_len = input_len};
+	struct admin_request req = {.argc = argc,
+	                            .argv = argv,
+	                            .input = input,
+	                            .input_len = input_len,
+	                            .done = late_answer,
+	                            .done_ctx = c};
+	const struct admin_hooks hooks = {
+	        .enroll = enroll_here, .gateway_id = c->conf->gateway_id, .data = c};
 	FILE *fo, *fe;
 	int r;
 
@@ -108,9 +160,16 @@ client_call(struct client *c, int argc, char **argv, const char *input, size_t i
 		answer_finish(a);
 		return -ENOMEM;
 	}
-	a->status = admin_run(c->ks, &req, fo, fe, NULL);
+	a->status = admin_run(c->ks, &req, fo, fe, &hooks);
 	fclose(fo);
 	fclose(fe);
+	if (a->status == ADMIN_PENDING) {
+		/* The memstreams wrote nothing; late_answer() builds the answer, from the loop. */
+		answer_finish(a);
+		c->late = a;
+		gw_loop_run(c->loop);
+		c->late = NULL;
+	}
 	return 0;
 }
 
@@ -361,11 +420,14 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	/* import-cert's file is read here: the daemon may not see the operator's files. */
-	if (nwords == 4 && strcmp(words[0], "device") == 0 &&
-	    strcmp(words[1], "import-cert") == 0) {
-		r = read_input(words[3], &input, &input_len);
+	if (nwords >= 3 && strcmp(words[1], "import-cert") == 0 &&
+	    ((nwords == 4 && strcmp(words[0], "device") == 0) ||
+	     (nwords == 3 && strcmp(words[0], "gateway") == 0))) {
+		const char *path = words[nwords - 1];
+
+		r = read_input(path, &input, &input_len);
 		if (r < 0) {
-			fprintf(stderr, "gwctl: %s: %s\n", words[3], strerror(-r));
+			fprintf(stderr, "gwctl: %s: %s\n", path, strerror(-r));
 			status = 1;
 			goto out;
 		}
@@ -394,6 +456,8 @@ main(int argc, char *argv[])
 out:
 	answer_finish(&a);
 	free(input);
+	enrol_free(c.enrol);
+	gw_loop_free(c.loop);
 	keystore_free(c.ks);
 	gwconf_free(conf);
 	return status;

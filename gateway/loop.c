@@ -89,6 +89,19 @@ gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, 
 }
 
 int
+gw_loop_mod_fd(struct gw_loop *loop, int fd, uint32_t events)
+{
+	for (struct watch *w = loop->watches; w; w = w->next) {
+		struct epoll_event ev = {.events = events, .data.ptr = w};
+
+		if (w->fd != fd)
+			continue;
+		return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0 ? -errno : 0;
+	}
+	return -ENOENT;
+}
+
+int
 gw_loop_del_fd(struct gw_loop *loop, int fd)
 {
 	for (struct watch **p = &loop->watches; *p; p = &(*p)->next) {

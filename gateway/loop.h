@@ -25,6 +25,8 @@ void gw_loop_quit(struct gw_loop *loop, int status);
 
 /* Watches fd for events (EPOLLIN, EPOLLOUT); the loop does not own fd. */
 int gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, void *data);
+/* Changes the events watched on an fd already added. */
+int gw_loop_mod_fd(struct gw_loop *loop, int fd, uint32_t events);
 int gw_loop_del_fd(struct gw_loop *loop, int fd);
 
 /* Blocks signo for the process and delivers it as a loop event. Call before starting threads. */

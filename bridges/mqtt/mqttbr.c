@@ -6,6 +6,8 @@
 
 #include <MQTTAsync.h>
 #include <errno.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -14,10 +16,13 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 /* How long a clean shutdown waits for the brokers' DISCONNECT handshakes. */
 #define STOP_GRACE_MS 3000
+/* Paho events handled per wakeup, so that a flood of them cannot starve the loop. */
+#define EVENTS_PER_WAKEUP 1024
 
 enum dev_state {
 	DEV_CONNECTING,
@@ -49,6 +54,9 @@ struct mqttbr_device {
 	bool rejected;
 	char reason[256]; /* why the last connect failed or the session was lost */
 	struct gw_timer *retry;
+	/* The certificate's notAfter, read at each connect; the session ends then. */
+	time_t not_after;
+	struct gw_timer *expiry;
 	/* Publishes paho still holds a pointer to, oldest first. */
 	struct publish *pending;
 	/* hostname_mismatches and alerts_read when this connect started: see on_trace(). */
@@ -88,6 +96,8 @@ struct mqttbr {
 	struct mqttbr_device **devices;
 	size_t ndevices;
 	size_t connecting; /* devices with a connect in flight */
+	mqttbr_judged_fn judged;
+	void *judged_data;
 	/* Removed devices waiting for their DISCONNECT to go out before they are freed. */
 	struct mqttbr_device **removing;
 	size_t nremoving;
@@ -407,6 +417,70 @@ report_connect_failure(struct mqttbr_device *dev, const struct event *ev)
 		log_warnx("%s: %s", dev->id, dev->reason);
 }
 
+static void publish_report(struct publish *pub, int status);
+
+/* The notAfter of the first certificate in a PEM file, 0 if unreadable (TLS then says why). */
+static time_t
+cert_not_after(const char *file)
+{
+	FILE *f = fopen(file, "r");
+	X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+	struct tm tm;
+	time_t t = 0;
+
+	if (x && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+		t = timegm(&tm);
+	X509_free(x);
+	if (f)
+		fclose(f);
+	return t;
+}
+
+/*
+ * An expired certificate is never presented: the device waits on the slow schedule for a new
+ * one (a renewal, or gwctl device import-cert), which the next try reads.
+ */
+static bool
+refuse_expired(struct mqttbr_device *dev)
+{
+	char when[64];
+	struct tm tm;
+
+	if (dev->not_after == 0 || time(NULL) < dev->not_after)
+		return false;
+	if (!gmtime_r(&dev->not_after, &tm) ||
+	    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(when, sizeof(when), "-");
+	snprintf(dev->reason, sizeof(dev->reason),
+	         "its certificate expired on %s: not used (gwctl device enroll %s, or "
+	         "import-cert)",
+	         when, dev->id);
+	if (!dev->rejected)
+		log_warnx("%s: %s", dev->id, dev->reason);
+	dev->rejected = true;
+	schedule_retry(dev);
+	return true;
+}
+
+static void
+expiry_fired(struct gw_timer *t, void *data)
+{
+	struct mqttbr_device *dev = data;
+	MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer5;
+
+	(void)t;
+	/* A connect in flight is judged when it completes. */
+	if (dev->state != DEV_UP)
+		return;
+	for (struct publish *pub = dev->pending; pub; pub = pub->next)
+		publish_report(pub, -ENOTCONN);
+	opts.onSuccess5 = on_disconnected;
+	opts.onFailure5 = on_disconnect_failed;
+	opts.context = dev;
+	MQTTAsync_disconnect(dev->client, &opts);
+	refuse_expired(dev);
+}
+
 static void
 connecting_changed(struct mqttbr *br, int delta)
 {
@@ -422,6 +496,9 @@ connect_device(struct mqttbr_device *dev)
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 	int rc;
 
+	dev->not_after = cert_not_after(dev->cert_file);
+	if (refuse_expired(dev))
+		return;
 	ssl.trustStore = br->cfg.ca_file;
 	ssl.keyStore = dev->cert_file;
 	ssl.privateKey = dev->key_file;
@@ -532,6 +609,16 @@ handle_event(struct mqttbr *br, struct event *ev)
 		dev->rejected = false;
 		dev->reason[0] = '\0';
 		log_info("%s: upstream connected to %s", dev->id, br->cfg.broker);
+		if (dev->not_after) {
+			time_t now = time(NULL);
+
+			gw_timer_arm(dev->expiry, dev->not_after > now
+			                                  ? (uint64_t)(dev->not_after - now) * 1000
+			                                  : 0);
+		}
+		/* Last: the observer may remove the device. */
+		if (br->judged)
+			br->judged(dev->id, true, NULL, br->judged_data);
 		break;
 	case EV_CONNECT_FAILED:
 		if (dev->state != DEV_CONNECTING)
@@ -539,6 +626,9 @@ handle_event(struct mqttbr *br, struct event *ev)
 		connecting_changed(br, -1);
 		report_connect_failure(dev, ev);
 		schedule_retry(dev);
+		/* Last: the observer may remove the device. */
+		if (br->judged)
+			br->judged(dev->id, false, dev->reason, br->judged_data);
 		break;
 	case EV_CONN_LOST:
 		if (dev->state != DEV_UP)
@@ -580,25 +670,35 @@ static void
 drain_events(int fd, uint32_t events, void *data)
 {
 	struct mqttbr *br = data;
-	struct event *list;
-	uint64_t n;
+	uint64_t n, one = 1;
 
 	(void)events;
 	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
 		log_warn("mqtt: eventfd read");
-	pthread_mutex_lock(&br->lock);
-	list = br->head;
-	br->head = NULL;
-	br->tail = &br->head;
-	pthread_mutex_unlock(&br->lock);
-	while (list) {
-		struct event *ev = list;
+	/*
+	 * One at a time off the shared list: handling an event may remove a device
+	 * (device_destroy() then drops its queued events), so none may be held aside.
+	 */
+	for (unsigned i = 0; i < EVENTS_PER_WAKEUP; i++) {
+		struct event *ev;
 
-		list = ev->next;
+		pthread_mutex_lock(&br->lock);
+		ev = br->head;
+		if (ev) {
+			br->head = ev->next;
+			if (!br->head)
+				br->tail = &br->head;
+		}
+		pthread_mutex_unlock(&br->lock);
+		if (!ev)
+			return;
 		handle_event(br, ev);
 		free(ev->msg);
 		free(ev);
 	}
+	/* More are waiting: come back after the loop's other work. */
+	if (write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("mqtt: eventfd write");
 }
 
 static void
@@ -739,7 +839,8 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file, cons
 	dev->cert_file = strdup(cert_file);
 	dev->key_file = strdup(key_file);
 	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
-	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->retry)
+	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
+	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->retry || !dev->expiry)
 		goto nomem;
 	/*
 	 * No paho persistence: its file store never fsyncs (DESIGN.md 3), and a CON is answered
@@ -777,6 +878,7 @@ fail:
 	if (dev->client)
 		MQTTAsync_destroy(&dev->client);
 	gw_timer_free(dev->retry);
+	gw_timer_free(dev->expiry);
 	free(dev->id);
 	free(dev->cert_file);
 	free(dev->key_file);
@@ -814,6 +916,7 @@ device_destroy(struct mqttbr_device *dev)
 	while (dev->pending)
 		publish_free(dev->pending);
 	gw_timer_free(dev->retry);
+	gw_timer_free(dev->expiry);
 	pthread_mutex_destroy(&dev->tls_lock);
 	free(dev->id);
 	free(dev->cert_file);
@@ -850,6 +953,35 @@ mqttbr_find(struct mqttbr *br, const char *id)
 		return NULL;
 	dev = bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
 	return dev ? *dev : NULL;
+}
+
+int
+mqttbr_set_tls_files(struct mqttbr *br, const char *id, const char *cert_file, const char *key_file)
+{
+	struct mqttbr_device *dev = mqttbr_find(br, id);
+	char *cert, *key;
+
+	if (!dev)
+		return -ENOENT;
+	cert = strdup(cert_file);
+	key = strdup(key_file);
+	if (!cert || !key) {
+		free(cert);
+		free(key);
+		return -ENOMEM;
+	}
+	free(dev->cert_file);
+	free(dev->key_file);
+	dev->cert_file = cert;
+	dev->key_file = key;
+	return 0;
+}
+
+void
+mqttbr_on_judged(struct mqttbr *br, mqttbr_judged_fn fn, void *data)
+{
+	br->judged = fn;
+	br->judged_data = data;
 }
 
 void

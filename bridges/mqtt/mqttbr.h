@@ -38,6 +38,22 @@ struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
  */
 void mqttbr_remove_device(struct mqttbr *br, const char *id);
 
+/*
+ * Points a device at other files for its next connect, without touching the session (the
+ * same key and certificate, renamed). The certificate's expiry is read at each connect: an
+ * expired certificate is never presented, and a session ends when its certificate expires.
+ */
+int mqttbr_set_tls_files(struct mqttbr *br, const char *id, const char *cert_file,
+                         const char *key_file);
+
+/*
+ * Told after each connect attempt: accepted, or failed (reason in words; mqttbr_status() says
+ * whether the broker refused the device's identity). Called from the loop; it may remove the
+ * device, after which reason is gone.
+ */
+typedef void (*mqttbr_judged_fn)(const char *id, bool accepted, const char *reason, void *data);
+void mqttbr_on_judged(struct mqttbr *br, mqttbr_judged_fn fn, void *data);
+
 bool mqttbr_device_up(const struct mqttbr_device *dev);
 
 enum mqttbr_status {

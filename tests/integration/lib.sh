@@ -246,9 +246,7 @@ gw_gwctl() { "$GWCTL" -c "$WORK/gateway.conf" "$@"; }
 # Needs gw_write_config first. Works with gatewayd running (control socket) or not.
 gw_add_device() {
   local id=$1 cn=${2:-$1} out
-  out=$(gw_gwctl device add "$id" 2>&1) || gw_fail "gwctl device add $id: $out"
-  sed -n 's/^psk-key: //p' <<<"$out" | tr -d '\n' >"$WORK/psk-$id"
-  [ -s "$WORK/psk-$id" ] || gw_fail "gwctl device add $id printed no PSK: $out"
+  gw_add_uncertified "$id"
   out=$(gw_gwctl -o "$WORK/pki/$id.csr" device csr "$id" 2>&1) || gw_fail "gwctl device csr $id: $out"
   printf 'extendedKeyUsage=clientAuth\n' >"$WORK/pki/client.ext"
   openssl x509 -req -in "$WORK/pki/$id.csr" -CA "$WORK/pki/ca.pem" -CAkey "$WORK/pki/ca.key" \
@@ -256,6 +254,14 @@ gw_add_device() {
     -out "$WORK/pki/$id.pem" 2>/dev/null || gw_fail "test CA could not sign $id's request"
   out=$(gw_gwctl device import-cert "$id" "$WORK/pki/$id.pem" 2>&1) ||
     gw_fail "gwctl device import-cert $id: $out"
+}
+
+# gw_add_uncertified ID: gwctl device add only (the PSK it prints is kept in $WORK/psk-ID).
+gw_add_uncertified() {
+  local id=$1 out
+  out=$(gw_gwctl device add "$id" 2>&1) || gw_fail "gwctl device add $id: $out"
+  sed -n 's/^psk-key: //p' <<<"$out" | tr -d '\n' >"$WORK/psk-$id"
+  [ -s "$WORK/psk-$id" ] || gw_fail "gwctl device add $id printed no PSK: $out"
 }
 
 gw_psk() { cat "$WORK/psk-$1"; }
@@ -396,4 +402,63 @@ gw_start_fleet() {
   for i in $(seq 1 "$n"); do sensor "dev-$i" -n 100000 -i 50 -t 10; done
   gw_wait_for "[ \$(acked dev-7) -ge 10 ]" 10 ||
     gw_fail "dev-7 is not flowing: $(tail -n 3 "$WORK/sensor-dev-7.out")"
+}
+
+# ---- certificate enrolment: the test suite's own EST server (tests/tools/est-server.py) ----
+
+# gw_start_est LIFETIME: an EST server on a free port that issues device certificates from the
+# test CA, valid LIFETIME seconds, and authenticates clients by certificates of that CA. A
+# second CA (pki/alt.pem), which the broker does not trust, serves its "untrusted" mode.
+# Its mode is the first line of $WORK/est-mode; issued certificates go to $WORK/est-issued.
+# Sets EST_PORT, EST_PID.
+gw_start_est() {
+  gw_require python3
+  [ -f "$WORK/pki/est.pem" ] || gw_pki_server est localhost "DNS:localhost,IP:127.0.0.1"
+  if [ ! -f "$WORK/pki/alt.pem" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=gatewayd test CA (not trusted by the broker)" -keyout "$WORK/pki/alt.key" \
+      -out "$WORK/pki/alt.pem" -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  fi
+  : >"$WORK/est-mode"
+  rm -f "$WORK/est-port"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/../tools/est-server.py" --cert "$WORK/pki/est.pem" \
+    --key "$WORK/pki/est.key" --client-ca "$WORK/pki/ca.pem" --ca-cert "$WORK/pki/ca.pem" \
+    --ca-key "$WORK/pki/ca.key" --alt-ca-cert "$WORK/pki/alt.pem" \
+    --alt-ca-key "$WORK/pki/alt.key" --state-dir "$WORK/est" --lifetime "$1" \
+    --port-file "$WORK/est-port" --mode-file "$WORK/est-mode" \
+    --issued-log "$WORK/est-issued" 2>"$WORK/est.log" &
+  EST_PID=$!
+  GW_PIDS+=("$EST_PID")
+  gw_wait_for "[ -s '$WORK/est-port' ] || ! kill -0 $EST_PID 2>/dev/null" 10
+  [ -s "$WORK/est-port" ] || gw_fail "the EST server did not start: $(cat "$WORK/est.log")"
+  EST_PORT=$(cat "$WORK/est-port")
+}
+
+# The est group for gatewayd, appended to the config gw_write_config wrote.
+gw_config_est() {
+  cat >>"$WORK/gateway.conf" <<CONF
+est = {
+  url = "https://localhost:$EST_PORT/.well-known/est";
+  ca_file = "$WORK/pki/ca.pem";
+  ${1:-}
+};
+CONF
+}
+
+# The gateway's own certificate, from the test CA: the identity it enrols devices with.
+gw_gateway_cert() {
+  local out
+  out=$(gw_gwctl -o "$WORK/pki/gateway.csr" gateway csr 2>&1) || gw_fail "gwctl gateway csr: $out"
+  printf 'extendedKeyUsage=clientAuth\n' >"$WORK/pki/client.ext"
+  openssl x509 -req -in "$WORK/pki/gateway.csr" -CA "$WORK/pki/ca.pem" -CAkey "$WORK/pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$WORK/pki/client.ext" -out "$WORK/pki/gateway.pem" \
+    2>/dev/null || gw_fail "test CA could not sign the gateway's request"
+  out=$(gw_gwctl gateway import-cert "$WORK/pki/gateway.pem" 2>&1) ||
+    gw_fail "gwctl gateway import-cert: $out"
+}
+
+# The serial of the certificate a device presents now.
+gw_serial() {
+  openssl x509 -noout -serial -in "$WORK/state/keystore/$1/cert.pem" | cut -d= -f2
 }

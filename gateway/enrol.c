@@ -1,0 +1,678 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "enrol.h"
+#include "conf.h"
+#include "est.h"
+#include "keystore.h"
+#include "log.h"
+#include "loop.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+/*
+ * Requests in flight at once: each costs the TPM a key and two signatures (the request, the
+ * TLS handshake), and a gateway renewing its fleet must keep the sessions' handshakes going.
+ */
+#define MAX_IN_FLIGHT 4
+
+enum phase {
+	IDLE,      /* waiting for the renewal date, a retry, or nothing */
+	QUEUED,    /* due, waiting for a slot or for the CA certificates */
+	ENROLLING, /* a request in flight */
+	PENDING,   /* the server answered 202: the same request goes again later */
+	TRIAL,     /* a renewed certificate is being tried upstream */
+};
+
+struct job {
+	struct enrol *e;
+	char *id;
+	enum phase phase;
+	bool renew;  /* the attempt under way makes a new key (the device has a certificate) */
+	char *csr;   /* the request under way, sent again after a 202 */
+	double skew; /* 0 to 1: this device's share of est.renew_jitter */
+	unsigned failures;
+	uint64_t retry_at; /* gw_now_ms() before which no new attempt starts */
+	struct est_request *req;
+	struct gw_timer *timer;
+	enrol_done_fn done; /* gwctl device enroll waiting for the outcome */
+	void *ctx;
+	struct job *queued_next;
+	char status[640];
+};
+
+struct enrol {
+	struct gw_loop *loop;
+	const struct gwconf *conf;
+	struct keystore *ks;
+	enrol_tls_fn tls_fn;
+	void *data;
+	struct est *est;
+	char *cacerts; /* the /cacerts answer: the intermediates devices present */
+	struct est_request *cacerts_req;
+	struct job **jobs; /* sorted by id */
+	size_t njobs;
+	struct job *queue, **queue_tail;
+	size_t in_flight;
+	/* Runs pump() from the loop: enrol_now()'s caller hears the outcome only later. */
+	struct gw_timer *pump_timer;
+};
+
+static void plan(struct job *job);
+static void pump(struct enrol *e);
+
+static double
+random_unit(void)
+{
+	uint32_t v = 0;
+
+	if (getrandom(&v, sizeof(v), 0) != sizeof(v))
+		v = (uint32_t)rand();
+	return (double)v / 4294967296.0;
+}
+
+static void
+format_day(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(buf, len, "-");
+}
+
+/* Keeps the device's status in words and logs it when it changes. */
+static void __attribute__((format(printf, 3, 4)))
+set_status(struct job *job, bool problem, const char *fmt, ...)
+{
+	char text[sizeof(job->status)];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (strcmp(text, job->status) == 0)
+		return;
+	memcpy(job->status, text, sizeof(text));
+	if (problem)
+		log_warnx("%s: %s", job->id, text);
+	else
+		log_info("%s: %s", job->id, text);
+}
+
+static void
+tell(struct job *job, int status, const char *message)
+{
+	enrol_done_fn done = job->done;
+
+	job->done = NULL;
+	if (done)
+		done(job->ctx, status, message);
+}
+
+static void
+tls_changed(struct job *job, bool restart)
+{
+	if (job->e->tls_fn)
+		job->e->tls_fn(job->id, restart, job->e->data);
+}
+
+/* ---- the table of jobs ---- */
+
+static int
+cmp_job(const void *key, const void *elem)
+{
+	return strcmp(key, (*(struct job *const *)elem)->id);
+}
+
+static struct job *
+find_job(const struct enrol *e, const char *id)
+{
+	struct job **j =
+	        e->njobs ? bsearch(id, e->jobs, e->njobs, sizeof(*e->jobs), cmp_job) : NULL;
+
+	return j ? *j : NULL;
+}
+
+static void timer_fired(struct gw_timer *t, void *data);
+
+static struct job *
+get_job(struct enrol *e, const char *id)
+{
+	struct job *job = find_job(e, id), **jobs;
+	size_t at;
+
+	if (job)
+		return job;
+	jobs = reallocarray(e->jobs, e->njobs + 1, sizeof(*jobs));
+	if (!jobs)
+		return NULL;
+	e->jobs = jobs;
+	job = calloc(1, sizeof(*job));
+	if (!job)
+		return NULL;
+	job->e = e;
+	job->id = strdup(id);
+	job->timer = gw_timer_new(e->loop, timer_fired, job);
+	job->skew = random_unit();
+	if (!job->id || !job->timer) {
+		gw_timer_free(job->timer);
+		free(job->id);
+		free(job);
+		return NULL;
+	}
+	for (at = e->njobs; at > 0 && strcmp(jobs[at - 1]->id, id) > 0; at--)
+		;
+	memmove(&jobs[at + 1], &jobs[at], (e->njobs - at) * sizeof(*jobs));
+	jobs[at] = job;
+	e->njobs++;
+	return job;
+}
+
+static void
+unqueue(struct job *job)
+{
+	struct enrol *e = job->e;
+
+	for (struct job **p = &e->queue; *p; p = &(*p)->queued_next) {
+		if (*p == job) {
+			*p = job->queued_next;
+			if (!*p)
+				e->queue_tail = p;
+			break;
+		}
+	}
+	job->queued_next = NULL;
+}
+
+/* Stops what the job has under way; the device keeps what it has. */
+static void
+job_stop(struct job *job, const char *why)
+{
+	if (job->req) {
+		est_cancel(job->req);
+		job->req = NULL;
+		job->e->in_flight--;
+	}
+	if (job->phase == QUEUED)
+		unqueue(job);
+	if (job->renew && job->csr && job->phase != TRIAL)
+		keystore_device_discard(job->e->ks, job->id);
+	free(job->csr);
+	job->csr = NULL;
+	gw_timer_disarm(job->timer);
+	job->phase = IDLE;
+	tell(job, 1, why);
+}
+
+static void
+job_drop(struct job *job)
+{
+	struct enrol *e = job->e;
+	size_t i;
+
+	job_stop(job, "the device was removed meanwhile");
+	for (i = 0; i < e->njobs && e->jobs[i] != job; i++)
+		;
+	memmove(&e->jobs[i], &e->jobs[i + 1], (e->njobs - i - 1) * sizeof(*e->jobs));
+	e->njobs--;
+	gw_timer_free(job->timer);
+	free(job->id);
+	free(job);
+}
+
+/* ---- one attempt ---- */
+
+static unsigned
+backoff_s(const struct job *job)
+{
+	const struct gwconf *c = job->e->conf;
+	unsigned s = (unsigned)c->est.retry_min;
+
+	for (unsigned i = 1; i < job->failures && s < (unsigned)c->est.retry_max; i++)
+		s *= 2;
+	return s < (unsigned)c->est.retry_max ? s : (unsigned)c->est.retry_max;
+}
+
+/* The attempt failed: the device keeps what it had, and tries again after the backoff. */
+static void
+fail(struct job *job, const char *why)
+{
+	struct keystore_info info = {0};
+	char until[64], msg[sizeof(job->status)];
+	unsigned wait;
+
+	if (job->renew && job->csr)
+		keystore_device_discard(job->e->ks, job->id);
+	free(job->csr);
+	job->csr = NULL;
+	job->phase = IDLE;
+	job->failures++;
+	wait = backoff_s(job);
+	job->retry_at = gw_now_ms() + (uint64_t)wait * 1000;
+	keystore_device_info(job->e->ks, job->id, &info);
+	if (info.has_cert) {
+		format_day(info.not_after, until, sizeof(until));
+		snprintf(msg, sizeof(msg),
+		         "renewal failed: %s; keeps its certificate (valid until %s); next try in "
+		         "%u s",
+		         why, until, wait);
+	} else {
+		snprintf(msg, sizeof(msg), "enrolment failed: %s; next try in %u s", why, wait);
+	}
+	set_status(job, true, "%s", msg);
+	tell(job, 1, msg);
+	plan(job);
+}
+
+static void on_answer(const struct est_result *res, void *data);
+
+static void
+send_request(struct job *job)
+{
+	struct enrol *e = job->e;
+	struct keystore_info info;
+	const char *cert, *key;
+	int r;
+
+	if (keystore_device_info(e->ks, job->id, &info) < 0) {
+		job_drop(job);
+		return;
+	}
+	if (keystore_gateway_tls_files(e->ks, &cert, &key) < 0) {
+		fail(job, "the gateway has no certificate of its own for the EST server (gwctl "
+		          "gateway csr, have it signed, then gwctl gateway import-cert)");
+		return;
+	}
+	if (!job->csr) {
+		/* A renewal always gets a new key: the old one stays until the new one works. */
+		job->renew = info.has_cert;
+		r = job->renew ? keystore_device_rekey(e->ks, job->id, &job->csr)
+		               : keystore_device_csr(e->ks, job->id, &job->csr);
+		if (r < 0) {
+			job->csr = NULL;
+			fail(job, "cannot make a certificate request (see the keystore's message)");
+			return;
+		}
+	}
+	job->req = est_enroll(e->est, job->renew, job->csr, cert, key, on_answer, job);
+	if (!job->req) {
+		fail(job, "cannot start the request");
+		return;
+	}
+	e->in_flight++;
+	job->phase = ENROLLING;
+	set_status(job, false, "%s at %s", job->renew ? "renewing" : "enrolling", e->conf->est.url);
+}
+
+/* A certificate came: the first is installed, a renewal's goes on trial upstream. */
+static void
+accept_certificate(struct job *job, const char *certs)
+{
+	struct enrol *e = job->e;
+	struct keystore_info info;
+	char *chain = NULL, why[512], until[64], msg[sizeof(job->status)];
+	int r;
+
+	if (est_chain(certs, e->cacerts, &chain) < 0) {
+		fail(job, "the EST answer holds no end-entity certificate");
+		return;
+	}
+	r = job->renew ? keystore_device_stage_cert(e->ks, job->id, chain, strlen(chain), why,
+	                                            sizeof(why))
+	               : keystore_device_import_cert(e->ks, job->id, chain, strlen(chain), why,
+	                                             sizeof(why));
+	free(chain);
+	if (r < 0) {
+		snprintf(msg, sizeof(msg), "the certificate from the EST server was refused: %s",
+		         why[0] ? why : strerror(-r));
+		fail(job, msg);
+		return;
+	}
+	free(job->csr);
+	job->csr = NULL;
+	keystore_device_info(e->ks, job->id, &info);
+	if (job->renew) {
+		format_day(info.next_not_after, until, sizeof(until));
+		job->phase = TRIAL;
+		snprintf(msg, sizeof(msg),
+		         "renewed: new certificate valid until %s, on trial upstream", until);
+	} else {
+		format_day(info.not_after, until, sizeof(until));
+		job->phase = IDLE;
+		job->failures = 0;
+		snprintf(msg, sizeof(msg), "enrolled: %s, valid until %s", info.subject, until);
+	}
+	set_status(job, false, "%s", msg);
+	tls_changed(job, true);
+	tell(job, 0, msg);
+	plan(job);
+}
+
+static void
+on_answer(const struct est_result *res, void *data)
+{
+	struct job *job = data;
+	struct enrol *e = job->e;
+	unsigned wait;
+
+	job->req = NULL;
+	e->in_flight--;
+	if (res->status == 0) {
+		accept_certificate(job, res->pem);
+	} else if (res->status == -EAGAIN) {
+		/* RFC 7030 section 4.2.3: the same request again, after Retry-After. */
+		wait = res->retry_after ? res->retry_after : (unsigned)e->conf->est.retry_min;
+		job->phase = PENDING;
+		set_status(job, false, "%s; asking again in %u s", res->error, wait);
+		gw_timer_arm(job->timer, (uint64_t)wait * 1000);
+	} else {
+		fail(job, res->error);
+	}
+	pump(e);
+}
+
+/* ---- the queue, behind the CA certificates ---- */
+
+static void
+on_cacerts(const struct est_result *res, void *data)
+{
+	struct enrol *e = data;
+
+	e->cacerts_req = NULL;
+	if (res->status == 0) {
+		e->cacerts = strdup(res->pem);
+		if (e->cacerts) {
+			log_info("EST: CA certificates received from %s", e->conf->est.url);
+			pump(e);
+			return;
+		}
+	}
+	/* Everyone waiting fails alike, and retries on their own backoff. */
+	while (e->queue) {
+		struct job *job = e->queue;
+		char msg[600];
+
+		unqueue(job);
+		snprintf(msg, sizeof(msg), "cannot get the CA certificates: %s",
+		         res->status ? res->error : "out of memory");
+		fail(job, msg);
+	}
+}
+
+static void
+pump(struct enrol *e)
+{
+	const char *cert, *key;
+
+	if (!e->queue || e->cacerts_req)
+		return;
+	/* Without the gateway's certificate, send_request() says why, per device. */
+	if (!e->cacerts && keystore_gateway_tls_files(e->ks, &cert, &key) == 0) {
+		e->cacerts_req = est_cacerts(e->est, cert, key, on_cacerts, e);
+		if (e->cacerts_req)
+			return;
+	}
+	while (e->queue && e->in_flight < MAX_IN_FLIGHT) {
+		struct job *job = e->queue;
+
+		unqueue(job);
+		send_request(job);
+	}
+}
+
+static void
+enqueue(struct job *job)
+{
+	struct enrol *e = job->e;
+
+	job->phase = QUEUED;
+	job->queued_next = NULL;
+	*e->queue_tail = job;
+	e->queue_tail = &job->queued_next;
+}
+
+static void
+begin(struct job *job)
+{
+	enqueue(job);
+	pump(job->e);
+}
+
+static void
+pump_fired(struct gw_timer *t, void *data)
+{
+	(void)t;
+	pump(data);
+}
+
+/* ---- the trial of a renewed certificate ---- */
+
+static void
+commit(struct job *job)
+{
+	struct keystore_info info;
+	char until[64];
+
+	job->phase = IDLE;
+	job->failures = 0;
+	if (keystore_device_commit(job->e->ks, job->id) < 0) {
+		set_status(job, true,
+		           "cannot switch to the renewed certificate (see the "
+		           "keystore's message)");
+		tls_changed(job, true);
+		plan(job);
+		return;
+	}
+	/* The same key and certificate under their usual names: the session stays up. */
+	tls_changed(job, false);
+	keystore_device_info(job->e->ks, job->id, &info);
+	format_day(info.not_after, until, sizeof(until));
+	set_status(job, false,
+	           "renewed (the broker accepted the new certificate): %s, valid until %s",
+	           info.subject, until);
+	plan(job);
+}
+
+/*
+ * The first connect with the new certificate decides: accepted, it is committed; otherwise,
+ * whatever the cause (refused, or the broker unreachable), the device goes back to its old
+ * certificate while that is valid, and the renewal is tried again after the backoff.
+ */
+void
+enrol_upstream(struct enrol *e, const char *id, bool accepted, const char *reason)
+{
+	struct job *job = e ? find_job(e, id) : NULL;
+	char msg[sizeof(job->status)];
+
+	if (!job || job->phase != TRIAL)
+		return;
+	if (accepted) {
+		commit(job);
+		return;
+	}
+	/* reason belongs to the session, which switching back ends. */
+	snprintf(msg, sizeof(msg), "the new certificate could not connect: %s",
+	         reason ? reason : "no reason given");
+	keystore_device_discard(e->ks, id);
+	tls_changed(job, true);
+	job->renew = false;
+	fail(job, msg);
+}
+
+/* ---- planning ---- */
+
+static void
+timer_fired(struct gw_timer *t, void *data)
+{
+	struct job *job = data;
+
+	(void)t;
+	switch (job->phase) {
+	case PENDING:
+		job->phase = QUEUED;
+		send_request(job);
+		break;
+	case IDLE:
+		begin(job);
+		break;
+	default:
+		break;
+	}
+}
+
+static void
+arm_at(struct job *job, time_t when)
+{
+	time_t now = time(NULL);
+	uint64_t ms = when > now ? (uint64_t)(when - now) * 1000 : 0, until_retry = 0;
+
+	if (job->retry_at > gw_now_ms())
+		until_retry = job->retry_at - gw_now_ms();
+	gw_timer_arm(job->timer, ms > until_retry ? ms : until_retry);
+}
+
+/* Arms the job's timer for what the device needs next. */
+static void
+plan(struct job *job)
+{
+	struct enrol *e = job->e;
+	struct keystore_info info;
+	double life;
+	time_t due;
+
+	if (keystore_device_info(e->ks, job->id, &info) < 0) {
+		job_drop(job);
+		return;
+	}
+	/* An attempt under way finishes first; it plans again when it ends. */
+	if (job->phase == QUEUED || job->phase == ENROLLING || job->phase == PENDING)
+		return;
+	gw_timer_disarm(job->timer);
+	/* Judged by its first connect: enrol_upstream(). */
+	if (info.on_trial) {
+		job->phase = TRIAL;
+		return;
+	}
+	job->phase = IDLE;
+	if (info.state != KEYSTORE_ACTIVE || !info.enabled)
+		return;
+	if (!info.has_cert) {
+		if (e->conf->est.auto_enroll)
+			arm_at(job, 0);
+		return;
+	}
+	life = difftime(info.not_after, info.not_before);
+	due = info.not_before +
+	      (time_t)(life * (e->conf->est.renew_at - e->conf->est.renew_jitter * job->skew));
+	arm_at(job, due);
+}
+
+void
+enrol_device_changed(struct enrol *e, const char *id)
+{
+	struct keystore_info info;
+	struct job *job;
+
+	if (!e)
+		return;
+	job = find_job(e, id);
+	if (keystore_device_info(e->ks, id, &info) < 0) {
+		if (job)
+			job_drop(job);
+		return;
+	}
+	job = job ? job : get_job(e, id);
+	if (job)
+		plan(job);
+}
+
+int
+enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *why, size_t why_len)
+{
+	struct keystore_info info;
+	struct job *job;
+
+	if (keystore_device_info(e->ks, id, &info) < 0) {
+		snprintf(why, why_len, "no device %s", id);
+		return -ENOENT;
+	}
+	if (info.state != KEYSTORE_ACTIVE || !info.enabled) {
+		snprintf(why, why_len, "device %s is %s: resume it first", id,
+		         info.state == KEYSTORE_ACTIVE ? "disabled"
+		                                       : keystore_state_name(info.state));
+		return -EPERM;
+	}
+	job = get_job(e, id);
+	if (!job) {
+		snprintf(why, why_len, "out of memory");
+		return -ENOMEM;
+	}
+	if (job->phase != IDLE) {
+		snprintf(why, why_len, "%s: already under way: %s", id, job->status);
+		return -EBUSY;
+	}
+	gw_timer_disarm(job->timer);
+	job->retry_at = 0;
+	job->done = done;
+	job->ctx = ctx;
+	enqueue(job);
+	gw_timer_arm(e->pump_timer, 0);
+	return 0;
+}
+
+const char *
+enrol_status(const struct enrol *e, const char *id)
+{
+	const struct job *job = e ? find_job(e, id) : NULL;
+
+	return job && job->status[0] ? job->status : NULL;
+}
+
+int
+enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf, struct keystore *ks,
+          enrol_tls_fn tls_fn, void *data)
+{
+	struct enrol *e = calloc(1, sizeof(*e));
+	int r;
+
+	if (!e)
+		return -ENOMEM;
+	*e = (struct enrol){.loop = loop, .conf = conf, .ks = ks, .tls_fn = tls_fn, .data = data};
+	e->queue_tail = &e->queue;
+	e->pump_timer = gw_timer_new(loop, pump_fired, e);
+	r = e->pump_timer
+	            ? est_new(&e->est, loop, conf->est.url, conf->est.ca_file, conf->est.timeout)
+	            : -ENOMEM;
+	if (r < 0) {
+		gw_timer_free(e->pump_timer);
+		free(e);
+		return r;
+	}
+	*out = e;
+	return 0;
+}
+
+void
+enrol_free(struct enrol *e)
+{
+	if (!e)
+		return;
+	while (e->njobs) {
+		struct job *job = e->jobs[e->njobs - 1];
+
+		job_stop(job, "gatewayd is stopping");
+		gw_timer_free(job->timer);
+		free(job->id);
+		free(job);
+		e->njobs--;
+	}
+	free(e->jobs);
+	gw_timer_free(e->pump_timer);
+	est_free(e->est);
+	free(e->cacerts);
+	free(e);
+}
