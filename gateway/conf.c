@@ -443,11 +443,14 @@ get_fraction(struct parse *p, const config_setting_t *group, const char *gname, 
 
 	if (!s)
 		return def;
-	if (config_setting_type(s) != CONFIG_TYPE_FLOAT) {
-		report(p, s, "'%s.%s' must be a decimal number such as %.2f", gname, key, def);
+	if (config_setting_type(s) == CONFIG_TYPE_INT || config_setting_type(s) == CONFIG_TYPE_INT64) {
+		v = (double)config_setting_get_int64(s);
+	} else if (config_setting_type(s) == CONFIG_TYPE_FLOAT) {
+		v = config_setting_get_float(s);
+	} else {
+		report(p, s, "'%s.%s' must be a number such as %.2f", gname, key, def);
 		return def;
 	}
-	v = config_setting_get_float(s);
 	if (!(v >= min && v <= max)) {
 		report(p, s, "'%s.%s' is %g, expected %g to %g", gname, key, v, min, max);
 		return def;

@@ -106,6 +106,14 @@ full_config_is_read_as_written(void **state)
 	assert_int_equal(c->keystore.psk_grace, 600);
 	ca = fixture("ca.pem");
 	assert_string_equal(c->keystore.device_ca_file, ca);
+	assert_string_equal(c->est.url, "https://est.example.com:8443/.well-known/est/gateways");
+	assert_string_equal(c->est.ca_file, ca);
+	assert_int_equal(c->est.timeout, 20);
+	assert_false(c->est.auto_enroll);
+	assert_true(c->est.renew_at == 0.5);
+	assert_true(c->est.renew_jitter == 0.1);
+	assert_int_equal(c->est.retry_min, 30);
+	assert_int_equal(c->est.retry_max, 600);
 	free(ca);
 	gwconf_free(c);
 }
@@ -170,6 +178,13 @@ every_bad_value_is_reported(void **state)
 {
 	(void)state;
 	check_bad("bad-values.conf");
+}
+
+static void
+every_bad_est_value_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-est.conf");
 }
 
 static void
@@ -243,6 +258,7 @@ main(void)
 	        cmocka_unit_test(relative_paths_are_taken_from_the_config_folder),
 	        cmocka_unit_test(syntax_error_names_the_line),
 	        cmocka_unit_test(every_bad_value_is_reported),
+	        cmocka_unit_test(every_bad_est_value_is_reported),
 	        cmocka_unit_test(every_missing_part_is_reported),
 	        cmocka_unit_test(unreadable_file_is_reported),
 	        cmocka_unit_test(example_config_is_valid),
