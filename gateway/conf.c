@@ -443,7 +443,8 @@ get_fraction(struct parse *p, const config_setting_t *group, const char *gname, 
 
 	if (!s)
 		return def;
-	if (config_setting_type(s) == CONFIG_TYPE_INT || config_setting_type(s) == CONFIG_TYPE_INT64) {
+	if (config_setting_type(s) == CONFIG_TYPE_INT ||
+	    config_setting_type(s) == CONFIG_TYPE_INT64) {
 		v = (double)config_setting_get_int64(s);
 	} else if (config_setting_type(s) == CONFIG_TYPE_FLOAT) {
 		v = config_setting_get_float(s);

@@ -268,11 +268,18 @@ client_readable(int fd, uint32_t events, void *data)
 		char scratch[256];
 		ssize_t n = read(fd, scratch, sizeof(scratch));
 
-		/* gwctl gave up: the answer, when it comes, goes nowhere. */
+		/*
+		 * gwctl gave up: the answer, when it comes, goes nowhere, and the slot is free for
+		 * other clients (enrol_free() answers before control_free() runs).
+		 */
 		if (n == 0 || (n < 0 && errno != EAGAIN)) {
 			gw_loop_del_fd(c->ctl->loop, fd);
 			close(fd);
 			c->fd = -1;
+			for (size_t i = 0; i < MAX_CLIENTS; i++) {
+				if (c->ctl->clients[i] == c)
+					c->ctl->clients[i] = NULL;
+			}
 		}
 		return;
 	}

@@ -196,6 +196,8 @@ job_stop(struct job *job, const char *why)
 		est_cancel(job->req);
 		job->req = NULL;
 		job->e->in_flight--;
+		/* A slot is free: the next in the queue goes, from the loop. */
+		gw_timer_arm(job->e->pump_timer, 0);
 	}
 	if (job->phase == QUEUED)
 		unqueue(job);
@@ -280,6 +282,10 @@ send_request(struct job *job)
 
 	if (keystore_device_info(e->ks, job->id, &info) < 0) {
 		job_drop(job);
+		return;
+	}
+	if (info.state != KEYSTORE_ACTIVE || !info.enabled) {
+		job_stop(job, "the device was suspended or revoked meanwhile");
 		return;
 	}
 	if (keystore_gateway_tls_files(e->ks, &cert, &key) < 0) {
@@ -369,6 +375,8 @@ on_answer(const struct est_result *res, void *data)
 		job->phase = PENDING;
 		set_status(job, false, "%s; asking again in %u s", res->error, wait);
 		gw_timer_arm(job->timer, (uint64_t)wait * 1000);
+		/* gwctl does not wait on the server's schedule: the status tells the rest. */
+		tell(job, 1, job->status);
 	} else {
 		fail(job, res->error);
 	}
@@ -513,10 +521,8 @@ timer_fired(struct gw_timer *t, void *data)
 	(void)t;
 	switch (job->phase) {
 	case PENDING:
-		job->phase = QUEUED;
-		send_request(job);
-		break;
 	case IDLE:
+		/* PENDING keeps its request (job->csr): the same one goes again. */
 		begin(job);
 		break;
 	default:
@@ -548,6 +554,14 @@ plan(struct job *job)
 		job_drop(job);
 		return;
 	}
+	if ((info.state != KEYSTORE_ACTIVE || !info.enabled) && job->phase != TRIAL) {
+		if (job->phase != IDLE)
+			set_status(job, false, "stopped: the device is %s",
+			           info.state == KEYSTORE_ACTIVE ? "disabled"
+			                                         : keystore_state_name(info.state));
+		job_stop(job, "the device was suspended or revoked meanwhile");
+		return;
+	}
 	/* An attempt under way finishes first; it plans again when it ends. */
 	if (job->phase == QUEUED || job->phase == ENROLLING || job->phase == PENDING)
 		return;
@@ -558,8 +572,6 @@ plan(struct job *job)
 		return;
 	}
 	job->phase = IDLE;
-	if (info.state != KEYSTORE_ACTIVE || !info.enabled)
-		return;
 	if (!info.has_cert) {
 		if (e->conf->est.auto_enroll)
 			arm_at(job, 0);
@@ -605,6 +617,11 @@ enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *
 		         info.state == KEYSTORE_ACTIVE ? "disabled"
 		                                       : keystore_state_name(info.state));
 		return -EPERM;
+	}
+	if (info.on_trial) {
+		snprintf(why, why_len,
+		         "%s: a renewed certificate is on trial; its first connect decides", id);
+		return -EBUSY;
 	}
 	job = get_job(e, id);
 	if (!job) {

@@ -44,6 +44,7 @@ struct est_request {
 	void *data;
 	char what[32]; /* "simpleenroll", for the messages */
 	char errbuf[CURL_ERROR_SIZE];
+	char why[64]; /* our own reason to abort, which curl's words would hide */
 };
 
 /* ---- encodings ---- */
@@ -189,6 +190,7 @@ est_chain(const char *certs, const char *pool, char **chain)
 	*chain = pem_of_certs(out);
 	r = *chain ? 0 : -ENOMEM;
 done:
+	ERR_clear_error();
 	sk_X509_free(out);
 	sk_X509_pop_free(all, X509_free);
 	return r;
@@ -260,7 +262,8 @@ judge(struct est_request *req, CURLcode code, struct est_result *res)
 	if (code != CURLE_OK) {
 		res->status = code == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EIO;
 		snprintf(res->error, sizeof(res->error), "EST server %s: %s: %s", est->url,
-		         curl_easy_strerror(code), req->errbuf[0] ? req->errbuf : "no details");
+		         req->why[0] ? req->why : curl_easy_strerror(code),
+		         req->errbuf[0] ? req->errbuf : "no details");
 		return;
 	}
 	answer_text(req, text, sizeof(text));
@@ -396,8 +399,7 @@ on_data(char *p, size_t size, size_t n, void *data)
 
 	n *= size;
 	if (req->len + n > MAX_ANSWER) {
-		snprintf(req->errbuf, sizeof(req->errbuf), "answer larger than %d bytes",
-		         MAX_ANSWER);
+		snprintf(req->why, sizeof(req->why), "answer larger than %d bytes", MAX_ANSWER);
 		return 0;
 	}
 	answer = realloc(req->answer, req->len + n + 1);

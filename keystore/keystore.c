@@ -693,9 +693,9 @@ point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN])
 	return 0;
 }
 
-static const char *const secret_files[] = {"key.tss2.pem", "key.pem",         "keyref.pem",
-                                           "psk.enc",      "psk.key",         "next.key.tss2.pem",
-                                           "next.key.pem", "next.keyref.pem", "next.cert.pem"};
+static const char *const secret_files[] = {"key.tss2.pem",      "key.pem",      "keyref.pem",
+                                           "psk.enc",           "psk.key",      "next.cert.pem",
+                                           "next.key.tss2.pem", "next.key.pem", "next.keyref.pem"};
 
 /* A key's file: the current key, or the renewal's new one. */
 static const char *
@@ -739,13 +739,18 @@ unlink_secrets(int fd, const char *dir)
 	return unlink_files(fd, dir, secret_files, sizeof(secret_files) / sizeof(secret_files[0]));
 }
 
-/* A renewal's new key and certificate: the last four of secret_files. */
+/*
+ * A renewal's new key and certificate: the last four of secret_files, the certificate first
+ * and on its own, because a certificate left without its new key reads as a switch half done
+ * (load_next()).
+ */
 static int
 unlink_next(int fd, const char *dir)
 {
 	size_t n = sizeof(secret_files) / sizeof(secret_files[0]);
+	int r = unlink_files(fd, dir, secret_files + n - 4, 1);
 
-	return unlink_files(fd, dir, secret_files + n - 4, 4);
+	return r < 0 ? r : unlink_files(fd, dir, secret_files + n - 3, 3);
 }
 
 /* ---- loading a device ---- */
@@ -854,6 +859,28 @@ load_cert(struct keystore *ks, struct ks_device *d, int fd, bool next)
  * (its certificate on trial if next.cert.pem is there too; a new key without one is dropped,
  * the next attempt makes another), and next.cert.pem alone is a switch to finish.
  */
+/* Whether next.cert.pem in the folder certifies the public key pub. */
+static bool
+cert_is_for(const uint8_t pub[KSPROV_P256_POINT_LEN], int fd, const char *dir)
+{
+	uint8_t *pem;
+	size_t len;
+	STACK_OF(X509) *chain = NULL;
+	EVP_PKEY *key = NULL;
+	bool yes = false;
+
+	if (read_file(fd, dir, "next.cert.pem", false, 65536, &pem, &len) < 0)
+		return false;
+	chain = read_chain(NULL, (const char *)pem, len);
+	key = public_key(pub);
+	yes = chain && key && EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(chain, 0)), key) == 1;
+	ERR_clear_error();
+	EVP_PKEY_free(key);
+	sk_X509_pop_free(chain, X509_free);
+	free(pem);
+	return yes;
+}
+
 static int
 load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 {
@@ -869,15 +896,22 @@ load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 	}
 	if (r != -ENOENT)
 		return r;
-	if (faccessat(fd, "next.cert.pem", F_OK, 0) == 0) {
-		log_info("keystore: %s: finishing the switch to its new certificate", d->id);
-		if (renameat(fd, "next.cert.pem", fd, "cert.pem") < 0) {
-			log_warn("keystore: rename %s/next.cert.pem", dir);
-			return -errno;
-		}
-		return fsync_dir(fd, dir);
+	if (faccessat(fd, "next.cert.pem", F_OK, 0) < 0)
+		return 0;
+	/* Only a certificate for the key now in place is a switch to finish. */
+	if (!cert_is_for(d->cur.pub, fd, dir)) {
+		log_warnx(
+		        "keystore: %s: dropping %s/next.cert.pem, left by a renewal that was given "
+		        "up",
+		        d->id, dir);
+		return unlink_next(fd, dir);
 	}
-	return 0;
+	log_info("keystore: %s: finishing the switch to its new certificate", d->id);
+	if (renameat(fd, "next.cert.pem", fd, "cert.pem") < 0) {
+		log_warn("keystore: rename %s/next.cert.pem", dir);
+		return -errno;
+	}
+	return fsync_dir(fd, dir);
 }
 
 /*
@@ -1031,14 +1065,13 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self)
 		if (r < 0)
 			goto out;
 	} else {
-		/* First: a switch to a renewed certificate may be half done. */
-		r = load_next(ks, d, fd, dir);
-		if (r == 0) {
-			r = load_key(ks, d, fd, dir, false);
-			if (r == -ENOENT)
-				log_warnx("keystore: %s has no key (%s/%s missing)", id, dir,
-				          key_name(d->backend, false));
-		}
+		r = load_key(ks, d, fd, dir, false);
+		if (r == -ENOENT)
+			log_warnx("keystore: %s has no key (%s/%s missing)", id, dir,
+			          key_name(d->backend, false));
+		/* Before the certificate: a switch to a renewed one may be half done. */
+		if (r == 0)
+			r = load_next(ks, d, fd, dir);
 		if (r == 0 && !d->self)
 			r = load_psk(ks, d, fd, dir);
 		if (r < 0)
@@ -2288,6 +2321,8 @@ destroy_secrets(struct keystore *ks, struct ks_device *d)
 
 	psk_clear(&d->psk);
 	psk_clear(&d->prev);
+	/* The keys are gone: so is a renewal's certificate on trial. */
+	tls_finish(&d->next);
 	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
 	fd = open_dir(ks->dirfd, d->id, dir);
 	if (fd < 0)

@@ -6,6 +6,7 @@
 
 #include <MQTTAsync.h>
 #include <errno.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <pthread.h>
@@ -430,6 +431,8 @@ cert_not_after(const char *file)
 
 	if (x && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
 		t = timegm(&tm);
+	/* An unreadable file leaves errors behind; the next TLS report must not show them. */
+	ERR_clear_error();
 	X509_free(x);
 	if (f)
 		fclose(f);

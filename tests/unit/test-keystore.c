@@ -684,6 +684,35 @@ finishes_a_switch_cut_short(void **state)
 }
 
 static void
+drops_a_discard_cut_short(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	struct keystore_info info;
+	const char *cert, *key;
+	char *pem, path[256];
+	time_t before;
+
+	add(ks, "dev-a", NULL, NULL);
+	pem = certify(f, ks, "dev-a", -1, 30, true);
+	import_ok(ks, "dev-a", pem);
+	free(pem);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	before = info.not_after;
+	stage_renewal(f, ks, &cert, &key);
+	keystore_free(ks);
+	/* The process died discarding the renewal: its key gone, its certificate not yet. */
+	snprintf(path, sizeof(path), "%s/dev-a/next.key.pem", f->ks);
+	assert_int_equal(unlink(path), 0);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_false(info.renewing);
+	assert_int_equal(info.not_after, before);
+	assert_false(exists(f, "dev-a", "next.cert.pem"));
+	keystore_free(ks);
+}
+
+static void
 keeps_the_gateways_own_identity(void **state)
 {
 	struct fixture *f = *state;
@@ -736,6 +765,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(renewal_switches_on_commit_and_survives_restarts,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(finishes_a_switch_cut_short, setup, teardown),
+	        cmocka_unit_test_setup_teardown(drops_a_discard_cut_short, setup, teardown),
 	        cmocka_unit_test_setup_teardown(keeps_the_gateways_own_identity, setup, teardown),
 	};
 
