@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "admin.h"
 #include "keystore.h"
+#include "log.h"
 
 #include <ctype.h>
 #include <openssl/evp.h>
@@ -183,15 +184,6 @@ device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	return 0;
 }
 
-static void
-format_time(time_t t, char *buf, size_t len)
-{
-	struct tm tm;
-
-	if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-		snprintf(buf, len, "-");
-}
-
 /* The certificate lines of show, for a device or the gateway. */
 static void
 print_cert(FILE *out, const struct keystore_info *info)
@@ -202,10 +194,10 @@ print_cert(FILE *out, const struct keystore_info *info)
 		fprintf(out, "certificate: none\n");
 		return;
 	}
-	format_time(info->not_after, when, sizeof(when));
+	format_utc(info->not_after, when, sizeof(when));
 	fprintf(out, "certificate-subject: %s\ncertificate-expiry: %s\n", info->subject, when);
 	if (info->on_trial) {
-		format_time(info->next_not_after, when, sizeof(when));
+		format_utc(info->next_not_after, when, sizeof(when));
 		fprintf(out, "certificate-renewed: on trial upstream, valid until %s\n", when);
 	}
 }
@@ -227,10 +219,8 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	        state_word(&info), info.backend, info.psk_identity);
 	if (info.prev_psk_identity) {
 		char when[64];
-		struct tm until;
 
-		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC",
-		         gmtime_r(&info.prev_psk_until, &until));
+		format_utc(info.prev_psk_until, when, sizeof(when));
 		fprintf(out, "psk-previous-identity: %s (accepted until %s)\n",
 		        info.prev_psk_identity, when);
 	}
@@ -390,10 +380,8 @@ device_pair(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	explicit_bzero(psk, sizeof(psk));
 	if (keystore_device_info(ks, id, &info) == 0 && info.prev_psk_identity) {
 		char when[64];
-		struct tm tm;
 
-		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC",
-		         gmtime_r(&info.prev_psk_until, &tm));
+		format_utc(info.prev_psk_until, when, sizeof(when));
 		fprintf(out, "previous-identity: %s (accepted until %s)\n", info.prev_psk_identity,
 		        when);
 	}

@@ -75,15 +75,6 @@ random_unit(void)
 	return (double)v / 4294967296.0;
 }
 
-static void
-format_day(time_t t, char *buf, size_t len)
-{
-	struct tm tm;
-
-	if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-		snprintf(buf, len, "-");
-}
-
 /* Keeps the device's status in words and logs it when it changes. */
 static void __attribute__((format(printf, 3, 4)))
 set_status(struct job *job, bool problem, const char *fmt, ...)
@@ -257,7 +248,7 @@ fail(struct job *job, const char *why)
 	job->retry_at = gw_now_ms() + (uint64_t)wait * 1000;
 	keystore_device_info(job->e->ks, job->id, &info);
 	if (info.has_cert) {
-		format_day(info.not_after, until, sizeof(until));
+		format_utc(info.not_after, until, sizeof(until));
 		snprintf(msg, sizeof(msg),
 		         "renewal failed: %s; keeps its certificate (valid until %s); next try in "
 		         "%u s",
@@ -342,12 +333,12 @@ accept_certificate(struct job *job, const char *certs)
 	job->csr = NULL;
 	keystore_device_info(e->ks, job->id, &info);
 	if (job->renew) {
-		format_day(info.next_not_after, until, sizeof(until));
+		format_utc(info.next_not_after, until, sizeof(until));
 		job->phase = TRIAL;
 		snprintf(msg, sizeof(msg),
 		         "renewed: new certificate valid until %s, on trial upstream", until);
 	} else {
-		format_day(info.not_after, until, sizeof(until));
+		format_utc(info.not_after, until, sizeof(until));
 		job->phase = IDLE;
 		job->failures = 0;
 		snprintf(msg, sizeof(msg), "enrolled: %s, valid until %s", info.subject, until);
@@ -478,7 +469,7 @@ commit(struct job *job)
 	/* The same key and certificate under their usual names: the session stays up. */
 	tls_changed(job, false);
 	keystore_device_info(job->e->ks, job->id, &info);
-	format_day(info.not_after, until, sizeof(until));
+	format_utc(info.not_after, until, sizeof(until));
 	set_status(job, false,
 	           "renewed (the broker accepted the new certificate): %s, valid until %s",
 	           info.subject, until);

@@ -148,3 +148,12 @@ fatalx(const char *fmt, ...)
 	LOG_BODY(LOG_LEVEL_ERR, NULL);
 	exit(1);
 }
+
+void
+format_utc(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+		snprintf(buf, len, "-");
+}

@@ -3,6 +3,8 @@
 #define GW_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
 
 /*
  * OpenBSD-style logging. log_warn() appends strerror(errno); the *x variants do not.
@@ -25,5 +27,8 @@ void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_errx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* t as "2026-11-22 03:10:28 UTC" (or "-"): the one way times appear in logs and gwctl. */
+void format_utc(time_t t, char *buf, size_t len);
 
 #endif

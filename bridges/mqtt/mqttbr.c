@@ -447,13 +447,10 @@ static bool
 refuse_expired(struct mqttbr_device *dev)
 {
 	char when[64];
-	struct tm tm;
 
 	if (dev->not_after == 0 || time(NULL) < dev->not_after)
 		return false;
-	if (!gmtime_r(&dev->not_after, &tm) ||
-	    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
-		snprintf(when, sizeof(when), "-");
+	format_utc(dev->not_after, when, sizeof(when));
 	snprintf(dev->reason, sizeof(dev->reason),
 	         "its certificate expired on %s: not used (gwctl device enroll %s, or "
 	         "import-cert)",
