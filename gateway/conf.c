@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "conf.h"
+#include "conf-parse.h"
 #include "template.h"
 
 #include <arpa/inet.h>
@@ -13,15 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* What one load is working on: the file, the result so far, the errors so far. */
-struct parse {
-	const char *path;
-	struct gwconf *conf;
-	struct gwconf_errors *errs;
-};
-
-static void __attribute__((format(printf, 3, 4)))
-report(struct parse *p, const config_setting_t *where, const char *fmt, ...)
+void __attribute__((format(printf, 3, 4)))
+conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...)
 {
 	char msg[512], *line;
 	const char *file = p->path;
@@ -83,9 +77,9 @@ edit_distance(const char *a, const char *b)
 }
 
 /* Reports every member of group whose name is not in known (a NULL-terminated list). */
-static void
-check_keys(struct parse *p, const config_setting_t *group, const char *where,
-           const char *const *known)
+void
+conf_check_keys(struct parse *p, const config_setting_t *group, const char *where,
+                const char *const *known)
 {
 	int n = config_setting_length(group);
 
@@ -110,48 +104,48 @@ check_keys(struct parse *p, const config_setting_t *group, const char *where,
 		if (found)
 			continue;
 		if (best)
-			report(p, s, "unknown key '%s' in %s (did you mean '%s'?)", name, where,
-			       best);
+			conf_report(p, s, "unknown key '%s' in %s (did you mean '%s'?)", name,
+			            where, best);
 		else
-			report(p, s, "unknown key '%s' in %s", name, where);
+			conf_report(p, s, "unknown key '%s' in %s", name, where);
 	}
 }
 
-static const config_setting_t *
-get_group(struct parse *p, const config_setting_t *root, const char *name, bool required)
+const config_setting_t *
+conf_group(struct parse *p, const config_setting_t *root, const char *name, bool required)
 {
 	const config_setting_t *g = config_setting_get_member(root, name);
 
 	if (!g) {
 		if (required)
-			report(p, NULL, "missing required group '%s'", name);
+			conf_report(p, NULL, "missing required group '%s'", name);
 		return NULL;
 	}
 	if (!config_setting_is_group(g)) {
-		report(p, g, "'%s' must be a group: %s = { ... };", name, name);
+		conf_report(p, g, "'%s' must be a group: %s = { ... };", name, name);
 		return NULL;
 	}
 	return g;
 }
 
 /* Reads group.key as a string. Missing: def (NULL def means required). */
-static char *
-get_string(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-           const char *def)
+char *
+conf_string(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+            const char *def)
 {
 	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
 	const char *v;
 
 	if (!s) {
 		if (!def) {
-			report(p, group, "missing required key '%s.%s'", gname, key);
+			conf_report(p, group, "missing required key '%s.%s'", gname, key);
 			return NULL;
 		}
 		return strdup(def);
 	}
 	v = config_setting_get_string(s);
 	if (!v) {
-		report(p, s, "'%s.%s' must be a string in double quotes", gname, key);
+		conf_report(p, s, "'%s.%s' must be a string in double quotes", gname, key);
 		return NULL;
 	}
 	return strdup(v);
@@ -161,11 +155,11 @@ get_string(struct parse *p, const config_setting_t *group, const char *gname, co
  * Reads a required file name. A relative one is taken from the config file's folder, not from
  * the daemon's working directory (which is / once it detaches).
  */
-static char *
-get_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-         const char *def)
+char *
+conf_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+          const char *def)
 {
-	char *v = get_string(p, group, gname, key, def), *dir, *abs;
+	char *v = conf_string(p, group, gname, key, def), *dir, *abs;
 
 	if (!v || v[0] == '/')
 		return v;
@@ -177,9 +171,9 @@ get_path(struct parse *p, const config_setting_t *group, const char *gname, cons
 	return abs;
 }
 
-static int
-get_int(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-        long long def, long long min, long long max)
+int
+conf_int(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+         long long def, long long min, long long max)
 {
 	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
 	long long v;
@@ -188,12 +182,13 @@ get_int(struct parse *p, const config_setting_t *group, const char *gname, const
 		return (int)def;
 	if (config_setting_type(s) != CONFIG_TYPE_INT &&
 	    config_setting_type(s) != CONFIG_TYPE_INT64) {
-		report(p, s, "'%s.%s' must be an integer", gname, key);
+		conf_report(p, s, "'%s.%s' must be an integer", gname, key);
 		return (int)def;
 	}
 	v = config_setting_get_int64(s);
 	if (v < min || v > max) {
-		report(p, s, "'%s.%s' is %lld, expected %lld to %lld", gname, key, v, min, max);
+		conf_report(p, s, "'%s.%s' is %lld, expected %lld to %lld", gname, key, v, min,
+		            max);
 		return (int)def;
 	}
 	return (int)v;
@@ -218,34 +213,35 @@ static void
 parse_gateway(struct parse *p, const config_setting_t *root)
 {
 	static const char *const known[] = {"id", "state_dir", "log_level", "control_socket", NULL};
-	const config_setting_t *g = get_group(p, root, "gateway", true);
+	const config_setting_t *g = conf_group(p, root, "gateway", true);
 	struct gwconf *c = p->conf;
 	char *level;
 
 	if (g)
-		check_keys(p, g, "group 'gateway'", known);
-	c->gateway_id = get_string(p, g, "gateway", "id", NULL);
+		conf_check_keys(p, g, "group 'gateway'", known);
+	c->gateway_id = conf_string(p, g, "gateway", "id", NULL);
 	if (c->gateway_id && !gwconf_valid_id(c->gateway_id))
-		report(p, config_setting_get_member(g, "id"),
-		       "'gateway.id' \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
-		       "starting with a letter or digit",
-		       c->gateway_id);
-	c->state_dir = get_string(p, g, "gateway", "state_dir", "/var/lib/gateway");
+		conf_report(p, config_setting_get_member(g, "id"),
+		            "'gateway.id' \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
+		            "starting with a letter or digit",
+		            c->gateway_id);
+	c->state_dir = conf_string(p, g, "gateway", "state_dir", "/var/lib/gateway");
 	if (c->state_dir && c->state_dir[0] != '/')
-		report(p, config_setting_get_member(g, "state_dir"),
-		       "'gateway.state_dir' must be an absolute path, not \"%s\"", c->state_dir);
+		conf_report(p, config_setting_get_member(g, "state_dir"),
+		            "'gateway.state_dir' must be an absolute path, not \"%s\"",
+		            c->state_dir);
 	c->control_socket =
-	        get_path(p, g, "gateway", "control_socket", "/run/gateway/control.sock");
+	        conf_path(p, g, "gateway", "control_socket", "/run/gateway/control.sock");
 	/* sockaddr_un.sun_path holds 108 bytes with its NUL (unix(7)). */
 	if (c->control_socket && strlen(c->control_socket) > 107)
-		report(p, config_setting_get_member(g, "control_socket"),
-		       "'gateway.control_socket' is longer than 107 bytes: \"%s\"",
-		       c->control_socket);
-	level = get_string(p, g, "gateway", "log_level", "info");
+		conf_report(p, config_setting_get_member(g, "control_socket"),
+		            "'gateway.control_socket' is longer than 107 bytes: \"%s\"",
+		            c->control_socket);
+	level = conf_string(p, g, "gateway", "log_level", "info");
 	if (level && log_level_parse(level, &c->log_level) < 0)
-		report(p, config_setting_get_member(g, "log_level"),
-		       "'gateway.log_level' is \"%s\", expected error, warning, info or debug",
-		       level);
+		conf_report(p, config_setting_get_member(g, "log_level"),
+		            "'gateway.log_level' is \"%s\", expected error, warning, info or debug",
+		            level);
 	free(level);
 }
 
@@ -254,26 +250,27 @@ parse_sensors(struct parse *p, const config_setting_t *root)
 {
 	static const char *const known[] = {"listen", "port", "receive_buffer", "max_sessions",
 	                                    NULL};
-	const config_setting_t *g = get_group(p, root, "sensors", false);
+	const config_setting_t *g = conf_group(p, root, "sensors", false);
 	struct gwconf *c = p->conf;
 	unsigned char addr[sizeof(struct in6_addr)];
 
 	if (g)
-		check_keys(p, g, "group 'sensors'", known);
-	c->sensors.listen = get_string(p, g, "sensors", "listen", "0.0.0.0");
+		conf_check_keys(p, g, "group 'sensors'", known);
+	c->sensors.listen = conf_string(p, g, "sensors", "listen", "0.0.0.0");
 	if (c->sensors.listen && inet_pton(AF_INET, c->sensors.listen, addr) != 1 &&
 	    inet_pton(AF_INET6, c->sensors.listen, addr) != 1)
-		report(p, config_setting_get_member(g, "listen"),
-		       "'sensors.listen' \"%s\" is not an IPv4 or IPv6 address", c->sensors.listen);
+		conf_report(p, config_setting_get_member(g, "listen"),
+		            "'sensors.listen' \"%s\" is not an IPv4 or IPv6 address",
+		            c->sensors.listen);
 	/* RFC 7252 section 6.2: 5684 is the default port for coaps. */
-	c->sensors.port = (uint16_t)get_int(p, g, "sensors", "port", 5684, 1, 65535);
+	c->sensors.port = (uint16_t)conf_int(p, g, "sensors", "port", 5684, 1, 65535);
 	/*
 	 * 4 MiB: with the kernel's default 208 KiB, 1,000 sensors handshaking at once overflowed
 	 * the socket and waited for DTLS's 1 s retransmit (measured, DESIGN.md decision 2).
 	 */
 	c->sensors.receive_buffer =
-	        get_int(p, g, "sensors", "receive_buffer", 4 << 20, 64 << 10, 256 << 20);
-	c->sensors.max_sessions = get_int(p, g, "sensors", "max_sessions", 2000, 1, 100000);
+	        conf_int(p, g, "sensors", "receive_buffer", 4 << 20, 64 << 10, 256 << 20);
+	c->sensors.max_sessions = conf_int(p, g, "sensors", "max_sessions", 2000, 1, 100000);
 }
 
 /* Accepts ssl://host:port, mqtts://host:port or [v6]:port forms; the port defaults to 8883. */
@@ -290,16 +287,17 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 	else if (strncmp(uri, "mqtts://", 8) == 0)
 		rest = uri + 8;
 	else {
-		report(p, where,
-		       "'upstream.broker' \"%s\" must start with mqtts:// or ssl:// (the gateway "
-		       "only connects upstream over TLS)",
-		       uri);
+		conf_report(
+		        p, where,
+		        "'upstream.broker' \"%s\" must start with mqtts:// or ssl:// (the gateway "
+		        "only connects upstream over TLS)",
+		        uri);
 		return;
 	}
 	if (rest[0] == '[') {
 		host_end = strchr(rest, ']');
 		if (!host_end) {
-			report(p, where, "'upstream.broker' \"%s\": unterminated '['", uri);
+			conf_report(p, where, "'upstream.broker' \"%s\": unterminated '['", uri);
 			return;
 		}
 		host = strndup(rest + 1, (size_t)(host_end - rest - 1));
@@ -314,13 +312,14 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 		errno = 0;
 		port = strtol(colon + 1, &end, 10);
 		if (errno || *end || port < 1 || port > 65535) {
-			report(p, where, "'upstream.broker' \"%s\": port must be 1 to 65535", uri);
+			conf_report(p, where, "'upstream.broker' \"%s\": port must be 1 to 65535",
+			            uri);
 			free(host);
 			return;
 		}
 	}
 	if (!host || host[0] == '\0' || strpbrk(host, "/?#@")) {
-		report(p, where, "'upstream.broker' \"%s\": expected mqtts://HOST:PORT", uri);
+		conf_report(p, where, "'upstream.broker' \"%s\": expected mqtts://HOST:PORT", uri);
 		free(host);
 		return;
 	}
@@ -340,44 +339,45 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	static const char *const known[] = {"broker",          "ca_file",         "keepalive",
 	                                    "connect_timeout", "publish_timeout", "reconnect_min",
 	                                    "reconnect_max",   "rejected_retry",  NULL};
-	const config_setting_t *g = get_group(p, root, "upstream", true);
+	const config_setting_t *g = conf_group(p, root, "upstream", true);
 	struct gwconf *c = p->conf;
 	char *broker;
 
 	if (g)
-		check_keys(p, g, "group 'upstream'", known);
-	broker = get_string(p, g, "upstream", "broker", NULL);
+		conf_check_keys(p, g, "group 'upstream'", known);
+	broker = conf_string(p, g, "upstream", "broker", NULL);
 	if (broker)
 		parse_broker(p, config_setting_get_member(g, "broker"), broker);
 	free(broker);
-	c->upstream.ca_file = get_path(p, g, "upstream", "ca_file", NULL);
+	c->upstream.ca_file = conf_path(p, g, "upstream", "ca_file", NULL);
 	if (c->upstream.ca_file && access(c->upstream.ca_file, R_OK) < 0)
-		report(p, config_setting_get_member(g, "ca_file"),
-		       "'upstream.ca_file' \"%s\" cannot be read: %s", c->upstream.ca_file,
-		       strerror(errno));
-	c->upstream.keepalive = get_int(p, g, "upstream", "keepalive", 60, 5, 3600);
-	c->upstream.connect_timeout = get_int(p, g, "upstream", "connect_timeout", 10, 1, 300);
-	c->upstream.publish_timeout = get_int(p, g, "upstream", "publish_timeout", 10, 1, 300);
-	c->upstream.reconnect_min = get_int(p, g, "upstream", "reconnect_min", 1, 1, 3600);
-	c->upstream.reconnect_max = get_int(p, g, "upstream", "reconnect_max", 60, 1, 86400);
+		conf_report(p, config_setting_get_member(g, "ca_file"),
+		            "'upstream.ca_file' \"%s\" cannot be read: %s", c->upstream.ca_file,
+		            strerror(errno));
+	c->upstream.keepalive = conf_int(p, g, "upstream", "keepalive", 60, 5, 3600);
+	c->upstream.connect_timeout = conf_int(p, g, "upstream", "connect_timeout", 10, 1, 300);
+	c->upstream.publish_timeout = conf_int(p, g, "upstream", "publish_timeout", 10, 1, 300);
+	c->upstream.reconnect_min = conf_int(p, g, "upstream", "reconnect_min", 1, 1, 3600);
+	c->upstream.reconnect_max = conf_int(p, g, "upstream", "reconnect_max", 60, 1, 86400);
 	/* Slow: a revoked or unknown certificate needs an operator, not another handshake. */
-	c->upstream.rejected_retry = get_int(p, g, "upstream", "rejected_retry", 600, 10, 86400);
+	c->upstream.rejected_retry = conf_int(p, g, "upstream", "rejected_retry", 600, 10, 86400);
 	if (c->upstream.reconnect_max < c->upstream.reconnect_min)
-		report(p, config_setting_get_member(g, "reconnect_max"),
-		       "'upstream.reconnect_max' (%d) is less than 'upstream.reconnect_min' (%d)",
-		       c->upstream.reconnect_max, c->upstream.reconnect_min);
+		conf_report(
+		        p, config_setting_get_member(g, "reconnect_max"),
+		        "'upstream.reconnect_max' (%d) is less than 'upstream.reconnect_min' (%d)",
+		        c->upstream.reconnect_max, c->upstream.reconnect_min);
 }
 
-static bool
-get_bool(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-         bool def)
+bool
+conf_bool(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+          bool def)
 {
 	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
 
 	if (!s)
 		return def;
 	if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
-		report(p, s, "'%s.%s' must be true or false", gname, key);
+		conf_report(p, s, "'%s.%s' must be true or false", gname, key);
 		return def;
 	}
 	return config_setting_get_bool(s);
@@ -388,19 +388,19 @@ parse_keystore(struct parse *p, const config_setting_t *root)
 {
 	static const char *const known[] = {
 	        "backend", "tcti", "parent", "create_parent", "device_ca_file", "psk_grace", NULL};
-	const config_setting_t *g = get_group(p, root, "keystore", false);
+	const config_setting_t *g = conf_group(p, root, "keystore", false);
 	const config_setting_t *s = g ? config_setting_get_member(g, "parent") : NULL;
 	struct gwconf *c = p->conf;
 
 	if (g)
-		check_keys(p, g, "group 'keystore'", known);
-	c->keystore.backend = get_string(p, g, "keystore", "backend", "soft");
+		conf_check_keys(p, g, "group 'keystore'", known);
+	c->keystore.backend = conf_string(p, g, "keystore", "backend", "soft");
 	if (c->keystore.backend && strcmp(c->keystore.backend, "soft") != 0 &&
 	    strcmp(c->keystore.backend, "tpm") != 0)
-		report(p, config_setting_get_member(g, "backend"),
-		       "'keystore.backend' is \"%s\", expected \"tpm\" or \"soft\"",
-		       c->keystore.backend);
-	c->keystore.tcti = get_string(p, g, "keystore", "tcti", "device:/dev/tpmrm0");
+		conf_report(p, config_setting_get_member(g, "backend"),
+		            "'keystore.backend' is \"%s\", expected \"tpm\" or \"soft\"",
+		            c->keystore.backend);
+	c->keystore.tcti = conf_string(p, g, "keystore", "tcti", "device:/dev/tpmrm0");
 	c->keystore.parent = 0x81000001u;
 	if (s) {
 		long long v = config_setting_get_int64(s);
@@ -412,31 +412,32 @@ parse_keystore(struct parse *p, const config_setting_t *root)
 		if ((config_setting_type(s) != CONFIG_TYPE_INT &&
 		     config_setting_type(s) != CONFIG_TYPE_INT64) ||
 		    v < 0x81000000LL || v > 0x81FFFFFFLL)
-			report(p, s,
-			       "'keystore.parent' must be a persistent TPM handle, 0x81000000 to "
-			       "0x81FFFFFF");
+			conf_report(
+			        p, s,
+			        "'keystore.parent' must be a persistent TPM handle, 0x81000000 to "
+			        "0x81FFFFFF");
 		else
 			c->keystore.parent = (uint32_t)v;
 	}
-	c->keystore.create_parent = get_bool(p, g, "keystore", "create_parent", true);
+	c->keystore.create_parent = conf_bool(p, g, "keystore", "create_parent", true);
 	/* A day: time to re-flash a sensor on site; up to a year for sensors visited rarely. */
-	c->keystore.psk_grace = get_int(p, g, "keystore", "psk_grace", 86400, 0, 365 * 86400);
+	c->keystore.psk_grace = conf_int(p, g, "keystore", "psk_grace", 86400, 0, 365 * 86400);
 	/* Without an upstream CA (already reported) there is nothing to default to. */
 	if (!c->upstream.ca_file)
 		return;
 	c->keystore.device_ca_file =
-	        get_path(p, g, "keystore", "device_ca_file", c->upstream.ca_file);
+	        conf_path(p, g, "keystore", "device_ca_file", c->upstream.ca_file);
 	/* The default is upstream.ca_file, whose own check speaks for it. */
 	if (c->keystore.device_ca_file && g && config_setting_get_member(g, "device_ca_file") &&
 	    access(c->keystore.device_ca_file, R_OK) < 0)
-		report(p, config_setting_get_member(g, "device_ca_file"),
-		       "'keystore.device_ca_file' \"%s\" cannot be read: %s",
-		       c->keystore.device_ca_file, strerror(errno));
+		conf_report(p, config_setting_get_member(g, "device_ca_file"),
+		            "'keystore.device_ca_file' \"%s\" cannot be read: %s",
+		            c->keystore.device_ca_file, strerror(errno));
 }
 
-static double
-get_fraction(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-             double def, double min, double max)
+double
+conf_fraction(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+              double def, double min, double max)
 {
 	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
 	double v;
@@ -449,11 +450,11 @@ get_fraction(struct parse *p, const config_setting_t *group, const char *gname, 
 	} else if (config_setting_type(s) == CONFIG_TYPE_FLOAT) {
 		v = config_setting_get_float(s);
 	} else {
-		report(p, s, "'%s.%s' must be a number such as %.2f", gname, key, def);
+		conf_report(p, s, "'%s.%s' must be a number such as %.2f", gname, key, def);
 		return def;
 	}
 	if (!(v >= min && v <= max)) {
-		report(p, s, "'%s.%s' is %g, expected %g to %g", gname, key, v, min, max);
+		conf_report(p, s, "'%s.%s' is %g, expected %g to %g", gname, key, v, min, max);
 		return def;
 	}
 	return v;
@@ -465,37 +466,39 @@ parse_est(struct parse *p, const config_setting_t *root)
 	static const char *const known[] = {"url",         "ca_file",   "timeout",
 	                                    "auto_enroll", "renew_at",  "renew_jitter",
 	                                    "retry_min",   "retry_max", NULL};
-	const config_setting_t *g = get_group(p, root, "est", false);
+	const config_setting_t *g = conf_group(p, root, "est", false);
 	struct gwconf *c = p->conf;
 
 	if (!g)
 		return;
-	check_keys(p, g, "group 'est'", known);
-	c->est.url = get_string(p, g, "est", "url", NULL);
+	conf_check_keys(p, g, "group 'est'", known);
+	c->est.url = conf_string(p, g, "est", "url", NULL);
 	/* The gateway's certificate goes to this server, and device certificates come back. */
 	if (c->est.url && strncmp(c->est.url, "https://", 8) != 0)
-		report(p, config_setting_get_member(g, "url"),
-		       "'est.url' \"%s\" must start with https:// (RFC 7030 runs over TLS only)",
-		       c->est.url);
-	c->est.ca_file = get_path(p, g, "est", "ca_file", NULL);
+		conf_report(
+		        p, config_setting_get_member(g, "url"),
+		        "'est.url' \"%s\" must start with https:// (RFC 7030 runs over TLS only)",
+		        c->est.url);
+	c->est.ca_file = conf_path(p, g, "est", "ca_file", NULL);
 	if (c->est.ca_file && access(c->est.ca_file, R_OK) < 0)
-		report(p, config_setting_get_member(g, "ca_file"),
-		       "'est.ca_file' \"%s\" cannot be read: %s", c->est.ca_file, strerror(errno));
-	c->est.timeout = get_int(p, g, "est", "timeout", 30, 1, 600);
-	c->est.auto_enroll = get_bool(p, g, "est", "auto_enroll", true);
+		conf_report(p, config_setting_get_member(g, "ca_file"),
+		            "'est.ca_file' \"%s\" cannot be read: %s", c->est.ca_file,
+		            strerror(errno));
+	c->est.timeout = conf_int(p, g, "est", "timeout", 30, 1, 600);
+	c->est.auto_enroll = conf_bool(p, g, "est", "auto_enroll", true);
 	/* Two thirds: a third of the lifetime is left to ride out an EST or broker outage. */
-	c->est.renew_at = get_fraction(p, g, "est", "renew_at", 0.667, 0.1, 0.95);
-	c->est.renew_jitter = get_fraction(p, g, "est", "renew_jitter", 0.05, 0.0, 0.5);
+	c->est.renew_at = conf_fraction(p, g, "est", "renew_at", 0.667, 0.1, 0.95);
+	c->est.renew_jitter = conf_fraction(p, g, "est", "renew_jitter", 0.05, 0.0, 0.5);
 	if (c->est.renew_jitter >= c->est.renew_at)
-		report(p, config_setting_get_member(g, "renew_jitter"),
-		       "'est.renew_jitter' (%g) must be less than 'est.renew_at' (%g)",
-		       c->est.renew_jitter, c->est.renew_at);
-	c->est.retry_min = get_int(p, g, "est", "retry_min", 60, 1, 86400);
-	c->est.retry_max = get_int(p, g, "est", "retry_max", 3600, 1, 7 * 86400);
+		conf_report(p, config_setting_get_member(g, "renew_jitter"),
+		            "'est.renew_jitter' (%g) must be less than 'est.renew_at' (%g)",
+		            c->est.renew_jitter, c->est.renew_at);
+	c->est.retry_min = conf_int(p, g, "est", "retry_min", 60, 1, 86400);
+	c->est.retry_max = conf_int(p, g, "est", "retry_max", 3600, 1, 7 * 86400);
 	if (c->est.retry_max < c->est.retry_min)
-		report(p, config_setting_get_member(g, "retry_max"),
-		       "'est.retry_max' (%d) is less than 'est.retry_min' (%d)", c->est.retry_max,
-		       c->est.retry_min);
+		conf_report(p, config_setting_get_member(g, "retry_max"),
+		            "'est.retry_max' (%d) is less than 'est.retry_min' (%d)",
+		            c->est.retry_max, c->est.retry_min);
 }
 
 /* A resource is one or more '/'-separated segments of letters, digits, '.', '_', '-'. */
@@ -525,21 +528,22 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 	char err[256];
 
 	if (!config_setting_is_group(r)) {
-		report(p, r,
-		       "each entry of 'routes' must be a group: { resource = ...; topic = ...; }");
+		conf_report(
+		        p, r,
+		        "each entry of 'routes' must be a group: { resource = ...; topic = ...; }");
 		return;
 	}
-	check_keys(p, r, "a route", known);
-	route->resource = get_string(p, r, "route", "resource", NULL);
+	conf_check_keys(p, r, "a route", known);
+	route->resource = conf_string(p, r, "route", "resource", NULL);
 	if (route->resource && !valid_resource(route->resource))
-		report(p, config_setting_get_member(r, "resource"),
-		       "'route.resource' \"%s\" must be path segments like \"telemetry/temp\" "
-		       "(letters, digits, '.', '_', '-')",
-		       route->resource);
-	route->topic = get_string(p, r, "route", "topic", NULL);
+		conf_report(p, config_setting_get_member(r, "resource"),
+		            "'route.resource' \"%s\" must be path segments like \"telemetry/temp\" "
+		            "(letters, digits, '.', '_', '-')",
+		            route->resource);
+	route->topic = conf_string(p, r, "route", "topic", NULL);
 	if (route->topic && tmpl_check(route->topic, err, sizeof(err)) < 0)
-		report(p, config_setting_get_member(r, "topic"), "%s", err);
-	route->qos = get_int(p, r, "route", "qos", 1, 0, 1);
+		conf_report(p, config_setting_get_member(r, "topic"), "%s", err);
+	route->qos = conf_int(p, r, "route", "qos", 1, 0, 1);
 }
 
 static void
@@ -550,21 +554,21 @@ parse_routes(struct parse *p, const config_setting_t *root)
 	int n;
 
 	if (!rs) {
-		report(p, NULL, "missing required list 'routes': nothing would be forwarded");
+		conf_report(p, NULL, "missing required list 'routes': nothing would be forwarded");
 		return;
 	}
 	if (!config_setting_is_list(rs)) {
-		report(p, rs, "'routes' must be a list: routes = ( { ... }, { ... } );");
+		conf_report(p, rs, "'routes' must be a list: routes = ( { ... }, { ... } );");
 		return;
 	}
 	n = config_setting_length(rs);
 	if (n == 0) {
-		report(p, rs, "'routes' is empty: nothing would be forwarded");
+		conf_report(p, rs, "'routes' is empty: nothing would be forwarded");
 		return;
 	}
 	c->routes = calloc((size_t)n, sizeof(*c->routes));
 	if (!c->routes) {
-		report(p, rs, "out of memory");
+		conf_report(p, rs, "out of memory");
 		return;
 	}
 	c->nroutes = (size_t)n;
@@ -575,8 +579,8 @@ parse_routes(struct parse *p, const config_setting_t *root)
 		for (int j = 0; j < i && c->routes[i].resource; j++) {
 			if (c->routes[j].resource &&
 			    strcmp(c->routes[i].resource, c->routes[j].resource) == 0)
-				report(p, r, "resource \"%s\" is routed twice",
-				       c->routes[i].resource);
+				conf_report(p, r, "resource \"%s\" is routed twice",
+				            c->routes[i].resource);
 		}
 	}
 }
@@ -597,7 +601,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	f = fopen(path, "r");
 	if (!f) {
 		r = -errno;
-		report(&p, NULL, "cannot open: %s", strerror(errno));
+		conf_report(&p, NULL, "cannot open: %s", strerror(errno));
 		return r;
 	}
 	config_init(&cfg);
@@ -631,7 +635,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 		goto out;
 	}
 	p.conf->file = strdup(path);
-	check_keys(&p, config_root_setting(&cfg), "the top level", known);
+	conf_check_keys(&p, config_root_setting(&cfg), "the top level", known);
 	parse_gateway(&p, config_root_setting(&cfg));
 	parse_sensors(&p, config_root_setting(&cfg));
 	parse_upstream(&p, config_root_setting(&cfg));

@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_CONF_PARSE_H
+#define GW_CONF_PARSE_H
+
+/*
+ * Internal to the config parser, shared by its files (conf.c, conf-policy.c): the readers
+ * that turn libconfig settings into values and report every problem as "FILE:LINE: message".
+ * Not for the rest of the daemon, which sees only the validated struct gwconf.
+ */
+
+#include <libconfig.h>
+#include <stdbool.h>
+
+struct gwconf;
+struct gwconf_errors;
+
+/* What one load is working on: the file, the result so far, the errors so far. */
+struct parse {
+	const char *path;
+	struct gwconf *conf;
+	struct gwconf_errors *errs;
+};
+
+/* Adds "FILE:LINE: message" for where (NULL: the file without a line). */
+void __attribute__((format(printf, 3, 4)))
+conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...);
+/* Reports every member of group whose name is not in known (NULL-terminated), with a
+ * did-you-mean for near misses. where names the group in the message. */
+void conf_check_keys(struct parse *p, const config_setting_t *group, const char *where,
+                     const char *const *known);
+const config_setting_t *conf_group(struct parse *p, const config_setting_t *root, const char *name,
+                                   bool required);
+/* group.key as a new string; missing: a copy of def, or reported as required if def is NULL.
+ * gname names the group in messages. */
+char *conf_string(struct parse *p, const config_setting_t *group, const char *gname,
+                  const char *key, const char *def);
+/* As conf_string, with a relative file name taken from the config file's folder. */
+char *conf_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+                const char *def);
+int conf_int(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+             long long def, long long min, long long max);
+bool conf_bool(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
+               bool def);
+double conf_fraction(struct parse *p, const config_setting_t *group, const char *gname,
+                     const char *key, double def, double min, double max);
+
+#endif
