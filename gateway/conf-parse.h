@@ -10,6 +10,7 @@
 
 #include <libconfig.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 struct gwconf;
 struct gwconf_errors;
@@ -21,6 +22,8 @@ struct parse {
 	struct gwconf_errors *errs;
 };
 
+/* Levenshtein distance, ignoring case, for "did you mean" on misspelt names (short ones). */
+size_t conf_edit_distance(const char *a, const char *b);
 /* Adds "FILE:LINE: message" for where (NULL: the file without a line). */
 void __attribute__((format(printf, 3, 4)))
 conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...);
@@ -43,5 +46,10 @@ bool conf_bool(struct parse *p, const config_setting_t *group, const char *gname
                bool def);
 double conf_fraction(struct parse *p, const config_setting_t *group, const char *gname,
                      const char *key, double def, double min, double max);
+
+/* conf-policy.c: the optional top-level list "policies" into conf->policies. */
+void conf_parse_policies(struct parse *p, const config_setting_t *root);
+/* Frees what conf_parse_policies put in c (for gwconf_free). */
+void conf_free_policies(struct gwconf *c);
 
 #endif

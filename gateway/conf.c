@@ -46,9 +46,8 @@ conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...
 	p->errs->lines[p->errs->count++] = line;
 }
 
-/* Levenshtein distance, for "did you mean" on misspelt keys. Keys are short. */
-static size_t
-edit_distance(const char *a, const char *b)
+size_t
+conf_edit_distance(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b), row[64];
 
@@ -90,7 +89,7 @@ conf_check_keys(struct parse *p, const config_setting_t *group, const char *wher
 		bool found = false;
 
 		for (const char *const *k = known; *k; k++) {
-			size_t d = edit_distance(name, *k);
+			size_t d = conf_edit_distance(name, *k);
 
 			if (d == 0) {
 				found = true;
@@ -248,8 +247,8 @@ parse_gateway(struct parse *p, const config_setting_t *root)
 static void
 parse_sensors(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"listen", "port", "receive_buffer", "max_sessions",
-	                                    NULL};
+	static const char *const known[] = {"listen",       "port",        "receive_buffer",
+	                                    "max_sessions", "max_payload", NULL};
 	const config_setting_t *g = conf_group(p, root, "sensors", false);
 	struct gwconf *c = p->conf;
 	unsigned char addr[sizeof(struct in6_addr)];
@@ -271,6 +270,11 @@ parse_sensors(struct parse *p, const config_setting_t *root)
 	c->sensors.receive_buffer =
 	        conf_int(p, g, "sensors", "receive_buffer", 4 << 20, 64 << 10, 256 << 20);
 	c->sensors.max_sessions = conf_int(p, g, "sensors", "max_sessions", 2000, 1, 100000);
+	/*
+	 * 16 KiB: readings are small; larger uploads come in RFC 7959 blocks and are held in
+	 * memory until complete, so this bounds what one sensor can make the gateway buffer.
+	 */
+	c->sensors.max_payload = conf_int(p, g, "sensors", "max_payload", 16384, 64, 1 << 20);
 }
 
 /* Accepts ssl://host:port, mqtts://host:port or [v6]:port forms; the port defaults to 8883. */
@@ -524,7 +528,10 @@ valid_resource(const char *s)
 static void
 parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *route)
 {
-	static const char *const known[] = {"resource", "topic", "qos", NULL};
+	static const char *const known[] = {"resource", "topic",        "qos", "qos_con",
+	                                    "qos_non",  "content_type", NULL};
+	char *ctype;
+	int qos;
 	char err[256];
 
 	if (!config_setting_is_group(r)) {
@@ -543,7 +550,26 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 	route->topic = conf_string(p, r, "route", "topic", NULL);
 	if (route->topic && tmpl_check(route->topic, err, sizeof(err)) < 0)
 		conf_report(p, config_setting_get_member(r, "topic"), "%s", err);
-	route->qos = conf_int(p, r, "route", "qos", 1, 0, 1);
+	/*
+	 * A confirmable request asks for an acknowledgement and gets one only once the message is
+	 * safe, so QoS 1; a non-confirmable one is fire-and-forget, so QoS 0. `qos` sets both.
+	 */
+	qos = conf_int(p, r, "route", "qos", -1, 0, 1);
+	route->qos_con = conf_int(p, r, "route", "qos_con", qos >= 0 ? qos : 1, 0, 1);
+	route->qos_non = conf_int(p, r, "route", "qos_non", qos >= 0 ? qos : 0, 0, 1);
+	ctype = conf_string(p, r, "route", "content_type", "property");
+	if (ctype && strcmp(ctype, "property") == 0)
+		route->content_type = GWCONF_CTYPE_PROPERTY;
+	else if (ctype && strcmp(ctype, "suffix") == 0)
+		route->content_type = GWCONF_CTYPE_SUFFIX;
+	else if (ctype && strcmp(ctype, "drop") == 0)
+		route->content_type = GWCONF_CTYPE_DROP;
+	else if (ctype)
+		conf_report(p, config_setting_get_member(r, "content_type"),
+		            "'route.content_type' is \"%s\", expected \"property\", \"suffix\" or "
+		            "\"drop\"",
+		            ctype);
+	free(ctype);
 }
 
 static void
@@ -585,11 +611,142 @@ parse_routes(struct parse *p, const config_setting_t *root)
 	}
 }
 
+/* A template read from group.key and checked; filter: a subscription's topic filter. */
+static char *
+get_template(struct parse *p, const config_setting_t *g, const char *gname, const char *key,
+             const char *def, bool filter)
+{
+	char *t = conf_string(p, g, gname, key, def), err[256];
+
+	if (t && (filter ? tmpl_check_filter(t, err, sizeof(err))
+	                 : tmpl_check(t, err, sizeof(err))) < 0) {
+		conf_report(p, config_setting_get_member(g, key), "'%s.%s': %s", gname, key, err);
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+static void
+parse_downlink(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"topic", "resource", "queue", "expiry", "qos", NULL};
+	const config_setting_t *g = conf_group(p, root, "downlink", false);
+	struct gwconf *c = p->conf;
+
+	if (!g)
+		return;
+	conf_check_keys(p, g, "group 'downlink'", known);
+	c->downlink.topic = get_template(p, g, "downlink", "topic", NULL, true);
+	c->downlink.resource = conf_string(p, g, "downlink", "resource", "cmd");
+	if (c->downlink.resource && !valid_resource(c->downlink.resource))
+		conf_report(p, config_setting_get_member(g, "resource"),
+		            "'downlink.resource' \"%s\" must be path segments like \"cmd\" "
+		            "(letters, digits, '.', '_', '-')",
+		            c->downlink.resource);
+	else if (c->downlink.resource && gwconf_route_find(c, c->downlink.resource))
+		conf_report(p, config_setting_get_member(g, "resource"),
+		            "'downlink.resource' \"%s\" is also a route's resource",
+		            c->downlink.resource);
+	/* A sensor that sleeps for hours may find several commands: enough for a few. */
+	c->downlink.queue = conf_int(p, g, "downlink", "queue", 8, 1, 1024);
+	c->downlink.expiry = conf_int(p, g, "downlink", "expiry", 3600, 1, 30 * 86400);
+	c->downlink.qos = conf_int(p, g, "downlink", "qos", 1, 0, 1);
+}
+
+static void
+parse_presence(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"topic", "online", "offline", "qos", NULL};
+	const config_setting_t *g = conf_group(p, root, "presence", false);
+	struct gwconf *c = p->conf;
+
+	if (!g)
+		return;
+	conf_check_keys(p, g, "group 'presence'", known);
+	c->presence.topic = get_template(p, g, "presence", "topic", NULL, false);
+	c->presence.online = conf_string(p, g, "presence", "online", "online");
+	c->presence.offline = conf_string(p, g, "presence", "offline", "offline");
+	c->presence.qos = conf_int(p, g, "presence", "qos", 1, 0, 1);
+}
+
+/* A byte count: libconfig reads numbers past 2^31 only with an L suffix, so take both. */
+static long long
+get_bytes(struct parse *p, const config_setting_t *g, const char *gname, const char *key,
+          long long def, long long min, long long max)
+{
+	const config_setting_t *s = g ? config_setting_get_member(g, key) : NULL;
+	long long v;
+
+	if (!s)
+		return def;
+	if (config_setting_type(s) != CONFIG_TYPE_INT &&
+	    config_setting_type(s) != CONFIG_TYPE_INT64) {
+		conf_report(p, s, "'%s.%s' must be a number of bytes", gname, key);
+		return def;
+	}
+	v = config_setting_get_int64(s);
+	if (v < min || v > max) {
+		conf_report(p, s, "'%s.%s' is %lld, expected %lld to %lld bytes", gname, key, v,
+		            min, max);
+		return def;
+	}
+	return v;
+}
+
+static void
+parse_spool(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"ack",          "fsync",         "fsync_interval",
+	                                    "device_bytes", "total_bytes",   "max_age",
+	                                    "when_full",    "segment_bytes", NULL};
+	const config_setting_t *g = conf_group(p, root, "spool", false);
+	struct gwconf *c = p->conf;
+	char *v;
+
+	if (g)
+		conf_check_keys(p, g, "group 'spool'", known);
+	v = conf_string(p, g, "spool", "ack", "durable");
+	c->spool.ack_durable = !v || strcmp(v, "upstream") != 0;
+	if (v && strcmp(v, "durable") != 0 && strcmp(v, "upstream") != 0)
+		conf_report(p, config_setting_get_member(g, "ack"),
+		            "'spool.ack' is \"%s\", expected \"durable\" or \"upstream\"", v);
+	free(v);
+	v = conf_string(p, g, "spool", "fsync", "batch");
+	c->spool.fsync =
+	        v && strcmp(v, "interval") == 0 ? GWCONF_FSYNC_INTERVAL : GWCONF_FSYNC_BATCH;
+	if (v && strcmp(v, "batch") != 0 && strcmp(v, "interval") != 0)
+		conf_report(p, config_setting_get_member(g, "fsync"),
+		            "'spool.fsync' is \"%s\", expected \"batch\" or \"interval\"", v);
+	free(v);
+	c->spool.fsync_interval = conf_int(p, g, "spool", "fsync_interval", 100, 1, 10000);
+	c->spool.device_bytes =
+	        get_bytes(p, g, "spool", "device_bytes", 16LL << 20, 64LL << 10, 1LL << 40);
+	c->spool.total_bytes =
+	        get_bytes(p, g, "spool", "total_bytes", 1LL << 30, 64LL << 10, 1LL << 42);
+	if (c->spool.total_bytes < c->spool.device_bytes)
+		conf_report(p, config_setting_get_member(g, "total_bytes"),
+		            "'spool.total_bytes' (%lld) is less than 'spool.device_bytes' (%lld)",
+		            c->spool.total_bytes, c->spool.device_bytes);
+	/* A week: long enough for a broker outage over a holiday, short of stale data. */
+	c->spool.max_age = conf_int(p, g, "spool", "max_age", 7 * 86400, 0, 365 * 86400);
+	v = conf_string(p, g, "spool", "when_full", "refuse");
+	c->spool.drop_oldest = v && strcmp(v, "drop_oldest") == 0;
+	if (v && strcmp(v, "refuse") != 0 && strcmp(v, "drop_oldest") != 0)
+		conf_report(p, config_setting_get_member(g, "when_full"),
+		            "'spool.when_full' is \"%s\", expected \"refuse\" or \"drop_oldest\"",
+		            v);
+	free(v);
+	c->spool.segment_bytes =
+	        (int)get_bytes(p, g, "spool", "segment_bytes", 1 << 20, 4096, 1 << 30);
+}
+
 int
 gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 {
-	static const char *const known[] = {"gateway", "sensors", "upstream", "keystore",
-	                                    "est",     "routes",  NULL};
+	static const char *const known[] = {"gateway", "sensors",  "upstream", "keystore",
+	                                    "est",     "routes",   "downlink", "presence",
+	                                    "spool",   "policies", NULL};
 	struct parse p = {.path = path, .errs = errs};
 	config_t cfg;
 	FILE *f;
@@ -642,6 +799,10 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	parse_keystore(&p, config_root_setting(&cfg));
 	parse_est(&p, config_root_setting(&cfg));
 	parse_routes(&p, config_root_setting(&cfg));
+	conf_parse_policies(&p, config_root_setting(&cfg));
+	parse_downlink(&p, config_root_setting(&cfg));
+	parse_presence(&p, config_root_setting(&cfg));
+	parse_spool(&p, config_root_setting(&cfg));
 	if (errs->count > 0) {
 		r = -EINVAL;
 		goto out;
@@ -661,11 +822,17 @@ gwconf_free(struct gwconf *c)
 {
 	if (!c)
 		return;
+	conf_free_policies(c);
 	for (size_t i = 0; i < c->nroutes; i++) {
 		free(c->routes[i].resource);
 		free(c->routes[i].topic);
 	}
 	free(c->routes);
+	free(c->downlink.topic);
+	free(c->downlink.resource);
+	free(c->presence.topic);
+	free(c->presence.online);
+	free(c->presence.offline);
 	free(c->est.url);
 	free(c->est.ca_file);
 	free(c->keystore.backend);

@@ -19,10 +19,60 @@
 #endif
 #define GWCONF_DEFAULT_FILE GW_SYSCONFDIR "/gateway/gateway.conf"
 
+/* What becomes of a message's CoAP Content-Format upstream. */
+enum gwconf_ctype {
+	GWCONF_CTYPE_PROPERTY, /* the MQTT 5 content-type property */
+	GWCONF_CTYPE_SUFFIX,   /* a last topic level, e.g. ".../json", for MQTT 3.1.1 readers */
+	GWCONF_CTYPE_DROP,
+};
+
 struct gwconf_route {
 	char *resource; /* CoAP Uri-Path served, "a/b" */
 	char *topic;    /* template, see bridges/template.h */
-	int qos;
+	int qos_con;    /* QoS of what arrives in a confirmable request */
+	int qos_non;    /* ... and in a non-confirmable one */
+	enum gwconf_ctype content_type;
+};
+
+/*
+ * Access policies, the "policies" list (see configs/gateway.conf): parsed by conf-policy.c,
+ * evaluated for every message by policy.c.
+ */
+struct gwconf_condition {
+	char *attribute;   /* the device attribute it reads */
+	char **equals;     /* holds if the value is one of these (a missing attribute fails) */
+	size_t nequals;
+	char **not_equals; /* holds if the value is none of these (a missing attribute passes) */
+	size_t nnot_equals;
+	char **like; /* holds if the value matches one of these globs, fnmatch(3); missing fails */
+	size_t nlike;
+};
+
+struct gwconf_statement {
+	bool deny;        /* effect = "deny" */
+	unsigned actions; /* mask of 1u << enum policy_action (policy.h) */
+	char **resources; /* as written: "coap:PATH", "mqtt:TOPIC" or "*" */
+	size_t nresources;
+	struct gwconf_condition *conditions; /* all must hold */
+	size_t nconditions;
+	char *file; /* where the statement is written, to explain a decision as FILE:LINE */
+	int line;
+};
+
+struct gwconf_policy {
+	char *name;
+	int line;
+	char **devices; /* ids of the devices it applies to, "*" for every device ... */
+	size_t ndevices;
+	char **groups; /* ... and devices whose attribute group names one of these */
+	size_t ngroups;
+	struct gwconf_statement *statements;
+	size_t nstatements;
+};
+
+enum gwconf_fsync {
+	GWCONF_FSYNC_BATCH,    /* after each batch of appends, before their sensors hear 2.04 */
+	GWCONF_FSYNC_INTERVAL, /* every spool.fsync_interval ms */
 };
 
 struct gwconf {
@@ -37,6 +87,7 @@ struct gwconf {
 		uint16_t port;
 		int receive_buffer;
 		int max_sessions;
+		int max_payload; /* bytes of one message, reassembled from Block1 if need be */
 	} sensors;
 
 	struct {
@@ -75,6 +126,40 @@ struct gwconf {
 
 	struct gwconf_route *routes;
 	size_t nroutes;
+
+	/* Without a "policies" list (have_policies false) every device may do everything. */
+	struct gwconf_policy *policies;
+	size_t npolicies;
+	bool have_policies;
+
+	/* Commands from the cloud to sensors; topic is NULL when the group is absent. */
+	struct {
+		char *topic;    /* filter template each device's session subscribes to */
+		char *resource; /* CoAP resource the sensors observe or poll */
+		int queue;      /* commands held per device */
+		int expiry;     /* seconds a command waits for its sensor */
+		int qos;        /* of the subscription */
+	} downlink;
+
+	/* Online/offline status per device; topic is NULL when the group is absent. */
+	struct {
+		char *topic; /* publish template, retained */
+		char *online;
+		char *offline; /* also the last will */
+		int qos;
+	} presence;
+
+	/* Store-and-forward of uplink messages (always on), in STATE_DIR/spool. */
+	struct {
+		bool ack_durable; /* 2.04 once fsync'd in the spool; false: once PUBACKed */
+		enum gwconf_fsync fsync;
+		int fsync_interval; /* ms, for GWCONF_FSYNC_INTERVAL */
+		long long device_bytes;
+		long long total_bytes;
+		int max_age;      /* seconds; 0: no limit */
+		bool drop_oldest; /* when full; false: refuse new messages (5.03) */
+		int segment_bytes;
+	} spool;
 };
 
 /* Errors as "FILE:LINE: message", in file order. */

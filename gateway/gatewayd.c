@@ -2,6 +2,7 @@
 /*
  * gatewayd: bridges CoAP over DTLS-PSK from sensors to one mutual-TLS MQTT session per device.
  */
+#include "cmdq.h"
 #include "coapbr.h"
 #include "conf.h"
 #include "admin.h"
@@ -12,6 +13,7 @@
 #include "loop.h"
 #include "mqttbr.h"
 #include "router.h"
+#include "spool.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -26,6 +28,8 @@ struct daemon {
 	struct gwconf *conf;
 	struct keystore *ks;
 	struct mqttbr *mqtt;
+	struct spool *spool;
+	struct cmdq *commands; /* NULL without a downlink group */
 	struct router *router;
 	struct coapbr *coap;
 	struct control *control;
@@ -91,10 +95,15 @@ sync_sessions(struct daemon *d, const char *id, enum admin_change what)
 	int r;
 
 	if (!keystore_device_usable(d->ks, id)) {
+		struct keystore_info info;
+
 		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
 		mqttbr_remove_device(d->mqtt, id);
 		if (d->coap)
 			coapbr_drop_device(d->coap, id, false);
+		/* Removed: what it had spooled or queued has nowhere to go. */
+		if (keystore_device_info(d->ks, id, &info) == -ENOENT)
+			router_forget(d->router, id);
 		return;
 	}
 	/* A new PSK: sessions on an identity that is no longer valid (no grace) go now. */
@@ -112,7 +121,17 @@ sync_sessions(struct daemon *d, const char *id, enum admin_change what)
 		         d->enrol ? "it is enrolled" : "gwctl device import-cert");
 		return;
 	}
-	r = mqttbr_add_device(d->mqtt, id, cert, key, NULL);
+	struct router_session topics;
+
+	router_session_topics(d->router, id, &topics);
+	struct mqttbr_session session = {
+	        .cert_file = cert,
+	        .key_file = key,
+	        .status_topic = topics.has_status ? topics.status_topic : NULL,
+	        .command_filter = topics.has_commands ? topics.command_filter : NULL,
+	};
+
+	r = mqttbr_add_device(d->mqtt, id, &session, NULL);
 	if (r < 0)
 		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
 }
@@ -158,6 +177,9 @@ upstream_judged(const char *id, bool accepted, const char *reason, void *data)
 {
 	struct daemon *d = data;
 
+	/* The router first: enrolment may end the session it is told about. */
+	if (accepted)
+		router_session_up(d->router, id);
 	enrol_upstream(d->enrol, id, accepted, reason);
 }
 
@@ -195,6 +217,48 @@ upstream_word(const char *id, const char **reason, void *data)
 	return mqttbr_status_name(mqttbr_status(d->mqtt, id, reason));
 }
 
+static void
+count_spooled(const char *device, uint64_t records, void *data)
+{
+	(void)data;
+	log_info("%s: %llu messages in the spool, sent once its session is up", device,
+	         (unsigned long long)records);
+}
+
+/* STATE_DIR/spool, recovered: what was acknowledged before a crash goes out first. */
+static int
+open_spool(struct daemon *d)
+{
+	struct spool_limits lim = {
+	        .device_bytes = (uint64_t)d->conf->spool.device_bytes,
+	        .total_bytes = (uint64_t)d->conf->spool.total_bytes,
+	        .max_age = (unsigned)d->conf->spool.max_age,
+	        .full = d->conf->spool.drop_oldest ? SPOOL_DROP_OLDEST : SPOOL_REFUSE,
+	        .segment_bytes = (size_t)d->conf->spool.segment_bytes,
+	};
+	struct spool_stats st;
+	char *dir;
+	int r;
+
+	if (asprintf(&dir, "%s/spool", d->conf->state_dir) < 0)
+		return -ENOMEM;
+	r = spool_open(&d->spool, dir, &lim);
+	if (r < 0) {
+		log_warnx("cannot open the spool in %s: %s", dir,
+		          r == -EBUSY ? "another gatewayd has it open" : strerror(-r));
+		free(dir);
+		return r;
+	}
+	free(dir);
+	spool_stats(d->spool, &st);
+	if (st.corrupt_records > 0)
+		log_warnx("spool: %llu damaged records (%llu bytes) could not be recovered",
+		          (unsigned long long)st.corrupt_records,
+		          (unsigned long long)st.corrupt_bytes);
+	spool_devices(d->spool, count_spooled, NULL);
+	return 0;
+}
+
 static int
 start(struct daemon *d)
 {
@@ -229,11 +293,25 @@ start(struct daemon *d)
 	if (st.tpm_commands > 0)
 		log_info("keystore: %llu TPM commands at start",
 		         (unsigned long long)st.tpm_commands);
+	r = open_spool(d);
+	if (r < 0)
+		return r;
+	if (d->conf->downlink.topic) {
+		d->commands = cmdq_new((size_t)d->conf->downlink.queue,
+		                       (unsigned)d->conf->downlink.expiry);
+		if (!d->commands)
+			return -ENOMEM;
+	}
 	r = mqttbr_new(&d->mqtt, d->loop, d->conf);
 	if (r < 0) {
 		log_warnx("cannot start the upstream bridge: %s", strerror(-r));
 		return r;
 	}
+	r = router_new(&d->router, d->loop, d->conf, d->ks, d->mqtt, d->spool, d->commands);
+	if (r < 0)
+		return r;
+	mqttbr_on_judged(d->mqtt, upstream_judged, d);
+	mqttbr_on_message(d->mqtt, router_downlink, d->router);
 	if (d->conf->est.url) {
 		const char *cert, *key;
 
@@ -242,7 +320,6 @@ start(struct daemon *d)
 			log_warnx("cannot start the EST client: %s", strerror(-r));
 			return r;
 		}
-		mqttbr_on_judged(d->mqtt, upstream_judged, d);
 		if (keystore_gateway_tls_files(d->ks, &cert, &key) < 0)
 			log_warnx(
 			        "EST: the gateway has no certificate of its own to authenticate to "
@@ -251,14 +328,12 @@ start(struct daemon *d)
 	}
 	n = keystore_count(d->ks);
 	sync_all(d);
-	r = router_new(&d->router, d->conf, d->mqtt);
-	if (r < 0)
-		return r;
-	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, router_uplink, d->router);
+	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, d->commands, &router_coap_ops, d->router);
 	if (r < 0) {
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;
 	}
+	router_set_coap(d->router, d->coap);
 	d->hooks = (struct admin_hooks){
 	        .changed = device_changed,
 	        .upstream = upstream_word,
@@ -291,6 +366,8 @@ finish(struct daemon *d)
 	coapbr_free(d->coap);
 	router_free(d->router);
 	mqttbr_free(d->mqtt);
+	cmdq_free(d->commands);
+	spool_free(d->spool);
 	if (d->ks) {
 		struct keystore_stats st;
 

@@ -1,40 +1,464 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "router.h"
+#include "cmdq.h"
 #include "conf.h"
+#include "keystore.h"
 #include "log.h"
+#include "loop.h"
 #include "mqttbr.h"
+#include "policy.h"
+#include "spool.h"
 #include "template.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct router {
-	const struct gwconf *conf;
-	struct mqttbr *mqtt;
+/*
+ * Publishes in flight per device while its spool drains. Enough to keep a broker's round trip
+ * busy; below mosquitto's default of 20 unacknowledged QoS 1 messages per client, past which
+ * it would queue them itself.
+ */
+#define WINDOW 16
+/* A command goes to its sensor in one CoAP message: RFC 7252 section 4.6's 1 KiB guideline. */
+#define COMMAND_MAX 1024
+/* How soon acknowledged positions reach the disk when no sensor waits for a sync. */
+#define LAZY_SYNC_MS 1000
+/* Max-Age of a 5.03 for a full spool: room comes back only as the upstream drains it. */
+#define FULL_RETRY_S 60
+
+/* A device's spool being drained to its session, oldest first. */
+struct flow {
+	struct router *rt;
+	char *device;
+	uint64_t next;  /* the seq to read next */
+	unsigned epoch; /* bumped when the session fails: answers from before are stale */
+	/* Publishes out, in seq order; acknowledged from the front. */
+	struct {
+		uint64_t seq;
+		bool done;
+	} out[WINDOW];
+	unsigned nout;
+	struct gw_timer *retry; /* after a publish timed out on a live session */
 };
 
-int
-router_new(struct router **out, const struct gwconf *conf, struct mqttbr *mqtt)
-{
-	struct router *rt = calloc(1, sizeof(*rt));
+/* What a spooled publish's answer must find again. */
+struct sent {
+	struct router *rt;
+	char device[65];
+	uint64_t seq;
+	unsigned epoch;
+};
 
-	if (!rt)
-		return -ENOMEM;
-	rt->conf = conf;
-	rt->mqtt = mqtt;
-	*out = rt;
-	return 0;
+/* A sensor waiting for its record to be fsync'd (ack = durable). */
+struct waiter {
+	struct coapbr_request *req;
+	struct waiter *next;
+};
+
+struct router {
+	struct gw_loop *loop;
+	const struct gwconf *conf;
+	const struct keystore *ks;
+	struct mqttbr *mqtt;
+	struct spool *spool;
+	struct cmdq *commands;
+	struct coapbr *coap;
+	struct gw_timer *sync;
+	struct waiter *waiting, **waiting_tail;
+	struct flow **flows; /* sorted by device */
+	size_t nflows;
+	struct router_stats st;
+};
+
+/* CoAP Content-Formats (IANA registry, RFC 7252 section 12.3) and their media types. */
+static const struct {
+	int cf;
+	const char *type;
+	const char *suffix; /* a topic level: no '+', which MQTT reserves */
+} formats[] = {
+        {0, "text/plain;charset=utf-8", "text"},
+        {40, "application/link-format", "link-format"},
+        {41, "application/xml", "xml"},
+        {42, "application/octet-stream", "octet-stream"},
+        {47, "application/exi", "exi"},
+        {50, "application/json", "json"},
+        {51, "application/json-patch+json", "json-patch"},
+        {52, "application/merge-patch+json", "merge-patch"},
+        {60, "application/cbor", "cbor"},
+        {61, "application/cwt", "cwt"},
+        {110, "application/senml+json", "senml-json"},
+        {112, "application/senml+cbor", "senml-cbor"},
+        {11542, "application/vnd.oma.lwm2m+tlv", "lwm2m-tlv"},
+        {11543, "application/vnd.oma.lwm2m+json", "lwm2m-json"},
+};
+
+static int
+format_index(int cf)
+{
+	for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+		if (formats[i].cf == cf)
+			return (int)i;
+	}
+	return -1;
 }
 
-void
-router_free(struct router *rt)
+/* The Content-Format of an MQTT 5 content-type, -1 for none or one CoAP has no number for. */
+static int
+format_of(const char *type)
 {
-	free(rt);
+	if (!type)
+		return -1;
+	for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+		if (strcasecmp(formats[i].type, type) == 0)
+			return formats[i].cf;
+	}
+	/* RFC 7252 section 12.3: text/plain is registered with its charset only. */
+	if (strcasecmp(type, "text/plain") == 0)
+		return 0;
+	return -1;
+}
+
+static const char *
+attr_lookup(const char *device, const char *key, void *data)
+{
+	const struct router *rt = data;
+
+	return keystore_device_attr(rt->ks, device, key);
+}
+
+/* tmpl_attr_fn for the device in struct attr_ctx. */
+struct attr_ctx {
+	const struct router *rt;
+	const char *device;
+};
+
+static const char *
+tmpl_attr(const char *name, size_t len, void *data)
+{
+	const struct attr_ctx *a = data;
+	char key[128];
+
+	if (len >= sizeof(key))
+		return NULL;
+	memcpy(key, name, len);
+	key[len] = '\0';
+	return keystore_device_attr(a->rt->ks, a->device, key);
+}
+
+static bool
+allowed(const struct router *rt, const char *device, enum policy_action act, const char *what,
+        char *why, size_t whylen)
+{
+	struct policy_subject who = {
+	        .device = device,
+	        .gateway = rt->conf->gateway_id,
+	        .attr = attr_lookup,
+	        .attr_data = (void *)rt,
+	};
+
+	return policy_allows(rt->conf, &who, act, what, why, whylen);
+}
+
+/* Expands tmpl for device; logs why not. */
+static int
+expand(const struct router *rt, const char *device, const char *path, const char *tmpl, char *out,
+       size_t outlen)
+{
+	struct attr_ctx a = {.rt = rt, .device = device};
+	struct tmpl_vars vars = {
+	        .value = {[TMPL_DEVICE] = device,
+	                  [TMPL_PATH] = path,
+	                  [TMPL_GATEWAY] = rt->conf->gateway_id},
+	        .attr = tmpl_attr,
+	        .attr_data = &a,
+	};
+	ssize_t n = tmpl_expand(tmpl, &vars, out, outlen);
+
+	if (n >= 0)
+		return 0;
+	log_warnx("%s: cannot build a topic from \"%s\": %s", device, tmpl,
+	          n == -ENOBUFS  ? "too long"
+	          : n == -ENOENT ? "an attribute it names is not set (gwctl device set)"
+	                         : "a value contains '+', '#', or '/' in an attribute");
+	return (int)n;
+}
+
+/* ---- flows: draining a device's spool ---- */
+
+static int
+cmp_flow(const void *key, const void *elem)
+{
+	return strcmp(key, (*(struct flow *const *)elem)->device);
+}
+
+static struct flow *
+flow_find(struct router *rt, const char *device)
+{
+	struct flow **f;
+
+	if (rt->nflows == 0)
+		return NULL;
+	f = bsearch(device, rt->flows, rt->nflows, sizeof(*rt->flows), cmp_flow);
+	return f ? *f : NULL;
+}
+
+static void flow_retry(struct gw_timer *t, void *data);
+
+static struct flow *
+flow_get(struct router *rt, const char *device)
+{
+	struct flow *f = flow_find(rt, device), **flows;
+	size_t at;
+
+	if (f)
+		return f;
+	flows = reallocarray(rt->flows, rt->nflows + 1, sizeof(*flows));
+	if (!flows)
+		return NULL;
+	rt->flows = flows;
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	f->rt = rt;
+	f->device = strdup(device);
+	f->retry = gw_timer_new(rt->loop, flow_retry, f);
+	if (!f->device || !f->retry) {
+		gw_timer_free(f->retry);
+		free(f->device);
+		free(f);
+		return NULL;
+	}
+	for (at = rt->nflows; at > 0 && strcmp(flows[at - 1]->device, device) > 0; at--)
+		;
+	memmove(&flows[at + 1], &flows[at], (rt->nflows - at) * sizeof(*flows));
+	flows[at] = f;
+	rt->nflows++;
+	return f;
 }
 
 static void
-publish_done(struct mqttbr_device *dev, int status, void *data)
+flow_free(struct flow *f)
+{
+	gw_timer_free(f->retry);
+	free(f->device);
+	free(f);
+}
+
+static void schedule_sync(struct router *rt, bool now);
+static void pump(struct router *rt, struct flow *f);
+
+/* Acknowledges the delivered front of the window to the spool. */
+static void
+flow_advance(struct router *rt, struct flow *f)
+{
+	unsigned n = 0;
+
+	while (n < f->nout && f->out[n].done)
+		n++;
+	if (n == 0)
+		return;
+	spool_ack(rt->spool, f->device, f->out[n - 1].seq);
+	memmove(&f->out[0], &f->out[n], (f->nout - n) * sizeof(f->out[0]));
+	f->nout -= n;
+	schedule_sync(rt, false);
+}
+
+/*
+ * The session failed under the window: everything not yet acknowledged goes again, in order,
+ * once it is back (a message the broker got but whose PUBACK was lost arrives twice: MQTT's
+ * at-least-once).
+ */
+static void
+flow_rewind(struct flow *f)
+{
+	if (f->nout > 0) {
+		unsigned i = 0;
+
+		while (i < f->nout && f->out[i].done)
+			i++;
+		if (i < f->nout)
+			f->next = f->out[i].seq;
+	}
+	f->nout = 0;
+	f->epoch++;
+}
+
+static void
+spooled_done(struct mqttbr_device *dev, int status, void *data)
+{
+	struct sent *s = data;
+	struct router *rt = s->rt;
+	struct flow *f = flow_find(rt, s->device);
+
+	(void)dev;
+	if (!f || s->epoch != f->epoch) {
+		free(s);
+		return;
+	}
+	switch (status) {
+	case 0:
+		rt->st.published++;
+		break;
+	case -EACCES:
+	case -EPROTO:
+	case -EMSGSIZE:
+		/* Sent again it would be refused again, and hold up everything behind it. */
+		/*
+		 * It was acknowledged to its sensor when it reached the disk, so say so loudly:
+		 * a policy (mqtt:publish) mirroring the broker's ACL refuses such messages at the
+		 * edge, with 4.03, before they are acknowledged.
+		 */
+		log_warnx("%s: the broker refused spooled message %llu (%s): dropped", s->device,
+		          (unsigned long long)s->seq, strerror(-status));
+		rt->st.broker_refused++;
+		break;
+	default:
+		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
+		flow_rewind(f);
+		if (status != -ENOTCONN)
+			gw_timer_arm(f->retry, 1000);
+		free(s);
+		return;
+	}
+	for (unsigned i = 0; i < f->nout; i++) {
+		if (f->out[i].seq == s->seq)
+			f->out[i].done = true;
+	}
+	free(s);
+	flow_advance(rt, f);
+	pump(rt, f);
+}
+
+/* Publishes from the device's spool, in order, while the window has room. */
+static void
+pump(struct router *rt, struct flow *f)
+{
+	struct mqttbr_device *dev = mqttbr_find(rt->mqtt, f->device);
+
+	while (dev && mqttbr_device_up(dev) && f->nout < WINDOW) {
+		struct spool_record rec;
+		struct sent *s;
+		void *buf = NULL;
+		int r = spool_read(rt->spool, f->device, f->next, &rec, &buf);
+
+		if (r < 0) {
+			if (r != -ENOENT)
+				log_warnx("%s: cannot read its spool: %s", f->device, strerror(-r));
+			return;
+		}
+		s = malloc(sizeof(*s));
+		if (!s) {
+			free(buf);
+			return;
+		}
+		*s = (struct sent){.rt = rt, .seq = rec.seq, .epoch = f->epoch};
+		snprintf(s->device, sizeof(s->device), "%s", f->device);
+		struct mqttbr_message m = {
+		        .topic = rec.topic,
+		        .payload = rec.payload,
+		        .len = rec.len,
+		        .qos = rec.qos,
+		        .content_type =
+		                rec.content_type && rec.content_type[0] ? rec.content_type : NULL,
+		};
+		/* paho copies the message: the buffer can go at once. */
+		r = mqttbr_publish(dev, &m, spooled_done, s);
+		free(buf);
+		if (r < 0) {
+			free(s);
+			if (r != -ENOTCONN)
+				gw_timer_arm(f->retry, 1000);
+			return;
+		}
+		f->out[f->nout].seq = rec.seq;
+		f->out[f->nout].done = false;
+		f->nout++;
+		f->next = rec.seq + 1;
+	}
+}
+
+static void
+flow_retry(struct gw_timer *t, void *data)
+{
+	struct flow *f = data;
+
+	(void)t;
+	pump(f->rt, f);
+}
+
+void
+router_session_up(struct router *rt, const char *device)
+{
+	struct flow *f;
+
+	if (spool_depth(rt->spool, device, NULL) == 0)
+		return;
+	f = flow_get(rt, device);
+	if (f)
+		pump(rt, f);
+}
+
+/* ---- the spool's group commit ---- */
+
+static void
+answer_waiting(struct router *rt, enum coapbr_status status, unsigned arg)
+{
+	struct waiter *w = rt->waiting;
+
+	rt->waiting = NULL;
+	rt->waiting_tail = &rt->waiting;
+	while (w) {
+		struct waiter *next = w->next;
+
+		coapbr_complete(w->req, status, arg);
+		free(w);
+		w = next;
+	}
+}
+
+static void
+sync_fired(struct gw_timer *t, void *data)
+{
+	struct router *rt = data;
+	int r;
+
+	(void)t;
+	r = spool_sync(rt->spool);
+	if (r < 0) {
+		/* Not durable, so not acknowledged: the sensors send them again. */
+		log_warnx("spool: cannot make messages durable: %s", strerror(-r));
+		answer_waiting(rt, COAPBR_ERROR, 0);
+		return;
+	}
+	answer_waiting(rt, COAPBR_CHANGED, 0);
+}
+
+/*
+ * now: sensors wait for it (a batch's fsync, or the next interval's); else only acknowledged
+ * positions and deleted segments wait, and a second is soon enough.
+ */
+static void
+schedule_sync(struct router *rt, bool now)
+{
+	int64_t left = gw_timer_remaining(rt->sync);
+	uint64_t want = LAZY_SYNC_MS;
+
+	if (now)
+		want = rt->conf->spool.fsync == GWCONF_FSYNC_INTERVAL
+		               ? (uint64_t)rt->conf->spool.fsync_interval
+		               : 0;
+	/* An interval sync stays on its beat; a batch one goes before the loop sleeps. */
+	if (left >= 0 && (uint64_t)left <= want)
+		return;
+	gw_timer_arm(rt->sync, want);
+}
+
+/* ---- uplink ---- */
+
+static void
+direct_done(struct mqttbr_device *dev, int status, void *data)
 {
 	struct coapbr_request *req = data;
 
@@ -57,18 +481,46 @@ publish_done(struct mqttbr_device *dev, int status, void *data)
 	}
 }
 
-void
-router_uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
+/* The topic for up: the route's template, and the format as a last level if so configured. */
+static int
+uplink_topic(const struct router *rt, const struct coapbr_uplink *up, char *topic, size_t len)
 {
-	struct router *rt = data;
+	const struct gwconf_route *route = up->route;
+	int fi = format_index(up->content_format);
+	size_t n;
+
+	if (expand(rt, up->device, route->resource, route->topic, topic, len) < 0)
+		return -EINVAL;
+	if (route->content_type != GWCONF_CTYPE_SUFFIX || up->content_format < 0)
+		return 0;
+	n = strlen(topic);
+	if (fi >= 0)
+		snprintf(topic + n, len - n, "/%s", formats[fi].suffix);
+	else
+		snprintf(topic + n, len - n, "/cf%d", up->content_format);
+	return 0;
+}
+
+static const char *
+uplink_content_type(const struct coapbr_uplink *up, char *buf, size_t len)
+{
+	int fi = format_index(up->content_format);
+
+	if (up->route->content_type != GWCONF_CTYPE_PROPERTY || up->content_format < 0)
+		return NULL;
+	if (fi >= 0)
+		return formats[fi].type;
+	/* Not in our table: still say what it was, in the CoAP registry's terms. */
+	snprintf(buf, len, "application/vnd.coap.cf.%d", up->content_format);
+	return buf;
+}
+
+/* ack = upstream: straight to the session, answered by its PUBACK. */
+static void
+uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr_uplink *up,
+              const struct mqttbr_message *m)
+{
 	struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
-	struct tmpl_vars vars = {.value = {
-	                                 [TMPL_DEVICE] = up->device,
-	                                 [TMPL_PATH] = up->route->resource,
-	                                 [TMPL_GATEWAY] = rt->conf->gateway_id,
-	                         }};
-	char topic[1024];
-	ssize_t n;
 	int r;
 
 	if (!dev) {
@@ -77,23 +529,265 @@ router_uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *
 		coapbr_complete(req, COAPBR_UNAVAILABLE, 60);
 		return;
 	}
-	if (!mqttbr_device_up(dev)) {
+	/* Down, or its spool still draining (order first): the sensor keeps it for now. */
+	if (!mqttbr_device_up(dev) || spool_depth(rt->spool, up->device, NULL) > 0) {
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
 		return;
 	}
-	n = tmpl_expand(up->route->topic, &vars, topic, sizeof(topic));
-	if (n < 0) {
-		log_warnx("%s: cannot build the topic from \"%s\": %s", up->device,
-		          up->route->topic,
-		          n == -ENOBUFS ? "longer than 1023 bytes" : "a value contains '+' or '#'");
-		coapbr_complete(req, COAPBR_ERROR, 0);
-		return;
-	}
-	r = mqttbr_publish(dev, topic, up->payload, up->len, up->route->qos, publish_done, req);
+	r = mqttbr_publish(dev, m, direct_done, req);
 	if (r == -ENOTCONN)
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
 	else if (r < 0)
 		coapbr_complete(req, COAPBR_ERROR, 0);
 	else
-		log_debug("%s: %zu bytes to %s", up->device, up->len, topic);
+		rt->st.published++;
+}
+
+static void
+uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
+{
+	struct router *rt = data;
+	char topic[1024], ctbuf[48], why[256];
+	struct spool_record rec;
+	struct flow *f;
+	int qos = up->confirmable ? up->route->qos_con : up->route->qos_non;
+	int r;
+
+	if (!allowed(rt, up->device, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST,
+	             up->route->resource, why, sizeof(why))) {
+		log_warnx("%s: %s to %s refused: %s", up->device, up->put ? "PUT" : "POST",
+		          up->route->resource, why);
+		rt->st.denied_up++;
+		coapbr_complete(req, COAPBR_FORBIDDEN, 0);
+		return;
+	}
+	if (uplink_topic(rt, up, topic, sizeof(topic)) < 0) {
+		coapbr_complete(req, COAPBR_ERROR, 0);
+		return;
+	}
+	if (!allowed(rt, up->device, POLICY_MQTT_PUBLISH, topic, why, sizeof(why))) {
+		log_warnx("%s: publish to %s refused: %s", up->device, topic, why);
+		rt->st.denied_up++;
+		coapbr_complete(req, COAPBR_FORBIDDEN, 0);
+		return;
+	}
+	rt->st.up_messages++;
+	rt->st.up_bytes += up->len;
+	struct mqttbr_message m = {
+	        .topic = topic,
+	        .payload = up->payload,
+	        .len = up->len,
+	        .qos = qos,
+	        .content_type = uplink_content_type(up, ctbuf, sizeof(ctbuf)),
+	};
+	if (!rt->conf->spool.ack_durable && up->confirmable) {
+		uplink_direct(rt, req, up, &m);
+		return;
+	}
+	/*
+	 * The spool bridges outages. A device without a session (no certificate yet) or whose
+	 * identity the broker refused waits for an operator, not for the network: its sensor
+	 * keeps its messages rather than the spool filling with what may never be accepted.
+	 */
+	const char *reason;
+	enum mqttbr_status ust = mqttbr_status(rt->mqtt, up->device, &reason);
+
+	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED) {
+		struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
+
+		if (ust == MQTTBR_NONE)
+			log_warnx("%s: no upstream session for this device", up->device);
+		coapbr_complete(req, COAPBR_UNAVAILABLE, dev ? mqttbr_device_retry_after(dev) : 60);
+		return;
+	}
+	rec = (struct spool_record){
+	        .qos = (uint8_t)qos,
+	        .topic = topic,
+	        .content_type = m.content_type,
+	        .payload = up->payload,
+	        .len = up->len,
+	};
+	r = spool_append(rt->spool, up->device, &rec);
+	if (r == -ENOSPC) {
+		log_warnx("%s: spool full: message refused (5.03)", up->device);
+		rt->st.refused_full++;
+		coapbr_complete(req, COAPBR_UNAVAILABLE, FULL_RETRY_S);
+		return;
+	}
+	if (r == -EMSGSIZE) {
+		coapbr_complete(req, COAPBR_TOO_LARGE, (unsigned)rt->conf->sensors.max_payload);
+		return;
+	}
+	if (r < 0) {
+		log_warnx("%s: cannot spool a message: %s", up->device, strerror(-r));
+		coapbr_complete(req, COAPBR_ERROR, 0);
+		return;
+	}
+	if (up->confirmable) {
+		struct waiter *w = malloc(sizeof(*w));
+
+		if (!w) {
+			coapbr_complete(req, COAPBR_ERROR, 0);
+			return;
+		}
+		*w = (struct waiter){.req = req};
+		*rt->waiting_tail = w;
+		rt->waiting_tail = &w->next;
+		schedule_sync(rt, true);
+	} else {
+		/* Nothing to acknowledge: libcoap answers a NON only if it asks for it. */
+		coapbr_complete(req, COAPBR_CHANGED, 0);
+		schedule_sync(rt, false);
+	}
+	f = flow_get(rt, up->device);
+	if (f)
+		pump(rt, f);
+}
+
+static bool
+may_read(const char *device, const char *resource, void *data)
+{
+	struct router *rt = data;
+	char why[256];
+
+	if (allowed(rt, device, POLICY_COAP_GET, resource, why, sizeof(why)))
+		return true;
+	log_warnx("%s: GET %s refused: %s", device, resource, why);
+	rt->st.denied_down++;
+	return false;
+}
+
+const struct coapbr_ops router_coap_ops = {
+        .uplink = uplink,
+        .may_read = may_read,
+};
+
+/* ---- downlink and sessions ---- */
+
+void
+router_downlink(const char *device, const struct mqttbr_message *m, void *data)
+{
+	struct router *rt = data;
+	char why[256];
+	int r;
+
+	if (!allowed(rt, device, POLICY_MQTT_RECEIVE, m->topic, why, sizeof(why))) {
+		log_warnx("%s: command on %s refused: %s", device, m->topic, why);
+		rt->st.denied_down++;
+		return;
+	}
+	if (m->len > COMMAND_MAX) {
+		log_warnx(
+		        "%s: command on %s is %zu bytes, more than the %d a CoAP message carries: "
+		        "dropped",
+		        device, m->topic, m->len, COMMAND_MAX);
+		rt->st.down_too_large++;
+		return;
+	}
+	r = cmdq_push(rt->commands, device, m->payload, m->len, format_of(m->content_type));
+	if (r < 0) {
+		log_warnx("%s: cannot queue a command: %s", device, strerror(-r));
+		return;
+	}
+	rt->st.down_messages++;
+	rt->st.down_bytes += m->len;
+	log_debug("%s: command of %zu bytes from %s queued", device, m->len, m->topic);
+	if (rt->coap)
+		coapbr_commands_ready(rt->coap, device);
+}
+
+void
+router_session_topics(struct router *rt, const char *device, struct router_session *out)
+{
+	char why[256];
+
+	out->has_status = rt->conf->presence.topic &&
+	                  expand(rt, device, "", rt->conf->presence.topic, out->status_topic,
+	                         sizeof(out->status_topic)) == 0;
+	out->has_commands = rt->conf->downlink.topic &&
+	                    expand(rt, device, "", rt->conf->downlink.topic, out->command_filter,
+	                           sizeof(out->command_filter)) == 0;
+	if (out->has_commands &&
+	    !allowed(rt, device, POLICY_MQTT_SUBSCRIBE, out->command_filter, why, sizeof(why))) {
+		log_warnx("%s: subscription to %s refused: %s; it gets no commands", device,
+		          out->command_filter, why);
+		out->has_commands = false;
+	}
+}
+
+void
+router_forget(struct router *rt, const char *device)
+{
+	struct flow *f = flow_find(rt, device);
+
+	if (f) {
+		size_t i;
+
+		for (i = 0; rt->flows[i] != f; i++)
+			;
+		memmove(&rt->flows[i], &rt->flows[i + 1], (rt->nflows - i - 1) * sizeof(f));
+		rt->nflows--;
+		flow_free(f);
+	}
+	spool_forget(rt->spool, device);
+	if (rt->commands)
+		cmdq_forget(rt->commands, device);
+}
+
+void
+router_get_stats(const struct router *rt, struct router_stats *st)
+{
+	*st = rt->st;
+}
+
+void
+router_set_coap(struct router *rt, struct coapbr *coap)
+{
+	rt->coap = coap;
+}
+
+int
+router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
+           const struct keystore *ks, struct mqttbr *mqtt, struct spool *spool,
+           struct cmdq *commands)
+{
+	struct router *rt = calloc(1, sizeof(*rt));
+
+	if (!rt)
+		return -ENOMEM;
+	rt->loop = loop;
+	rt->conf = conf;
+	rt->ks = ks;
+	rt->mqtt = mqtt;
+	rt->spool = spool;
+	rt->commands = commands;
+	rt->waiting_tail = &rt->waiting;
+	rt->sync = gw_timer_new(loop, sync_fired, rt);
+	if (!rt->sync) {
+		free(rt);
+		return -ENOMEM;
+	}
+	*out = rt;
+	return 0;
+}
+
+void
+router_free(struct router *rt)
+{
+	if (!rt)
+		return;
+	/* What was appended is on its way to the disk; a last sync makes it durable. */
+	if (spool_needs_sync(rt->spool))
+		spool_sync(rt->spool);
+	while (rt->waiting) {
+		struct waiter *w = rt->waiting;
+
+		rt->waiting = w->next;
+		free(w);
+	}
+	for (size_t i = 0; i < rt->nflows; i++)
+		flow_free(rt->flows[i]);
+	free(rt->flows);
+	gw_timer_free(rt->sync);
+	free(rt);
 }

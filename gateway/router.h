@@ -4,19 +4,69 @@
 
 #include "coapbr.h"
 
+#include <stdint.h>
+
 /*
- * Joins the two bridges: an uplink from a sensor becomes a publish on its own device's
- * upstream session, and the publish's outcome becomes the sensor's CoAP answer.
+ * Joins the two bridges. Uplink: a sensor's message is checked against the policies, its topic
+ * built from the route's template, and it goes through the device's spool to the device's own
+ * upstream session, in order; the sensor's answer follows the config's `spool.ack` (the
+ * reliability contract, DESIGN.md 6). Downlink: a command arriving on a device's session is
+ * checked and queued for its sensor. The router also names each session's presence topic and
+ * command subscription.
  */
 
+struct cmdq;
+struct gw_loop;
 struct gwconf;
+struct keystore;
 struct mqttbr;
 struct router;
+struct spool;
 
-int router_new(struct router **out, const struct gwconf *conf, struct mqttbr *mqtt);
+int router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
+               const struct keystore *ks, struct mqttbr *mqtt, struct spool *spool,
+               struct cmdq *commands);
+/* Accepts NULL. Sensors still waiting for an answer get none (they retransmit). */
 void router_free(struct router *rt);
 
-/* A coapbr_uplink_fn; data is the router. */
-void router_uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data);
+/* The sensor side, told when a device's commands arrive. */
+void router_set_coap(struct router *rt, struct coapbr *coap);
+
+/* The coapbr_ops to serve sensors with; their data is the router. */
+extern const struct coapbr_ops router_coap_ops;
+
+/* A device's upstream session came up: what its spool holds goes out now. */
+void router_session_up(struct router *rt, const char *device);
+
+/*
+ * A device's presence topic and command filter, expanded. has_* is false where the config
+ * has none, where a template cannot be expanded for this device, or where a policy denies the
+ * subscription (both logged): the session then goes without that part.
+ */
+struct router_session {
+	char status_topic[512];
+	char command_filter[512];
+	bool has_status;
+	bool has_commands;
+};
+void router_session_topics(struct router *rt, const char *device, struct router_session *out);
+
+/* mqttbr_message_fn: a message on a device's command subscription. data is the router. */
+struct mqttbr_message;
+void router_downlink(const char *device, const struct mqttbr_message *m, void *data);
+
+/* The device was removed: its spool and its queued commands go. */
+void router_forget(struct router *rt, const char *device);
+
+struct router_stats {
+	uint64_t up_messages, up_bytes;     /* accepted from sensors */
+	uint64_t published;                 /* acknowledged upstream (QoS 1) or sent (QoS 0) */
+	uint64_t denied_up, denied_down;    /* refused by a policy */
+	uint64_t refused_full;              /* 5.03: the spool was full */
+	uint64_t broker_refused;            /* dropped: the broker refused the publish */
+	uint64_t down_messages, down_bytes; /* commands queued for sensors */
+	uint64_t down_too_large;            /* commands dropped: larger than one CoAP message */
+};
+void router_get_stats(const struct router *rt, struct router_stats *st);
 
 #endif

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "coapbr.h"
+#include "cmdq.h"
 #include "conf.h"
 #include "keystore.h"
 #include "log.h"
@@ -24,6 +25,27 @@ enum request_state {
 };
 
 /*
+ * RFC 7252 section 4.5: a retransmitted CON must not be acted on twice. A sensor has one CON
+ * outstanding at a time (NSTART 1, section 4.7), so the last few answers per session are
+ * enough to repeat the right one; libcoap itself repeats only the empty ACK of an exchange
+ * still pending.
+ */
+#define SEEN_PER_SENSOR 8
+
+struct seen {
+	coap_mid_t mid; /* COAP_INVALID_MID: unused */
+	enum coapbr_status status;
+	unsigned arg;
+};
+
+/* An RFC 7959 Block1 upload being put together; one per session at a time. */
+struct upload {
+	const struct gwconf_route *route;
+	size_t len;
+	uint8_t data[]; /* sensors.max_payload bytes */
+};
+
+/*
  * A sensor's DTLS session, from its PSK callback until libcoap frees it
  * (COAP_EVENT_SERVER_SESSION_DEL). Held as the session's app data. The session itself is found
  * again by its address when needed, so that a pointer libcoap has freed is never used.
@@ -35,6 +57,21 @@ struct sensor {
 	size_t identity_len;
 	coap_address_t remote;
 	int ifindex;
+	struct seen seen[SEEN_PER_SENSOR];
+	unsigned seen_next;
+	struct upload *upload;
+	/* Its observation of the command resource (RFC 7641): notifications carry this token. */
+	bool observing;
+	uint8_t obs_token[8];
+	size_t obs_token_len;
+	/* The command its last GET took, repeated if that CON comes again. */
+	coap_mid_t last_get_mid;
+	struct cmdq_command *last_get;
+	/*
+	 * libcoap announces a session's end before it fails the notifications still queued on
+	 * it; the sensor outlives it until then (see on_nack), on the graveyard list.
+	 */
+	bool dead;
 	struct sensor *prev, *next;
 };
 
@@ -46,6 +83,7 @@ struct coapbr_request {
 	bool done;
 	enum coapbr_status status;
 	unsigned max_age;
+	coap_mid_t mid; /* the request's, for struct seen */
 	struct coapbr_request *prev, *next;
 };
 
@@ -54,8 +92,12 @@ struct coapbr {
 	const struct keystore *ks;
 	coap_context_t *ctx;
 	int fd;
-	coapbr_uplink_fn uplink;
+	const struct coapbr_ops *ops;
 	void *data;
+	size_t max_payload;
+	struct cmdq *commands; /* NULL: no command resource */
+	char *commands_path;
+	struct sensor *graveyard;
 	/* libcoap copies the key it is handed; this is where it is handed from. */
 	uint8_t psk[KEYSTORE_PSK_MAX];
 	coap_bin_const_t psk_bin;
@@ -82,6 +124,25 @@ sensor_unlink(struct coapbr *br, struct sensor *sn)
 		br->sensors = sn->next;
 	if (sn->next)
 		sn->next->prev = sn->prev;
+}
+
+static void
+sensor_free(struct sensor *sn)
+{
+	free(sn->upload);
+	free(sn->last_get);
+	free(sn);
+}
+
+static void
+bury_the_dead(struct coapbr *br)
+{
+	while (br->graveyard) {
+		struct sensor *sn = br->graveyard;
+
+		br->graveyard = sn->next;
+		sensor_free(sn);
+	}
 }
 
 static void
@@ -161,6 +222,9 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 			return NULL;
 		sn->remote = *coap_session_get_addr_remote(session);
 		sn->ifindex = coap_session_get_ifindex(session);
+		sn->last_get_mid = COAP_INVALID_MID;
+		for (size_t i = 0; i < SEEN_PER_SENSOR; i++)
+			sn->seen[i].mid = COAP_INVALID_MID;
 		sn->next = br->sensors;
 		if (br->sensors)
 			br->sensors->prev = sn;
@@ -186,9 +250,15 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 	case COAP_EVENT_SERVER_SESSION_DEL:
 		sn = coap_session_get_app_data(session);
 		if (sn) {
-			sensor_unlink(coap_get_app_data(coap_session_get_context(session)), sn);
-			coap_session_set_app_data(session, NULL);
-			free(sn);
+			struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
+
+			/* Freed after coap_io_process(): on_nack() still needs it for this session.
+			 */
+			sensor_unlink(br, sn);
+			sn->dead = true;
+			sn->prev = NULL;
+			sn->next = br->graveyard;
+			br->graveyard = sn;
 		}
 		break;
 	case COAP_EVENT_DTLS_CONNECTED:
@@ -229,8 +299,9 @@ request_unlink(struct coapbr_request *req)
 		req->next->prev = req->prev;
 }
 
+/* arg: Max-Age for COAPBR_UNAVAILABLE, Size1 for COAPBR_TOO_LARGE. */
 static void
-respond(coap_pdu_t *response, enum coapbr_status status, unsigned max_age)
+respond(coap_pdu_t *response, enum coapbr_status status, unsigned arg)
 {
 	static const char unavailable[] = "upstream unavailable";
 	uint8_t buf[4];
@@ -242,11 +313,17 @@ respond(coap_pdu_t *response, enum coapbr_status status, unsigned max_age)
 	case COAPBR_FORBIDDEN:
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
 		break;
+	case COAPBR_TOO_LARGE:
+		/* RFC 7252 section 5.9.2.9 and RFC 7959 section 4: Size1 gives the limit. */
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE);
+		coap_add_option(response, COAP_OPTION_SIZE1,
+		                coap_encode_var_safe(buf, sizeof(buf), arg), buf);
+		break;
 	case COAPBR_UNAVAILABLE:
 		/* RFC 7252 section 5.9.3.4: Max-Age says when to try again. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE);
 		coap_add_option(response, COAP_OPTION_MAXAGE,
-		                coap_encode_var_safe(buf, sizeof(buf), max_age ? max_age : 1), buf);
+		                coap_encode_var_safe(buf, sizeof(buf), arg ? arg : 1), buf);
 		/* Section 5.5.2: a diagnostic payload for the technician's coap-client. */
 		coap_add_data(response, sizeof(unavailable) - 1, (const uint8_t *)unavailable);
 		break;
@@ -256,24 +333,132 @@ respond(coap_pdu_t *response, enum coapbr_status status, unsigned max_age)
 	}
 }
 
+static const struct seen *
+seen_find(const struct sensor *sn, coap_mid_t mid)
+{
+	for (size_t i = 0; i < SEEN_PER_SENSOR; i++) {
+		if (sn->seen[i].mid == mid)
+			return &sn->seen[i];
+	}
+	return NULL;
+}
+
+/* Remembers the answer to a CON, to repeat it if the CON comes again. */
+static void
+seen_add(struct sensor *sn, coap_mid_t mid, enum coapbr_status status, unsigned arg)
+{
+	sn->seen[sn->seen_next] = (struct seen){.mid = mid, .status = status, .arg = arg};
+	sn->seen_next = (sn->seen_next + 1) % SEEN_PER_SENSOR;
+}
+
+/*
+ * Answers request and, for a CON, remembers the answer under mid: the request's message ID
+ * as it arrived (libcoap gives a deferred request's copy a new one).
+ */
+static void
+answer(struct sensor *sn, const coap_pdu_t *request, coap_mid_t mid, coap_pdu_t *response,
+       enum coapbr_status status, unsigned arg)
+{
+	coap_block_t block;
+	uint8_t buf[4];
+
+	/* RFC 7959 section 2.3: the answer to the last block echoes its Block1 option. */
+	if (coap_get_block(request, COAP_OPTION_BLOCK1, &block))
+		coap_add_option(
+		        response, COAP_OPTION_BLOCK1,
+		        coap_encode_var_safe(buf, sizeof(buf), (block.num << 4) | block.szx), buf);
+	respond(response, status, arg);
+	if (sn && coap_pdu_get_type(request) == COAP_MESSAGE_CON)
+		seen_add(sn, mid, status, arg);
+}
+
+/*
+ * Takes one Block1 block (RFC 7959 section 2.5). Returns 1 when the message is whole, with
+ * *payload and *len set; 0 when the block was taken and answered (2.31 Continue follows from
+ * libcoap); or -1 when the upload was refused and answered.
+ */
+static int
+take_block(struct coapbr *br, struct sensor *sn, const struct gwconf_route *route,
+           const coap_pdu_t *request, const coap_block_b_t *block, coap_pdu_t *response,
+           const uint8_t **payload, size_t *len)
+{
+	size_t offset = (size_t)block->num << (block->szx + 4), n = 0;
+	const uint8_t *data = NULL;
+	coap_opt_iterator_t it;
+	coap_opt_t *size1 = coap_check_option(request, COAP_OPTION_SIZE1, &it);
+
+	coap_get_data(request, &n, &data);
+	/* Refused at the first sign: a declared Size1, or the data so far. */
+	if ((size1 && coap_decode_var_bytes(coap_opt_value(size1), coap_opt_length(size1)) >
+	                      br->max_payload) ||
+	    offset + n > br->max_payload) {
+		log_warnx("%s: an upload to %s is larger than sensors.max_payload (%zu bytes): "
+		          "4.13",
+		          sn->device, route->resource, br->max_payload);
+		free(sn->upload);
+		sn->upload = NULL;
+		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
+		       (unsigned)br->max_payload);
+		return -1;
+	}
+	if (block->num == 0) {
+		free(sn->upload);
+		sn->upload = malloc(sizeof(*sn->upload) + br->max_payload);
+		if (!sn->upload) {
+			answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
+			return -1;
+		}
+		sn->upload->route = route;
+		sn->upload->len = 0;
+	}
+	if (!sn->upload || sn->upload->route != route || offset > sn->upload->len) {
+		/* Section 2.9.2: a block out of sequence. */
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_INCOMPLETE);
+		return -1;
+	}
+	/* offset < len: a block received before, sent again; taken once. */
+	memcpy(sn->upload->data + offset, data, n);
+	if (offset + n > sn->upload->len)
+		sn->upload->len = offset + n;
+	if (block->m) {
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED);
+		return 0;
+	}
+	*payload = sn->upload->data;
+	*len = sn->upload->len;
+	return 1;
+}
+
+static int
+content_format(const coap_pdu_t *pdu)
+{
+	coap_opt_iterator_t it;
+	coap_opt_t *opt = coap_check_option(pdu, COAP_OPTION_CONTENT_FORMAT, &it);
+
+	return opt ? (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt)) : -1;
+}
+
 static void
 handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *request,
               const coap_string_t *query, coap_pdu_t *response)
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	coap_async_t *async = coap_find_async(session, coap_pdu_get_token(request));
-	const struct sensor *sn = coap_session_get_app_data(session);
+	struct sensor *sn = coap_session_get_app_data(session);
 	const char *device = sn ? sn->device : NULL;
+	const struct gwconf_route *route = coap_resource_get_userdata(resource);
+	const struct seen *seen;
 	struct coapbr_request *req;
 	struct coapbr_uplink up;
-	size_t len = 0, offset, total;
+	coap_block_b_t block;
+	size_t len = 0;
 	const uint8_t *payload = NULL;
 
 	(void)query;
 	if (async) {
 		/* Called again by libcoap after coapbr_complete() triggered the async. */
 		req = coap_async_get_app_data(async);
-		respond(response, req->status, req->max_age);
+		answer(sn, request, req->mid, response, req->status, req->max_age);
 		request_unlink(req);
 		free(req);
 		return;
@@ -283,39 +468,62 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_UNAUTHORIZED);
 		return;
 	}
+	if (coap_pdu_get_type(request) == COAP_MESSAGE_CON &&
+	    (seen = seen_find(sn, coap_pdu_get_mid(request)))) {
+		log_debug("%s: CON 0x%04x again: answered as before, not forwarded again", device,
+		          (unsigned)coap_pdu_get_mid(request));
+		answer(sn, request, coap_pdu_get_mid(request), response, seen->status, seen->arg);
+		return;
+	}
 	/*
 	 * Suspended, revoked or removed since its handshake, or its PSK rotated out (grace over):
 	 * nothing more of it goes upstream.
 	 */
 	if (!keystore_device_usable(br->ks, device) ||
 	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len)) {
-		respond(response, COAPBR_FORBIDDEN, 0);
+		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_FORBIDDEN, 0);
 		return;
+	}
+	if (coap_get_block_b(session, request, COAP_OPTION_BLOCK1, &block)) {
+		if (take_block(br, sn, route, request, &block, response, &payload, &len) <= 0)
+			return;
+	} else {
+		coap_get_data(request, &len, &payload);
+		if (len > br->max_payload) {
+			answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
+			       (unsigned)br->max_payload);
+			return;
+		}
 	}
 	req = calloc(1, sizeof(*req));
 	if (!req) {
-		respond(response, COAPBR_ERROR, 0);
+		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
 		return;
 	}
 	req->br = br;
 	req->session = session;
+	req->mid = coap_pdu_get_mid(request);
 	req->next = br->requests;
 	if (br->requests)
 		br->requests->prev = req;
 	br->requests = req;
 
-	coap_get_data_large(request, &len, &payload, &offset, &total);
 	up = (struct coapbr_uplink){
 	        .device = device,
-	        .route = coap_resource_get_userdata(resource),
+	        .route = route,
+	        .put = coap_pdu_get_code(request) == COAP_REQUEST_CODE_PUT,
 	        .payload = payload,
 	        .len = len,
 	        .confirmable = coap_pdu_get_type(request) == COAP_MESSAGE_CON,
+	        .content_format = content_format(request),
 	};
-	br->uplink(req, &up, br->data);
+	br->ops->uplink(req, &up, br->data);
+	/* The router copied what it keeps. */
+	free(sn->upload);
+	sn->upload = NULL;
 	if (req->done) {
 		/* Answered at once (upstream down): piggy-back it on the ACK. */
-		respond(response, req->status, req->max_age);
+		answer(sn, request, coap_pdu_get_mid(request), response, req->status, req->max_age);
 		request_unlink(req);
 		free(req);
 		return;
@@ -328,12 +536,193 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	if (!async) {
 		log_warnx("%s: cannot defer the response to a request (out of memory?)", device);
 		req->state = REQ_ORPHAN;
-		respond(response, COAPBR_ERROR, 0);
+		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
 		return;
 	}
 	req->state = REQ_ASYNC;
 	req->async = async;
 	coap_async_set_app_data(async, req);
+}
+
+/* Seconds a command has left, for its Max-Age: the sensor may act on it until then. */
+static unsigned
+remaining(const struct cmdq_command *cmd)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return cmd->expires > ts.tv_sec ? (unsigned)(cmd->expires - ts.tv_sec) : 0;
+}
+
+/* A command as a 2.05 Content: in a response, or in a notification. */
+static void
+put_command(coap_pdu_t *pdu, const struct cmdq_command *cmd, bool observe, uint32_t seq)
+{
+	uint8_t buf[4];
+
+	coap_pdu_set_code(pdu, COAP_RESPONSE_CODE_CONTENT);
+	/* RFC 7641 section 3.4: 24 bits, and a fresher notification has the larger one. */
+	if (observe)
+		coap_add_option(pdu, COAP_OPTION_OBSERVE,
+		                coap_encode_var_safe(buf, sizeof(buf), seq & 0xFFFFFF), buf);
+	if (!cmd)
+		return;
+	if (cmd->content_format >= 0)
+		coap_add_option(
+		        pdu, COAP_OPTION_CONTENT_FORMAT,
+		        coap_encode_var_safe(buf, sizeof(buf), (unsigned)cmd->content_format), buf);
+	coap_add_option(pdu, COAP_OPTION_MAXAGE,
+	                coap_encode_var_safe(buf, sizeof(buf), remaining(cmd)), buf);
+	coap_add_data(pdu, cmd->len, cmd->payload);
+}
+
+/*
+ * GET on the command resource: takes the device's oldest waiting command (an empty 2.05 when
+ * none waits). With Observe 0 the sensor also registers for the ones that come later; they
+ * are then pushed to it as CON notifications by coapbr_commands_ready().
+ */
+static void
+handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *request,
+                const coap_string_t *query, coap_pdu_t *response)
+{
+	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
+	struct sensor *sn = coap_session_get_app_data(session);
+	coap_opt_iterator_t it;
+	coap_opt_t *obs = coap_check_option(request, COAP_OPTION_OBSERVE, &it);
+	coap_bin_const_t token = coap_pdu_get_token(request);
+	struct cmdq_command *cmd;
+	bool con = coap_pdu_get_type(request) == COAP_MESSAGE_CON;
+
+	(void)resource;
+	(void)query;
+	if (!sn || !keystore_device_usable(br->ks, sn->device) ||
+	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len) ||
+	    !br->ops->may_read(sn->device, br->commands_path, br->data)) {
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
+		return;
+	}
+	if (con && sn->last_get && sn->last_get_mid == coap_pdu_get_mid(request)) {
+		/* The same GET again: its answer was lost, so it gets the same command. */
+		put_command(response, sn->last_get, false, 0);
+		return;
+	}
+	if (obs && coap_decode_var_bytes(coap_opt_value(obs), coap_opt_length(obs)) == 0 &&
+	    token.length <= sizeof(sn->obs_token)) {
+		sn->observing = true;
+		sn->obs_token_len = token.length;
+		memcpy(sn->obs_token, token.s, token.length);
+		log_info("%s: its sensor observes /%s", sn->device, br->commands_path);
+	} else if (obs) {
+		sn->observing = false;
+	}
+	cmd = cmdq_pop(br->commands, sn->device);
+	put_command(response, cmd, sn->observing && obs, cmd ? cmd->seq : 0);
+	free(sn->last_get);
+	sn->last_get = NULL;
+	if (cmd && con) {
+		sn->last_get = cmd;
+		sn->last_get_mid = coap_pdu_get_mid(request);
+	} else {
+		free(cmd);
+	}
+	/* More may be waiting: they follow as notifications. */
+	if (sn->observing && cmdq_depth(br->commands, sn->device) > 0)
+		coapbr_commands_ready(br, sn->device);
+}
+
+/* The sensor session of device that observes the command resource, or NULL. */
+static coap_session_t *
+observer_of(struct coapbr *br, const char *device, struct sensor **out)
+{
+	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
+		coap_session_t *s;
+
+		if (!sn->observing || strcmp(sn->device, device) != 0)
+			continue;
+		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
+		if (s && coap_session_get_app_data(s) == sn) {
+			*out = sn;
+			return s;
+		}
+	}
+	return NULL;
+}
+
+void
+coapbr_commands_ready(struct coapbr *br, const char *device)
+{
+	struct sensor *sn;
+	coap_session_t *s = br->commands ? observer_of(br, device, &sn) : NULL;
+	struct cmdq_command *cmd;
+
+	if (!s)
+		return;
+	/*
+	 * All at once, in order: libcoap sends one CON at a time per session (NSTART 1) and
+	 * holds the rest until the previous is acknowledged.
+	 */
+	while ((cmd = cmdq_pop(br->commands, device))) {
+		coap_pdu_t *pdu =
+		        coap_pdu_init(COAP_MESSAGE_CON, COAP_RESPONSE_CODE_CONTENT,
+		                      coap_new_message_id(s), coap_session_max_pdu_size(s));
+
+		if (!pdu || !coap_add_token(pdu, sn->obs_token_len, sn->obs_token)) {
+			coap_delete_pdu(pdu);
+			cmdq_requeue(br->commands, device, cmd);
+			return;
+		}
+		put_command(pdu, cmd, true, cmd->seq);
+		if (coap_send(s, pdu) == COAP_INVALID_MID) {
+			log_warnx("%s: cannot send a command to its sensor: kept for later",
+			          device);
+			cmdq_requeue(br->commands, device, cmd);
+			return;
+		}
+		log_debug("%s: command of %zu bytes sent to its sensor", device, cmd->len);
+		free(cmd);
+	}
+}
+
+/*
+ * A CON that its sensor did not acknowledge (no ACK after the retransmissions, a reset, the
+ * session gone). If it was a command, it goes back in the queue, rebuilt from what was sent;
+ * a reset also ends the observation (RFC 7641 section 3.6).
+ */
+static void
+on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_t reason,
+        const coap_mid_t mid)
+{
+	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
+	struct sensor *sn = coap_session_get_app_data(session);
+	coap_opt_iterator_t it;
+	coap_opt_t *obs, *opt;
+	struct cmdq_command *cmd;
+	const uint8_t *data = NULL;
+	size_t len = 0;
+	unsigned max_age = 0;
+	int cf;
+
+	(void)mid;
+	if (!sn || !br->commands || !sent || coap_pdu_get_code(sent) != COAP_RESPONSE_CODE_CONTENT)
+		return;
+	obs = coap_check_option(sent, COAP_OPTION_OBSERVE, &it);
+	if (!obs)
+		return;
+	if (reason == COAP_NACK_RST)
+		sn->observing = false;
+	coap_get_data(sent, &len, &data);
+	cf = content_format(sent);
+	opt = coap_check_option(sent, COAP_OPTION_MAXAGE, &it);
+	if (opt)
+		max_age = coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+	cmd = cmdq_rebuild(br->commands,
+	                   coap_decode_var_bytes(coap_opt_value(obs), coap_opt_length(obs)),
+	                   max_age, cf, data, len);
+	if (!cmd)
+		return;
+	log_info("%s: its sensor did not take a command (%s): queued again", sn->device,
+	         reason == COAP_NACK_RST ? "reset" : "no acknowledgement");
+	cmdq_requeue(br->commands, sn->device, cmd);
 }
 
 void
@@ -422,6 +811,7 @@ coap_ready(int fd, uint32_t events, void *data)
 	(void)fd;
 	(void)events;
 	coap_io_process(br->ctx, COAP_IO_NO_WAIT);
+	bury_the_dead(br);
 }
 
 /*
@@ -521,12 +911,32 @@ add_routes(struct coapbr *br, const struct gwconf *conf)
 		coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
 		coap_add_resource(br->ctx, r);
 	}
+	if (br->commands) {
+		coap_str_const_t *path = coap_new_str_const((const uint8_t *)br->commands_path,
+		                                            strlen(br->commands_path));
+		coap_resource_t *r;
+
+		if (!path)
+			return -ENOMEM;
+		r = coap_resource_init(path, COAP_RESOURCE_FLAGS_RELEASE_URI);
+		if (!r) {
+			coap_delete_str_const(path);
+			return -ENOMEM;
+		}
+		/*
+		 * Not observable in libcoap's sense: it would notify every observer for any one
+		 * device's command. handle_commands() keeps each sensor's observation instead.
+		 */
+		coap_register_request_handler(r, COAP_REQUEST_GET, handle_commands);
+		coap_add_resource(br->ctx, r);
+	}
 	return 0;
 }
 
 int
 coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
-           const struct keystore *ks, coapbr_uplink_fn fn, void *data)
+           const struct keystore *ks, struct cmdq *commands, const struct coapbr_ops *ops,
+           void *data)
 {
 	coap_dtls_spsk_t spsk; /* libcoap keeps a copy */
 	struct coapbr *br;
@@ -539,8 +949,17 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 		return -ENOMEM;
 	br->loop = loop;
 	br->ks = ks;
-	br->uplink = fn;
+	br->ops = ops;
 	br->data = data;
+	br->max_payload = (size_t)conf->sensors.max_payload;
+	if (commands && conf->downlink.resource) {
+		br->commands = commands;
+		br->commands_path = strdup(conf->downlink.resource);
+		if (!br->commands_path) {
+			free(br);
+			return -ENOMEM;
+		}
+	}
 	br->fd = -1;
 
 	coap_startup();
@@ -568,8 +987,13 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 		r = -ENOTSUP;
 		goto fail;
 	}
-	/* Reassemble RFC 7959 Block1 uploads so the router sees whole messages. */
-	coap_context_set_block_mode(br->ctx, COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY);
+	/*
+	 * RFC 7959 blocks: libcoap answers 2.31 Continue, handle_uplink() puts Block1 uploads
+	 * together itself so that it can refuse one past sensors.max_payload at its first block
+	 * (libcoap's own reassembly has no limit), and libcoap sends large answers in Block2.
+	 */
+	coap_context_set_block_mode(br->ctx, COAP_BLOCK_USE_LIBCOAP);
+	coap_register_nack_handler(br->ctx, on_nack);
 	/*
 	 * Size libcoap's limits for the fleet: every paired sensor may hold a session, and after a
 	 * gateway restart all of them handshake at once (libcoap's default allows 100).
@@ -642,8 +1066,10 @@ coapbr_free(struct coapbr *br)
 		struct sensor *sn = br->sensors;
 
 		sensor_unlink(br, sn);
-		free(sn);
+		sensor_free(sn);
 	}
+	bury_the_dead(br);
+	free(br->commands_path);
 	explicit_bzero(br->psk, sizeof(br->psk));
 	coap_cleanup();
 	free(br);

@@ -13,6 +13,7 @@
  * real answer follows as a separate response (RFC 7252 section 5.2.2).
  */
 
+struct cmdq;
 struct gw_loop;
 struct gwconf;
 struct gwconf_route;
@@ -23,6 +24,7 @@ struct coapbr_request;
 enum coapbr_status {
 	COAPBR_CHANGED,     /* 2.04: the message is safe upstream */
 	COAPBR_FORBIDDEN,   /* 4.03: the broker or a policy refused it */
+	COAPBR_TOO_LARGE,   /* 4.13 with Size1: more than sensors.max_payload */
 	COAPBR_UNAVAILABLE, /* 5.03 with Max-Age: upstream down, try again later */
 	COAPBR_ERROR,       /* 5.00 */
 };
@@ -30,17 +32,31 @@ enum coapbr_status {
 struct coapbr_uplink {
 	const char *device;
 	const struct gwconf_route *route;
+	bool put; /* PUT, else POST */
 	const uint8_t *payload;
-	size_t len;
+	size_t len; /* the whole message, reassembled from its Block1 blocks */
 	bool confirmable;
+	int content_format; /* CoAP Content-Format, -1 when absent */
 };
 
-/* Must lead to exactly one coapbr_complete(req, ...), now or later. */
-typedef void (*coapbr_uplink_fn)(struct coapbr_request *req, const struct coapbr_uplink *up,
-                                 void *data);
+struct coapbr_ops {
+	/* Must lead to exactly one coapbr_complete(req, ...), now or later. */
+	void (*uplink)(struct coapbr_request *req, const struct coapbr_uplink *up, void *data);
+	/* Whether device's sensor may read (GET, observe) the command resource. */
+	bool (*may_read)(const char *device, const char *resource, void *data);
+};
 
+/*
+ * Serves conf's routes and, when commands is not NULL, conf's downlink resource: a sensor
+ * takes its device's commands from commands by GET, or has them pushed by observing it
+ * (RFC 7641). ops and data are kept.
+ */
 int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
-               const struct keystore *ks, coapbr_uplink_fn fn, void *data);
+               const struct keystore *ks, struct cmdq *commands, const struct coapbr_ops *ops,
+               void *data);
+
+/* New commands for device are queued: pushes them to its sensor if that one observes. */
+void coapbr_commands_ready(struct coapbr *br, const char *device);
 /* Accepts NULL. Requests not yet completed are dropped without an answer. */
 void coapbr_free(struct coapbr *br);
 

@@ -48,6 +48,8 @@ struct mqttbr_device {
 	char *id;
 	char *cert_file;
 	char *key_file;
+	char *status_topic;   /* presence: retained online/offline, NULL for none */
+	char *command_filter; /* subscribed at each connect, NULL for none */
 	MQTTAsync client;
 	enum dev_state state;
 	unsigned failures; /* consecutive failed connects, for the backoff */
@@ -68,7 +70,24 @@ struct mqttbr_device {
 	char tls_error[512];
 };
 
-enum ev_type { EV_CONNECTED, EV_CONNECT_FAILED, EV_CONN_LOST, EV_PUB_DONE, EV_DISCONNECTED };
+enum ev_type {
+	EV_CONNECTED,
+	EV_CONNECT_FAILED,
+	EV_CONN_LOST,
+	EV_PUB_DONE,
+	EV_DISCONNECTED,
+	EV_SUBSCRIBED,
+	EV_MESSAGE,
+};
+
+/* A message from the broker, copied off paho's thread. */
+struct inbound {
+	char *topic;
+	char *content_type;
+	uint8_t *payload;
+	size_t len;
+	int qos;
+};
 
 /* What a paho thread hands to the loop. */
 struct event {
@@ -78,6 +97,7 @@ struct event {
 	int code;   /* paho's MQTTASYNC_* code */
 	int reason; /* MQTT 5 reason code */
 	char *msg;
+	struct inbound *in; /* EV_MESSAGE */
 	struct event *next;
 };
 
@@ -99,6 +119,14 @@ struct mqttbr {
 	size_t connecting; /* devices with a connect in flight */
 	mqttbr_judged_fn judged;
 	void *judged_data;
+	mqttbr_message_fn message;
+	void *message_data;
+	struct {
+		char *online;
+		char *offline;
+		int qos;
+	} presence;
+	int command_qos;
 	/* Removed devices waiting for their DISCONNECT to go out before they are freed. */
 	struct mqttbr_device **removing;
 	size_t nremoving;
@@ -155,11 +183,42 @@ on_trace(enum MQTTASYNC_TRACE_LEVELS level, char *message)
 }
 
 static void
+inbound_free(struct inbound *in)
+{
+	if (!in)
+		return;
+	free(in->topic);
+	free(in->content_type);
+	free(in->payload);
+	free(in);
+}
+
+static void
+event_free(struct event *ev)
+{
+	free(ev->msg);
+	inbound_free(ev->in);
+	free(ev);
+}
+
+static void
+post_event(struct mqttbr *br, struct event *ev)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&br->lock);
+	*br->tail = ev;
+	br->tail = &ev->next;
+	pthread_mutex_unlock(&br->lock);
+	if (write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("mqtt: eventfd write");
+}
+
+static void
 post(struct mqttbr *br, enum ev_type type, struct mqttbr_device *dev, struct publish *pub, int code,
      int reason, const char *msg)
 {
 	struct event *ev = calloc(1, sizeof(*ev));
-	uint64_t one = 1;
 
 	if (!ev) {
 		/* Nowhere to report it from paho's thread; the publish timeout still fires. */
@@ -168,12 +227,7 @@ post(struct mqttbr *br, enum ev_type type, struct mqttbr_device *dev, struct pub
 	*ev = (struct event){.type = type, .dev = dev, .pub = pub, .code = code, .reason = reason};
 	if (msg)
 		ev->msg = strdup(msg);
-	pthread_mutex_lock(&br->lock);
-	*br->tail = ev;
-	br->tail = &ev->next;
-	pthread_mutex_unlock(&br->lock);
-	if (write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		log_warn("mqtt: eventfd write");
+	post_event(br, ev);
 }
 
 static void
@@ -203,15 +257,63 @@ on_connection_lost(void *ctx, char *cause)
 	free(cause);
 }
 
+/*
+ * A command from the cloud, on paho's thread: copied for the loop. Returning 1 tells paho it
+ * was taken; at QoS 1 the PUBACK then goes out, so the command is the gateway's to deliver
+ * (into its bounded, expiring per-device queue).
+ */
 static int
 on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *msg)
 {
-	/* No subscriptions yet: downlink commands come with their own issue. */
-	(void)ctx;
-	(void)topic_len;
+	struct mqttbr_device *dev = ctx;
+	struct event *ev = calloc(1, sizeof(*ev));
+	struct inbound *in = calloc(1, sizeof(*in));
+	MQTTProperty *ct =
+	        MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_CONTENT_TYPE);
+	size_t tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+
+	if (!ev || !in)
+		goto drop;
+	in->topic = strndup(topic, tlen);
+	in->len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+	in->payload = malloc(in->len ? in->len : 1);
+	in->qos = msg->qos;
+	if (ct)
+		in->content_type = strndup(ct->value.data.data, (size_t)ct->value.data.len);
+	if (!in->topic || !in->payload || (ct && !in->content_type))
+		goto drop;
+	memcpy(in->payload, msg->payload, in->len);
+	ev->type = EV_MESSAGE;
+	ev->dev = dev;
+	ev->in = in;
+	post_event(dev->br, ev);
 	MQTTAsync_freeMessage(&msg);
 	MQTTAsync_free(topic);
 	return 1;
+drop:
+	/* Out of memory: 0 asks paho to hand it over again later. */
+	inbound_free(in);
+	free(ev);
+	return 0;
+}
+
+static void
+on_subscribed(void *ctx, MQTTAsync_successData5 *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	/* MQTT 5 section 3.9.3: a SUBACK reason code of 0x80 or more is a refusal. */
+	post(dev->br, EV_SUBSCRIBED, dev, NULL, MQTTASYNC_SUCCESS, resp ? resp->reasonCode : 0,
+	     NULL);
+}
+
+static void
+on_subscribe_failed(void *ctx, MQTTAsync_failureData5 *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	post(dev->br, EV_SUBSCRIBED, dev, NULL, resp ? resp->code : MQTTASYNC_FAILURE,
+	     resp ? resp->reasonCode : 0, resp ? resp->message : NULL);
 }
 
 static void
@@ -494,6 +596,7 @@ connect_device(struct mqttbr_device *dev)
 	struct mqttbr *br = dev->br;
 	MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer5;
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
 	int rc;
 
 	dev->not_after = cert_not_after(dev->cert_file);
@@ -513,6 +616,14 @@ connect_device(struct mqttbr_device *dev)
 	opts.keepAliveInterval = br->cfg.keepalive;
 	opts.connectTimeout = br->cfg.connect_timeout;
 	opts.cleanstart = 1;
+	if (dev->status_topic) {
+		/* The broker says "offline" for us when the session dies without a DISCONNECT. */
+		will.topicName = dev->status_topic;
+		will.message = br->presence.offline;
+		will.retained = 1;
+		will.qos = br->presence.qos;
+		opts.will = &will;
+	}
 	opts.ssl = &ssl;
 	opts.onSuccess5 = on_connected;
 	opts.onFailure5 = on_connect_failed;
@@ -593,6 +704,52 @@ stop_one_done(struct mqttbr *br)
 }
 
 static void
+report_subscribe(struct mqttbr_device *dev, const struct event *ev)
+{
+	if (ev->code == MQTTASYNC_SUCCESS && ev->reason < MQTTREASONCODE_UNSPECIFIED_ERROR) {
+		log_debug("%s: subscribed to %s", dev->id, dev->command_filter);
+		return;
+	}
+	log_warnx("%s: the broker refused the subscription to %s: %s; no commands will reach "
+	          "this device (check the broker's ACL for it)",
+	          dev->id, dev->command_filter,
+	          ev->reason ? MQTTReasonCode_toString((enum MQTTReasonCodes)ev->reason)
+	                     : paho_code_str(ev->code));
+}
+
+/* A new session: say so, and ask for the device's commands (cleanstart: none are kept). */
+static void
+session_started(struct mqttbr_device *dev)
+{
+	struct mqttbr *br = dev->br;
+
+	if (dev->status_topic) {
+		struct mqttbr_message m = {
+		        .topic = dev->status_topic,
+		        .payload = br->presence.online,
+		        .len = strlen(br->presence.online),
+		        .qos = br->presence.qos,
+		        .retain = true,
+		};
+
+		if (mqttbr_publish(dev, &m, NULL, NULL) < 0)
+			log_warnx("%s: cannot publish its online status", dev->id);
+	}
+	if (dev->command_filter) {
+		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+		int rc;
+
+		ro.onSuccess5 = on_subscribed;
+		ro.onFailure5 = on_subscribe_failed;
+		ro.context = dev;
+		rc = MQTTAsync_subscribe(dev->client, dev->command_filter, br->command_qos, &ro);
+		if (rc != MQTTASYNC_SUCCESS)
+			log_warnx("%s: cannot subscribe to %s: %s", dev->id, dev->command_filter,
+			          paho_code_str(rc));
+	}
+}
+
+static void
 handle_event(struct mqttbr *br, struct event *ev)
 {
 	struct mqttbr_device *dev = ev->dev;
@@ -609,6 +766,7 @@ handle_event(struct mqttbr *br, struct event *ev)
 		dev->rejected = false;
 		dev->reason[0] = '\0';
 		log_info("%s: upstream connected to %s", dev->id, br->cfg.broker);
+		session_started(dev);
 		if (dev->not_after) {
 			time_t now = time(NULL);
 
@@ -653,6 +811,23 @@ handle_event(struct mqttbr *br, struct event *ev)
 		publish_free(ev->pub);
 		break;
 	}
+	case EV_SUBSCRIBED:
+		if (dev->state == DEV_UP)
+			report_subscribe(dev, ev);
+		break;
+	case EV_MESSAGE: {
+		struct mqttbr_message m = {
+		        .topic = ev->in->topic,
+		        .payload = ev->in->payload,
+		        .len = ev->in->len,
+		        .qos = ev->in->qos,
+		        .content_type = ev->in->content_type,
+		};
+
+		if (br->message)
+			br->message(dev->id, &m, br->message_data);
+		break;
+	}
 	case EV_DISCONNECTED:
 		if (dev->state == DEV_REMOVING) {
 			removing_done(dev);
@@ -693,8 +868,7 @@ drain_events(int fd, uint32_t events, void *data)
 		if (!ev)
 			return;
 		handle_event(br, ev);
-		free(ev->msg);
-		free(ev);
+		event_free(ev);
 	}
 	/* More are waiting: come back after the loop's other work. */
 	if (write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
@@ -713,8 +887,8 @@ publish_timed_out(struct gw_timer *t, void *data)
 }
 
 int
-mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload, size_t len,
-               int qos, mqttbr_publish_fn fn, void *data)
+mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr_publish_fn fn,
+               void *data)
 {
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	MQTTAsync_message msg = MQTTAsync_message_initializer;
@@ -723,7 +897,7 @@ mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload
 
 	if (dev->state != DEV_UP)
 		return -ENOTCONN;
-	if (len > INT32_MAX)
+	if (m->len > INT32_MAX)
 		return -EMSGSIZE;
 	pub = calloc(1, sizeof(*pub));
 	if (!pub)
@@ -737,14 +911,28 @@ mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload
 	ro.onSuccess5 = on_published;
 	ro.onFailure5 = on_publish_failed;
 	ro.context = pub;
-	msg.payload = (void *)payload;
-	msg.payloadlen = (int)len;
-	msg.qos = qos;
-	rc = MQTTAsync_sendMessage(dev->client, topic, &msg, &ro);
+	msg.payload = (void *)m->payload;
+	msg.payloadlen = (int)m->len;
+	msg.qos = m->qos;
+	msg.retained = m->retain;
+	if (m->content_type) {
+		MQTTProperty ct = {.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE};
+
+		ct.value.data.data = (char *)m->content_type;
+		ct.value.data.len = (int)strlen(m->content_type);
+		/* paho copies the properties into its own message. */
+		if (MQTTProperties_add(&msg.properties, &ct) != 0) {
+			gw_timer_free(pub->timer);
+			free(pub);
+			return -ENOMEM;
+		}
+	}
+	rc = MQTTAsync_sendMessage(dev->client, m->topic, &msg, &ro);
+	MQTTProperties_free(&msg.properties);
 	if (rc != MQTTASYNC_SUCCESS) {
 		gw_timer_free(pub->timer);
 		free(pub);
-		log_warnx("%s: cannot publish to %s: %s", dev->id, topic, paho_code_str(rc));
+		log_warnx("%s: cannot publish to %s: %s", dev->id, m->topic, paho_code_str(rc));
 		return rc == MQTTASYNC_DISCONNECTED ? -ENOTCONN : -EIO;
 	}
 	/* Linked after the send: its callback is queued for this thread, so cannot overtake. */
@@ -816,10 +1004,31 @@ mqttbr_device_retry_after(const struct mqttbr_device *dev)
 	}
 }
 
+static void
+device_free_strings(struct mqttbr_device *dev)
+{
+	free(dev->id);
+	free(dev->cert_file);
+	free(dev->key_file);
+	free(dev->status_topic);
+	free(dev->command_filter);
+}
+
+static char *
+strdup_or_null(const char *s, bool *failed)
+{
+	char *d = s ? strdup(s) : NULL;
+
+	if (s && !d)
+		*failed = true;
+	return d;
+}
+
 int
-mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file, const char *key_file,
+mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,
                   struct mqttbr_device **out)
 {
+	bool failed = false;
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
 	struct mqttbr_device *dev, **devices;
 	int rc;
@@ -836,11 +1045,13 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file, cons
 	dev->br = br;
 	pthread_mutex_init(&dev->tls_lock, NULL);
 	dev->id = strdup(id);
-	dev->cert_file = strdup(cert_file);
-	dev->key_file = strdup(key_file);
+	dev->cert_file = strdup(session->cert_file);
+	dev->key_file = strdup(session->key_file);
+	dev->status_topic = strdup_or_null(session->status_topic, &failed);
+	dev->command_filter = strdup_or_null(session->command_filter, &failed);
 	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
 	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
-	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->retry || !dev->expiry)
+	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->retry || !dev->expiry || failed)
 		goto nomem;
 	/*
 	 * No paho persistence: its file store never fsyncs (DESIGN.md 3), and a CON is answered
@@ -879,9 +1090,7 @@ fail:
 		MQTTAsync_destroy(&dev->client);
 	gw_timer_free(dev->retry);
 	gw_timer_free(dev->expiry);
-	free(dev->id);
-	free(dev->cert_file);
-	free(dev->key_file);
+	device_free_strings(dev);
 	pthread_mutex_destroy(&dev->tls_lock);
 	free(dev);
 	return -ENOMEM;
@@ -906,8 +1115,7 @@ device_destroy(struct mqttbr_device *dev)
 			continue;
 		}
 		*p = ev->next;
-		free(ev->msg);
-		free(ev);
+		event_free(ev);
 	}
 	br->tail = &br->head;
 	while (*br->tail)
@@ -918,9 +1126,7 @@ device_destroy(struct mqttbr_device *dev)
 	gw_timer_free(dev->retry);
 	gw_timer_free(dev->expiry);
 	pthread_mutex_destroy(&dev->tls_lock);
-	free(dev->id);
-	free(dev->cert_file);
-	free(dev->key_file);
+	device_free_strings(dev);
 	free(dev);
 }
 
@@ -984,6 +1190,24 @@ mqttbr_on_judged(struct mqttbr *br, mqttbr_judged_fn fn, void *data)
 	br->judged_data = data;
 }
 
+/*
+ * A clean DISCONNECT discards the will (MQTT 5 section 3.14.4); reason code 0x04 asks the
+ * broker to publish it, so the retained status reads "offline" after a stop or a removal too.
+ */
+static void
+set_offline(const struct mqttbr_device *dev, MQTTAsync_disconnectOptions *opts)
+{
+	if (dev->status_topic)
+		opts->reasonCode = MQTTREASONCODE_DISCONNECT_WITH_WILL_MESSAGE;
+}
+
+void
+mqttbr_on_message(struct mqttbr *br, mqttbr_message_fn fn, void *data)
+{
+	br->message = fn;
+	br->message_data = data;
+}
+
 void
 mqttbr_remove_device(struct mqttbr *br, const char *id)
 {
@@ -1013,6 +1237,7 @@ mqttbr_remove_device(struct mqttbr *br, const char *id)
 	opts.onFailure5 = on_disconnect_failed;
 	opts.context = dev;
 	opts.timeout = STOP_GRACE_MS / 2;
+	set_offline(dev, &opts);
 	if (MQTTAsync_disconnect(dev->client, &opts) != MQTTASYNC_SUCCESS) {
 		device_destroy(dev);
 		return;
@@ -1058,6 +1283,7 @@ mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
 		opts.onFailure5 = on_disconnect_failed;
 		opts.context = dev;
 		opts.timeout = STOP_GRACE_MS / 2;
+		set_offline(dev, &opts);
 		if (MQTTAsync_disconnect(dev->client, &opts) == MQTTASYNC_SUCCESS) {
 			dev->state = DEV_STOPPING;
 			br->stop.remaining++;
@@ -1088,8 +1314,13 @@ mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf)
 	br->cfg.reconnect_min = conf->upstream.reconnect_min;
 	br->cfg.reconnect_max = conf->upstream.reconnect_max;
 	br->cfg.rejected_retry = conf->upstream.rejected_retry;
+	br->presence.online = strdup(conf->presence.online ? conf->presence.online : "online");
+	br->presence.offline = strdup(conf->presence.offline ? conf->presence.offline : "offline");
+	br->presence.qos = conf->presence.qos;
+	br->command_qos = conf->downlink.qos;
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
-	if (!br->cfg.broker || !br->cfg.host || !br->cfg.ca_file || !br->stop.timer) {
+	if (!br->cfg.broker || !br->cfg.host || !br->cfg.ca_file || !br->stop.timer ||
+	    !br->presence.online || !br->presence.offline) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -1129,6 +1360,8 @@ mqttbr_free(struct mqttbr *br)
 	free(br->cfg.broker);
 	free(br->cfg.host);
 	free(br->cfg.ca_file);
+	free(br->presence.online);
+	free(br->presence.offline);
 	pthread_mutex_destroy(&br->lock);
 	free(br);
 }

@@ -28,9 +28,22 @@ int mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *c
 /* Destroys every session without waiting; pending publishes are not reported. Accepts NULL. */
 void mqttbr_free(struct mqttbr *br);
 
-/* Adds a device and starts connecting it. The file names are copied. */
-int mqttbr_add_device(struct mqttbr *br, const char *id, const char *cert_file,
-                      const char *key_file, struct mqttbr_device **out);
+/* What a device's session is made of; mqttbr_add_device copies it. */
+struct mqttbr_session {
+	const char *cert_file;
+	const char *key_file;
+	/*
+	 * Presence: published retained with conf's presence.online at each connect, and with
+	 * presence.offline as the last will and at a clean stop. NULL: none.
+	 */
+	const char *status_topic;
+	/* Subscribed at each connect; what arrives goes to the mqttbr_on_message observer. */
+	const char *command_filter;
+};
+
+/* Adds a device and starts connecting it. */
+int mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,
+                      struct mqttbr_device **out);
 struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
 /*
  * Closes a device's session (its DISCONNECT still goes out) and forgets the device; its
@@ -70,12 +83,25 @@ const char *mqttbr_status_name(enum mqttbr_status st);
 /* Seconds until the device's session may be up again, for CoAP's Max-Age on 5.03. */
 unsigned mqttbr_device_retry_after(const struct mqttbr_device *dev);
 
+struct mqttbr_message {
+	const char *topic;
+	const void *payload;
+	size_t len;
+	int qos;
+	bool retain;
+	const char *content_type; /* the MQTT 5 property; NULL: none */
+};
+
 /*
- * Publishes on dev's session. Returns 0 and later calls fn exactly once, or returns -errno
- * (-ENOTCONN when the session is down) and never calls fn.
+ * Publishes on dev's session. Returns 0 and later calls fn (if not NULL) exactly once, or
+ * returns -errno (-ENOTCONN when the session is down) and never calls fn.
  */
-int mqttbr_publish(struct mqttbr_device *dev, const char *topic, const void *payload, size_t len,
-                   int qos, mqttbr_publish_fn fn, void *data);
+int mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr_publish_fn fn,
+                   void *data);
+
+/* Told of every message arriving on a device's command subscription, on the loop. */
+typedef void (*mqttbr_message_fn)(const char *id, const struct mqttbr_message *m, void *data);
+void mqttbr_on_message(struct mqttbr *br, mqttbr_message_fn fn, void *data);
 
 /* Disconnects every session cleanly, then calls fn (within a bounded time). */
 void mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data);

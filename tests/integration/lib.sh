@@ -180,10 +180,12 @@ gw_start_broker() {
   [ -f "$WORK/pki/$cert.pem" ] || gw_pki_server "$cert" localhost "DNS:localhost,IP:127.0.0.1"
   [ -f "$WORK/pki/observer.pem" ] || gw_pki_client observer
   cat >"$WORK/acl" <<ACL
-# Each device writes only under its own id; the test's observer reads everything.
+# Each device writes under its own id and reads its own commands; the test's observer, the
+# cloud, reads everything and sends commands.
 pattern write devices/%u/#
+pattern read devices/%u/commands/#
 user observer
-topic read devices/#
+topic readwrite devices/#
 ACL
   local try
   for try in 1 2 3 4 5; do
@@ -203,7 +205,8 @@ gw_write_broker_config() {
 per_listener_settings false
 # Started as root, mosquitto would switch to its own user, who cannot read our temp dir.
 user $(id -un)
-persistence false
+persistence ${GW_BROKER_PERSIST:-false}
+persistence_location $WORK/
 log_dest file $WORK/mosquitto.log
 log_type all
 connection_messages true
@@ -228,10 +231,21 @@ gw_run_broker() {
 }
 
 # Subscribes as the observer to devices/# and writes "topic payload" lines to $WORK/sub.out.
+# With GW_BROKER_PERSIST=true its session outlives a broker restart (no clean session), so the
+# broker keeps for it what arrives while it reconnects.
 gw_start_subscriber() {
+  local keep=()
+  [ "${GW_BROKER_PERSIST:-false}" != true ] || keep=(-c)
+  # One observer at a time: mosquitto_sub reconnects by itself after a broker restart, and two
+  # clients with one id take the session from each other (and lose messages meanwhile).
+  if [ -n "${SUB_PID:-}" ]; then
+    kill "$SUB_PID" 2>/dev/null || true
+    wait "$SUB_PID" 2>/dev/null || true
+  fi
   mosquitto_sub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
-    --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i observer \
-    -t 'devices/#' -q 1 -v >"$WORK/sub.out" 2>"$WORK/sub.err" &
+    --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i observer "${keep[@]}" \
+    -t 'devices/#' -q 1 -v >>"$WORK/sub.out" 2>"$WORK/sub.err" &
+  SUB_PID=$!
   GW_PIDS+=("$!")
   gw_wait_for "grep -q \"observer.*u'observer'\" '$WORK/mosquitto.log' 2>/dev/null" 10 ||
     gw_fail "subscriber did not connect: $(cat "$WORK/sub.err")"
@@ -269,7 +283,8 @@ gw_psk() { cat "$WORK/psk-$1"; }
 # ---- the gateway ----
 
 # gw_write_config [EXTRA_UPSTREAM_LINES]: $WORK/gateway.conf for the broker started above.
-# GW_BACKEND=tpm (with gw_start_swtpm) puts the keystore in the TPM.
+# GW_BACKEND=tpm (with gw_start_swtpm) puts the keystore in the TPM; GW_CONFIG_EXTRA is added
+# at the end (more groups).
 gw_write_config() {
   COAP_PORT=$(gw_free_port udp)
   cat >"$WORK/gateway.conf" <<CONF
@@ -300,6 +315,7 @@ routes = (
   { resource = "temp"; topic = "devices/\${device}/telemetry/\${path}"; },
   { resource = "humidity"; topic = "devices/\${device}/telemetry/\${path}"; qos = 1; }
 );
+${GW_CONFIG_EXTRA:-}
 CONF
 }
 
@@ -391,6 +407,48 @@ gw_check_flowing() {
     [ -z "$missing" ] || gw_fail "$id: acknowledged readings missing upstream: $missing"
   done
   gw_log "$(wc -l <"$WORK/sub.out") readings upstream; every acknowledged one arrived"
+}
+
+# Readings of ID in the order the subscriber got them, and those acknowledged to its sensor.
+received() {
+  awk -v id="$1" '$1 == "devices/" id "/telemetry/temp" && $2 == id { print $3 }' "$WORK/sub.out"
+}
+acknowledged() { awk '$3 == "2.04" { print $2 }' "$WORK/sensor-$1.out" | sort -n -u; }
+# Readings acknowledged to ID's sensor that the subscriber has not got.
+undelivered() { comm -23 <(acknowledged "$1" | sort) <(received "$1" | sort -u) | sort -n; }
+
+# gw_check_delivery ID...: every reading the sensors of these devices had acknowledged (2.04
+# in $WORK/sensor-ID.out) reached the subscriber, and per device they arrived in order (the
+# first time each was seen). Duplicates are allowed (MQTT's at-least-once after a failure),
+# counted and reported. Sets DELIVERED and DUPLICATES (totals).
+gw_check_delivery() {
+  local id first n_ack n_got dups missing
+  DELIVERED=0 DUPLICATES=0
+  for id in "$@"; do
+    n_ack=$(acknowledged "$id" | wc -l)
+    [ "$n_ack" -gt 0 ] || gw_fail "$id: no reading was acknowledged"
+    missing=$(undelivered "$id" | head -5)
+    [ -z "$missing" ] || gw_fail "$id: acknowledged readings never arrived: $(echo $missing)"
+    first=$(received "$id" | awk '!seen[$1]++')
+    sort -n -C <<<"$first" ||
+      gw_fail "$id: readings arrived out of order: $(awk 'NR > 1 && $1 < prev { print prev " then " $1; exit } { prev = $1 }' <<<"$first")"
+    n_got=$(wc -l <<<"$first")
+    dups=$(($(received "$id" | wc -l) - n_got))
+    gw_log "$id: $n_ack acknowledged, $n_got arrived in order, $dups duplicates"
+    DELIVERED=$((DELIVERED + n_got))
+    DUPLICATES=$((DUPLICATES + dups))
+  done
+}
+
+# gw_wait_delivered SECS ID...: waits until every reading acknowledged to these devices'
+# sensors reached the subscriber (the spool drains after an outage), then checks them.
+gw_wait_delivered() {
+  local secs=$1 id
+  shift
+  for id in "$@"; do
+    gw_wait_for "[ -z \"\$(undelivered $id)\" ]" "$secs" || break
+  done
+  gw_check_delivery "$@"
 }
 
 # gw_start_fleet N: dev-1..dev-N added and connected, each with a sensor sending 20 readings a

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Three sensors publish through gatewayd; the broker sees three identities, each confined to
-# its own topics by the broker's ACL; SIGTERM disconnects every session cleanly.
+# its own topics by the broker's ACL; SIGTERM disconnects every session cleanly. With
+# spool.ack = upstream a sensor hears the broker's own verdict (PUBACK) on each message.
 source "$(dirname "$0")/lib.sh"
 gw_setup
 gw_pki_init
 gw_start_broker
 gw_start_subscriber
+GW_CONFIG_EXTRA='spool = { ack = "upstream"; };'
 gw_write_config
 for d in dev-a dev-b dev-c; do gw_add_device "$d"; done
 # An impostor: device dev-x whose certificate was (mis)issued for CN=dev-a, so the broker

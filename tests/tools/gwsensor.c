@@ -7,6 +7,9 @@
  *   <epoch-ms> <seq> <code>        e.g. "1795310000123 17 2.04"
  * "<epoch-ms> <seq> closed" if the gateway closes the session or stops answering, and
  * "<epoch-ms> <seq> stopped" when the time limit ends the run with that reading unanswered.
+ * With -R each reading acknowledged is sent once more, the same CON with the same message ID,
+ * as by a sensor whose ACK was lost (RFC 7252 section 4.2); its answer is printed as
+ *   <epoch-ms> <seq> again <code>
  * Exit status: 0 all sent, 3 refused (4.xx), 4 session closed or unanswered, 2 usage.
  * Bounded: COUNT readings, and at most -t seconds in all.
  */
@@ -83,7 +86,7 @@ usage(void)
 {
 	fprintf(stderr,
 	        "usage: gwsensor -a ADDR -p PORT -u IDENTITY -k KEY [-r RESOURCE] [-n COUNT] "
-	        "[-i INTERVAL_MS] [-s FIRST_SEQ] [-t SECONDS]\n");
+	        "[-i INTERVAL_MS] [-s FIRST_SEQ] [-t SECONDS] [-R]\n");
 	exit(2);
 }
 
@@ -98,9 +101,13 @@ main(int argc, char *argv[])
 	coap_session_t *session;
 	uint64_t deadline;
 	int ch, status = 0;
+	bool again = false;
 
-	while ((ch = getopt(argc, argv, "a:p:u:k:r:n:i:s:t:")) != -1) {
+	while ((ch = getopt(argc, argv, "a:p:u:k:r:n:i:s:t:R")) != -1) {
 		switch (ch) {
+		case 'R':
+			again = true;
+			break;
 		case 'a':
 			addr = optarg;
 			break;
@@ -161,6 +168,7 @@ main(int argc, char *argv[])
 	for (long sent = 0; sent < count && status == 0;) {
 		char payload[160];
 		coap_pdu_t *pdu = coap_new_pdu(COAP_MESSAGE_CON, COAP_REQUEST_CODE_POST, session);
+		coap_mid_t mid;
 		size_t toklen;
 
 		coap_session_new_token(session, &toklen, st.token_buf);
@@ -172,6 +180,7 @@ main(int argc, char *argv[])
 		                (const uint8_t *)resource);
 		snprintf(payload, sizeof(payload), "%s %ld", identity, seq);
 		coap_add_data(pdu, strlen(payload), (const uint8_t *)payload);
+		mid = coap_pdu_get_mid(pdu);
 		coap_send(session, pdu);
 		while (st.code == 0 && !st.closed && now_ms() < deadline)
 			coap_io_process(ctx, 50);
@@ -188,6 +197,23 @@ main(int argc, char *argv[])
 		printf("%llu %ld %d.%02d\n", (unsigned long long)now_ms(), seq, st.code / 100,
 		       st.code % 100);
 		fflush(stdout);
+		if (again && st.code == 204) {
+			coap_pdu_t *dup = coap_pdu_init(COAP_MESSAGE_CON, COAP_REQUEST_CODE_POST,
+			                                mid, coap_session_max_pdu_size(session));
+
+			coap_add_token(dup, toklen, st.token_buf);
+			coap_add_option(dup, COAP_OPTION_URI_PATH, strlen(resource),
+			                (const uint8_t *)resource);
+			coap_add_data(dup, strlen(payload), (const uint8_t *)payload);
+			st.code = 0;
+			coap_send(session, dup);
+			while (st.code == 0 && !st.closed && now_ms() < deadline)
+				coap_io_process(ctx, 50);
+			printf("%llu %ld again %d.%02d\n", (unsigned long long)now_ms(), seq,
+			       st.code / 100, st.code % 100);
+			fflush(stdout);
+			st.code = 204;
+		}
 		if (st.code == 204) {
 			seq++;
 			sent++;

@@ -66,7 +66,18 @@ minimal_config_gets_defaults(void **state)
 	assert_string_equal(c->control_socket, "/run/gateway/control.sock");
 	assert_int_equal(c->nroutes, 1);
 	assert_string_equal(c->routes[0].resource, "temp");
-	assert_int_equal(c->routes[0].qos, 1);
+	assert_int_equal(c->routes[0].qos_con, 1);
+	assert_int_equal(c->routes[0].qos_non, 0);
+	assert_int_equal(c->routes[0].content_type, GWCONF_CTYPE_PROPERTY);
+	assert_int_equal(c->sensors.max_payload, 16384);
+	assert_null(c->downlink.topic);
+	assert_null(c->presence.topic);
+	assert_true(c->spool.ack_durable);
+	assert_int_equal(c->spool.fsync, GWCONF_FSYNC_BATCH);
+	assert_int_equal(c->spool.device_bytes, 16 << 20);
+	assert_int_equal(c->spool.total_bytes, 1LL << 30);
+	assert_int_equal(c->spool.max_age, 7 * 86400);
+	assert_false(c->spool.drop_oldest);
 	assert_ptr_equal(gwconf_route_find(c, "temp"), &c->routes[0]);
 	assert_null(gwconf_route_find(c, "tem"));
 	gwconf_free(c);
@@ -97,7 +108,28 @@ full_config_is_read_as_written(void **state)
 	assert_int_equal(c->nroutes, 2);
 	assert_string_equal(c->routes[0].resource, "env/temp");
 	assert_string_equal(c->routes[0].topic, "${gateway}/devices/${device}/${path}");
-	assert_int_equal(c->routes[0].qos, 0);
+	assert_int_equal(c->routes[0].qos_con, 0);
+	assert_int_equal(c->routes[0].qos_non, 0);
+	assert_int_equal(c->routes[1].qos_con, 1);
+	assert_int_equal(c->routes[1].qos_non, 1);
+	assert_int_equal(c->routes[1].content_type, GWCONF_CTYPE_SUFFIX);
+	assert_int_equal(c->sensors.max_payload, 4096);
+	assert_string_equal(c->downlink.topic, "devices/${device}/commands/#");
+	assert_string_equal(c->downlink.resource, "commands");
+	assert_int_equal(c->downlink.queue, 4);
+	assert_int_equal(c->downlink.expiry, 120);
+	assert_int_equal(c->downlink.qos, 0);
+	assert_string_equal(c->presence.topic, "devices/${device}/status");
+	assert_string_equal(c->presence.online, "up");
+	assert_string_equal(c->presence.offline, "down");
+	assert_false(c->spool.ack_durable);
+	assert_int_equal(c->spool.fsync, GWCONF_FSYNC_INTERVAL);
+	assert_int_equal(c->spool.fsync_interval, 250);
+	assert_int_equal(c->spool.device_bytes, 1 << 20);
+	assert_int_equal(c->spool.total_bytes, 8LL << 30);
+	assert_int_equal(c->spool.max_age, 3600);
+	assert_true(c->spool.drop_oldest);
+	assert_int_equal(c->spool.segment_bytes, 65536);
 	assert_string_equal(c->control_socket, "/tmp/gw.sock");
 	assert_string_equal(c->keystore.backend, "tpm");
 	assert_string_equal(c->keystore.tcti, "swtpm:host=127.0.0.1,port=2321");
@@ -188,6 +220,13 @@ every_bad_est_value_is_reported(void **state)
 }
 
 static void
+every_bad_policy_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-policy.conf");
+}
+
+static void
 every_missing_part_is_reported(void **state)
 {
 	(void)state;
@@ -259,6 +298,7 @@ main(void)
 	        cmocka_unit_test(syntax_error_names_the_line),
 	        cmocka_unit_test(every_bad_value_is_reported),
 	        cmocka_unit_test(every_bad_est_value_is_reported),
+	        cmocka_unit_test(every_bad_policy_is_reported),
 	        cmocka_unit_test(every_missing_part_is_reported),
 	        cmocka_unit_test(unreadable_file_is_reported),
 	        cmocka_unit_test(example_config_is_valid),

@@ -65,6 +65,51 @@ refuses_values_that_widen_the_topic(void **state)
 	assert_int_equal(tmpl_expand("devices/${device}", &bad, out, sizeof(out)), -EINVAL);
 }
 
+static const char *
+lookup_attr(const char *name, size_t len, void *data)
+{
+	(void)data;
+	if (len == 4 && strncmp(name, "site", len) == 0)
+		return "lab-2";
+	if (len == 5 && strncmp(name, "shelf", len) == 0)
+		return "a/b";
+	return NULL;
+}
+
+static void
+expands_attributes(void **state)
+{
+	struct tmpl_vars with = vars;
+	char out[64];
+
+	(void)state;
+	with.attr = lookup_attr;
+	assert_int_equal(tmpl_expand("sites/${attr.site}/${device}", &with, out, sizeof(out)),
+	                 strlen("sites/lab-2/dev-a"));
+	assert_string_equal(out, "sites/lab-2/dev-a");
+	/* Unset: no topic with an empty level. A '/' would add a level. */
+	assert_int_equal(tmpl_expand("sites/${attr.room}", &with, out, sizeof(out)), -ENOENT);
+	assert_int_equal(tmpl_expand("sites/${attr.shelf}", &with, out, sizeof(out)), -EINVAL);
+	assert_int_equal(tmpl_expand("sites/${attr.site}", &vars, out, sizeof(out)), -ENOENT);
+}
+
+static void
+checks_filters(void **state)
+{
+	char err[256];
+
+	(void)state;
+	assert_int_equal(tmpl_check_filter("devices/${device}/commands/#", err, sizeof(err)), 0);
+	assert_int_equal(tmpl_check_filter("+/${device}/+/cmd", err, sizeof(err)), 0);
+	assert_int_equal(tmpl_check_filter("devices/a#", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "'#' must be a whole level, and the last"));
+	assert_int_equal(tmpl_check_filter("devices/#/x", err, sizeof(err)), -EINVAL);
+	assert_int_equal(tmpl_check_filter("devices/x+/y", err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "'+' must be a whole level"));
+	assert_int_equal(tmpl_check("devices/${attr.site}/x", err, sizeof(err)), 0);
+	assert_int_equal(tmpl_check("devices/${attr.}/x", err, sizeof(err)), -EINVAL);
+}
+
 static void
 checks_templates(void **state)
 {
@@ -106,6 +151,8 @@ main(void)
 	        cmocka_unit_test(reports_a_short_buffer),
 	        cmocka_unit_test(refuses_values_that_widen_the_topic),
 	        cmocka_unit_test(checks_templates),
+	        cmocka_unit_test(expands_attributes),
+	        cmocka_unit_test(checks_filters),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "cmdq.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct devq {
+	char *device;
+	struct cmdq_command **cmds; /* oldest first; allocated at the first command */
+	size_t n;
+};
+
+struct cmdq {
+	size_t limit;
+	unsigned expiry;
+	/* One sequence for all devices: Observe values then only ever grow (RFC 7641 3.4). */
+	uint32_t seq;
+	struct devq *devs; /* sorted by device, for bsearch */
+	size_t ndevs;
+	struct cmdq_stats st;
+	time_t (*now)(void);
+};
+
+static time_t
+monotonic_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+struct cmdq *
+cmdq_new(size_t limit, unsigned expiry)
+{
+	struct cmdq *q = calloc(1, sizeof(*q));
+
+	if (!q)
+		return NULL;
+	q->limit = limit ? limit : 1;
+	q->expiry = expiry;
+	q->now = monotonic_now;
+	return q;
+}
+
+static void
+devq_clear(struct devq *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		free(d->cmds[i]);
+	free(d->cmds);
+	d->cmds = NULL;
+	d->n = 0;
+}
+
+void
+cmdq_free(struct cmdq *q)
+{
+	if (!q)
+		return;
+	for (size_t i = 0; i < q->ndevs; i++) {
+		devq_clear(&q->devs[i]);
+		free(q->devs[i].device);
+	}
+	free(q->devs);
+	free(q);
+}
+
+void
+cmdq_set_clock(struct cmdq *q, time_t (*now)(void))
+{
+	q->now = now ? now : monotonic_now;
+}
+
+/* The device's queue; with create, made if missing. NULL if missing (or out of memory). */
+static struct devq *
+find(struct cmdq *q, const char *device, bool create)
+{
+	size_t lo = 0, hi = q->ndevs;
+	struct devq *devs;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(device, q->devs[mid].device);
+
+		if (c == 0)
+			return &q->devs[mid];
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	if (!create)
+		return NULL;
+	devs = reallocarray(q->devs, q->ndevs + 1, sizeof(*devs));
+	if (!devs)
+		return NULL;
+	q->devs = devs;
+	memmove(&devs[lo + 1], &devs[lo], (q->ndevs - lo) * sizeof(*devs));
+	devs[lo] = (struct devq){.device = strdup(device)};
+	if (!devs[lo].device) {
+		memmove(&devs[lo], &devs[lo + 1], (q->ndevs - lo) * sizeof(*devs));
+		return NULL;
+	}
+	q->ndevs++;
+	return &devs[lo];
+}
+
+static void
+drop_first(struct devq *d)
+{
+	free(d->cmds[0]);
+	memmove(&d->cmds[0], &d->cmds[1], (d->n - 1) * sizeof(*d->cmds));
+	d->n--;
+}
+
+/* Inserts cmd by seq; the queue has room. */
+static void
+insert(struct devq *d, struct cmdq_command *cmd)
+{
+	size_t at = d->n;
+
+	while (at > 0 && d->cmds[at - 1]->seq > cmd->seq)
+		at--;
+	memmove(&d->cmds[at + 1], &d->cmds[at], (d->n - at) * sizeof(*d->cmds));
+	d->cmds[at] = cmd;
+	d->n++;
+}
+
+/* Makes room for one more; returns whether the oldest was dropped to do so. */
+static int
+make_room(struct cmdq *q, struct devq *d)
+{
+	if (!d->cmds) {
+		d->cmds = calloc(q->limit, sizeof(*d->cmds));
+		if (!d->cmds)
+			return -ENOMEM;
+	}
+	if (d->n < q->limit)
+		return 0;
+	log_warnx("%s: command queue full (%zu): the oldest command is dropped", d->device,
+	          q->limit);
+	drop_first(d);
+	q->st.overflowed++;
+	return 1;
+}
+
+int
+cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, int content_format)
+{
+	struct devq *d = find(q, device, true);
+	struct cmdq_command *cmd;
+	int dropped;
+
+	if (!d)
+		return -ENOMEM;
+	cmd = malloc(sizeof(*cmd) + len);
+	if (!cmd)
+		return -ENOMEM;
+	dropped = make_room(q, d);
+	if (dropped < 0) {
+		free(cmd);
+		return dropped;
+	}
+	cmd->seq = ++q->seq;
+	cmd->expires = q->now() + (time_t)q->expiry;
+	cmd->content_format = content_format;
+	cmd->len = len;
+	memcpy(cmd->payload, payload, len);
+	insert(d, cmd);
+	q->st.queued++;
+	return dropped;
+}
+
+struct cmdq_command *
+cmdq_pop(struct cmdq *q, const char *device)
+{
+	struct devq *d = find(q, device, false);
+	time_t now = q->now();
+
+	while (d && d->n > 0) {
+		struct cmdq_command *cmd = d->cmds[0];
+
+		if (cmd->expires > now) {
+			memmove(&d->cmds[0], &d->cmds[1], (d->n - 1) * sizeof(*d->cmds));
+			d->n--;
+			q->st.delivered++;
+			return cmd;
+		}
+		log_info("%s: a command expired before its sensor asked for it", device);
+		drop_first(d);
+		q->st.expired++;
+	}
+	return NULL;
+}
+
+void
+cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd)
+{
+	struct devq *d = find(q, device, true);
+
+	q->st.delivered--;
+	if (!d || cmd->expires <= q->now()) {
+		q->st.expired++;
+		free(cmd);
+		return;
+	}
+	/* Full of newer ones: this is the oldest, so it is the one to drop. */
+	if (d->n >= q->limit && d->cmds[0]->seq > cmd->seq) {
+		q->st.overflowed++;
+		free(cmd);
+		return;
+	}
+	if (make_room(q, d) < 0) {
+		free(cmd);
+		return;
+	}
+	insert(d, cmd);
+}
+
+struct cmdq_command *
+cmdq_rebuild(const struct cmdq *q, uint32_t observe, unsigned max_age, int content_format,
+             const void *payload, size_t len)
+{
+	struct cmdq_command *cmd = malloc(sizeof(*cmd) + len);
+	uint32_t seq = (q->seq & ~UINT32_C(0xFFFFFF)) | (observe & 0xFFFFFF);
+
+	if (!cmd)
+		return NULL;
+	/* The most recent seq with those low bits: commands in flight are recent ones. */
+	if (seq > q->seq)
+		seq -= UINT32_C(0x1000000);
+	cmd->seq = seq;
+	cmd->expires = q->now() + (time_t)max_age;
+	cmd->content_format = content_format;
+	cmd->len = len;
+	memcpy(cmd->payload, payload, len);
+	return cmd;
+}
+
+size_t
+cmdq_depth(const struct cmdq *q, const char *device)
+{
+	struct devq *d = find((struct cmdq *)q, device, false);
+
+	return d ? d->n : 0;
+}
+
+void
+cmdq_forget(struct cmdq *q, const char *device)
+{
+	struct devq *d = find(q, device, false);
+
+	if (d)
+		devq_clear(d);
+}
+
+void
+cmdq_stats(const struct cmdq *q, struct cmdq_stats *st)
+{
+	*st = q->st;
+}

@@ -1,0 +1,1723 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "spool.h"
+#include "conf.h"
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * A segment is a sequence of records, format version 1, integers little-endian:
+ *
+ *    0  4  magic AB 47 53 52
+ *    4  1  version (1)
+ *    5  1  qos
+ *    6  2  topic length (1..SPOOL_TOPIC_MAX, without its NUL)
+ *    8  2  content type length (0..SPOOL_CTYPE_MAX, without its NUL)
+ *   10  2  zero
+ *   12  4  payload length (0..SPOOL_PAYLOAD_MAX)
+ *   16  8  seq (from 1)
+ *   24  8  stored_at (signed unix seconds)
+ *   32  4  CRC-32C of bytes 0..31
+ *   36  4  CRC-32C of bytes 0..35 and the body
+ *   40     body: topic, NUL, content type, NUL, payload
+ *
+ * The header has a CRC of its own so that a damaged length is never believed: recovery
+ * checks a candidate header in 32 bytes before reading as far as its lengths claim. The NULs
+ * are stored so that a record is read into one buffer whose strings can be handed out as they
+ * are. CRC-32C (Castagnoli, as in iSCSI and ext4's metadata) rather than zlib's CRC-32: it
+ * keeps a higher Hamming distance over longer data (Koopman, "32-Bit Cyclic Redundancy Codes
+ * for Internet Applications", DSN 2002).
+ */
+#define REC_HDR     40
+#define REC_VERSION 1
+static const uint8_t rec_magic[4] = {0xab, 'G', 'S', 'R'};
+
+/* The acked file: magic AB 47 53 41, version u32, acked u64, next seq u64, CRC-32C of 0..23. */
+#define ACK_FILE "acked"
+#define ACK_TMP  ".acked.tmp"
+#define ACK_LEN  28
+static const uint8_t ack_magic[4] = {0xab, 'G', 'S', 'A'};
+
+#define SEG_SUFFIX   ".seg"
+#define SEG_NAME_LEN 20 /* 16 hex digits and ".seg" */
+#define LOCK_FILE    ".lock"
+
+/*
+ * Segment files kept open between calls. Dirty ones stay open until spool_sync() (an fsync
+ * through another descriptor might not report a writeback error that happened before it was
+ * opened); clean ones are closed when there are more than this.
+ */
+#define OPEN_MAX 32
+/* Segments are read in pieces of this size, so that one unreadable sector costs only these. */
+#define READ_CHUNK 65536
+/* New damage found while reading makes the segment be scanned again; a disk that keeps
+ * changing its answers is given up on after this many scans in one call. */
+#define RESCAN_MAX 8
+/* seg_next(): the segment was scanned again; the caller starts over. */
+#define RESCANNED 1
+
+struct hole {
+	uint64_t off, len;
+	uint64_t records; /* records lost in it as far as their headers tell, at least 1 */
+};
+
+struct seg {
+	uint64_t name;     /* seq of its first record when it was created; orders the segments */
+	uint64_t last_seq; /* of its last good record; 0 when it has none */
+	uint64_t size;     /* bytes that count; appends go here */
+	uint64_t nrec;     /* good records */
+	/* The first live record: its offset (size when none is live), how many good records
+	 * precede it, its stored_at. */
+	uint64_t head_off, head_idx;
+	int64_t head_at;
+	struct hole *holes; /* damaged ranges, in order; reads skip them */
+	size_t nholes;
+	uint64_t hole_bytes, hole_records;
+	int fd;
+	bool dirty;  /* written since the last spool_sync() */
+	bool sealed; /* takes no more appends: full, or a write or an fsync failed */
+};
+
+struct dev {
+	char id[65];
+	int dirfd;
+	struct seg *segs; /* in seq order */
+	size_t nsegs, cap;
+	uint64_t next_seq;
+	uint64_t acked;       /* every seq up to this one is delivered or dropped */
+	uint64_t acked_saved; /* what the acked file says */
+	bool dir_dirty;       /* files created or removed since the folder's last fsync */
+	bool full_logged;
+	uint64_t records, bytes; /* live */
+	/* Where the record after the last one spool_read() returned starts: segment (0: none),
+	 * offset, good records before it in the segment, seq of the record returned. */
+	uint64_t cur_name, cur_off, cur_idx, cur_after;
+};
+
+struct spool {
+	char *dir;
+	int dirfd, lockfd;
+	struct spool_limits lim;
+	struct dev **devs; /* sorted by id */
+	size_t ndevs, cap;
+	bool dir_dirty;
+	bool full_logged;
+	unsigned nopen;
+	struct spool_stats st;
+	int64_t (*now)(void);
+	uint8_t *wbuf; /* the record being appended */
+	size_t wcap;
+};
+
+/* A record header as read. */
+struct rhdr {
+	uint8_t raw[REC_HDR];
+	uint8_t qos;
+	uint16_t tlen, clen;
+	uint32_t plen;
+	uint64_t seq;
+	int64_t at;
+	uint32_t crc;
+	uint64_t total;
+};
+
+struct live {
+	uint64_t records, bytes;
+};
+
+/* ---- encoding ---- */
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
+		crc_table[i] = c;
+	}
+}
+
+/* CRC-32C of data continuing crc (0 to start). */
+static uint32_t
+crc32c(uint32_t crc, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+
+	crc = ~crc;
+	while (len--)
+		crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+	return ~crc;
+}
+
+static void
+put16(uint8_t *b, uint16_t v)
+{
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+}
+
+static void
+put32(uint8_t *b, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+put64(uint8_t *b, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t
+get16(const uint8_t *b)
+{
+	return (uint16_t)(b[0] | b[1] << 8);
+}
+
+static uint32_t
+get32(const uint8_t *b)
+{
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static uint64_t
+get64(const uint8_t *b)
+{
+	return (uint64_t)get32(b) | (uint64_t)get32(b + 4) << 32;
+}
+
+/* Checks the 40 bytes at b as a header: magic, version, header CRC, sane fields. */
+static bool
+hdr_decode(const uint8_t *b, struct rhdr *h)
+{
+	if (memcmp(b, rec_magic, sizeof(rec_magic)) || b[4] != REC_VERSION)
+		return false;
+	if (get32(b + 32) != crc32c(0, b, 32))
+		return false;
+	h->qos = b[5];
+	h->tlen = get16(b + 6);
+	h->clen = get16(b + 8);
+	h->plen = get32(b + 12);
+	h->seq = get64(b + 16);
+	h->at = (int64_t)get64(b + 24);
+	h->crc = get32(b + 36);
+	if (h->qos > 1 || h->tlen == 0 || h->clen > SPOOL_CTYPE_MAX || get16(b + 10) != 0 ||
+	    h->plen > SPOOL_PAYLOAD_MAX || h->seq == 0)
+		return false;
+	h->total = REC_HDR + (uint64_t)h->tlen + 1 + h->clen + 1 + h->plen;
+	memcpy(h->raw, b, REC_HDR);
+	return true;
+}
+
+/* Checks a decoded header's body: the record CRC and the NULs after the strings. */
+static bool
+body_ok(const struct rhdr *h, const uint8_t *body)
+{
+	size_t blen = h->total - REC_HDR;
+
+	if (crc32c(crc32c(0, h->raw, 36), body, blen) != h->crc)
+		return false;
+	return body[h->tlen] == 0 && body[h->tlen + 1 + h->clen] == 0 &&
+	       !memchr(body, 0, h->tlen) && !memchr(body + h->tlen + 1, 0, h->clen);
+}
+
+static void
+seg_name(char *buf, uint64_t name)
+{
+	snprintf(buf, SEG_NAME_LEN + 1, "%016" PRIx64 SEG_SUFFIX, name);
+}
+
+static bool
+seg_parse_name(const char *s, uint64_t *name)
+{
+	uint64_t v = 0;
+
+	if (strlen(s) != SEG_NAME_LEN || strcmp(s + 16, SEG_SUFFIX))
+		return false;
+	for (int i = 0; i < 16; i++) {
+		int c = s[i];
+
+		if (c >= '0' && c <= '9')
+			v = v << 4 | (uint64_t)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v = v << 4 | (uint64_t)(c - 'a' + 10);
+		else
+			return false;
+	}
+	*name = v;
+	return v != 0;
+}
+
+static int64_t
+clock_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts.tv_sec;
+}
+
+/* ---- bookkeeping ---- */
+
+static uint64_t
+holes_before(const struct seg *s, uint64_t x)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < s->nholes && s->holes[i].off < x; i++) {
+		const struct hole *h = &s->holes[i];
+
+		n += h->off + h->len <= x ? h->len : x - h->off;
+	}
+	return n;
+}
+
+/* Live records and bytes of s: the good ones from its head on. */
+static struct live
+seg_live(const struct seg *s)
+{
+	return (struct live){
+	        .records = s->nrec - s->head_idx,
+	        .bytes = (s->size - s->hole_bytes) - (s->head_off - holes_before(s, s->head_off)),
+	};
+}
+
+/* Carries the change of s's live records and bytes since before to its device and the spool. */
+static void
+account(struct spool *sp, struct dev *d, const struct seg *s, struct live before)
+{
+	struct live now = seg_live(s);
+
+	/* Unsigned wrap-around makes a decrease come out right. */
+	d->records += now.records - before.records;
+	d->bytes += now.bytes - before.bytes;
+	sp->st.records += now.records - before.records;
+	sp->st.bytes += now.bytes - before.bytes;
+}
+
+static uint64_t
+skip_holes(const struct seg *s, uint64_t off)
+{
+	for (size_t i = 0; i < s->nholes; i++) {
+		if (off >= s->holes[i].off && off < s->holes[i].off + s->holes[i].len)
+			off = s->holes[i].off + s->holes[i].len;
+	}
+	return off;
+}
+
+static void
+seg_close(struct spool *sp, struct seg *s)
+{
+	if (s->fd >= 0) {
+		close(s->fd);
+		s->fd = -1;
+		sp->nopen--;
+	}
+}
+
+static void
+close_clean(struct spool *sp)
+{
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		for (size_t j = 0; j < sp->devs[i]->nsegs; j++) {
+			if (!sp->devs[i]->segs[j].dirty)
+				seg_close(sp, &sp->devs[i]->segs[j]);
+		}
+	}
+}
+
+static int
+seg_fd(struct spool *sp, struct dev *d, struct seg *s)
+{
+	char name[SEG_NAME_LEN + 1];
+	int r;
+
+	if (s->fd >= 0)
+		return s->fd;
+	if (sp->nopen >= OPEN_MAX)
+		close_clean(sp);
+	seg_name(name, s->name);
+	s->fd = openat(d->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (s->fd < 0) {
+		r = -errno;
+		log_warn("spool: %s/%s/%s", sp->dir, d->id, name);
+		return r;
+	}
+	sp->nopen++;
+	return s->fd;
+}
+
+/* Removes segment si from d's index, and its file if delete_file. */
+static void
+seg_remove(struct spool *sp, struct dev *d, size_t si, bool delete_file)
+{
+	struct seg *s = &d->segs[si];
+	char name[SEG_NAME_LEN + 1];
+
+	seg_name(name, s->name);
+	seg_close(sp, s);
+	if (delete_file) {
+		if (unlinkat(d->dirfd, name, 0) < 0 && errno != ENOENT)
+			log_warn("spool: remove %s/%s/%s", sp->dir, d->id, name);
+		d->dir_dirty = true;
+	}
+	if (d->cur_name == s->name)
+		d->cur_name = 0;
+	free(s->holes);
+	memmove(s, s + 1, (d->nsegs - si - 1) * sizeof(*s));
+	d->nsegs--;
+}
+
+static int
+seg_add(struct dev *d, uint64_t name, struct seg **out)
+{
+	if (d->nsegs == d->cap) {
+		size_t cap = d->cap ? 2 * d->cap : 4;
+		struct seg *n = reallocarray(d->segs, cap, sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		d->segs = n;
+		d->cap = cap;
+	}
+	*out = &d->segs[d->nsegs++];
+	**out = (struct seg){.name = name, .fd = -1};
+	return 0;
+}
+
+/* The highest seq before segment si. */
+static uint64_t
+prev_seq(const struct dev *d, size_t si)
+{
+	while (si-- > 0) {
+		if (d->segs[si].nrec)
+			return d->segs[si].last_seq;
+	}
+	return 0;
+}
+
+/* ---- scanning: recovery of damaged segments ---- */
+
+struct scan {
+	uint64_t prev_seq, acked, want; /* in */
+	uint64_t nrec, last_seq;
+	bool head_found;
+	uint64_t head_off, head_idx;
+	int64_t head_at;
+	uint64_t want_at; /* the first good record at or after want */
+	struct hole *holes;
+	size_t nholes, cap;
+	uint64_t hole_bytes, hole_records;
+};
+
+/* Whether a whole good record, following seq last, starts at off. */
+static bool
+rec_at(const uint8_t *b, size_t len, size_t off, uint64_t last, struct rhdr *h)
+{
+	if (len - off < REC_HDR || !hdr_decode(b + off, h))
+		return false;
+	if (h->total > len - off || h->seq <= last)
+		return false;
+	return body_ok(h, b + off + REC_HDR);
+}
+
+/*
+ * off starts damage: returns where the next good record starts (len if none), and in *seen
+ * how many headers that check out lie in between, i.e. how many records were lost.
+ */
+static size_t
+resync(const uint8_t *b, size_t len, size_t off, uint64_t last, uint64_t *seen)
+{
+	struct rhdr h, next;
+
+	*seen = 0;
+	if (len - off >= REC_HDR && hdr_decode(b + off, &h)) {
+		/* The body is damaged but the length is covered by the header's CRC: try where it
+		 * says the next record starts before searching byte by byte, so that a payload
+		 * that looks like a record is not taken for one. */
+		*seen = 1;
+		if (h.total < len - off && rec_at(b, len, off + h.total, last, &next))
+			return off + h.total;
+	}
+	for (size_t q = off + 1; q + REC_HDR <= len; q++) {
+		const uint8_t *m = memmem(b + q, len - q, rec_magic, sizeof(rec_magic));
+
+		if (!m)
+			break;
+		q = (size_t)(m - b);
+		if (len - q < REC_HDR || !hdr_decode(b + q, &h))
+			continue;
+		if (h.total <= len - q && h.seq > last && body_ok(&h, b + q + REC_HDR))
+			return q;
+		(*seen)++;
+	}
+	return len;
+}
+
+static int
+scan_buf(const uint8_t *b, size_t len, struct scan *sc)
+{
+	uint64_t last = sc->prev_seq;
+	size_t off = 0;
+	struct rhdr h;
+
+	sc->want_at = len;
+	while (off < len) {
+		uint64_t seen;
+		size_t next;
+
+		if (rec_at(b, len, off, last, &h)) {
+			if (!sc->head_found && h.seq > sc->acked) {
+				sc->head_found = true;
+				sc->head_off = off;
+				sc->head_idx = sc->nrec;
+				sc->head_at = h.at;
+			}
+			if (sc->want_at == len && off >= sc->want)
+				sc->want_at = off;
+			sc->nrec++;
+			last = h.seq;
+			off += h.total;
+			continue;
+		}
+		next = resync(b, len, off, last, &seen);
+		if (sc->nholes == sc->cap) {
+			size_t cap = sc->cap ? 2 * sc->cap : 2;
+			struct hole *n = reallocarray(sc->holes, cap, sizeof(*n));
+
+			if (!n)
+				return -ENOMEM;
+			sc->holes = n;
+			sc->cap = cap;
+		}
+		sc->holes[sc->nholes++] = (struct hole){
+		        .off = off,
+		        .len = next - off,
+		        .records = seen ? seen : 1,
+		};
+		sc->hole_bytes += next - off;
+		sc->hole_records += seen ? seen : 1;
+		off = next;
+	}
+	sc->last_seq = sc->nrec ? last : 0;
+	return 0;
+}
+
+/*
+ * Reads len bytes of fd into a new buffer. Pieces that cannot be read (EIO on a failing SD
+ * card) are left as zeros, which the scan then counts as damage: the rest stays usable.
+ */
+static int
+read_all(int fd, uint64_t len, const char *what, uint8_t **out)
+{
+	uint8_t *b = malloc(len ? len : 1);
+	bool warned = false;
+
+	if (!b)
+		return -ENOMEM;
+	for (uint64_t off = 0; off < len;) {
+		size_t n = len - off < READ_CHUNK ? (size_t)(len - off) : READ_CHUNK;
+		ssize_t got = pread(fd, b + off, n, (off_t)off);
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			if (!warned && got < 0)
+				log_warn("spool: read %s at byte %" PRIu64, what, off);
+			warned = true;
+			memset(b + off, 0, n);
+			got = (ssize_t)n;
+		}
+		off += (uint64_t)got;
+	}
+	*out = b;
+	return 0;
+}
+
+/*
+ * Reads segment si whole and checks every record: its good records, holes and head are
+ * replaced by what the file holds now; damage not seen before is counted and logged.
+ * cut_tail (spool_open(), newest segment): damage running to the end is cut off, so that
+ * appends follow good data. *want_at: the first good record at or after want.
+ */
+static int
+seg_check(struct spool *sp, struct dev *d, size_t si, bool cut_tail, uint64_t want,
+          uint64_t *want_at)
+{
+	struct seg *s = &d->segs[si];
+	struct scan sc = {.prev_seq = prev_seq(d, si), .acked = d->acked, .want = want};
+	char name[SEG_NAME_LEN + 1], what[PATH_MAX];
+	uint64_t first_off = 0, new_bytes, new_records;
+	struct live before = seg_live(s);
+	bool cut = false;
+	uint8_t *b;
+	int fd, r;
+
+	seg_name(name, s->name);
+	snprintf(what, sizeof(what), "%s/%s/%s", sp->dir, d->id, name);
+	fd = seg_fd(sp, d, s);
+	if (fd < 0)
+		return fd;
+	r = read_all(fd, s->size, what, &b);
+	if (r < 0)
+		return r;
+	r = scan_buf(b, s->size, &sc);
+	free(b);
+	if (r < 0) {
+		free(sc.holes);
+		return r;
+	}
+	if (sc.nholes)
+		first_off = sc.holes[0].off;
+	new_bytes = sc.hole_bytes - s->hole_bytes;
+	new_records = sc.hole_records > s->hole_records ? sc.hole_records - s->hole_records : 0;
+	if (cut_tail && sc.nholes &&
+	    sc.holes[sc.nholes - 1].off + sc.holes[sc.nholes - 1].len == s->size) {
+		struct hole *t = &sc.holes[sc.nholes - 1];
+
+		if (ftruncate(fd, (off_t)t->off) == 0) {
+			s->size = t->off;
+			sc.hole_bytes -= t->len;
+			sc.hole_records -= t->records;
+			sc.nholes--;
+			s->dirty = true;
+			cut = true;
+		} else {
+			log_warn("spool: cut off the damaged tail of %s", what);
+		}
+	}
+	free(s->holes);
+	s->holes = sc.holes;
+	s->nholes = sc.nholes;
+	s->hole_bytes = sc.hole_bytes;
+	s->hole_records = sc.hole_records;
+	s->nrec = sc.nrec;
+	s->last_seq = sc.last_seq;
+	if (sc.head_found) {
+		s->head_off = sc.head_off;
+		s->head_idx = sc.head_idx;
+		s->head_at = sc.head_at;
+	} else {
+		s->head_off = s->size;
+		s->head_idx = s->nrec;
+	}
+	account(sp, d, s, before);
+	d->cur_name = 0;
+	*want_at = sc.want_at < s->size ? sc.want_at : s->size;
+	if (new_bytes) {
+		sp->st.corrupt_bytes += new_bytes;
+		sp->st.corrupt_records += new_records;
+		log_warnx("spool: device %s: segment %s: %" PRIu64
+		          " bytes damaged, the first at byte %" PRIu64
+		          " (%zu region(s), about %" PRIu64 " record(s) lost)%s",
+		          d->id, name, new_bytes, first_off, sc.nholes + cut, new_records,
+		          cut ? "; the torn tail was cut off" : "");
+	}
+	return 0;
+}
+
+/* ---- navigation ---- */
+
+/*
+ * The good record of segment si at *off or after it (off is a record boundary or in a known
+ * hole): moves *off to it and decodes its header into h. -ENOENT past the last one. Damage
+ * not known yet makes the segment be scanned again (counted, logged) and RESCANNED be
+ * returned: the segment's head and counts may have changed, the caller starts over.
+ */
+static int
+seg_next(struct spool *sp, struct dev *d, size_t si, uint64_t *off, struct rhdr *h)
+{
+	struct seg *s = &d->segs[si];
+	uint8_t b[REC_HDR];
+	ssize_t n;
+	int fd, r;
+
+	*off = skip_holes(s, *off);
+	if (*off >= s->size)
+		return -ENOENT;
+	fd = seg_fd(sp, d, s);
+	if (fd < 0)
+		return fd;
+	n = pread(fd, b, REC_HDR, (off_t)*off);
+	if (n < 0 && errno != EIO) {
+		r = -errno;
+		log_warn("spool: device %s: read", d->id);
+		return r;
+	}
+	if (n == REC_HDR && hdr_decode(b, h) && h->total <= s->size - *off)
+		return 0;
+	r = seg_check(sp, d, si, false, *off, off);
+	return r < 0 ? r : RESCANNED;
+}
+
+/* Reads the body of the record h at off into a new buffer, NUL-terminated. */
+static int
+read_body(struct spool *sp, struct dev *d, size_t si, uint64_t *off, const struct rhdr *h,
+          uint8_t **out)
+{
+	size_t blen = h->total - REC_HDR;
+	uint8_t *b = malloc(blen + 1);
+	ssize_t n;
+	int fd, r;
+
+	if (!b)
+		return -ENOMEM;
+	fd = seg_fd(sp, d, &d->segs[si]);
+	if (fd < 0) {
+		free(b);
+		return fd;
+	}
+	n = pread(fd, b, blen, (off_t)(*off + REC_HDR));
+	if (n == (ssize_t)blen && body_ok(h, b)) {
+		b[blen] = 0;
+		*out = b;
+		return 0;
+	}
+	free(b);
+	if (n < 0 && errno != EIO) {
+		r = -errno;
+		log_warn("spool: device %s: read", d->id);
+		return r;
+	}
+	r = seg_check(sp, d, si, false, *off, off);
+	return r < 0 ? r : RESCANNED;
+}
+
+/*
+ * Makes every record of d up to seq no longer live (delivered or dropped); adds how many
+ * live records that took to *count. Segments emptied so are deleted by spool_sync().
+ */
+static int
+advance(struct spool *sp, struct dev *d, uint64_t seq, uint64_t *count)
+{
+	int rescans = 0;
+
+	if (seq >= d->next_seq)
+		seq = d->next_seq - 1;
+again:
+	for (size_t si = 0; si < d->nsegs && seq > d->acked; si++) {
+		struct seg *s = &d->segs[si];
+		struct live before = seg_live(s);
+		uint64_t off, idx;
+		struct rhdr h;
+
+		if (s->head_idx == s->nrec)
+			continue;
+		if (s->last_seq <= seq) {
+			*count += s->nrec - s->head_idx;
+			s->head_off = s->size;
+			s->head_idx = s->nrec;
+			account(sp, d, s, before);
+			d->acked = s->last_seq;
+			continue;
+		}
+		off = s->head_off;
+		idx = s->head_idx;
+		/* Acknowledging what was just read: no need to walk from the head. */
+		if (d->cur_name == s->name && d->cur_after <= seq && d->cur_off > off) {
+			off = d->cur_off;
+			idx = d->cur_idx;
+		}
+		for (;;) {
+			int r = seg_next(sp, d, si, &off, &h);
+
+			if (r == RESCANNED) {
+				if (++rescans > RESCAN_MAX)
+					return -EIO;
+				goto again;
+			}
+			if (r < 0)
+				return r == -ENOENT ? -EIO : r;
+			if (h.seq > seq)
+				break;
+			off += h.total;
+			idx++;
+		}
+		*count += idx - s->head_idx;
+		s->head_off = off;
+		s->head_idx = idx;
+		s->head_at = h.at;
+		account(sp, d, s, before);
+		break;
+	}
+	if (seq > d->acked)
+		d->acked = seq;
+	return 0;
+}
+
+/* Drops d's oldest live record. */
+static int
+drop_head(struct spool *sp, struct dev *d, uint64_t *count)
+{
+	for (int rescans = 0; rescans <= RESCAN_MAX; rescans++) {
+		for (size_t si = 0; si < d->nsegs; si++) {
+			struct seg *s = &d->segs[si];
+			uint64_t off = s->head_off;
+			struct rhdr h;
+			int r;
+
+			if (s->head_idx == s->nrec)
+				continue;
+			r = seg_next(sp, d, si, &off, &h);
+			if (r == RESCANNED)
+				break;
+			if (r < 0)
+				return r == -ENOENT ? -EIO : r;
+			return advance(sp, d, h.seq, count);
+		}
+		if (!d->records)
+			return -ENOENT;
+	}
+	return -EIO;
+}
+
+/* ---- devices ---- */
+
+static struct dev *
+dev_find(const struct spool *sp, const char *id, size_t *pos)
+{
+	size_t lo = 0, hi = sp->ndevs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(id, sp->devs[mid]->id);
+
+		if (c == 0) {
+			if (pos)
+				*pos = mid;
+			return sp->devs[mid];
+		}
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	if (pos)
+		*pos = lo;
+	return NULL;
+}
+
+static int
+dev_cmp(const void *a, const void *b)
+{
+	return strcmp((*(struct dev *const *)a)->id, (*(struct dev *const *)b)->id);
+}
+
+static void
+dev_free(struct spool *sp, struct dev *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; i < d->nsegs; i++) {
+		seg_close(sp, &d->segs[i]);
+		free(d->segs[i].holes);
+	}
+	free(d->segs);
+	if (d->dirfd >= 0)
+		close(d->dirfd);
+	free(d);
+}
+
+static int
+dev_insert(struct spool *sp, struct dev *d, size_t pos)
+{
+	if (sp->ndevs == sp->cap) {
+		size_t cap = sp->cap ? 2 * sp->cap : 8;
+		struct dev **n = reallocarray(sp->devs, cap, sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		sp->devs = n;
+		sp->cap = cap;
+	}
+	memmove(&sp->devs[pos + 1], &sp->devs[pos], (sp->ndevs - pos) * sizeof(*sp->devs));
+	sp->devs[pos] = d;
+	sp->ndevs++;
+	return 0;
+}
+
+static void
+load_acked(struct spool *sp, struct dev *d, uint64_t *next)
+{
+	uint8_t b[ACK_LEN + 1];
+	ssize_t n;
+	int fd;
+
+	fd = openat(d->dirfd, ACK_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno != ENOENT)
+			log_warn("spool: %s/%s/" ACK_FILE, sp->dir, d->id);
+		return;
+	}
+	n = read(fd, b, sizeof(b));
+	close(fd);
+	if (n != ACK_LEN || memcmp(b, ack_magic, sizeof(ack_magic)) || get32(b + 4) != 1 ||
+	    get32(b + 24) != crc32c(0, b, 24)) {
+		log_warnx("spool: %s/%s/" ACK_FILE " is damaged: the device's records still on "
+		          "disk will be sent again, delivered or not",
+		          sp->dir, d->id);
+		return;
+	}
+	d->acked = d->acked_saved = get64(b + 8);
+	*next = get64(b + 16);
+}
+
+static int
+save_acked(struct spool *sp, struct dev *d)
+{
+	uint8_t b[ACK_LEN];
+	int fd, r = 0;
+
+	memcpy(b, ack_magic, sizeof(ack_magic));
+	put32(b + 4, 1);
+	put64(b + 8, d->acked);
+	put64(b + 16, d->next_seq);
+	put32(b + 24, crc32c(0, b, 24));
+	fd = openat(d->dirfd, ACK_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		r = -errno;
+		log_warn("spool: create %s/%s/" ACK_TMP, sp->dir, d->id);
+		return r;
+	}
+	errno = 0;
+	if (write(fd, b, sizeof(b)) != (ssize_t)sizeof(b))
+		r = errno ? -errno : -EIO;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && renameat(d->dirfd, ACK_TMP, d->dirfd, ACK_FILE) < 0)
+		r = -errno;
+	if (r < 0) {
+		errno = -r;
+		log_warn("spool: write %s/%s/" ACK_FILE, sp->dir, d->id);
+		unlinkat(d->dirfd, ACK_TMP, 0);
+		return r;
+	}
+	d->acked_saved = d->acked;
+	d->dir_dirty = true;
+	return 0;
+}
+
+static int
+seg_order(const void *a, const void *b)
+{
+	uint64_t x = ((const struct seg *)a)->name, y = ((const struct seg *)b)->name;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Loads device id's folder: its acked file and every segment, checked. -errno if the folder
+ * cannot be read (only -ENOMEM is worth failing spool_open() for).
+ */
+static int
+dev_load(struct spool *sp, const char *id, struct dev **out)
+{
+	struct dev *d = calloc(1, sizeof(*d));
+	uint64_t next = 0;
+	bool synced = false;
+	struct dirent *de;
+	DIR *dir;
+	int fd, r = 0;
+
+	if (!d)
+		return -ENOMEM;
+	snprintf(d->id, sizeof(d->id), "%s", id);
+	d->dirfd = openat(sp->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->dirfd < 0) {
+		r = -errno;
+		log_warn("spool: %s/%s: skipped", sp->dir, id);
+		goto fail;
+	}
+	load_acked(sp, d, &next);
+	fd = dup(d->dirfd);
+	dir = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!dir) {
+		r = -errno;
+		log_warn("spool: %s/%s: skipped", sp->dir, id);
+		if (fd >= 0)
+			close(fd);
+		goto fail;
+	}
+	while ((de = readdir(dir))) {
+		uint64_t name;
+		struct seg *s;
+
+		if (strcmp(de->d_name, ACK_TMP) == 0) {
+			/* A crash during save_acked(): the acked file is the old one, whole. */
+			unlinkat(d->dirfd, ACK_TMP, 0);
+			continue;
+		}
+		if (!seg_parse_name(de->d_name, &name))
+			continue;
+		r = seg_add(d, name, &s);
+		if (r < 0)
+			break;
+		if (name >= next)
+			next = name + 1;
+	}
+	closedir(dir);
+	if (r < 0)
+		goto fail;
+	qsort(d->segs, d->nsegs, sizeof(*d->segs), seg_order);
+	for (size_t si = 0; si < d->nsegs; si++) {
+		struct seg *s = &d->segs[si];
+		uint64_t unused;
+		struct stat st;
+
+		fd = seg_fd(sp, d, s);
+		if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+			/* Left on disk as it is, out of the index. */
+			if (fd >= 0)
+				log_warnx("spool: %s/%s: segment %016" PRIx64 SEG_SUFFIX
+				          " is not a regular file; skipped",
+				          sp->dir, id, s->name);
+			seg_remove(sp, d, si--, false);
+			continue;
+		}
+		s->size = s->head_off = (uint64_t)st.st_size;
+		/* Only the newest takes appends; if it goes, the next append starts a new one. */
+		s->sealed = si != d->nsegs - 1;
+		r = seg_check(sp, d, si, si == d->nsegs - 1, 0, &unused);
+		if (r < 0) {
+			/* E.g. too large to read: the rest of the device still starts. */
+			errno = -r;
+			log_warn("spool: %s/%s: segment %016" PRIx64 SEG_SUFFIX " skipped", sp->dir,
+			         id, s->name);
+			seg_remove(sp, d, si--, false);
+			r = 0;
+			continue;
+		}
+		if (s->nrec && s->last_seq >= next)
+			next = s->last_seq + 1;
+		if (!s->dirty)
+			seg_close(sp, s);
+	}
+	/* Wholly delivered, or nothing good left in it. The acked file that says so is made
+	 * durable first (it may be from before a restart without a sync), so that deleting
+	 * cannot make a seq be used twice. */
+	for (size_t si = 0; si < d->nsegs; si++) {
+		if (d->segs[si].head_idx != d->segs[si].nrec)
+			continue;
+		if (!synced && fsync(d->dirfd) < 0) {
+			log_warn("spool: fsync %s/%s", sp->dir, id);
+			break;
+		}
+		synced = true;
+		seg_remove(sp, d, si--, true);
+	}
+	d->next_seq = next > d->acked + 1 ? next : d->acked + 1;
+	*out = d;
+	return 0;
+fail:
+	sp->st.records -= d->records;
+	sp->st.bytes -= d->bytes;
+	dev_free(sp, d);
+	return r;
+}
+
+/* The device's folder, made if missing (an existing one, e.g. unreadable at open, is loaded). */
+static int
+dev_create(struct spool *sp, const char *id, struct dev **out)
+{
+	struct dev *d;
+	size_t pos;
+	int r;
+
+	if (mkdirat(sp->dirfd, id, 0700) == 0) {
+		sp->dir_dirty = true;
+	} else if (errno != EEXIST) {
+		r = -errno;
+		log_warn("spool: create %s/%s", sp->dir, id);
+		return r;
+	}
+	r = dev_load(sp, id, &d);
+	if (r < 0)
+		return r;
+	dev_find(sp, id, &pos);
+	r = dev_insert(sp, d, pos);
+	if (r < 0) {
+		sp->st.records -= d->records;
+		sp->st.bytes -= d->bytes;
+		dev_free(sp, d);
+		return r;
+	}
+	*out = d;
+	return 0;
+}
+
+/* ---- the API ---- */
+
+int
+spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
+{
+	struct spool *sp = calloc(1, sizeof(*sp));
+	struct dirent *de;
+	bool made = false;
+	struct stat st;
+	DIR *dh = NULL;
+	int fd, r;
+
+	if (!sp)
+		return -ENOMEM;
+	crc_init();
+	sp->dirfd = sp->lockfd = -1;
+	sp->lim = *lim;
+	if (!sp->lim.device_bytes)
+		sp->lim.device_bytes = UINT64_MAX;
+	if (!sp->lim.total_bytes)
+		sp->lim.total_bytes = UINT64_MAX;
+	if (!sp->lim.segment_bytes)
+		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
+	sp->now = clock_now;
+	sp->dir = strdup(dir);
+	if (!sp->dir) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (mkdir(dir, 0700) == 0) {
+		made = true;
+	} else if (errno != EEXIST) {
+		r = -errno;
+		log_warn("spool: create %s", dir);
+		goto fail;
+	}
+	sp->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sp->dirfd < 0 || fstat(sp->dirfd, &st) < 0) {
+		r = -errno;
+		log_warn("spool: %s", dir);
+		goto fail;
+	}
+	if (made) {
+		/* The new folder's own entry must survive a power loss too. */
+		char *copy = strdup(dir);
+		int pfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+
+		if (pfd < 0 || fsync(pfd) < 0) {
+			r = copy ? -errno : -ENOMEM;
+			log_warn("spool: fsync the folder holding %s", dir);
+		} else {
+			r = 0;
+		}
+		if (pfd >= 0)
+			close(pfd);
+		free(copy);
+		if (r < 0)
+			goto fail;
+	}
+	if (st.st_mode & 077)
+		log_warnx("spool: %s has mode %04o; it holds devices' uplink data and should be "
+		          "closed to group and others (chmod 700 %s)",
+		          dir, st.st_mode & 07777, dir);
+	sp->lockfd = openat(sp->dirfd, LOCK_FILE, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (sp->lockfd < 0) {
+		r = -errno;
+		log_warn("spool: %s/" LOCK_FILE, dir);
+		goto fail;
+	}
+	if (flock(sp->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		log_warnx("spool: %s is in use by another process (it holds %s/" LOCK_FILE ")", dir,
+		          dir);
+		goto fail;
+	}
+	fd = dup(sp->dirfd);
+	dh = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!dh) {
+		r = -errno;
+		log_warn("spool: %s", dir);
+		if (fd >= 0)
+			close(fd);
+		goto fail;
+	}
+	for (;;) {
+		struct dev *d;
+
+		errno = 0;
+		de = readdir(dh);
+		if (!de) {
+			r = -errno;
+			if (r < 0)
+				log_warn("spool: read %s", dir);
+			break;
+		}
+		if (de->d_name[0] == '.')
+			continue;
+		if (de->d_type != DT_DIR && de->d_type != DT_UNKNOWN)
+			continue;
+		if (!gwconf_valid_id(de->d_name)) {
+			log_warnx("spool: %s/%s: not a device id; ignored", dir, de->d_name);
+			continue;
+		}
+		r = dev_load(sp, de->d_name, &d);
+		if (r == -ENOMEM)
+			break;
+		if (r < 0)
+			continue;
+		r = dev_insert(sp, d, sp->ndevs);
+		if (r < 0) {
+			dev_free(sp, d);
+			break;
+		}
+	}
+	closedir(dh);
+	if (r < 0)
+		goto fail;
+	qsort(sp->devs, sp->ndevs, sizeof(*sp->devs), dev_cmp);
+	if (sp->st.records)
+		log_info("spool: %s: %" PRIu64 " records (%" PRIu64 " bytes) waiting", dir,
+		         sp->st.records, sp->st.bytes);
+	*out = sp;
+	return 0;
+fail:
+	spool_free(sp);
+	return r;
+}
+
+void
+spool_free(struct spool *sp)
+{
+	if (!sp)
+		return;
+	for (size_t i = 0; i < sp->ndevs; i++)
+		dev_free(sp, sp->devs[i]);
+	free(sp->devs);
+	if (sp->lockfd >= 0)
+		close(sp->lockfd);
+	if (sp->dirfd >= 0)
+		close(sp->dirfd);
+	free(sp->wbuf);
+	free(sp->dir);
+	free(sp);
+}
+
+void
+spool_set_clock(struct spool *sp, int64_t (*now)(void))
+{
+	sp->now = now ? now : clock_now;
+}
+
+/* The device holding the oldest live record of all (by stored_at). */
+static struct dev *
+oldest_dev(const struct spool *sp)
+{
+	struct dev *best = NULL;
+	int64_t best_at = 0;
+
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		struct dev *d = sp->devs[i];
+
+		for (size_t si = 0; si < d->nsegs; si++) {
+			const struct seg *s = &d->segs[si];
+
+			if (s->head_idx == s->nrec)
+				continue;
+			if (!best || s->head_at < best_at) {
+				best = d;
+				best_at = s->head_at;
+			}
+			break;
+		}
+	}
+	return best;
+}
+
+/* Makes room for total more bytes of device id (d: NULL if it has no folder yet). */
+static int
+make_room(struct spool *sp, struct dev *d, const char *id, uint64_t total)
+{
+	/* total is within both limits (spool_append() checked), so these cannot wrap. */
+	uint64_t dev_max = sp->lim.device_bytes - total, all_max = sp->lim.total_bytes - total;
+	bool over_dev = d && d->bytes > dev_max, over_all = sp->st.bytes > all_max;
+	int r;
+
+	if (!over_dev && d)
+		d->full_logged = false;
+	if (!over_all)
+		sp->full_logged = false;
+	if (!over_dev && !over_all)
+		return 0;
+	if (over_dev && !d->full_logged)
+		log_warnx("spool: device %s: over its %" PRIu64 " bytes; %s", id,
+		          sp->lim.device_bytes,
+		          sp->lim.full == SPOOL_REFUSE ? "refusing its messages until it drains"
+		                                       : "dropping its oldest messages");
+	if (over_all && !sp->full_logged)
+		log_warnx("spool: over %" PRIu64 " bytes in all; %s", sp->lim.total_bytes,
+		          sp->lim.full == SPOOL_REFUSE
+		                  ? "refusing messages until it drains"
+		                  : "dropping the oldest messages of the device with the oldest");
+	if (over_dev)
+		d->full_logged = true;
+	if (over_all)
+		sp->full_logged = true;
+	if (sp->lim.full == SPOOL_REFUSE) {
+		sp->st.refused++;
+		return -ENOSPC;
+	}
+	while (d && d->bytes > dev_max) {
+		r = drop_head(sp, d, &sp->st.dropped_full);
+		if (r < 0)
+			return r;
+	}
+	while (sp->st.bytes > all_max) {
+		struct dev *o = oldest_dev(sp);
+
+		if (!o)
+			break;
+		r = drop_head(sp, o, &sp->st.dropped_full);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* The segment that takes d's next append: the last one, or a new one if that is full. */
+static int
+tail_seg(struct spool *sp, struct dev *d, struct seg **out)
+{
+	char name[SEG_NAME_LEN + 1];
+	struct seg *s = d->nsegs ? &d->segs[d->nsegs - 1] : NULL;
+	int fd, r;
+
+	if (s && !s->sealed && s->size < sp->lim.segment_bytes) {
+		*out = s;
+		return 0;
+	}
+	if (s)
+		s->sealed = true;
+	if (sp->nopen >= OPEN_MAX)
+		close_clean(sp);
+	seg_name(name, d->next_seq);
+	fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		r = -errno;
+		log_warn("spool: create %s/%s/%s", sp->dir, d->id, name);
+		return r;
+	}
+	r = seg_add(d, d->next_seq, &s);
+	if (r < 0) {
+		close(fd);
+		unlinkat(d->dirfd, name, 0);
+		return r;
+	}
+	s->fd = fd;
+	sp->nopen++;
+	d->dir_dirty = true;
+	*out = s;
+	return 0;
+}
+
+static int
+write_at(int fd, const uint8_t *b, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, b, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		b += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+int
+spool_append(struct spool *sp, const char *device, struct spool_record *rec)
+{
+	const char *ctype = rec->content_type ? rec->content_type : "";
+	size_t tlen, clen, total;
+	struct live before;
+	struct dev *d;
+	struct seg *s = NULL;
+	uint8_t *b;
+	int r;
+
+	if (!gwconf_valid_id(device) || !rec->topic || rec->qos > 1 || (rec->len && !rec->payload))
+		return -EINVAL;
+	tlen = strlen(rec->topic);
+	clen = strlen(ctype);
+	if (tlen == 0)
+		return -EINVAL;
+	if (tlen > SPOOL_TOPIC_MAX || clen > SPOOL_CTYPE_MAX || rec->len > SPOOL_PAYLOAD_MAX)
+		return -EMSGSIZE;
+	total = REC_HDR + tlen + 1 + clen + 1 + rec->len;
+	if (total > sp->lim.device_bytes || total > sp->lim.total_bytes)
+		return -EMSGSIZE;
+	d = dev_find(sp, device, NULL);
+	r = make_room(sp, d, device, total);
+	if (r < 0)
+		return r;
+	if (!d) {
+		r = dev_create(sp, device, &d);
+		if (r < 0)
+			return r;
+	}
+	if (total > sp->wcap) {
+		b = realloc(sp->wbuf, total);
+		if (!b)
+			return -ENOMEM;
+		sp->wbuf = b;
+		sp->wcap = total;
+	}
+	b = sp->wbuf;
+	rec->seq = d->next_seq;
+	rec->stored_at = sp->now();
+	memcpy(b, rec_magic, sizeof(rec_magic));
+	b[4] = REC_VERSION;
+	b[5] = rec->qos;
+	put16(b + 6, (uint16_t)tlen);
+	put16(b + 8, (uint16_t)clen);
+	put16(b + 10, 0);
+	put32(b + 12, (uint32_t)rec->len);
+	put64(b + 16, rec->seq);
+	put64(b + 24, (uint64_t)rec->stored_at);
+	put32(b + 32, crc32c(0, b, 32));
+	memcpy(b + REC_HDR, rec->topic, tlen + 1);
+	memcpy(b + REC_HDR + tlen + 1, ctype, clen + 1);
+	if (rec->len)
+		memcpy(b + REC_HDR + tlen + 1 + clen + 1, rec->payload, rec->len);
+	put32(b + 36, crc32c(crc32c(0, b, 36), b + REC_HDR, total - REC_HDR));
+
+	r = tail_seg(sp, d, &s);
+	if (r < 0)
+		return r;
+	r = seg_fd(sp, d, s);
+	if (r >= 0)
+		r = write_at(r, b, total, s->size);
+	if (r < 0) {
+		errno = -r;
+		log_warn("spool: device %s: write", device);
+		/* Leave no partial record behind, or else write no more to this file. */
+		if (s->fd >= 0 && ftruncate(s->fd, (off_t)s->size) < 0) {
+			s->sealed = true;
+			if (!s->nrec)
+				seg_remove(sp, d, d->nsegs - 1, true);
+		}
+		return r;
+	}
+	before = seg_live(s);
+	s->size += total;
+	s->nrec++;
+	s->last_seq = rec->seq;
+	if (s->head_idx == s->nrec - 1)
+		s->head_at = rec->stored_at;
+	s->dirty = true;
+	account(sp, d, s, before);
+	d->next_seq++;
+	return 0;
+}
+
+/* A segment spool_sync() may delete: nothing live, and nothing of it the acked file on disk
+ * does not cover. The last one stays while it takes appends. */
+static bool
+deletable(const struct spool *sp, const struct dev *d, size_t si)
+{
+	const struct seg *s = &d->segs[si];
+
+	if (s->head_idx != s->nrec || (s->nrec && s->last_seq > d->acked_saved))
+		return false;
+	return si + 1 < d->nsegs || s->sealed || s->size >= sp->lim.segment_bytes;
+}
+
+static int
+dev_sync(struct spool *sp, struct dev *d)
+{
+	bool removed = false;
+	bool durable;
+	int err = 0;
+
+	for (size_t si = 0; si < d->nsegs; si++) {
+		struct seg *s = &d->segs[si];
+
+		if (!s->dirty)
+			continue;
+		if (s->fd >= 0 && fsync(s->fd) < 0) {
+			/* After a failed fsync the kernel may have dropped the pages: what was
+			 * written since the last sync is not known to be on disk, and a retry would
+			 * not say so. Report it once (the batch is not acknowledged) and start a
+			 * new file. */
+			err = err ? err : -errno;
+			log_warn("spool: device %s: fsync segment %016" PRIx64 SEG_SUFFIX, d->id,
+			         s->name);
+			s->sealed = true;
+		}
+		s->dirty = false;
+	}
+	if (d->acked != d->acked_saved) {
+		int r = save_acked(sp, d);
+
+		err = err ? err : r;
+	}
+	if (d->dir_dirty) {
+		if (fsync(d->dirfd) < 0) {
+			err = err ? err : -errno;
+			log_warn("spool: fsync %s/%s", sp->dir, d->id);
+		} else {
+			d->dir_dirty = false;
+		}
+	}
+	durable = !d->dir_dirty;
+	/* Only once the acked file that covers them is on disk. */
+	for (size_t si = 0; durable && si < d->nsegs; si++) {
+		if (deletable(sp, d, si)) {
+			seg_remove(sp, d, si--, true);
+			removed = true;
+		}
+	}
+	if (removed) {
+		if (fsync(d->dirfd) < 0) {
+			err = err ? err : -errno;
+			log_warn("spool: fsync %s/%s", sp->dir, d->id);
+		} else {
+			d->dir_dirty = false;
+		}
+	}
+	return err;
+}
+
+int
+spool_sync(struct spool *sp)
+{
+	int err = 0;
+
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		int r = dev_sync(sp, sp->devs[i]);
+
+		err = err ? err : r;
+	}
+	if (sp->dir_dirty) {
+		if (fsync(sp->dirfd) < 0) {
+			err = err ? err : -errno;
+			log_warn("spool: fsync %s", sp->dir);
+		} else {
+			sp->dir_dirty = false;
+		}
+	}
+	return err;
+}
+
+bool
+spool_needs_sync(const struct spool *sp)
+{
+	if (sp->dir_dirty)
+		return true;
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		const struct dev *d = sp->devs[i];
+
+		if (d->dir_dirty || d->acked != d->acked_saved)
+			return true;
+		for (size_t si = 0; si < d->nsegs; si++) {
+			if (d->segs[si].dirty || deletable(sp, d, si))
+				return true;
+		}
+	}
+	return false;
+}
+
+static void
+set_cursor(struct dev *d, const struct seg *s, uint64_t off, uint64_t idx, uint64_t after)
+{
+	d->cur_name = s->name;
+	d->cur_off = off;
+	d->cur_idx = idx;
+	d->cur_after = after;
+}
+
+int
+spool_read(struct spool *sp, const char *device, uint64_t from_seq, struct spool_record *rec,
+           void **buf)
+{
+	uint64_t dropped = 0, start;
+	int rescans = 0, r;
+	struct dev *d;
+
+	if (!gwconf_valid_id(device))
+		return -EINVAL;
+	d = dev_find(sp, device, NULL);
+	if (!d)
+		return -ENOENT;
+again:
+	start = from_seq > d->acked ? from_seq : d->acked + 1;
+	for (size_t si = 0; si < d->nsegs; si++) {
+		struct seg *s = &d->segs[si];
+		uint64_t off = s->head_off, idx = s->head_idx;
+
+		if (s->head_idx == s->nrec || s->last_seq < start)
+			continue;
+		/* Reading on from the last record returned: start where it ended. */
+		if (d->cur_name == s->name && d->cur_after < start && d->cur_off > off) {
+			off = d->cur_off;
+			idx = d->cur_idx;
+		}
+		for (;;) {
+			struct rhdr h;
+			uint8_t *body = NULL;
+
+			r = seg_next(sp, d, si, &off, &h);
+			if (r == -ENOENT)
+				break;
+			if (r == RESCANNED && ++rescans <= RESCAN_MAX)
+				goto again;
+			if (r != 0)
+				goto out;
+			if (h.seq < start) {
+				off += h.total;
+				idx++;
+				continue;
+			}
+			if (sp->lim.max_age && h.at < sp->now() - (int64_t)sp->lim.max_age) {
+				/* Records are in the order they were stored: the ones before are
+				 * older still. The cursor saves advance() a walk from the head. */
+				set_cursor(d, s, off + h.total, idx + 1, h.seq);
+				r = advance(sp, d, h.seq, &dropped);
+				if (r < 0)
+					goto out;
+				goto again;
+			}
+			r = read_body(sp, d, si, &off, &h, &body);
+			if (r == RESCANNED && ++rescans <= RESCAN_MAX)
+				goto again;
+			if (r != 0)
+				goto out;
+			set_cursor(d, s, off + h.total, idx + 1, h.seq);
+			rec->seq = h.seq;
+			rec->stored_at = h.at;
+			rec->qos = h.qos;
+			rec->topic = (const char *)body;
+			rec->content_type = (const char *)body + h.tlen + 1;
+			rec->payload = body + h.tlen + 1 + h.clen + 1;
+			rec->len = h.plen;
+			*buf = body;
+			goto out;
+		}
+	}
+	r = -ENOENT;
+out:
+	if (r == RESCANNED)
+		r = -EIO;
+	if (dropped) {
+		sp->st.dropped_age += dropped;
+		log_info("spool: device %s: dropped %" PRIu64 " message(s) older than %u s", d->id,
+		         dropped, sp->lim.max_age);
+	}
+	return r;
+}
+
+int
+spool_ack(struct spool *sp, const char *device, uint64_t seq)
+{
+	uint64_t n = 0;
+	struct dev *d;
+
+	if (!gwconf_valid_id(device))
+		return -EINVAL;
+	d = dev_find(sp, device, NULL);
+	if (!d)
+		return -ENOENT;
+	return advance(sp, d, seq, &n);
+}
+
+uint64_t
+spool_depth(const struct spool *sp, const char *device, uint64_t *bytes)
+{
+	const struct dev *d = gwconf_valid_id(device) ? dev_find(sp, device, NULL) : NULL;
+
+	if (bytes)
+		*bytes = d ? d->bytes : 0;
+	return d ? d->records : 0;
+}
+
+void
+spool_stats(const struct spool *sp, struct spool_stats *st)
+{
+	*st = sp->st;
+}
+
+size_t
+spool_devices(const struct spool *sp, void (*fn)(const char *device, uint64_t records, void *data),
+              void *data)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		if (!sp->devs[i]->records)
+			continue;
+		if (fn)
+			fn(sp->devs[i]->id, sp->devs[i]->records, data);
+		n++;
+	}
+	return n;
+}
+
+int
+spool_forget(struct spool *sp, const char *device)
+{
+	struct dirent *de;
+	struct dev *d;
+	size_t pos;
+	DIR *dir;
+	int fd, r = 0;
+
+	if (!gwconf_valid_id(device))
+		return -EINVAL;
+	d = dev_find(sp, device, &pos);
+	if (d) {
+		sp->st.records -= d->records;
+		sp->st.bytes -= d->bytes;
+		dev_free(sp, d);
+		memmove(&sp->devs[pos], &sp->devs[pos + 1], (sp->ndevs - pos - 1) * sizeof(d));
+		sp->ndevs--;
+	}
+	fd = openat(sp->dirfd, device, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT && d ? 0 : -errno;
+	dir = fdopendir(fd);
+	if (!dir) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	/* The folder holds only files the spool made: no subfolders. */
+	while ((de = readdir(dir))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+		    unlinkat(fd, de->d_name, 0) < 0 && r == 0) {
+			r = -errno;
+			log_warn("spool: remove %s/%s/%s", sp->dir, device, de->d_name);
+		}
+	}
+	closedir(dir);
+	if (unlinkat(sp->dirfd, device, AT_REMOVEDIR) < 0 && r == 0) {
+		r = -errno;
+		log_warn("spool: remove %s/%s", sp->dir, device);
+	}
+	if (fsync(sp->dirfd) < 0 && r == 0) {
+		r = -errno;
+		log_warn("spool: fsync %s", sp->dir);
+	}
+	return r;
+}
