@@ -221,19 +221,14 @@ cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd)
 }
 
 struct cmdq_command *
-cmdq_rebuild(const struct cmdq *q, uint32_t observe, unsigned max_age, int content_format,
-             const void *payload, size_t len)
+cmdq_rebuild(uint32_t seq, time_t expires, int content_format, const void *payload, size_t len)
 {
 	struct cmdq_command *cmd = malloc(sizeof(*cmd) + len);
-	uint32_t seq = (q->seq & ~UINT32_C(0xFFFFFF)) | (observe & 0xFFFFFF);
 
 	if (!cmd)
 		return NULL;
-	/* The most recent seq with those low bits: commands in flight are recent ones. */
-	if (seq > q->seq)
-		seq -= UINT32_C(0x1000000);
 	cmd->seq = seq;
-	cmd->expires = q->now() + (time_t)max_age;
+	cmd->expires = expires;
 	cmd->content_format = content_format;
 	cmd->len = len;
 	memcpy(cmd->payload, payload, len);

@@ -15,7 +15,7 @@
 struct cmdq;
 
 struct cmdq_command {
-	uint32_t seq;       /* per queue, increasing: the order, and the Observe value sent */
+	uint32_t seq;       /* increasing: the order commands came in */
 	time_t expires;     /* CLOCK_MONOTONIC seconds */
 	int content_format; /* CoAP Content-Format, -1 for none */
 	size_t len;
@@ -47,11 +47,11 @@ struct cmdq_command *cmdq_pop(struct cmdq *q, const char *device);
 void cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd);
 
 /*
- * A command as it was sent: observe, the low 24 bits of its seq (RFC 7641's Observe value);
- * max_age, the seconds it had left. NULL if out of memory. For cmdq_requeue().
+ * A command as it was sent, with the seq and expiry it had, for cmdq_requeue(). NULL if out
+ * of memory.
  */
-struct cmdq_command *cmdq_rebuild(const struct cmdq *q, uint32_t observe, unsigned max_age,
-                                  int content_format, const void *payload, size_t len);
+struct cmdq_command *cmdq_rebuild(uint32_t seq, time_t expires, int content_format,
+                                  const void *payload, size_t len);
 
 /* Commands waiting for device (expired ones included until they are next looked at). */
 size_t cmdq_depth(const struct cmdq *q, const char *device);

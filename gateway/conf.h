@@ -39,8 +39,8 @@ struct gwconf_route {
  * evaluated for every message by policy.c.
  */
 struct gwconf_condition {
-	char *attribute;   /* the device attribute it reads */
-	char **equals;     /* holds if the value is one of these (a missing attribute fails) */
+	char *attribute; /* the device attribute it reads */
+	char **equals;   /* holds if the value is one of these (a missing attribute fails) */
 	size_t nequals;
 	char **not_equals; /* holds if the value is none of these (a missing attribute passes) */
 	size_t nnot_equals;

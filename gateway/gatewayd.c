@@ -217,10 +217,32 @@ upstream_word(const char *id, const char **reason, void *data)
 	return mqttbr_status_name(mqttbr_status(d->mqtt, id, reason));
 }
 
+/* Spooled messages of a device the keystore no longer has (removed while we were down). */
+struct orphans {
+	struct daemon *d;
+	char **ids;
+	size_t n;
+};
+
 static void
 count_spooled(const char *device, uint64_t records, void *data)
 {
-	(void)data;
+	struct orphans *o = data;
+	struct keystore_info info;
+	char **ids;
+
+	if (keystore_device_info(o->d->ks, device, &info) == -ENOENT) {
+		log_warnx("%s: %llu spooled messages of a device that was removed: deleted", device,
+		          (unsigned long long)records);
+		ids = reallocarray(o->ids, o->n + 1, sizeof(*ids));
+		if (ids && (ids[o->n] = strdup(device))) {
+			o->ids = ids;
+			o->n++;
+		} else if (ids) {
+			o->ids = ids;
+		}
+		return;
+	}
 	log_info("%s: %llu messages in the spool, sent once its session is up", device,
 	         (unsigned long long)records);
 }
@@ -255,7 +277,14 @@ open_spool(struct daemon *d)
 		log_warnx("spool: %llu damaged records (%llu bytes) could not be recovered",
 		          (unsigned long long)st.corrupt_records,
 		          (unsigned long long)st.corrupt_bytes);
-	spool_devices(d->spool, count_spooled, NULL);
+	struct orphans o = {.d = d};
+
+	spool_devices(d->spool, count_spooled, &o);
+	for (size_t i = 0; i < o.n; i++) {
+		spool_forget(d->spool, o.ids[i]);
+		free(o.ids[i]);
+	}
+	free(o.ids);
 	return 0;
 }
 
@@ -357,6 +386,32 @@ start(struct daemon *d)
 	return 0;
 }
 
+/* This run's counters, for the operator (and the tests) until metrics show them. */
+static void
+log_counters(const struct daemon *d)
+{
+	struct router_stats rs;
+	struct spool_stats ss;
+
+	if (!d->router)
+		return;
+	router_get_stats(d->router, &rs);
+	spool_stats(d->spool, &ss);
+	log_info("router: %llu messages up (%llu bytes), %llu published, %llu denied by policy, "
+	         "%llu refused with the spool full, %llu dropped as the broker refused them; "
+	         "%llu commands down, %llu denied by policy, %llu too large",
+	         (unsigned long long)rs.up_messages, (unsigned long long)rs.up_bytes,
+	         (unsigned long long)rs.published, (unsigned long long)rs.denied_up,
+	         (unsigned long long)rs.refused_full, (unsigned long long)rs.broker_refused,
+	         (unsigned long long)rs.down_messages, (unsigned long long)rs.denied_down,
+	         (unsigned long long)rs.down_too_large);
+	log_info("spool: %llu messages (%llu bytes) waiting; %llu dropped when full, %llu too "
+	         "old, %llu lost to damage",
+	         (unsigned long long)ss.records, (unsigned long long)ss.bytes,
+	         (unsigned long long)ss.dropped_full, (unsigned long long)ss.dropped_age,
+	         (unsigned long long)ss.corrupt_records);
+}
+
 static void
 finish(struct daemon *d)
 {
@@ -364,6 +419,7 @@ finish(struct daemon *d)
 	enrol_free(d->enrol);
 	control_free(d->control);
 	coapbr_free(d->coap);
+	log_counters(d);
 	router_free(d->router);
 	mqttbr_free(d->mqtt);
 	cmdq_free(d->commands);

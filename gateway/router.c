@@ -27,6 +27,14 @@
 #define LAZY_SYNC_MS 1000
 /* Max-Age of a 5.03 for a full spool: room comes back only as the upstream drains it. */
 #define FULL_RETRY_S 60
+/*
+ * A record the session fails on this many times in a row, while it is the oldest one out,
+ * is taken to be what the broker cannot take (larger than its Maximum Packet Size: it
+ * disconnects, and paho 1.3.12 does not check that limit) and dropped, loudly, so that the
+ * device's later messages are not held up for ever. Outages alone do not count: they fail
+ * the connect, with nothing out.
+ */
+#define POISON_TRIES 10
 
 /* A device's spool being drained to its session, oldest first. */
 struct flow {
@@ -40,7 +48,10 @@ struct flow {
 		bool done;
 	} out[WINDOW];
 	unsigned nout;
-	struct gw_timer *retry; /* after a publish timed out on a live session */
+	struct gw_timer *retry; /* after a failure on a live session */
+	/* The oldest record when the session last failed under it, and how often in a row. */
+	uint64_t fail_seq;
+	unsigned fail_count;
 };
 
 /* What a spooled publish's answer must find again. */
@@ -65,7 +76,8 @@ struct router {
 	struct spool *spool;
 	struct cmdq *commands;
 	struct coapbr *coap;
-	struct gw_timer *sync;
+	struct gw_timer *sync;       /* appends, for the sensors waiting on them */
+	struct gw_timer *checkpoint; /* acknowledged positions and deletions, lazily */
 	struct waiter *waiting, **waiting_tail;
 	struct flow **flows; /* sorted by device */
 	size_t nflows;
@@ -271,15 +283,27 @@ flow_advance(struct router *rt, struct flow *f)
  * at-least-once).
  */
 static void
-flow_rewind(struct flow *f)
+flow_rewind(struct router *rt, struct flow *f)
 {
-	if (f->nout > 0) {
-		unsigned i = 0;
+	unsigned i = 0;
 
-		while (i < f->nout && f->out[i].done)
-			i++;
-		if (i < f->nout)
-			f->next = f->out[i].seq;
+	while (i < f->nout && f->out[i].done)
+		i++;
+	if (i < f->nout) {
+		uint64_t head = f->out[i].seq;
+
+		f->next = head;
+		f->fail_count = f->fail_seq == head ? f->fail_count + 1 : 1;
+		f->fail_seq = head;
+		if (f->fail_count >= POISON_TRIES) {
+			log_warnx("%s: spooled message %llu failed the session %u times in a row "
+			          "(larger than the broker takes?): dropped",
+			          f->device, (unsigned long long)head, f->fail_count);
+			rt->st.broker_refused++;
+			spool_ack(rt->spool, f->device, head);
+			f->next = head + 1;
+			f->fail_count = 0;
+		}
 	}
 	f->nout = 0;
 	f->epoch++;
@@ -292,7 +316,6 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 	struct router *rt = s->rt;
 	struct flow *f = flow_find(rt, s->device);
 
-	(void)dev;
 	if (!f || s->epoch != f->epoch) {
 		free(s);
 		return;
@@ -302,9 +325,12 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 		rt->st.published++;
 		break;
 	case -EACCES:
-	case -EPROTO:
 	case -EMSGSIZE:
-		/* Sent again it would be refused again, and hold up everything behind it. */
+		/*
+		 * Refused for what it is (not authorised, topic invalid, too large): sent again it
+		 * would be refused again, and hold up everything behind it. Other refusals (0x80
+		 * unspecified, 0x83 implementation specific) may pass, and go again.
+		 */
 		/*
 		 * It was acknowledged to its sensor when it reached the disk, so say so loudly:
 		 * a policy (mqtt:publish) mirroring the broker's ACL refuses such messages at the
@@ -316,8 +342,8 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 		break;
 	default:
 		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
-		flow_rewind(f);
-		if (status != -ENOTCONN)
+		flow_rewind(rt, f);
+		if (status != -ENOTCONN || mqttbr_device_up(dev))
 			gw_timer_arm(f->retry, 1000);
 		free(s);
 		return;
@@ -343,14 +369,18 @@ pump(struct router *rt, struct flow *f)
 		void *buf = NULL;
 		int r = spool_read(rt->spool, f->device, f->next, &rec, &buf);
 
+		if (r == -ENOENT)
+			return;
 		if (r < 0) {
-			if (r != -ENOENT)
-				log_warnx("%s: cannot read its spool: %s", f->device, strerror(-r));
+			log_warnx("%s: cannot read its spool: %s; trying again", f->device,
+			          strerror(-r));
+			gw_timer_arm(f->retry, 1000);
 			return;
 		}
 		s = malloc(sizeof(*s));
 		if (!s) {
 			free(buf);
+			gw_timer_arm(f->retry, 1000);
 			return;
 		}
 		*s = (struct sent){.rt = rt, .seq = rec.seq, .epoch = f->epoch};
@@ -368,7 +398,8 @@ pump(struct router *rt, struct flow *f)
 		free(buf);
 		if (r < 0) {
 			free(s);
-			if (r != -ENOTCONN)
+			/* Nothing is lost: the record stays and goes out with the next pump. */
+			if (r != -ENOTCONN || mqttbr_device_up(dev))
 				gw_timer_arm(f->retry, 1000);
 			return;
 		}
@@ -425,7 +456,7 @@ sync_fired(struct gw_timer *t, void *data)
 	int r;
 
 	(void)t;
-	r = spool_sync(rt->spool);
+	r = spool_sync_appends(rt->spool);
 	if (r < 0) {
 		/* Not durable, so not acknowledged: the sensors send them again. */
 		log_warnx("spool: cannot make messages durable: %s", strerror(-r));
@@ -435,20 +466,38 @@ sync_fired(struct gw_timer *t, void *data)
 	answer_waiting(rt, COAPBR_CHANGED, 0);
 }
 
+static void
+checkpoint_fired(struct gw_timer *t, void *data)
+{
+	struct router *rt = data;
+	int r;
+
+	(void)t;
+	r = spool_sync(rt->spool);
+	if (r < 0)
+		log_warnx("spool: cannot record what was delivered: %s", strerror(-r));
+}
+
 /*
  * now: sensors wait for it (a batch's fsync, or the next interval's); else only acknowledged
- * positions and deleted segments wait, and a second is soon enough.
+ * positions and deleted segments wait, and a second is soon enough: measured, persisting them
+ * with every batch cost two more fsyncs per device and most of the throughput.
  */
 static void
 schedule_sync(struct router *rt, bool now)
 {
-	int64_t left = gw_timer_remaining(rt->sync);
-	uint64_t want = LAZY_SYNC_MS;
+	int64_t left;
+	uint64_t want;
 
-	if (now)
-		want = rt->conf->spool.fsync == GWCONF_FSYNC_INTERVAL
-		               ? (uint64_t)rt->conf->spool.fsync_interval
-		               : 0;
+	if (!now) {
+		if (gw_timer_remaining(rt->checkpoint) < 0)
+			gw_timer_arm(rt->checkpoint, LAZY_SYNC_MS);
+		return;
+	}
+	left = gw_timer_remaining(rt->sync);
+	want = rt->conf->spool.fsync == GWCONF_FSYNC_INTERVAL
+	               ? (uint64_t)rt->conf->spool.fsync_interval
+	               : 0;
 	/* An interval sync stays on its beat; a batch one goes before the loop sleeps. */
 	if (left >= 0 && (uint64_t)left <= want)
 		return;
@@ -763,7 +812,10 @@ router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
 	rt->commands = commands;
 	rt->waiting_tail = &rt->waiting;
 	rt->sync = gw_timer_new(loop, sync_fired, rt);
-	if (!rt->sync) {
+	rt->checkpoint = gw_timer_new(loop, checkpoint_fired, rt);
+	if (!rt->sync || !rt->checkpoint) {
+		gw_timer_free(rt->sync);
+		gw_timer_free(rt->checkpoint);
 		free(rt);
 		return -ENOMEM;
 	}
@@ -789,5 +841,6 @@ router_free(struct router *rt)
 		flow_free(rt->flows[i]);
 	free(rt->flows);
 	gw_timer_free(rt->sync);
+	gw_timer_free(rt->checkpoint);
 	free(rt);
 }

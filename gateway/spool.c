@@ -1444,8 +1444,9 @@ deletable(const struct spool *sp, const struct dev *d, size_t si)
 	return si + 1 < d->nsegs || s->sealed || s->size >= sp->lim.segment_bytes;
 }
 
+/* checkpoint: also persist the acknowledged position and delete delivered segments. */
 static int
-dev_sync(struct spool *sp, struct dev *d)
+dev_sync(struct spool *sp, struct dev *d, bool checkpoint)
 {
 	bool removed = false;
 	bool durable;
@@ -1467,6 +1468,16 @@ dev_sync(struct spool *sp, struct dev *d)
 			s->sealed = true;
 		}
 		s->dirty = false;
+	}
+	if (!checkpoint) {
+		/* A new segment's name must be on disk before its records count as durable. */
+		if (d->dir_dirty && fsync(d->dirfd) < 0) {
+			err = err ? err : -errno;
+			log_warn("spool: fsync %s/%s", sp->dir, d->id);
+		} else {
+			d->dir_dirty = false;
+		}
+		return err;
 	}
 	if (d->acked != d->acked_saved) {
 		int r = save_acked(sp, d);
@@ -1500,13 +1511,13 @@ dev_sync(struct spool *sp, struct dev *d)
 	return err;
 }
 
-int
-spool_sync(struct spool *sp)
+static int
+sync_all(struct spool *sp, bool checkpoint)
 {
 	int err = 0;
 
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		int r = dev_sync(sp, sp->devs[i]);
+		int r = dev_sync(sp, sp->devs[i], checkpoint);
 
 		err = err ? err : r;
 	}
@@ -1519,6 +1530,18 @@ spool_sync(struct spool *sp)
 		}
 	}
 	return err;
+}
+
+int
+spool_sync(struct spool *sp)
+{
+	return sync_all(sp, true);
+}
+
+int
+spool_sync_appends(struct spool *sp)
+{
+	return sync_all(sp, false);
 }
 
 bool

@@ -96,6 +96,14 @@ int spool_append(struct spool *sp, const char *device, struct spool_record *rec)
  */
 int spool_sync(struct spool *sp);
 
+/*
+ * Only what a sensor's acknowledgement waits for: fsyncs the segments written since the last
+ * sync, and the folders of new ones. Acknowledged positions and deletions wait for the next
+ * spool_sync() (a second's worth of deliveries may then come back after a crash: duplicates),
+ * which keeps two fsyncs per device off every batch. Errors as spool_sync().
+ */
+int spool_sync_appends(struct spool *sp);
+
 /* Whether appends, acknowledgements or deletions wait for spool_sync(). */
 bool spool_needs_sync(const struct spool *sp);
 

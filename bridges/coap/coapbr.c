@@ -41,6 +41,7 @@ struct seen {
 /* An RFC 7959 Block1 upload being put together; one per session at a time. */
 struct upload {
 	const struct gwconf_route *route;
+	coap_mid_t first_mid; /* of block 0: the same again is a retransmission, not a restart */
 	size_t len;
 	uint8_t data[]; /* sensors.max_payload bytes */
 };
@@ -64,6 +65,17 @@ struct sensor {
 	bool observing;
 	uint8_t obs_token[8];
 	size_t obs_token_len;
+	/*
+	 * Notifications sent and not known to have failed, by message ID: a failed one goes back
+	 * to its place in the queue (on_nack). The oldest entry is reused: libcoap gives up on a
+	 * CON after about 45 s (RFC 7252's MAX_TRANSMIT_WAIT), long before 16 more are sent.
+	 */
+	struct {
+		coap_mid_t mid;
+		uint32_t seq;
+		time_t expires;
+	} sent[16];
+	unsigned sent_next;
 	/* The command its last GET took, repeated if that CON comes again. */
 	coap_mid_t last_get_mid;
 	struct cmdq_command *last_get;
@@ -96,6 +108,10 @@ struct coapbr {
 	void *data;
 	size_t max_payload;
 	struct cmdq *commands; /* NULL: no command resource */
+	/* RFC 7641 section 3.4: each notification a larger Observe value than the last. */
+	uint32_t observe;
+	/* Pushes queued commands to observers after libcoap has sent what it is answering. */
+	struct gw_timer *push;
 	char *commands_path;
 	struct sensor *graveyard;
 	/* libcoap copies the key it is handed; this is where it is handed from. */
@@ -124,6 +140,25 @@ sensor_unlink(struct coapbr *br, struct sensor *sn)
 		br->sensors = sn->next;
 	if (sn->next)
 		sn->next->prev = sn->prev;
+}
+
+/*
+ * A new handshake starts a new session as far as the sensor knows: message IDs, uploads and
+ * observations of the one before mean nothing now (RFC 7252 section 9.1.1).
+ */
+static void
+sensor_reset(struct sensor *sn)
+{
+	free(sn->upload);
+	sn->upload = NULL;
+	free(sn->last_get);
+	sn->last_get = NULL;
+	sn->last_get_mid = COAP_INVALID_MID;
+	sn->observing = false;
+	for (size_t i = 0; i < SEEN_PER_SENSOR; i++)
+		sn->seen[i].mid = COAP_INVALID_MID;
+	for (size_t i = 0; i < sizeof(sn->sent) / sizeof(sn->sent[0]); i++)
+		sn->sent[i].mid = COAP_INVALID_MID;
 }
 
 static void
@@ -222,15 +257,13 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 			return NULL;
 		sn->remote = *coap_session_get_addr_remote(session);
 		sn->ifindex = coap_session_get_ifindex(session);
-		sn->last_get_mid = COAP_INVALID_MID;
-		for (size_t i = 0; i < SEEN_PER_SENSOR; i++)
-			sn->seen[i].mid = COAP_INVALID_MID;
 		sn->next = br->sensors;
 		if (br->sensors)
 			br->sensors->prev = sn;
 		br->sensors = sn;
 		coap_session_set_app_data(session, sn);
 	}
+	sensor_reset(sn);
 	sn->device = device;
 	sn->identity_len = identity->length;
 	memcpy(sn->identity, identity->s, identity->length);
@@ -401,7 +434,9 @@ take_block(struct coapbr *br, struct sensor *sn, const struct gwconf_route *rout
 		       (unsigned)br->max_payload);
 		return -1;
 	}
-	if (block->num == 0) {
+	/* Block 0 again with its own message ID is a retransmission: the upload goes on. */
+	if (block->num == 0 &&
+	    !(sn->upload && sn->upload->first_mid == coap_pdu_get_mid(request))) {
 		free(sn->upload);
 		sn->upload = malloc(sizeof(*sn->upload) + br->max_payload);
 		if (!sn->upload) {
@@ -409,6 +444,7 @@ take_block(struct coapbr *br, struct sensor *sn, const struct gwconf_route *rout
 			return -1;
 		}
 		sn->upload->route = route;
+		sn->upload->first_mid = coap_pdu_get_mid(request);
 		sn->upload->len = 0;
 	}
 	if (!sn->upload || sn->upload->route != route || offset > sn->upload->len) {
@@ -453,6 +489,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	coap_block_b_t block;
 	size_t len = 0;
 	const uint8_t *payload = NULL;
+	bool whole = false; /* payload is sn->upload's, put together from blocks */
 
 	(void)query;
 	if (async) {
@@ -487,6 +524,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	if (coap_get_block_b(session, request, COAP_OPTION_BLOCK1, &block)) {
 		if (take_block(br, sn, route, request, &block, response, &payload, &len) <= 0)
 			return;
+		whole = true;
 	} else {
 		coap_get_data(request, &len, &payload);
 		if (len > br->max_payload) {
@@ -518,9 +556,11 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	        .content_format = content_format(request),
 	};
 	br->ops->uplink(req, &up, br->data);
-	/* The router copied what it keeps. */
-	free(sn->upload);
-	sn->upload = NULL;
+	/* The router copied what it keeps. An upload still going on is not this one's. */
+	if (whole) {
+		free(sn->upload);
+		sn->upload = NULL;
+	}
 	if (req->done) {
 		/* Answered at once (upstream down): piggy-back it on the ACK. */
 		answer(sn, request, coap_pdu_get_mid(request), response, req->status, req->max_age);
@@ -616,7 +656,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 		sn->observing = false;
 	}
 	cmd = cmdq_pop(br->commands, sn->device);
-	put_command(response, cmd, sn->observing && obs, cmd ? cmd->seq : 0);
+	put_command(response, cmd, sn->observing && obs, ++br->observe);
 	free(sn->last_get);
 	sn->last_get = NULL;
 	if (cmd && con) {
@@ -625,9 +665,12 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	} else {
 		free(cmd);
 	}
-	/* More may be waiting: they follow as notifications. */
+	/*
+	 * More may be waiting: they follow as notifications, once libcoap has sent this answer
+	 * (sent from here they would overtake it).
+	 */
 	if (sn->observing && cmdq_depth(br->commands, sn->device) > 0)
-		coapbr_commands_ready(br, sn->device);
+		gw_timer_arm(br->push, 0);
 }
 
 /* The sensor session of device that observes the command resource, or NULL. */
@@ -654,6 +697,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 	struct sensor *sn;
 	coap_session_t *s = br->commands ? observer_of(br, device, &sn) : NULL;
 	struct cmdq_command *cmd;
+	coap_mid_t mid;
 
 	if (!s)
 		return;
@@ -671,13 +715,18 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 			cmdq_requeue(br->commands, device, cmd);
 			return;
 		}
-		put_command(pdu, cmd, true, cmd->seq);
-		if (coap_send(s, pdu) == COAP_INVALID_MID) {
+		put_command(pdu, cmd, true, ++br->observe);
+		mid = coap_send(s, pdu);
+		if (mid == COAP_INVALID_MID) {
 			log_warnx("%s: cannot send a command to its sensor: kept for later",
 			          device);
 			cmdq_requeue(br->commands, device, cmd);
 			return;
 		}
+		sn->sent[sn->sent_next].mid = mid;
+		sn->sent[sn->sent_next].seq = cmd->seq;
+		sn->sent[sn->sent_next].expires = cmd->expires;
+		sn->sent_next = (sn->sent_next + 1) % (sizeof(sn->sent) / sizeof(sn->sent[0]));
 		log_debug("%s: command of %zu bytes sent to its sensor", device, cmd->len);
 		free(cmd);
 	}
@@ -685,8 +734,9 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 
 /*
  * A CON that its sensor did not acknowledge (no ACK after the retransmissions, a reset, the
- * session gone). If it was a command, it goes back in the queue, rebuilt from what was sent;
- * a reset also ends the observation (RFC 7641 section 3.6).
+ * session gone). If it was a command, it goes back to its place in the queue, rebuilt from
+ * what was sent, and is pushed again; a reset also ends the observation (RFC 7641 section 3.6).
+ * libcoap may have sent the next one meanwhile: that one then arrives first.
  */
 static void
 on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_t reason,
@@ -694,35 +744,43 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	struct sensor *sn = coap_session_get_app_data(session);
-	coap_opt_iterator_t it;
-	coap_opt_t *obs, *opt;
-	struct cmdq_command *cmd;
+	struct cmdq_command *cmd = NULL;
 	const uint8_t *data = NULL;
 	size_t len = 0;
-	unsigned max_age = 0;
-	int cf;
 
-	(void)mid;
 	if (!sn || !br->commands || !sent || coap_pdu_get_code(sent) != COAP_RESPONSE_CODE_CONTENT)
-		return;
-	obs = coap_check_option(sent, COAP_OPTION_OBSERVE, &it);
-	if (!obs)
 		return;
 	if (reason == COAP_NACK_RST)
 		sn->observing = false;
 	coap_get_data(sent, &len, &data);
-	cf = content_format(sent);
-	opt = coap_check_option(sent, COAP_OPTION_MAXAGE, &it);
-	if (opt)
-		max_age = coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
-	cmd = cmdq_rebuild(br->commands,
-	                   coap_decode_var_bytes(coap_opt_value(obs), coap_opt_length(obs)),
-	                   max_age, cf, data, len);
+	for (size_t i = 0; i < sizeof(sn->sent) / sizeof(sn->sent[0]); i++) {
+		if (sn->sent[i].mid != mid)
+			continue;
+		sn->sent[i].mid = COAP_INVALID_MID;
+		cmd = cmdq_rebuild(sn->sent[i].seq, sn->sent[i].expires, content_format(sent), data,
+		                   len);
+		break;
+	}
 	if (!cmd)
 		return;
 	log_info("%s: its sensor did not take a command (%s): queued again", sn->device,
 	         reason == COAP_NACK_RST ? "reset" : "no acknowledgement");
 	cmdq_requeue(br->commands, sn->device, cmd);
+	if (!sn->dead)
+		gw_timer_arm(br->push, 0);
+}
+
+/* After a GET or a failed notification: queued commands to every sensor that observes. */
+static void
+push_fired(struct gw_timer *t, void *data)
+{
+	struct coapbr *br = data;
+
+	(void)t;
+	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
+		if (sn->observing && cmdq_depth(br->commands, sn->device) > 0)
+			coapbr_commands_ready(br, sn->device);
+	}
 }
 
 void
@@ -1035,6 +1093,11 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 		goto fail;
 	}
 	gw_timer_arm(br->sweep, SWEEP_MS);
+	br->push = gw_timer_new(loop, push_fired, br);
+	if (!br->push) {
+		r = -ENOMEM;
+		goto fail;
+	}
 	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", conf->sensors.listen,
 	         conf->sensors.port, fleet);
 	*out = br;
@@ -1050,6 +1113,7 @@ coapbr_free(struct coapbr *br)
 	if (!br)
 		return;
 	gw_timer_free(br->sweep);
+	gw_timer_free(br->push);
 	if (br->fd >= 0)
 		gw_loop_del_fd(br->loop, br->fd);
 	/* Frees every pending async too (and sends nothing for them). */

@@ -824,7 +824,8 @@ handle_event(struct mqttbr *br, struct event *ev)
 		        .content_type = ev->in->content_type,
 		};
 
-		if (br->message)
+		/* Not for a device being removed: its queues are already gone. */
+		if (br->message && dev->state == DEV_UP)
 			br->message(dev->id, &m, br->message_data);
 		break;
 	}

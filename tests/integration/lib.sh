@@ -205,6 +205,9 @@ gw_write_broker_config() {
 per_listener_settings false
 # Started as root, mosquitto would switch to its own user, who cannot read our temp dir.
 user $(id -un)
+# A slow observer must not lose messages: mosquitto drops QoS 1 past 1,000 queued by default.
+# (Not 0, "no limit": with it mosquitto 2.0.11 drops a client whose publish its ACL denied.)
+max_queued_messages 1000000
 persistence ${GW_BROKER_PERSIST:-false}
 persistence_location $WORK/
 log_dest file $WORK/mosquitto.log

@@ -91,4 +91,9 @@ gw_expect_code 2.04 dev-b post temp 20
 gw_expect_code 2.04 dev-a post humidity 56
 gw_wait_received "devices/dev-a/telemetry/humidity 56"
 grep -q 'telemetry/humidity 55' "$WORK/sub.out" && gw_fail "a denied message was published"
+# The denial is counted (shown at stop until metrics come).
+kill -TERM "$GATEWAY_PID"
+wait "$GATEWAY_PID" 2>/dev/null || true
+grep -q 'router: .* 1 denied by policy, ' "$WORK/gatewayd.log" ||
+  gw_fail "the denial was not counted: $(grep 'router:' "$WORK/gatewayd.log")"
 gw_pass
