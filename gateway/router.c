@@ -329,12 +329,10 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 		/*
 		 * Refused for what it is (not authorised, topic invalid, too large): sent again it
 		 * would be refused again, and hold up everything behind it. Other refusals (0x80
-		 * unspecified, 0x83 implementation specific) may pass, and go again.
-		 */
-		/*
-		 * It was acknowledged to its sensor when it reached the disk, so say so loudly:
-		 * a policy (mqtt:publish) mirroring the broker's ACL refuses such messages at the
-		 * edge, with 4.03, before they are acknowledged.
+		 * unspecified, 0x83 implementation specific) may pass, and go again. It was
+		 * acknowledged to its sensor when it reached the disk, so say so loudly: a policy
+		 * (mqtt:publish) mirroring the broker's ACL refuses such messages at the edge, with
+		 * 4.03, before they are acknowledged.
 		 */
 		log_warnx("%s: the broker refused spooled message %llu (%s): dropped", s->device,
 		          (unsigned long long)s->seq, strerror(-status));
@@ -684,7 +682,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 		rt->waiting_tail = &w->next;
 		schedule_sync(rt, true);
 	} else {
-		/* Nothing to acknowledge: libcoap answers a NON only if it asks for it. */
+		/* Nothing to acknowledge: its answer (a NON 2.04) says only that it was taken. */
 		coapbr_complete(req, COAPBR_CHANGED, 0);
 		schedule_sync(rt, false);
 	}

@@ -880,8 +880,9 @@ load_acked(struct spool *sp, struct dev *d, uint64_t *next)
 	*next = get64(b + 16);
 }
 
+/* Writes the acknowledged position to ACK_TMP, fsync'd if sync (else by the caller's syncfs). */
 static int
-save_acked(struct spool *sp, struct dev *d)
+ack_write_tmp(struct spool *sp, struct dev *d, bool sync)
 {
 	uint8_t b[ACK_LEN];
 	int fd, r = 0;
@@ -900,11 +901,25 @@ save_acked(struct spool *sp, struct dev *d)
 	errno = 0;
 	if (write(fd, b, sizeof(b)) != (ssize_t)sizeof(b))
 		r = errno ? -errno : -EIO;
-	if (r == 0 && fsync(fd) < 0)
+	if (r == 0 && sync && fsync(fd) < 0)
 		r = -errno;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
-	if (r == 0 && renameat(d->dirfd, ACK_TMP, d->dirfd, ACK_FILE) < 0)
+	if (r < 0) {
+		errno = -r;
+		log_warn("spool: write %s/%s/" ACK_TMP, sp->dir, d->id);
+		unlinkat(d->dirfd, ACK_TMP, 0);
+	}
+	return r;
+}
+
+/* Puts ACK_TMP, durable by now, in place of ACK_FILE; the folder is then to be synced. */
+static int
+ack_install(struct spool *sp, struct dev *d)
+{
+	int r = 0;
+
+	if (renameat(d->dirfd, ACK_TMP, d->dirfd, ACK_FILE) < 0)
 		r = -errno;
 	if (r < 0) {
 		errno = -r;
@@ -915,6 +930,14 @@ save_acked(struct spool *sp, struct dev *d)
 	d->acked_saved = d->acked;
 	d->dir_dirty = true;
 	return 0;
+}
+
+static int
+save_acked(struct spool *sp, struct dev *d)
+{
+	int r = ack_write_tmp(sp, d, true);
+
+	return r < 0 ? r : ack_install(sp, d);
 }
 
 static int
@@ -1511,10 +1534,138 @@ dev_sync(struct spool *sp, struct dev *d, bool checkpoint)
 	return err;
 }
 
+/*
+ * Past this many files to make durable, one syncfs(2) instead of an fsync each: measured on
+ * the development machine's ext4, a batch of 50 devices' appends took 8.1 ms with an fsync per
+ * file and 0.85 ms with one syncfs. syncfs also writes back other dirty files of the same file
+ * system, which costs more where something else writes a lot there: hence only past a few.
+ */
+#define SYNCFS_FILES 4
+
+static size_t
+dirty_files(const struct spool *sp)
+{
+	size_t n = sp->dir_dirty;
+
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		const struct dev *d = sp->devs[i];
+
+		n += d->dir_dirty;
+		for (size_t si = 0; si < d->nsegs; si++)
+			n += d->segs[si].dirty;
+	}
+	return n;
+}
+
+/* After a syncfs: clean, or (failed) as dev_sync leaves a segment whose fsync failed. */
+static void
+synced_all(struct spool *sp, bool failed)
+{
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		struct dev *d = sp->devs[i];
+
+		for (size_t si = 0; si < d->nsegs; si++) {
+			if (d->segs[si].dirty && failed)
+				d->segs[si].sealed = true;
+			d->segs[si].dirty = false;
+		}
+		if (!failed)
+			d->dir_dirty = false;
+	}
+	if (!failed)
+		sp->dir_dirty = false;
+}
+
+static size_t
+acks_to_save(const struct spool *sp)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < sp->ndevs; i++)
+		n += sp->devs[i]->acked != sp->devs[i]->acked_saved;
+	return n;
+}
+
+static int
+syncfs_all(struct spool *sp)
+{
+	if (syncfs(sp->dirfd) == 0)
+		return 0;
+	log_warn("spool: syncfs %s", sp->dir);
+	return -errno;
+}
+
+/*
+ * dev_sync(checkpoint) for many devices at once, in the same order, with a syncfs per step
+ * instead of three fsyncs per device (which stalled the loop for tens of ms with 50 devices):
+ * the appends and the new positions (aside), then the positions put in place, then the
+ * delivered segments deleted.
+ */
+static int
+checkpoint_all(struct spool *sp)
+{
+	bool *pending = calloc(sp->ndevs ? sp->ndevs : 1, sizeof(*pending));
+	bool removed = false;
+	int err = 0, r;
+
+	if (!pending)
+		return -ENOMEM;
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		struct dev *d = sp->devs[i];
+
+		if (d->acked != d->acked_saved)
+			pending[i] = ack_write_tmp(sp, d, false) == 0;
+	}
+	err = syncfs_all(sp);
+	synced_all(sp, err < 0);
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		if (!pending[i])
+			continue;
+		if (err < 0)
+			unlinkat(sp->devs[i]->dirfd, ACK_TMP, 0);
+		else if ((r = ack_install(sp, sp->devs[i])) < 0)
+			err = r;
+	}
+	free(pending);
+	if (err < 0)
+		return err;
+	err = syncfs_all(sp);
+	if (err < 0)
+		return err;
+	for (size_t i = 0; i < sp->ndevs; i++) {
+		struct dev *d = sp->devs[i];
+
+		d->dir_dirty = false;
+		for (size_t si = 0; si < d->nsegs; si++) {
+			if (deletable(sp, d, si)) {
+				seg_remove(sp, d, si--, true);
+				removed = true;
+			}
+		}
+	}
+	sp->dir_dirty = false;
+	if (!removed || (err = syncfs_all(sp)) < 0)
+		return err;
+	for (size_t i = 0; i < sp->ndevs; i++)
+		sp->devs[i]->dir_dirty = false;
+	return 0;
+}
+
 static int
 sync_all(struct spool *sp, bool checkpoint)
 {
 	int err = 0;
+
+	if (!checkpoint && dirty_files(sp) >= SYNCFS_FILES) {
+		if (syncfs(sp->dirfd) < 0) {
+			err = -errno;
+			log_warn("spool: syncfs %s", sp->dir);
+		}
+		synced_all(sp, err < 0);
+		return err;
+	}
+	if (checkpoint && dirty_files(sp) + acks_to_save(sp) >= SYNCFS_FILES)
+		return checkpoint_all(sp);
 
 	for (size_t i = 0; i < sp->ndevs; i++) {
 		int r = dev_sync(sp, sp->devs[i], checkpoint);

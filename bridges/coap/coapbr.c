@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -861,14 +862,26 @@ sweep_stale(struct gw_timer *t, void *data)
 	gw_timer_arm(t, SWEEP_MS);
 }
 
+#define DATAGRAMS_PER_WAKEUP 256
+
 static void
 coap_ready(int fd, uint32_t events, void *data)
 {
 	struct coapbr *br = data;
 
-	(void)fd;
 	(void)events;
-	coap_io_process(br->ctx, COAP_IO_NO_WAIT);
+	/*
+	 * libcoap 4.3.1 reads one datagram per socket per call. Take what has arrived (bounded,
+	 * so that timers and paho's events still get their turn) before going back to the loop:
+	 * the uplinks of one wakeup then share one spool sync, instead of one sync each.
+	 */
+	for (int i = 0; i < DATAGRAMS_PER_WAKEUP; i++) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+
+		coap_io_process(br->ctx, COAP_IO_NO_WAIT);
+		if (poll(&p, 1, 0) <= 0)
+			break;
+	}
 	bury_the_dead(br);
 }
 
@@ -948,45 +961,46 @@ listen_address(const struct gwconf *conf, coap_address_t *addr)
 	return -EINVAL;
 }
 
+/* A resource at path (copied), in the context; NULL if out of memory. */
+static coap_resource_t *
+add_resource(struct coapbr *br, const char *path)
+{
+	coap_str_const_t *p = coap_new_str_const((const uint8_t *)path, strlen(path));
+	coap_resource_t *r;
+
+	if (!p)
+		return NULL;
+	r = coap_resource_init(p, COAP_RESOURCE_FLAGS_RELEASE_URI);
+	if (!r) {
+		coap_delete_str_const(p);
+		return NULL;
+	}
+	coap_add_resource(br->ctx, r);
+	return r;
+}
+
 static int
 add_routes(struct coapbr *br, const struct gwconf *conf)
 {
-	for (size_t i = 0; i < conf->nroutes; i++) {
-		const struct gwconf_route *route = &conf->routes[i];
-		coap_str_const_t *path = coap_new_str_const((const uint8_t *)route->resource,
-		                                            strlen(route->resource));
-		coap_resource_t *r;
+	coap_resource_t *r;
 
-		if (!path)
+	for (size_t i = 0; i < conf->nroutes; i++) {
+		r = add_resource(br, conf->routes[i].resource);
+		if (!r)
 			return -ENOMEM;
-		r = coap_resource_init(path, COAP_RESOURCE_FLAGS_RELEASE_URI);
-		if (!r) {
-			coap_delete_str_const(path);
-			return -ENOMEM;
-		}
-		coap_resource_set_userdata(r, (void *)route);
+		coap_resource_set_userdata(r, (void *)&conf->routes[i]);
 		coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
 		coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
-		coap_add_resource(br->ctx, r);
 	}
 	if (br->commands) {
-		coap_str_const_t *path = coap_new_str_const((const uint8_t *)br->commands_path,
-		                                            strlen(br->commands_path));
-		coap_resource_t *r;
-
-		if (!path)
-			return -ENOMEM;
-		r = coap_resource_init(path, COAP_RESOURCE_FLAGS_RELEASE_URI);
-		if (!r) {
-			coap_delete_str_const(path);
-			return -ENOMEM;
-		}
 		/*
 		 * Not observable in libcoap's sense: it would notify every observer for any one
 		 * device's command. handle_commands() keeps each sensor's observation instead.
 		 */
+		r = add_resource(br, br->commands_path);
+		if (!r)
+			return -ENOMEM;
 		coap_register_request_handler(r, COAP_REQUEST_GET, handle_commands);
-		coap_add_resource(br->ctx, r);
 	}
 	return 0;
 }

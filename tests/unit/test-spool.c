@@ -359,6 +359,39 @@ reopen_keeps_order_and_acks(void **state)
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 2);
 	assert_string_equal(all, "c,d");
 
+	/* Appends of many devices at once are made durable together (one syncfs). */
+	for (int i = 0; i < 6; i++) {
+		char dev[16];
+
+		snprintf(dev, sizeof(dev), "many-%d", i);
+		put(f, dev, "m");
+	}
+	assert_int_equal(spool_sync_appends(f->sp), 0);
+	assert_int_equal(spool_sync(f->sp), 0);
+	assert_false(spool_needs_sync(f->sp));
+	reopen(f);
+	assert_int_equal(read_all(f, "many-5", all, sizeof(all), NULL), 1);
+	/* ... and so are their acknowledgements: the first of two each is gone after a reopen. */
+	for (int i = 0; i < 6; i++) {
+		char dev[16];
+		uint64_t seqs[2];
+
+		snprintf(dev, sizeof(dev), "many-%d", i);
+		put(f, dev, "n");
+		assert_int_equal(read_all(f, dev, all, sizeof(all), seqs), 2);
+		assert_int_equal(spool_ack(f->sp, dev, seqs[0]), 0);
+	}
+	assert_int_equal(spool_sync(f->sp), 0);
+	assert_false(spool_needs_sync(f->sp));
+	reopen(f);
+	for (int i = 0; i < 6; i++) {
+		char dev[16];
+
+		snprintf(dev, sizeof(dev), "many-%d", i);
+		assert_int_equal(read_all(f, dev, all, sizeof(all), NULL), 1);
+		assert_string_equal(all, "n");
+	}
+
 	/* A sync of the appends alone leaves acknowledgements for the next full sync. */
 	assert_int_equal(spool_ack(f->sp, DEV, d), 0);
 	assert_int_equal(spool_sync_appends(f->sp), 0);
