@@ -168,7 +168,8 @@ cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, i
 	cmd->expires = q->now() + (time_t)q->expiry;
 	cmd->content_format = content_format;
 	cmd->len = len;
-	memcpy(cmd->payload, payload, len);
+	if (len) /* an empty payload may come as NULL */
+		memcpy(cmd->payload, payload, len);
 	insert(d, cmd);
 	q->st.queued++;
 	return dropped;
@@ -231,7 +232,8 @@ cmdq_rebuild(uint32_t seq, time_t expires, int content_format, const void *paylo
 	cmd->expires = expires;
 	cmd->content_format = content_format;
 	cmd->len = len;
-	memcpy(cmd->payload, payload, len);
+	if (len) /* an empty payload may come as NULL */
+		memcpy(cmd->payload, payload, len);
 	return cmd;
 }
 

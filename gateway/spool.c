@@ -1001,7 +1001,8 @@ dev_load(struct spool *sp, const char *id, struct dev **out)
 	closedir(dir);
 	if (r < 0)
 		goto fail;
-	qsort(d->segs, d->nsegs, sizeof(*d->segs), seg_order);
+	if (d->nsegs > 1)
+		qsort(d->segs, d->nsegs, sizeof(*d->segs), seg_order);
 	for (size_t si = 0; si < d->nsegs; si++) {
 		struct seg *s = &d->segs[si];
 		uint64_t unused;
@@ -1205,7 +1206,9 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 	closedir(dh);
 	if (r < 0)
 		goto fail;
-	qsort(sp->devs, sp->ndevs, sizeof(*sp->devs), dev_cmp);
+	/* Not with none: qsort's base must not be NULL. */
+	if (sp->ndevs > 1)
+		qsort(sp->devs, sp->ndevs, sizeof(*sp->devs), dev_cmp);
 	if (sp->st.records)
 		log_info("spool: %s: %" PRIu64 " records (%" PRIu64 " bytes) waiting", dir,
 		         sp->st.records, sp->st.bytes);

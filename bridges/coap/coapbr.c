@@ -454,7 +454,8 @@ take_block(struct coapbr *br, struct sensor *sn, const struct gwconf_route *rout
 		return -1;
 	}
 	/* offset < len: a block received before, sent again; taken once. */
-	memcpy(sn->upload->data + offset, data, n);
+	if (n)
+		memcpy(sn->upload->data + offset, data, n);
 	if (offset + n > sn->upload->len)
 		sn->upload->len = offset + n;
 	if (block->m) {
@@ -651,7 +652,8 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	    token.length <= sizeof(sn->obs_token)) {
 		sn->observing = true;
 		sn->obs_token_len = token.length;
-		memcpy(sn->obs_token, token.s, token.length);
+		if (token.length)
+			memcpy(sn->obs_token, token.s, token.length);
 		log_info("%s: its sensor observes /%s", sn->device, br->commands_path);
 	} else if (obs) {
 		sn->observing = false;
