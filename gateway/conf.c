@@ -724,6 +724,13 @@ parse_spool(struct parse *p, const config_setting_t *root)
 	        get_bytes(p, g, "spool", "device_bytes", 16LL << 20, 64LL << 10, 1LL << 40);
 	c->spool.total_bytes =
 	        get_bytes(p, g, "spool", "total_bytes", 1LL << 30, 64LL << 10, 1LL << 42);
+	/* A record is its message plus a 40-byte header, its topic and its content type. */
+	if (c->spool.device_bytes < (long long)c->sensors.max_payload + 4096)
+		conf_report(p, config_setting_get_member(g, "device_bytes"),
+		            "'spool.device_bytes' (%lld) cannot hold one message of "
+		            "'sensors.max_payload' (%d bytes) with its topic: make it at least %d",
+		            c->spool.device_bytes, c->sensors.max_payload,
+		            c->sensors.max_payload + 4096);
 	if (c->spool.total_bytes < c->spool.device_bytes)
 		conf_report(p, config_setting_get_member(g, "total_bytes"),
 		            "'spool.total_bytes' (%lld) is less than 'spool.device_bytes' (%lld)",

@@ -220,6 +220,13 @@ every_bad_est_value_is_reported(void **state)
 }
 
 static void
+every_bad_bridge_value_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-bridge.conf");
+}
+
+static void
 every_bad_policy_is_reported(void **state)
 {
 	(void)state;
@@ -298,6 +305,7 @@ main(void)
 	        cmocka_unit_test(syntax_error_names_the_line),
 	        cmocka_unit_test(every_bad_value_is_reported),
 	        cmocka_unit_test(every_bad_est_value_is_reported),
+	        cmocka_unit_test(every_bad_bridge_value_is_reported),
 	        cmocka_unit_test(every_bad_policy_is_reported),
 	        cmocka_unit_test(every_missing_part_is_reported),
 	        cmocka_unit_test(unreadable_file_is_reported),
