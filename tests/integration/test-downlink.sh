@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Commands flow down: a command the cloud publishes to a device's command topic reaches the
 # device's sensor, pushed to an observing coap-client (RFC 7641) or taken by a GET. Presence:
-# each device's retained status is "online" while its session is up and "offline" after.
+# each device's retained status is "online" while its session is up and "offline" after. A
+# policy that denies mqtt:receive on a topic keeps such commands from the sensor.
 source "$(dirname "$0")/lib.sh"
 gw_setup
 gw_pki_init
@@ -10,7 +11,11 @@ gw_start_broker
 gw_start_subscriber
 GW_CONFIG_EXTRA='
 downlink = { topic = "devices/${device}/commands/#"; resource = "cmd"; expiry = 60; };
-presence = { topic = "devices/${device}/status"; };'
+presence = { topic = "devices/${device}/status"; };
+policies = ( { name = "all"; devices = ("*"); statements = (
+  { effect = "allow"; actions = ("*"); resources = ("*"); },
+  { effect = "deny"; actions = ("mqtt:receive"); resources = ("mqtt:devices/${device}/commands/secret"); }
+); } );'
 gw_write_config
 gw_add_device dev-a
 gw_add_device dev-b
@@ -36,9 +41,14 @@ command devices/dev-a/commands/valve open-valve-1 -D publish content-type applic
 gw_wait_for "grep -q 'open-valve-1' '$WORK/observe.out'" 10 ||
   gw_fail "the command did not reach the observing sensor: $(tail -n 8 "$WORK/observe.out")"
 t1=$(gw_now_ms)
+# Denied by the policy, then one allowed: the second arriving proves the first was refused.
+command devices/dev-a/commands/secret not-for-sensors
 command devices/dev-a/commands/valve open-valve-2
 gw_wait_for "grep -q 'open-valve-2' '$WORK/observe.out'" 10 ||
   gw_fail "the second command did not reach the observing sensor"
+grep -q 'not-for-sensors' "$WORK/observe.out" && gw_fail "a command the policy denies reached the sensor"
+grep -q "dev-a: command on devices/dev-a/commands/secret refused: denied by policy 'all'" \
+  "$WORK/gatewayd.log" || gw_fail "no log line for the denied command"
 # The notification said what the cloud said the format was: Content-Format 50 (json).
 grep -q 'Content-Format:50\|Content-Format:application/json' "$WORK/observe.out" ||
   gw_fail "no Content-Format 50 in the notification: $(grep -m 3 open-valve "$WORK/observe.out")"
