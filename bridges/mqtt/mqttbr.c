@@ -127,7 +127,6 @@ struct mqttbr {
 		int qos;
 	} presence;
 	int command_qos;
-	int command_expiry; /* seconds the broker keeps a session with commands for it */
 	/* Removed devices waiting for their DISCONNECT to go out before they are freed. */
 	struct mqttbr_device **removing;
 	size_t nremoving;
@@ -598,7 +597,6 @@ connect_device(struct mqttbr_device *dev)
 	MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer5;
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 	MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
-	MQTTProperties props = MQTTProperties_initializer;
 	int rc;
 
 	dev->not_after = cert_not_after(dev->cert_file);
@@ -617,19 +615,7 @@ connect_device(struct mqttbr_device *dev)
 
 	opts.keepAliveInterval = br->cfg.keepalive;
 	opts.connectTimeout = br->cfg.connect_timeout;
-	/*
-	 * A device that takes commands keeps its session at the broker while it is away (MQTT 5
-	 * section 3.1.2.11), for as long as a command may wait: what the cloud sends meanwhile is
-	 * queued there and arrives at the next connect. Others start clean each time.
-	 */
-	opts.cleanstart = dev->command_filter ? 0 : 1;
-	if (dev->command_filter) {
-		MQTTProperty expiry = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL,
-		                       .value.integer4 = (unsigned)br->command_expiry};
-
-		if (MQTTProperties_add(&props, &expiry) == 0)
-			opts.connectProperties = &props;
-	}
+	opts.cleanstart = 1;
 	if (dev->status_topic) {
 		/* The broker says "offline" for us when the session dies without a DISCONNECT. */
 		will.topicName = dev->status_topic;
@@ -652,7 +638,6 @@ connect_device(struct mqttbr_device *dev)
 	pthread_mutex_unlock(&alert_lock);
 	connecting_changed(br, +1);
 	rc = MQTTAsync_connect(dev->client, &opts);
-	MQTTProperties_free(&props);
 	if (rc != MQTTASYNC_SUCCESS) {
 		connecting_changed(br, -1);
 		log_warnx("%s: cannot start upstream connect to %s: %s", dev->id, br->cfg.broker,
@@ -732,10 +717,7 @@ report_subscribe(struct mqttbr_device *dev, const struct event *ev)
 	                     : paho_code_str(ev->code));
 }
 
-/*
- * A new session: say so, and ask for the device's commands (again: a session the broker kept
- * has the subscription already, which a second SUBSCRIBE only replaces).
- */
+/* A new session: say so, and ask for the device's commands (cleanstart: none are kept). */
 static void
 session_started(struct mqttbr_device *dev)
 {
@@ -1337,7 +1319,6 @@ mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf)
 	br->presence.offline = strdup(conf->presence.offline ? conf->presence.offline : "offline");
 	br->presence.qos = conf->presence.qos;
 	br->command_qos = conf->downlink.qos;
-	br->command_expiry = conf->downlink.expiry;
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
 	if (!br->cfg.broker || !br->cfg.host || !br->cfg.ca_file || !br->stop.timer ||
 	    !br->presence.online || !br->presence.offline) {
