@@ -27,14 +27,6 @@
 #define LAZY_SYNC_MS 1000
 /* Max-Age of a 5.03 for a full spool: room comes back only as the upstream drains it. */
 #define FULL_RETRY_S 60
-/*
- * A record the session fails on this many times in a row, while it is the oldest one out,
- * is taken to be what the broker cannot take (larger than its Maximum Packet Size: it
- * disconnects, and paho 1.3.12 does not check that limit) and dropped, loudly, so that the
- * device's later messages are not held up for ever. Outages alone do not count: they fail
- * the connect, with nothing out.
- */
-#define POISON_TRIES 10
 
 /* A device's spool being drained to its session, oldest first. */
 struct flow {
@@ -49,9 +41,6 @@ struct flow {
 	} out[WINDOW];
 	unsigned nout;
 	struct gw_timer *retry; /* after a failure on a live session */
-	/* The oldest record when the session last failed under it, and how often in a row. */
-	uint64_t fail_seq;
-	unsigned fail_count;
 };
 
 /* What a spooled publish's answer must find again. */
@@ -283,28 +272,14 @@ flow_advance(struct router *rt, struct flow *f)
  * at-least-once).
  */
 static void
-flow_rewind(struct router *rt, struct flow *f)
+flow_rewind(struct flow *f)
 {
 	unsigned i = 0;
 
 	while (i < f->nout && f->out[i].done)
 		i++;
-	if (i < f->nout) {
-		uint64_t head = f->out[i].seq;
-
-		f->next = head;
-		f->fail_count = f->fail_seq == head ? f->fail_count + 1 : 1;
-		f->fail_seq = head;
-		if (f->fail_count >= POISON_TRIES) {
-			log_warnx("%s: spooled message %llu failed the session %u times in a row "
-			          "(larger than the broker takes?): dropped",
-			          f->device, (unsigned long long)head, f->fail_count);
-			rt->st.broker_refused++;
-			spool_ack(rt->spool, f->device, head);
-			f->next = head + 1;
-			f->fail_count = 0;
-		}
-	}
+	if (i < f->nout)
+		f->next = f->out[i].seq;
 	f->nout = 0;
 	f->epoch++;
 }
@@ -340,7 +315,7 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 		break;
 	default:
 		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
-		flow_rewind(rt, f);
+		flow_rewind(f);
 		if (status != -ENOTCONN || mqttbr_device_up(dev))
 			gw_timer_arm(f->retry, 1000);
 		free(s);
@@ -394,6 +369,24 @@ pump(struct router *rt, struct flow *f)
 		/* paho copies the message: the buffer can go at once. */
 		r = mqttbr_publish(dev, &m, spooled_done, s);
 		free(buf);
+		if (r == -EMSGSIZE) {
+			/*
+			 * Larger than the broker takes (its CONNACK's Maximum Packet Size): sent,
+			 * it would end the session, every time, and hold up all behind it.
+			 */
+			log_warnx("%s: spooled message %llu is larger than the broker accepts: "
+			          "dropped",
+			          f->device, (unsigned long long)rec.seq);
+			rt->st.broker_refused++;
+			free(s);
+			/* Acknowledged in its turn, with those before it. */
+			f->out[f->nout].seq = rec.seq;
+			f->out[f->nout].done = true;
+			f->nout++;
+			f->next = rec.seq + 1;
+			flow_advance(rt, f);
+			continue;
+		}
 		if (r < 0) {
 			free(s);
 			/* Nothing is lost: the record stays and goes out with the next pump. */
@@ -472,8 +465,11 @@ checkpoint_fired(struct gw_timer *t, void *data)
 
 	(void)t;
 	r = spool_sync(rt->spool);
-	if (r < 0)
-		log_warnx("spool: cannot record what was delivered: %s", strerror(-r));
+	if (r < 0) {
+		log_warnx("spool: cannot record what was delivered: %s; trying again",
+		          strerror(-r));
+		gw_timer_arm(rt->checkpoint, LAZY_SYNC_MS);
+	}
 }
 
 /*
@@ -584,6 +580,8 @@ uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr
 	r = mqttbr_publish(dev, m, direct_done, req);
 	if (r == -ENOTCONN)
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
+	else if (r == -EMSGSIZE) /* the broker's limit, not ours: no Size1 to give */
+		coapbr_complete(req, COAPBR_TOO_LARGE, 0);
 	else if (r < 0)
 		coapbr_complete(req, COAPBR_ERROR, 0);
 	else

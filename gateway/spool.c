@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -119,6 +120,13 @@ struct spool {
 	int64_t (*now)(void);
 	uint8_t *wbuf; /* the record being appended */
 	size_t wcap;
+	/*
+	 * A sync of appends failed since spool_sync_appends() last said so: it says so next, as
+	 * the failed records' sensors may be waiting on that call (a checkpoint can run first).
+	 */
+	int append_err;
+	/* syncfs(2) reports writeback errors only since Linux 5.8: before, an fsync per file. */
+	bool use_syncfs;
 };
 
 /* A record header as read. */
@@ -1089,6 +1097,18 @@ dev_create(struct spool *sp, const char *id, struct dev **out)
 	return 0;
 }
 
+/* syncfs(2) returns writeback errors only since Linux 5.8 (errseq on the super block). */
+static bool
+syncfs_reports_errors(void)
+{
+	struct utsname u;
+	int major = 0, minor = 0;
+
+	if (uname(&u) < 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+		return false;
+	return major > 5 || (major == 5 && minor >= 8);
+}
+
 /* ---- the API ---- */
 
 int
@@ -1113,6 +1133,7 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 	if (!sp->lim.segment_bytes)
 		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
 	sp->now = clock_now;
+	sp->use_syncfs = syncfs_reports_errors();
 	sp->dir = strdup(dir);
 	if (!sp->dir) {
 		r = -ENOMEM;
@@ -1489,6 +1510,7 @@ dev_sync(struct spool *sp, struct dev *d, bool checkpoint)
 			 * not say so. Report it once (the batch is not acknowledged) and start a
 			 * new file. */
 			err = err ? err : -errno;
+			sp->append_err = sp->append_err ? sp->append_err : -errno;
 			log_warn("spool: device %s: fsync segment %016" PRIx64 SEG_SUFFIX, d->id,
 			         s->name);
 			s->sealed = true;
@@ -1564,6 +1586,8 @@ dirty_files(const struct spool *sp)
 static void
 synced_all(struct spool *sp, bool failed)
 {
+	if (failed && dirty_files(sp) > 0 && !sp->append_err)
+		sp->append_err = -EIO;
 	for (size_t i = 0; i < sp->ndevs; i++) {
 		struct dev *d = sp->devs[i];
 
@@ -1616,25 +1640,32 @@ checkpoint_all(struct spool *sp)
 	for (size_t i = 0; i < sp->ndevs; i++) {
 		struct dev *d = sp->devs[i];
 
-		if (d->acked != d->acked_saved)
-			pending[i] = ack_write_tmp(sp, d, false) == 0;
+		if (d->acked != d->acked_saved) {
+			r = ack_write_tmp(sp, d, false);
+			pending[i] = r == 0;
+			if (r < 0 && !err)
+				err = r;
+		}
 	}
-	err = syncfs_all(sp);
-	synced_all(sp, err < 0);
+	/* The appends and the new positions, aside. */
+	r = syncfs_all(sp);
+	synced_all(sp, r < 0);
+	if (r < 0) {
+		for (size_t i = 0; i < sp->ndevs; i++) {
+			if (pending[i])
+				unlinkat(sp->devs[i]->dirfd, ACK_TMP, 0);
+		}
+		free(pending);
+		return r;
+	}
+	/* The positions, in place. */
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		if (!pending[i])
-			continue;
-		if (err < 0)
-			unlinkat(sp->devs[i]->dirfd, ACK_TMP, 0);
-		else if ((r = ack_install(sp, sp->devs[i])) < 0)
+		if (pending[i] && (r = ack_install(sp, sp->devs[i])) < 0 && !err)
 			err = r;
 	}
 	free(pending);
-	if (err < 0)
-		return err;
-	err = syncfs_all(sp);
-	if (err < 0)
-		return err;
+	if ((r = syncfs_all(sp)) < 0)
+		return r;
 	for (size_t i = 0; i < sp->ndevs; i++) {
 		struct dev *d = sp->devs[i];
 
@@ -1647,11 +1678,14 @@ checkpoint_all(struct spool *sp)
 		}
 	}
 	sp->dir_dirty = false;
-	if (!removed || (err = syncfs_all(sp)) < 0)
-		return err;
-	for (size_t i = 0; i < sp->ndevs; i++)
-		sp->devs[i]->dir_dirty = false;
-	return 0;
+	if (removed) {
+		if ((r = syncfs_all(sp)) < 0)
+			return r;
+		for (size_t i = 0; i < sp->ndevs; i++)
+			sp->devs[i]->dir_dirty = false;
+	}
+	/* A position that could not be written is written at the next checkpoint. */
+	return err;
 }
 
 static int
@@ -1659,7 +1693,7 @@ sync_all(struct spool *sp, bool checkpoint)
 {
 	int err = 0;
 
-	if (!checkpoint && dirty_files(sp) >= SYNCFS_FILES) {
+	if (!checkpoint && sp->use_syncfs && dirty_files(sp) >= SYNCFS_FILES) {
 		if (syncfs(sp->dirfd) < 0) {
 			err = -errno;
 			log_warn("spool: syncfs %s", sp->dir);
@@ -1667,7 +1701,7 @@ sync_all(struct spool *sp, bool checkpoint)
 		synced_all(sp, err < 0);
 		return err;
 	}
-	if (checkpoint && dirty_files(sp) + acks_to_save(sp) >= SYNCFS_FILES)
+	if (checkpoint && sp->use_syncfs && dirty_files(sp) + acks_to_save(sp) >= SYNCFS_FILES)
 		return checkpoint_all(sp);
 
 	for (size_t i = 0; i < sp->ndevs; i++) {
@@ -1695,7 +1729,12 @@ spool_sync(struct spool *sp)
 int
 spool_sync_appends(struct spool *sp)
 {
-	return sync_all(sp, false);
+	int r = sync_all(sp, false);
+
+	if (r == 0)
+		r = sp->append_err;
+	sp->append_err = 0;
+	return r;
 }
 
 bool

@@ -39,6 +39,14 @@ struct seen {
 	unsigned arg;
 };
 
+/*
+ * Notifications a sensor may have outstanding (sent, not known to have failed). libcoap
+ * reports no ACK, so one older than MAX_TRANSMIT_WAIT (RFC 7252 4.8.2: 93 s) counts as
+ * taken; more wait in the queue until older ones have had that time.
+ */
+#define SENT_PER_SENSOR   16
+#define MAX_TRANSMIT_WAIT 93
+
 /* An RFC 7959 Block1 upload being put together; one per session at a time. */
 struct upload {
 	const struct gwconf_route *route;
@@ -75,7 +83,8 @@ struct sensor {
 		coap_mid_t mid;
 		uint32_t seq;
 		time_t expires;
-	} sent[16];
+		time_t at; /* CLOCK_MONOTONIC seconds it was sent */
+	} sent[SENT_PER_SENSOR];
 	unsigned sent_next;
 	/* The command its last GET took, repeated if that CON comes again. */
 	coap_mid_t last_get_mid;
@@ -144,8 +153,8 @@ sensor_unlink(struct coapbr *br, struct sensor *sn)
 }
 
 /*
- * A new handshake starts a new session as far as the sensor knows: message IDs, uploads and
- * observations of the one before mean nothing now (RFC 7252 section 9.1.1).
+ * A session's exchanges start afresh: message IDs, uploads and observations of an earlier
+ * one mean nothing now (RFC 7252 section 9.1.1).
  */
 static void
 sensor_reset(struct sensor *sn)
@@ -158,7 +167,7 @@ sensor_reset(struct sensor *sn)
 	sn->observing = false;
 	for (size_t i = 0; i < SEEN_PER_SENSOR; i++)
 		sn->seen[i].mid = COAP_INVALID_MID;
-	for (size_t i = 0; i < sizeof(sn->sent) / sizeof(sn->sent[0]); i++)
+	for (size_t i = 0; i < SENT_PER_SENSOR; i++)
 		sn->sent[i].mid = COAP_INVALID_MID;
 }
 
@@ -263,8 +272,15 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 			br->sensors->prev = sn;
 		br->sensors = sn;
 		coap_session_set_app_data(session, sn);
+		sensor_reset(sn);
+	} else if (sn->identity_len != identity->length ||
+	           memcmp(sn->identity, identity->s, identity->length) != 0) {
+		/*
+		 * The same session renegotiated under another identity. (Under the same one it
+		 * goes on: a CON retransmitted across it is still the same exchange.)
+		 */
+		sensor_reset(sn);
 	}
-	sensor_reset(sn);
 	sn->device = device;
 	sn->identity_len = identity->length;
 	memcpy(sn->identity, identity->s, identity->length);
@@ -333,7 +349,7 @@ request_unlink(struct coapbr_request *req)
 		req->next->prev = req->prev;
 }
 
-/* arg: Max-Age for COAPBR_UNAVAILABLE, Size1 for COAPBR_TOO_LARGE. */
+/* arg: Max-Age for COAPBR_UNAVAILABLE, Size1 for COAPBR_TOO_LARGE (0: none known). */
 static void
 respond(coap_pdu_t *response, enum coapbr_status status, unsigned arg)
 {
@@ -350,8 +366,9 @@ respond(coap_pdu_t *response, enum coapbr_status status, unsigned arg)
 	case COAPBR_TOO_LARGE:
 		/* RFC 7252 section 5.9.2.9 and RFC 7959 section 4: Size1 gives the limit. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE);
-		coap_add_option(response, COAP_OPTION_SIZE1,
-		                coap_encode_var_safe(buf, sizeof(buf), arg), buf);
+		if (arg)
+			coap_add_option(response, COAP_OPTION_SIZE1,
+			                coap_encode_var_safe(buf, sizeof(buf), arg), buf);
 		break;
 	case COAPBR_UNAVAILABLE:
 		/* RFC 7252 section 5.9.3.4: Max-Age says when to try again. */
@@ -645,7 +662,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	}
 	if (con && sn->last_get && sn->last_get_mid == coap_pdu_get_mid(request)) {
 		/* The same GET again: its answer was lost, so it gets the same command. */
-		put_command(response, sn->last_get, false, 0);
+		put_command(response, sn->last_get, sn->observing && obs, br->observe);
 		return;
 	}
 	if (obs && coap_decode_var_bytes(coap_opt_value(obs), coap_opt_length(obs)) == 0 &&
@@ -705,10 +722,24 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 	if (!s)
 		return;
 	/*
-	 * All at once, in order: libcoap sends one CON at a time per session (NSTART 1) and
-	 * holds the rest until the previous is acknowledged.
+	 * In order, as many as may be outstanding: libcoap sends one CON at a time per session
+	 * (NSTART 1) and holds the rest until the previous is acknowledged. A slot is free when
+	 * its notification failed (on_nack) or had time to be acknowledged.
 	 */
-	while ((cmd = cmdq_pop(br->commands, device))) {
+	while (cmdq_depth(br->commands, device) > 0) {
+		struct timespec now;
+		unsigned slot = sn->sent_next;
+
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (sn->sent[slot].mid != COAP_INVALID_MID &&
+		    now.tv_sec - sn->sent[slot].at < MAX_TRANSMIT_WAIT) {
+			gw_timer_arm(br->push, 1000 * (uint64_t)(MAX_TRANSMIT_WAIT -
+			                                         (now.tv_sec - sn->sent[slot].at)));
+			return;
+		}
+		cmd = cmdq_pop(br->commands, device);
+		if (!cmd)
+			return;
 		coap_pdu_t *pdu =
 		        coap_pdu_init(COAP_MESSAGE_CON, COAP_RESPONSE_CODE_CONTENT,
 		                      coap_new_message_id(s), coap_session_max_pdu_size(s));
@@ -726,10 +757,11 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 			cmdq_requeue(br->commands, device, cmd);
 			return;
 		}
-		sn->sent[sn->sent_next].mid = mid;
-		sn->sent[sn->sent_next].seq = cmd->seq;
-		sn->sent[sn->sent_next].expires = cmd->expires;
-		sn->sent_next = (sn->sent_next + 1) % (sizeof(sn->sent) / sizeof(sn->sent[0]));
+		sn->sent[slot].mid = mid;
+		sn->sent[slot].seq = cmd->seq;
+		sn->sent[slot].expires = cmd->expires;
+		sn->sent[slot].at = now.tv_sec;
+		sn->sent_next = (slot + 1) % SENT_PER_SENSOR;
 		log_debug("%s: command of %zu bytes sent to its sensor", device, cmd->len);
 		free(cmd);
 	}
@@ -756,7 +788,7 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 	if (reason == COAP_NACK_RST)
 		sn->observing = false;
 	coap_get_data(sent, &len, &data);
-	for (size_t i = 0; i < sizeof(sn->sent) / sizeof(sn->sent[0]); i++) {
+	for (size_t i = 0; i < SENT_PER_SENSOR; i++) {
 		if (sn->sent[i].mid != mid)
 			continue;
 		sn->sent[i].mid = COAP_INVALID_MID;
@@ -864,7 +896,8 @@ sweep_stale(struct gw_timer *t, void *data)
 	gw_timer_arm(t, SWEEP_MS);
 }
 
-#define DATAGRAMS_PER_WAKEUP 256
+/* Each call also walks every session for its timeouts: enough for a batch, no more. */
+#define DATAGRAMS_PER_WAKEUP 64
 
 static void
 coap_ready(int fd, uint32_t events, void *data)

@@ -48,7 +48,9 @@ struct mqttbr_device {
 	char *id;
 	char *cert_file;
 	char *key_file;
-	char *status_topic;   /* presence: retained online/offline, NULL for none */
+	char *status_topic; /* presence: retained online/offline, NULL for none */
+	/* The broker's Maximum Packet Size from its CONNACK (MQTT 5 3.2.2.3.6), 0: none given. */
+	unsigned max_packet;
 	char *command_filter; /* subscribed at each connect, NULL for none */
 	MQTTAsync client;
 	enum dev_state state;
@@ -234,9 +236,12 @@ static void
 on_connected(void *ctx, MQTTAsync_successData5 *resp)
 {
 	struct mqttbr_device *dev = ctx;
+	int max = resp ? MQTTProperties_getNumericValue(&resp->properties,
+	                                                MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE)
+	               : 0;
 
-	(void)resp;
-	post(dev->br, EV_CONNECTED, dev, NULL, 0, 0, NULL);
+	/* The reason field carries the broker's Maximum Packet Size (paho: < 0 when absent). */
+	post(dev->br, EV_CONNECTED, dev, NULL, 0, max > 0 ? max : 0, NULL);
 }
 
 static void
@@ -761,6 +766,7 @@ handle_event(struct mqttbr *br, struct event *ev)
 		connecting_changed(br, -1);
 		dev->state = DEV_UP;
 		dev->failures = 0;
+		dev->max_packet = (unsigned)ev->reason;
 		if (dev->rejected)
 			log_info("%s: accepted upstream again", dev->id);
 		dev->rejected = false;
@@ -824,8 +830,12 @@ handle_event(struct mqttbr *br, struct event *ev)
 		        .content_type = ev->in->content_type,
 		};
 
-		/* Not for a device being removed: its queues are already gone. */
-		if (br->message && dev->state == DEV_UP)
+		/*
+		 * Not for a device being removed or stopped: its queues are gone. (paho has
+		 * acknowledged it already, so any other state still takes it.)
+		 */
+		if (br->message && dev->state != DEV_REMOVING && dev->state != DEV_STOPPING &&
+		    dev->state != DEV_STOPPED)
 			br->message(dev->id, &m, br->message_data);
 		break;
 	}
@@ -898,7 +908,17 @@ mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr
 
 	if (dev->state != DEV_UP)
 		return -ENOTCONN;
-	if (m->len > INT32_MAX)
+	/*
+	 * paho 1.3.12 does not check the broker's limit, and the broker ends the session on a
+	 * larger packet: say so here instead. A PUBLISH is its fixed header (5 at most), topic (2 +
+	 * length), packet id (2), properties (4 for their length; a content type is 3 + length)
+	 * and payload.
+	 */
+	if (m->len > INT32_MAX ||
+	    (dev->max_packet &&
+	     5 + 2 + strlen(m->topic) + 2 + 4 +
+	                     (m->content_type ? 3 + strlen(m->content_type) : 0) + m->len >
+	             dev->max_packet))
 		return -EMSGSIZE;
 	pub = calloc(1, sizeof(*pub));
 	if (!pub)

@@ -94,7 +94,8 @@ struct mqttbr_message {
 
 /*
  * Publishes on dev's session. Returns 0 and later calls fn (if not NULL) exactly once, or
- * returns -errno (-ENOTCONN when the session is down) and never calls fn.
+ * returns -errno and never calls fn: -ENOTCONN when the session is down, -EMSGSIZE when the
+ * message is larger than the broker's Maximum Packet Size (from its CONNACK).
  */
 int mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr_publish_fn fn,
                    void *data);

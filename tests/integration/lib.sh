@@ -220,6 +220,7 @@ keyfile $WORK/pki/$cert.key
 require_certificate true
 use_identity_as_username true
 acl_file $WORK/acl
+${GW_BROKER_EXTRA:-}
 CONF
   [ ! -f "$WORK/pki/crl.pem" ] || echo "crlfile $WORK/pki/crl.pem" >>"$WORK/mosquitto.conf"
 }
