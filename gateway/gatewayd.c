@@ -12,6 +12,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mqttbr.h"
+#include "notify.h"
 #include "router.h"
 #include "spool.h"
 
@@ -35,6 +36,7 @@ struct daemon {
 	struct control *control;
 	struct enrol *enrol; /* NULL without an EST server */
 	struct admin_hooks hooks;
+	struct gw_notify_watchdog *watchdog; /* NULL unless the unit sets WatchdogSec= */
 	bool stopping;
 };
 
@@ -69,6 +71,7 @@ on_terminate(int signo, void *data)
 	}
 	d->stopping = true;
 	log_info("%s: disconnecting upstream sessions and stopping", strsignal(signo));
+	gw_notify_send("STOPPING=1\nSTATUS=stopping: disconnecting upstream sessions");
 	mqttbr_stop(d->mqtt, mqtt_stopped, d);
 }
 
@@ -383,6 +386,23 @@ start(struct daemon *d)
 		          d->conf->state_dir);
 	log_info("ready: gateway %s, %zu devices, upstream %s", d->conf->gateway_id, n,
 	         d->conf->upstream.broker);
+	/*
+	 * Sockets open, keystore up: systemd (Type=notify) may start what comes after us. A
+	 * first ping with it, should the manager count the watchdog from our exec, not from here.
+	 */
+	r = gw_notify_sendf("READY=1\nWATCHDOG=1\nSTATUS=ready: %zu devices, upstream %s", n,
+	                    d->conf->upstream.broker);
+	if (r < 0)
+		log_warnx("cannot tell the service manager at %s that gatewayd is ready: %s",
+		          getenv("NOTIFY_SOCKET"), strerror(-r));
+	/* systemd's watchdog starts counting at READY=1 (systemd.service(5), WatchdogSec=). */
+	r = gw_notify_watchdog_new(&d->watchdog, d->loop);
+	if (r < 0)
+		log_warnx("watchdog: cannot use WATCHDOG_USEC=%s: %s; no pings sent",
+		          getenv("WATCHDOG_USEC"), strerror(-r));
+	else if (d->watchdog)
+		log_info("watchdog: pinging the service manager every %llu ms",
+		         (unsigned long long)gw_notify_watchdog_period_ms(d->watchdog));
 	return 0;
 }
 
@@ -437,6 +457,7 @@ finish(struct daemon *d)
 			         (double)st.sign_ns / (double)st.signs / 1e6);
 	}
 	keystore_free(d->ks);
+	gw_notify_watchdog_free(d->watchdog);
 	gw_loop_free(d->loop);
 	gwconf_free(d->conf);
 }

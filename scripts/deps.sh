@@ -3,14 +3,15 @@
 # Installs the Debian 12 packages gatewayd needs, only those missing (safe to run again).
 #   scripts/deps.sh build   compilers, meson and the -dev libraries
 #   scripts/deps.sh peers   the real peers of the demo and the tests: mosquitto, coap-client,
-#                           swtpm, tpm2-tools, openssl, python3 (the tests' EST server)
+#                           swtpm, tpm2-tools, openssl, python3 (the tests' EST server),
+#                           systemd (systemd-analyze scores the unit)
 #   scripts/deps.sh all     both (default)
 set -euo pipefail
 
 build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libpaho-mqtt-dev
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
-  procps coreutils bc python3)
+  procps coreutils bc python3 systemd)
 
 case "${1:-all}" in
   build) want=("${build[@]}") ;;
