@@ -575,10 +575,17 @@ expiry_fired(struct gw_timer *t, void *data)
 	struct mqttbr_device *dev = data;
 	MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer5;
 
-	(void)t;
 	/* A connect in flight is judged when it completes. */
 	if (dev->state != DEV_UP)
 		return;
+	/*
+	 * Armed in whole seconds, it may fire within the last one: wait for the expiry itself,
+	 * so that the device is refused (rejected) from the moment its session ends.
+	 */
+	if (time(NULL) < dev->not_after) {
+		gw_timer_arm(t, 1000);
+		return;
+	}
 	for (struct publish *pub = dev->pending; pub; pub = pub->next)
 		publish_report(pub, -ENOTCONN);
 	opts.onSuccess5 = on_disconnected;
