@@ -180,9 +180,11 @@ upstream_judged(const char *id, bool accepted, const char *reason, void *data)
 {
 	struct daemon *d = data;
 
+	const char *why;
+
 	/* The router first: enrolment may end the session it is told about. */
-	if (accepted)
-		router_session_up(d->router, id);
+	router_session_judged(d->router, id, accepted,
+	                      mqttbr_status(d->mqtt, id, &why) == MQTTBR_REJECTED);
 	enrol_upstream(d->enrol, id, accepted, reason);
 }
 

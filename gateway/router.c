@@ -41,6 +41,13 @@ struct flow {
 	} out[WINDOW];
 	unsigned nout;
 	struct gw_timer *retry; /* after a failure on a live session */
+	/*
+	 * The broker refused the device's identity at its last connect (revoked, expired, a
+	 * renewal on trial that failed). Kept here because mqttbr starts a device afresh when its
+	 * certificate changes: a trial connect must not make the spool take what waits for an
+	 * operator.
+	 */
+	bool refused;
 };
 
 /* What a spooled publish's answer must find again. */
@@ -411,10 +418,16 @@ flow_retry(struct gw_timer *t, void *data)
 }
 
 void
-router_session_up(struct router *rt, const char *device)
+router_session_judged(struct router *rt, const char *device, bool accepted, bool refused)
 {
-	struct flow *f;
+	struct flow *f = accepted ? flow_find(rt, device) : refused ? flow_get(rt, device) : NULL;
 
+	if (f && !accepted)
+		f->refused = true;
+	if (!accepted)
+		return;
+	if (f)
+		f->refused = false;
 	if (spool_depth(rt->spool, device, NULL) == 0)
 		return;
 	f = flow_get(rt, device);
@@ -637,7 +650,9 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	const char *reason;
 	enum mqttbr_status ust = mqttbr_status(rt->mqtt, up->device, &reason);
 
-	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED) {
+	f = flow_find(rt, up->device);
+	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED ||
+	    (ust != MQTTBR_CONNECTED && f && f->refused)) {
 		struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
 
 		if (ust == MQTTBR_NONE)

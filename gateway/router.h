@@ -4,6 +4,8 @@
 
 #include "coapbr.h"
 
+#include <stdbool.h>
+
 #include <stdint.h>
 
 /*
@@ -35,8 +37,12 @@ void router_set_coap(struct router *rt, struct coapbr *coap);
 /* The coapbr_ops to serve sensors with; their data is the router. */
 extern const struct coapbr_ops router_coap_ops;
 
-/* A device's upstream session came up: what its spool holds goes out now. */
-void router_session_up(struct router *rt, const char *device);
+/*
+ * A device's connect was judged (mqttbr_on_judged): accepted, what its spool holds goes out
+ * now; refused (the broker refused its identity), its sensor is told 5.03 rather than spooled
+ * for until a connect is accepted again.
+ */
+void router_session_judged(struct router *rt, const char *device, bool accepted, bool refused);
 
 /*
  * A device's presence topic and command filter, expanded. has_* is false where the config
