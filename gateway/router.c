@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /*
  * Publishes in flight per device while its spool drains. Enough to keep a broker's round trip
@@ -571,6 +572,19 @@ uplink_content_type(const struct coapbr_uplink *up, char *buf, size_t len)
 	return buf;
 }
 
+/*
+ * The device's certificate (not one on trial) has expired: it is never presented, so until a
+ * renewal is accepted the device waits like one the broker refused.
+ */
+static bool
+cert_expired(const struct router *rt, const char *device)
+{
+	struct keystore_info info;
+
+	return keystore_device_info(rt->ks, device, &info) == 0 && info.has_cert &&
+	       info.not_after > 0 && info.not_after <= time(NULL);
+}
+
 /* ack = upstream: straight to the session, answered by its PUBACK. */
 static void
 uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr_uplink *up,
@@ -652,7 +666,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 
 	f = flow_find(rt, up->device);
 	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED ||
-	    (ust != MQTTBR_CONNECTED && f && f->refused)) {
+	    (ust != MQTTBR_CONNECTED && ((f && f->refused) || cert_expired(rt, up->device)))) {
 		struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
 
 		if (ust == MQTTBR_NONE)
