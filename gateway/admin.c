@@ -235,6 +235,14 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		fprintf(out, "upstream-last-error: %s\n", reason);
 	if (hooks && hooks->enrolment && (enrolment = hooks->enrolment(info.id, hooks->data)))
 		fprintf(out, "enrolment: %s\n", enrolment);
+	if (hooks && hooks->queues) {
+		uint64_t spooled = 0, bytes = 0;
+		size_t commands = 0;
+
+		hooks->queues(info.id, &spooled, &bytes, &commands, hooks->data);
+		fprintf(out, "spooled: %llu messages (%llu bytes)\ncommands-queued: %zu\n",
+		        (unsigned long long)spooled, (unsigned long long)bytes, commands);
+	}
 	print_cert(out, &info);
 	if (!info.has_cert)
 		fprintf(out,

@@ -3,6 +3,7 @@
 #define GW_ADMIN_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 /*
@@ -48,6 +49,9 @@ struct admin_hooks {
 	 * with the reason written to err.
 	 */
 	int (*enroll)(const char *device_id, admin_done_fn done, void *ctx, FILE *err, void *data);
+	/* What waits for the device: messages in its spool (and their bytes), commands queued. */
+	void (*queues)(const char *device_id, uint64_t *spooled, uint64_t *bytes, size_t *commands,
+	               void *data);
 	/* The CN of the gateway's own certificate request. */
 	const char *gateway_id;
 	void *data;

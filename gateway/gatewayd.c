@@ -196,6 +196,14 @@ enrolment_words(const char *id, void *data)
 	return enrol_status(d->enrol, id);
 }
 
+static void
+device_queues(const char *id, uint64_t *spooled, uint64_t *bytes, size_t *commands, void *data)
+{
+	struct daemon *d = data;
+
+	router_device_queues(d->router, id, spooled, bytes, commands);
+}
+
 static int
 enroll_now(const char *id, admin_done_fn done, void *ctx, FILE *err, void *data)
 {
@@ -373,6 +381,7 @@ start(struct daemon *d)
 	        .upstream = upstream_word,
 	        .enrolment = enrolment_words,
 	        .enroll = enroll_now,
+	        .queues = device_queues,
 	        .gateway_id = d->conf->gateway_id,
 	        .data = d,
 	};

@@ -809,6 +809,14 @@ router_forget(struct router *rt, const char *device)
 }
 
 void
+router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,
+                     uint64_t *bytes, size_t *commands)
+{
+	*spooled = spool_depth(rt->spool, device, bytes);
+	*commands = rt->commands ? cmdq_depth(rt->commands, device) : 0;
+}
+
+void
 router_get_stats(const struct router *rt, struct router_stats *st)
 {
 	*st = rt->st;

@@ -61,6 +61,10 @@ void router_session_topics(struct router *rt, const char *device, struct router_
 struct mqttbr_message;
 void router_downlink(const char *device, const struct mqttbr_message *m, void *data);
 
+/* What waits for the device: messages in its spool (and their bytes), commands queued. */
+void router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,
+                          uint64_t *bytes, size_t *commands);
+
 /* The device was removed: its spool and its queued commands go. */
 void router_forget(struct router *rt, const char *device);
 

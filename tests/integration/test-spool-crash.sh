@@ -20,6 +20,10 @@ gw_wait_for "[ \$(acked dev-1) -ge 50 ]" 10 || gw_fail "dev-1 is not flowing: $(
 kill "$BROKER_PID"
 wait "$BROKER_PID" 2>/dev/null || true
 gw_wait_for "[ \$(acked dev-1) -ge 150 ]" 10 || gw_fail "dev-1 stopped while the broker was down"
+# gwctl shows what waits in the spool.
+out=$(gw_gwctl device show dev-1)
+spooled=$(sed -n 's/^spooled: \([0-9]*\) messages.*/\1/p' <<<"$out")
+[ "${spooled:-0}" -gt 0 ] || gw_fail "device show dev-1 shows nothing spooled: $(grep -E '^(spooled|commands)' <<<"$out")"
 kill -KILL "$GATEWAY_PID"
 wait "$GATEWAY_PID" 2>/dev/null || true
 killed=$(acked dev-1)
