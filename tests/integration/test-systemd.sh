@@ -120,6 +120,9 @@ if grep -q ' WATCHDOG=1$' "$WORK/notify.out"; then
 fi
 kill -TERM "$gw_pid"
 wait "$gw_pid" || gw_fail "gatewayd did not stop cleanly"
+# Its last datagram is sent, but the stand-in manager may not have written it down yet: wait,
+# or it lands in the next part's file.
+gw_wait_for "grep -q 'STOPPING=1' '$WORK/notify.out'" 10 || gw_fail "no STOPPING=1 on SIGTERM"
 
 : >"$WORK/notify.out"
 env -u NOTIFY_SOCKET WATCHDOG_USEC=200000 "$GATEWAYD" -d -c "$WORK/gateway.conf" \
