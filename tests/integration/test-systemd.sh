@@ -99,8 +99,7 @@ kill -TERM "$gw_pid"
 rc=0
 wait "$gw_pid" || rc=$?
 [ "$rc" -eq 0 ] || gw_fail "gatewayd exited $rc on SIGTERM"
-grep -qx '[0-9]* [01] STOPPING=1|STATUS=stopping: disconnecting upstream sessions' \
-  "$WORK/notify.out" ||
+gw_wait_for "grep -qx '[0-9]* [01] STOPPING=1|STATUS=stopping: disconnecting upstream sessions' '$WORK/notify.out'" 10 ||
   gw_fail "no STOPPING=1 on SIGTERM: $(cat "$WORK/notify.out")"
 
 # A watchdog meant for another process (gatewayd forked from the one the manager started):
