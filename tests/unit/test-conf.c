@@ -10,35 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf-fixture.h"
 #include "conf.h"
-
-static char *
-fixture(const char *name)
-{
-	const char *dir = getenv("GW_TEST_DATA");
-	char *path;
-
-	assert_non_null(dir);
-	assert_true(asprintf(&path, "%s/conf/%s", dir, name) > 0);
-	return path;
-}
-
-static struct gwconf *
-load_ok(const char *name)
-{
-	char *path = fixture(name);
-	struct gwconf_errors errs;
-	struct gwconf *conf;
-	int r = gwconf_load(path, &conf, &errs);
-
-	for (size_t i = 0; i < errs.count; i++)
-		print_error("unexpected: %s\n", errs.lines[i]);
-	assert_int_equal(r, 0);
-	assert_int_equal(errs.count, 0);
-	gwconf_errors_finish(&errs);
-	free(path);
-	return conf;
-}
 
 static void
 minimal_config_gets_defaults(void **state)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conf-fixture.h"
 #include "conf.h"
 #include "policy.h"
 
@@ -39,33 +40,6 @@ lookup(const char *device, const char *key, void *data)
 			return attrs[i].value;
 	}
 	return NULL;
-}
-
-static char *
-fixture(const char *name)
-{
-	const char *dir = getenv("GW_TEST_DATA");
-	char *path;
-
-	assert_non_null(dir);
-	assert_true(asprintf(&path, "%s/conf/%s", dir, name) > 0);
-	return path;
-}
-
-static struct gwconf *
-load(const char *name)
-{
-	char *path = fixture(name);
-	struct gwconf_errors errs;
-	struct gwconf *conf;
-	int r = gwconf_load(path, &conf, &errs);
-
-	for (size_t i = 0; i < errs.count; i++)
-		print_error("unexpected: %s\n", errs.lines[i]);
-	assert_int_equal(r, 0);
-	gwconf_errors_finish(&errs);
-	free(path);
-	return conf;
 }
 
 enum which { POLICIES, EVERYONE, NONE };
@@ -169,7 +143,7 @@ every_case_is_decided_as_documented(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < 3; i++)
-		confs[i] = load(files[i]);
+		confs[i] = load_ok(files[i]);
 	assert_false(confs[NONE]->have_policies);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const struct gwconf *c = confs[cases[i].conf];
@@ -199,7 +173,7 @@ every_case_is_decided_as_documented(void **state)
 static void
 a_decision_names_its_statement(void **state)
 {
-	struct gwconf *c = load("good-policy.conf");
+	struct gwconf *c = load_ok("good-policy.conf");
 	struct policy_subject who = {.device = "dev-2", .gateway = "gw-1", .attr = lookup};
 	char why[512], *want, *path = fixture("good-policy.conf");
 
@@ -226,7 +200,7 @@ a_decision_names_its_statement(void **state)
 static void
 no_attribute_lookup_means_no_attributes(void **state)
 {
-	struct gwconf *c = load("good-policy.conf");
+	struct gwconf *c = load_ok("good-policy.conf");
 	struct policy_subject who = {.device = "dev-1", .gateway = "gw-1"};
 
 	(void)state;
