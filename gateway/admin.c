@@ -137,6 +137,23 @@ device_add(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 	return 0;
 }
 
+/*
+ * When a sensor was last heard from, in UTC: "never" since the daemon's start. In a table
+ * (compact) as one word, 2026-11-22T06:20:00Z.
+ */
+static void
+format_seen(time_t t, bool compact, char *buf, size_t len)
+{
+	struct tm tm;
+
+	if (t == 0)
+		snprintf(buf, len, "never");
+	else if (!compact)
+		format_utc(t, buf, len);
+	else if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, len, "-");
+}
+
 /* The upstream session in a word; "-" where no daemon runs to ask. */
 static const char *
 upstream_word(const struct admin_hooks *hooks, const char *id, const char **reason)
@@ -167,18 +184,27 @@ device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 	(void)err;
 	if (req->argc != 2)
 		return 2;
-	fprintf(out, "%-24s %-10s %-7s %-17s %-11s %s\n", "ID", "STATE", "BACKEND", "UPSTREAM",
-	        "CERT-EXPIRY", "CERT-SUBJECT");
+	fprintf(out, "%-24s %-10s %-7s %-6s %-17s %-20s %-9s %-11s %s\n", "ID", "STATE", "BACKEND",
+	        "SENSOR", "UPSTREAM", "LAST-SEEN", "UP", "CERT-EXPIRY", "CERT-SUBJECT");
 	for (size_t i = 0; i < keystore_count(ks); i++) {
 		struct keystore_info info;
-		char expiry[32];
+		struct admin_activity a = {0};
+		char expiry[32], seen[64], sensor[16] = "-", up[24] = "-";
 
 		if (keystore_device_info(ks, keystore_device_id(ks, i), &info) < 0)
 			continue;
 		format_expiry(info.not_after, expiry, sizeof(expiry));
-		fprintf(out, "%-24s %-10s %-7s %-17s %-11s %s\n", info.id, state_word(&info),
-		        info.backend, upstream_word(hooks, info.id, NULL),
-		        info.has_cert ? expiry : "-",
+		strcpy(seen, "-");
+		if (hooks && hooks->activity) {
+			hooks->activity(info.id, &a, hooks->data);
+			/* DTLS sessions held: a sensor normally keeps one. */
+			snprintf(sensor, sizeof(sensor), "%s", a.dtls_sessions ? "dtls" : "none");
+			format_seen(a.last_seen, true, seen, sizeof(seen));
+			snprintf(up, sizeof(up), "%llu", (unsigned long long)a.up_messages);
+		}
+		fprintf(out, "%-24s %-10s %-7s %-6s %-17s %-20s %-9s %-11s %s\n", info.id,
+		        state_word(&info), info.backend, sensor,
+		        upstream_word(hooks, info.id, NULL), seen, up, info.has_cert ? expiry : "-",
 		        info.has_cert ? info.subject : "(no certificate)");
 	}
 	return 0;
@@ -235,13 +261,20 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		fprintf(out, "upstream-last-error: %s\n", reason);
 	if (hooks && hooks->enrolment && (enrolment = hooks->enrolment(info.id, hooks->data)))
 		fprintf(out, "enrolment: %s\n", enrolment);
-	if (hooks && hooks->queues) {
-		uint64_t spooled = 0, bytes = 0;
-		size_t commands = 0;
+	if (hooks && hooks->activity) {
+		struct admin_activity a = {0};
+		char seen[64];
 
-		hooks->queues(info.id, &spooled, &bytes, &commands, hooks->data);
-		fprintf(out, "spooled: %llu messages (%llu bytes)\ncommands-queued: %zu\n",
-		        (unsigned long long)spooled, (unsigned long long)bytes, commands);
+		hooks->activity(info.id, &a, hooks->data);
+		format_seen(a.last_seen, false, seen, sizeof(seen));
+		fprintf(out,
+		        "sensor: %u DTLS session%s\nlast-seen: %s\n"
+		        "messages-up: %llu (%llu bytes)\nmessages-down: %llu\n"
+		        "spooled: %llu messages (%llu bytes)\ncommands-queued: %zu\n",
+		        a.dtls_sessions, a.dtls_sessions == 1 ? "" : "s", seen,
+		        (unsigned long long)a.up_messages, (unsigned long long)a.up_bytes,
+		        (unsigned long long)a.down_messages, (unsigned long long)a.spooled,
+		        (unsigned long long)a.spooled_bytes, a.commands);
 	}
 	print_cert(out, &info);
 	if (!info.has_cert)
@@ -616,6 +649,35 @@ admin_usage(FILE *f)
 		fprintf(f, "  device %s %s\n", verbs[i].name, verbs[i].args);
 	for (size_t i = 0; i < sizeof(gateway_verbs) / sizeof(gateway_verbs[0]); i++)
 		fprintf(f, "  gateway %s %s\n", gateway_verbs[i].name, gateway_verbs[i].args);
+	fprintf(f, "  status   (identity, uptime, config, TPM, devices by state, spool, broker)\n"
+	           "  reload   (re-read the config file and apply what changed)\n"
+	           "  metrics  (the counters, in the Prometheus text format)\n");
+}
+
+/* The verbs only a running gatewayd can answer: 0, 1, or -1 if argv names none of them. */
+static int
+daemon_verb(const struct admin_request *req, FILE *out, FILE *err, const struct admin_hooks *hooks)
+{
+	const char *verb = req->argv[0];
+	bool known = strcmp(verb, "status") == 0 || strcmp(verb, "reload") == 0 ||
+	             strcmp(verb, "metrics") == 0;
+
+	if (!known || req->argc != 1)
+		return -1;
+	if (!hooks || !hooks->status) {
+		fprintf(err,
+		        "gwctl %s: gatewayd is not running (or not listening on its control "
+		        "socket, gateway.control_socket)\n",
+		        verb);
+		return 1;
+	}
+	if (strcmp(verb, "reload") == 0)
+		return hooks->reload(out, err, hooks->data);
+	if (strcmp(verb, "status") == 0)
+		hooks->status(out, hooks->data);
+	else
+		hooks->metrics(out, hooks->data);
+	return 0;
 }
 
 int
@@ -625,6 +687,8 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 	const struct verb *v = NULL;
 	int status;
 
+	if (req->argc >= 1 && (status = daemon_verb(req, out, err, hooks)) >= 0)
+		return status;
 	if (req->argc >= 2 && strcmp(req->argv[0], "device") == 0) {
 		for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
 			if (strcmp(req->argv[1], verbs[i].name) == 0)

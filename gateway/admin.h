@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 
 /*
  * The gwctl verbs, run against an open keystore. gwctl runs them itself when gatewayd is not
@@ -32,6 +33,18 @@ struct admin_request {
 
 enum admin_change { ADMIN_CHANGE_NONE, ADMIN_CHANGE_STATE, ADMIN_CHANGE_CERT, ADMIN_CHANGE_PSK };
 
+/* A device as the running daemon sees it (device list and show). */
+struct admin_activity {
+	unsigned dtls_sessions; /* its sensor's, now */
+	time_t last_seen;       /* its sensor's last request, 0: not since the start */
+	uint64_t up_messages;   /* from its sensor, accepted */
+	uint64_t up_bytes;
+	uint64_t down_messages; /* commands for its sensor, queued */
+	uint64_t spooled;       /* messages waiting in its spool ... */
+	uint64_t spooled_bytes; /* ... and their bytes */
+	size_t commands;        /* commands waiting for its sensor */
+};
+
 /* What the running daemon adds to the verbs; gwctl on its own passes NULL. */
 struct admin_hooks {
 	/*
@@ -49,9 +62,14 @@ struct admin_hooks {
 	 * with the reason written to err.
 	 */
 	int (*enroll)(const char *device_id, admin_done_fn done, void *ctx, FILE *err, void *data);
-	/* What waits for the device: messages in its spool (and their bytes), commands queued. */
-	void (*queues)(const char *device_id, uint64_t *spooled, uint64_t *bytes, size_t *commands,
-	               void *data);
+	/* What the device did since gatewayd started, and what waits for it. */
+	void (*activity)(const char *device_id, struct admin_activity *a, void *data);
+	/* gwctl reload: re-reads the config and applies it; returns 0 or 1 like a verb. */
+	int (*reload)(FILE *out, FILE *err, void *data);
+	/* gwctl status: the gateway at a glance. */
+	void (*status)(FILE *out, void *data);
+	/* gwctl metrics: the counters, in the Prometheus text format. */
+	void (*metrics)(FILE *out, void *data);
 	/* The CN of the gateway's own certificate request. */
 	const char *gateway_id;
 	void *data;

@@ -10,6 +10,7 @@ struct devq {
 	char *device;
 	struct cmdq_command **cmds; /* oldest first; allocated at the first command */
 	size_t n;
+	size_t cap; /* of cmds: the limit when it was allocated */
 };
 
 struct cmdq {
@@ -53,6 +54,7 @@ devq_clear(struct devq *d)
 	free(d->cmds);
 	d->cmds = NULL;
 	d->n = 0;
+	d->cap = 0;
 }
 
 void
@@ -116,6 +118,26 @@ drop_first(struct devq *d)
 	d->n--;
 }
 
+void
+cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry)
+{
+	limit = limit ? limit : 1;
+	/* Commands already queued keep the expiry they were given. */
+	q->expiry = expiry;
+	for (size_t i = 0; i < q->ndevs; i++) {
+		struct devq *d = &q->devs[i];
+
+		while (d->n > limit) {
+			log_warnx("%s: command queue now holds %zu: the oldest command is dropped",
+			          d->device, limit);
+			drop_first(d);
+			q->st.overflowed++;
+		}
+	}
+	/* Arrays grow to a larger limit at their next push (make_room). */
+	q->limit = limit;
+}
+
 /* Inserts cmd by seq; the queue has room. */
 static void
 insert(struct devq *d, struct cmdq_command *cmd)
@@ -133,10 +155,14 @@ insert(struct devq *d, struct cmdq_command *cmd)
 static int
 make_room(struct cmdq *q, struct devq *d)
 {
-	if (!d->cmds) {
-		d->cmds = calloc(q->limit, sizeof(*d->cmds));
-		if (!d->cmds)
+	if (d->cap < q->limit && d->n >= d->cap) {
+		/* First command, or the limit grew on a reload. */
+		struct cmdq_command **cmds = reallocarray(d->cmds, q->limit, sizeof(*cmds));
+
+		if (!cmds)
 			return -ENOMEM;
+		d->cmds = cmds;
+		d->cap = q->limit;
 	}
 	if (d->n < q->limit)
 		return 0;

@@ -26,6 +26,8 @@ struct cmdq_command {
 struct cmdq *cmdq_new(size_t limit, unsigned expiry);
 /* Accepts NULL. */
 void cmdq_free(struct cmdq *q);
+/* A reload: queued commands past the new limit are dropped (oldest first) at the next push. */
+void cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry);
 
 /*
  * Queues a command for device. When the device's queue is full its oldest command is dropped

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "conf.h"
 #include "conf-parse.h"
+#include "profile.h"
 #include "template.h"
 
 #include <arpa/inet.h>
@@ -229,8 +230,7 @@ parse_gateway(struct parse *p, const config_setting_t *root)
 		conf_report(p, config_setting_get_member(g, "state_dir"),
 		            "'gateway.state_dir' must be an absolute path, not \"%s\"",
 		            c->state_dir);
-	c->control_socket =
-	        conf_path(p, g, "gateway", "control_socket", "/run/gateway/control.sock");
+	c->control_socket = conf_path(p, g, "gateway", "control_socket", GWCONF_DEFAULT_SOCKET);
 	/* sockaddr_un.sun_path holds 108 bytes with its NUL (unix(7)). */
 	if (c->control_socket && strlen(c->control_socket) > 107)
 		conf_report(p, config_setting_get_member(g, "control_socket"),
@@ -337,14 +337,155 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 	}
 }
 
+/*
+ * upstream.client_id or .username: a template as topics have (known placeholders, no
+ * wildcards), but per session, so without ${path}; def when unset.
+ */
+static char *
+get_id_template(struct parse *p, const config_setting_t *g, const char *key, const char *def)
+{
+	const config_setting_t *s = g ? config_setting_get_member(g, key) : NULL;
+	char *t, err[256];
+
+	if (!s)
+		return def ? strdup(def) : NULL;
+	t = conf_string(p, g, "upstream", key, NULL);
+	if (!t)
+		return NULL;
+	if (tmpl_check(t, err, sizeof(err)) < 0) {
+		conf_report(p, s, "'upstream.%s': %s", key, err);
+	} else if (strstr(t, "${path}")) {
+		conf_report(p, s,
+		            "'upstream.%s' \"%s\" cannot use ${path}: a session serves every "
+		            "resource",
+		            key, t);
+	} else if (strcmp(key, "client_id") == 0 && !strstr(t, "${device}") &&
+	           !strstr(t, "${attr.")) {
+		/* Two sessions with one client id take it from each other, endlessly. */
+		conf_report(p, s,
+		            "'upstream.client_id' \"%s\" must contain ${device} (or an attribute): "
+		            "every device needs its own client id",
+		            t);
+	} else {
+		return t;
+	}
+	free(t);
+	return NULL;
+}
+
+/* upstream.profile, with a did-you-mean for a near miss. */
+static void
+parse_profile(struct parse *p, const config_setting_t *g)
+{
+	struct gwconf *c = p->conf;
+	char *v = conf_string(p, g, "upstream", "profile", "generic");
+	const char *best = NULL;
+	size_t best_d = 3;
+
+	c->upstream.profile = GWCONF_PROFILE_GENERIC;
+	if (!v || profile_lookup(v, &c->upstream.profile) == 0) {
+		free(v);
+		return;
+	}
+	for (const char *const *n = profile_names; *n; n++) {
+		size_t d = conf_edit_distance(v, *n);
+
+		if (d < best_d) {
+			best_d = d;
+			best = *n;
+		}
+	}
+	if (best)
+		conf_report(p, config_setting_get_member(g, "profile"),
+		            "'upstream.profile' is \"%s\", expected \"generic\", \"aws\" or "
+		            "\"azure\" (did you mean \"%s\"?)",
+		            v, best);
+	else
+		conf_report(p, config_setting_get_member(g, "profile"),
+		            "'upstream.profile' is \"%s\", expected \"generic\", \"aws\" or "
+		            "\"azure\"",
+		            v);
+	free(v);
+}
+
+/* upstream.alpn: a list (or array) of strings, each 1 to 255 bytes (RFC 7301 section 3.1). */
+static void
+parse_alpn(struct parse *p, const config_setting_t *g, const char *def)
+{
+	const config_setting_t *s = g ? config_setting_get_member(g, "alpn") : NULL;
+	struct gwconf *c = p->conf;
+	int n;
+
+	if (!s) {
+		if (!def)
+			return;
+		c->upstream.alpn = calloc(1, sizeof(*c->upstream.alpn));
+		if (c->upstream.alpn && (c->upstream.alpn[0] = strdup(def)))
+			c->upstream.nalpn = 1;
+		return;
+	}
+	if (!config_setting_is_list(s) && !config_setting_is_array(s)) {
+		conf_report(p, s,
+		            "'upstream.alpn' must be a list of strings: alpn = (\"x\", \"y\");");
+		return;
+	}
+	n = config_setting_length(s);
+	c->upstream.alpn = calloc((size_t)n + 1, sizeof(*c->upstream.alpn));
+	if (!c->upstream.alpn) {
+		conf_report(p, s, "out of memory");
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		const char *v = config_setting_get_string(e);
+
+		if (!v || strlen(v) == 0 || strlen(v) > 255) {
+			conf_report(p, e,
+			            "each of 'upstream.alpn' must be a string of 1 to 255 bytes");
+			continue;
+		}
+		c->upstream.alpn[c->upstream.nalpn] = strdup(v);
+		if (c->upstream.alpn[c->upstream.nalpn])
+			c->upstream.nalpn++;
+	}
+}
+
+/* upstream.mqtt_version: 5, or "3.1.1" (also "5" as a string). */
+static void
+parse_mqtt_version(struct parse *p, const config_setting_t *g, int def)
+{
+	const config_setting_t *s = g ? config_setting_get_member(g, "mqtt_version") : NULL;
+	struct gwconf *c = p->conf;
+	const char *v;
+
+	c->upstream.mqtt_version = def;
+	if (!s)
+		return;
+	v = config_setting_get_string(s);
+	if ((config_setting_type(s) == CONFIG_TYPE_INT && config_setting_get_int(s) == 5) ||
+	    (v && (strcmp(v, "5") == 0 || strcmp(v, "5.0") == 0)))
+		c->upstream.mqtt_version = GWCONF_MQTT_5;
+	else if (v && strcmp(v, "3.1.1") == 0)
+		c->upstream.mqtt_version = GWCONF_MQTT_311;
+	else if (v)
+		conf_report(p, s, "'upstream.mqtt_version' is \"%s\", expected 5 or \"3.1.1\"", v);
+	else
+		conf_report(p, s, "'upstream.mqtt_version' must be 5 or \"3.1.1\"");
+}
+
 static void
 parse_upstream(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"broker",          "ca_file",         "keepalive",
-	                                    "connect_timeout", "publish_timeout", "reconnect_min",
-	                                    "reconnect_max",   "rejected_retry",  NULL};
+	static const char *const known[] = {"broker",          "ca_file",
+	                                    "keepalive",       "connect_timeout",
+	                                    "publish_timeout", "reconnect_min",
+	                                    "reconnect_max",   "rejected_retry",
+	                                    "profile",         "client_id",
+	                                    "username",        "alpn",
+	                                    "mqtt_version",    NULL};
 	const config_setting_t *g = conf_group(p, root, "upstream", true);
 	struct gwconf *c = p->conf;
+	struct profile_defaults def;
 	char *broker;
 
 	if (g)
@@ -370,6 +511,16 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 		        p, config_setting_get_member(g, "reconnect_max"),
 		        "'upstream.reconnect_max' (%d) is less than 'upstream.reconnect_min' (%d)",
 		        c->upstream.reconnect_max, c->upstream.reconnect_min);
+	/* The profile first: it sets the defaults of the keys after it. */
+	parse_profile(p, g);
+	profile_defaults(c->upstream.profile,
+	                 c->upstream.broker_host ? c->upstream.broker_host : "BROKER",
+	                 c->upstream.broker_port, &def);
+	c->upstream.client_id = get_id_template(p, g, "client_id", def.client_id);
+	c->upstream.username =
+	        get_id_template(p, g, "username", def.username[0] ? def.username : NULL);
+	parse_alpn(p, g, def.alpn);
+	parse_mqtt_version(p, g, def.mqtt_version);
 }
 
 bool
@@ -530,9 +681,11 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 {
 	static const char *const known[] = {"resource", "topic",        "qos", "qos_con",
 	                                    "qos_non",  "content_type", NULL};
+	bool azure = p->conf->upstream.profile == GWCONF_PROFILE_AZURE;
+	const config_setting_t *topic = config_setting_get_member(r, "topic");
 	char *ctype;
 	int qos;
-	char err[256];
+	char err[512];
 
 	if (!config_setting_is_group(r)) {
 		conf_report(
@@ -547,7 +700,12 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 		            "'route.resource' \"%s\" must be path segments like \"telemetry/temp\" "
 		            "(letters, digits, '.', '_', '-')",
 		            route->resource);
-	route->topic = conf_string(p, r, "route", "topic", NULL);
+	/* A cloud profile has a topic for routes that give none (profile.h). */
+	if (!topic && route->resource &&
+	    profile_route_topic(p->conf, route->resource, err, sizeof(err)) == 0)
+		route->topic = strdup(err);
+	else
+		route->topic = conf_string(p, r, "route", "topic", NULL);
 	if (route->topic && tmpl_check(route->topic, err, sizeof(err)) < 0)
 		conf_report(p, config_setting_get_member(r, "topic"), "%s", err);
 	/*
@@ -557,9 +715,28 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 	qos = conf_int(p, r, "route", "qos", -1, 0, 1);
 	route->qos_con = conf_int(p, r, "route", "qos_con", qos >= 0 ? qos : 1, 0, 1);
 	route->qos_non = conf_int(p, r, "route", "qos_non", qos >= 0 ? qos : 0, 0, 1);
-	ctype = conf_string(p, r, "route", "content_type", "property");
-	if (ctype && strcmp(ctype, "property") == 0)
+	/*
+	 * MQTT 3.1.1 has no properties: its default is "drop". Azure IoT Hub takes the content
+	 * type as $.ct in the topic's property bag, where a suffix level would not belong.
+	 */
+	ctype = conf_string(p, r, "route", "content_type",
+	                    azure || p->conf->upstream.mqtt_version == GWCONF_MQTT_5 ? "property"
+	                                                                             : "drop");
+	if (ctype && strcmp(ctype, "property") == 0 && azure)
+		route->content_type = GWCONF_CTYPE_BAG;
+	else if (ctype && strcmp(ctype, "property") == 0 &&
+	         p->conf->upstream.mqtt_version != GWCONF_MQTT_5)
+		conf_report(p, config_setting_get_member(r, "content_type"),
+		            "'route.content_type' \"property\" is an MQTT 5 property, and "
+		            "'upstream.mqtt_version' is \"3.1.1\": use \"suffix\" (a last topic "
+		            "level) or \"drop\"");
+	else if (ctype && strcmp(ctype, "property") == 0)
 		route->content_type = GWCONF_CTYPE_PROPERTY;
+	else if (ctype && strcmp(ctype, "suffix") == 0 && azure)
+		conf_report(p, config_setting_get_member(r, "content_type"),
+		            "'route.content_type' \"suffix\" would end an Azure IoT Hub topic's "
+		            "property bag with a level: use \"property\" (sent as $.ct in the bag) "
+		            "or \"drop\" (upstream.profile is \"azure\")");
 	else if (ctype && strcmp(ctype, "suffix") == 0)
 		route->content_type = GWCONF_CTYPE_SUFFIX;
 	else if (ctype && strcmp(ctype, "drop") == 0)
@@ -570,6 +747,10 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 		            "\"drop\"",
 		            ctype);
 	free(ctype);
+	/* The profile's rules: at the topic, or at the route that took the profile's. */
+	if (route->topic && route->resource &&
+	    profile_check_route(p->conf, route, err, sizeof(err)) < 0)
+		conf_report(p, topic ? topic : r, "%s", err);
 }
 
 static void
@@ -633,11 +814,17 @@ parse_downlink(struct parse *p, const config_setting_t *root)
 	static const char *const known[] = {"topic", "resource", "queue", "expiry", "qos", NULL};
 	const config_setting_t *g = conf_group(p, root, "downlink", false);
 	struct gwconf *c = p->conf;
+	const config_setting_t *topic = g ? config_setting_get_member(g, "topic") : NULL;
+	char err[512];
 
 	if (!g)
 		return;
 	conf_check_keys(p, g, "group 'downlink'", known);
-	c->downlink.topic = get_template(p, g, "downlink", "topic", NULL, true);
+	c->downlink.topic =
+	        get_template(p, g, "downlink", "topic",
+	                     profile_command_filter(c, err, sizeof(err)) == 0 ? err : NULL, true);
+	if (c->downlink.topic && profile_check_filter(c, c->downlink.topic, err, sizeof(err)) < 0)
+		conf_report(p, topic ? topic : g, "'downlink.topic': %s", err);
 	c->downlink.resource = conf_string(p, g, "downlink", "resource", "cmd");
 	if (c->downlink.resource && !valid_resource(c->downlink.resource))
 		conf_report(p, config_setting_get_member(g, "resource"),
@@ -664,6 +851,13 @@ parse_presence(struct parse *p, const config_setting_t *root)
 	if (!g)
 		return;
 	conf_check_keys(p, g, "group 'presence'", known);
+	if (c->upstream.profile == GWCONF_PROFILE_AZURE)
+		conf_report(
+		        p, g,
+		        "no 'presence' under upstream.profile \"azure\": Azure IoT Hub keeps no "
+		        "retained messages, and disconnects a device that publishes outside "
+		        "devices/ID/messages/events/ (its connection state comes from IoT Hub's "
+		        "own device lifecycle events)");
 	c->presence.topic = get_template(p, g, "presence", "topic", NULL, false);
 	c->presence.online = conf_string(p, g, "presence", "online", "online");
 	c->presence.offline = conf_string(p, g, "presence", "offline", "offline");
@@ -748,12 +942,44 @@ parse_spool(struct parse *p, const config_setting_t *root)
 	        (int)get_bytes(p, g, "spool", "segment_bytes", 1 << 20, 4096, 1 << 30);
 }
 
+/* The metrics endpoint: loopback only, it has no authentication of its own. */
+static void
+parse_metrics(struct parse *p, const config_setting_t *root)
+{
+	static const char *const known[] = {"listen", "port", NULL};
+	const config_setting_t *g = conf_group(p, root, "metrics", false);
+	struct gwconf *c = p->conf;
+	struct in6_addr a6;
+	struct in_addr a4;
+
+	if (!g)
+		return;
+	conf_check_keys(p, g, "group 'metrics'", known);
+	c->metrics.listen = conf_string(p, g, "metrics", "listen", "127.0.0.1");
+	if (c->metrics.listen &&
+	    !(inet_pton(AF_INET, c->metrics.listen, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127) &&
+	    !(inet_pton(AF_INET6, c->metrics.listen, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6)))
+		conf_report(
+		        p, config_setting_get_member(g, "listen"),
+		        "'metrics.listen' \"%s\" must be a loopback address (127.0.0.1 or ::1): "
+		        "the metrics have no authentication; a scraper elsewhere reaches them "
+		        "through a proxy or an SSH tunnel",
+		        c->metrics.listen);
+	if (!config_setting_get_member(g, "port")) {
+		conf_report(p, g,
+		            "'metrics.port' is missing: the TCP port to serve metrics on "
+		            "(9464 is usual), or remove the group 'metrics'");
+		return;
+	}
+	c->metrics.port = (uint16_t)conf_int(p, g, "metrics", "port", 9464, 1, 65535);
+}
+
 int
 gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 {
 	static const char *const known[] = {"gateway", "sensors",  "upstream", "keystore",
 	                                    "est",     "routes",   "downlink", "presence",
-	                                    "spool",   "policies", NULL};
+	                                    "spool",   "policies", "metrics",  NULL};
 	struct parse p = {.path = path, .errs = errs};
 	config_t cfg;
 	FILE *f;
@@ -810,6 +1036,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	parse_downlink(&p, config_root_setting(&cfg));
 	parse_presence(&p, config_root_setting(&cfg));
 	parse_spool(&p, config_root_setting(&cfg));
+	parse_metrics(&p, config_root_setting(&cfg));
 	if (errs->count > 0) {
 		r = -EINVAL;
 		goto out;
@@ -848,7 +1075,13 @@ gwconf_free(struct gwconf *c)
 	free(c->upstream.broker);
 	free(c->upstream.broker_host);
 	free(c->upstream.ca_file);
+	free(c->upstream.client_id);
+	free(c->upstream.username);
+	for (size_t i = 0; i < c->upstream.nalpn; i++)
+		free(c->upstream.alpn[i]);
+	free(c->upstream.alpn);
 	free(c->sensors.listen);
+	free(c->metrics.listen);
 	free(c->state_dir);
 	free(c->control_socket);
 	free(c->gateway_id);

@@ -17,14 +17,27 @@
 #ifndef GW_SYSCONFDIR
 #define GW_SYSCONFDIR "/etc"
 #endif
-#define GWCONF_DEFAULT_FILE GW_SYSCONFDIR "/gateway/gateway.conf"
+#define GWCONF_DEFAULT_FILE   GW_SYSCONFDIR "/gateway/gateway.conf"
+#define GWCONF_DEFAULT_SOCKET "/run/gateway/control.sock"
 
 /* What becomes of a message's CoAP Content-Format upstream. */
 enum gwconf_ctype {
 	GWCONF_CTYPE_PROPERTY, /* the MQTT 5 content-type property */
 	GWCONF_CTYPE_SUFFIX,   /* a last topic level, e.g. ".../json", for MQTT 3.1.1 readers */
 	GWCONF_CTYPE_DROP,
+	GWCONF_CTYPE_BAG, /* $.ct in an Azure IoT Hub topic's property bag (profile azure) */
 };
+
+/* The kind of broker upstream (upstream.profile, see profile.h). */
+enum gwconf_profile {
+	GWCONF_PROFILE_GENERIC,
+	GWCONF_PROFILE_AWS,
+	GWCONF_PROFILE_AZURE,
+};
+
+/* upstream.mqtt_version, as the protocol level in CONNECT (MQTT 5.0 section 3.1.2.2). */
+#define GWCONF_MQTT_311 4
+#define GWCONF_MQTT_5   5
 
 struct gwconf_route {
 	char *resource; /* CoAP Uri-Path served, "a/b" */
@@ -101,6 +114,12 @@ struct gwconf {
 		int reconnect_min;
 		int reconnect_max;
 		int rejected_retry; /* seconds between tries of a device the broker refused */
+		enum gwconf_profile profile;
+		char *client_id; /* template, see bridges/template.h */
+		char *username;  /* template; NULL: no user name is sent */
+		char **alpn;     /* ALPN protocols offered, in order */
+		size_t nalpn;
+		int mqtt_version; /* GWCONF_MQTT_5 or GWCONF_MQTT_311 */
 	} upstream;
 
 	struct {
@@ -148,6 +167,12 @@ struct gwconf {
 		char *offline; /* also the last will */
 		int qos;
 	} presence;
+
+	/* The Prometheus endpoint over HTTP; listen is NULL when the group is absent. */
+	struct {
+		char *listen; /* a loopback address */
+		uint16_t port;
+	} metrics;
 
 	/* Store-and-forward of uplink messages (always on), in STATE_DIR/spool. */
 	struct {

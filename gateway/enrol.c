@@ -640,6 +640,13 @@ enrol_status(const struct enrol *e, const char *id)
 	return job && job->status[0] ? job->status : NULL;
 }
 
+void
+enrol_set_conf(struct enrol *e, const struct gwconf *conf)
+{
+	if (e)
+		e->conf = conf;
+}
+
 int
 enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf, struct keystore *ks,
           enrol_tls_fn tls_fn, void *data)

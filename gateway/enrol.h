@@ -35,6 +35,11 @@ typedef void (*enrol_done_fn)(void *ctx, int status, const char *message);
 /* tls_fn may be NULL (gwctl without the daemon: there are no sessions). */
 int enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf,
               struct keystore *ks, enrol_tls_fn tls_fn, void *data);
+/*
+ * A reload: the caller checked that conf's est group is the one enrol_new() was given; the
+ * old config may be freed after this.
+ */
+void enrol_set_conf(struct enrol *e, const struct gwconf *conf);
 /* Stops everything; enrol_now() callers still waiting hear that the daemon is stopping. */
 void enrol_free(struct enrol *e);
 

@@ -2,15 +2,17 @@
 /*
  * gatewayd: bridges CoAP over DTLS-PSK from sensors to one mutual-TLS MQTT session per device.
  */
+#include "admin.h"
 #include "cmdq.h"
 #include "coapbr.h"
 #include "conf.h"
-#include "admin.h"
 #include "control.h"
+#include "daemon.h"
 #include "enrol.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "mqttbr.h"
 #include "notify.h"
 #include "router.h"
@@ -22,23 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
-
-struct daemon {
-	struct gw_loop *loop;
-	struct gwconf *conf;
-	struct keystore *ks;
-	struct mqttbr *mqtt;
-	struct spool *spool;
-	struct cmdq *commands; /* NULL without a downlink group */
-	struct router *router;
-	struct coapbr *coap;
-	struct control *control;
-	struct enrol *enrol; /* NULL without an EST server */
-	struct admin_hooks hooks;
-	struct gw_notify_watchdog *watchdog; /* NULL unless the unit sets WatchdogSec= */
-	bool stopping;
-};
 
 static void __attribute__((noreturn)) usage(void)
 {
@@ -81,9 +68,7 @@ on_hangup(int signo, void *data)
 	struct daemon *d = data;
 
 	(void)signo;
-	log_warnx("SIGHUP: this version cannot reload %s while running; the configuration loaded "
-	          "at start stays in force (restart gatewayd to apply changes)",
-	          d->conf->file);
+	daemon_reload(d, NULL, NULL);
 }
 
 /*
@@ -94,9 +79,6 @@ on_hangup(int signo, void *data)
 static void
 sync_sessions(struct daemon *d, const char *id, enum admin_change what)
 {
-	const char *cert, *key;
-	int r;
-
 	if (!keystore_device_usable(d->ks, id)) {
 		struct keystore_info info;
 
@@ -117,12 +99,20 @@ sync_sessions(struct daemon *d, const char *id, enum admin_change what)
 	}
 	if (what == ADMIN_CHANGE_CERT)
 		mqttbr_remove_device(d->mqtt, id);
-	else if (mqttbr_find(d->mqtt, id))
-		return;
+	daemon_start_session(d, id, DAEMON_SESSION_KEEP);
+}
+
+bool
+daemon_start_session(struct daemon *d, const char *id, enum daemon_session how)
+{
+	const char *cert, *key;
+	int r;
+
 	if (keystore_tls_files(d->ks, id, &cert, &key) == -ENOKEY) {
-		log_info("%s: no certificate yet: no upstream session until %s", id,
-		         d->enrol ? "it is enrolled" : "gwctl device import-cert");
-		return;
+		if (!mqttbr_find(d->mqtt, id))
+			log_info("%s: no certificate yet: no upstream session until %s", id,
+			         d->enrol ? "it is enrolled" : "gwctl device import-cert");
+		return false;
 	}
 	struct router_session topics;
 
@@ -133,10 +123,35 @@ sync_sessions(struct daemon *d, const char *id, enum admin_change what)
 	        .status_topic = topics.has_status ? topics.status_topic : NULL,
 	        .command_filter = topics.has_commands ? topics.command_filter : NULL,
 	};
+	/* The client id and user name upstream.profile and the config make for it. */
+	r = topics.ids_error;
+	if (r < 0) {
+		log_warnx("%s: no upstream session: cannot build its MQTT client id or user name "
+		          "from upstream.client_id/username: %s",
+		          id,
+		          r == -ENOENT    ? "an attribute they name is not set (gwctl device set)"
+		          : r == -ENOBUFS ? "too long"
+		                          : "a value is empty or holds '/', '+' or '#'");
+		/* A reload made it impossible: the session it had goes too. */
+		if (how != DAEMON_SESSION_KEEP)
+			mqttbr_remove_device(d->mqtt, id);
+		return false;
+	}
+	session.client_id = topics.ids.client_id;
+	session.username = topics.ids.has_username ? topics.ids.username : NULL;
 
+	if (mqttbr_find(d->mqtt, id)) {
+		if (how == DAEMON_SESSION_KEEP || (how == DAEMON_SESSION_IF_CHANGED &&
+		                                   mqttbr_session_same(d->mqtt, id, &session)))
+			return false;
+		mqttbr_remove_device(d->mqtt, id);
+	}
 	r = mqttbr_add_device(d->mqtt, id, &session, NULL);
-	if (r < 0)
+	if (r < 0) {
 		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
+		return false;
+	}
+	return true;
 }
 
 /* A gwctl verb changed the device: its sessions, then its enrolment, follow. */
@@ -196,12 +211,10 @@ enrolment_words(const char *id, void *data)
 	return enrol_status(d->enrol, id);
 }
 
-static void
-device_queues(const char *id, uint64_t *spooled, uint64_t *bytes, size_t *commands, void *data)
+static int
+reload_verb(FILE *out, FILE *err, void *data)
 {
-	struct daemon *d = data;
-
-	router_device_queues(d->router, id, spooled, bytes, commands);
+	return daemon_reload(data, out, err);
 }
 
 static int
@@ -381,7 +394,10 @@ start(struct daemon *d)
 	        .upstream = upstream_word,
 	        .enrolment = enrolment_words,
 	        .enroll = enroll_now,
-	        .queues = device_queues,
+	        .activity = daemon_activity,
+	        .reload = reload_verb,
+	        .status = daemon_status,
+	        .metrics = daemon_metrics,
 	        .gateway_id = d->conf->gateway_id,
 	        .data = d,
 	};
@@ -392,6 +408,10 @@ start(struct daemon *d)
 		          d->conf->control_socket, strerror(-r));
 		return r;
 	}
+	/* Off by default; asked for but not possible (port taken): say so, and do not start. */
+	r = daemon_metrics_start(d);
+	if (r < 0)
+		return r;
 	if (n == 0)
 		log_warnx("no devices in the keystore under %s: add them with gwctl device add",
 		          d->conf->state_dir);
@@ -449,6 +469,7 @@ finish(struct daemon *d)
 	/* First: gwctl clients waiting on an enrolment hear the daemon is stopping. */
 	enrol_free(d->enrol);
 	control_free(d->control);
+	metrics_server_free(d->metrics);
 	coapbr_free(d->coap);
 	log_counters(d);
 	router_free(d->router);
@@ -517,7 +538,16 @@ main(int argc, char *argv[])
 		gwconf_free(d.conf);
 		return 0;
 	}
+	/* Reloads read the file again, after daemon() has made / the working folder. */
+	char *abs = realpath(d.conf->file, NULL);
+
+	if (abs) {
+		free(d.conf->file);
+		d.conf->file = abs;
+	}
 	log_init("gatewayd", foreground, verbose ? LOG_LEVEL_DEBUG : d.conf->log_level);
+	d.verbose = verbose;
+	d.started = d.conf_loaded = time(NULL);
 	/* Detach before any thread exists (paho starts its own on the first client). */
 	if (!foreground && daemon(0, 0) < 0)
 		fatal("daemon");

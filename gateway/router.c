@@ -7,6 +7,7 @@
 #include "loop.h"
 #include "mqttbr.h"
 #include "policy.h"
+#include "profile.h"
 #include "spool.h"
 #include "template.h"
 
@@ -49,6 +50,7 @@ struct flow {
 	 * operator.
 	 */
 	bool refused;
+	struct router_device_stats st;
 };
 
 /* What a spooled publish's answer must find again. */
@@ -245,6 +247,16 @@ flow_get(struct router *rt, const char *device)
 	flows[at] = f;
 	rt->nflows++;
 	return f;
+}
+
+/* The device's sensor was heard from. */
+static void
+seen(struct router *rt, const char *device)
+{
+	struct flow *f = flow_get(rt, device);
+
+	if (f)
+		f->st.last_seen = time(NULL);
 }
 
 static void
@@ -514,11 +526,21 @@ schedule_sync(struct router *rt, bool now)
 
 /* ---- uplink ---- */
 
+/* A publish of ack = upstream, on its way: the sensor waits for its PUBACK. */
+struct direct {
+	struct router *rt;
+	struct coapbr_request *req;
+};
+
 static void
 direct_done(struct mqttbr_device *dev, int status, void *data)
 {
-	struct coapbr_request *req = data;
+	struct direct *dr = data;
+	struct coapbr_request *req = dr->req;
 
+	if (status == 0)
+		dr->rt->st.published++;
+	free(dr);
 	switch (status) {
 	case 0:
 		coapbr_complete(req, COAPBR_CHANGED, 0);
@@ -538,6 +560,28 @@ direct_done(struct mqttbr_device *dev, int status, void *data)
 	}
 }
 
+/*
+ * Azure IoT Hub (profile.h): the content type as the system property $.ct in the topic's
+ * property bag, and for JSON and text their encoding, UTF-8 (RFC 8259 section 8.1), as $.ce:
+ * IoT Hub's routing queries a message body only when both are set.
+ */
+static int
+uplink_bag(const struct coapbr_uplink *up, char *topic, size_t len)
+{
+	int fi = format_index(up->content_format);
+	char buf[64];
+	const char *type = fi >= 0 ? formats[fi].type : buf;
+
+	/* Not in our table: the CoAP registry's name, as uplink_content_type() gives it. */
+	snprintf(buf, sizeof(buf), "application/vnd.coap.cf.%d", up->content_format);
+	if (profile_bag_append(topic, len, "$.ct", type) < 0)
+		return -EINVAL;
+	if ((strstr(type, "json") || strncmp(type, "text/", 5) == 0) &&
+	    profile_bag_append(topic, len, "$.ce", "utf-8") < 0)
+		return -EINVAL;
+	return 0;
+}
+
 /* The topic for up: the route's template, and the format as a last level if so configured. */
 static int
 uplink_topic(const struct router *rt, const struct coapbr_uplink *up, char *topic, size_t len)
@@ -548,6 +592,8 @@ uplink_topic(const struct router *rt, const struct coapbr_uplink *up, char *topi
 
 	if (expand(rt, up->device, route->resource, route->topic, topic, len) < 0)
 		return -EINVAL;
+	if (route->content_type == GWCONF_CTYPE_BAG && up->content_format >= 0)
+		return uplink_bag(up, topic, len);
 	if (route->content_type != GWCONF_CTYPE_SUFFIX || up->content_format < 0)
 		return 0;
 	n = strlen(topic);
@@ -604,15 +650,22 @@ uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
 		return;
 	}
-	r = mqttbr_publish(dev, m, direct_done, req);
+	struct direct *dr = malloc(sizeof(*dr));
+
+	if (!dr) {
+		coapbr_complete(req, COAPBR_ERROR, 0);
+		return;
+	}
+	*dr = (struct direct){.rt = rt, .req = req};
+	r = mqttbr_publish(dev, m, direct_done, dr);
+	if (r < 0)
+		free(dr);
 	if (r == -ENOTCONN)
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
 	else if (r == -EMSGSIZE) /* the broker's limit, not ours: no Size1 to give */
 		coapbr_complete(req, COAPBR_TOO_LARGE, 0);
 	else if (r < 0)
 		coapbr_complete(req, COAPBR_ERROR, 0);
-	else
-		rt->st.published++;
 }
 
 static void
@@ -625,6 +678,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	int qos = up->confirmable ? up->route->qos_con : up->route->qos_non;
 	int r;
 
+	seen(rt, up->device);
 	if (!allowed(rt, up->device, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST,
 	             up->route->resource, why, sizeof(why))) {
 		log_warnx("%s: %s to %s refused: %s", up->device, up->put ? "PUT" : "POST",
@@ -645,6 +699,10 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	}
 	rt->st.up_messages++;
 	rt->st.up_bytes += up->len;
+	if ((f = flow_get(rt, up->device))) {
+		f->st.up_messages++;
+		f->st.up_bytes += up->len;
+	}
 	struct mqttbr_message m = {
 	        .topic = topic,
 	        .payload = up->payload,
@@ -724,10 +782,11 @@ may_read(const char *device, const char *resource, void *data)
 	struct router *rt = data;
 	char why[256];
 
+	seen(rt, device);
 	if (allowed(rt, device, POLICY_COAP_GET, resource, why, sizeof(why)))
 		return true;
 	log_warnx("%s: GET %s refused: %s", device, resource, why);
-	rt->st.denied_down++;
+	rt->st.denied_get++;
 	return false;
 }
 
@@ -765,6 +824,12 @@ router_downlink(const char *device, const struct mqttbr_message *m, void *data)
 	}
 	rt->st.down_messages++;
 	rt->st.down_bytes += m->len;
+	struct flow *f = flow_get(rt, device);
+
+	if (f) {
+		f->st.down_messages++;
+		f->st.down_bytes += m->len;
+	}
 	log_debug("%s: command of %zu bytes from %s queued", device, m->len, m->topic);
 	if (rt->coap)
 		coapbr_commands_ready(rt->coap, device);
@@ -787,6 +852,9 @@ router_session_topics(struct router *rt, const char *device, struct router_sessi
 		          out->command_filter, why);
 		out->has_commands = false;
 	}
+	struct attr_ctx ctx = {.rt = rt, .device = device};
+
+	out->ids_error = profile_session(rt->conf, device, tmpl_attr, &ctx, &out->ids);
 }
 
 void
@@ -817,6 +885,14 @@ router_device_queues(const struct router *rt, const char *device, uint64_t *spoo
 }
 
 void
+router_device_stats(const struct router *rt, const char *device, struct router_device_stats *st)
+{
+	const struct flow *f = flow_find((struct router *)rt, device);
+
+	*st = f ? f->st : (struct router_device_stats){0};
+}
+
+void
 router_get_stats(const struct router *rt, struct router_stats *st)
 {
 	*st = rt->st;
@@ -826,6 +902,12 @@ void
 router_set_coap(struct router *rt, struct coapbr *coap)
 {
 	rt->coap = coap;
+}
+
+void
+router_set_conf(struct router *rt, const struct gwconf *conf)
+{
+	rt->conf = conf;
 }
 
 int

@@ -3,10 +3,12 @@
 #define GW_ROUTER_H
 
 #include "coapbr.h"
+#include "profile.h"
 
 #include <stdbool.h>
 
 #include <stdint.h>
+#include <time.h>
 
 /*
  * Joins the two bridges. Uplink: a sensor's message is checked against the policies, its topic
@@ -31,6 +33,12 @@ int router_new(struct router **out, struct gw_loop *loop, const struct gwconf *c
 /* Accepts NULL. Sensors still waiting for an answer get none (they retransmit). */
 void router_free(struct router *rt);
 
+/*
+ * A reload: routes, policies, templates and the spool's ack mode come from conf from now on
+ * (the caller frees the old one afterwards; nothing of it is kept).
+ */
+void router_set_conf(struct router *rt, const struct gwconf *conf);
+
 /* The sensor side, told when a device's commands arrive. */
 void router_set_coap(struct router *rt, struct coapbr *coap);
 
@@ -54,6 +62,9 @@ struct router_session {
 	char command_filter[512];
 	bool has_status;
 	bool has_commands;
+	/* Its client id and user name (upstream.profile); ids_error < 0: none can be made. */
+	struct profile_session ids;
+	int ids_error;
 };
 void router_session_topics(struct router *rt, const char *device, struct router_session *out);
 
@@ -71,12 +82,23 @@ void router_forget(struct router *rt, const char *device);
 struct router_stats {
 	uint64_t up_messages, up_bytes;     /* accepted from sensors */
 	uint64_t published;                 /* acknowledged upstream (QoS 1) or sent (QoS 0) */
-	uint64_t denied_up, denied_down;    /* refused by a policy */
+	uint64_t denied_up;                 /* sensor messages refused by a policy (4.03) */
+	uint64_t denied_get;                /* sensor GETs of commands refused by a policy */
+	uint64_t denied_down;               /* commands dropped by a policy */
 	uint64_t refused_full;              /* 5.03: the spool was full */
 	uint64_t broker_refused;            /* dropped: the broker refused the publish */
 	uint64_t down_messages, down_bytes; /* commands queued for sensors */
 	uint64_t down_too_large;            /* commands dropped: larger than one CoAP message */
 };
 void router_get_stats(const struct router *rt, struct router_stats *st);
+
+/* One device's share since start; all 0 for a device not heard from. */
+struct router_device_stats {
+	uint64_t up_messages, up_bytes;     /* accepted from its sensor */
+	uint64_t down_messages, down_bytes; /* commands queued for its sensor */
+	time_t last_seen;                   /* its sensor's last request (wall clock), or 0 */
+};
+void router_device_stats(const struct router *rt, const char *device,
+                         struct router_device_stats *st);
 
 #endif

@@ -1111,6 +1111,24 @@ syncfs_reports_errors(void)
 
 /* ---- the API ---- */
 
+static void
+take_limits(struct spool *sp, const struct spool_limits *lim)
+{
+	sp->lim = *lim;
+	if (!sp->lim.device_bytes)
+		sp->lim.device_bytes = UINT64_MAX;
+	if (!sp->lim.total_bytes)
+		sp->lim.total_bytes = UINT64_MAX;
+	if (!sp->lim.segment_bytes)
+		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
+}
+
+void
+spool_set_limits(struct spool *sp, const struct spool_limits *lim)
+{
+	take_limits(sp, lim);
+}
+
 int
 spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 {
@@ -1125,13 +1143,7 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 		return -ENOMEM;
 	crc_init();
 	sp->dirfd = sp->lockfd = -1;
-	sp->lim = *lim;
-	if (!sp->lim.device_bytes)
-		sp->lim.device_bytes = UINT64_MAX;
-	if (!sp->lim.total_bytes)
-		sp->lim.total_bytes = UINT64_MAX;
-	if (!sp->lim.segment_bytes)
-		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
+	take_limits(sp, lim);
 	sp->now = clock_now;
 	sp->use_syncfs = syncfs_reports_errors();
 	sp->dir = strdup(dir);

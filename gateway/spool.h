@@ -76,6 +76,11 @@ int spool_open(struct spool **out, const char *dir, const struct spool_limits *l
 
 /* Closes the files; does not sync. Accepts NULL. */
 void spool_free(struct spool *sp);
+/*
+ * A reload: new bounds for what comes next. What is stored already is not trimmed to them;
+ * new segments are cut at the new size.
+ */
+void spool_set_limits(struct spool *sp, const struct spool_limits *lim);
 
 /*
  * Writes rec for device (an id as gwconf_valid_id() accepts, else -EINVAL) and sets rec->seq

@@ -1395,6 +1395,20 @@ keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf)
 }
 
 int
+keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg)
+{
+	char *ca = NULL;
+
+	if (cfg->device_ca_file && !(ca = strdup(cfg->device_ca_file)))
+		return -ENOMEM;
+	free(ks->device_ca_file);
+	ks->device_ca_file = ca;
+	/* Grace already granted keeps its end: it was stored with the rotation. */
+	ks->psk_grace = cfg->psk_grace;
+	return 0;
+}
+
+int
 keystore_open(struct keystore **out, const struct keystore_config *cfg)
 {
 	struct keystore *ks;
@@ -1683,6 +1697,38 @@ keystore_gateway_info(const struct keystore *ks, struct keystore_info *out)
 	};
 	tls_info(&ks->gateway, out);
 	return 0;
+}
+
+const char *
+keystore_tpm_op_name(enum keystore_tpm_op op)
+{
+	static const char *const names[KEYSTORE_TPM_OPS] = {
+	        [KEYSTORE_TPM_SIGN] = "sign",
+	        [KEYSTORE_TPM_CREATE] = "create_key",
+	        [KEYSTORE_TPM_SEAL] = "seal",
+	        [KEYSTORE_TPM_UNSEAL] = "unseal",
+	};
+
+	return names[op];
+}
+
+const struct metrics_histogram *
+keystore_tpm_latency(const struct keystore *ks, enum keystore_tpm_op op)
+{
+	static const enum kstpm_op ops[KEYSTORE_TPM_OPS] = {
+	        [KEYSTORE_TPM_SIGN] = KSTPM_OP_SIGN,
+	        [KEYSTORE_TPM_CREATE] = KSTPM_OP_CREATE,
+	        [KEYSTORE_TPM_SEAL] = KSTPM_OP_SEAL,
+	        [KEYSTORE_TPM_UNSEAL] = KSTPM_OP_UNSEAL,
+	};
+
+	return ks->tpm ? kstpm_latency(ks->tpm, ops[op]) : NULL;
+}
+
+int
+keystore_tpm_ping(struct keystore *ks)
+{
+	return ks->tpm ? kstpm_ping(ks->tpm) : -ENODEV;
 }
 
 void

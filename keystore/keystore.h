@@ -52,6 +52,8 @@ struct gwconf;
 
 /* The keystore's settings as the config file gives them (cfg points into conf). */
 void keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf);
+/* A reload: cfg's psk_grace and device_ca_file from now on (the rest needs a restart). */
+int keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg);
 
 enum keystore_state { KEYSTORE_ACTIVE, KEYSTORE_SUSPENDED, KEYSTORE_REVOKED };
 
@@ -196,5 +198,25 @@ struct keystore_stats {
 	uint64_t sign_ns;
 };
 void keystore_get_stats(const struct keystore *ks, struct keystore_stats *out);
+
+/* TPM operations timed for metrics; their latencies are NULL for the soft backend. */
+enum keystore_tpm_op {
+	KEYSTORE_TPM_SIGN,   /* a TLS handshake's signature: load + sign + flush */
+	KEYSTORE_TPM_CREATE, /* a new device key */
+	KEYSTORE_TPM_SEAL,
+	KEYSTORE_TPM_UNSEAL,
+	KEYSTORE_TPM_OPS
+};
+const char *keystore_tpm_op_name(enum keystore_tpm_op op);
+struct metrics_histogram;
+const struct metrics_histogram *keystore_tpm_latency(const struct keystore *ks,
+                                                     enum keystore_tpm_op op);
+
+/*
+ * Whether the keystore's TPM answers now (one TPM2_GetRandom, on the caller's thread, never
+ * waiting for another command): 0, -EBUSY while another command runs, -ENODEV for the soft
+ * backend, or -errno (the reason is logged).
+ */
+int keystore_tpm_ping(struct keystore *ks);
 
 #endif

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "kstpm.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -65,6 +66,8 @@ struct kstpm {
 	ESYS_TR parent;
 	bool broken; /* the TCTI failed: drop the context before the next command */
 	struct kstpm_stats stats;
+	/* TPM time per operation, lock waits excluded; observed under lock, read without. */
+	struct metrics_histogram latency[KSTPM_OPS];
 };
 
 struct kstpm_key {
@@ -853,16 +856,19 @@ kstpm_create_key(struct kstpm *tpm, char **pem, uint8_t pub[KSTPM_P256_POINT_LEN
 	TPM2B_PUBLIC *opub = NULL;
 	uint8_t *der = NULL;
 	int derlen = 0, pass = 0;
+	uint64_t t0;
 	int r;
 
 	*pem = NULL;
 	pthread_mutex_lock(&tpm->lock);
+	t0 = now_ns();
 	do {
 		r = tpm_ready(tpm);
 		if (r == 0)
 			r = create_locked(tpm, &sens, &device_key_template,
 			                  "creating a device key (TPM2_Create)", &opriv, &opub);
 	} while (once_more(tpm, r, &pass));
+	metrics_histogram_observe(&tpm->latency[KSTPM_OP_CREATE], (double)(now_ns() - t0) / 1e9);
 	pthread_mutex_unlock(&tpm->lock);
 	if (r < 0)
 		goto out;
@@ -1040,6 +1046,7 @@ kstpm_sign(struct kstpm *tpm, const struct kstpm_key *key, const uint8_t *digest
 			r = sign_locked(tpm, key, &d, &scheme, &out);
 	} while (once_more(tpm, r, &pass));
 	tpm->stats.sign_ns += now_ns() - t0;
+	metrics_histogram_observe(&tpm->latency[KSTPM_OP_SIGN], (double)(now_ns() - t0) / 1e9);
 	if (r == 0)
 		tpm->stats.signs++;
 	pthread_mutex_unlock(&tpm->lock);
@@ -1060,6 +1067,7 @@ kstpm_seal(struct kstpm *tpm, const uint8_t *secret, size_t len, uint8_t **blob,
 	TPM2B_PUBLIC *opub = NULL;
 	size_t n = 1, size = 1 + sizeof(*opub) + sizeof(*opriv);
 	uint8_t *b;
+	uint64_t t0;
 	int r, pass = 0;
 
 	*blob = NULL;
@@ -1076,12 +1084,14 @@ kstpm_seal(struct kstpm *tpm, const uint8_t *secret, size_t len, uint8_t **blob,
 	 * ESYS's command buffer keeps a copy until the next command overwrites it.
 	 */
 	pthread_mutex_lock(&tpm->lock);
+	t0 = now_ns();
 	do {
 		r = tpm_ready(tpm);
 		if (r == 0)
 			r = create_locked(tpm, &sens, &seal_template, "sealing (TPM2_Create)",
 			                  &opriv, &opub);
 	} while (once_more(tpm, r, &pass));
+	metrics_histogram_observe(&tpm->latency[KSTPM_OP_SEAL], (double)(now_ns() - t0) / 1e9);
 	pthread_mutex_unlock(&tpm->lock);
 	explicit_bzero(&sens, sizeof(sens));
 	if (r < 0)
@@ -1137,6 +1147,7 @@ kstpm_unseal(struct kstpm *tpm, const uint8_t *blob, size_t bloblen, uint8_t *se
 	TPM2B_PRIVATE priv = {0};
 	TPM2B_SENSITIVE_DATA *data = NULL;
 	size_t off = 1;
+	uint64_t t0;
 	int r, pass = 0;
 
 	*len = 0;
@@ -1152,11 +1163,13 @@ kstpm_unseal(struct kstpm *tpm, const uint8_t *blob, size_t bloblen, uint8_t *se
 	}
 
 	pthread_mutex_lock(&tpm->lock);
+	t0 = now_ns();
 	do {
 		r = tpm_ready(tpm);
 		if (r == 0)
 			r = unseal_locked(tpm, &pub, &priv, &data);
 	} while (once_more(tpm, r, &pass));
+	metrics_histogram_observe(&tpm->latency[KSTPM_OP_UNSEAL], (double)(now_ns() - t0) / 1e9);
 	pthread_mutex_unlock(&tpm->lock);
 
 	if (r == 0 && data->size > KSTPM_SEAL_MAX) {
@@ -1172,6 +1185,41 @@ kstpm_unseal(struct kstpm *tpm, const uint8_t *blob, size_t bloblen, uint8_t *se
 		explicit_bzero(data, sizeof(*data));
 		Esys_Free(data);
 	}
+	return r;
+}
+
+const struct metrics_histogram *
+kstpm_latency(const struct kstpm *tpm, enum kstpm_op op)
+{
+	return &tpm->latency[op];
+}
+
+int
+kstpm_ping(struct kstpm *tpm)
+{
+	TPM2B_DIGEST *random = NULL;
+	unsigned attempt = 0;
+	TSS2_RC rc;
+	int r;
+
+	/*
+	 * Never wait: in a reconnect storm signatures queue on the lock for seconds, and the
+	 * caller is the event loop. A TPM in use answers; that is reachable enough to say busy.
+	 */
+	if (pthread_mutex_trylock(&tpm->lock) != 0)
+		return -EBUSY;
+	r = tpm_ready(tpm);
+	if (r == 0) {
+		do {
+			rc = Esys_GetRandom(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, 8,
+			                    &random);
+		} while (again(tpm, rc, &attempt));
+		r = rc == TSS2_RC_SUCCESS
+		            ? 0
+		            : tpm_fail(tpm, "asking for 8 random bytes (TPM2_GetRandom)", rc);
+		Esys_Free(random);
+	}
+	pthread_mutex_unlock(&tpm->lock);
 	return r;
 }
 

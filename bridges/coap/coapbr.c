@@ -49,7 +49,8 @@ struct seen {
 
 /* An RFC 7959 Block1 upload being put together; one per session at a time. */
 struct upload {
-	const struct gwconf_route *route;
+	/* The route's resource: it outlives a reload, which replaces the route itself. */
+	const coap_resource_t *resource;
 	coap_mid_t first_mid; /* of block 0: the same again is a retransmission, not a restart */
 	size_t len;
 	uint8_t data[]; /* sensors.max_payload bytes */
@@ -70,6 +71,8 @@ struct sensor {
 	struct seen seen[SEEN_PER_SENSOR];
 	unsigned seen_next;
 	struct upload *upload;
+	bool connected; /* the handshake completed */
+	bool counted;   /* as a handshake that failed */
 	/* Its observation of the command resource (RFC 7641): notifications carry this token. */
 	bool observing;
 	uint8_t obs_token[8];
@@ -131,6 +134,11 @@ struct coapbr {
 	struct coapbr_request *requests;
 	struct sensor *sensors;
 	struct gw_timer *sweep;
+	coap_resource_t **routes; /* made for routes, this config's or an earlier one's */
+	size_t nroutes;
+	struct coapbr_stats st;
+	/* The session psk_for_identity() refused last: its DTLS error is counted already. */
+	const coap_session_t *refused;
 };
 
 static const char *
@@ -246,11 +254,15 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 	                                   &keylen)
 	             : -ENOENT;
 	if (r == -EPERM) {
+		br->st.refused_inactive++;
+		br->refused = session;
 		log_warnx("%s: sensor %s refused: the device is not active (gwctl device show %s)",
 		          device, remote_str(session, addr, sizeof(addr)), device);
 		return NULL;
 	}
 	if (r < 0) {
+		br->st.refused_unknown++;
+		br->refused = session;
 		log_warnx(
 		        "sensor %s: unknown PSK identity \"%s\": handshake refused",
 		        remote_str(session, addr, sizeof(addr)),
@@ -289,19 +301,32 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 	return &br->psk_bin;
 }
 
+/*
+ * A known identity that never finished its handshake: a wrong key, nearly always (OpenSSL
+ * drops the records it cannot decrypt, so no DTLS error is reported). Once per session: at
+ * its close, or at its deletion if it was never closed.
+ */
+static void
+count_unfinished(struct coapbr *br, struct sensor *sn)
+{
+	if (sn && !sn->connected && !sn->counted) {
+		br->st.key_mismatch++;
+		sn->counted = true;
+	}
+}
+
 static int
 on_coap_event(coap_session_t *session, const coap_event_t event)
 {
+	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	const char *device = session_device(session);
 	char addr[INET6_ADDRSTRLEN + 8];
-	struct sensor *sn;
+	struct sensor *sn = coap_session_get_app_data(session);
 
 	switch (event) {
 	case COAP_EVENT_SERVER_SESSION_DEL:
-		sn = coap_session_get_app_data(session);
+		count_unfinished(br, sn);
 		if (sn) {
-			struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
-
 			/* Freed after coap_io_process(): on_nack() still needs it for this session.
 			 */
 			sensor_unlink(br, sn);
@@ -312,10 +337,20 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 		}
 		break;
 	case COAP_EVENT_DTLS_CONNECTED:
+		br->st.handshakes++;
+		if (sn)
+			sn->connected = true;
 		log_info("%s: sensor connected from %s", device ? device : "?",
 		         remote_str(session, addr, sizeof(addr)));
 		break;
 	case COAP_EVENT_DTLS_ERROR:
+		/*
+		 * Counted where the session ends (key mismatch), or already as refused by
+		 * psk_for_identity(); what is left failed before an identity was given.
+		 */
+		if (!device && session != br->refused)
+			br->st.handshake_failed++;
+		br->refused = NULL;
 		/* With a known identity the only way to fail is a key that does not match. */
 		if (device)
 			log_warnx("%s: DTLS handshake from %s failed: the sensor's PSK does not "
@@ -326,6 +361,7 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 			         remote_str(session, addr, sizeof(addr)));
 		break;
 	case COAP_EVENT_DTLS_CLOSED:
+		count_unfinished(br, sn);
 		if (device)
 			log_debug("%s: DTLS session from %s closed", device,
 			          remote_str(session, addr, sizeof(addr)));
@@ -429,9 +465,9 @@ answer(struct sensor *sn, const coap_pdu_t *request, coap_mid_t mid, coap_pdu_t 
  * libcoap); or -1 when the upload was refused and answered.
  */
 static int
-take_block(struct coapbr *br, struct sensor *sn, const struct gwconf_route *route,
-           const coap_pdu_t *request, const coap_block_b_t *block, coap_pdu_t *response,
-           const uint8_t **payload, size_t *len)
+take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource,
+           const struct gwconf_route *route, const coap_pdu_t *request, const coap_block_b_t *block,
+           coap_pdu_t *response, const uint8_t **payload, size_t *len)
 {
 	size_t offset = (size_t)block->num << (block->szx + 4), n = 0;
 	const uint8_t *data = NULL;
@@ -461,11 +497,11 @@ take_block(struct coapbr *br, struct sensor *sn, const struct gwconf_route *rout
 			answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
 			return -1;
 		}
-		sn->upload->route = route;
+		sn->upload->resource = resource;
 		sn->upload->first_mid = coap_pdu_get_mid(request);
 		sn->upload->len = 0;
 	}
-	if (!sn->upload || sn->upload->route != route || offset > sn->upload->len) {
+	if (!sn->upload || sn->upload->resource != resource || offset > sn->upload->len) {
 		/* Section 2.9.2: a block out of sequence. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_INCOMPLETE);
 		return -1;
@@ -524,6 +560,11 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_UNAUTHORIZED);
 		return;
 	}
+	if (!route) {
+		/* A route a reload took away (its resource stays, see add_routes()). */
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_NOT_FOUND);
+		return;
+	}
 	if (coap_pdu_get_type(request) == COAP_MESSAGE_CON &&
 	    (seen = seen_find(sn, coap_pdu_get_mid(request)))) {
 		log_debug("%s: CON 0x%04x again: answered as before, not forwarded again", device,
@@ -541,7 +582,8 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		return;
 	}
 	if (coap_get_block_b(session, request, COAP_OPTION_BLOCK1, &block)) {
-		if (take_block(br, sn, route, request, &block, response, &payload, &len) <= 0)
+		if (take_block(br, sn, resource, route, request, &block, response, &payload,
+		               &len) <= 0)
 			return;
 		whole = true;
 	} else {
@@ -1014,29 +1056,160 @@ add_resource(struct coapbr *br, const char *path)
 	return r;
 }
 
+/*
+ * Serves conf's routes. A route's resource, once made, stays in the context for the life of
+ * br: a reload that removes the route leaves it without userdata (answered 4.04), because a
+ * deferred answer to a request on it is still to be sent through it.
+ */
 static int
 add_routes(struct coapbr *br, const struct gwconf *conf)
 {
 	coap_resource_t *r;
 
+	for (size_t i = 0; i < br->nroutes; i++)
+		coap_resource_set_userdata(br->routes[i], NULL);
 	for (size_t i = 0; i < conf->nroutes; i++) {
-		r = add_resource(br, conf->routes[i].resource);
-		if (!r)
-			return -ENOMEM;
+		const char *path = conf->routes[i].resource;
+		coap_str_const_t uri = {.s = (const uint8_t *)path, .length = strlen(path)};
+
+		r = coap_get_resource_from_uri_path(br->ctx, &uri);
+		if (!r) {
+			coap_resource_t **routes =
+			        reallocarray(br->routes, br->nroutes + 1, sizeof(*routes));
+
+			if (!routes)
+				return -ENOMEM;
+			br->routes = routes;
+			r = add_resource(br, path);
+			if (!r)
+				return -ENOMEM;
+			br->routes[br->nroutes++] = r;
+			coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
+			coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
+		}
 		coap_resource_set_userdata(r, (void *)&conf->routes[i]);
-		coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
-		coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
 	}
-	if (br->commands) {
-		/*
-		 * Not observable in libcoap's sense: it would notify every observer for any one
-		 * device's command. handle_commands() keeps each sensor's observation instead.
-		 */
-		r = add_resource(br, br->commands_path);
-		if (!r)
+	return 0;
+}
+
+/*
+ * libcoap logs several warnings for every refused handshake, which anyone can provoke;
+ * gatewayd logs one line of its own for those, so keep libcoap's for debugging.
+ */
+static void
+set_libcoap_log_level(void)
+{
+	coap_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_INFO : LOG_ERR);
+	coap_dtls_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_WARNING : LOG_ERR);
+}
+
+/*
+ * Sizes libcoap's limits for the fleet: every paired sensor may hold a session, and after a
+ * gateway restart all of them handshake at once (libcoap's default allows 100).
+ */
+static void
+set_session_limits(struct coapbr *br, const struct gwconf *conf)
+{
+	size_t fleet = keystore_count(br->ks), max = (size_t)conf->sensors.max_sessions;
+
+	coap_context_set_max_idle_sessions(br->ctx, (unsigned)max);
+	coap_context_set_max_handshake_sessions(
+	        br->ctx, (unsigned)(fleet > 100 ? (fleet < max ? fleet : max) : 100));
+}
+
+/*
+ * A route resource kept from an earlier config whose path is now the command resource's:
+ * libcoap replaces (frees) a resource added again under the same path, so it leaves br->routes
+ * first.
+ */
+static void
+forget_route(struct coapbr *br, const char *path)
+{
+	for (size_t i = 0; i < br->nroutes; i++) {
+		coap_str_const_t *uri = coap_resource_get_uri_path(br->routes[i]);
+
+		if (uri->length == strlen(path) && memcmp(uri->s, path, uri->length) == 0) {
+			br->routes[i] = br->routes[--br->nroutes];
+			return;
+		}
+	}
+}
+
+static int
+add_commands(struct coapbr *br)
+{
+	coap_resource_t *r;
+
+	if (!br->commands)
+		return 0;
+	/*
+	 * Not observable in libcoap's sense: it would notify every observer for any one device's
+	 * command. handle_commands() keeps each sensor's observation instead.
+	 */
+	r = add_resource(br, br->commands_path);
+	if (!r)
+		return -ENOMEM;
+	coap_register_request_handler(r, COAP_REQUEST_GET, handle_commands);
+	return 0;
+}
+
+void
+coapbr_get_stats(const struct coapbr *br, struct coapbr_stats *st)
+{
+	*st = br->st;
+	st->sessions = 0;
+	for (const struct sensor *sn = br->sensors; sn; sn = sn->next)
+		st->sessions += sn->connected;
+}
+
+unsigned
+coapbr_device_sessions(const struct coapbr *br, const char *device)
+{
+	unsigned n = 0;
+
+	for (const struct sensor *sn = br->sensors; sn; sn = sn->next)
+		n += sn->connected && sn->device && strcmp(sn->device, device) == 0;
+	return n;
+}
+
+int
+coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
+{
+	int r;
+
+	if (br->commands && conf->downlink.resource &&
+	    strcmp(br->commands_path, conf->downlink.resource) != 0) {
+		coap_str_const_t uri = {.s = (const uint8_t *)br->commands_path,
+		                        .length = strlen(br->commands_path)};
+		char *path = strdup(conf->downlink.resource);
+
+		if (!path)
 			return -ENOMEM;
-		coap_register_request_handler(r, COAP_REQUEST_GET, handle_commands);
+		/* Answered at once, never deferred: nothing is still to go through it. */
+		coap_delete_resource(br->ctx, coap_get_resource_from_uri_path(br->ctx, &uri));
+		free(br->commands_path);
+		br->commands_path = path;
+		forget_route(br, path);
+		/* Observers of the old path: their observation ends with it (RFC 7641 3.6). */
+		for (struct sensor *sn = br->sensors; sn; sn = sn->next)
+			sn->observing = false;
+		r = add_commands(br);
+		if (r < 0)
+			return r;
 	}
+	r = add_routes(br, conf);
+	if (r < 0)
+		return r;
+	/* An upload's buffer was sized for the old limit: those going on start again. */
+	if ((size_t)conf->sensors.max_payload != br->max_payload) {
+		for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
+			free(sn->upload);
+			sn->upload = NULL;
+		}
+		br->max_payload = (size_t)conf->sensors.max_payload;
+	}
+	set_session_limits(br, conf);
+	set_libcoap_log_level();
 	return 0;
 }
 
@@ -1071,12 +1244,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 
 	coap_startup();
 	coap_set_log_handler(on_coap_log);
-	/*
-	 * libcoap logs several warnings for every refused handshake, which anyone can provoke;
-	 * gatewayd logs one line of its own for those, so keep libcoap's for debugging.
-	 */
-	coap_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_INFO : LOG_ERR);
-	coap_dtls_set_log_level(log_get_level() >= LOG_LEVEL_DEBUG ? LOG_WARNING : LOG_ERR);
+	set_libcoap_log_level();
 
 	br->ctx = coap_new_context(NULL);
 	if (!br->ctx) {
@@ -1101,16 +1269,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	 */
 	coap_context_set_block_mode(br->ctx, COAP_BLOCK_USE_LIBCOAP);
 	coap_register_nack_handler(br->ctx, on_nack);
-	/*
-	 * Size libcoap's limits for the fleet: every paired sensor may hold a session, and after a
-	 * gateway restart all of them handshake at once (libcoap's default allows 100).
-	 */
-	coap_context_set_max_idle_sessions(br->ctx, (unsigned)conf->sensors.max_sessions);
-	coap_context_set_max_handshake_sessions(
-	        br->ctx, (unsigned)(fleet > 100 ? (fleet < (size_t)conf->sensors.max_sessions
-	                                                   ? fleet
-	                                                   : (size_t)conf->sensors.max_sessions)
-	                                        : 100));
+	set_session_limits(br, conf);
 	coap_register_event_handler(br->ctx, on_coap_event);
 
 	if (listen_address(conf, &addr) < 0) {
@@ -1125,6 +1284,8 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	}
 	grow_receive_buffer(conf->sensors.port, conf->sensors.receive_buffer);
 	r = add_routes(br, conf);
+	if (r == 0)
+		r = add_commands(br);
 	if (r < 0)
 		goto fail;
 	br->fd = coap_context_get_coap_fd(br->ctx);
@@ -1183,6 +1344,7 @@ coapbr_free(struct coapbr *br)
 	}
 	bury_the_dead(br);
 	free(br->commands_path);
+	free(br->routes);
 	explicit_bzero(br->psk, sizeof(br->psk));
 	coap_cleanup();
 	free(br);

@@ -61,6 +61,13 @@ void coapbr_commands_ready(struct coapbr *br, const char *device);
 void coapbr_free(struct coapbr *br);
 
 /*
+ * A reload: conf's routes, sensors.max_payload and max_sessions, and downlink.resource, from
+ * now on. DTLS sessions stay; Block1 uploads under way start again if max_payload changed.
+ * conf must outlive br or the next call.
+ */
+int coapbr_set_conf(struct coapbr *br, const struct gwconf *conf);
+
+/*
  * Closes the DTLS sessions of a device (NULL: of every device) with close_notify: all of them,
  * or with stale_only those whose PSK identity is no longer valid (rotated out by pairing, grace
  * over; a sweep does that every 30 s by itself). Their pending answers are
@@ -68,6 +75,19 @@ void coapbr_free(struct coapbr *br);
  * refused by the keystore's PSK lookup, not here.
  */
 void coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only);
+
+/* The sensor side's counters since start, and its DTLS sessions now. */
+struct coapbr_stats {
+	uint64_t handshakes;       /* DTLS sessions established */
+	uint64_t refused_unknown;  /* handshakes refused: PSK identity unknown (or retired) */
+	uint64_t refused_inactive; /* ... the device is suspended, revoked or disabled */
+	uint64_t key_mismatch;     /* ... a known identity never completed it: a wrong key */
+	uint64_t handshake_failed; /* ... failed otherwise (a broken or abandoned handshake) */
+	uint64_t sessions;         /* established DTLS sessions held now */
+};
+void coapbr_get_stats(const struct coapbr *br, struct coapbr_stats *st);
+/* Established DTLS sessions of the device's sensor now. */
+unsigned coapbr_device_sessions(const struct coapbr *br, const char *device);
 
 /* Answers an uplink request. max_age: seconds, used with COAPBR_UNAVAILABLE. */
 void coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age);

@@ -52,6 +52,10 @@ struct mqttbr_device {
 	/* The broker's Maximum Packet Size from its CONNACK (MQTT 5 3.2.2.3.6), 0: none given. */
 	unsigned max_packet;
 	char *command_filter; /* subscribed at each connect, NULL for none */
+	char *client_id;      /* the MQTT client id (upstream.client_id expanded) */
+	/* What its client was created for: a reload may change the bridge's before it goes. */
+	int mqtt_version;
+	char *username; /* NULL: none sent */
 	MQTTAsync client;
 	enum dev_state state;
 	unsigned failures; /* consecutive failed connects, for the backoff */
@@ -115,6 +119,11 @@ struct mqttbr {
 		int reconnect_min;
 		int reconnect_max;
 		int rejected_retry;
+		int mqtt_version; /* GWCONF_MQTT_5 or GWCONF_MQTT_311 */
+		/* ALPN protocols in wire format (RFC 7301 section 3.1), NUL-terminated: paho
+		 * 1.3.12 copies them with strdup. NULL: none offered. */
+		unsigned char *alpn;
+		unsigned alpn_len;
 	} cfg;
 	struct mqttbr_device **devices;
 	size_t ndevices;
@@ -129,6 +138,7 @@ struct mqttbr {
 		int qos;
 	} presence;
 	int command_qos;
+	struct mqttbr_stats st;
 	/* Removed devices waiting for their DISCONNECT to go out before they are freed. */
 	struct mqttbr_device **removing;
 	size_t nremoving;
@@ -253,6 +263,40 @@ on_connect_failed(void *ctx, MQTTAsync_failureData5 *resp)
 	     resp ? resp->reasonCode : 0, resp ? resp->message : NULL);
 }
 
+/*
+ * MQTT 3.1.1 sessions: paho wants the callbacks without properties. Its connect failure
+ * carries the CONNACK return code (MQTT 3.1.1 section 3.2.2.3) as the code: given as the MQTT 5
+ * reason it became, so that both versions are judged alike (a refused identity is retried on
+ * the slow schedule).
+ */
+static void
+on_connected311(void *ctx, MQTTAsync_successData *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	(void)resp;
+	/* No Maximum Packet Size in 3.1.1: 0, none known. */
+	post(dev->br, EV_CONNECTED, dev, NULL, 0, 0, NULL);
+}
+
+static void
+on_connect_failed311(void *ctx, MQTTAsync_failureData *resp)
+{
+	static const int reasons[] = {
+	        [1] = MQTTREASONCODE_UNSUPPORTED_PROTOCOL_VERSION,
+	        [2] = MQTTREASONCODE_CLIENT_IDENTIFIER_NOT_VALID,
+	        [3] = MQTTREASONCODE_SERVER_UNAVAILABLE,
+	        [4] = MQTTREASONCODE_BAD_USER_NAME_OR_PASSWORD,
+	        [5] = MQTTREASONCODE_NOT_AUTHORIZED,
+	};
+	struct mqttbr_device *dev = ctx;
+	int code = resp ? resp->code : MQTTASYNC_FAILURE;
+	int reason = code >= 1 && code <= 5 ? reasons[code] : 0;
+
+	post(dev->br, EV_CONNECT_FAILED, dev, NULL, reason ? MQTTASYNC_FAILURE : code, reason,
+	     resp ? resp->message : NULL);
+}
+
 static void
 on_connection_lost(void *ctx, char *cause)
 {
@@ -319,6 +363,46 @@ on_subscribe_failed(void *ctx, MQTTAsync_failureData5 *resp)
 
 	post(dev->br, EV_SUBSCRIBED, dev, NULL, resp ? resp->code : MQTTASYNC_FAILURE,
 	     resp ? resp->reasonCode : 0, resp ? resp->message : NULL);
+}
+
+/* MQTT 3.1.1: a SUBACK return code 0x80 is a failure (section 3.9.3), which paho reports
+ * through onFailure; given as the MQTT 5 reason "unspecified error" for report_subscribe(). */
+static void
+on_subscribed311(void *ctx, MQTTAsync_successData *resp)
+{
+	struct mqttbr_device *dev = ctx;
+	int granted = resp ? resp->alt.qos : 0;
+
+	post(dev->br, EV_SUBSCRIBED, dev, NULL, MQTTASYNC_SUCCESS,
+	     granted >= 0x80 ? MQTTREASONCODE_UNSPECIFIED_ERROR : 0, NULL);
+}
+
+static void
+on_subscribe_failed311(void *ctx, MQTTAsync_failureData *resp)
+{
+	struct mqttbr_device *dev = ctx;
+
+	post(dev->br, EV_SUBSCRIBED, dev, NULL, resp && resp->code ? resp->code : MQTTASYNC_FAILURE,
+	     MQTTREASONCODE_UNSPECIFIED_ERROR, resp ? resp->message : NULL);
+}
+
+/* MQTT 3.1.1 has no refusing PUBACK: a publish fails only with its session. */
+static void
+on_published311(void *ctx, MQTTAsync_successData *resp)
+{
+	struct publish *pub = ctx;
+
+	(void)resp;
+	post(pub->dev->br, EV_PUB_DONE, pub->dev, pub, 0, 0, NULL);
+}
+
+static void
+on_publish_failed311(void *ctx, MQTTAsync_failureData *resp)
+{
+	struct publish *pub = ctx;
+
+	post(pub->dev->br, EV_PUB_DONE, pub->dev, pub,
+	     resp && resp->code ? resp->code : MQTTASYNC_FAILURE, 0, resp ? resp->message : NULL);
 }
 
 static void
@@ -493,24 +577,31 @@ report_connect_failure(struct mqttbr_device *dev, const struct event *ev)
 	pthread_mutex_unlock(&alert_lock);
 
 	dev->rejected = refused_identity(tls, ev->reason);
+	enum mqttbr_failure kind = MQTTBR_FAIL_NETWORK;
+
 	if (!tls[0] && atomic_load(&hostname_mismatches) != dev->mismatches_before) {
+		kind = MQTTBR_FAIL_BROKER_NAME;
 		snprintf(dev->reason, sizeof(dev->reason),
 		         "refusing broker %s: its certificate is not issued for the host name "
 		         "\"%s\" (check upstream.broker, or the broker's certificate "
 		         "subjectAltName)",
 		         br->cfg.broker, br->cfg.host);
 	} else if (strstr(tls, "certificate verify failed")) {
+		kind = MQTTBR_FAIL_BROKER_UNTRUSTED;
 		snprintf(dev->reason, sizeof(dev->reason),
 		         "refusing broker %s: its certificate does not verify against %s (another "
 		         "CA, expired, or not yet valid): %s",
 		         br->cfg.broker, br->cfg.ca_file, tls);
 	} else if (dev->rejected && tls[0]) {
+		kind = MQTTBR_FAIL_DEVICE_REFUSED;
 		snprintf(dev->reason, sizeof(dev->reason),
 		         "broker %s refused the device's certificate: %s", br->cfg.broker, tls);
 	} else if (tls[0]) {
+		kind = MQTTBR_FAIL_TLS;
 		snprintf(dev->reason, sizeof(dev->reason), "upstream %s: TLS handshake failed: %s",
 		         br->cfg.broker, tls);
 	} else if (ev->reason >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+		kind = dev->rejected ? MQTTBR_FAIL_DEVICE_REFUSED : MQTTBR_FAIL_CONNACK;
 		snprintf(dev->reason, sizeof(dev->reason), "broker %s refused the connection: %s",
 		         br->cfg.broker, MQTTReasonCode_toString((enum MQTTReasonCodes)ev->reason));
 	} else {
@@ -518,6 +609,7 @@ report_connect_failure(struct mqttbr_device *dev, const struct event *ev)
 		         br->cfg.broker, paho_code_str(ev->code), ev->msg ? ": " : "",
 		         ev->msg ? ev->msg : "");
 	}
+	br->st.failures[kind]++;
 	if (dev->rejected && !was_rejected)
 		log_warnx("%s: rejected upstream: %s; next try in %d s", dev->id, dev->reason,
 		          br->cfg.rejected_retry);
@@ -624,10 +716,32 @@ connect_device(struct mqttbr_device *dev)
 	ssl.disableDefaultTrustStore = 1;
 	ssl.ssl_error_cb = on_tls_error;
 	ssl.ssl_error_context = dev;
+	/*
+	 * paho 1.3.12 copies these at each connect and frees the copy only with the client, not
+	 * when the next connect replaces it: a few bytes leak per reconnect of a device, only
+	 * where ALPN is configured (aws on 443).
+	 */
+	if (br->cfg.alpn) {
+		ssl.protos = br->cfg.alpn;
+		ssl.protos_len = br->cfg.alpn_len;
+	}
 
 	opts.keepAliveInterval = br->cfg.keepalive;
 	opts.connectTimeout = br->cfg.connect_timeout;
-	opts.cleanstart = 1;
+	/* The identity is the certificate's; a user name only where the broker wants one. */
+	opts.username = dev->username;
+	if (dev->mqtt_version == GWCONF_MQTT_5) {
+		opts.cleanstart = 1;
+		opts.onSuccess5 = on_connected;
+		opts.onFailure5 = on_connect_failed;
+	} else {
+		/* paho refuses 3.1.1 with cleanstart or the MQTT 5 callbacks set. */
+		opts.MQTTVersion = MQTTVERSION_3_1_1;
+		opts.cleanstart = 0;
+		opts.cleansession = 1;
+		opts.onSuccess = on_connected311;
+		opts.onFailure = on_connect_failed311;
+	}
 	if (dev->status_topic) {
 		/* The broker says "offline" for us when the session dies without a DISCONNECT. */
 		will.topicName = dev->status_topic;
@@ -637,8 +751,6 @@ connect_device(struct mqttbr_device *dev)
 		opts.will = &will;
 	}
 	opts.ssl = &ssl;
-	opts.onSuccess5 = on_connected;
-	opts.onFailure5 = on_connect_failed;
 	opts.context = dev;
 	/* paho's own reconnect would bypass our backoff and, later, the TPM's rate limit. */
 	opts.automaticReconnect = 0;
@@ -649,9 +761,11 @@ connect_device(struct mqttbr_device *dev)
 	dev->alerts_before = alerts_read;
 	pthread_mutex_unlock(&alert_lock);
 	connecting_changed(br, +1);
+	br->st.connects++;
 	rc = MQTTAsync_connect(dev->client, &opts);
 	if (rc != MQTTASYNC_SUCCESS) {
 		connecting_changed(br, -1);
+		br->st.failures[MQTTBR_FAIL_NETWORK]++;
 		log_warnx("%s: cannot start upstream connect to %s: %s", dev->id, br->cfg.broker,
 		          paho_code_str(rc));
 		schedule_retry(dev);
@@ -751,8 +865,13 @@ session_started(struct mqttbr_device *dev)
 		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 		int rc;
 
-		ro.onSuccess5 = on_subscribed;
-		ro.onFailure5 = on_subscribe_failed;
+		if (dev->mqtt_version == GWCONF_MQTT_5) {
+			ro.onSuccess5 = on_subscribed;
+			ro.onFailure5 = on_subscribe_failed;
+		} else {
+			ro.onSuccess = on_subscribed311;
+			ro.onFailure = on_subscribe_failed311;
+		}
 		ro.context = dev;
 		rc = MQTTAsync_subscribe(dev->client, dev->command_filter, br->command_qos, &ro);
 		if (rc != MQTTASYNC_SUCCESS)
@@ -778,6 +897,7 @@ handle_event(struct mqttbr *br, struct event *ev)
 			log_info("%s: accepted upstream again", dev->id);
 		dev->rejected = false;
 		dev->reason[0] = '\0';
+		br->st.connected++;
 		log_info("%s: upstream connected to %s", dev->id, br->cfg.broker);
 		session_started(dev);
 		if (dev->not_after) {
@@ -804,6 +924,7 @@ handle_event(struct mqttbr *br, struct event *ev)
 	case EV_CONN_LOST:
 		if (dev->state != DEV_UP)
 			break;
+		br->st.lost++;
 		snprintf(dev->reason, sizeof(dev->reason), "upstream connection to %s lost%s%s",
 		         br->cfg.broker, ev->msg ? ": " : "", ev->msg ? ev->msg : "");
 		log_warnx("%s: %s", dev->id, dev->reason);
@@ -936,14 +1057,24 @@ mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr
 		free(pub);
 		return -ENOMEM;
 	}
-	ro.onSuccess5 = on_published;
-	ro.onFailure5 = on_publish_failed;
+	if (dev->mqtt_version == GWCONF_MQTT_5) {
+		ro.onSuccess5 = on_published;
+		ro.onFailure5 = on_publish_failed;
+	} else {
+		ro.onSuccess = on_published311;
+		ro.onFailure = on_publish_failed311;
+	}
 	ro.context = pub;
 	msg.payload = (void *)m->payload;
 	msg.payloadlen = (int)m->len;
 	msg.qos = m->qos;
 	msg.retained = m->retain;
-	if (m->content_type) {
+	/*
+	 * MQTT 3.1.1 has no properties: the config allows no content type then, but a message
+	 * spooled under MQTT 5 before a change of mqtt_version may still carry one. It goes
+	 * without.
+	 */
+	if (m->content_type && dev->mqtt_version == GWCONF_MQTT_5) {
 		MQTTProperty ct = {.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE};
 
 		ct.value.data.data = (char *)m->content_type;
@@ -1040,6 +1171,8 @@ device_free_strings(struct mqttbr_device *dev)
 	free(dev->key_file);
 	free(dev->status_topic);
 	free(dev->command_filter);
+	free(dev->client_id);
+	free(dev->username);
 }
 
 static char *
@@ -1058,6 +1191,7 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 {
 	bool failed = false;
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	MQTTAsync_createOptions co311 = MQTTAsync_createOptions_initializer;
 	struct mqttbr_device *dev, **devices;
 	int rc;
 
@@ -1077,17 +1211,24 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 	dev->key_file = strdup(session->key_file);
 	dev->status_topic = strdup_or_null(session->status_topic, &failed);
 	dev->command_filter = strdup_or_null(session->command_filter, &failed);
+	dev->client_id = strdup(session->client_id ? session->client_id : id);
+	dev->username = strdup_or_null(session->username, &failed);
 	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
 	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
-	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->retry || !dev->expiry || failed)
+	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->client_id || !dev->retry ||
+	    !dev->expiry || failed)
 		goto nomem;
 	/*
 	 * No paho persistence: its file store never fsyncs (DESIGN.md 3), and a CON is answered
 	 * only after the PUBACK, so the sensor still holds anything not yet acknowledged.
 	 */
 	co.sendWhileDisconnected = 0;
-	rc = MQTTAsync_createWithOptions(&dev->client, br->cfg.broker, id,
-	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+	co311.sendWhileDisconnected = 0;
+	co311.MQTTVersion = MQTTVERSION_3_1_1;
+	dev->mqtt_version = br->cfg.mqtt_version;
+	rc = MQTTAsync_createWithOptions(&dev->client, br->cfg.broker, dev->client_id,
+	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL,
+	                                 dev->mqtt_version == GWCONF_MQTT_5 ? &co : &co311);
 	if (rc != MQTTASYNC_SUCCESS) {
 		log_warnx("%s: cannot create MQTT client for %s: %s", id, br->cfg.broker,
 		          paho_code_str(rc));
@@ -1211,6 +1352,131 @@ mqttbr_set_tls_files(struct mqttbr *br, const char *id, const char *cert_file, c
 	return 0;
 }
 
+const char *
+mqttbr_failure_name(enum mqttbr_failure kind)
+{
+	static const char *const names[MQTTBR_FAILS] = {
+	        [MQTTBR_FAIL_NETWORK] = "network",
+	        [MQTTBR_FAIL_BROKER_NAME] = "broker_name",
+	        [MQTTBR_FAIL_BROKER_UNTRUSTED] = "broker_untrusted",
+	        [MQTTBR_FAIL_DEVICE_REFUSED] = "device_refused",
+	        [MQTTBR_FAIL_TLS] = "tls",
+	        [MQTTBR_FAIL_CONNACK] = "connack",
+	};
+
+	return names[kind];
+}
+
+void
+mqttbr_get_stats(const struct mqttbr *br, struct mqttbr_stats *st)
+{
+	*st = br->st;
+	st->up = 0;
+	for (size_t i = 0; i < br->ndevices; i++)
+		st->up += br->devices[i]->state == DEV_UP;
+}
+
+static bool
+same_string(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+bool
+mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_session *session)
+{
+	const struct mqttbr_device *dev = mqttbr_find(br, id);
+
+	return dev && same_string(dev->cert_file, session->cert_file) &&
+	       same_string(dev->key_file, session->key_file) &&
+	       same_string(dev->status_topic, session->status_topic) &&
+	       same_string(dev->command_filter, session->command_filter) &&
+	       same_string(dev->client_id, session->client_id ? session->client_id : id) &&
+	       same_string(dev->username, session->username);
+}
+
+static int alpn_wire(char *const *protos, size_t n, unsigned char **out, unsigned *len);
+
+/* What a session is made with at its connect: a change means a new session for every device. */
+static bool
+connection_same(const struct mqttbr *br, const struct gwconf *conf)
+{
+	const char *online = conf->presence.online ? conf->presence.online : "online";
+	const char *offline = conf->presence.offline ? conf->presence.offline : "offline";
+
+	int version =
+	        conf->upstream.mqtt_version == GWCONF_MQTT_311 ? GWCONF_MQTT_311 : GWCONF_MQTT_5;
+	unsigned char *alpn;
+	unsigned alpn_len;
+	bool same_alpn;
+
+	if (alpn_wire(conf->upstream.alpn, conf->upstream.nalpn, &alpn, &alpn_len) < 0)
+		return false; /* out of memory: start afresh, which reports it */
+	same_alpn = alpn_len == br->cfg.alpn_len &&
+	            (alpn_len == 0 || memcmp(alpn, br->cfg.alpn, alpn_len) == 0);
+	free(alpn);
+	return same_alpn && version == br->cfg.mqtt_version &&
+	       same_string(br->cfg.broker, conf->upstream.broker) &&
+	       same_string(br->cfg.host, conf->upstream.broker_host) &&
+	       same_string(br->cfg.ca_file, conf->upstream.ca_file) &&
+	       br->cfg.keepalive == conf->upstream.keepalive &&
+	       br->cfg.connect_timeout == conf->upstream.connect_timeout &&
+	       same_string(br->presence.online, online) &&
+	       same_string(br->presence.offline, offline) &&
+	       br->presence.qos == conf->presence.qos && br->command_qos == conf->downlink.qos;
+}
+
+int
+mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all)
+{
+	/* Read at each use, by the loop's thread only: they apply from the next one on. */
+	br->cfg.publish_timeout = conf->upstream.publish_timeout;
+	br->cfg.reconnect_min = conf->upstream.reconnect_min;
+	br->cfg.reconnect_max = conf->upstream.reconnect_max;
+	br->cfg.rejected_retry = conf->upstream.rejected_retry;
+	*restart_all = !connection_same(br, conf);
+	if (!*restart_all)
+		return 0;
+
+	char *broker = strdup(conf->upstream.broker), *host = strdup(conf->upstream.broker_host),
+	     *ca_file = strdup(conf->upstream.ca_file),
+	     *online = strdup(conf->presence.online ? conf->presence.online : "online"),
+	     *offline = strdup(conf->presence.offline ? conf->presence.offline : "offline");
+	unsigned char *alpn = NULL;
+	unsigned alpn_len = 0;
+
+	if (!broker || !host || !ca_file || !online || !offline ||
+	    alpn_wire(conf->upstream.alpn, conf->upstream.nalpn, &alpn, &alpn_len) < 0) {
+		free(broker);
+		free(host);
+		free(ca_file);
+		free(online);
+		free(offline);
+		return -ENOMEM;
+	}
+	/* paho copied what the running clients were created and connected with. */
+	free(br->cfg.broker);
+	free(br->cfg.host);
+	free(br->cfg.ca_file);
+	free(br->presence.online);
+	free(br->presence.offline);
+	br->cfg.broker = broker;
+	br->cfg.host = host;
+	br->cfg.ca_file = ca_file;
+	br->presence.online = online;
+	br->presence.offline = offline;
+	br->cfg.keepalive = conf->upstream.keepalive;
+	br->cfg.connect_timeout = conf->upstream.connect_timeout;
+	br->presence.qos = conf->presence.qos;
+	br->command_qos = conf->downlink.qos;
+	free(br->cfg.alpn);
+	br->cfg.alpn = alpn;
+	br->cfg.alpn_len = alpn_len;
+	br->cfg.mqtt_version =
+	        conf->upstream.mqtt_version == GWCONF_MQTT_311 ? GWCONF_MQTT_311 : GWCONF_MQTT_5;
+	return 0;
+}
+
 void
 mqttbr_on_judged(struct mqttbr *br, mqttbr_judged_fn fn, void *data)
 {
@@ -1221,12 +1487,27 @@ mqttbr_on_judged(struct mqttbr *br, mqttbr_judged_fn fn, void *data)
 /*
  * A clean DISCONNECT discards the will (MQTT 5 section 3.14.4); reason code 0x04 asks the
  * broker to publish it, so the retained status reads "offline" after a stop or a removal too.
+ * MQTT 3.1.1 has no reason codes (section 3.14): the status is published before the
+ * DISCONNECT instead, which paho sends after it (and waits for its PUBACK within the
+ * disconnect's timeout).
  */
 static void
 set_offline(const struct mqttbr_device *dev, MQTTAsync_disconnectOptions *opts)
 {
-	if (dev->status_topic)
+	MQTTAsync_message msg = MQTTAsync_message_initializer;
+
+	if (!dev->status_topic)
+		return;
+	if (dev->mqtt_version == GWCONF_MQTT_5) {
 		opts->reasonCode = MQTTREASONCODE_DISCONNECT_WITH_WILL_MESSAGE;
+		return;
+	}
+	msg.payload = dev->br->presence.offline;
+	msg.payloadlen = (int)strlen(dev->br->presence.offline);
+	msg.qos = dev->br->presence.qos;
+	msg.retained = 1;
+	if (MQTTAsync_sendMessage(dev->client, dev->status_topic, &msg, NULL) != MQTTASYNC_SUCCESS)
+		log_warnx("%s: cannot publish its offline status", dev->id);
 }
 
 void
@@ -1321,6 +1602,39 @@ mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
 	stop_one_done(br);
 }
 
+/*
+ * The ALPN list in TLS wire format: each protocol after its length byte (RFC 7301 section
+ * 3.1), plus a NUL that paho's strdup of it needs (the config allows 1 to 255 bytes, so no
+ * length byte is 0). 0 with *out NULL for an empty list.
+ */
+static int
+alpn_wire(char *const *protos, size_t n, unsigned char **out, unsigned *len)
+{
+	size_t total = 0;
+	unsigned char *w;
+
+	*out = NULL;
+	*len = 0;
+	for (size_t i = 0; i < n; i++)
+		total += 1 + strlen(protos[i]);
+	if (total == 0)
+		return 0;
+	w = malloc(total + 1);
+	if (!w)
+		return -ENOMEM;
+	*out = w;
+	*len = (unsigned)total;
+	for (size_t i = 0; i < n; i++) {
+		size_t l = strlen(protos[i]);
+
+		*w++ = (unsigned char)l;
+		memcpy(w, protos[i], l);
+		w += l;
+	}
+	*w = '\0';
+	return 0;
+}
+
 int
 mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf)
 {
@@ -1342,6 +1656,12 @@ mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf)
 	br->cfg.reconnect_min = conf->upstream.reconnect_min;
 	br->cfg.reconnect_max = conf->upstream.reconnect_max;
 	br->cfg.rejected_retry = conf->upstream.rejected_retry;
+	/* MQTT 5 unless 3.1.1 is asked for (a config built by hand has 0 there). */
+	br->cfg.mqtt_version =
+	        conf->upstream.mqtt_version == GWCONF_MQTT_311 ? GWCONF_MQTT_311 : GWCONF_MQTT_5;
+	r = alpn_wire(conf->upstream.alpn, conf->upstream.nalpn, &br->cfg.alpn, &br->cfg.alpn_len);
+	if (r < 0)
+		goto fail;
 	br->presence.online = strdup(conf->presence.online ? conf->presence.online : "online");
 	br->presence.offline = strdup(conf->presence.offline ? conf->presence.offline : "offline");
 	br->presence.qos = conf->presence.qos;
@@ -1388,6 +1708,7 @@ mqttbr_free(struct mqttbr *br)
 	free(br->cfg.broker);
 	free(br->cfg.host);
 	free(br->cfg.ca_file);
+	free(br->cfg.alpn);
 	free(br->presence.online);
 	free(br->presence.offline);
 	pthread_mutex_destroy(&br->lock);

@@ -4,11 +4,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /*
- * The cloud side: one MQTT 5 session per device, over mutual TLS with that device's own
- * certificate, so the broker sees every device under its own identity. paho's callbacks arrive
- * on paho's threads; they are queued and handled on the loop's thread, which owns all state.
+ * The cloud side: one MQTT session per device (MQTT 5, or 3.1.1 by config), over mutual TLS
+ * with that device's own certificate, so the broker sees every device under its own identity.
+ * paho's callbacks arrive on paho's threads; they are queued and handled on the loop's thread,
+ * which owns all state.
  */
 
 struct gw_loop;
@@ -39,6 +41,9 @@ struct mqttbr_session {
 	const char *status_topic;
 	/* Subscribed at each connect; what arrives goes to the mqttbr_on_message observer. */
 	const char *command_filter;
+	/* The MQTT client id (NULL: the device id) and user name (NULL: none), see profile.h. */
+	const char *client_id;
+	const char *username;
 };
 
 /* Adds a device and starts connecting it. */
@@ -50,6 +55,16 @@ struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
  * publishes still pending are reported -ENOTCONN. Nothing happens for an unknown id.
  */
 void mqttbr_remove_device(struct mqttbr *br, const char *id);
+
+/* Whether id's session was made of exactly session (false for an unknown id). */
+bool mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_session *session);
+
+/*
+ * A reload: takes conf's upstream settings. Timeouts and backoffs apply from their next use.
+ * *restart_all is set when what sessions connect with changed (broker, CA, keepalive, presence
+ * payloads, QoS): sessions already up keep the old settings until the caller restarts them.
+ */
+int mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all);
 
 /*
  * Points a device at other files for its next connect, without touching the session (the
@@ -103,6 +118,28 @@ int mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mq
 /* Told of every message arriving on a device's command subscription, on the loop. */
 typedef void (*mqttbr_message_fn)(const char *id, const struct mqttbr_message *m, void *data);
 void mqttbr_on_message(struct mqttbr *br, mqttbr_message_fn fn, void *data);
+
+/* Why a connect failed, for the counters (the words are in mqttbr_status()'s reason). */
+enum mqttbr_failure {
+	MQTTBR_FAIL_NETWORK,          /* no TCP, a timeout, the connection closed */
+	MQTTBR_FAIL_BROKER_NAME,      /* the broker's certificate is not for upstream.broker */
+	MQTTBR_FAIL_BROKER_UNTRUSTED, /* ... does not verify against upstream.ca_file */
+	MQTTBR_FAIL_DEVICE_REFUSED,   /* the broker refused the device's identity */
+	MQTTBR_FAIL_TLS,              /* another TLS failure */
+	MQTTBR_FAIL_CONNACK,          /* a CONNACK refusal other than the identity's */
+	MQTTBR_FAILS
+};
+const char *mqttbr_failure_name(enum mqttbr_failure kind);
+
+/* Counters since start, and the sessions up now. */
+struct mqttbr_stats {
+	uint64_t connects;  /* attempted */
+	uint64_t connected; /* accepted */
+	uint64_t failures[MQTTBR_FAILS];
+	uint64_t lost; /* sessions that dropped after they were up */
+	uint64_t up;   /* sessions up now */
+};
+void mqttbr_get_stats(const struct mqttbr *br, struct mqttbr_stats *st);
 
 /* Disconnects every session cleanly, then calls fn (within a bounded time). */
 void mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data);

@@ -59,6 +59,8 @@ gw_setup() {
   trap gw_cleanup EXIT
   # set -e ends the test at a failing command: say which, rather than end in silence.
   trap 'GW_FAILED=1; gw_log "FAIL: line $LINENO: $BASH_COMMAND"' ERR
+  # meson's timeout: keep the files, which say where it hung.
+  trap 'GW_FAILED=1; gw_log "FAIL: stopped by SIGTERM (timed out?) at line $LINENO"; exit 143' TERM
   mkdir -m 700 "$WORK/state"
 }
 
@@ -277,6 +279,15 @@ gw_start_subscriber() {
 }
 
 # ---- devices, added the way a technician does: gwctl, a CSR, the CA's certificate ----
+
+# gw_start_subscriber5 FORMAT: a second observer of devices/#, over MQTT 5, that prints each
+# message as FORMAT (mosquitto_sub -F: %C content type, %q QoS) to $WORK/sub5.out.
+gw_start_subscriber5() {
+  mosquitto_sub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
+    --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i observer-v5 -V mqttv5 \
+    -t 'devices/#' -q 1 -F "$1" >"$WORK/sub5.out" 2>"$WORK/sub5.err" &
+  GW_PIDS+=("$!")
+}
 
 gw_gwctl() { "$GWCTL" -c "$WORK/gateway.conf" "$@"; }
 

@@ -11,10 +11,7 @@ gw_setup
 gw_pki_init
 gw_start_broker
 # An observer that prints the content type and QoS as well.
-mosquitto_sub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
-  --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i observer-v5 -V mqttv5 \
-  -t 'devices/#' -q 1 -F '%t qos=%q ct=%C %p' >"$WORK/sub5.out" 2>"$WORK/sub5.err" &
-GW_PIDS+=("$!")
+gw_start_subscriber5 '%t qos=%q ct=%C %p'
 gw_start_subscriber
 GW_CONFIG_EXTRA='
 policies = (

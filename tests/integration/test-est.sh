@@ -87,7 +87,7 @@ kept=$(gw_serial dev-2)
 gw_wait_for "grep -aq 'dev-2: renewal failed: the new certificate could not connect: ' '$log'" 30 ||
   gw_fail "dev-2's refused renewal was not reported: $(grep -a dev-2 "$log" | tail -5)"
 [ "$(gw_serial dev-2)" = "$kept" ] || gw_fail "dev-2 lost its certificate"
-gw_wait_for "gw_gwctl device list | grep -qE '^dev-2 +active +[a-z]+ +connected '" 10 ||
+gw_wait_for "gw_gwctl device list | grep -qE '^dev-2 +active +[a-z]+ +[a-z]+ +connected '" 10 ||
   gw_fail "dev-2 is not back on its old certificate: $(gw_gwctl device list)"
 # The next try comes within 2 s: the status shows the failure in between.
 gw_wait_for "gw_gwctl device show dev-2 | grep -q '^enrolment: renewal failed: .*keeps its certificate'" 10 ||
@@ -102,7 +102,7 @@ gw_expect_code 5.03 dev-2 post temp 23.5
 
 # The EST server issues again: the device comes back by itself.
 echo "ok" >"$WORK/est-mode"
-gw_wait_for "gw_gwctl device list | grep -qE '^dev-2 +active +[a-z]+ +connected '" 20 ||
+gw_wait_for "gw_gwctl device list | grep -qE '^dev-2 +active +[a-z]+ +[a-z]+ +connected '" 20 ||
   gw_fail "dev-2 did not come back: $(grep -a dev-2 "$log" | tail -5)"
 gw_expect_code 2.04 dev-2 post temp 24.5
 gw_wait_received "devices/dev-2/telemetry/temp 24.5"

@@ -21,11 +21,17 @@ gw_expect_code 2.04 dev-b post temp hello-b
 gw_wait_received "devices/dev-b/telemetry/temp hello-b"
 
 list=$(gw_gwctl device list)
-grep -qE '^dev-a +active +soft +connected +[0-9-]{10} +/CN=dev-a$' <<<"$list" || gw_fail "device list: $list"
+# ID STATE BACKEND SENSOR UPSTREAM LAST-SEEN UP CERT-EXPIRY CERT-SUBJECT
+grep -qE '^dev-a +active +soft +none +connected +never +0 +[0-9-]{10} +/CN=dev-a$' <<<"$list" || gw_fail "device list: $list"
+grep -qE '^dev-b +active +soft +none +connected +[0-9T:-]{19}Z +1 +[0-9-]{10} +/CN=dev-b$' <<<"$list" ||
+  gw_fail "device list (dev-b sent 1 message): $list"
 show=$(gw_gwctl device show dev-b)
 grep -qx 'psk-identity: dev-b' <<<"$show" || gw_fail "device show: $show"
 grep -qx 'certificate-subject: /CN=dev-b' <<<"$show" || gw_fail "device show: $show"
 grep -qx 'upstream: connected' <<<"$show" || gw_fail "device show: $show"
+grep -qx 'messages-up: 1 (7 bytes)' <<<"$show" || gw_fail "device show (messages): $show"
+grep -qE '^last-seen: [0-9-]{10} [0-9:]{8} UTC$' <<<"$show" || gw_fail "device show (last seen): $show"
+grep -qx 'sensor: 0 DTLS sessions' <<<"$show" || gw_fail "device show (DTLS): $show"
 if grep -q "$(gw_psk dev-b)" <<<"$list$show"; then gw_fail "list or show printed the PSK"; fi
 
 # Certificates that are not the device's are refused, each with its reason.

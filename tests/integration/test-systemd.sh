@@ -73,7 +73,9 @@ gw_wait_for "[ -S '$WORK/notify.sock' ]" 10 || gw_fail "the stand-in manager did
 
 # WatchdogSec=1s, for the process the manager started (as systemd sets it).
 (
-  export NOTIFY_SOCKET="$WORK/notify.sock" WATCHDOG_USEC=1000000 WATCHDOG_PID=$BASHPID
+  # Its stderr is the journal's stream (systemd sets JOURNAL_STREAM): priorities as "<N>".
+  export NOTIFY_SOCKET="$WORK/notify.sock" WATCHDOG_USEC=1000000 WATCHDOG_PID=$BASHPID \
+    JOURNAL_STREAM=8:12345
   exec "$GATEWAYD" -d -c "$WORK/gateway.conf"
 ) >"$WORK/gatewayd.log" 2>&1 &
 gw_pid=$!
@@ -95,6 +97,19 @@ for gap in $gaps; do
 done
 grep -q 'watchdog: pinging the service manager every 500 ms' "$WORK/gatewayd.log" ||
   gw_fail "gatewayd does not say how often it pings: $(cat "$WORK/gatewayd.log")"
+# journald reads each line's syslog priority from its "<N>" prefix (sd-daemon(3)).
+grep -qx '<6>gatewayd: ready: gateway [^ ]*, 0 devices, .*' "$WORK/gatewayd.log" ||
+  gw_fail "no <6> (info) on the ready line: $(head -n 3 "$WORK/gatewayd.log")"
+grep -q '^<4>gatewayd: warning: no devices in the keystore' "$WORK/gatewayd.log" ||
+  gw_fail "no <4> (warning) on a warning: $(head -n 5 "$WORK/gatewayd.log")"
+grep -v '^<[0-7]>' "$WORK/gatewayd.log" | grep -q . &&
+  gw_fail "lines without a priority: $(grep -v '^<[0-7]>' "$WORK/gatewayd.log" | head -n 3)"
+# ExecReload's SIGHUP: RELOADING=1, then READY=1 with the outcome (systemd.service(5)).
+kill -HUP "$gw_pid"
+gw_wait_for "grep -q 'READY=1|STATUS=ready: configuration reloaded' '$WORK/notify.out'" 10 ||
+  gw_fail "no READY=1 after SIGHUP: $(tail -n 3 "$WORK/notify.out")"
+grep -q ' RELOADING=1|STATUS=reloading the configuration$' "$WORK/notify.out" ||
+  gw_fail "no RELOADING=1 before it: $(tail -n 3 "$WORK/notify.out")"
 kill -TERM "$gw_pid"
 rc=0
 wait "$gw_pid" || rc=$?

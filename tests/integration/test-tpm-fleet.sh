@@ -62,4 +62,12 @@ list=$(gw_gwctl device list) || gw_fail "device list after crashes: $list"
 [ "$(grep -c '^dev-' <<<"$list")" -eq "$fleet" ] || gw_fail "devices lost in the crashes: $list"
 ls -a "$WORK/state/keystore" | grep -q '\.new$' && gw_fail "a half-added device is left"
 gw_expect_code 2.04 dev-1 post temp after-crashes
+
+# What the operator sees of the TPM: reachable, and the signatures of this run's handshakes.
+status=$(gw_gwctl status)
+grep -qE '^tpm: reachable at swtpm:host=127.0.0.1,port=[0-9]+ \(answered in [0-9.]+ ms\)$' <<<"$status" ||
+  gw_fail "status: $status"
+signs=$(gw_gwctl metrics | awk '$1 == "gatewayd_tpm_operation_duration_seconds_count{op=\"sign\"}" { print $2 }')
+[ "${signs:-0}" -ge "$fleet" ] || gw_fail "metrics: $signs signatures timed, want at least $fleet"
+gw_log "$signs signatures in the TPM latency histogram"
 gw_pass

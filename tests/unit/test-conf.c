@@ -135,42 +135,6 @@ relative_paths_are_taken_from_the_config_folder(void **state)
 	gwconf_free(c);
 }
 
-/* Every error of a bad fixture, in order, exactly as in its .err file (FILE = the path). */
-static void
-check_bad(const char *name)
-{
-	char *path = fixture(name), *errpath, line[1024];
-	struct gwconf_errors errs;
-	struct gwconf *conf;
-	size_t n = 0;
-	FILE *f;
-
-	assert_true(asprintf(&errpath, "%.*s.err", (int)(strlen(path) - 5), path) > 0);
-	assert_int_equal(gwconf_load(path, &conf, &errs), -EINVAL);
-	assert_null(conf);
-	f = fopen(errpath, "r");
-	assert_non_null(f);
-	while (fgets(line, sizeof(line), f)) {
-		char want[2048];
-
-		line[strcspn(line, "\n")] = '\0';
-		assert_true(strncmp(line, "FILE", 4) == 0);
-		snprintf(want, sizeof(want), "%s%s", path, line + 4);
-		if (n >= errs.count)
-			fail_msg("%s: missing error: %s", name, want);
-		if (strcmp(errs.lines[n], want) != 0)
-			fail_msg("%s: error %zu\n got: %s\nwant: %s", name, n + 1, errs.lines[n],
-			         want);
-		n++;
-	}
-	if (n != errs.count)
-		fail_msg("%s: unexpected extra error: %s", name, errs.lines[n]);
-	fclose(f);
-	gwconf_errors_finish(&errs);
-	free(errpath);
-	free(path);
-}
-
 static void
 syntax_error_names_the_line(void **state)
 {

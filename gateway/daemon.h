@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_DAEMON_H
+#define GW_DAEMON_H
+
+#include "admin.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <time.h>
+
+/*
+ * gatewayd's parts, as gatewayd.c puts them together. Shared with the parts of the daemon
+ * that look across all of them: reload.c (SIGHUP, gwctl reload) and report.c (gwctl status,
+ * metrics).
+ */
+struct daemon {
+	struct gw_loop *loop;
+	struct gwconf *conf;
+	time_t conf_loaded; /* when conf was read: at start or by the last good reload */
+	time_t started;
+	bool verbose; /* -v: debug whatever the config's log_level */
+	struct keystore *ks;
+	struct mqttbr *mqtt;
+	struct spool *spool;
+	struct cmdq *commands; /* NULL without a downlink group */
+	struct router *router;
+	struct coapbr *coap;
+	struct control *control;
+	struct enrol *enrol;            /* NULL without an EST server */
+	struct metrics_server *metrics; /* NULL without a metrics group */
+	struct admin_hooks hooks;
+	struct gw_notify_watchdog *watchdog; /* NULL unless the unit sets WatchdogSec= */
+	bool stopping;
+};
+
+/* What becomes of a device's upstream session that runs already. */
+enum daemon_session {
+	DAEMON_SESSION_KEEP,       /* it stays */
+	DAEMON_SESSION_IF_CHANGED, /* replaced if the config now makes it differently */
+	DAEMON_SESSION_ALWAYS,     /* replaced: what every session connects with changed */
+};
+
+/*
+ * Starts the device's upstream session as the current config and keystore make it (a usable
+ * device with a certificate). Returns whether a session was started.
+ */
+bool daemon_start_session(struct daemon *d, const char *id, enum daemon_session how);
+
+/*
+ * Re-reads the config file. On any error the running config stays and every reason goes to
+ * err and the log; otherwise the difference is applied (see reload.c) and summed up on out.
+ * Returns 0 or 1 (refused), like a gwctl verb.
+ */
+int daemon_reload(struct daemon *d, FILE *out, FILE *err);
+
+/* report.c: the admin hooks behind gwctl status, metrics and device list/show. */
+void daemon_status(FILE *out, void *data);
+void daemon_metrics(FILE *out, void *data);
+void daemon_activity(const char *id, struct admin_activity *a, void *data);
+/* The whole exposition, for the HTTP endpoint and daemon_metrics(). */
+struct metrics_writer;
+void daemon_collect(struct metrics_writer *w, void *data);
+/*
+ * (Re)starts the HTTP endpoint as the config says (none without a metrics group); on failure
+ * there is none, and the reason is logged.
+ */
+int daemon_metrics_start(struct daemon *d);
+
+#endif

@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_METRICS_H
+#define GW_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Metrics in the Prometheus text exposition format, version 0.0.4
+ * (https://prometheus.io/docs/instrumenting/exposition_formats/), and the loopback HTTP
+ * endpoint that serves them.
+ *
+ * Writing, on the loop thread:
+ *
+ *	metrics_family(w, "gateway_messages_total", METRICS_COUNTER, "Messages relayed.");
+ *	metrics_counter(w, METRICS_LABELS({"direction", "up"}), up);
+ *	metrics_counter(w, METRICS_LABELS({"direction", "down"}), down);
+ *	metrics_family(w, "gateway_spool_depth", METRICS_GAUGE, "Messages in the spool.");
+ *	metrics_gauge(w, NULL, depth);
+ *
+ * Misuse (an invalid name, a counter family without "_total", a sample of the wrong type, a
+ * family written twice) and allocation failures make the writer fail as a whole: the calls
+ * after it do nothing, metrics_writer_error() says why, and the HTTP endpoint answers 500
+ * rather than serve a partial or invalid exposition.
+ */
+
+struct gw_loop;
+struct metrics_writer;
+struct metrics_server;
+
+enum metrics_type { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM };
+
+struct metrics_label {
+	const char *name;  /* [a-zA-Z_][a-zA-Z0-9_]*, not starting with "__" */
+	const char *value; /* any string; escaped, and invalid UTF-8 replaced by U+FFFD */
+};
+
+/* A label list terminated by a NULL name, for the calls below: METRICS_LABELS({"k", "v"}). */
+#define METRICS_LABELS(...) ((const struct metrics_label[]){__VA_ARGS__, {NULL, NULL}})
+
+/* A writer for one exposition; the loop thread's alone. 0 or -ENOMEM. */
+int metrics_writer_new(struct metrics_writer **out);
+/* Accepts NULL. */
+void metrics_writer_free(struct metrics_writer *w);
+/* 0, or the -errno that made the writer fail (-EINVAL: misuse, logged; -ENOMEM). */
+int metrics_writer_error(const struct metrics_writer *w);
+/* The text written so far, NUL-terminated; valid until the next call on w. */
+const char *metrics_writer_data(const struct metrics_writer *w, size_t *len);
+
+/*
+ * Starts a family: "# HELP" and "# TYPE" lines. Calling it again with the name of the current
+ * family does nothing, so a loop over devices may call it each time; a name written before
+ * another family is misuse (a family's samples must be contiguous). Counter names end in
+ * "_total". help may be NULL.
+ */
+void metrics_family(struct metrics_writer *w, const char *name, enum metrics_type type,
+                    const char *help);
+/*
+ * One sample of the current family, named after it plus suffix (NULL for none). labels is NULL
+ * or ends with a NULL name. Integers are printed exactly; doubles as Prometheus parses them,
+ * including "+Inf", "-Inf" and "NaN".
+ */
+void metrics_sample(struct metrics_writer *w, const char *suffix,
+                    const struct metrics_label *labels, double value);
+void metrics_sample_u64(struct metrics_writer *w, const char *suffix,
+                        const struct metrics_label *labels, uint64_t value);
+/* The usual cases: a counter's or a gauge's sample under the family's own name. */
+void metrics_counter(struct metrics_writer *w, const struct metrics_label *labels, uint64_t value);
+void metrics_gauge(struct metrics_writer *w, const struct metrics_label *labels, double value);
+
+/*
+ * A latency histogram with fixed buckets suited to TPM operations: swtpm signs in ~1 ms, real
+ * chips in 17 to 70 ms, and a reconnect storm queues signatures behind one another for
+ * seconds (DESIGN.md 4). Upper bounds, in seconds: METRICS_LATENCY_BOUNDS, then +Inf.
+ *
+ * The members are public only so that a histogram can be a static or embedded object with no
+ * setup: a zeroed struct is an empty histogram. Touch them only through the functions below.
+ * observe() is lock-free (C11 atomics) and may be called from any thread, e.g. paho's while
+ * it signs through the keystore, concurrently with a write-out on the loop thread.
+ */
+#define METRICS_LATENCY_BOUNDS                                                                     \
+	{                                                                                          \
+		0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5          \
+	}
+#define METRICS_LATENCY_NBOUNDS 12
+
+struct metrics_histogram {
+	/* Per bucket, not cumulative; the last one is (2.5 s, +Inf). */
+	_Atomic uint64_t counts[METRICS_LATENCY_NBOUNDS + 1];
+	/* The sum in nanoseconds: an integer add cannot lose an update, a double CAS loop could. */
+	_Atomic uint64_t sum_ns;
+};
+
+/* Records one duration in seconds; NaN is ignored, negative counts as 0. Any thread. */
+void metrics_histogram_observe(struct metrics_histogram *h, double seconds);
+/*
+ * Writes h as the current family's samples (the family must be METRICS_HISTOGRAM):
+ * cumulative "_bucket" lines with an "le" label, up to le="+Inf", then "_sum" (seconds) and
+ * "_count". labels must not contain "le".
+ */
+void metrics_histogram_write(struct metrics_writer *w, const struct metrics_label *labels,
+                             const struct metrics_histogram *h);
+
+/* ---- The HTTP endpoint ---- */
+
+/* Writes the whole exposition; called on the loop thread once per GET or HEAD /metrics. */
+typedef void (*metrics_collect_fn)(struct metrics_writer *w, void *data);
+
+struct metrics_server_options {
+	/* A numeric loopback address (127.0.0.0/8, ::1) or "localhost"; others are refused. */
+	const char *address;
+	/* 0 binds an ephemeral port: see metrics_server_port(). */
+	uint16_t port;
+	/* A client has this long to send its request, and again to take the response. 0: 5 s. */
+	unsigned int timeout_ms;
+	/* Connections served at once; more wait in the listen backlog. 0: 8. */
+	unsigned int max_clients;
+};
+
+/*
+ * Serves GET and HEAD /metrics (the collect() output, or 500 if the writer failed), / (a
+ * pointer to /metrics), 404 for other paths, 405 for other methods, on loop; one request per
+ * connection (Connection: close). A request is bounded to METRICS_HTTP_MAX_REQUEST bytes
+ * (414 or 431 beyond); the answer is written as the socket takes it, never blocking the loop.
+ * collect() must not block either. Returns 0, -EADDRNOTAVAIL for an address that is not
+ * loopback, -EINVAL for one that does not parse, or the -errno of bind/listen (e.g.
+ * -EADDRINUSE); each logged.
+ */
+#define METRICS_HTTP_MAX_REQUEST 4096
+
+int metrics_server_new(struct metrics_server **out, struct gw_loop *loop,
+                       const struct metrics_server_options *opt, metrics_collect_fn collect,
+                       void *data);
+/* Closes the listening socket and every connection. Accepts NULL. */
+void metrics_server_free(struct metrics_server *srv);
+/* The port bound, in host order. */
+uint16_t metrics_server_port(const struct metrics_server *srv);
+
+#endif
