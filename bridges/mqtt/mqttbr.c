@@ -472,6 +472,10 @@ static void connect_device(struct mqttbr_device *dev);
 
 static void removing_done(struct mqttbr_device *dev);
 
+static void client_destroy(struct mqttbr_device *dev);
+static int client_create(struct mqttbr_device *dev);
+static void schedule_retry(struct mqttbr_device *dev);
+
 static void
 retry_fired(struct gw_timer *t, void *data)
 {
@@ -479,10 +483,23 @@ retry_fired(struct gw_timer *t, void *data)
 
 	(void)t;
 	/* While removing, the retry timer bounds the wait for the DISCONNECT. */
-	if (dev->state == DEV_REMOVING)
+	if (dev->state == DEV_REMOVING) {
 		removing_done(dev);
-	else
-		connect_device(dev);
+		return;
+	}
+	/*
+	 * paho 1.3.12 copies the ALPN list at every MQTTAsync_connect and frees only the last copy,
+	 * when the client is destroyed (MQTTAsync.c, MQTTProtocolClient.c): a fresh client for
+	 * each try keeps a long outage from leaking one copy per try.
+	 */
+	if (dev->br->cfg.alpn) {
+		client_destroy(dev);
+		if (client_create(dev) < 0) {
+			schedule_retry(dev);
+			return;
+		}
+	}
+	connect_device(dev);
 }
 
 static uint32_t
@@ -716,11 +733,7 @@ connect_device(struct mqttbr_device *dev)
 	ssl.disableDefaultTrustStore = 1;
 	ssl.ssl_error_cb = on_tls_error;
 	ssl.ssl_error_context = dev;
-	/*
-	 * paho 1.3.12 copies these at each connect and frees the copy only with the client, not
-	 * when the next connect replaces it: a few bytes leak per reconnect of a device, only
-	 * where ALPN is configured (aws on 443).
-	 */
+	/* paho keeps a copy until the client is destroyed: see retry_fired(). */
 	if (br->cfg.alpn) {
 		ssl.protos = br->cfg.alpn;
 		ssl.protos_len = br->cfg.alpn_len;
@@ -1190,10 +1203,7 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
                   struct mqttbr_device **out)
 {
 	bool failed = false;
-	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
-	MQTTAsync_createOptions co311 = MQTTAsync_createOptions_initializer;
 	struct mqttbr_device *dev, **devices;
-	int rc;
 
 	if (mqttbr_find(br, id))
 		return -EEXIST;
@@ -1218,28 +1228,9 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 	if (!dev->id || !dev->cert_file || !dev->key_file || !dev->client_id || !dev->retry ||
 	    !dev->expiry || failed)
 		goto nomem;
-	/*
-	 * No paho persistence: its file store never fsyncs (DESIGN.md 3), and a CON is answered
-	 * only after the PUBACK, so the sensor still holds anything not yet acknowledged.
-	 */
-	co.sendWhileDisconnected = 0;
-	co311.sendWhileDisconnected = 0;
-	co311.MQTTVersion = MQTTVERSION_3_1_1;
 	dev->mqtt_version = br->cfg.mqtt_version;
-	rc = MQTTAsync_createWithOptions(&dev->client, br->cfg.broker, dev->client_id,
-	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL,
-	                                 dev->mqtt_version == GWCONF_MQTT_5 ? &co : &co311);
-	if (rc != MQTTASYNC_SUCCESS) {
-		log_warnx("%s: cannot create MQTT client for %s: %s", id, br->cfg.broker,
-		          paho_code_str(rc));
-		dev->client = NULL;
+	if (client_create(dev) < 0)
 		goto fail;
-	}
-	rc = MQTTAsync_setCallbacks(dev->client, dev, on_connection_lost, on_message, NULL);
-	if (rc != MQTTASYNC_SUCCESS) {
-		log_warnx("%s: cannot set MQTT callbacks: %s", id, paho_code_str(rc));
-		goto fail;
-	}
 	/* Sorted by id: mqttbr_find() runs for every uplink message. */
 	size_t at = br->ndevices;
 
@@ -1272,8 +1263,25 @@ fail:
 static void
 device_destroy(struct mqttbr_device *dev)
 {
+	client_destroy(dev);
+	gw_timer_free(dev->retry);
+	gw_timer_free(dev->expiry);
+	pthread_mutex_destroy(&dev->tls_lock);
+	device_free_strings(dev);
+	free(dev);
+}
+
+/*
+ * Destroys dev's paho client (after which paho calls none of our callbacks for it), drops the
+ * events already queued from it, and frees its publishes (reported already, or never to be).
+ */
+static void
+client_destroy(struct mqttbr_device *dev)
+{
 	struct mqttbr *br = dev->br;
 
+	if (!dev->client)
+		return;
 	MQTTAsync_destroy(&dev->client);
 	pthread_mutex_lock(&br->lock);
 	for (struct event **p = &br->head; *p;) {
@@ -1292,11 +1300,40 @@ device_destroy(struct mqttbr_device *dev)
 	pthread_mutex_unlock(&br->lock);
 	while (dev->pending)
 		publish_free(dev->pending);
-	gw_timer_free(dev->retry);
-	gw_timer_free(dev->expiry);
-	pthread_mutex_destroy(&dev->tls_lock);
-	device_free_strings(dev);
-	free(dev);
+}
+
+/* A paho client for dev, with the bridge's broker and dev's version: 0 or -ENOMEM (logged). */
+static int
+client_create(struct mqttbr_device *dev)
+{
+	struct mqttbr *br = dev->br;
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+	MQTTAsync_createOptions co311 = MQTTAsync_createOptions_initializer;
+	int rc;
+
+	/*
+	 * No paho persistence: its file store never fsyncs (DESIGN.md 3), and a CON is answered
+	 * only after the PUBACK, so the sensor still holds anything not yet acknowledged.
+	 */
+	co.sendWhileDisconnected = 0;
+	co311.sendWhileDisconnected = 0;
+	co311.MQTTVersion = MQTTVERSION_3_1_1;
+	rc = MQTTAsync_createWithOptions(&dev->client, br->cfg.broker, dev->client_id,
+	                                 MQTTCLIENT_PERSISTENCE_NONE, NULL,
+	                                 dev->mqtt_version == GWCONF_MQTT_5 ? &co : &co311);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_warnx("%s: cannot create MQTT client for %s: %s", dev->id, br->cfg.broker,
+		          paho_code_str(rc));
+		dev->client = NULL;
+		return -ENOMEM;
+	}
+	rc = MQTTAsync_setCallbacks(dev->client, dev, on_connection_lost, on_message, NULL);
+	if (rc != MQTTASYNC_SUCCESS) {
+		log_warnx("%s: cannot set MQTT callbacks: %s", dev->id, paho_code_str(rc));
+		MQTTAsync_destroy(&dev->client);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 static void

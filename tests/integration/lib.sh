@@ -46,11 +46,18 @@ gw_cleanup() {
   for pid in "${GW_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  # What the sanitizers say as gatewayd exits (leaks) comes after the test's own checks.
+  if grep -qE '^(==[0-9]+==ERROR: [A-Za-z]+Sanitizer|.*runtime error: )' "$WORK"/gatewayd*.log 2>/dev/null; then
+    GW_FAILED=1
+    gw_log "FAIL: a sanitizer reported in $(grep -lE 'Sanitizer|runtime error: ' "$WORK"/gatewayd*.log | xargs -n1 basename):"
+    grep -hE -A12 '^(==[0-9]+==ERROR: [A-Za-z]+Sanitizer|.*runtime error: )' "$WORK"/gatewayd*.log | head -n 40 >&2
+  fi
   if [ "$GW_FAILED" = 0 ] && [ -z "${GW_KEEP:-}" ]; then
     rm -rf "$WORK"
   else
     gw_log "files kept in $WORK"
   fi
+  [ "$GW_FAILED" = 0 ] || exit 1
 }
 
 gw_setup() {
