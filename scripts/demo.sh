@@ -63,6 +63,11 @@ grep -o "Received PUBLISH from [^ ]* (d[0-9], q[0-9], r[0-9], m[0-9]*, 'devices/
     printf '  %-32s %-8s %-10s %s\n' "$topic" "$payload" "$client" "$(gw_broker_username "$client")"
   done
 
+say "what the operator sees: gwctl status, and a few of gwctl metrics"
+gw_gwctl status | sed 's/^/  /'
+gw_gwctl metrics | grep -E '^gatewayd_(messages_total|upstream_sessions |tpm_operation_duration_seconds_(count|sum)\{op="sign"\})' |
+  sed 's/^/  /'
+
 say "stopping gatewayd (SIGTERM), then mosquitto and the subscriber"
 kill -TERM "$GATEWAY_PID"
 gw_wait_for "! kill -0 $GATEWAY_PID 2>/dev/null" 10 || gw_fail "gatewayd did not stop"
