@@ -12,14 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-1000}
 hold=${HOLD:-15} # seconds all N must stay connected
-scripts/deps.sh all
-scripts/build.sh .build/bench -Dbuildtype=release -Db_sanitize=none
-
-export GATEWAYD=$PWD/.build/bench/gatewayd GWCTL=$PWD/.build/bench/gwctl GW_TEST=bench-connect
-source tests/integration/lib.sh
-# One socket per device on each side, plus files.
-ulimit -n $((4 * n + 1024))
-gw_setup
+GW_TEST=bench-connect
+source tests/bench/bench.sh
 gw_pki_init
 gw_start_swtpm
 gw_start_broker

@@ -11,13 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-200}
-scripts/deps.sh all
-scripts/build.sh .build/bench -Dbuildtype=release -Db_sanitize=none
-
-export GATEWAYD=$PWD/.build/bench/gatewayd GWCTL=$PWD/.build/bench/gwctl GW_TEST=bench-enrol
-source tests/integration/lib.sh
-ulimit -n $((4 * n + 1024))
-gw_setup
+GW_TEST=bench-enrol
+source tests/bench/bench.sh
 gw_pki_init
 gw_start_swtpm
 gw_start_broker

@@ -15,14 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-50}
 secs=${2:-10}
-scripts/deps.sh all
-scripts/build.sh .build/bench -Dbuildtype=release -Db_sanitize=none
-
-export GATEWAYD=$PWD/.build/bench/gatewayd GWCTL=$PWD/.build/bench/gwctl
-export GWSENSOR=$PWD/.build/bench/tests/tools/gwsensor GW_TEST=bench-reload
-source tests/integration/lib.sh
-ulimit -n $((4 * n + 1024))
-gw_setup
+GW_TEST=bench-reload
+source tests/bench/bench.sh
 gw_pki_init
 gw_start_broker
 gw_start_subscriber

@@ -16,14 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-50}
 secs=${2:-10}
-scripts/deps.sh all
-scripts/build.sh .build/bench -Dbuildtype=release -Db_sanitize=none
-
-export GATEWAYD=$PWD/.build/bench/gatewayd GWCTL=$PWD/.build/bench/gwctl
-export GWSENSOR=$PWD/.build/bench/tests/tools/gwsensor GW_TEST=bench-spool
-source tests/integration/lib.sh
-ulimit -n $((4 * n + 1024))
-gw_setup
+GW_TEST=bench-spool
+source tests/bench/bench.sh
 # The observer's session outlives the broker's restart in the drain, so that what the devices
 # replay before it reconnects is kept for it.
 GW_BROKER_PERSIST=true
