@@ -217,12 +217,18 @@ static void
 post_event(struct mqttbr *br, struct event *ev)
 {
 	uint64_t one = 1;
+	bool was_empty;
 
 	pthread_mutex_lock(&br->lock);
+	was_empty = !br->head;
 	*br->tail = ev;
 	br->tail = &ev->next;
 	pthread_mutex_unlock(&br->lock);
-	if (write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+	/*
+	 * One wakeup per batch: drain_events() empties the list before it returns (or wakes
+	 * itself again), so a list that was not empty has its wakeup coming already.
+	 */
+	if (was_empty && write(br->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		log_warn("mqtt: eventfd write");
 }
 
