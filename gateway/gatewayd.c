@@ -277,17 +277,12 @@ count_spooled(const char *device, uint64_t records, void *data)
 static int
 open_spool(struct daemon *d)
 {
-	struct spool_limits lim = {
-	        .device_bytes = (uint64_t)d->conf->spool.device_bytes,
-	        .total_bytes = (uint64_t)d->conf->spool.total_bytes,
-	        .max_age = (unsigned)d->conf->spool.max_age,
-	        .full = d->conf->spool.drop_oldest ? SPOOL_DROP_OLDEST : SPOOL_REFUSE,
-	        .segment_bytes = (size_t)d->conf->spool.segment_bytes,
-	};
+	struct spool_limits lim;
 	struct spool_stats st;
 	char *dir;
 	int r;
 
+	spool_limits_from(&lim, d->conf);
 	if (asprintf(&dir, "%s/spool", d->conf->state_dir) < 0)
 		return -ENOMEM;
 	r = spool_open(&d->spool, dir, &lim);

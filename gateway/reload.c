@@ -93,18 +93,6 @@ static void __attribute__((format(printf, 3, 4))) tell(FILE *f, bool warn, const
 		fprintf(f, "%s\n", msg);
 }
 
-static void
-spool_limits_from(struct spool_limits *lim, const struct gwconf *c)
-{
-	*lim = (struct spool_limits){
-	        .device_bytes = (uint64_t)c->spool.device_bytes,
-	        .total_bytes = (uint64_t)c->spool.total_bytes,
-	        .max_age = (unsigned)c->spool.max_age,
-	        .full = c->spool.drop_oldest ? SPOOL_DROP_OLDEST : SPOOL_REFUSE,
-	        .segment_bytes = (size_t)c->spool.segment_bytes,
-	};
-}
-
 /* Every module takes next; nothing refers to the old config after this. */
 static int
 apply(struct daemon *d, struct gwconf *next, bool *restart_all)
@@ -212,8 +200,7 @@ daemon_reload(struct daemon *d, FILE *out, FILE *err)
 	tell(out, false,
 	     "reloaded %s: %zu of %zu upstream sessions started again%s; sensor sessions kept "
 	     "(%llu ms)",
-	     next->file, started, devices,
-	     all ? " (what every session connects with changed)" : "",
+	     next->file, started, devices, all ? " (what every session connects with changed)" : "",
 	     (unsigned long long)(gw_now_ms() - t0));
 	gw_notify_sendf("READY=1\nSTATUS=ready: configuration reloaded, %zu sessions started again",
 	                started);

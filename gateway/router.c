@@ -249,14 +249,15 @@ flow_get(struct router *rt, const char *device)
 	return f;
 }
 
-/* The device's sensor was heard from. */
-static void
+/* The device's sensor was heard from: its flow (NULL if out of memory), made if need be. */
+static struct flow *
 seen(struct router *rt, const char *device)
 {
 	struct flow *f = flow_get(rt, device);
 
 	if (f)
 		f->st.last_seen = time(NULL);
+	return f;
 }
 
 static void
@@ -674,11 +675,10 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	struct router *rt = data;
 	char topic[1024], ctbuf[48], why[256];
 	struct spool_record rec;
-	struct flow *f;
+	struct flow *f = seen(rt, up->device);
 	int qos = up->confirmable ? up->route->qos_con : up->route->qos_non;
 	int r;
 
-	seen(rt, up->device);
 	if (!allowed(rt, up->device, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST,
 	             up->route->resource, why, sizeof(why))) {
 		log_warnx("%s: %s to %s refused: %s", up->device, up->put ? "PUT" : "POST",
@@ -699,7 +699,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	}
 	rt->st.up_messages++;
 	rt->st.up_bytes += up->len;
-	if ((f = flow_get(rt, up->device))) {
+	if (f) {
 		f->st.up_messages++;
 		f->st.up_bytes += up->len;
 	}
@@ -722,7 +722,6 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	const char *reason;
 	enum mqttbr_status ust = mqttbr_status(rt->mqtt, up->device, &reason);
 
-	f = flow_find(rt, up->device);
 	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED ||
 	    (ust != MQTTBR_CONNECTED && ((f && f->refused) || cert_expired(rt, up->device)))) {
 		struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
@@ -771,7 +770,6 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 		coapbr_complete(req, COAPBR_CHANGED, 0);
 		schedule_sync(rt, false);
 	}
-	f = flow_get(rt, up->device);
 	if (f)
 		pump(rt, f);
 }

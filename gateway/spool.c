@@ -394,18 +394,31 @@ seg_remove(struct spool *sp, struct dev *d, size_t si, bool delete_file)
 	d->nsegs--;
 }
 
+/*
+ * Makes room for one more element in *arr, n used of *cap (each size bytes): the capacity
+ * doubles, starting at first. 0 or -ENOMEM (*arr unchanged).
+ */
+static int
+room_for_one(void **arr, size_t n, size_t *cap, size_t first, size_t size)
+{
+	size_t grown = *cap ? 2 * *cap : first;
+	void *a;
+
+	if (n < *cap)
+		return 0;
+	a = reallocarray(*arr, grown, size);
+	if (!a)
+		return -ENOMEM;
+	*arr = a;
+	*cap = grown;
+	return 0;
+}
+
 static int
 seg_add(struct dev *d, uint64_t name, struct seg **out)
 {
-	if (d->nsegs == d->cap) {
-		size_t cap = d->cap ? 2 * d->cap : 4;
-		struct seg *n = reallocarray(d->segs, cap, sizeof(*n));
-
-		if (!n)
-			return -ENOMEM;
-		d->segs = n;
-		d->cap = cap;
-	}
+	if (room_for_one((void **)&d->segs, d->nsegs, &d->cap, 4, sizeof(*d->segs)) < 0)
+		return -ENOMEM;
 	*out = &d->segs[d->nsegs++];
 	**out = (struct seg){.name = name, .fd = -1};
 	return 0;
@@ -507,15 +520,9 @@ scan_buf(const uint8_t *b, size_t len, struct scan *sc)
 			continue;
 		}
 		next = resync(b, len, off, last, &seen);
-		if (sc->nholes == sc->cap) {
-			size_t cap = sc->cap ? 2 * sc->cap : 2;
-			struct hole *n = reallocarray(sc->holes, cap, sizeof(*n));
-
-			if (!n)
-				return -ENOMEM;
-			sc->holes = n;
-			sc->cap = cap;
-		}
+		if (room_for_one((void **)&sc->holes, sc->nholes, &sc->cap, 2, sizeof(*sc->holes)) <
+		    0)
+			return -ENOMEM;
 		sc->holes[sc->nholes++] = (struct hole){
 		        .off = off,
 		        .len = next - off,
@@ -847,15 +854,8 @@ dev_free(struct spool *sp, struct dev *d)
 static int
 dev_insert(struct spool *sp, struct dev *d, size_t pos)
 {
-	if (sp->ndevs == sp->cap) {
-		size_t cap = sp->cap ? 2 * sp->cap : 8;
-		struct dev **n = reallocarray(sp->devs, cap, sizeof(*n));
-
-		if (!n)
-			return -ENOMEM;
-		sp->devs = n;
-		sp->cap = cap;
-	}
+	if (room_for_one((void **)&sp->devs, sp->ndevs, &sp->cap, 8, sizeof(*sp->devs)) < 0)
+		return -ENOMEM;
 	memmove(&sp->devs[pos + 1], &sp->devs[pos], (sp->ndevs - pos) * sizeof(*sp->devs));
 	sp->devs[pos] = d;
 	sp->ndevs++;
@@ -1121,6 +1121,18 @@ take_limits(struct spool *sp, const struct spool_limits *lim)
 		sp->lim.total_bytes = UINT64_MAX;
 	if (!sp->lim.segment_bytes)
 		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
+}
+
+void
+spool_limits_from(struct spool_limits *lim, const struct gwconf *conf)
+{
+	*lim = (struct spool_limits){
+	        .device_bytes = (uint64_t)conf->spool.device_bytes,
+	        .total_bytes = (uint64_t)conf->spool.total_bytes,
+	        .max_age = (unsigned)conf->spool.max_age,
+	        .full = conf->spool.drop_oldest ? SPOOL_DROP_OLDEST : SPOOL_REFUSE,
+	        .segment_bytes = (size_t)conf->spool.segment_bytes,
+	};
 }
 
 void

@@ -13,3 +13,19 @@ source tests/integration/lib.sh
 # One socket per device on each side, plus files.
 ulimit -n $((4 * n + 1024))
 gw_setup
+
+# dev-1 .. dev-N.
+devices() { for i in $(seq 1 "$n"); do echo "dev-$i"; done; }
+# Readings acknowledged in all sensor outputs, and answers other than 2.04 (or the time limit).
+total_acked() { cat "$WORK"/sensor-*.out | awk '$3 == "2.04"' | wc -l; }
+others() { cat "$WORK"/sensor-*.out | awk '$3 != "2.04" && $3 != "stopped"' | wc -l; }
+# Answer-time percentiles (ms) from the gaps between a sensor's answers, less the pacing
+# interval $1 (0 when back to back): "p50 p99".
+latency() {
+  local pace=${1:-0} f
+  for f in "$WORK"/sensor-*.out; do
+    awk -v pace="$pace" '$3 == "2.04" { if (prev) print $1 - prev - pace; prev = $1 }' "$f"
+  done | sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "- -"; exit }
+    printf "%d %d", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }'
+}

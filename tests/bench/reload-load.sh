@@ -21,18 +21,6 @@ gw_pki_init
 gw_start_broker
 gw_start_subscriber
 
-devices() { for i in $(seq 1 "$n"); do echo "dev-$i"; done; }
-total_acked() { cat "$WORK"/sensor-*.out | awk '$3 == "2.04"' | wc -l; }
-others() { cat "$WORK"/sensor-*.out | awk '$3 != "2.04" && $3 != "stopped"' | wc -l; }
-latency() {
-  for f in "$WORK"/sensor-*.out; do
-    awk '$3 == "2.04" { if (prev) print $1 - prev; prev = $1 }' "$f"
-  done | sort -n | awk '{ v[NR] = $1 } END {
-    if (NR == 0) { print "- -"; exit }
-    printf "%d %d", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }'
-}
-now_ms() { date +%s%3N; }
-
 gw_write_config
 for id in $(devices); do gw_add_device "$id"; done
 extra_route='  { resource = "pressure"; topic = "devices/${device}/pressure"; },'
@@ -44,8 +32,8 @@ run() {
   gw_start_gateway "$n"
   for id in $(devices); do sensor "$id" -n 100000000 -t "$secs"; done
   if [ "$mode" = reloads ]; then
-    stop=$(($(now_ms) + secs * 1000))
-    while [ "$(now_ms)" -lt "$stop" ]; do
+    stop=$(($(gw_now_ms) + secs * 1000))
+    while [ "$(gw_now_ms)" -lt "$stop" ]; do
       if grep -q 'resource = "pressure"' "$WORK/gateway.conf"; then
         sed -i '/resource = "pressure"/d' "$WORK/gateway.conf"
       else

@@ -44,19 +44,6 @@ sed -i 's/^log_type all$/log_type error\nlog_type warning\nlog_type notice\nlog_
 mv "$WORK/mosquitto.log" "$WORK/mosquitto-setup.log"
 gw_run_broker || gw_fail "mosquitto did not restart: $(cat "$WORK/mosquitto.out")"
 
-devices() { for i in $(seq 1 "$n"); do echo "dev-$i"; done; }
-total_acked() { cat "$WORK"/sensor-*.out | awk '$3 == "2.04"' | wc -l; }
-others() { cat "$WORK"/sensor-*.out | awk '$3 != "2.04" && $3 != "stopped"' | wc -l; }
-# Answer-time percentiles (ms) from the gaps between a sensor's answers, less the pacing
-# interval $1 (0 when back to back): "p50 p99".
-latency() {
-  local pace=${1:-0} f
-  for f in "$WORK"/sensor-*.out; do
-    awk -v pace="$pace" '$3 == "2.04" { if (prev) print $1 - prev - pace; prev = $1 }' "$f"
-  done | sort -n | awk '{ v[NR] = $1 } END {
-    if (NR == 0) { print "- -"; exit }
-    printf "%d %d", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }'
-}
 # CPU seconds (user + system) a process has used so far.
 cpu_s() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \

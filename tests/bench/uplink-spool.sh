@@ -25,18 +25,6 @@ gw_pki_init
 gw_start_broker
 gw_start_subscriber
 
-now_ms() { date +%s%3N; }
-devices() { for i in $(seq 1 "$n"); do echo "dev-$i"; done; }
-# Readings acknowledged in all sensor outputs, and the answer-time percentiles (ms).
-total_acked() { cat "$WORK"/sensor-*.out | awk '$3 == "2.04"' | wc -l; }
-latency() {
-  for f in "$WORK"/sensor-*.out; do
-    awk '$3 == "2.04" { if (prev) print $1 - prev; prev = $1 }' "$f"
-  done | sort -n | awk '{ v[NR] = $1 } END {
-    if (NR == 0) { print "- -"; exit }
-    printf "%d %d", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }'
-}
-
 first=1
 run() {
   local mode=$1 extra t0 got
@@ -84,10 +72,10 @@ backlog=$(total_acked)
 mv "$WORK/mosquitto.log" "$WORK/mosquitto-1.log"
 gw_run_broker || gw_fail "mosquitto did not restart"
 gw_start_subscriber
-t0=$(now_ms)
+t0=$(gw_now_ms)
 gw_wait_for "[ \$(wc -l <'$WORK/sub.out') -ge $backlog ]" 600 ||
   gw_log "only $(wc -l <"$WORK/sub.out") of $backlog replayed in 600 s"
-tdrain=$(($(now_ms) - t0))
+tdrain=$(($(gw_now_ms) - t0))
 kill -TERM "$GATEWAY_PID"
 wait "$GATEWAY_PID" 2>/dev/null || true
 

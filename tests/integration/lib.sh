@@ -496,13 +496,18 @@ gw_wait_delivered() {
 
 # gw_start_fleet N: dev-1..dev-N added and connected, each with a sensor sending 20 readings a
 # second for 10 s; returns once dev-7 is flowing (the device the fleet tests act on).
-gw_start_fleet() {
-  local n=$1 i
+gw_start_fleet() { gw_start_flowing "$1" dev-7 10 -n 100000 -i 50 -t 10; }
+
+# gw_start_flowing N DEV MIN [gwsensor options]: dev-1..dev-N added and connected, each with a
+# sensor started with these options; returns once DEV has MIN readings acknowledged.
+gw_start_flowing() {
+  local n=$1 dev=$2 min=$3 i
+  shift 3
   for i in $(seq 1 "$n"); do gw_add_device "dev-$i"; done
   gw_start_gateway "$n"
-  for i in $(seq 1 "$n"); do sensor "dev-$i" -n 100000 -i 50 -t 10; done
-  gw_wait_for "[ \$(acked dev-7) -ge 10 ]" 10 ||
-    gw_fail "dev-7 is not flowing: $(tail -n 3 "$WORK/sensor-dev-7.out")"
+  for i in $(seq 1 "$n"); do sensor "dev-$i" "$@"; done
+  gw_wait_for "[ \$(acked $dev) -ge $min ]" 10 ||
+    gw_fail "$dev is not flowing: $(tail -n 3 "$WORK/sensor-$dev.out")"
 }
 
 # ---- certificate enrolment: the test suite's own EST server (tests/tools/est-server.py) ----

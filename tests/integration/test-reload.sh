@@ -34,10 +34,7 @@ handshakes() { grep -c "$1: sensor connected from" "$WORK/gatewayd.log"; }
 
 PORT=$(gw_free_port udp)
 write_config
-for id in dev-1 dev-2 dev-3; do gw_add_device "$id"; done
-gw_start_gateway 3
-for id in dev-1 dev-2 dev-3; do sensor "$id" -n 100000 -i 50 -t 14; done
-gw_wait_for "[ \$(acked dev-3) -ge 10 ]" 10 || gw_fail "dev-3 is not flowing"
+gw_start_flowing 3 dev-3 10 -n 100000 -i 50 -t 14
 
 # 1. SIGHUP: a new route, nothing else. No session starts again.
 write_config "" '{ resource = "pressure"; topic = "devices/${device}/pressure"; }'

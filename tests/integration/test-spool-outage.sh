@@ -13,10 +13,7 @@ gw_start_broker
 gw_start_subscriber
 gw_write_config
 N=3
-for i in $(seq 1 $N); do gw_add_device "dev-$i"; done
-gw_start_gateway $N
-for i in $(seq 1 $N); do sensor "dev-$i" -n 100000 -i 20 -t 50; done
-gw_wait_for "[ \$(acked dev-1) -ge 20 ]" 10 || gw_fail "dev-1 is not flowing: $(tail -n 3 "$WORK/sensor-dev-1.out")"
+gw_start_flowing $N dev-1 20 -n 100000 -i 20 -t 50
 
 kill "$BROKER_PID"
 wait "$BROKER_PID" 2>/dev/null || true
