@@ -15,7 +15,9 @@
  * Encoders write into out[0..cap) and return the packet's full length, like snprintf: a
  * result larger than cap means nothing usable was written and the caller should retry with a
  * buffer of that size. They return -EINVAL for values the spec cannot carry (a string over
- * 65,535 bytes, a packet over 268,435,455 bytes, a packet id of 0).
+ * 65,535 bytes, a packet over 268,435,455 bytes, a packet id of 0) or forbids a client to send
+ * (ill-formed UTF-8, a topic name with wildcards, a reason code not in the packet's table).
+ * out may be NULL when cap is 0, to learn the size.
  */
 
 #define MQTTCODEC_V311 4 /* protocol level (MQTT 3.1.1 section 3.1.2.2) */
@@ -91,14 +93,14 @@ struct mqttcodec_str {
 /* ---- what the client sends ---- */
 
 struct mqttcodec_connect {
-	int version;                /* MQTTCODEC_V5 or MQTTCODEC_V311 */
-	const char *client_id;      /* may be "" (MQTT 5: the broker assigns one) */
-	bool clean_start;           /* 3.1.1: Clean Session */
-	uint16_t keepalive;         /* seconds, 0 for none */
-	const char *username;       /* NULL: none; the identity is the TLS certificate's */
-	uint32_t session_expiry;    /* MQTT 5 only; 0 is not sent (the default) */
-	uint16_t receive_maximum;   /* MQTT 5 only; 0 is not sent (65,535 by default) */
-	uint32_t maximum_packet;    /* MQTT 5 only; 0 is not sent (no limit) */
+	int version;              /* MQTTCODEC_V5 or MQTTCODEC_V311 */
+	const char *client_id;    /* may be "" (MQTT 5: the broker assigns one) */
+	bool clean_start;         /* 3.1.1: Clean Session */
+	uint16_t keepalive;       /* seconds, 0 for none */
+	const char *username;     /* NULL: none; the identity is the TLS certificate's */
+	uint32_t session_expiry;  /* MQTT 5 only; 0 is not sent (the default) */
+	uint16_t receive_maximum; /* MQTT 5 only; 0 is not sent (65,535 by default) */
+	uint32_t maximum_packet;  /* MQTT 5 only; 0 is not sent (no limit) */
 	/* The will: published by the broker when the session dies without a DISCONNECT. */
 	const char *will_topic; /* NULL: no will */
 	const void *will_payload;
@@ -106,6 +108,7 @@ struct mqttcodec_connect {
 	int will_qos;
 	bool will_retain;
 };
+/* 3.1.1 also refuses an empty client_id without clean_start (3.1.1 section 3.1.3.1). */
 int mqttcodec_connect(uint8_t *out, size_t cap, const struct mqttcodec_connect *c);
 
 struct mqttcodec_publish {
@@ -113,10 +116,10 @@ struct mqttcodec_publish {
 	const char *topic;
 	const void *payload;
 	size_t len;
-	int qos;            /* 0 or 1 */
+	int qos; /* 0 or 1 */
 	bool retain;
-	bool dup;           /* a resend of a QoS 1 publish (MQTT 5.0 section 3.3.1.1) */
-	uint16_t packet_id; /* QoS 1 only; not 0 */
+	bool dup;                 /* a resend of a QoS 1 publish (MQTT 5.0 section 3.3.1.1) */
+	uint16_t packet_id;       /* QoS 1 only; not 0 */
 	const char *content_type; /* MQTT 5 only; NULL: none. Not sent with 3.1.1. */
 };
 int mqttcodec_publish(uint8_t *out, size_t cap, const struct mqttcodec_publish *p);
@@ -126,7 +129,10 @@ int mqttcodec_publish(uint8_t *out, size_t cap, const struct mqttcodec_publish *
  */
 size_t mqttcodec_publish_size(const struct mqttcodec_publish *p);
 
-/* PUBACK for a QoS 1 message from the broker; MQTT 5 with reason 0 is the 2-byte short form. */
+/*
+ * PUBACK for a QoS 1 message from the broker; MQTT 5 with reason 0 is the 2-byte short form.
+ * reason must be a PUBACK reason code (MQTT 5.0 section 3.4.2.1); 3.1.1 does not send it.
+ */
 int mqttcodec_puback(uint8_t *out, size_t cap, int version, uint16_t packet_id, int reason);
 
 /* SUBSCRIBE to one filter at qos (MQTT 5: No Local off, Retain As Published off, retain
@@ -136,7 +142,11 @@ int mqttcodec_subscribe(uint8_t *out, size_t cap, int version, uint16_t packet_i
 
 int mqttcodec_pingreq(uint8_t *out, size_t cap);
 
-/* DISCONNECT; MQTT 5 with reason 0 is the 2-byte short form; 3.1.1 has no reason. */
+/*
+ * DISCONNECT; MQTT 5 with reason 0 is the 2-byte short form. reason must be one a client may
+ * send (MQTT 5.0 section 3.14.2.1). 3.1.1 has no reason and always discards the will: to have
+ * it published, close the connection without a DISCONNECT.
+ */
 int mqttcodec_disconnect(uint8_t *out, size_t cap, int version, int reason);
 
 /* ---- what the client receives ---- */
@@ -169,9 +179,10 @@ struct mqttcodec_packet {
 	uint8_t flags; /* the low nibble of the fixed header */
 	/* CONNACK */
 	bool session_present;
-	/* CONNACK (MQTT 5 reason, or 3.1.1 return code turned into it), PUBACK, DISCONNECT */
+	/* CONNACK (MQTT 5 reason, or 3.1.1 return code turned into it), PUBACK, PUBREC, PUBREL,
+	 * PUBCOMP, DISCONNECT, AUTH; 0 where the packet leaves it out */
 	int reason;
-	/* PUBLISH, PUBACK, SUBACK */
+	/* PUBLISH (QoS 1 and 2), PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK */
 	uint16_t packet_id;
 	/* PUBLISH */
 	int qos;
@@ -179,7 +190,8 @@ struct mqttcodec_packet {
 	bool dup;
 	struct mqttcodec_str topic;
 	struct mqttcodec_str payload;
-	/* SUBACK: its reason codes (3.1.1: return codes, 0x80 a failure) */
+	/* SUBACK: its reason codes (3.1.1: return codes, 0x80 a failure); MQTT 5 UNSUBACK: its
+	 * reason codes (3.1.1 UNSUBACK has none) */
 	struct mqttcodec_str suback;
 	struct mqttcodec_props props;
 };
@@ -191,12 +203,20 @@ struct mqttcodec_packet {
  *   -EMSGSIZE  its Remaining Length says it is larger than max_packet (0: no limit), which
  *              the client announced in CONNECT (MQTT 5.0 section 3.1.2.11.4);
  *   -EPROTO    malformed or not allowed for a client to receive (MQTT 5.0 section 4.13:
- *              close the connection, with DISCONNECT 0x81/0x82 for MQTT 5).
+ *              close the connection, with DISCONNECT 0x81/0x82 for MQTT 5);
+ *   -EINVAL    out NULL, buf NULL with len > 0, or a version other than the two.
  * Only packets a server sends are accepted: CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP,
  * SUBACK, UNSUBACK, PINGRESP, DISCONNECT (MQTT 5), AUTH (MQTT 5). Reserved flag bits, QoS 3, a
  * QoS 0 PUBLISH with DUP, a PUBLISH topic with wildcards or invalid UTF-8, a property twice or
  * in the wrong packet, a variable byte integer over four bytes or not minimally needed are all
  * -EPROTO. A topic alias is -EPROTO too: the client never allows one (Topic Alias Maximum 0).
+ * So is a reason code outside the packet's table (MQTT 5.0 section 2.4: a sender "MUST use
+ * one of" them). The decoder keeps no state: an AUTH, or a CONNACK with an Authentication
+ * Method, is well-formed here but a Protocol Error for a client that sent no Authentication
+ * Method, which is the caller's to judge.
+ * A 3.1.1 broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK, return code 1 (3.1.1 section
+ * 3.1.2.2); decoded as MQTT 5 that is a CONNACK with reason 0x84 (Unsupported Protocol
+ * Version), so that the caller can retry with 3.1.1.
  */
 int mqttcodec_decode(const uint8_t *buf, size_t len, int version, uint32_t max_packet,
                      struct mqttcodec_packet *out);
