@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Installs the Debian 12 packages gatewayd needs, only those missing (safe to run again).
-#   scripts/deps.sh build   compilers, meson and the -dev libraries
+#   scripts/deps.sh build   compilers, meson and the -dev libraries; clang and libclang-rt-14-dev
+#                           (libFuzzer) for tests/fuzz/run.sh
 #   scripts/deps.sh peers   the real peers of the demo and the tests: mosquitto, coap-client,
 #                           swtpm, tpm2-tools, openssl, python3 (the tests' EST server),
 #                           systemd (systemd-analyze scores the unit), groff-base and man-db
@@ -10,7 +11,8 @@
 set -euo pipefail
 
 build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libpaho-mqtt-dev
-  libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev)
+  libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev
+  clang libclang-rt-14-dev)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
   procps coreutils bc python3 systemd groff-base man-db curl)
 
