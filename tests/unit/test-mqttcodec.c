@@ -715,6 +715,62 @@ decodes_pingresp_disconnect_auth(void **state)
 }
 
 static void
+decodes_the_other_properties(void **state)
+{
+	/*
+	 * 5.0 3.3, QoS 0: Topic Name "t/\u00E9\u20AC\U0001F600" (1.5.4: UTF-8 of two, three
+	 * and four bytes), Response Topic "r/1" (3.3.2.3.5), Correlation Data DE AD
+	 * (3.3.2.3.6). Properties 6 + 5 = 11; Remaining Length 13 + 1 + 11 = 25.
+	 */
+	static const uint8_t publish[] = {0x30, 0x19, 0x00, 0x0B, 't',  '/',  0xC3, 0xA9, 0xE2,
+	                                  0x82, 0xAC, 0xF0, 0x9F, 0x98, 0x80, 0x0B, 0x08, 0x00,
+	                                  0x03, 'r',  '/',  '1',  0x09, 0x00, 0x02, 0xDE, 0xAD};
+	/* 5.0 3.2.2.3: Response Information "ri" (3.2.2.3.15), Authentication Method "m"
+	 * (3.2.2.3.17), Authentication Data 01 02 (3.2.2.3.18), Subscription Identifiers
+	 * Available 0 (3.2.2.3.12), Shared Subscription Available 1 (3.2.2.3.13): 18. */
+	static const uint8_t connack[] = {0x20, 0x15, 0x00, 0x00, 0x12, 0x1A, 0x00, 0x02,
+	                                  'r',  'i',  0x15, 0x00, 0x01, 'm',  0x16, 0x00,
+	                                  0x02, 0x01, 0x02, 0x29, 0x00, 0x2A, 0x01};
+	/* 5.0 3.15: 0x18 Continue authentication, Authentication Method "m" (3.15.2.2.2),
+	 * Authentication Data "x" (3.15.2.2.3), Reason String "r" (3.15.2.2.4): 12. */
+	static const uint8_t auth[] = {0xF0, 0x0E, 0x18, 0x0C, 0x15, 0x00, 0x01, 'm',
+	                               0x16, 0x00, 0x01, 'x',  0x1F, 0x00, 0x01, 'r'};
+	struct mqttcodec_packet pk;
+
+	(void)state;
+	assert_int_equal(decode_all(publish, sizeof(publish), V5, &pk), sizeof(publish));
+	assert_true(str_is(pk.topic, "t/\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80"));
+	assert_int_equal(pk.payload.len, 0);
+	assert_null(pk.props.content_type.data);
+	assert_int_equal(decode_all(connack, sizeof(connack), V5, &pk), sizeof(connack));
+	assert_int_equal(pk.reason, 0);
+	assert_int_equal(decode_all(auth, sizeof(auth), V5, &pk), sizeof(auth));
+	assert_int_equal(pk.type, MQTTCODEC_AUTH);
+	assert_int_equal(pk.reason, 0x18);
+	assert_true(str_is(pk.props.reason_string, "r"));
+}
+
+static void
+encodes_utf8_topics(void **state)
+{
+	/* 3.1.1 3.3 (1.5.3): the topic of decodes_the_other_properties, QoS 0, no payload. */
+	static const uint8_t want[] = {0x30, 0x0D, 0x00, 0x0B, 't',  '/',  0xC3, 0xA9,
+	                               0xE2, 0x82, 0xAC, 0xF0, 0x9F, 0x98, 0x80};
+	struct mqttcodec_publish p = {.version = V4,
+	                              .topic = "t/\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80"};
+	uint8_t out[32];
+	char buf[32];
+
+	(void)state;
+	assert_encoded(mqttcodec_publish(out, LEN, &p), want);
+	/* U+FFFF and U+10FFFF are noncharacters, which 1.5.4 only says SHOULD NOT be sent. */
+	p.topic = "\xEF\xBF\xBF\xF4\x8F\xBF\xBF";
+	assert_int_equal(mqttcodec_publish(out, LEN, &p), 11);
+	assert_string_equal(mqttcodec_reason_name(0x07, NULL, 0), "unknown reason");
+	assert_string_equal(mqttcodec_reason_name(-1, buf, sizeof(buf)), "reason 0xFFFFFFFF");
+}
+
+static void
 decodes_one_packet_of_a_stream(void **state)
 {
 	uint8_t stream[sizeof(connack_v5) + sizeof(publish_v5_qos0) + 2];
@@ -973,6 +1029,8 @@ main(void)
 	        cmocka_unit_test(decodes_acks),
 	        cmocka_unit_test(decodes_suback_and_unsuback),
 	        cmocka_unit_test(decodes_pingresp_disconnect_auth),
+	        cmocka_unit_test(decodes_the_other_properties),
+	        cmocka_unit_test(encodes_utf8_topics),
 	        cmocka_unit_test(decodes_one_packet_of_a_stream),
 	        cmocka_unit_test(refuses_packets_over_max_packet),
 	        cmocka_unit_test(refuses_bad_arguments),
