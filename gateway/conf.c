@@ -476,13 +476,21 @@ parse_mqtt_version(struct parse *p, const config_setting_t *g, int def)
 static void
 parse_upstream(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"broker",          "ca_file",
-	                                    "keepalive",       "connect_timeout",
-	                                    "publish_timeout", "reconnect_min",
-	                                    "reconnect_max",   "rejected_retry",
-	                                    "profile",         "client_id",
-	                                    "username",        "alpn",
-	                                    "mqtt_version",    NULL};
+	static const char *const known[] = {"broker",
+	                                    "ca_file",
+	                                    "keepalive",
+	                                    "connect_timeout",
+	                                    "publish_timeout",
+	                                    "reconnect_min",
+	                                    "reconnect_max",
+	                                    "rejected_retry",
+	                                    "profile",
+	                                    "client_id",
+	                                    "username",
+	                                    "alpn",
+	                                    "mqtt_version",
+	                                    "tls_session_lifetime",
+	                                    NULL};
 	const config_setting_t *g = conf_group(p, root, "upstream", true);
 	struct gwconf *c = p->conf;
 	struct profile_defaults def;
@@ -506,6 +514,12 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	c->upstream.reconnect_max = conf_int(p, g, "upstream", "reconnect_max", 60, 1, 86400);
 	/* Slow: a revoked or unknown certificate needs an operator, not another handshake. */
 	c->upstream.rejected_retry = conf_int(p, g, "upstream", "rejected_retry", 600, 10, 86400);
+	/*
+	 * A resumed TLS session skips the broker's revocation checks and is a bearer credential
+	 * while it lives: an hour at most by default, never longer than the broker's own hint.
+	 */
+	c->upstream.tls_session_lifetime =
+	        conf_int(p, g, "upstream", "tls_session_lifetime", 3600, 0, 86400);
 	if (c->upstream.reconnect_max < c->upstream.reconnect_min)
 		conf_report(
 		        p, config_setting_get_member(g, "reconnect_max"),

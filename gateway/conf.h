@@ -104,7 +104,7 @@ struct gwconf {
 	} sensors;
 
 	struct {
-		char *broker;      /* as paho wants it: ssl://host:port */
+		char *broker;      /* ssl://host:port, as logs and status show it */
 		char *broker_host; /* the name the broker's certificate must carry */
 		uint16_t broker_port;
 		char *ca_file;
@@ -113,7 +113,8 @@ struct gwconf {
 		int publish_timeout;
 		int reconnect_min;
 		int reconnect_max;
-		int rejected_retry; /* seconds between tries of a device the broker refused */
+		int rejected_retry;       /* seconds between tries of a device the broker refused */
+		int tls_session_lifetime; /* seconds a TLS session may be resumed; 0: never */
 		enum gwconf_profile profile;
 		char *client_id; /* template, see bridges/template.h */
 		char *username;  /* template; NULL: no user name is sent */

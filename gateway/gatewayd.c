@@ -146,11 +146,16 @@ daemon_start_session(struct daemon *d, const char *id, enum daemon_session how)
 			return false;
 		mqttbr_remove_device(d->mqtt, id);
 	}
-	r = mqttbr_add_device(d->mqtt, id, &session, NULL);
+	struct mqttbr_device *dev;
+
+	r = mqttbr_add_device(d->mqtt, id, &session, &dev);
 	if (r < 0) {
 		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
 		return false;
 	}
+	/* Readings spooled before a restart: its connect goes before those of idle devices. */
+	if (spool_depth(d->spool, id, NULL) > 0)
+		mqttbr_wanted(dev);
 	return true;
 }
 

@@ -19,7 +19,7 @@ struct watch {
 	int fd;
 	gw_loop_fd_fn fn;
 	void *data;
-	struct watch *next;
+	struct watch *next, *prev;
 };
 
 struct gw_timer {
@@ -42,6 +42,12 @@ struct gw_loop {
 	} signals[MAX_SIGNALS];
 	size_t nsignals;
 	struct watch *watches;
+	/*
+	 * The watch of each fd by its number: every upstream session is a socket of the loop, so
+	 * changing or removing one must not walk thousands of others.
+	 */
+	struct watch **byfd;
+	size_t nbyfd;
 	/* Watches removed while a batch of events is dispatched; freed after the batch. */
 	struct watch *graveyard;
 	/* Min-heap on due time: one timerfd serves every timer, whatever the fleet size. */
@@ -70,12 +76,59 @@ epoll_watch(struct gw_loop *loop, int fd, uint32_t events, struct watch *w)
 	return 0;
 }
 
+static struct watch *
+watch_of(const struct gw_loop *loop, int fd)
+{
+	return fd >= 0 && (size_t)fd < loop->nbyfd ? loop->byfd[fd] : NULL;
+}
+
+static void
+watch_unlink(struct gw_loop *loop, struct watch *w)
+{
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		loop->watches = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	loop->byfd[w->fd] = NULL;
+	w->fn = NULL;
+	w->prev = NULL;
+	w->next = loop->graveyard;
+	loop->graveyard = w;
+}
+
 int
 gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, void *data)
 {
-	struct watch *w = calloc(1, sizeof(*w));
+	struct watch *w, *stale;
 	int r;
 
+	if (fd < 0)
+		return -EBADF;
+	if ((size_t)fd >= loop->nbyfd) {
+		size_t n = loop->nbyfd ? loop->nbyfd : 64;
+		struct watch **byfd;
+
+		while (n <= (size_t)fd)
+			n *= 2;
+		byfd = reallocarray(loop->byfd, n, sizeof(*byfd));
+		if (!byfd)
+			return -ENOMEM;
+		memset(byfd + loop->nbyfd, 0, (n - loop->nbyfd) * sizeof(*byfd));
+		loop->byfd = byfd;
+		loop->nbyfd = n;
+	}
+	/*
+	 * A watch left on a number whose fd was closed without gw_loop_del_fd() (epoll forgot
+	 * it with the close): the new fd of that number replaces it.
+	 */
+	stale = loop->byfd[fd];
+	if (stale) {
+		epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+		watch_unlink(loop, stale);
+	}
+	w = calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
 	*w = (struct watch){.fd = fd, .fn = fn, .data = data, .next = loop->watches};
@@ -84,39 +137,35 @@ gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, 
 		free(w);
 		return r;
 	}
+	if (loop->watches)
+		loop->watches->prev = w;
 	loop->watches = w;
+	loop->byfd[fd] = w;
 	return 0;
 }
 
 int
 gw_loop_mod_fd(struct gw_loop *loop, int fd, uint32_t events)
 {
-	for (struct watch *w = loop->watches; w; w = w->next) {
-		struct epoll_event ev = {.events = events, .data.ptr = w};
+	struct watch *w = watch_of(loop, fd);
+	struct epoll_event ev = {.events = events, .data.ptr = w};
 
-		if (w->fd != fd)
-			continue;
-		return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0 ? -errno : 0;
-	}
-	return -ENOENT;
+	if (!w)
+		return -ENOENT;
+	return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0 ? -errno : 0;
 }
 
 int
 gw_loop_del_fd(struct gw_loop *loop, int fd)
 {
-	for (struct watch **p = &loop->watches; *p; p = &(*p)->next) {
-		struct watch *w = *p;
+	struct watch *w = watch_of(loop, fd);
 
-		if (w->fd != fd)
-			continue;
-		epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
-		*p = w->next;
-		w->fn = NULL;
-		w->next = loop->graveyard;
-		loop->graveyard = w;
-		return 0;
-	}
-	return -ENOENT;
+	if (!w)
+		return -ENOENT;
+	/* Fails harmlessly for an fd already closed: epoll dropped it then. */
+	epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+	watch_unlink(loop, w);
+	return 0;
 }
 
 static void
@@ -361,6 +410,7 @@ gw_loop_free(struct gw_loop *loop)
 	while (loop->watches)
 		gw_loop_del_fd(loop, loop->watches->fd);
 	graveyard_empty(loop);
+	free(loop->byfd);
 	for (size_t i = 0; i < loop->nheap; i++)
 		loop->heap[i]->slot = SIZE_MAX;
 	free(loop->heap);

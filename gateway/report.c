@@ -139,6 +139,15 @@ daemon_status(FILE *out, void *data)
 	        c.by_upstream[MQTTBR_CONNECTED], c.by_upstream[MQTTBR_CONNECTING],
 	        c.by_upstream[MQTTBR_RETRYING], c.by_upstream[MQTTBR_REJECTED],
 	        c.by_upstream[MQTTBR_NONE]);
+	struct mqttbr_stats ms;
+
+	mqttbr_get_stats(d->mqtt, &ms);
+	fprintf(out,
+	        "upstream-connects: %llu queued, %llu in flight (signature %llu ms as measured); "
+	        "TLS handshakes %llu full, %llu resumed\n",
+	        (unsigned long long)ms.queued, (unsigned long long)ms.connecting,
+	        (unsigned long long)ms.sign_ms, (unsigned long long)ms.full,
+	        (unsigned long long)ms.resumed);
 	if (d->coap)
 		coapbr_get_stats(d->coap, &cs);
 	fprintf(out, "sensors: %llu DTLS sessions on %s port %u\n", (unsigned long long)cs.sessions,
@@ -345,6 +354,15 @@ daemon_collect(struct metrics_writer *w, void *data)
 	counter(w, "gatewayd_upstream_sessions_lost_total",
 	        "Upstream sessions that dropped after they were up.", ms.lost);
 	gauge(w, "gatewayd_upstream_sessions", "Upstream sessions up now.", (double)ms.up);
+	metrics_family(w, "gatewayd_upstream_tls_handshakes_total", METRICS_COUNTER,
+	               "Upstream TLS handshakes: full (one TPM signature) or resumed (none).");
+	metrics_counter(w, METRICS_LABELS({"kind", "full"}), ms.full);
+	metrics_counter(w, METRICS_LABELS({"kind", "resumed"}), ms.resumed);
+	gauge(w, "gatewayd_upstream_connect_queue",
+	      "Devices due to connect, waiting for their turn at the TPM's pace.",
+	      (double)ms.queued);
+	gauge(w, "gatewayd_upstream_connecting", "Upstream connects in flight now.",
+	      (double)ms.connecting);
 
 	metrics_family(w, "gatewayd_devices", METRICS_GAUGE, "Devices in the keystore, by state.");
 	metrics_gauge(w, METRICS_LABELS({"state", "active"}), (double)c.by_state[KEYSTORE_ACTIVE]);

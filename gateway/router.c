@@ -357,6 +357,9 @@ pump(struct router *rt, struct flow *f)
 {
 	struct mqttbr_device *dev = mqttbr_find(rt->mqtt, f->device);
 
+	/* Readings wait in its spool: its connect goes before those of idle devices. */
+	if (dev && !mqttbr_device_up(dev) && spool_depth(rt->spool, f->device, NULL) > 0)
+		mqttbr_wanted(dev);
 	while (dev && mqttbr_device_up(dev) && f->nout < WINDOW) {
 		struct spool_record rec;
 		struct sent *s;
@@ -648,6 +651,8 @@ uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr
 	}
 	/* Down, or its spool still draining (order first): the sensor keeps it for now. */
 	if (!mqttbr_device_up(dev) || spool_depth(rt->spool, up->device, NULL) > 0) {
+		/* Its sensor waits: its connect goes before those of idle devices. */
+		mqttbr_wanted(dev);
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
 		return;
 	}

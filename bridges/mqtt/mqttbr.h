@@ -9,8 +9,10 @@
 /*
  * The cloud side: one MQTT session per device (MQTT 5, or 3.1.1 by config), over mutual TLS
  * with that device's own certificate, so the broker sees every device under its own identity.
- * paho's callbacks arrive on paho's threads; they are queued and handled on the loop's thread,
- * which owns all state.
+ * Our own client on the daemon's loop (DESIGN.md decision 3): non-blocking sockets, one TLS
+ * context for all sessions, handshakes that wait for the TPM's signature without blocking
+ * (mqttconn.h), connects admitted at the pace the TPM signs with devices that have data first,
+ * and each device's TLS session resumed from memory where the broker allows.
  */
 
 struct gw_loop;
@@ -97,6 +99,11 @@ enum mqttbr_status mqttbr_status(struct mqttbr *br, const char *id, const char *
 const char *mqttbr_status_name(enum mqttbr_status st);
 /* Seconds until the device's session may be up again, for CoAP's Max-Age on 5.03. */
 unsigned mqttbr_device_retry_after(const struct mqttbr_device *dev);
+/*
+ * Readings or a sensor wait for the device while its session is down: its connect goes before
+ * those of devices with nothing to send (the backoff still applies).
+ */
+void mqttbr_wanted(struct mqttbr_device *dev);
 
 struct mqttbr_message {
 	const char *topic;
@@ -136,8 +143,13 @@ struct mqttbr_stats {
 	uint64_t connects;  /* attempted */
 	uint64_t connected; /* accepted */
 	uint64_t failures[MQTTBR_FAILS];
-	uint64_t lost; /* sessions that dropped after they were up */
-	uint64_t up;   /* sessions up now */
+	uint64_t lost;       /* sessions that dropped after they were up */
+	uint64_t up;         /* sessions up now */
+	uint64_t full;       /* TLS handshakes with a signature */
+	uint64_t resumed;    /* TLS handshakes that resumed a session: no signature */
+	uint64_t queued;     /* devices due to connect, waiting for their turn */
+	uint64_t connecting; /* connects in flight */
+	uint64_t sign_ms;    /* a handshake's signature as measured, the pace of admissions */
 };
 void mqttbr_get_stats(const struct mqttbr *br, struct mqttbr_stats *st);
 
