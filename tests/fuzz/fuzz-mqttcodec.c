@@ -3,9 +3,10 @@
  * libFuzzer harness for bridges/mqtt/mqttcodec: the input is what a broker sent, one or more
  * packets back to back. It is decoded as the session engine would, under both versions, with
  * and without a Maximum Packet Size, and every PUBLISH decoded is encoded again from its
- * fields and decoded once more. Any broken promise of mqttcodec.h aborts, so the fuzzer
- * reports it like a crash. Built by tests/fuzz/run.sh (clang, libFuzzer, ASan, UBSan), and by
- * meson with driver.c to replay the corpus in the unit suite.
+ * fields and decoded once more. The same bytes also drive every encoder (encode_input). Any
+ * broken promise of mqttcodec.h aborts, so the fuzzer reports it like a crash. Built by
+ * tests/fuzz/run.sh (clang, libFuzzer, ASan, UBSan), and by meson with driver.c to replay
+ * the corpus in the unit suite.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -170,34 +171,109 @@ decode_stream(const uint8_t *data, size_t size, int version)
 	}
 }
 
-/* The input as a topic, a content type and a client id: whatever the encoders accept must
- * decode to itself. */
+/* An encoder's packet: its fixed header's Remaining Length says its size (MQTT 5.0 2.1.4). */
+static void
+check_framing(const uint8_t *buf, int size, uint8_t first)
+{
+	uint32_t rl = 0;
+	int i = 1;
+
+	check(size >= 2 && buf[0] == first);
+	do {
+		check(i < size && i <= 4);
+		rl |= (uint32_t)(buf[i] & 0x7F) << (7 * (i - 1));
+	} while (buf[i++] & 0x80);
+	check((uint32_t)(size - i) == rl);
+}
+
+/*
+ * Runs an encoder in a buffer of exactly the size it asks for (and one byte short, which
+ * must write nothing and give the same size), then checks the framing.
+ */
+#define ENCODE(first, call_out_cap)                                                                \
+	do {                                                                                       \
+		uint8_t *out = NULL;                                                               \
+		size_t cap = 0;                                                                    \
+		int want = (call_out_cap);                                                         \
+		check(want == -EINVAL || want > 0);                                                \
+		if (want > 0) {                                                                    \
+			out = malloc((size_t)want);                                                \
+			check(out);                                                                \
+			cap = (size_t)want - 1;                                                    \
+			check((call_out_cap) == want);                                             \
+			cap = (size_t)want;                                                        \
+			check((call_out_cap) == want);                                             \
+			check_framing(out, want, (first));                                         \
+			free(out);                                                                 \
+		}                                                                                  \
+	} while (0)
+
+/*
+ * The input as the encoders' arguments: its first bytes as numbers and flags, all of it as
+ * the strings. Whatever an encoder accepts must be framed right, and a PUBLISH or PUBACK it
+ * writes must decode to what it was given.
+ */
 static void
 encode_input(const uint8_t *data, size_t size)
 {
+	uint8_t b[8] = {0};
 	size_t n = size < 65536 ? size : 65535;
-	uint8_t out[64];
-	struct mqttcodec_connect c = {.version = MQTTCODEC_V5, .client_id = topic_buf};
-	struct mqttcodec_publish p = {
-	        .version = MQTTCODEC_V5, .topic = topic_buf, .payload = data, .len = size};
-	int r;
+	int version;
+	struct mqttcodec_connect c;
+	struct mqttcodec_publish p;
 
+	memcpy(b, data, size < sizeof(b) ? size : sizeof(b));
 	memcpy(topic_buf, data, n);
 	topic_buf[n] = '\0';
-	encode_decode(&p);
-	p.qos = 1;
-	p.packet_id = 1;
-	p.content_type = topic_buf;
-	encode_decode(&p);
-	p.version = MQTTCODEC_V311;
+	version = b[0] & 0x01 ? MQTTCODEC_V311 : MQTTCODEC_V5;
+
+	p = (struct mqttcodec_publish){
+	        .version = version,
+	        .topic = topic_buf,
+	        .payload = data,
+	        .len = size,
+	        .qos = (b[0] >> 1) & 0x03,
+	        .retain = b[0] & 0x08,
+	        .dup = b[0] & 0x10,
+	        .packet_id = (uint16_t)(b[1] << 8 | b[2]),
+	        .content_type = b[0] & 0x20 ? topic_buf : NULL,
+	};
 	encode_decode(&p);
 
-	r = mqttcodec_connect(NULL, 0, &c);
-	check(r == -EINVAL || r > 0);
-	if (r > 0 && (size_t)r <= sizeof(out))
-		check(mqttcodec_connect(out, sizeof(out), &c) == r);
-	r = mqttcodec_subscribe(NULL, 0, MQTTCODEC_V5, 1, topic_buf, 1);
-	check(r == -EINVAL || r > 0);
+	c = (struct mqttcodec_connect){
+	        .version = version,
+	        .client_id = b[0] & 0x40 ? topic_buf : "gw",
+	        .clean_start = b[0] & 0x80,
+	        .keepalive = (uint16_t)(b[1] << 8 | b[2]),
+	        .username = b[3] & 0x01 ? topic_buf : NULL,
+	        .session_expiry = b[3] & 0x02 ? (uint32_t)b[4] << 24 | b[5] : 0,
+	        .receive_maximum = b[3] & 0x04 ? (uint16_t)(b[5] << 8 | b[6]) : 0,
+	        .maximum_packet = b[3] & 0x08 ? (uint32_t)b[6] << 16 | b[7] : 0,
+	        .will_topic = b[3] & 0x10 ? topic_buf : NULL,
+	        .will_payload = data,
+	        .will_len = size,
+	        .will_qos = (b[3] >> 5) & 0x03,
+	        .will_retain = b[3] & 0x80,
+	};
+	ENCODE(MQTTCODEC_CONNECT << 4, mqttcodec_connect(out, cap, &c));
+	ENCODE(MQTTCODEC_SUBSCRIBE << 4 | 0x02,
+	       mqttcodec_subscribe(out, cap, version, p.packet_id, topic_buf, b[4] & 0x03));
+	ENCODE(MQTTCODEC_DISCONNECT << 4, mqttcodec_disconnect(out, cap, version, b[5]));
+	ENCODE(MQTTCODEC_PINGREQ << 4, mqttcodec_pingreq(out, cap));
+	ENCODE(MQTTCODEC_PUBACK << 4, mqttcodec_puback(out, cap, version, p.packet_id, b[6]));
+
+	/* A PUBACK is the same packet either way (MQTT 5.0 section 3.4). */
+	{
+		uint8_t ack[8];
+		struct mqttcodec_packet pk;
+		int r = mqttcodec_puback(ack, sizeof(ack), version, p.packet_id, b[6]);
+
+		if (r > 0) {
+			check(mqttcodec_decode(ack, (size_t)r, version, 0, &pk) == r);
+			check(pk.type == MQTTCODEC_PUBACK && pk.packet_id == p.packet_id);
+			check(pk.reason == (version == MQTTCODEC_V5 ? b[6] : 0));
+		}
+	}
 }
 
 int
