@@ -931,16 +931,25 @@ on_session(void *data, SSL_SESSION *sess)
 	struct mqttbr *br = dev->br;
 	unsigned long hint = SSL_SESSION_get_ticket_lifetime_hint(sess);
 	unsigned life = br->cfg.session_lifetime;
+	SSL_SESSION *copy;
 
 	if (life == 0 || !SSL_SESSION_is_resumable(sess))
 		return false;
+	/*
+	 * A copy: OpenSSL marks the connection's own session not resumable when the connection
+	 * ends without a close_notify (ssl_clear_bad_session), which is how a network cut ends it,
+	 * and a resumption is worth most then.
+	 */
+	copy = SSL_SESSION_dup(sess);
+	if (!copy)
+		fatalx("mqtt: out of memory");
 	/* At most the broker's lifetime hint (RFC 8446 4.6.1) and the configured cap. */
 	if (hint && hint < life)
 		life = (unsigned)hint;
 	SSL_SESSION_free(dev->session);
-	dev->session = sess;
+	dev->session = copy;
 	dev->session_until = time(NULL) + life;
-	return true;
+	return false;
 }
 
 static void

@@ -375,6 +375,27 @@ on_async(int fd, uint32_t events, void *data)
 	leave(c);
 }
 
+static void protocol_error(struct mqttconn *c, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+
+/* The broker broke the protocol: DISCONNECT 0x82 (MQTT 5.0 section 4.13), then the end. */
+static void
+protocol_error(struct mqttconn *c, const char *fmt, ...)
+{
+	struct mqttconn_end why = {.kind = MQTTCONN_PROTOCOL,
+	                           .reason = MQTTCODEC_RC_PROTOCOL_ERROR};
+	uint8_t pkt[8];
+	int len = mqttcodec_disconnect(pkt, sizeof(pkt), c->version, MQTTCODEC_RC_PROTOCOL_ERROR);
+	va_list ap;
+
+	if (c->state == ST_UP && len > 0 && (size_t)len <= sizeof(pkt))
+		SSL_write(c->ssl, pkt, len);
+	va_start(ap, fmt);
+	vsnprintf(why.text, sizeof(why.text), fmt, ap);
+	va_end(ap);
+	conn_end(c, &why);
+}
+
 /* The packets of a live connection, as they arrive. */
 static void
 handle_packet(struct mqttconn *c, const struct mqttcodec_packet *p)
@@ -385,8 +406,8 @@ handle_packet(struct mqttconn *c, const struct mqttcodec_packet *p)
 	switch (c->state) {
 	case ST_CONNACK:
 		if (p->type != MQTTCODEC_CONNACK) {
-			conn_fail(c, MQTTCONN_PROTOCOL, MQTTCODEC_RC_PROTOCOL_ERROR,
-			          "the broker sent packet type %d before its CONNACK", p->type);
+			protocol_error(c, "the broker sent packet type %d before its CONNACK",
+			               p->type);
 			return;
 		}
 		if (p->reason != 0) {
@@ -405,8 +426,18 @@ handle_packet(struct mqttconn *c, const struct mqttcodec_packet *p)
 		return;
 	case ST_UP:
 		if (p->type == MQTTCODEC_CONNACK) {
-			conn_fail(c, MQTTCONN_PROTOCOL, MQTTCODEC_RC_PROTOCOL_ERROR,
-			          "the broker sent a second CONNACK");
+			protocol_error(c, "the broker sent a second CONNACK");
+			return;
+		}
+		/*
+		 * The client asks for QoS 1 at most and never for enhanced authentication: QoS 2
+		 * flows and AUTH are protocol errors here (MQTT 5.0 3.3.1.2, 4.12).
+		 */
+		if (p->type == MQTTCODEC_AUTH || p->type == MQTTCODEC_PUBREC ||
+		    p->type == MQTTCODEC_PUBREL || p->type == MQTTCODEC_PUBCOMP ||
+		    (p->type == MQTTCODEC_PUBLISH && p->qos > 1)) {
+			protocol_error(c, "packet type %d, which the gateway never asked for",
+			               p->type);
 			return;
 		}
 		if (p->type == MQTTCODEC_DISCONNECT) {
