@@ -31,8 +31,7 @@
 #define STRUCTURE_NAME "gwks"
 /* Key-reference files are small (a TSS2 PRIVATE KEY is under 1 KiB); refuse anything huge. */
 #define BODY_MAX 16384
-/* DER ECDSA-Sig-Value for P-256: SEQUENCE { INTEGER r, INTEGER s }, 2 + 2 * (2 + 33) bytes. */
-#define SIG_MAX 72
+#define SIG_MAX  KSPROV_SIG_MAX
 
 #define SIG_ALG_NAME "GWKS-ECDSA"
 

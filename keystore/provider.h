@@ -19,6 +19,8 @@
 
 #define KSPROV_NAME           "gwkeystore"
 #define KSPROV_P256_POINT_LEN 65 /* 0x04 || X || Y */
+/* DER ECDSA-Sig-Value for P-256: SEQUENCE { INTEGER r, INTEGER s }, 2 + 2 * (2 + 33) bytes. */
+#define KSPROV_SIG_MAX 72
 
 struct ksprov_ops {
 	/* NULL-terminated PEM labels the decoder accepts, e.g. "TSS2 PRIVATE KEY". */
