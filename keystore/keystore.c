@@ -1525,6 +1525,63 @@ prov_sign(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig
 	return sign_job_result(&j, r, sig, siglen);
 }
 
+static void
+sign_job_free(void *data)
+{
+	struct sign_job *j = data;
+
+	prov_key_unref(j->key);
+	free(j);
+}
+
+/*
+ * Inside a TLS job (SSL_MODE_ASYNC): the job and its key reference belong to the request, so
+ * that the connection may go while the worker signs. The handle is the request.
+ */
+static void *
+prov_sign_start(void *arg, void *key, const uint8_t *digest, size_t dlen, int *fd)
+{
+	struct keystore *ks = arg;
+	struct prov_key *k = key;
+	struct sign_job *j = calloc(1, sizeof(*j));
+	struct tpmq_req *req;
+
+	if (!j)
+		fatal("keystore: calloc");
+	if (sign_job_init(j, ks, k, digest, dlen) < 0) {
+		free(j);
+		return NULL;
+	}
+	atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+	if (tpmq_submit(ks->tpmq, sign_prio(), run_sign, j, sign_job_free, &req) < 0) {
+		sign_job_free(j);
+		return NULL;
+	}
+	*fd = tpmq_req_fd(req);
+	return req;
+}
+
+static bool
+prov_sign_done(void *op)
+{
+	return tpmq_req_done(op);
+}
+
+static int
+prov_sign_finish(void *op, uint8_t *sig, size_t *siglen)
+{
+	int r = sign_job_result(tpmq_req_data(op), tpmq_req_result(op), sig, siglen);
+
+	tpmq_req_release(op);
+	return r;
+}
+
+static void
+prov_sign_abandon(void *op)
+{
+	tpmq_req_release(op);
+}
+
 static const char *const prov_labels[] = {TSS2_LABEL, REF_LABEL, NULL};
 
 static const struct ksprov_ops prov_ops = {
@@ -1532,6 +1589,10 @@ static const struct ksprov_ops prov_ops = {
         .load = prov_load,
         .free = prov_free,
         .sign = prov_sign,
+        .sign_start = prov_sign_start,
+        .sign_done = prov_sign_done,
+        .sign_finish = prov_sign_finish,
+        .sign_abandon = prov_sign_abandon,
 };
 
 /* ---- open / free ---- */
