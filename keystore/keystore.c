@@ -4,6 +4,7 @@
 #include "kstpm.h"
 #include "log.h"
 #include "provider.h"
+#include "tpmq.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -17,6 +18,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -87,6 +89,11 @@ struct keystore {
 	enum backend backend;
 	char *device_ca_file;
 	unsigned psk_grace;
+	/*
+	 * The worker that runs every TPM command and every signature (tpmq.h): once the store is
+	 * open no other thread calls kstpm_*() with a TPM command in it.
+	 */
+	struct tpmq *tpmq;
 	struct kstpm *tpm;
 	uint8_t master[MASTER_KEY_LEN];
 	struct ks_device *devices;
@@ -400,6 +407,72 @@ random_alnum(uint8_t *out, size_t len)
 	return 0;
 }
 
+/* ---- the worker's jobs: everything that talks to the TPM or signs runs on it ---- */
+
+_Static_assert((int)KEYSTORE_PRIO_ADMIN == (int)TPMQ_ADMIN &&
+                       (int)KEYSTORE_PRIO_HANDSHAKE == (int)TPMQ_HANDSHAKE &&
+                       (int)KEYSTORE_PRIO_BACKGROUND == (int)TPMQ_BACKGROUND &&
+                       (int)KEYSTORE_PRIOS == (int)TPMQ_PRIOS,
+               "keystore_prio mirrors tpmq_prio");
+
+struct open_job {
+	struct kstpm **tpm;
+	const struct keystore_config *cfg;
+};
+
+static int
+run_open(void *data)
+{
+	struct open_job *j = data;
+
+	return kstpm_open(j->tpm, j->cfg->tcti, j->cfg->parent, j->cfg->create_parent);
+}
+
+struct seal_job {
+	struct kstpm *tpm;
+	const uint8_t *in;
+	size_t inlen;
+	uint8_t *out; /* unseal: KSTPM_SEAL_MAX bytes */
+	uint8_t **blob;
+	size_t *outlen;
+};
+
+static int
+run_seal(void *data)
+{
+	struct seal_job *j = data;
+
+	return kstpm_seal(j->tpm, j->in, j->inlen, j->blob, j->outlen);
+}
+
+static int
+run_unseal(void *data)
+{
+	struct seal_job *j = data;
+
+	return kstpm_unseal(j->tpm, j->in, j->inlen, j->out, j->outlen);
+}
+
+struct create_job {
+	struct kstpm *tpm;
+	char **pem;
+	uint8_t *pub;
+};
+
+static int
+run_create(void *data)
+{
+	struct create_job *j = data;
+
+	return kstpm_create_key(j->tpm, j->pem, j->pub);
+}
+
+static int
+run_ping(void *data)
+{
+	return kstpm_ping(data);
+}
+
 /* ---- PSK protection for the tpm backend: AES-256-GCM under the sealed master key ---- */
 
 static int
@@ -469,7 +542,13 @@ load_master(struct keystore *ks)
 		uint8_t secret[KSTPM_SEAL_MAX];
 
 		/* kstpm_unseal() may write KSTPM_SEAL_MAX bytes, more than the key's 32. */
-		r = kstpm_unseal(ks->tpm, blob, bloblen, secret, &len);
+		struct seal_job j = {.tpm = ks->tpm,
+		                     .in = blob,
+		                     .inlen = bloblen,
+		                     .out = secret,
+		                     .outlen = &len};
+
+		r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_unseal, &j);
 		free(blob);
 		if (r == 0 && len != MASTER_KEY_LEN)
 			r = -EBADMSG;
@@ -487,7 +566,13 @@ load_master(struct keystore *ks)
 		return r;
 	if (RAND_bytes(ks->master, MASTER_KEY_LEN) != 1)
 		return -EIO;
-	r = kstpm_seal(ks->tpm, ks->master, MASTER_KEY_LEN, &blob, &bloblen);
+	struct seal_job j = {.tpm = ks->tpm,
+	                     .in = ks->master,
+	                     .inlen = MASTER_KEY_LEN,
+	                     .blob = &blob,
+	                     .outlen = &bloblen};
+
+	r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_seal, &j);
 	if (r < 0)
 		return r;
 	r = write_file_atomic(ks->dirfd, ks->dir, "master.sealed", blob, bloblen, 0600);
@@ -1251,11 +1336,26 @@ load_devices(struct keystore *ks)
 
 /* ---- the provider's view of the store ---- */
 
+/*
+ * A key the provider decoded. Counted: OpenSSL holds one reference (until prov_free), and so
+ * does each signature queued on the worker, which may outlive the TLS connection that asked.
+ */
 struct prov_key {
+	atomic_int refs;
 	enum backend backend;
 	struct kstpm_key *tpm;
 	EVP_PKEY *soft;
 };
+
+static void
+prov_key_unref(struct prov_key *k)
+{
+	if (!k || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	kstpm_key_free(k->tpm);
+	EVP_PKEY_free(k->soft);
+	free(k);
+}
 
 static void *
 prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
@@ -1266,6 +1366,7 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 
 	if (!k)
 		return NULL;
+	atomic_init(&k->refs, 1);
 	if (strcmp(label, TSS2_LABEL) == 0) {
 		if (!ks->tpm) {
 			log_warnx("keystore: a TSS2 key was given but the keystore has no TPM "
@@ -1327,46 +1428,158 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 	}
 fail:
 	ERR_clear_error();
-	kstpm_key_free(k->tpm);
-	EVP_PKEY_free(k->soft);
-	free(k);
+	prov_key_unref(k);
 	return NULL;
 }
 
 static void
 prov_free(void *arg, void *key)
 {
-	struct prov_key *k = key;
-
 	(void)arg;
-	if (!k)
-		return;
-	kstpm_key_free(k->tpm);
-	EVP_PKEY_free(k->soft);
-	free(k);
+	prov_key_unref(key);
 }
 
+/*
+ * The priority of provider signatures made on this thread: a CSR's is its caller's (the
+ * provider sits between), anything else is a TLS handshake's.
+ */
+static __thread int csr_prio = -1;
+
+static enum tpmq_prio
+sign_prio(void)
+{
+	return csr_prio >= 0 ? (enum tpmq_prio)csr_prio : TPMQ_HANDSHAKE;
+}
+
+/* One signature, as the worker runs it: everything it needs, owned by the job. */
+struct sign_job {
+	struct kstpm *tpm;
+	struct prov_key *key;
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	size_t dlen;
+	uint8_t sig[KSPROV_SIG_MAX];
+	size_t siglen;
+};
+
+static int
+soft_sign(EVP_PKEY *pkey, const uint8_t *digest, size_t dlen, uint8_t *sig, size_t *siglen)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, "provider=default");
+	int r = -EIO;
+
+	if (ctx && EVP_PKEY_sign_init(ctx) == 1 &&
+	    EVP_PKEY_sign(ctx, sig, siglen, digest, dlen) == 1)
+		r = 0;
+	else
+		log_openssl("keystore: soft signature failed");
+	EVP_PKEY_CTX_free(ctx);
+	return r;
+}
+
+static int
+run_sign(void *data)
+{
+	struct sign_job *j = data;
+
+	j->siglen = sizeof(j->sig);
+	if (j->key->backend == BACKEND_TPM)
+		return kstpm_sign(j->tpm, j->key->tpm, j->digest, j->dlen, j->sig, &j->siglen);
+	return soft_sign(j->key->soft, j->digest, j->dlen, j->sig, &j->siglen);
+}
+
+static int
+sign_job_init(struct sign_job *j, struct keystore *ks, struct prov_key *k, const uint8_t *digest,
+              size_t dlen)
+{
+	if (dlen == 0 || dlen > sizeof(j->digest)) {
+		log_warnx("keystore: cannot sign a %zu-byte digest", dlen);
+		return -EINVAL;
+	}
+	*j = (struct sign_job){.tpm = ks->tpm, .key = k, .dlen = dlen};
+	memcpy(j->digest, digest, dlen);
+	return 0;
+}
+
+static int
+sign_job_result(const struct sign_job *j, int r, uint8_t *sig, size_t *siglen)
+{
+	if (r == 0 && j->siglen > *siglen)
+		r = -ENOSPC;
+	if (r == 0) {
+		memcpy(sig, j->sig, j->siglen);
+		*siglen = j->siglen;
+	}
+	return r;
+}
+
+/* Off a TLS job (paho's threads, CSRs, libcurl): waits for the worker on this thread. */
 static int
 prov_sign(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig, size_t *siglen)
 {
 	struct keystore *ks = arg;
-	struct prov_key *k = key;
-	EVP_PKEY_CTX *ctx;
-	size_t len = *siglen;
-	int r = -EIO;
+	struct sign_job j;
+	int r = sign_job_init(&j, ks, key, digest, dlen);
 
-	if (k->backend == BACKEND_TPM)
-		return kstpm_sign(ks->tpm, k->tpm, digest, dlen, sig, siglen);
-	ctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->soft, "provider=default");
-	if (ctx && EVP_PKEY_sign_init(ctx) == 1 &&
-	    EVP_PKEY_sign(ctx, sig, &len, digest, dlen) == 1) {
-		*siglen = len;
-		r = 0;
-	} else {
-		log_openssl("keystore: soft signature failed");
+	if (r == 0)
+		r = tpmq_call(ks->tpmq, sign_prio(), run_sign, &j);
+	return sign_job_result(&j, r, sig, siglen);
+}
+
+static void
+sign_job_free(void *data)
+{
+	struct sign_job *j = data;
+
+	prov_key_unref(j->key);
+	free(j);
+}
+
+/*
+ * Inside a TLS job (SSL_MODE_ASYNC): the job and its key reference belong to the request, so
+ * that the connection may go while the worker signs. The handle is the request.
+ */
+static void *
+prov_sign_start(void *arg, void *key, const uint8_t *digest, size_t dlen, int *fd)
+{
+	struct keystore *ks = arg;
+	struct prov_key *k = key;
+	struct sign_job *j = calloc(1, sizeof(*j));
+	struct tpmq_req *req;
+
+	if (!j)
+		fatal("keystore: calloc");
+	if (sign_job_init(j, ks, k, digest, dlen) < 0) {
+		free(j);
+		return NULL;
 	}
-	EVP_PKEY_CTX_free(ctx);
+	atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+	if (tpmq_submit(ks->tpmq, sign_prio(), run_sign, j, sign_job_free, &req) < 0) {
+		sign_job_free(j);
+		return NULL;
+	}
+	*fd = tpmq_req_fd(req);
+	return req;
+}
+
+static bool
+prov_sign_done(void *op)
+{
+	return tpmq_req_done(op);
+}
+
+static int
+prov_sign_finish(void *op, uint8_t *sig, size_t *siglen)
+{
+	int r = sign_job_result(tpmq_req_data(op), tpmq_req_result(op), sig, siglen);
+
+	tpmq_req_release(op);
 	return r;
+}
+
+static void
+prov_sign_abandon(void *op)
+{
+	tpmq_req_release(op);
 }
 
 static const char *const prov_labels[] = {TSS2_LABEL, REF_LABEL, NULL};
@@ -1376,6 +1589,10 @@ static const struct ksprov_ops prov_ops = {
         .load = prov_load,
         .free = prov_free,
         .sign = prov_sign,
+        .sign_start = prov_sign_start,
+        .sign_done = prov_sign_done,
+        .sign_finish = prov_sign_finish,
+        .sign_abandon = prov_sign_abandon,
 };
 
 /* ---- open / free ---- */
@@ -1464,8 +1681,13 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 		          ks->dir);
 		goto fail;
 	}
+	r = tpmq_new(&ks->tpmq);
+	if (r < 0)
+		goto fail;
 	if (ks->backend == BACKEND_TPM) {
-		r = kstpm_open(&ks->tpm, cfg->tcti, cfg->parent, cfg->create_parent);
+		struct open_job j = {.tpm = &ks->tpm, .cfg = cfg};
+
+		r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_open, &j);
 		if (r < 0)
 			goto fail;
 		r = load_master(ks);
@@ -1502,6 +1724,11 @@ keystore_free(struct keystore *ks)
 	for (size_t i = 0; i < ks->nremoved; i++)
 		free(ks->removed_ids[i]);
 	free(ks->removed_ids);
+	/*
+	 * Queued requests complete with -ECANCELED, the one running finishes: then nothing uses
+	 * the TPM. A TLS job still holding a signature keeps only its own key reference.
+	 */
+	tpmq_free(ks->tpmq);
 	kstpm_free(ks->tpm);
 	explicit_bzero(ks->master, sizeof(ks->master));
 	if (ks->lockfd >= 0)
@@ -1728,18 +1955,39 @@ keystore_tpm_latency(const struct keystore *ks, enum keystore_tpm_op op)
 int
 keystore_tpm_ping(struct keystore *ks)
 {
-	return ks->tpm ? kstpm_ping(ks->tpm) : -ENODEV;
+	struct tpmq_stats st;
+
+	if (!ks->tpm)
+		return -ENODEV;
+	/* Never behind a signing storm: a busy worker means a TPM that answers. */
+	tpmq_get_stats(ks->tpmq, &st);
+	if (st.running || st.queued[TPMQ_ADMIN] || st.queued[TPMQ_HANDSHAKE] ||
+	    st.queued[TPMQ_BACKGROUND])
+		return -EBUSY;
+	return tpmq_call(ks->tpmq, TPMQ_ADMIN, run_ping, ks->tpm);
 }
 
 void
 keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 {
 	struct kstpm_stats t = {0};
+	struct tpmq_stats q;
 
 	if (ks->tpm)
 		kstpm_get_stats(ks->tpm, &t);
+	tpmq_get_stats(ks->tpmq, &q);
 	*out = (struct keystore_stats){
-	        .tpm_commands = t.commands, .signs = t.signs, .sign_ns = t.sign_ns};
+	        .tpm_commands = t.commands,
+	        .signs = t.signs,
+	        .sign_ns = t.sign_ns,
+	        .busy = q.running,
+	        .busy_ns = q.busy_ns,
+	        .handshake_signs = q.completed[TPMQ_HANDSHAKE],
+	        .handshake_sign_ns = q.ewma_ns[TPMQ_HANDSHAKE],
+	        .cancelled = q.dropped,
+	};
+	for (int p = 0; p < KEYSTORE_PRIOS; p++)
+		out->queued[p] = q.queued[p];
 }
 
 /* ---- changes ---- */
@@ -1781,11 +2029,12 @@ out:
 }
 
 static int
-write_key_tpm(struct keystore *ks, int fd, const char *dir, bool next)
+write_key_tpm(struct keystore *ks, int fd, const char *dir, bool next, enum tpmq_prio prio)
 {
 	uint8_t pub[KSTPM_P256_POINT_LEN];
 	char *pem;
-	int r = kstpm_create_key(ks->tpm, &pem, pub);
+	struct create_job j = {.tpm = ks->tpm, .pem = &pem, .pub = pub};
+	int r = tpmq_call(ks->tpmq, prio, run_create, &j);
 
 	if (r < 0)
 		return r;
@@ -1794,11 +2043,15 @@ write_key_tpm(struct keystore *ks, int fd, const char *dir, bool next)
 	return r;
 }
 
-/* A new key in the folder: the device's first (next false) or a renewal's. */
+/*
+ * A new key in the folder: the device's first (next false) or a renewal's. prio: an
+ * operator's (ADMIN) or a renewal's (BACKGROUND) place in the TPM's queue.
+ */
 static int
-write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next)
+write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
+          enum tpmq_prio prio)
 {
-	return ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir, next)
+	return ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir, next, prio)
 	                                  : write_key_soft(fd, dir, id, next);
 }
 
@@ -1871,7 +2124,7 @@ create_entry(struct keystore *ks, const struct ks_device *rec)
 		r = fd;
 		goto out;
 	}
-	r = write_key(ks, fd, dir, rec->id, false);
+	r = write_key(ks, fd, dir, rec->id, false, TPMQ_ADMIN);
 	if (r == 0 && !rec->self)
 		r = write_psk(ks, fd, dir, rec);
 	if (r < 0)
@@ -2005,9 +2258,24 @@ signing_key(const char *key_file)
 	return pkey;
 }
 
-/* A PKCS#10 request for t's key, subject CN=cn, signed by that key; *pem is malloc'd. */
+/* X509_REQ_sign() with the provider's signature queued at prio (csr_prio). */
+static bool
+sign_req(X509_REQ *req, EVP_PKEY *key, enum tpmq_prio prio)
+{
+	int ok;
+
+	csr_prio = (int)prio;
+	ok = X509_REQ_sign(req, key, EVP_sha256()) > 0;
+	csr_prio = -1;
+	return ok;
+}
+
+/*
+ * A PKCS#10 request for t's key, subject CN=cn, signed by that key at prio in the TPM's queue;
+ * *pem is malloc'd.
+ */
 static int
-make_csr(const struct ks_tls *t, const char *cn, char **pem)
+make_csr(const struct ks_tls *t, const char *cn, char **pem, enum tpmq_prio prio)
 {
 	EVP_PKEY *priv = signing_key(t->key_file), *pub = public_key(t->pub);
 	X509_REQ *req = X509_REQ_new();
@@ -2023,7 +2291,7 @@ make_csr(const struct ks_tls *t, const char *cn, char **pem)
 	if (X509_REQ_set_version(req, 0) != 1 ||
 	    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
 	                               0) != 1 ||
-	    X509_REQ_set_pubkey(req, pub) != 1 || X509_REQ_sign(req, priv, EVP_sha256()) <= 0 ||
+	    X509_REQ_set_pubkey(req, pub) != 1 || !sign_req(req, priv, prio) ||
 	    PEM_write_bio_X509_REQ(b, req) != 1) {
 		log_openssl("keystore: cannot make a certificate request");
 		goto out;
@@ -2048,7 +2316,7 @@ keystore_device_csr(struct keystore *ks, const char *id, char **pem)
 		return -ENOENT;
 	if (d->state == KEYSTORE_REVOKED)
 		return -EKEYREVOKED;
-	return make_csr(&d->cur, id, pem);
+	return make_csr(&d->cur, id, pem, TPMQ_ADMIN);
 }
 
 static void
@@ -2257,11 +2525,11 @@ rekey(struct keystore *ks, struct ks_device *d, const char *cn, char **csr)
 	fd = open_dir(ks->dirfd, d->id, dir);
 	if (fd < 0)
 		return fd;
-	r = write_key(ks, fd, dir, d->id, true);
+	r = write_key(ks, fd, dir, d->id, true, TPMQ_BACKGROUND);
 	if (r == 0)
 		r = load_key(ks, d, fd, dir, true);
 	if (r == 0)
-		r = make_csr(&d->next, cn, csr);
+		r = make_csr(&d->next, cn, csr, TPMQ_BACKGROUND);
 	close(fd);
 	if (r < 0)
 		discard_next(ks, d);
@@ -2567,7 +2835,7 @@ keystore_gateway_csr(struct keystore *ks, const char *cn, char **pem)
 		log_info("keystore: the gateway's own key created (%s backend)",
 		         backend_names[ks->backend]);
 	}
-	return make_csr(&ks->gateway.cur, cn, pem);
+	return make_csr(&ks->gateway.cur, cn, pem, TPMQ_ADMIN);
 }
 
 int

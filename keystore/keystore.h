@@ -76,10 +76,15 @@ struct keystore_info {
 
 /*
  * Opens the store (creating it if missing), takes its lock (-EBUSY if another process holds
- * it), connects the backend and registers the OpenSSL provider. Errors are logged with the
- * file or TPM condition and what to do.
+ * it), starts the worker thread that runs every TPM command and signature (with all signals
+ * blocked), connects the backend and registers the OpenSSL provider. Errors are logged with
+ * the file or TPM condition and what to do.
  */
 int keystore_open(struct keystore **out, const struct keystore_config *cfg);
+/*
+ * Stops the worker (requests still queued fail with -ECANCELED; the one running finishes)
+ * and closes the store. Free the TLS connections that use keystore keys first.
+ */
 void keystore_free(struct keystore *ks);
 
 size_t keystore_count(const struct keystore *ks);
@@ -191,11 +196,48 @@ int keystore_gateway_info(const struct keystore *ks, struct keystore_info *out);
 int keystore_gateway_tls_files(const struct keystore *ks, const char **cert_file,
                                const char **key_file);
 
-/* Backend statistics for status and benchmarks (zeros for the soft backend). */
+/*
+ * The TPM is a co-processor with a queue: every TPM command and every signature with a
+ * keystore key (either backend) runs on one worker thread, in this order of priority and
+ * first come first served within a priority (DESIGN.md decisions 3 and 5).
+ */
+enum keystore_prio {
+	KEYSTORE_PRIO_ADMIN,      /* an operator waits: key creation, CSRs, gwctl, status */
+	KEYSTORE_PRIO_HANDSHAKE,  /* a TLS handshake waits for its signature */
+	KEYSTORE_PRIO_BACKGROUND, /* renewals: a new key and its CSR */
+	KEYSTORE_PRIOS
+};
+
+/*
+ * Statistics for status, metrics, benchmarks and the connect scheduler. Read without locks
+ * (atomic counters): keystore_get_stats() never waits for the TPM and may run on the event
+ * loop as often as it likes.
+ */
 struct keystore_stats {
-	uint64_t tpm_commands;
-	uint64_t signs;
-	uint64_t sign_ns;
+	/* The TPM itself (zeros for the soft backend). */
+	uint64_t tpm_commands; /* TPM commands sent (each TPM2_* call, retries included) */
+	uint64_t signs;        /* TPM signatures made (TPM2_Load + TPM2_Sign + TPM2_FlushContext) */
+	uint64_t sign_ns;      /* the TPM's time for those, in all */
+
+	/* The worker (both backends; with the soft backend its time is CPU time). */
+	unsigned queued[KEYSTORE_PRIOS]; /* requests waiting now, per priority */
+	bool busy;                       /* a request is running now */
+	/*
+	 * Time the worker has spent running requests since the keystore opened, the one running
+	 * now included. The TPM's busy fraction over an interval is the difference of two samples
+	 * divided by the wall time between them.
+	 */
+	uint64_t busy_ns;
+	/* TLS handshake signatures run (KEYSTORE_PRIO_HANDSHAKE), failed ones included. */
+	uint64_t handshake_signs;
+	/*
+	 * Their time on the worker (queueing excluded), as a moving average: each signature
+	 * moves it an eighth of the way to its own time; 0 before the first. The pace at which
+	 * the TPM serves handshakes is about 1 / this per second while it does nothing else.
+	 */
+	uint64_t handshake_sign_ns;
+	/* Requests dropped before they ran: abandoned by their TLS connection, or at shutdown. */
+	uint64_t cancelled;
 };
 void keystore_get_stats(const struct keystore *ks, struct keystore_stats *out);
 
@@ -213,9 +255,10 @@ const struct metrics_histogram *keystore_tpm_latency(const struct keystore *ks,
                                                      enum keystore_tpm_op op);
 
 /*
- * Whether the keystore's TPM answers now (one TPM2_GetRandom, on the caller's thread, never
- * waiting for another command): 0, -EBUSY while another command runs, -ENODEV for the soft
- * backend, or -errno (the reason is logged).
+ * Whether the keystore's TPM answers now: one TPM2_GetRandom on the worker, at ADMIN priority,
+ * and only when the worker is idle, so that it never waits behind a signing storm. 0, -EBUSY
+ * while the worker runs or has requests queued (a TPM in use answers: reachable enough),
+ * -ENODEV for the soft backend, or -errno (the reason is logged).
  */
 int keystore_tpm_ping(struct keystore *ks);
 

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -65,7 +66,10 @@ struct kstpm {
 	ESYS_CONTEXT *esys; /* NULL while disconnected: the next call reconnects */
 	ESYS_TR parent;
 	bool broken; /* the TCTI failed: drop the context before the next command */
-	struct kstpm_stats stats;
+	/* Counted under lock, read without it: status must not wait for a TPM command. */
+	struct {
+		atomic_uint_fast64_t commands, signs, sign_ns, retries;
+	} stats;
 	/* TPM time per operation, lock waits excluded; observed under lock, read without. */
 	struct metrics_histogram latency[KSTPM_OPS];
 };
@@ -115,14 +119,14 @@ again(struct kstpm *tpm, TSS2_RC rc, unsigned *attempt)
 	struct timespec ts;
 	unsigned ms;
 
-	tpm->stats.commands++;
+	atomic_fetch_add_explicit(&tpm->stats.commands, 1, memory_order_relaxed);
 	if (base != TPM2_RC_RETRY && base != TPM2_RC_YIELDED && base != TPM2_RC_TESTING)
 		return false;
 	if (*attempt >= RETRY_MAX)
 		return false;
 	ms = RETRY_FIRST_MS << *attempt;
 	(*attempt)++;
-	tpm->stats.retries++;
+	atomic_fetch_add_explicit(&tpm->stats.retries, 1, memory_order_relaxed);
 	log_debug("kstpm: TPM busy (%s), retry %u of %u in %u ms", Tss2_RC_Decode(rc), *attempt,
 	          RETRY_MAX, ms);
 	ts = (struct timespec){.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
@@ -1045,10 +1049,10 @@ kstpm_sign(struct kstpm *tpm, const struct kstpm_key *key, const uint8_t *digest
 		if (r == 0)
 			r = sign_locked(tpm, key, &d, &scheme, &out);
 	} while (once_more(tpm, r, &pass));
-	tpm->stats.sign_ns += now_ns() - t0;
+	atomic_fetch_add_explicit(&tpm->stats.sign_ns, now_ns() - t0, memory_order_relaxed);
 	metrics_histogram_observe(&tpm->latency[KSTPM_OP_SIGN], (double)(now_ns() - t0) / 1e9);
 	if (r == 0)
-		tpm->stats.signs++;
+		atomic_fetch_add_explicit(&tpm->stats.signs, 1, memory_order_relaxed);
 	pthread_mutex_unlock(&tpm->lock);
 
 	if (r == 0 && out->sigAlg != TPM2_ALG_ECDSA)
@@ -1226,7 +1230,10 @@ kstpm_ping(struct kstpm *tpm)
 void
 kstpm_get_stats(struct kstpm *tpm, struct kstpm_stats *out)
 {
-	pthread_mutex_lock(&tpm->lock);
-	*out = tpm->stats;
-	pthread_mutex_unlock(&tpm->lock);
+	*out = (struct kstpm_stats){
+	        .commands = atomic_load_explicit(&tpm->stats.commands, memory_order_relaxed),
+	        .signs = atomic_load_explicit(&tpm->stats.signs, memory_order_relaxed),
+	        .sign_ns = atomic_load_explicit(&tpm->stats.sign_ns, memory_order_relaxed),
+	        .retries = atomic_load_explicit(&tpm->stats.retries, memory_order_relaxed),
+	};
 }

@@ -8,7 +8,8 @@
 
 /*
  * The keystore's TPM 2.0 access through tpm2-tss ESYS (only kstpm.c includes tss2 headers).
- * One ESYS context, serialised by a mutex: callers may be on any thread.
+ * One ESYS context, serialised by a mutex: callers may be on any thread. The keystore calls
+ * it only from its TPM worker (tpmq.h), so that nothing else ever waits for the TPM.
  *
  * Keys are ECC P-256 signing keys created under a persistent storage key (the "parent"),
  * with fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth and sign, and no password.
@@ -101,6 +102,7 @@ int kstpm_seal(struct kstpm *tpm, const uint8_t *secret, size_t len, uint8_t **b
 int kstpm_unseal(struct kstpm *tpm, const uint8_t *blob, size_t bloblen, uint8_t *secret,
                  size_t *len);
 
+/* Without the lock (atomic counters): never waits for a command in progress. */
 void kstpm_get_stats(struct kstpm *tpm, struct kstpm_stats *out);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -20,12 +21,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/async.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include "keystore.h"
 #include "kstpm.h"
 #include "log.h"
 
@@ -930,6 +933,104 @@ tpm2_openssl_uses_our_pem(void **state)
 	devkey_free(&k);
 }
 
+static const unsigned char job_msg[] = "CertificateVerify";
+
+struct job_args {
+	EVP_MD_CTX *md;
+	unsigned char *sig;
+	size_t *len;
+};
+
+static int
+sign_job(void *arg)
+{
+	struct job_args *a = arg;
+
+	return EVP_DigestSign(a->md, a->sig, a->len, job_msg, sizeof(job_msg)) > 0;
+}
+
+/*
+ * 11. The keystore on this TPM: every command goes through its worker. A TLS handshake's
+ * signature inside an OpenSSL async job pauses the job until the worker has done Load, Sign
+ * and FlushContext, and the statistics count it; the master key is sealed and unsealed there.
+ */
+static void
+keystore_signs_on_its_tpm_worker(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore_config cfg = {.backend = "tpm",
+	                              .tcti = f->sw.tcti,
+	                              .parent = KSTPM_DEFAULT_PARENT,
+	                              .create_parent = true};
+	struct keystore_stats before, after;
+	struct keystore *ks;
+	ASYNC_WAIT_CTX *w = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *job = NULL;
+	unsigned char sig[72];
+	size_t len = sizeof(sig), n, publen = 0;
+	struct job_args a = {.sig = sig, .len = &len};
+	uint8_t pub[KSTPM_P256_POINT_LEN], psk[KEYSTORE_PSK_MAX];
+	char path[160];
+	struct pollfd p;
+	EVP_PKEY *pk, *vk;
+	EVP_MD_CTX *vmd;
+	int ret = 0;
+	BIO *b;
+
+	/* swtpm serves one connection: the keystore's worker gets it. */
+	kstpm_free(f->tpm);
+	f->tpm = NULL;
+	cfg.state_dir = f->sw.dir;
+	assert_int_equal(keystore_open(&ks, &cfg), 0);
+	assert_int_equal(keystore_device_add(ks, "dev-1", NULL, NULL, 0, psk, &n), 0);
+	assert_int_equal(keystore_tpm_ping(ks), 0);
+
+	snprintf(path, sizeof(path), "%s/keystore/dev-1/key.tss2.pem", f->sw.dir);
+	b = BIO_new_file(path, "r");
+	assert_non_null(b);
+	pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+	BIO_free(b);
+	assert_non_null(pk);
+	assert_int_equal(EVP_PKEY_get_octet_string_param(pk, OSSL_PKEY_PARAM_PUB_KEY, pub,
+	                                                 sizeof(pub), &publen),
+	                 1);
+	a.md = EVP_MD_CTX_new();
+	assert_int_equal(EVP_DigestSignInit_ex(a.md, NULL, "SHA256", NULL, NULL, pk, NULL), 1);
+
+	keystore_get_stats(ks, &before);
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_PAUSE);
+	assert_int_equal(ASYNC_WAIT_CTX_get_all_fds(w, NULL, &n), 1);
+	assert_int_equal(n, 1);
+	assert_int_equal(ASYNC_WAIT_CTX_get_all_fds(w, &p.fd, &n), 1);
+	p.events = POLLIN;
+	assert_int_equal(poll(&p, 1, 10000), 1);
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_FINISH);
+	assert_int_equal(ret, 1);
+	keystore_get_stats(ks, &after);
+	assert_int_equal(after.tpm_commands - before.tpm_commands, 3);
+	assert_int_equal(after.signs - before.signs, 1);
+	assert_int_equal(after.handshake_signs - before.handshake_signs, 1);
+	assert_true(after.handshake_sign_ns > 0);
+	assert_true(after.busy_ns > before.busy_ns);
+	assert_false(after.busy);
+
+	vk = pkey_from_point(pub);
+	vmd = EVP_MD_CTX_new();
+	assert_int_equal(EVP_DigestVerifyInit_ex(vmd, NULL, "SHA256", NULL, NULL, vk, NULL), 1);
+	assert_int_equal(EVP_DigestVerify(vmd, sig, len, job_msg, sizeof(job_msg)), 1);
+	EVP_MD_CTX_free(vmd);
+	EVP_PKEY_free(vk);
+	ASYNC_WAIT_CTX_free(w);
+	EVP_MD_CTX_free(a.md);
+	EVP_PKEY_free(pk);
+	keystore_free(ks);
+
+	/* Again: the master key sealed at the first open is unsealed by the worker. */
+	assert_int_equal(keystore_open(&ks, &cfg), 0);
+	assert_int_equal(keystore_count(ks), 1);
+	keystore_free(ks);
+}
+
 /* Times the operations on swtpm; the numbers are printed, not asserted (DESIGN.md targets). */
 static void
 measure(void **state)
@@ -991,6 +1092,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(reconnects_after_tpm_restart, setup, teardown),
 	        cmocka_unit_test_setup_teardown(lockout_does_not_stop_device_keys, setup, teardown),
 	        cmocka_unit_test_setup_teardown(tpm2_openssl_uses_our_pem, setup, teardown),
+	        cmocka_unit_test_setup_teardown(keystore_signs_on_its_tpm_worker, setup, teardown),
 	        cmocka_unit_test_setup_teardown(measure, setup, teardown),
 	};
 

@@ -6,14 +6,20 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <openssl/async.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -24,18 +30,28 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "keystore.h"
+#include "log.h"
 #include "provider.h"
+#include "tpmq.h"
 
 /*
  * A fake keystore: the "GWTEST KEY" PEM body is the DER of a real P-256 private key; load()
  * decodes it with the default provider and sign() signs with it, counting calls. The counter
- * is how the tests see that a signature really went through ops->sign.
+ * is how the tests see that a signature really went through ops->sign. Signatures inside an
+ * OpenSSL async job go through a worker of its own (tpmq), which the tests can hold.
  */
 struct fake {
 	atomic_int loads;
 	atomic_int frees;
 	atomic_int signs;
 	atomic_bool fail_sign;
+	struct tpmq *q;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool held;          /* the worker waits before signing */
+	int entered;        /* signatures the worker began */
+	atomic_int pending; /* async signatures not yet freed */
 };
 
 static const char *const fake_labels[] = {"GWTEST KEY", NULL};
@@ -93,12 +109,146 @@ fake_sign(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig
 	return 0;
 }
 
+struct fake_op {
+	struct fake *fk;
+	EVP_PKEY *key;
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	size_t dlen;
+	uint8_t sig[KSPROV_SIG_MAX];
+	size_t siglen;
+};
+
+static int
+fake_op_run(void *data)
+{
+	struct fake_op *op = data;
+	struct fake *fk = op->fk;
+
+	pthread_mutex_lock(&fk->lock);
+	fk->entered++;
+	pthread_cond_broadcast(&fk->cond);
+	while (fk->held)
+		pthread_cond_wait(&fk->cond, &fk->lock);
+	pthread_mutex_unlock(&fk->lock);
+	return fake_sign(fk, op->key, op->digest, op->dlen, op->sig, &op->siglen);
+}
+
+static void
+fake_op_free(void *data)
+{
+	struct fake_op *op = data;
+
+	atomic_fetch_sub(&op->fk->pending, 1);
+	EVP_PKEY_free(op->key);
+	free(op);
+}
+
+static void *
+fake_sign_start(void *arg, void *key, const uint8_t *digest, size_t dlen, int *fd)
+{
+	struct fake *fk = arg;
+	struct fake_op *op = calloc(1, sizeof(*op));
+	struct tpmq_req *req;
+
+	if (!op || dlen > sizeof(op->digest) || !EVP_PKEY_up_ref(key)) {
+		free(op);
+		return NULL;
+	}
+	*op = (struct fake_op){.fk = fk, .key = key, .dlen = dlen};
+	memcpy(op->digest, digest, dlen);
+	atomic_fetch_add(&fk->pending, 1);
+	if (tpmq_submit(fk->q, TPMQ_HANDSHAKE, fake_op_run, op, fake_op_free, &req) < 0) {
+		fake_op_free(op);
+		return NULL;
+	}
+	*fd = tpmq_req_fd(req);
+	return req;
+}
+
+static bool
+fake_sign_done(void *op)
+{
+	return tpmq_req_done(op);
+}
+
+static int
+fake_sign_finish(void *op, uint8_t *sig, size_t *siglen)
+{
+	struct fake_op *o = tpmq_req_data(op);
+	int r = tpmq_req_result(op);
+
+	if (r == 0) {
+		memcpy(sig, o->sig, o->siglen);
+		*siglen = o->siglen;
+	}
+	tpmq_req_release(op);
+	return r;
+}
+
+static void
+fake_sign_abandon(void *op)
+{
+	tpmq_req_release(op);
+}
+
 static const struct ksprov_ops fake_ops = {
         .labels = fake_labels,
         .load = fake_load,
         .free = fake_free,
         .sign = fake_sign,
+        .sign_start = fake_sign_start,
+        .sign_done = fake_sign_done,
+        .sign_finish = fake_sign_finish,
+        .sign_abandon = fake_sign_abandon,
 };
+
+static void
+hold_worker(struct fake *fk, bool held)
+{
+	pthread_mutex_lock(&fk->lock);
+	fk->held = held;
+	pthread_cond_broadcast(&fk->cond);
+	pthread_mutex_unlock(&fk->lock);
+}
+
+/* Signatures the fake's worker began so far. */
+static int
+entered(struct fake *fk)
+{
+	int n;
+
+	pthread_mutex_lock(&fk->lock);
+	n = fk->entered;
+	pthread_mutex_unlock(&fk->lock);
+	return n;
+}
+
+/* Waits (at most 10 s) until the fake's worker has begun n signatures in all. */
+static void
+wait_entered(struct fake *fk, int n)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 10;
+	pthread_mutex_lock(&fk->lock);
+	while (fk->entered < n) {
+		if (pthread_cond_timedwait(&fk->cond, &fk->lock, &dl) == ETIMEDOUT) {
+			pthread_mutex_unlock(&fk->lock);
+			fail_msg("the worker began %d signatures, not %d", fk->entered, n);
+		}
+	}
+	pthread_mutex_unlock(&fk->lock);
+}
+
+/* Polls (at most 10 s) until the fake holds no async signature any more. */
+static void
+wait_no_pending(struct fake *fk)
+{
+	for (int i = 0; i < 10000 && atomic_load(&fk->pending) > 0; i++)
+		usleep(1000);
+	assert_int_equal(atomic_load(&fk->pending), 0);
+}
 
 enum file {
 	F_CA,
@@ -125,6 +275,9 @@ struct fixture {
 	EVP_PKEY *device_key; /* the key behind client.key, default provider */
 	EVP_PKEY *ca_key, *server_key, *other_key;
 	X509 *ca, *client, *server, *other;
+	/* The second group: a soft keystore and its device's TLS files. */
+	struct keystore *ks;
+	const char *ks_cert, *ks_key;
 };
 
 static EVP_PKEY *
@@ -207,7 +360,7 @@ write_pem(struct fixture *f, enum file which, const char *label, const uint8_t *
 }
 
 static int
-group_setup(void **state)
+fixture_setup(void **state, bool fake)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
 	unsigned char *der = NULL;
@@ -216,8 +369,13 @@ group_setup(void **state)
 
 	assert_non_null(f);
 	*state = f;
+	pthread_mutex_init(&f->fake.lock, NULL);
+	pthread_cond_init(&f->fake.cond, NULL);
 	/* As the daemon does: the provider first, before any other OpenSSL use. */
-	assert_int_equal(ksprov_init(&fake_ops, &f->fake), 0);
+	if (fake) {
+		assert_int_equal(tpmq_new(&f->fake.q), 0);
+		assert_int_equal(ksprov_init(&fake_ops, &f->fake), 0);
+	}
 
 	strcpy(f->dir, "/tmp/gw-prov-XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
@@ -277,11 +435,23 @@ group_teardown(void **state)
 	EVP_PKEY_free(f->ca_key);
 	EVP_PKEY_free(f->server_key);
 	EVP_PKEY_free(f->other_key);
+	keystore_free(f->ks);
 	ksprov_finish();
+	hold_worker(&f->fake, false);
+	tpmq_free(f->fake.q);
 	/* Every key the provider loaded was handed back to the keystore. */
 	assert_int_equal(atomic_load(&f->fake.loads), atomic_load(&f->fake.frees));
+	assert_int_equal(atomic_load(&f->fake.pending), 0);
+	pthread_cond_destroy(&f->fake.cond);
+	pthread_mutex_destroy(&f->fake.lock);
 	free(f);
 	return 0;
+}
+
+static int
+group_setup(void **state)
+{
+	return fixture_setup(state, true);
 }
 
 /* The way paho gets there: SSL_CTX_use_PrivateKey_file() reads with this call. */
@@ -530,22 +700,28 @@ private_key_cannot_be_exported(void **state)
 /* TLS, client side as paho sets it up, server side entirely on the default provider. */
 
 static SSL_CTX *
-client_ctx(struct fixture *f, int max_version, bool verify_server)
+client_ctx_with(struct fixture *f, const char *cert, const char *key, int max_version,
+                bool verify_server)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 
 	assert_non_null(ctx);
 	assert_int_equal(SSL_CTX_set_max_proto_version(ctx, max_version), 1);
-	assert_int_equal(
-	        SSL_CTX_use_certificate_file(ctx, f->path[F_CLIENT_CERT], SSL_FILETYPE_PEM), 1);
-	assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, f->path[F_CLIENT_KEY], SSL_FILETYPE_PEM),
-	                 1);
+	assert_int_equal(SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM), 1);
+	assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM), 1);
 	assert_int_equal(SSL_CTX_check_private_key(ctx), 1);
 	if (verify_server) {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 		assert_int_equal(SSL_CTX_load_verify_locations(ctx, f->path[F_CA], NULL), 1);
 	}
 	return ctx;
+}
+
+static SSL_CTX *
+client_ctx(struct fixture *f, int max_version, bool verify_server)
+{
+	return client_ctx_with(f, f->path[F_CLIENT_CERT], f->path[F_CLIENT_KEY], max_version,
+	                       verify_server);
 }
 
 static SSL_CTX *
@@ -854,6 +1030,514 @@ concurrent_signing_from_threads(void **state)
 	assert_int_equal(atomic_load(&f->fake.signs), before + THREADS * SIGNS_PER_THREAD);
 }
 
+/* ---- signatures inside OpenSSL async jobs (SSL_MODE_ASYNC's machinery, without TLS) ---- */
+
+/*
+ * A job OpenSSL can never finish: its wait context was freed while it was paused, and OpenSSL
+ * frees neither the job nor its 32 KiB stack (DESIGN.md decision 3). Kept here, reachable, so
+ * that LeakSanitizer reports only what the provider and the keystore might leak.
+ */
+static ASYNC_JOB *abandoned_jobs[8];
+static size_t nabandoned;
+
+/* A digest-sign context set up outside the job, as TLS does; the job only signs. */
+struct job_args {
+	EVP_MD_CTX *md;
+	unsigned char *sig;
+	size_t *len;
+	bool block_pause;
+};
+
+static int
+sign_job(void *arg)
+{
+	struct job_args *a = arg;
+	int ok;
+
+	if (a->block_pause)
+		ASYNC_block_pause();
+	ok = EVP_DigestSign(a->md, a->sig, a->len, msg, sizeof(msg)) > 0;
+	if (a->block_pause)
+		ASYNC_unblock_pause();
+	return ok;
+}
+
+static EVP_MD_CTX *
+sign_ctx(EVP_PKEY *pk)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+	assert_non_null(md);
+	assert_int_equal(EVP_DigestSignInit_ex(md, NULL, "SHA256", NULL, NULL, pk, NULL), 1);
+	return md;
+}
+
+/* The one fd the job's wait context holds. */
+static int
+wait_fd(ASYNC_WAIT_CTX *w)
+{
+	OSSL_ASYNC_FD fd;
+	size_t n = 0;
+
+	assert_int_equal(ASYNC_WAIT_CTX_get_all_fds(w, NULL, &n), 1);
+	assert_int_equal(n, 1);
+	assert_int_equal(ASYNC_WAIT_CTX_get_all_fds(w, &fd, &n), 1);
+	return fd;
+}
+
+static bool
+readable_within(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+
+	return poll(&p, 1, ms) == 1 && (p.revents & POLLIN);
+}
+
+static bool
+fd_closed(int fd)
+{
+	return fcntl(fd, F_GETFD) < 0 && errno == EBADF;
+}
+
+/*
+ * The job pauses on the signature, with the wait context holding one fd; the fd fires once
+ * the worker signs; resumed, the job finishes with a signature that verifies and the fd is
+ * gone from the wait context (and, once the worker lets go, closed).
+ */
+static void
+check_job_pauses_until_signed(EVP_PKEY *pk, EVP_PKEY *pub, struct fake *fk)
+{
+	ASYNC_WAIT_CTX *w = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *job = NULL;
+	unsigned char sig[KSPROV_SIG_MAX];
+	size_t len = sizeof(sig), added, deleted;
+	struct job_args a = {.md = sign_ctx(pk), .sig = sig, .len = &len};
+	OSSL_ASYNC_FD delfd;
+	int ret = 0, fd, began = fk ? entered(fk) : 0;
+
+	assert_non_null(w);
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_PAUSE);
+	assert_non_null(job);
+	fd = wait_fd(w);
+	assert_int_equal(ASYNC_WAIT_CTX_get_changed_fds(w, NULL, &added, NULL, &deleted), 1);
+	assert_int_equal(added, 1);
+	if (fk) {
+		/* The worker holds the signature: the fd stays quiet until it lets go. */
+		wait_entered(fk, began + 1);
+		assert_false(readable_within(fd, 0));
+		hold_worker(fk, false);
+	}
+	assert_true(readable_within(fd, 10000));
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_FINISH);
+	assert_null(job);
+	assert_int_equal(ret, 1);
+	assert_int_equal(verify(pub, "SHA256", sig, len, msg, sizeof(msg)), 1);
+	/* Cleared: reported deleted to whoever watches the wait context, then closed. */
+	assert_int_equal(ASYNC_WAIT_CTX_get_all_fds(w, NULL, &added), 1);
+	assert_int_equal(added, 0);
+	assert_int_equal(ASYNC_WAIT_CTX_get_changed_fds(w, NULL, &added, &delfd, &deleted), 1);
+	assert_int_equal(deleted, 1);
+	assert_int_equal(delfd, fd);
+	if (fk) {
+		wait_no_pending(fk);
+		assert_true(fd_closed(fd));
+	}
+	ASYNC_WAIT_CTX_free(w);
+	EVP_MD_CTX_free(a.md);
+}
+
+static void
+signature_in_job_pauses_until_the_worker_signs(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = read_key(f, F_CLIENT_KEY), *pub;
+	int before = atomic_load(&f->fake.signs);
+
+	assert_non_null(pk);
+	pub = peer_view(pk);
+	hold_worker(&f->fake, true);
+	check_job_pauses_until_signed(pk, pub, &f->fake);
+	assert_int_equal(atomic_load(&f->fake.signs), before + 1);
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(pk);
+}
+
+static void
+failed_signature_in_job_fails_the_job(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = read_key(f, F_CLIENT_KEY);
+	ASYNC_WAIT_CTX *w = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *job = NULL;
+	unsigned char sig[KSPROV_SIG_MAX];
+	size_t len = sizeof(sig);
+	struct job_args a = {.md = sign_ctx(pk), .sig = sig, .len = &len};
+	int ret = 1;
+
+	atomic_store(&f->fake.fail_sign, true);
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_PAUSE);
+	assert_true(readable_within(wait_fd(w), 10000));
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_FINISH);
+	assert_int_equal(ret, 0);
+	atomic_store(&f->fake.fail_sign, false);
+	ERR_clear_error();
+	wait_no_pending(&f->fake);
+	ASYNC_WAIT_CTX_free(w);
+	EVP_MD_CTX_free(a.md);
+	EVP_PKEY_free(pk);
+}
+
+/* Where OpenSSL forbids a pause (ASYNC_block_pause), the job waits for the worker instead. */
+static void
+job_that_cannot_pause_waits(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = read_key(f, F_CLIENT_KEY), *pub = peer_view(pk);
+	ASYNC_WAIT_CTX *w = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *job = NULL;
+	unsigned char sig[KSPROV_SIG_MAX];
+	size_t len = sizeof(sig), n;
+	struct job_args a = {.md = sign_ctx(pk), .sig = sig, .len = &len, .block_pause = true};
+	int ret = 0;
+
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_FINISH);
+	assert_int_equal(ret, 1);
+	assert_int_equal(verify(pub, "SHA256", sig, len, msg, sizeof(msg)), 1);
+	assert_int_equal(ASYNC_WAIT_CTX_get_all_fds(w, NULL, &n), 1);
+	assert_int_equal(n, 0);
+	wait_no_pending(&f->fake);
+	ASYNC_WAIT_CTX_free(w);
+	EVP_MD_CTX_free(a.md);
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(pk);
+}
+
+/*
+ * OpenSSL frees the wait context of a paused job (SSL_free mid-handshake) while the worker is
+ * signing: the cleanup only lets go of the request; the worker finishes, then the request, its
+ * key reference and its fd go. Nothing is freed under the worker (ASan) and nothing leaks.
+ */
+static void
+wait_ctx_freed_while_the_worker_signs(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = read_key(f, F_CLIENT_KEY);
+	ASYNC_WAIT_CTX *w = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *job = NULL;
+	unsigned char sig[KSPROV_SIG_MAX];
+	size_t len = sizeof(sig);
+	struct job_args a = {.md = sign_ctx(pk), .sig = sig, .len = &len};
+	int ret = 0, fd, before = atomic_load(&f->fake.signs), began = entered(&f->fake);
+
+	hold_worker(&f->fake, true);
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_PAUSE);
+	fd = wait_fd(w);
+	wait_entered(&f->fake, began + 1);
+	ASYNC_WAIT_CTX_free(w);
+	abandoned_jobs[nabandoned++] = job;
+	/* The worker is inside the signature: its request, key and fd must stay. */
+	assert_int_equal(atomic_load(&f->fake.pending), 1);
+	assert_false(fd_closed(fd));
+	/* The job's own context is the test's to free; the job never runs again. */
+	EVP_MD_CTX_free(a.md);
+	EVP_PKEY_free(pk);
+
+	hold_worker(&f->fake, false);
+	wait_no_pending(&f->fake);
+	assert_true(fd_closed(fd));
+	assert_int_equal(atomic_load(&f->fake.signs), before + 1);
+}
+
+/* ... and while the signature still waits in the queue, it is dropped without signing. */
+static void
+wait_ctx_freed_while_queued_drops_the_signature(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = read_key(f, F_CLIENT_KEY), *pub = peer_view(pk);
+	ASYNC_WAIT_CTX *w1 = ASYNC_WAIT_CTX_new(), *w2 = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *j1 = NULL, *j2 = NULL;
+	unsigned char sig1[KSPROV_SIG_MAX], sig2[KSPROV_SIG_MAX];
+	size_t len1 = sizeof(sig1), len2 = sizeof(sig2);
+	struct job_args a1 = {.md = sign_ctx(pk), .sig = sig1, .len = &len1};
+	struct job_args a2 = {.md = sign_ctx(pk), .sig = sig2, .len = &len2};
+	int r1 = 0, r2 = 0, fd2, before = atomic_load(&f->fake.signs), began = entered(&f->fake);
+
+	hold_worker(&f->fake, true);
+	assert_int_equal(ASYNC_start_job(&j1, w1, &r1, sign_job, &a1, sizeof(a1)), ASYNC_PAUSE);
+	wait_entered(&f->fake, began + 1);
+	assert_int_equal(ASYNC_start_job(&j2, w2, &r2, sign_job, &a2, sizeof(a2)), ASYNC_PAUSE);
+	fd2 = wait_fd(w2);
+	assert_int_equal(atomic_load(&f->fake.pending), 2);
+
+	/* Queued, nobody else holds it: gone at once, fd closed, never signed. */
+	ASYNC_WAIT_CTX_free(w2);
+	abandoned_jobs[nabandoned++] = j2;
+	assert_int_equal(atomic_load(&f->fake.pending), 1);
+	assert_true(fd_closed(fd2));
+	EVP_MD_CTX_free(a2.md);
+
+	/* The first one still completes, and is the only signature made. */
+	hold_worker(&f->fake, false);
+	assert_true(readable_within(wait_fd(w1), 10000));
+	assert_int_equal(ASYNC_start_job(&j1, w1, &r1, sign_job, &a1, sizeof(a1)), ASYNC_FINISH);
+	assert_int_equal(r1, 1);
+	assert_int_equal(verify(pub, "SHA256", sig1, len1, msg, sizeof(msg)), 1);
+	wait_no_pending(&f->fake);
+	assert_int_equal(atomic_load(&f->fake.signs), before + 1);
+	ASYNC_WAIT_CTX_free(w1);
+	EVP_MD_CTX_free(a1.md);
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(pk);
+}
+
+/* ---- the same with a real keystore (soft backend) and a TLS handshake ---- */
+
+static int
+ks_group_setup(void **state)
+{
+	struct fixture *f;
+	struct keystore_config cfg = {.backend = "soft"};
+	char dir[96], *csr;
+	uint8_t psk[KEYSTORE_PSK_MAX];
+	size_t psklen;
+	char why[256];
+	X509_REQ *req;
+	BUF_MEM *mem;
+	X509 *cert;
+	BIO *b;
+
+	fixture_setup(state, false);
+	f = *state;
+	snprintf(dir, sizeof(dir), "%s/state", f->dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	cfg.state_dir = dir;
+	cfg.device_ca_file = f->path[F_CA];
+	assert_int_equal(keystore_open(&f->ks, &cfg), 0);
+	assert_int_equal(keystore_device_add(f->ks, "dev-1", NULL, NULL, 0, psk, &psklen), 0);
+	assert_int_equal(keystore_device_csr(f->ks, "dev-1", &csr), 0);
+	b = BIO_new_mem_buf(csr, -1);
+	req = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
+	BIO_free(b);
+	free(csr);
+	assert_non_null(req);
+	cert = make_cert("dev-1", X509_REQ_get0_pubkey(req), f->ca, f->ca_key, 10);
+	X509_REQ_free(req);
+	b = BIO_new(BIO_s_mem());
+	assert_int_equal(PEM_write_bio_X509(b, cert), 1);
+	X509_free(cert);
+	BIO_get_mem_ptr(b, &mem);
+	assert_int_equal(keystore_device_import_cert(f->ks, "dev-1", mem->data, mem->length, why,
+	                                             sizeof(why)),
+	                 0);
+	BIO_free(b);
+	assert_int_equal(keystore_tls_files(f->ks, "dev-1", &f->ks_cert, &f->ks_key), 0);
+	return 0;
+}
+
+static int
+ks_group_teardown(void **state)
+{
+	struct fixture *f = *state;
+	char cmd[96];
+
+	keystore_free(f->ks);
+	f->ks = NULL;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s/state'", f->dir);
+	assert_int_equal(system(cmd), 0);
+	return group_teardown(state);
+}
+
+static EVP_PKEY *
+ks_key(struct fixture *f)
+{
+	BIO *b = BIO_new_file(f->ks_key, "r");
+	EVP_PKEY *pk;
+
+	assert_non_null(b);
+	pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+	BIO_free(b);
+	assert_non_null(pk);
+	assert_string_equal(provider_of(pk), KSPROV_NAME);
+	return pk;
+}
+
+static void
+keystore_key_signs_in_job(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = ks_key(f), *pub = peer_view(pk);
+	struct keystore_stats before, after;
+
+	keystore_get_stats(f->ks, &before);
+	check_job_pauses_until_signed(pk, pub, NULL);
+	keystore_get_stats(f->ks, &after);
+	/* A handshake's signature in the statistics the connect scheduler paces by. */
+	assert_int_equal(after.handshake_signs, before.handshake_signs + 1);
+	assert_true(after.handshake_sign_ns > 0);
+	assert_true(after.busy_ns > before.busy_ns);
+	assert_int_equal(after.signs, 0); /* TPM signatures: none with the soft backend */
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(pk);
+}
+
+/* A CSR is an operator's request: it signs at ADMIN priority, not as a handshake. */
+static void
+keystore_csr_is_not_a_handshake(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore_stats before, after;
+	char *csr;
+
+	keystore_get_stats(f->ks, &before);
+	assert_int_equal(keystore_device_csr(f->ks, "dev-1", &csr), 0);
+	free(csr);
+	keystore_get_stats(f->ks, &after);
+	assert_int_equal(after.handshake_signs, before.handshake_signs);
+	assert_true(after.busy_ns > before.busy_ns);
+	assert_int_equal(keystore_tpm_ping(f->ks), -ENODEV);
+}
+
+/* Freed right after the pause: whatever the worker is doing then, nothing breaks or leaks. */
+static void
+keystore_wait_ctx_freed_after_pause(void **state)
+{
+	struct fixture *f = *state;
+	EVP_PKEY *pk = ks_key(f);
+	ASYNC_WAIT_CTX *w = ASYNC_WAIT_CTX_new();
+	ASYNC_JOB *job = NULL;
+	unsigned char sig[KSPROV_SIG_MAX];
+	size_t len = sizeof(sig);
+	struct job_args a = {.md = sign_ctx(pk), .sig = sig, .len = &len};
+	struct keystore_stats before, st;
+	int ret = 0, i;
+
+	keystore_get_stats(f->ks, &before);
+	assert_int_equal(ASYNC_start_job(&job, w, &ret, sign_job, &a, sizeof(a)), ASYNC_PAUSE);
+	ASYNC_WAIT_CTX_free(w);
+	abandoned_jobs[nabandoned++] = job;
+	EVP_MD_CTX_free(a.md);
+	EVP_PKEY_free(pk);
+	/* Signed (the worker had it) or dropped (still queued): one or the other. */
+	for (i = 0; i < 10000; i++) {
+		keystore_get_stats(f->ks, &st);
+		if (st.handshake_signs + st.cancelled ==
+		            before.handshake_signs + before.cancelled + 1 &&
+		    !st.busy)
+			break;
+		usleep(1000);
+	}
+	assert_true(i < 10000);
+}
+
+/*
+ * A TLS handshake as the MQTT engine will drive it: non-blocking sockets, SSL_MODE_ASYNC on
+ * the client, one poll() for everything. The client's signature pauses the handshake
+ * (SSL_ERROR_WANT_ASYNC); the client is resumed only when its async fd fires.
+ */
+static void
+check_async_handshake(struct fixture *f, int version)
+{
+	SSL_CTX *cctx = client_ctx_with(f, f->ks_cert, f->ks_key, version, true);
+	SSL_CTX *sctx = server_ctx(f);
+	struct keystore_stats before, after;
+	bool cdone = false, sdone = false, waiting = false;
+	int sv[2], want_async = 0, async_fd = -1, r;
+	struct pollfd ps;
+	char buf[8];
+	SSL *c, *s;
+
+	keystore_get_stats(f->ks, &before);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+	c = SSL_new(cctx);
+	s = SSL_new(sctx);
+	assert_non_null(c);
+	assert_non_null(s);
+	assert_int_equal(SSL_set_fd(c, sv[0]), 1);
+	assert_int_equal(SSL_set_fd(s, sv[1]), 1);
+	SSL_set_mode(c, SSL_MODE_ASYNC);
+	SSL_set_connect_state(c);
+	SSL_set_accept_state(s);
+	assert_int_equal(SSL_set_tlsext_host_name(c, "localhost"), 1);
+	assert_int_equal(SSL_set1_host(c, "localhost"), 1);
+
+	for (int i = 0; i < 1000 && !(cdone && sdone); i++) {
+		struct pollfd p[3] = {{.fd = sv[0], .events = POLLIN},
+		                      {.fd = sv[1], .events = POLLIN},
+		                      {.fd = async_fd, .events = POLLIN}};
+		OSSL_ASYNC_FD add, del;
+		size_t nadd, ndel;
+
+		if (i > 0)
+			assert_true(poll(p, waiting ? 3 : 2, 10000) > 0);
+		if (!cdone && (!waiting || (p[2].revents & POLLIN))) {
+			r = SSL_do_handshake(c);
+			/* The fd the job cleared when it resumed is reported deleted. */
+			assert_int_equal(SSL_get_changed_async_fds(c, NULL, &nadd, NULL, &ndel), 1);
+			if (waiting) {
+				assert_int_equal(ndel, 1);
+				assert_int_equal(
+				        SSL_get_changed_async_fds(c, NULL, &nadd, &del, &ndel), 1);
+				assert_int_equal(del, async_fd);
+			}
+			waiting = false;
+			if (r == 1) {
+				cdone = true;
+			} else if (SSL_get_error(c, r) == SSL_ERROR_WANT_ASYNC) {
+				assert_true(SSL_waiting_for_async(c));
+				assert_int_equal(
+				        SSL_get_changed_async_fds(c, &add, &nadd, NULL, &ndel), 1);
+				assert_int_equal(nadd, 1);
+				async_fd = add;
+				waiting = true;
+				want_async++;
+			} else {
+				assert_int_equal(SSL_get_error(c, r), SSL_ERROR_WANT_READ);
+			}
+		}
+		if (!sdone) {
+			r = SSL_do_handshake(s);
+			if (r == 1)
+				sdone = true;
+			else
+				assert_int_equal(SSL_get_error(s, r), SSL_ERROR_WANT_READ);
+		}
+	}
+	assert_true(cdone && sdone);
+	assert_int_equal(SSL_version(c), version);
+	/* One signature, one pause, resumed by its fd (DESIGN.md decision 3). */
+	assert_int_equal(want_async, 1);
+	assert_int_equal(SSL_get_verify_result(s), X509_V_OK);
+	assert_non_null(SSL_get0_peer_certificate(s));
+	keystore_get_stats(f->ks, &after);
+	assert_int_equal(after.handshake_signs, before.handshake_signs + 1);
+
+	/* The session carries data; reads and writes run in jobs too, without pausing. */
+	assert_int_equal(SSL_write(c, "ping", 4), 4);
+	ps = (struct pollfd){.fd = sv[1], .events = POLLIN};
+	assert_int_equal(poll(&ps, 1, 10000), 1);
+	assert_int_equal(SSL_read(s, buf, sizeof(buf)), 4);
+	assert_memory_equal(buf, "ping", 4);
+
+	SSL_free(c);
+	SSL_free(s);
+	close(sv[0]);
+	close(sv[1]);
+	SSL_CTX_free(cctx);
+	SSL_CTX_free(sctx);
+}
+
+static void
+keystore_tls13_handshake_waits_for_the_signature_asynchronously(void **state)
+{
+	check_async_handshake(*state, TLS1_3_VERSION);
+}
+
+static void
+keystore_tls12_handshake_waits_for_the_signature_asynchronously(void **state)
+{
+	check_async_handshake(*state, TLS1_2_VERSION);
+}
+
 int
 main(void)
 {
@@ -873,7 +1557,25 @@ main(void)
 	        cmocka_unit_test(broken_key_file_is_an_error),
 	        cmocka_unit_test(key_does_not_match_foreign_certificate),
 	        cmocka_unit_test(concurrent_signing_from_threads),
+	        cmocka_unit_test(signature_in_job_pauses_until_the_worker_signs),
+	        cmocka_unit_test(failed_signature_in_job_fails_the_job),
+	        cmocka_unit_test(job_that_cannot_pause_waits),
+	        cmocka_unit_test(wait_ctx_freed_while_the_worker_signs),
+	        cmocka_unit_test(wait_ctx_freed_while_queued_drops_the_signature),
 	};
+	const struct CMUnitTest ks_tests[] = {
+	        cmocka_unit_test(keystore_key_signs_in_job),
+	        cmocka_unit_test(keystore_csr_is_not_a_handshake),
+	        cmocka_unit_test(keystore_wait_ctx_freed_after_pause),
+	        cmocka_unit_test(keystore_tls13_handshake_waits_for_the_signature_asynchronously),
+	        cmocka_unit_test(keystore_tls12_handshake_waits_for_the_signature_asynchronously),
+	};
+	int failed;
 
-	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+	log_init("test-provider", true, LOG_LEVEL_INFO);
+	failed = cmocka_run_group_tests_name("fake keystore", tests, group_setup, group_teardown);
+	/* The provider again, now serving a real keystore (soft backend) as the daemon does. */
+	failed += cmocka_run_group_tests_name("soft keystore", ks_tests, ks_group_setup,
+	                                      ks_group_teardown);
+	return failed;
 }
