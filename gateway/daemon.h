@@ -31,7 +31,12 @@ struct daemon {
 	struct admin_hooks hooks;
 	struct gw_notify_watchdog *watchdog; /* NULL unless the unit sets WatchdogSec= */
 	bool stopping;
+	/* The TPM worker's busy time, sampled every TPM_SAMPLE_MS for status: its busy fraction. */
+	struct gw_timer *tpm_sampler;
+	uint64_t tpm_busy_ns, tpm_busy_permille;
 };
+
+#define TPM_SAMPLE_MS 5000
 
 /* What becomes of a device's upstream session that runs already. */
 enum daemon_session {

@@ -62,6 +62,21 @@ on_terminate(int signo, void *data)
 	mqttbr_stop(d->mqtt, mqtt_stopped, d);
 }
 
+/* The TPM worker's busy fraction over the last TPM_SAMPLE_MS, for gwctl status. */
+static void
+tpm_sample(struct gw_timer *t, void *data)
+{
+	struct daemon *d = data;
+	struct keystore_stats ks;
+
+	keystore_get_stats(d->ks, &ks);
+	d->tpm_busy_permille = (ks.busy_ns - d->tpm_busy_ns) / (TPM_SAMPLE_MS * 1000ull);
+	if (d->tpm_busy_permille > 1000)
+		d->tpm_busy_permille = 1000;
+	d->tpm_busy_ns = ks.busy_ns;
+	gw_timer_arm(t, TPM_SAMPLE_MS);
+}
+
 static void
 on_hangup(int signo, void *data)
 {
@@ -327,7 +342,7 @@ start(struct daemon *d)
 		log_warnx("cannot create the event loop: %s", strerror(-r));
 		return r;
 	}
-	/* Before paho starts its threads, so that they inherit the blocked mask. */
+	/* Before the TPM worker starts, so that it inherits the blocked mask. */
 	if ((r = gw_loop_add_signal(d->loop, SIGTERM, on_terminate, d)) < 0 ||
 	    (r = gw_loop_add_signal(d->loop, SIGINT, on_terminate, d)) < 0 ||
 	    (r = gw_loop_add_signal(d->loop, SIGHUP, on_hangup, d)) < 0) {
@@ -357,7 +372,11 @@ start(struct daemon *d)
 		if (!d->commands)
 			return -ENOMEM;
 	}
-	r = mqttbr_new(&d->mqtt, d->loop, d->conf);
+	d->tpm_sampler = gw_timer_new(d->loop, tpm_sample, d);
+	if (!d->tpm_sampler)
+		fatalx("out of memory");
+	gw_timer_arm(d->tpm_sampler, TPM_SAMPLE_MS);
+	r = mqttbr_new(&d->mqtt, d->loop, d->conf, d->ks);
 	if (r < 0) {
 		log_warnx("cannot start the upstream bridge: %s", strerror(-r));
 		return r;
@@ -490,6 +509,7 @@ finish(struct daemon *d)
 	}
 	keystore_free(d->ks);
 	gw_notify_watchdog_free(d->watchdog);
+	gw_timer_free(d->tpm_sampler);
 	gw_loop_free(d->loop);
 	gwconf_free(d->conf);
 }
@@ -548,7 +568,7 @@ main(int argc, char *argv[])
 	log_init("gatewayd", foreground, verbose ? LOG_LEVEL_DEBUG : d.conf->log_level);
 	d.verbose = verbose;
 	d.started = d.conf_loaded = time(NULL);
-	/* Detach before any thread exists (paho starts its own on the first client). */
+	/* Detach before any thread exists (the keystore starts the TPM worker). */
 	if (!foreground && daemon(0, 0) < 0)
 		fatal("daemon");
 

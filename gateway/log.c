@@ -18,7 +18,7 @@ static struct {
 	const char *ident;
 } log_state = {.to_stderr = true, .level = LOG_LEVEL_INFO, .ident = "gatewayd"};
 
-/* paho and the provider may log from their own threads: keep each line whole. */
+/* The TPM worker and the provider may log from their own threads: keep each line whole. */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void

@@ -443,7 +443,7 @@ metrics_gauge(struct metrics_writer *w, const struct metrics_label *labels, doub
 /* ---- the latency histogram ---- */
 
 /*
- * C11 atomics rather than a mutex: an observation is two relaxed fetch-adds, so a paho thread
+ * C11 atomics rather than a mutex: an observation is two relaxed fetch-adds, so the TPM worker
  * timing a signature never waits for the loop thread's write-out, and a zeroed struct needs no
  * init or destroy. The price is that a write-out is not one instant: _sum may count an
  * observation landing during it that the buckets do not, or the reverse. The _count is the sum

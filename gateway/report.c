@@ -128,6 +128,18 @@ daemon_status(FILE *out, void *data)
 	} else {
 		fprintf(out, "tpm: none (keystore backend soft)\n");
 	}
+	struct keystore_stats ks;
+
+	keystore_get_stats(d->ks, &ks);
+	fprintf(out,
+	        "tpm-worker: busy %llu%% over the last %d s; %s, %u waiting (%u operator, %u "
+	        "handshake, %u background); handshake signature %.1f ms\n",
+	        (unsigned long long)(d->tpm_busy_permille + 5) / 10, TPM_SAMPLE_MS / 1000,
+	        ks.busy ? "running" : "idle",
+	        ks.queued[KEYSTORE_PRIO_ADMIN] + ks.queued[KEYSTORE_PRIO_HANDSHAKE] +
+	                ks.queued[KEYSTORE_PRIO_BACKGROUND],
+	        ks.queued[KEYSTORE_PRIO_ADMIN], ks.queued[KEYSTORE_PRIO_HANDSHAKE],
+	        ks.queued[KEYSTORE_PRIO_BACKGROUND], (double)ks.handshake_sign_ns / 1e6);
 
 	take_census(d, &c);
 	fprintf(out, "devices: %zu (active %zu, suspended %zu, revoked %zu, disabled %zu)\n",
@@ -143,11 +155,10 @@ daemon_status(FILE *out, void *data)
 
 	mqttbr_get_stats(d->mqtt, &ms);
 	fprintf(out,
-	        "upstream-connects: %llu queued, %llu in flight (signature %llu ms as measured); "
-	        "TLS handshakes %llu full, %llu resumed\n",
+	        "upstream-connects: %llu queued, %llu in flight; TLS handshakes %llu full, %llu "
+	        "resumed\n",
 	        (unsigned long long)ms.queued, (unsigned long long)ms.connecting,
-	        (unsigned long long)ms.sign_ms, (unsigned long long)ms.full,
-	        (unsigned long long)ms.resumed);
+	        (unsigned long long)ms.full, (unsigned long long)ms.resumed);
 	if (d->coap)
 		coapbr_get_stats(d->coap, &cs);
 	fprintf(out, "sensors: %llu DTLS sessions on %s port %u\n", (unsigned long long)cs.sessions,
@@ -376,6 +387,23 @@ daemon_collect(struct metrics_writer *w, void *data)
 	gauge(w, "gatewayd_spool_bytes", "Bytes of the messages waiting in the spool.",
 	      (double)ss.bytes);
 
+	struct keystore_stats ks;
+
+	keystore_get_stats(d->ks, &ks);
+	counter(w, "gatewayd_tpm_commands_total", "TPM commands sent (0 with the soft backend).",
+	        ks.tpm_commands);
+	metrics_family(w, "gatewayd_tpm_worker_busy_seconds_total", METRICS_COUNTER,
+	               "Time the TPM worker spent on requests; its rate is the TPM's busy "
+	               "fraction.");
+	metrics_sample(w, NULL, NULL, (double)ks.busy_ns / 1e9);
+	metrics_family(w, "gatewayd_tpm_worker_queued", METRICS_GAUGE,
+	               "Requests waiting for the TPM worker, by priority.");
+	metrics_gauge(w, METRICS_LABELS({"priority", "operator"}),
+	              (double)ks.queued[KEYSTORE_PRIO_ADMIN]);
+	metrics_gauge(w, METRICS_LABELS({"priority", "handshake"}),
+	              (double)ks.queued[KEYSTORE_PRIO_HANDSHAKE]);
+	metrics_gauge(w, METRICS_LABELS({"priority", "background"}),
+	              (double)ks.queued[KEYSTORE_PRIO_BACKGROUND]);
 	metrics_family(w, "gatewayd_tpm_operation_duration_seconds", METRICS_HISTOGRAM,
 	               "Time the TPM took per operation (waits for the TPM excluded).");
 	for (int op = 0; op < KEYSTORE_TPM_OPS; op++) {

@@ -390,7 +390,7 @@ pump(struct router *rt, struct flow *f)
 		        .content_type =
 		                rec.content_type && rec.content_type[0] ? rec.content_type : NULL,
 		};
-		/* paho copies the message: the buffer can go at once. */
+		/* mqttbr encodes the message at once: the buffer can go. */
 		r = mqttbr_publish(dev, &m, spooled_done, s);
 		free(buf);
 		if (r == -EMSGSIZE) {

@@ -1512,7 +1512,7 @@ sign_job_result(const struct sign_job *j, int r, uint8_t *sig, size_t *siglen)
 	return r;
 }
 
-/* Off a TLS job (paho's threads, CSRs, libcurl): waits for the worker on this thread. */
+/* Off a TLS job (CSRs, libcurl, gwctl): waits for the worker on this thread. */
 static int
 prov_sign(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig, size_t *siglen)
 {

@@ -8,7 +8,7 @@
 
 /*
  * The OpenSSL 3 provider built into gatewayd ("gwkeystore"). It lets any OpenSSL user that is
- * handed a key-reference file (paho's SSL_CTX_use_PrivateKey_file, X509_REQ_sign_ctx, ...) use
+ * handed a key-reference file (PEM_read_bio_PrivateKey, X509_REQ_sign_ctx, ...) use
  * a keystore key without ever seeing its private part: a decoder accepts the PEM labels below,
  * a keymgmt under the EC names exposes only the public key, and an ECDSA signature operation
  * asks the keystore to sign the digest (DESIGN.md decision 4). It knows nothing of TPMs or
@@ -46,7 +46,7 @@ struct ksprov_ops {
 	/*
 	 * Signs a SHA-256 (or other) digest with the key; writes a DER ECDSA-Sig-Value to sig
 	 * (at least KSPROV_SIG_MAX bytes) and its length to *siglen. Returns 0 or -errno. Called
-	 * outside OpenSSL async jobs, from any thread (paho's, a CSR's, libcurl's); blocks until
+	 * outside OpenSSL async jobs, from any thread (a CSR's, libcurl's, gwctl's); blocks until
 	 * the signature is made.
 	 */
 	int (*sign)(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig,

@@ -28,7 +28,14 @@ struct mqttbr_device;
 typedef void (*mqttbr_publish_fn)(struct mqttbr_device *dev, int status, void *data);
 typedef void (*mqttbr_stopped_fn)(void *data);
 
-int mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf);
+struct keystore;
+
+/*
+ * ks (may be NULL) tells the time a handshake's signature takes on the TPM worker, the pace at
+ * which connects are admitted; without it the bridge measures that itself.
+ */
+int mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf,
+               const struct keystore *ks);
 /* Destroys every session without waiting; pending publishes are not reported. Accepts NULL. */
 void mqttbr_free(struct mqttbr *br);
 

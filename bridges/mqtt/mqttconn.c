@@ -286,7 +286,7 @@ handshake_done(struct mqttconn *c)
 	/* Reads and writes need no job: each would cost a context switch (DESIGN.md 3). */
 	SSL_clear_mode(c->ssl, SSL_MODE_ASYNC);
 	sync_async_fds(c);
-	if (!c->signing && c->ops->tls_step)
+	if (c->ops->tls_step)
 		c->ops->tls_step(c->data, false);
 	c->state = ST_CONNACK;
 	if (mqttconn_send(c, c->connect, c->connect_len) < 0)

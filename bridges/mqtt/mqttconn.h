@@ -57,7 +57,7 @@ struct mqttconn_ops {
 	 * TLS 1.2 at its end). Return true to take the reference, false to have it freed.
 	 */
 	bool (*session)(void *data, SSL_SESSION *sess);
-	/* The handshake asks for its signature now (a full handshake), or is done without one. */
+	/* The handshake asks for its signature now (signing), or is over (!signing). */
 	void (*tls_step)(void *data, bool signing);
 };
 

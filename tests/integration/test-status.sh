@@ -49,6 +49,11 @@ grep -qx 'devices: 3 (active 2, suspended 1, revoked 0, disabled 0)' <<<"$status
   gw_fail "status: devices: $status"
 grep -qx 'upstream-sessions: connected 2, connecting 0, retrying 0, rejected-upstream 0, none 1' \
   <<<"$status" || gw_fail "status: sessions: $status"
+# dev-c was suspended after its full handshake: 3 full, none resumed, nothing waiting.
+grep -qx 'upstream-connects: 0 queued, 0 in flight; TLS handshakes 3 full, 0 resumed' \
+  <<<"$status" || gw_fail "status: connects: $status"
+grep -qE '^tpm-worker: busy [0-9]+% over the last 5 s; (idle|running), 0 waiting \(0 operator, 0 handshake, 0 background\); handshake signature [0-9.]+ ms$' \
+  <<<"$status" || gw_fail "status: tpm-worker: $status"
 grep -qE '^spool: 0 messages \(0 bytes\) waiting' <<<"$status" || gw_fail "status: spool: $status"
 grep -qx "broker: ssl://localhost:$BROKER_PORT reachable (2 sessions up)" <<<"$status" ||
   gw_fail "status: broker: $status"
@@ -82,6 +87,11 @@ expect 'gatewayd_devices{state="suspended"}' 1
 expect 'gatewayd_upstream_sessions' 2
 expect 'gatewayd_device_messages_total{device="dev-a",direction="up"}' 5
 expect 'gatewayd_device_upstream_connected{device="dev-c"}' 0
+expect 'gatewayd_upstream_tls_handshakes_total{kind="full"}' 3
+expect 'gatewayd_upstream_tls_handshakes_total{kind="resumed"}' 0
+expect 'gatewayd_upstream_connect_queue' 0
+expect 'gatewayd_tpm_worker_queued{priority="handshake"}' 0
+expect 'gatewayd_tpm_commands_total' 0
 grep -qE '^gatewayd_device_certificate_expiry_timestamp_seconds\{device="dev-a"\} [0-9]{10}$' \
   "$WORK/metrics.txt" || gw_fail "no certificate expiry for dev-a"
 [ "$(metric 'gatewayd_dtls_handshakes_total' "$WORK/metrics.txt")" = 1 ] ||

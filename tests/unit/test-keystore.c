@@ -303,7 +303,7 @@ key_reference_signs_through_the_provider(void **state)
 	pem = certify(f, ks, "dev-a", -1, 30, true);
 	import_ok(ks, "dev-a", pem);
 	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &keyfile), 0);
-	/* What paho does with the file it is given: load it as a private key. */
+	/* What bridges/mqtt does with the file it is given: load it as a private key. */
 	b = BIO_new_file(keyfile, "r");
 	key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
 	BIO_free(b);

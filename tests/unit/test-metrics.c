@@ -258,7 +258,7 @@ value_after(const char *text, const char *series)
 	return strtoull(p + strlen(series), NULL, 10);
 }
 
-/* Two threads observe while the main thread writes out, as paho's threads and the loop do. */
+/* Two threads observe while the main thread writes out, as the TPM worker and the loop do. */
 static void
 concurrent_observations_all_count(void **state)
 {

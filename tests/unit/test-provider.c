@@ -454,7 +454,7 @@ group_setup(void **state)
 	return fixture_setup(state, true);
 }
 
-/* The way paho gets there: SSL_CTX_use_PrivateKey_file() reads with this call. */
+/* The way bridges/mqtt gets there (load_key()): it reads with this call. */
 static EVP_PKEY *
 read_key(struct fixture *f, enum file which)
 {
@@ -697,7 +697,7 @@ private_key_cannot_be_exported(void **state)
 	EVP_PKEY_free(pk);
 }
 
-/* TLS, client side as paho sets it up, server side entirely on the default provider. */
+/* TLS, client side with the device key, server side entirely on the default provider. */
 
 static SSL_CTX *
 client_ctx_with(struct fixture *f, const char *cert, const char *key, int max_version,
@@ -981,7 +981,7 @@ key_does_not_match_foreign_certificate(void **state)
 	ERR_clear_error();
 }
 
-/* paho loads and signs from its own threads; several at once must all work. */
+/* Keys load and sign on several threads (gwctl, libcurl, the worker); all must work. */
 #define THREADS          4
 #define SIGNS_PER_THREAD 25
 
