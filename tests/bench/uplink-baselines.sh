@@ -8,7 +8,7 @@
 #                bridges/coap sets libcoap up; answers 2.04 at once), the same gwsensor sensors
 #   mqtt-direct  N direct mutual-TLS MQTT 5 publishers into the same mosquitto, QoS 1, each
 #                with its own certificate (CN = the device id, the broker's per-device ACL):
-#                tests/tools/mqttload, one process, paho as gatewayd uses it
+#                tests/tools/mqttload, one process, one poll loop (libmosquitto)
 #   upstream     gatewayd, spool.ack = "upstream" (a CON answered after the PUBACK)
 #   durable      gatewayd, spool.ack = "durable" (the default: answered once fsync'd)
 # For each: messages acknowledged, per second, p50/p99 (ms; sensors: the gaps between a
