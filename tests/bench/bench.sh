@@ -9,6 +9,8 @@ scripts/build.sh .build/bench -Dbuildtype=release -Db_sanitize=none
 BENCH_BUILD=$PWD/.build/bench
 export GATEWAYD=$BENCH_BUILD/gatewayd GWCTL=$BENCH_BUILD/gwctl
 export GWSENSOR=$BENCH_BUILD/tests/tools/gwsensor GW_TEST
+export TPMSLOW=$BENCH_BUILD/tests/tools/tpmslow NETCUT=$BENCH_BUILD/tests/tools/netcut
+export MQTTSTAMP=$BENCH_BUILD/tests/tools/mqttstamp
 source tests/integration/lib.sh
 # One socket per device on each side, plus files.
 ulimit -n $((4 * n + 1024))
