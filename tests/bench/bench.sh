@@ -31,3 +31,13 @@ latency() {
     if (NR == 0) { print "- -"; exit }
     printf "%d %d", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }'
 }
+# The broker, restarted to log what an operator keeps (errors, warnings, notices, information),
+# not every packet as the tests' broker does (log_type all): that costs the shared cores.
+broker_operator_log() {
+  kill "$BROKER_PID"
+  wait "$BROKER_PID" 2>/dev/null || true
+  sed -i 's/^log_type all$/log_type error\nlog_type warning\nlog_type notice\nlog_type information/' \
+    "$WORK/mosquitto.conf"
+  mv "$WORK/mosquitto.log" "$WORK/mosquitto-setup.log"
+  gw_run_broker || gw_fail "mosquitto did not restart: $(cat "$WORK/mosquitto.out")"
+}
