@@ -10,7 +10,8 @@
 #   scripts/deps.sh all     both (default)
 set -euo pipefail
 
-build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libpaho-mqtt-dev
+# libmosquitto-dev: the test tools' MQTT clients (tests/tools/mqttload, mqttstamp), not gatewayd.
+build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libmosquitto-dev
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev
   clang libclang-rt-14-dev)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2

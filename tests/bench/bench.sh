@@ -9,6 +9,8 @@ scripts/build.sh .build/bench -Dbuildtype=release -Db_sanitize=none
 BENCH_BUILD=$PWD/.build/bench
 export GATEWAYD=$BENCH_BUILD/gatewayd GWCTL=$BENCH_BUILD/gwctl
 export GWSENSOR=$BENCH_BUILD/tests/tools/gwsensor GW_TEST
+export TPMSLOW=$BENCH_BUILD/tests/tools/tpmslow NETCUT=$BENCH_BUILD/tests/tools/netcut
+export MQTTSTAMP=$BENCH_BUILD/tests/tools/mqttstamp
 source tests/integration/lib.sh
 # One socket per device on each side, plus files.
 ulimit -n $((4 * n + 1024))
@@ -28,4 +30,14 @@ latency() {
   done | sort -n | awk '{ v[NR] = $1 } END {
     if (NR == 0) { print "- -"; exit }
     printf "%d %d", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }'
+}
+# The broker, restarted to log what an operator keeps (errors, warnings, notices, information),
+# not every packet as the tests' broker does (log_type all): that costs the shared cores.
+broker_operator_log() {
+  kill "$BROKER_PID"
+  wait "$BROKER_PID" 2>/dev/null || true
+  sed -i 's/^log_type all$/log_type error\nlog_type warning\nlog_type notice\nlog_type information/' \
+    "$WORK/mosquitto.conf"
+  mv "$WORK/mosquitto.log" "$WORK/mosquitto-setup.log"
+  gw_run_broker || gw_fail "mosquitto did not restart: $(cat "$WORK/mosquitto.out")"
 }

@@ -8,7 +8,7 @@
 #                bridges/coap sets libcoap up; answers 2.04 at once), the same gwsensor sensors
 #   mqtt-direct  N direct mutual-TLS MQTT 5 publishers into the same mosquitto, QoS 1, each
 #                with its own certificate (CN = the device id, the broker's per-device ACL):
-#                tests/tools/mqttload, one process, paho as gatewayd uses it
+#                tests/tools/mqttload, one process, one poll loop (libmosquitto)
 #   upstream     gatewayd, spool.ack = "upstream" (a CON answered after the PUBACK)
 #   durable      gatewayd, spool.ack = "durable" (the default: answered once fsync'd)
 # For each: messages acknowledged, per second, p50/p99 (ms; sensors: the gaps between a
@@ -35,14 +35,8 @@ MQTTLOAD=$BENCH_BUILD/tests/tools/mqttload
 gw_pki_init
 gw_start_broker
 # lib.sh's broker logs every packet (log_type all), which the tests read; in production, and
-# here, it logs what an operator keeps: errors, warnings, notices (connections), information.
-# Same broker, same config, for mqtt-direct and the gateway.
-kill "$BROKER_PID"
-wait "$BROKER_PID" 2>/dev/null || true
-sed -i 's/^log_type all$/log_type error\nlog_type warning\nlog_type notice\nlog_type information/' \
-  "$WORK/mosquitto.conf"
-mv "$WORK/mosquitto.log" "$WORK/mosquitto-setup.log"
-gw_run_broker || gw_fail "mosquitto did not restart: $(cat "$WORK/mosquitto.out")"
+# here, it logs what an operator keeps. Same broker, same config, for mqtt-direct and the gateway.
+broker_operator_log
 
 # CPU seconds (user + system) a process has used so far.
 cpu_s() {

@@ -114,6 +114,16 @@ gw_free_port() {
   gw_fail "no free $proto port found"
 }
 
+# A free port P whose P+1 is free too (swtpm's and tpmslow's command and control ports).
+gw_free_port_pair() {
+  local p i
+  for i in $(seq 1 50); do
+    p=$(gw_free_port tcp)
+    [ -n "$(ss -Hltn "sport = :$((p + 1))")" ] || break
+  done
+  echo "$p"
+}
+
 # Waits up to $2 seconds for $1 (a shell condition) to hold.
 gw_wait_for() {
   local cond=$1 secs=${2:-10} i
@@ -185,12 +195,9 @@ gw_pki_client() { gw_pki_cert "$1" "$1" "extendedKeyUsage=clientAuth"; }
 
 # Starts swtpm on free ports P (commands) and P+1 (control); sets SWTPM_PORT.
 gw_start_swtpm() {
-  local p i
+  local p
   gw_require swtpm
-  for i in $(seq 1 50); do
-    p=$(gw_free_port tcp)
-    [ -z "$(ss -Hltn "sport = :$((p + 1))")" ] && break
-  done
+  p=$(gw_free_port_pair)
   mkdir -p -m 700 "$WORK/tpm"
   swtpm socket --tpm2 --server type=tcp,port="$p",bindaddr=127.0.0.1 \
     --ctrl type=tcp,port=$((p + 1)),bindaddr=127.0.0.1 --tpmstate dir="$WORK/tpm" \
@@ -200,6 +207,86 @@ gw_start_swtpm() {
   SWTPM_PORT=$p
   gw_wait_for "[ -n \"\$(ss -Hltn 'sport = :$p')\" ]" 10 ||
     gw_fail "swtpm did not start: $(cat "$WORK/swtpm.log")"
+}
+
+# gw_start_relay NAME LOG PROGRAM ARG...: starts a relay tool, which prints "listening" once
+# it does, and waits for it; an ARG "@PORT@" is its listening port, a free one (for tpmslow,
+# with the next one free too). Retries with another port when one was taken meanwhile.
+# Sets RELAY_PID and RELAY_PORT.
+gw_start_relay() {
+  local name=$1 log=$2 try port a args
+  shift 2
+  for try in 1 2 3 4 5; do
+    if [ "$name" = tpmslow ]; then port=$(gw_free_port_pair); else port=$(gw_free_port tcp); fi
+    args=()
+    for a in "$@"; do args+=("${a//@PORT@/$port}"); done
+    "${args[@]}" >"$log" 2>"$log.err" &
+    RELAY_PID=$!
+    GW_PIDS+=("$RELAY_PID")
+    gw_wait_for "grep -q listening '$log' || ! kill -0 $RELAY_PID 2>/dev/null" 10
+    if grep -q listening "$log"; then
+      RELAY_PORT=$port
+      return 0
+    fi
+    grep -q 'cannot listen' "$log.err" || gw_fail "$name did not start: $(cat "$log.err")"
+  done
+  gw_fail "$name found no free port in 5 tries"
+}
+
+# ---- a TPM at a real chip's speed: tests/tools/tpmslow between gatewayd and swtpm ----
+
+# gw_start_tpmslow CHIP: tpmslow in front of the swtpm gw_start_swtpm started, with that chip
+# model (tpmslow -L lists them); sets TPMSLOW_PID, TPMSLOW_PORT and GW_TPM_PORT, so that
+# gw_write_config's TCTI goes through it. Its events go to $WORK/tpmslow.out, its counts to
+# $WORK/tpmslow.stats (gw_tpmslow_stats), its control file is $WORK/tpmslow.ctl.
+gw_start_tpmslow() {
+  : "${TPMSLOW:?set TPMSLOW to the tpmslow test tool (meson test sets it)}"
+  : "${SWTPM_PORT:?gw_start_swtpm first}"
+  : >"$WORK/tpmslow.ctl"
+  gw_start_relay tpmslow "$WORK/tpmslow.out" "$TPMSLOW" -l @PORT@ -u "$SWTPM_PORT" -c "$1" \
+    -C "$WORK/tpmslow.ctl" -o "$WORK/tpmslow.stats" -t "${GW_TOOL_LIFETIME:-3600}"
+  TPMSLOW_PID=$RELAY_PID TPMSLOW_PORT=$RELAY_PORT GW_TPM_PORT=$RELAY_PORT
+}
+
+# gw_tpmslow_control LINE...: writes tpmslow's control file ("chip NAME", "hold-sign",
+# "hold-sign MS"; none: the chip it started with, nothing held) and waits until it applied it.
+gw_tpmslow_control() {
+  local before
+  before=$(grep -c ' control: ' "$WORK/tpmslow.out" || true)
+  printf '%s\n' "$@" >"$WORK/tpmslow.ctl"
+  kill -HUP "$TPMSLOW_PID"
+  gw_wait_for "[ \$(grep -c ' control: ' '$WORK/tpmslow.out') -gt $before ]" 10 ||
+    gw_fail "tpmslow did not apply its control file: $(cat "$WORK/tpmslow.out.err")"
+}
+
+# gw_tpmslow_stats: tpmslow's counts now, in $WORK/tpmslow.stats ("name value" lines).
+gw_tpmslow_stats() {
+  rm -f "$WORK/tpmslow.stats"
+  kill -USR1 "$TPMSLOW_PID"
+  gw_wait_for "[ -f '$WORK/tpmslow.stats' ]" 10 || gw_fail "tpmslow wrote no stats"
+}
+
+# ---- a network that can be cut: tests/tools/netcut between gatewayd and the broker ----
+
+# gw_start_netcut [SECONDS]: netcut in front of the broker (cuts last SECONDS, default 5);
+# sets NETCUT_PID, NETCUT_PORT and GW_UPSTREAM_PORT, so that gw_write_config's broker address
+# goes through it. Its events go to $WORK/netcut.out.
+gw_start_netcut() {
+  : "${NETCUT:?set NETCUT to the netcut test tool (meson test sets it)}"
+  gw_start_relay netcut "$WORK/netcut.out" "$NETCUT" -l @PORT@ -u "$BROKER_PORT" -s "${1:-5}" \
+    -t "${GW_TOOL_LIFETIME:-3600}"
+  NETCUT_PID=$RELAY_PID NETCUT_PORT=$RELAY_PORT GW_UPSTREAM_PORT=$RELAY_PORT NETCUT_SECS=${1:-5}
+}
+
+# gw_netcut_cut: cuts every connection through netcut and refuses new ones for its SECONDS;
+# returns once it relays again, and prints that moment (epoch ms).
+gw_netcut_cut() {
+  local before
+  before=$(grep -c 'relaying again' "$WORK/netcut.out" || true)
+  kill -USR1 "$NETCUT_PID"
+  gw_wait_for "[ \$(grep -c 'relaying again' '$WORK/netcut.out') -gt $before ]" $((NETCUT_SECS + 10)) ||
+    gw_fail "netcut did not relay again"
+  awk '/ netcut: relaying again/ { t = $1 } END { print t }' "$WORK/netcut.out"
 }
 
 # ---- the cloud: mosquitto with mutual TLS, identity as username, per-device ACL ----
@@ -285,6 +372,23 @@ gw_start_subscriber() {
     gw_fail "subscriber did not connect: $(cat "$WORK/sub.err")"
 }
 
+# gw_start_stamper TOPIC: tests/tools/mqttstamp as the observer (client id observer-stamp):
+# "<epoch-ms> <topic> <payload>" per message in $WORK/stamp.out, from when it returns. Its
+# session outlives its connection: with GW_BROKER_PERSIST=true nothing is lost to it across a
+# broker restart, and it reconnects within 50 ms.
+gw_start_stamper() {
+  : "${MQTTSTAMP:?set MQTTSTAMP to the mqttstamp test tool (meson test sets it)}"
+  "$MQTTSTAMP" -h localhost -p "$BROKER_PORT" -C "$WORK/pki/ca.pem" -c "$WORK/pki/observer.pem" \
+    -k "$WORK/pki/observer.key" -i observer-stamp -t "$1" -q 1 -T "${GW_TOOL_LIFETIME:-3600}" \
+    >>"$WORK/stamp.out" 2>"$WORK/stamp.err" &
+  STAMPER_PID=$!
+  GW_PIDS+=("$STAMPER_PID")
+  gw_wait_for "grep -q 'mqttstamp: subscribed' '$WORK/stamp.out' ||
+    ! kill -0 $STAMPER_PID 2>/dev/null" 10
+  grep -q 'mqttstamp: subscribed' "$WORK/stamp.out" ||
+    gw_fail "mqttstamp did not subscribe: $(cat "$WORK/stamp.out" "$WORK/stamp.err")"
+}
+
 # ---- devices, added the way a technician does: gwctl, a CSR, the CA's certificate ----
 
 # gw_start_subscriber5 FORMAT: a second observer of devices/#, over MQTT 5, that prints each
@@ -327,7 +431,8 @@ gw_psk() { cat "$WORK/psk-$1"; }
 
 # gw_write_config [EXTRA_UPSTREAM_LINES]: $WORK/gateway.conf for the broker started above.
 # GW_BACKEND=tpm (with gw_start_swtpm) puts the keystore in the TPM; GW_CONFIG_EXTRA is added
-# at the end (more groups).
+# at the end (more groups). GW_TPM_PORT (gw_start_tpmslow sets it) and GW_UPSTREAM_PORT
+# (gw_start_netcut) put a relay between gatewayd and swtpm or the broker.
 gw_write_config() {
   COAP_PORT=$(gw_free_port udp)
   cat >"$WORK/gateway.conf" <<CONF
@@ -339,7 +444,7 @@ gateway = {
 };
 keystore = {
   backend = "${GW_BACKEND:-soft}";
-  tcti = "swtpm:host=127.0.0.1,port=${SWTPM_PORT:-0}";
+  tcti = "swtpm:host=127.0.0.1,port=${GW_TPM_PORT:-${SWTPM_PORT:-0}}";
   ${GW_KEYSTORE_EXTRA:-}
 };
 sensors = {
@@ -347,7 +452,7 @@ sensors = {
   port = $COAP_PORT;
 };
 upstream = {
-  broker = "mqtts://${GW_BROKER_HOST:-localhost}:$BROKER_PORT";
+  broker = "mqtts://${GW_BROKER_HOST:-localhost}:${GW_UPSTREAM_PORT:-$BROKER_PORT}";
   ca_file = "$WORK/pki/ca.pem";
   reconnect_min = 1;
   reconnect_max = 2;

@@ -7,6 +7,9 @@
  *   <epoch-ms> <seq> <code>        e.g. "1795310000123 17 2.04"
  * "<epoch-ms> <seq> closed" if the gateway closes the session or stops answering, and
  * "<epoch-ms> <seq> stopped" when the time limit ends the run with that reading unanswered.
+ * With -T the payload also carries the time the reading was first sent, in epoch ms ("<identity>
+ * <seq> <epoch-ms>"; the same for every resend of that reading), so that a subscriber can time
+ * its delivery end to end.
  * With -R each reading acknowledged is sent once more, the same CON with the same message ID,
  * as by a sensor whose ACK was lost (RFC 7252 section 4.2); its answer is printed as
  *   <epoch-ms> <seq> again <code>
@@ -86,7 +89,7 @@ usage(void)
 {
 	fprintf(stderr,
 	        "usage: gwsensor -a ADDR -p PORT -u IDENTITY -k KEY [-r RESOURCE] [-n COUNT] "
-	        "[-i INTERVAL_MS] [-s FIRST_SEQ] [-t SECONDS] [-R]\n");
+	        "[-i INTERVAL_MS] [-s FIRST_SEQ] [-t SECONDS] [-R] [-T]\n");
 	exit(2);
 }
 
@@ -99,14 +102,18 @@ main(int argc, char *argv[])
 	coap_address_t dst;
 	coap_context_t *ctx;
 	coap_session_t *session;
-	uint64_t deadline;
+	uint64_t deadline, first_sent = 0;
+	long first_sent_seq = 0;
 	int ch, status = 0;
-	bool again = false;
+	bool again = false, stamp = false;
 
-	while ((ch = getopt(argc, argv, "a:p:u:k:r:n:i:s:t:R")) != -1) {
+	while ((ch = getopt(argc, argv, "a:p:u:k:r:n:i:s:t:RT")) != -1) {
 		switch (ch) {
 		case 'R':
 			again = true;
+			break;
+		case 'T':
+			stamp = true;
 			break;
 		case 'a':
 			addr = optarg;
@@ -141,6 +148,7 @@ main(int argc, char *argv[])
 	}
 	if (!addr || !identity || !key || port <= 0 || port > 65535 || count < 1 || limit < 1)
 		usage();
+	first_sent_seq = seq - 1;
 	coap_startup();
 	coap_set_log_level(LOG_EMERG);
 	coap_dtls_set_log_level(LOG_EMERG);
@@ -178,7 +186,15 @@ main(int argc, char *argv[])
 		coap_add_token(pdu, toklen, st.token_buf);
 		coap_add_option(pdu, COAP_OPTION_URI_PATH, strlen(resource),
 		                (const uint8_t *)resource);
-		snprintf(payload, sizeof(payload), "%s %ld", identity, seq);
+		if (first_sent_seq != seq) {
+			first_sent_seq = seq;
+			first_sent = now_ms();
+		}
+		if (stamp)
+			snprintf(payload, sizeof(payload), "%s %ld %llu", identity, seq,
+			         (unsigned long long)first_sent);
+		else
+			snprintf(payload, sizeof(payload), "%s %ld", identity, seq);
 		coap_add_data(pdu, strlen(payload), (const uint8_t *)payload);
 		mid = coap_pdu_get_mid(pdu);
 		coap_send(session, pdu);

@@ -5,21 +5,26 @@
  * certificate and key, DIR/FILEPREFIX + ID + ".pem"/".key", as client id ID, and publishes
  * "ID SEQ" to devices/ID/telemetry/temp, QoS 1 (or -q), with one publish outstanding: the next
  * leaves when the PUBACK of the last arrives, back to back, for -t seconds.
- * The clients are set up as bridges/mqtt/mqttbr.c sets up the gateway's (paho MQTTAsync, no
- * persistence, MQTT 5 with clean start, keepalive 60 s, the server's chain checked against
- * the CA file only and its host name verified), and share paho's threads as the gateway's do.
+ * The clients are set up as the gateway's upstream sessions are (MQTT 5 with clean start, no
+ * persistence, keepalive 60 s, the server's chain checked against the CA file only and its
+ * host name verified), each with its own SSL_CTX, on libmosquitto, all driven by one thread
+ * and one poll() loop (mosquitto_loop_read/write), as gatewayd's one event loop drives its
+ * sessions.
  * Prints, once all connected and the time is out (publishes acknowledged within it count):
  *   mqttload: N clients, A acknowledged in S s: R/s, latency p50 X ms, p99 Y ms, F failed,
  *             C s CPU
  *   result A S X Y C
- * latency being from MQTTAsync_sendMessage() to the PUBACK's callback, C the CPU time (user +
- * system) of this process during the run. Exit status: 0, 1 if a client could not connect
- * within 30 s or a publish failed, 2 usage.
+ * latency being from mosquitto_publish_v5() to the PUBACK's callback (QoS 0: to the publish's
+ * leaving), C the CPU time (user + system) of this process during the run. Exit status: 0, 1
+ * if a client could not connect within 30 s or a publish failed, 2 usage.
+ * URI is mqtts://HOST:PORT (ssl:// as well; port 8883 if none).
  *   mqttload -H URI -C CAFILE -d DIR [-f FILEPREFIX] [-P PREFIX] -n N [-t SECONDS] [-q QOS]
  */
-#include <MQTTAsync.h>
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <openssl/ssl.h>
 #include <limits.h>
-#include <stdatomic.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,7 +35,7 @@
 #include <unistd.h>
 
 struct client {
-	MQTTAsync handle;
+	struct mosquitto *m;
 	char id[64];
 	char topic[128];
 	char *cert, *key;
@@ -38,15 +43,18 @@ struct client {
 	uint64_t sent_us;
 	uint32_t *lat_us; /* one per publish acknowledged within the run */
 	size_t nlat, caplat;
-	bool outstanding;
+	bool outstanding, connected, failed;
 };
 
 static struct client *clients;
 static long nclients;
 static int qos = 1;
-static atomic_long connected, failed_connects, failed_publishes, outstanding;
-static atomic_bool running;
+/* One thread does everything: plain counters. */
+static long connected, failed_connects, failed_publishes, outstanding;
+static bool running;
 static uint64_t deadline_us;
+static struct pollfd *pfds;
+static struct client **pclients;
 
 static double
 cpu_seconds(void)
@@ -70,12 +78,20 @@ now_us(void)
 static void publish_next(struct client *c);
 
 static void
-on_published(void *ctx, MQTTAsync_successData5 *resp)
+publish_done(struct client *c, int reason)
 {
-	struct client *c = ctx;
 	uint64_t t = now_us();
 
-	(void)resp;
+	if (!c->outstanding)
+		return;
+	c->outstanding = false;
+	outstanding--;
+	if (reason >= 0x80) {
+		fprintf(stderr, "mqttload: %s: publish %ld failed: %s (reason %d)\n", c->id, c->seq,
+		        mosquitto_reason_string(reason), reason);
+		failed_publishes++;
+		return;
+	}
 	if (t <= deadline_us) {
 		if (c->nlat == c->caplat) {
 			size_t cap = c->caplat ? 2 * c->caplat : 1024;
@@ -92,89 +108,136 @@ on_published(void *ctx, MQTTAsync_successData5 *resp)
 			                                               : UINT32_MAX);
 	}
 	c->seq++;
-	c->outstanding = false;
-	atomic_fetch_sub(&outstanding, 1);
-	/* paho allows calls from its callbacks, except MQTTAsync_destroy(). */
-	if (atomic_load(&running) && t < deadline_us)
+	if (running && t < deadline_us)
 		publish_next(c);
 }
 
 static void
-on_publish_failed(void *ctx, MQTTAsync_failureData5 *resp)
+on_published(struct mosquitto *m, void *ctx, int mid, int reason, const mosquitto_property *p)
 {
-	struct client *c = ctx;
-
-	fprintf(stderr, "mqttload: %s: publish %ld failed: %s (reason %d)\n", c->id, c->seq,
-	        resp && resp->message ? resp->message : MQTTAsync_strerror(resp ? resp->code : 0),
-	        resp ? (int)resp->reasonCode : 0);
-	atomic_fetch_add(&failed_publishes, 1);
-	c->outstanding = false;
-	atomic_fetch_sub(&outstanding, 1);
+	(void)m;
+	(void)mid;
+	(void)p;
+	publish_done(ctx, reason);
 }
 
 static void
 publish_next(struct client *c)
 {
-	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-	MQTTAsync_message msg = MQTTAsync_message_initializer;
 	char payload[96];
 	int rc;
 
 	snprintf(payload, sizeof(payload), "%s %ld", c->id, c->seq);
-	msg.payload = payload;
-	msg.payloadlen = (int)strlen(payload);
-	msg.qos = qos;
-	ro.onSuccess5 = on_published;
-	ro.onFailure5 = on_publish_failed;
-	ro.context = c;
 	c->outstanding = true;
-	atomic_fetch_add(&outstanding, 1);
+	outstanding++;
 	c->sent_us = now_us();
-	rc = MQTTAsync_sendMessage(c->handle, c->topic, &msg, &ro);
-	if (rc != MQTTASYNC_SUCCESS) {
+	/* Outside a callback the packet leaves at once; inside one, at the next write. */
+	rc = mosquitto_publish_v5(c->m, NULL, c->topic, (int)strlen(payload), payload, qos, false,
+	                          NULL);
+	if (rc != MOSQ_ERR_SUCCESS && c->outstanding) {
 		fprintf(stderr, "mqttload: %s: cannot publish: %s\n", c->id,
-		        MQTTAsync_strerror(rc));
-		atomic_fetch_add(&failed_publishes, 1);
+		        mosquitto_strerror(rc));
+		failed_publishes++;
 		c->outstanding = false;
-		atomic_fetch_sub(&outstanding, 1);
+		outstanding--;
 	}
 }
 
 static void
-on_connected(void *ctx, MQTTAsync_successData5 *resp)
-{
-	(void)ctx;
-	(void)resp;
-	atomic_fetch_add(&connected, 1);
-}
-
-static void
-on_connect_failed(void *ctx, MQTTAsync_failureData5 *resp)
+on_connected(struct mosquitto *m, void *ctx, int rc, int flags, const mosquitto_property *p)
 {
 	struct client *c = ctx;
 
-	fprintf(stderr, "mqttload: %s: connect failed: %s (reason %d)\n", c->id,
-	        resp && resp->message ? resp->message : MQTTAsync_strerror(resp ? resp->code : 0),
-	        resp ? (int)resp->reasonCode : 0);
-	atomic_fetch_add(&failed_connects, 1);
+	(void)m;
+	(void)flags;
+	(void)p;
+	if (rc != 0) {
+		fprintf(stderr, "mqttload: %s: connect failed: %s (reason %d)\n", c->id,
+		        mosquitto_reason_string(rc), rc);
+		c->failed = true;
+		failed_connects++;
+		return;
+	}
+	c->connected = true;
+	connected++;
 }
 
 static void
-on_connection_lost(void *ctx, char *cause)
+on_disconnected(struct mosquitto *m, void *ctx, int rc, const mosquitto_property *p)
 {
 	struct client *c = ctx;
 
-	fprintf(stderr, "mqttload: %s: connection lost: %s\n", c->id, cause ? cause : "?");
+	(void)m;
+	(void)p;
+	if (rc == 0)
+		return;
+	fprintf(stderr, "mqttload: %s: connection lost: %s\n", c->id, mosquitto_strerror(rc));
+	if (!c->connected && !c->failed) {
+		c->failed = true;
+		failed_connects++;
+	}
+	c->connected = false;
+	/* An answer that cannot come any more. */
+	if (c->outstanding) {
+		c->outstanding = false;
+		outstanding--;
+		failed_publishes++;
+	}
 }
 
-static int
-on_message(void *ctx, char *topic, int len, MQTTAsync_message *msg)
+/*
+ * One turn of the loop: poll() every client's socket for up to timeout_ms, then read and
+ * write what is ready. Callbacks (CONNACK, PUBACK) run from here, in this thread.
+ */
+static void
+pump(int timeout_ms)
 {
-	(void)ctx;
-	(void)len;
-	MQTTAsync_freeMessage(&msg);
-	MQTTAsync_free(topic);
-	return 1;
+	static uint64_t last_misc;
+	nfds_t n = 0;
+	uint64_t t;
+
+	for (long i = 0; i < nclients; i++) {
+		struct client *c = &clients[i];
+		int fd = c->m ? mosquitto_socket(c->m) : -1;
+
+		if (fd < 0)
+			continue;
+		pfds[n] = (struct pollfd){.fd = fd, .events = POLLIN};
+		if (mosquitto_want_write(c->m))
+			pfds[n].events |= POLLOUT;
+		pclients[n++] = c;
+	}
+	if (n == 0) {
+		usleep((useconds_t)timeout_ms * 1000);
+		return;
+	}
+	if (poll(pfds, n, timeout_ms) > 0) {
+		for (nfds_t i = 0; i < n; i++) {
+			struct client *c = pclients[i];
+			short ev = pfds[i].revents;
+
+			if (ev & (POLLIN | POLLERR | POLLHUP)) {
+				/* and what OpenSSL already holds decrypted, which poll() cannot see
+				 */
+				int rounds = 0;
+
+				while (mosquitto_loop_read(c->m, 1) == MOSQ_ERR_SUCCESS &&
+				       mosquitto_ssl_get(c->m) &&
+				       SSL_pending(mosquitto_ssl_get(c->m)) > 0 && ++rounds < 64)
+					;
+			}
+			if ((ev & POLLOUT) && mosquitto_socket(c->m) >= 0)
+				mosquitto_loop_write(c->m, 1);
+		}
+	}
+	/* keepalive pings */
+	t = now_us();
+	if (t - last_misc > 1000000) {
+		last_misc = t;
+		for (long i = 0; i < nclients; i++)
+			if (clients[i].m)
+				mosquitto_loop_misc(clients[i].m);
+	}
 }
 
 static int
@@ -195,6 +258,29 @@ path_of(const char *dir, const char *prefix, const char *id, const char *ext)
 	return p;
 }
 
+/* mqtts://HOST:PORT (or ssl://) into host and port. */
+static int
+parse_uri(const char *uri, char *host, size_t len, int *port)
+{
+	const char *p = strstr(uri, "://"), *colon;
+
+	p = p ? p + 3 : uri;
+	colon = strrchr(p, ':');
+	*port = 8883;
+	if (colon) {
+		*port = atoi(colon + 1);
+		if (*port < 1 || *port > 65535)
+			return -1;
+	} else {
+		colon = p + strlen(p);
+	}
+	if (colon == p || (size_t)(colon - p) >= len)
+		return -1;
+	memcpy(host, p, (size_t)(colon - p));
+	host[colon - p] = '\0';
+	return 0;
+}
+
 static void
 usage(void)
 {
@@ -207,6 +293,8 @@ int
 main(int argc, char *argv[])
 {
 	const char *uri = NULL, *ca = NULL, *dir = NULL, *fileprefix = "", *prefix = "dev-";
+	char host[256];
+	int port;
 	long secs = 10;
 	uint64_t t0, t_end, wait_until;
 	uint32_t *all;
@@ -245,17 +333,17 @@ main(int argc, char *argv[])
 		}
 	}
 	if (!uri || !ca || !dir || nclients < 1 || nclients > 100000 || secs < 1 || secs > 3600 ||
-	    qos < 0 || qos > 2)
+	    qos < 0 || qos > 2 || parse_uri(uri, host, sizeof(host), &port) < 0)
 		usage();
 	clients = calloc((size_t)nclients, sizeof(*clients));
-	if (!clients)
+	pfds = calloc((size_t)nclients, sizeof(*pfds));
+	pclients = calloc((size_t)nclients, sizeof(*pclients));
+	if (!clients || !pfds || !pclients)
 		return 1;
+	mosquitto_lib_init();
 
 	for (long i = 0; i < nclients; i++) {
 		struct client *c = &clients[i];
-		MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
-		MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer5;
-		MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 		int rc;
 
 		snprintf(c->id, sizeof(c->id), "%s%ld", prefix, i + 1);
@@ -265,44 +353,41 @@ main(int argc, char *argv[])
 		c->key = path_of(dir, fileprefix, c->id, ".key");
 		if (!c->cert || !c->key)
 			return 1;
-		co.sendWhileDisconnected = 0;
-		rc = MQTTAsync_createWithOptions(&c->handle, uri, c->id,
-		                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
-		if (rc != MQTTASYNC_SUCCESS) {
-			fprintf(stderr, "mqttload: %s: cannot create a client: %s\n", c->id,
-			        MQTTAsync_strerror(rc));
+		/* clean start, no persistence */
+		c->m = mosquitto_new(c->id, true, c);
+		if (!c->m) {
+			fprintf(stderr, "mqttload: %s: cannot create a client\n", c->id);
 			return 1;
 		}
-		MQTTAsync_setCallbacks(c->handle, c, on_connection_lost, on_message, NULL);
-		/* As mqttbr.c connect_device(). */
-		ssl.trustStore = ca;
-		ssl.keyStore = c->cert;
-		ssl.privateKey = c->key;
-		ssl.enableServerCertAuth = 1;
-		ssl.verify = 1;
-		ssl.disableDefaultTrustStore = 1;
-		opts.keepAliveInterval = 60;
-		opts.connectTimeout = 10;
-		opts.cleanstart = 1;
-		opts.onSuccess5 = on_connected;
-		opts.onFailure5 = on_connect_failed;
-		opts.ssl = &ssl;
-		opts.context = c;
-		opts.automaticReconnect = 0;
-		rc = MQTTAsync_connect(c->handle, &opts);
-		if (rc != MQTTASYNC_SUCCESS) {
+		mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+		mosquitto_connect_v5_callback_set(c->m, on_connected);
+		mosquitto_disconnect_v5_callback_set(c->m, on_disconnected);
+		mosquitto_publish_v5_callback_set(c->m, on_published);
+		/* The CA file only; the server's chain verified, and its host name (the default).
+		 */
+		rc = mosquitto_tls_set(c->m, ca, NULL, c->cert, c->key, NULL);
+		if (rc == MOSQ_ERR_SUCCESS)
+			rc = mosquitto_tls_opts_set(c->m, 1, NULL, NULL);
+		if (rc != MOSQ_ERR_SUCCESS) {
+			fprintf(stderr, "mqttload: %s: TLS set-up: %s\n", c->id,
+			        mosquitto_strerror(rc));
+			return 1;
+		}
+		/* TCP connects here; TLS and CONNECT go on in the loop below. */
+		rc = mosquitto_connect_bind_v5(c->m, host, port, 60, NULL, NULL);
+		if (rc != MOSQ_ERR_SUCCESS) {
 			fprintf(stderr, "mqttload: %s: cannot start connecting: %s\n", c->id,
-			        MQTTAsync_strerror(rc));
-			atomic_fetch_add(&failed_connects, 1);
+			        mosquitto_strerror(rc));
+			c->failed = true;
+			failed_connects++;
 		}
 	}
 	wait_until = now_us() + 30 * 1000000ull;
-	while (atomic_load(&connected) + atomic_load(&failed_connects) < nclients &&
-	       now_us() < wait_until)
-		usleep(10000);
-	if (atomic_load(&connected) < nclients) {
-		fprintf(stderr, "mqttload: only %ld of %ld clients connected\n",
-		        atomic_load(&connected), nclients);
+	while (connected + failed_connects < nclients && now_us() < wait_until)
+		pump(10);
+	if (connected < nclients) {
+		fprintf(stderr, "mqttload: only %ld of %ld clients connected\n", connected,
+		        nclients);
 		status = 1;
 		goto out;
 	}
@@ -311,18 +396,18 @@ main(int argc, char *argv[])
 	cpu0 = cpu_seconds();
 	t0 = now_us();
 	deadline_us = t0 + (uint64_t)secs * 1000000;
-	atomic_store(&running, true);
+	running = true;
 	for (long i = 0; i < nclients; i++)
 		publish_next(&clients[i]);
 	while (now_us() < deadline_us)
-		usleep(10000);
-	atomic_store(&running, false);
+		pump(10);
+	running = false;
 	t_end = now_us();
 	cpu = cpu_seconds() - cpu0;
-	/* What is still in flight ends within publish timeouts; bounded regardless. */
+	/* What is still in flight is answered soon; bounded regardless. */
 	wait_until = t_end + 10 * 1000000ull;
-	while (atomic_load(&outstanding) > 0 && now_us() < wait_until)
-		usleep(10000);
+	while (outstanding > 0 && now_us() < wait_until)
+		pump(10);
 
 	for (long i = 0; i < nclients; i++)
 		total += clients[i].nlat;
@@ -345,35 +430,32 @@ main(int argc, char *argv[])
 		printf("mqttload: %ld clients, %zu acknowledged in %.2f s: %.0f/s, latency p50 "
 		       "%.2f ms, "
 		       "p99 %.2f ms, %ld failed, %.2f s CPU\n",
-		       nclients, total, s, (double)total / s, p50, p99,
-		       atomic_load(&failed_publishes), cpu);
+		       nclients, total, s, (double)total / s, p50, p99, failed_publishes, cpu);
 		printf("result %zu %.3f %.2f %.2f %.2f\n", total, s, p50, p99, cpu);
 	}
 	free(all);
-	if (atomic_load(&failed_publishes) > 0)
+	if (failed_publishes > 0)
 		status = 1;
 out:
-	for (long i = 0; i < nclients; i++) {
-		struct client *c = &clients[i];
-		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
-
-		if (!c->handle)
-			continue;
-		d.timeout = 1000;
-		if (MQTTAsync_isConnected(c->handle))
-			MQTTAsync_disconnect(c->handle, &d);
-	}
-	/* Give the DISCONNECTs a moment to leave, so the broker does not log them as lost. */
-	usleep(200000);
+	for (long i = 0; i < nclients; i++)
+		if (clients[i].m && clients[i].connected)
+			mosquitto_disconnect_v5(clients[i].m, 0, NULL);
+	/* Let the DISCONNECTs leave, so the broker does not log them as lost. */
+	wait_until = now_us() + 200000;
+	while (now_us() < wait_until)
+		pump(10);
 	for (long i = 0; i < nclients; i++) {
 		struct client *c = &clients[i];
 
-		if (c->handle)
-			MQTTAsync_destroy(&c->handle);
+		if (c->m)
+			mosquitto_destroy(c->m);
 		free(c->cert);
 		free(c->key);
 		free(c->lat_us);
 	}
 	free(clients);
+	free(pfds);
+	free(pclients);
+	mosquitto_lib_cleanup();
 	return status;
 }
