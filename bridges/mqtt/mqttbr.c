@@ -102,6 +102,7 @@ struct mqttbr_device {
 	 */
 	SSL_SESSION *session;
 	time_t session_until;
+	const SSL_SESSION *session_offered; /* to the handshake in flight (compared, not used) */
 };
 
 struct mqttbr {
@@ -529,9 +530,8 @@ connect_device(struct mqttbr_device *dev)
 	EVP_PKEY_free(key);
 	sk_X509_pop_free(chain, X509_free);
 	free(connect);
-	/* A TLS 1.3 ticket serves once; the handshake brings a fresh one (RFC 8446 C.4). */
-	if (p.session)
-		drop_session(dev);
+	/* Kept until a handshake used it: a connect that fails before TLS has not. */
+	dev->session_offered = p.session;
 	if (r < 0) {
 		dev->conn = NULL;
 		connect_failed_now(dev, MQTTBR_FAIL_NETWORK, "cannot connect upstream to %s: %s",
@@ -993,6 +993,13 @@ on_tls_step(void *data, bool signing)
 		br->st.resumed++;
 	else
 		br->st.full++;
+	/*
+	 * A TLS 1.3 ticket serves once (RFC 8446 C.4), and one the broker did not take is stale:
+	 * the session offered goes unless the handshake brought a fresh one meanwhile.
+	 */
+	if (dev->session && dev->session == dev->session_offered)
+		drop_session(dev);
+	dev->session_offered = NULL;
 	phase_leave(dev);
 	pump(br);
 }

@@ -6,21 +6,13 @@
 # with a full handshake (one signature each). A relay (tests/tools/netcut) stands for the
 # network.
 source "$(dirname "$0")/lib.sh"
-gw_require "$NETCUT"
 gw_setup
 gw_pki_init
 gw_start_swtpm
 gw_start_broker
-
-# The gateway reaches the broker through the relay.
-RELAY_PORT=$(gw_free_port tcp)
-"$NETCUT" -l "$RELAY_PORT" -u "$BROKER_PORT" -s 1 -t 300 >"$WORK/netcut.out" 2>&1 &
-NETCUT_PID=$!
-GW_PIDS+=("$NETCUT_PID")
-gw_wait_for "grep -q 'netcut: listening' '$WORK/netcut.out'" 10 || gw_fail "netcut did not start"
-broker_port=$BROKER_PORT
-BROKER_PORT=$RELAY_PORT GW_BACKEND=tpm gw_write_config
-BROKER_PORT=$broker_port
+# The gateway reaches the broker through the relay; a cut lasts a second.
+gw_start_netcut 1
+GW_BACKEND=tpm gw_write_config
 for id in dev-a dev-b dev-c; do gw_add_device "$id"; done
 gw_start_gateway 3
 
@@ -33,7 +25,7 @@ resumed() { grep -c "$1: upstream connected .*(TLS session resumed)" "$WORK/gate
 
 before=$(signatures)
 [ "$before" -ge 3 ] || gw_fail "expected a signature per device so far, metrics say $before"
-kill -USR1 "$NETCUT_PID"
+gw_netcut_cut >/dev/null
 for id in dev-a dev-b dev-c; do
   gw_wait_for "[ \$(connects $id) -ge 2 ]" 20 || gw_fail "$id did not reconnect after the cut"
   [ "$(resumed "$id")" -eq 1 ] || gw_fail "$id reconnected with a full handshake: $(grep "$id: upstream" "$WORK/gatewayd.log")"
