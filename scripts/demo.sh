@@ -65,7 +65,7 @@ grep -o "Received PUBLISH from [^ ]* (d[0-9], q[0-9], r[0-9], m[0-9]*, 'devices/
 
 say "what the operator sees: gwctl status, and a few of gwctl metrics"
 gw_gwctl status | sed 's/^/  /'
-gw_gwctl metrics | grep -E '^gatewayd_(messages_total|upstream_sessions |tpm_operation_duration_seconds_(count|sum)\{op="sign"\})' |
+gw_gwctl metrics | grep -E '^gatewayd_(messages_total|upstream_sessions |upstream_tls_handshakes_total|tpm_commands_total|tpm_operation_duration_seconds_(count|sum)\{op="sign"\})' |
   sed 's/^/  /'
 
 say "stopping gatewayd (SIGTERM), then mosquitto and the subscriber"

@@ -32,8 +32,9 @@ for id in dev-a dev-b dev-c; do
 done
 after=$(signatures)
 [ "$after" -eq "$before" ] || gw_fail "the TPM signed $((after - before)) times for resumed reconnects"
-gw_gwctl metrics | grep -q '^gatewayd_upstream_tls_handshakes_total{kind="resumed"} 3$' ||
-  gw_fail "metrics do not count 3 resumed handshakes: $(gw_gwctl metrics | grep tls_handshakes)"
+metrics=$(gw_gwctl metrics)
+grep -q '^gatewayd_upstream_tls_handshakes_total{kind="resumed"} 3$' <<<"$metrics" ||
+  gw_fail "metrics do not count 3 resumed handshakes: $(grep tls_handshakes <<<"$metrics")"
 
 # Suspended and resumed: its session was dropped, so a full handshake.
 gw_gwctl device suspend dev-b >/dev/null || gw_fail "cannot suspend dev-b"

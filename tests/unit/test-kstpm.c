@@ -121,9 +121,13 @@ live_set(const char *dir, pid_t pid, bool gone)
 	live[i].pid = pid;
 }
 
-/* Starts swtpm on s->port with its state in s->dir; returns once it accepts connections. */
-static void
-swtpm_spawn(struct swtpm *s)
+/*
+ * Starts swtpm on s->port with its state in s->dir; returns 0 once it accepts connections, or
+ * -EADDRINUSE if it exited at start (its port taken meanwhile by another process: the suites
+ * and benchmarks of other checkouts run beside this one).
+ */
+static int
+swtpm_try_spawn(struct swtpm *s)
 {
 	char server[96], ctrl[96], state[96], log[128];
 	int status;
@@ -146,14 +150,24 @@ swtpm_spawn(struct swtpm *s)
 	for (int i = 0; i < 500; i++) {
 		if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
 			s->pid = 0;
-			fail_msg("swtpm exited at start (status 0x%x); see %s/swtpm.log", status,
-			         s->dir);
+			print_message("swtpm exited at start on port %d (status 0x%x); see "
+			              "%s/swtpm.log\n",
+			              s->port, status, s->dir);
+			return -EADDRINUSE;
 		}
 		if (accepts(s->port))
-			return;
+			return 0;
 		usleep(10000);
 	}
 	fail_msg("swtpm did not listen on port %d within 5 s", s->port);
+	return -ETIMEDOUT;
+}
+
+static void
+swtpm_spawn(struct swtpm *s)
+{
+	if (swtpm_try_spawn(s) < 0)
+		fail_msg("swtpm exited at start; see %s/swtpm.log", s->dir);
 }
 
 static void
@@ -175,9 +189,14 @@ swtpm_start(struct swtpm *s)
 	strcpy(s->dir, "/tmp/gw-kstpm-XXXXXX");
 	assert_non_null(mkdtemp(s->dir));
 	live_set(s->dir, 0, false);
-	s->port = free_port_pair();
-	snprintf(s->tcti, sizeof(s->tcti), "swtpm:host=127.0.0.1,port=%d", s->port);
-	swtpm_spawn(s);
+	/* A free port can be taken before swtpm binds it: try others, a few times. */
+	for (int try = 0; try < 5; try++) {
+		s->port = free_port_pair();
+		snprintf(s->tcti, sizeof(s->tcti), "swtpm:host=127.0.0.1,port=%d", s->port);
+		if (swtpm_try_spawn(s) == 0)
+			return;
+	}
+	fail_msg("swtpm exited at start on 5 ports; see %s/swtpm.log", s->dir);
 }
 
 static int
