@@ -646,6 +646,16 @@ on_fd(int fd, uint32_t events, void *data)
 		tcp_connected(c);
 		break;
 	case ST_TLS:
+		/*
+		 * Waiting for the signature, the socket is not watched, but epoll reports a hang-up
+		 * all the same, and would again at once: the broker gave up on the handshake.
+		 */
+		if (SSL_waiting_for_async(c->ssl)) {
+			if (events & (EPOLLHUP | EPOLLERR))
+				conn_fail(c, MQTTCONN_NETWORK, 0,
+				          "the broker closed the connection during the handshake");
+			break;
+		}
 		tls_step(c);
 		break;
 	case ST_CONNACK:
