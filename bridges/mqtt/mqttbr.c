@@ -29,6 +29,12 @@
 #define MAX_PACKET_IN (1024 * 1024)
 /* Handshakes in flight at most, whatever the pace allows (sockets, memory). */
 #define MAX_CONNECTING 64
+/*
+ * Resumptions in flight at most: they need no signature while the broker honours its tickets,
+ * but after a broker restart each turns into a full handshake, and a burst of them would pile
+ * up at the TPM ahead of the devices with data.
+ */
+#define MAX_RESUMING 8
 /* Signatures waiting or running at once: one signing, one ready to go (DESIGN.md 4). */
 #define MAX_SIGNING 2
 /* Look the broker's name up again after a failed connect, at most this often. */
@@ -76,6 +82,7 @@ struct mqttbr_device {
 	enum dev_state state;
 	struct mqttconn *conn;
 	enum phase phase;
+	bool resuming; /* the connect in flight offered a TLS session */
 	uint64_t admitted_ms, signing_ms;
 	/* Readings or a sensor wait for this device: its connect goes first. */
 	bool wanted;
@@ -136,6 +143,7 @@ struct mqttbr {
 	size_t connecting;              /* DEV_CONNECTING devices */
 	size_t presign;                 /* ... before their signature */
 	size_t signing;                 /* ... waiting for it */
+	size_t resuming;                /* ... offering a TLS session */
 	uint64_t net_ms_x8, sign_ms_x8; /* moving averages, times 8 */
 	/* The broker's addresses, looked up off the loop. */
 	struct resolve *resolving;
@@ -235,6 +243,22 @@ queue_append(struct mqttbr_device *dev, enum queue q)
 	br->queued++;
 }
 
+static void
+queue_prepend(struct mqttbr_device *dev, enum queue q)
+{
+	struct mqttbr *br = dev->br;
+
+	dev->queue = q;
+	dev->qprev = NULL;
+	dev->qnext = br->queues[q].head;
+	if (dev->qnext)
+		dev->qnext->qprev = dev;
+	else
+		br->queues[q].tail = dev;
+	br->queues[q].head = dev;
+	br->queued++;
+}
+
 static bool
 session_usable(struct mqttbr_device *dev)
 {
@@ -305,7 +329,8 @@ pump(struct mqttbr *br)
 {
 	if (br->stop.stopping || br->addrs.naddrs == 0)
 		return;
-	while (br->connecting < MAX_CONNECTING && br->queues[Q_RESUME].head) {
+	while (br->connecting < MAX_CONNECTING && br->resuming < MAX_RESUMING &&
+	       br->queues[Q_RESUME].head) {
 		struct mqttbr_device *dev = br->queues[Q_RESUME].head;
 
 		queue_remove(dev);
@@ -341,6 +366,9 @@ phase_leave(struct mqttbr_device *dev)
 	else if (dev->phase == PH_SIGNING)
 		br->signing--;
 	dev->phase = PH_NONE;
+	if (dev->resuming)
+		br->resuming--;
+	dev->resuming = false;
 }
 
 /* ---- one connect ---- */
@@ -543,6 +571,8 @@ connect_device(struct mqttbr_device *dev)
 	dev->admitted_ms = gw_now_ms();
 	br->connecting++;
 	br->presign++;
+	dev->resuming = p.session != NULL;
+	br->resuming += dev->resuming;
 }
 
 /* ---- publishes ---- */
@@ -970,6 +1000,34 @@ on_session(void *data, SSL_SESSION *sess)
 	return false;
 }
 
+/*
+ * Drops every session issued at or before issued (seconds), and moves the devices that queued
+ * to resume one into the lines that wait for the TPM.
+ */
+static void
+sessions_stale(struct mqttbr *br, time_t issued)
+{
+	size_t dropped = 0;
+
+	for (size_t i = 0; i < br->ndevices; i++) {
+		struct mqttbr_device *dev = br->devices[i];
+
+		if (!dev->session || dev->session == dev->session_offered ||
+		    SSL_SESSION_get_time(dev->session) > issued)
+			continue;
+		drop_session(dev);
+		dropped++;
+		if (dev->state == DEV_QUEUED && dev->queue == Q_RESUME) {
+			queue_remove(dev);
+			queue_append(dev, dev->wanted ? Q_URGENT : Q_NORMAL);
+		}
+	}
+	if (dropped)
+		log_info("upstream: the broker resumes no earlier TLS session (restarted?): %zu "
+		         "dropped, full handshakes for them",
+		         dropped);
+}
+
 static void
 on_tls_step(void *data, bool signing)
 {
@@ -993,6 +1051,13 @@ on_tls_step(void *data, bool signing)
 		br->st.resumed++;
 	else
 		br->st.full++;
+	/*
+	 * The broker did not resume: it lost its ticket keys (a restart), so no session it issued
+	 * before this one is worth offering either.
+	 */
+	if (dev->session_offered && dev->session == dev->session_offered &&
+	    !mqttconn_resumed(dev->conn))
+		sessions_stale(br, SSL_SESSION_get_time(dev->session));
 	/*
 	 * A TLS 1.3 ticket serves once (RFC 8446 C.4), and one the broker did not take is stale:
 	 * the session offered goes unless the handshake brought a fresh one meanwhile.
@@ -1377,10 +1442,14 @@ mqttbr_wanted(struct mqttbr_device *dev)
 	if (dev->wanted || dev->state == DEV_UP)
 		return;
 	dev->wanted = true;
-	if (dev->state == DEV_QUEUED && dev->queue == Q_NORMAL) {
+	if (dev->state != DEV_QUEUED)
+		return;
+	if (dev->queue == Q_NORMAL) {
 		queue_remove(dev);
-		dev->state = DEV_QUEUED;
 		queue_append(dev, Q_URGENT);
+	} else if (dev->queue == Q_RESUME) {
+		queue_remove(dev);
+		queue_prepend(dev, Q_RESUME);
 	}
 }
 

@@ -52,6 +52,22 @@ gw_wait_for "[ \$(connects dev-c) -ge 3 ]" 20 || gw_fail "dev-c did not reconnec
 [ "$(resumed dev-c)" -eq 1 ] || gw_fail "dev-c resumed a session of its old certificate"
 [ "$(signatures)" -eq $((after + 2)) ] || gw_fail "dev-c's new certificate took $(($(signatures) - after - 1)) signatures, not 1"
 
+# A broker restart loses its ticket keys: the first refused resumption drops every older
+# session, and each device connects with one full handshake.
+before=$(signatures)
+kill "$BROKER_PID"
+wait "$BROKER_PID" 2>/dev/null || true
+mv "$WORK/mosquitto.log" "$WORK/mosquitto-1.log"
+gw_run_broker || gw_fail "mosquitto did not restart on port $BROKER_PORT"
+for id in dev-a dev-b dev-c; do
+  gw_wait_for "grep -q 'New client connected .* as $id (' '$WORK/mosquitto.log'" 20 ||
+    gw_fail "$id did not reconnect after the broker restarted"
+done
+gw_wait_for "grep -q 'the broker resumes no earlier TLS session' '$WORK/gatewayd.log'" 10 ||
+  gw_fail "the stale sessions were not dropped after the broker restart"
+gw_wait_for "[ \$(signatures) -eq $((before + 3)) ]" 10 ||
+  gw_fail "3 devices reconnected to a restarted broker with $(($(signatures) - before)) signatures"
+
 # Readings still flow on a resumed session.
 gw_start_subscriber
 gw_expect_code 2.04 dev-a post temp resumed-ok
