@@ -70,10 +70,15 @@ gw_start_stamper 'devices/+/telemetry/#'
 GW_BACKEND=tpm gw_write_config
 sed -i 's/log_level = "debug";/log_level = "info";/' "$WORK/gateway.conf"
 
-# Provisioning at swtpm's own speed (chip "none"), with gwctl on the store, as a technician.
+# Provisioning at swtpm's own speed (chip "none"), through the running daemon as a technician
+# does (gwctl on the store alone gets slower with every device: 380 s for 1,000, against about
+# 65 s through the daemon, as connect-fleet.sh found).
 gw_log "provisioning $n devices"
 t=$(gw_now_ms)
+gw_start_gateway 0
 for id in $(devices); do gw_add_device "$id"; done
+kill -TERM "$GATEWAY_PID"
+wait "$GATEWAY_PID" 2>/dev/null || true
 gw_log "provisioned in $((($(gw_now_ms) - t) / 1000)) s"
 cp -a "$WORK/state" "$WORK/state-template"
 
