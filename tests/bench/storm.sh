@@ -31,6 +31,9 @@
 #     connect (gwctl metrics).
 # Then a summary table. Figures and ratios only: it asserts nothing. Local only (127.0.0.1,
 # free ports, a temp dir); every wait bounded; everything stopped by PID.
+# Environment: QUIET, CUT, STORM_LIMIT (seconds a storm may last; default 5 x the TPM's
+# share + 60), STORM_UPSTREAM (more lines for gatewayd's upstream group, e.g.
+# "connect_timeout = 60;"; the rest is lib.sh's test config: reconnect 1 to 2 s).
 #   tests/bench/storm.sh [N] [F] [CHIP...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,7 +70,7 @@ broker_operator_log
 gw_start_tpmslow none
 gw_start_netcut "$cut_s"
 gw_start_stamper 'devices/+/telemetry/#'
-GW_BACKEND=tpm gw_write_config
+GW_BACKEND=tpm gw_write_config "${STORM_UPSTREAM:-}"
 sed -i 's/log_level = "debug";/log_level = "info";/' "$WORK/gateway.conf"
 
 # Provisioning at swtpm's own speed (chip "none"), through the running daemon as a technician
