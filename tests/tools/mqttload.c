@@ -44,13 +44,14 @@ struct client {
 	uint32_t *lat_us; /* one per publish acknowledged within the run */
 	size_t nlat, caplat;
 	bool outstanding, connected, failed;
+	bool due; /* its next publish, to leave from the loop */
 };
 
 static struct client *clients;
 static long nclients;
 static int qos = 1;
 /* One thread does everything: plain counters. */
-static long connected, failed_connects, failed_publishes, outstanding;
+static long connected, failed_connects, failed_publishes, outstanding, due;
 static bool running;
 static uint64_t deadline_us;
 static struct pollfd *pfds;
@@ -108,8 +109,15 @@ publish_done(struct client *c, int reason)
 			                                               : UINT32_MAX);
 	}
 	c->seq++;
-	if (running && t < deadline_us)
-		publish_next(c);
+	/*
+	 * Not from here: inside a callback libmosquitto only queues the packet, and its write
+	 * loop, which may be what called us, would send the next one and call back again, so
+	 * that with QoS 0 one client would publish alone until the end.
+	 */
+	if (running && t < deadline_us) {
+		c->due = true;
+		due++;
+	}
 }
 
 static void
@@ -211,7 +219,7 @@ pump(int timeout_ms)
 		usleep((useconds_t)timeout_ms * 1000);
 		return;
 	}
-	if (poll(pfds, n, timeout_ms) > 0) {
+	if (poll(pfds, n, due > 0 ? 0 : timeout_ms) > 0) {
 		for (nfds_t i = 0; i < n; i++) {
 			struct client *c = pclients[i];
 			short ev = pfds[i].revents;
@@ -229,6 +237,15 @@ pump(int timeout_ms)
 			if ((ev & POLLOUT) && mosquitto_socket(c->m) >= 0)
 				mosquitto_loop_write(c->m, 1);
 		}
+	}
+	/* the publishes answered meanwhile are followed by the next, outside any callback */
+	for (long i = 0; due > 0 && i < nclients; i++) {
+		if (!clients[i].due)
+			continue;
+		clients[i].due = false;
+		due--;
+		if (running && now_us() < deadline_us)
+			publish_next(&clients[i]);
 	}
 	/* keepalive pings */
 	t = now_us();
@@ -418,6 +435,8 @@ main(int argc, char *argv[])
 	}
 	total = 0;
 	for (long i = 0; i < nclients; i++) {
+		if (clients[i].nlat == 0)
+			continue;
 		memcpy(all + total, clients[i].lat_us, clients[i].nlat * sizeof(*all));
 		total += clients[i].nlat;
 	}
