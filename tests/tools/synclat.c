@@ -18,7 +18,6 @@
  * Exit status: 0, 1 if a file could not be made, written or synced, 2 usage.
  *   synclat -d DIR [-m fsync|fdatasync|syncfs] [-f FILES] [-s SIZE] [-n COUNT] [-t SECONDS]
  */
-#define _GNU_SOURCE /* syncfs */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
