@@ -109,6 +109,8 @@ struct mqttbr_device {
 	 */
 	SSL_SESSION *session;
 	time_t session_until;
+	uint64_t session_got_ms;            /* when it came, on the loop's clock */
+	uint64_t lost_ms;                   /* when its last session ended */
 	const SSL_SESSION *session_offered; /* to the handshake in flight (compared, not used) */
 };
 
@@ -997,15 +999,16 @@ on_session(void *data, SSL_SESSION *sess)
 	SSL_SESSION_free(dev->session);
 	dev->session = copy;
 	dev->session_until = time(NULL) + life;
+	dev->session_got_ms = gw_now_ms();
 	return false;
 }
 
 /*
- * Drops every session issued at or before issued (seconds), and moves the devices that queued
- * to resume one into the lines that wait for the TPM.
+ * Drops every session that came before before_ms, and moves the devices that queued to resume
+ * one into the lines that wait for the TPM.
  */
 static void
-sessions_stale(struct mqttbr *br, time_t issued)
+sessions_stale(struct mqttbr *br, uint64_t before_ms)
 {
 	size_t dropped = 0;
 
@@ -1013,7 +1016,7 @@ sessions_stale(struct mqttbr *br, time_t issued)
 		struct mqttbr_device *dev = br->devices[i];
 
 		if (!dev->session || dev->session == dev->session_offered ||
-		    SSL_SESSION_get_time(dev->session) > issued)
+		    dev->session_got_ms >= before_ms)
 			continue;
 		drop_session(dev);
 		dropped++;
@@ -1052,12 +1055,12 @@ on_tls_step(void *data, bool signing)
 	else
 		br->st.full++;
 	/*
-	 * The broker did not resume: it lost its ticket keys (a restart), so no session it issued
-	 * before this one is worth offering either.
+	 * The broker did not resume: it lost its ticket keys (a restart, about when this device's
+	 * last session ended), so no session that came before then is worth offering either.
 	 */
 	if (dev->session_offered && dev->session == dev->session_offered &&
 	    !mqttconn_resumed(dev->conn))
-		sessions_stale(br, SSL_SESSION_get_time(dev->session));
+		sessions_stale(br, dev->lost_ms > dev->session_got_ms ? dev->lost_ms : now);
 	/*
 	 * A TLS 1.3 ticket serves once (RFC 8446 C.4), and one the broker did not take is stale:
 	 * the session offered goes unless the handshake brought a fresh one meanwhile.
@@ -1176,6 +1179,7 @@ on_ended(void *data, const struct mqttconn_end *why)
 		return;
 	case DEV_UP:
 		br->st.lost++;
+		dev->lost_ms = gw_now_ms();
 		snprintf(dev->reason, sizeof(dev->reason), "upstream connection to %s lost: %s",
 		         br->cfg.broker, why->text);
 		log_warnx("%s: %s", dev->id, dev->reason);
