@@ -76,8 +76,8 @@ void metrics_gauge(struct metrics_writer *w, const struct metrics_label *labels,
  *
  * The members are public only so that a histogram can be a static or embedded object with no
  * setup: a zeroed struct is an empty histogram. Touch them only through the functions below.
- * observe() is lock-free (C11 atomics) and may be called from any thread, e.g. the TPM worker's while
- * it signs through the keystore, concurrently with a write-out on the loop thread.
+ * observe() is lock-free (C11 atomics) and may be called from any thread, e.g. the TPM worker's
+ * while it signs through the keystore, concurrently with a write-out on the loop thread.
  */
 #define METRICS_LATENCY_BOUNDS                                                                     \
 	{                                                                                          \

@@ -1066,7 +1066,8 @@ ksprov_finish(void)
 	/*
 	 * "default" stays: once a provider was loaded explicitly, OpenSSL no longer loads the
 	 * default one by itself, so unloading it would break every later use of OpenSSL in the
-	 * process (a unit test's next keystore, gwctl's output, the upstream TLS context's teardown).
+	 * process (a unit test's next keystore, gwctl's output, the upstream TLS context's
+	 * teardown).
 	 */
 	if (prov_ks)
 		OSSL_PROVIDER_unload(prov_ks);

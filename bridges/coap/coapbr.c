@@ -949,8 +949,8 @@ coap_ready(int fd, uint32_t events, void *data)
 	(void)events;
 	/*
 	 * libcoap 4.3.1 reads one datagram per socket per call. Take what has arrived (bounded,
-	 * so that timers and the upstream sessions still get their turn) before going back to the loop:
-	 * the uplinks of one wakeup then share one spool sync, instead of one sync each.
+	 * so that timers and the upstream sessions still get their turn) before going back to the
+	 * loop: the uplinks of one wakeup then share one spool sync, instead of one sync each.
 	 */
 	for (int i = 0; i < DATAGRAMS_PER_WAKEUP; i++) {
 		struct pollfd p = {.fd = fd, .events = POLLIN};
