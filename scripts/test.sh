@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the whole test suite (unit; integration against real mosquitto and coap-client; tpm on swtpm)
-# twice: on a -Werror build, and on an AddressSanitizer + UndefinedBehaviorSanitizer build.
+# twice: on a -Werror build, and on an AddressSanitizer + UndefinedBehaviorSanitizer build; then
+# runs each fuzz harness briefly (GW_FUZZ_SECONDS, default 10) with clang's libFuzzer.
 # Installs what it needs. Exits non-zero if anything fails. Builds live in .build/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,16 @@ run() {
 
 run werror .build/werror
 run sanitize .build/sanitize -Db_sanitize=address,undefined -Db_lundef=false
+
+# Each fuzz harness for a short, fixed time from its corpus (the two runs above replayed every
+# corpus file already): a crash, a leak or a sanitizer report fails the suite.
+echo "== fuzz: ${GW_FUZZ_SECONDS:-10} s per harness" >&2
+if tests/fuzz/run.sh all "${GW_FUZZ_SECONDS:-10}" >.build/fuzz.log 2>&1; then
+  passed=$((passed + 1))
+else
+  tail -n 60 .build/fuzz.log >&2
+  failed=$((failed + 1))
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
