@@ -5,6 +5,7 @@
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
+#include "upload.h"
 
 #include <arpa/inet.h>
 #include <coap3/coap.h>
@@ -46,15 +47,6 @@ struct seen {
  */
 #define SENT_PER_SENSOR   16
 #define MAX_TRANSMIT_WAIT 93
-
-/* An RFC 7959 Block1 upload being put together; one per session at a time. */
-struct upload {
-	/* The route's resource: it outlives a reload, which replaces the route itself. */
-	const coap_resource_t *resource;
-	coap_mid_t first_mid; /* of block 0: the same again is a retransmission, not a restart */
-	size_t len;
-	uint8_t data[]; /* sensors.max_payload bytes */
-};
 
 /*
  * A sensor's DTLS session, from its PSK callback until libcoap frees it
@@ -167,7 +159,7 @@ sensor_unlink(struct coapbr *br, struct sensor *sn)
 static void
 sensor_reset(struct sensor *sn)
 {
-	free(sn->upload);
+	upload_free(sn->upload);
 	sn->upload = NULL;
 	free(sn->last_get);
 	sn->last_get = NULL;
@@ -182,7 +174,7 @@ sensor_reset(struct sensor *sn)
 static void
 sensor_free(struct sensor *sn)
 {
-	free(sn->upload);
+	upload_free(sn->upload);
 	free(sn->last_get);
 	free(sn);
 }
@@ -284,6 +276,15 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 			br->sensors->prev = sn;
 		br->sensors = sn;
 		coap_session_set_app_data(session, sn);
+		/*
+		 * libcoap parses a datagram into a PDU no larger than the session's MTU (1152 by
+		 * default, RFC 7252 section 4.6) and answers a larger one with a Reset of message
+		 * ID 0, so that a sensor never hears 4.13 for a payload past sensors.max_payload.
+		 * Raised to what libcoap reads of a datagram at all (COAP_RXBUFFER_SIZE, 1472 bytes:
+		 * an Ethernet MTU's UDP payload); a longer datagram is cut there and fails its DTLS
+		 * record check unanswered. Answers larger than 1152 bytes can go in one datagram.
+		 */
+		coap_session_set_mtu(session, COAP_RXBUFFER_SIZE);
 		sensor_reset(sn);
 	} else if (sn->identity_len != identity->length ||
 	           memcmp(sn->identity, identity->s, identity->length) != 0) {
@@ -460,64 +461,66 @@ answer(struct sensor *sn, const coap_pdu_t *request, coap_mid_t mid, coap_pdu_t 
 }
 
 /*
- * Takes one Block1 block (RFC 7959 section 2.5). Returns 1 when the message is whole, with
- * *payload and *len set; 0 when the block was taken and answered (2.31 Continue follows from
- * libcoap); or -1 when the upload was refused and answered.
+ * Takes one Block1 block (RFC 7959 section 2.5), opt being the request's Block1 option. Returns
+ * 1 when the message is whole, with *payload and *len set; 0 when the block was taken and
+ * answered (2.31 Continue follows from libcoap); or -1 when the upload was refused and answered.
+ * The block is decoded here, not by coap_get_block_b(), which hides a block with the reserved
+ * SZX 7 from a server over UDP, so that the request looked like a whole message.
  */
 static int
 take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource,
-           const struct gwconf_route *route, const coap_pdu_t *request, const coap_block_b_t *block,
+           const struct gwconf_route *route, const coap_pdu_t *request, coap_opt_t *opt,
            coap_pdu_t *response, const uint8_t **payload, size_t *len)
 {
-	size_t offset = (size_t)block->num << (block->szx + 4), n = 0;
-	const uint8_t *data = NULL;
 	coap_opt_iterator_t it;
 	coap_opt_t *size1 = coap_check_option(request, COAP_OPTION_SIZE1, &it);
+	struct upload_block b = {
+	        .mid = (uint16_t)coap_pdu_get_mid(request),
+	        /* The route's resource: it outlives a reload, which replaces the route. */
+	        .owner = resource,
+	        .has_size1 = size1 != NULL,
+	};
 
-	coap_get_data(request, &n, &data);
-	/* Refused at the first sign: a declared Size1, or the data so far. */
-	if ((size1 && coap_decode_var_bytes(coap_opt_value(size1), coap_opt_length(size1)) >
-	                      br->max_payload) ||
-	    offset + n > br->max_payload) {
-		log_warnx("%s: an upload to %s is larger than sensors.max_payload (%zu bytes): "
-		          "4.13",
-		          sn->device, route->resource, br->max_payload);
-		free(sn->upload);
-		sn->upload = NULL;
-		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
-		       (unsigned)br->max_payload);
+	/* Section 2.2: an empty value is NUM 0, M 0, SZX 0; NUM has at most 20 bits. */
+	if (coap_opt_length(opt) > 3) {
+		b.num = UPLOAD_NUM_MAX + 1;
+	} else if (coap_opt_length(opt) > 0) {
+		b.num = coap_opt_block_num(opt);
+		b.szx = COAP_OPT_BLOCK_SZX(opt);
+		b.more = COAP_OPT_BLOCK_MORE(opt);
+	}
+	if (size1)
+		b.size1 = coap_decode_var_bytes8(coap_opt_value(size1), coap_opt_length(size1));
+	coap_get_data(request, &b.len, &b.data);
+	switch (upload_take(&sn->upload, br->max_payload, &b)) {
+	case UPLOAD_MORE:
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED);
+		return 0;
+	case UPLOAD_WHOLE:
+		*payload = upload_data(sn->upload, len);
+		return 1;
+	case UPLOAD_BAD:
+		log_warnx("%s: an upload to %s sent block %u of size %zu with SZX %u and M %d: "
+		          "not a valid RFC 7959 block (4.00)",
+		          sn->device, route->resource, (unsigned)b.num, b.len, b.szx, b.more);
+		coap_pdu_set_code(response, COAP_RESPONSE_CODE_BAD_REQUEST);
 		return -1;
-	}
-	/* Block 0 again with its own message ID is a retransmission: the upload goes on. */
-	if (block->num == 0 &&
-	    !(sn->upload && sn->upload->first_mid == coap_pdu_get_mid(request))) {
-		free(sn->upload);
-		sn->upload = malloc(sizeof(*sn->upload) + br->max_payload);
-		if (!sn->upload) {
-			answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
-			return -1;
-		}
-		sn->upload->resource = resource;
-		sn->upload->first_mid = coap_pdu_get_mid(request);
-		sn->upload->len = 0;
-	}
-	if (!sn->upload || sn->upload->resource != resource || offset > sn->upload->len) {
+	case UPLOAD_INCOMPLETE:
 		/* Section 2.9.2: a block out of sequence. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_INCOMPLETE);
 		return -1;
+	case UPLOAD_TOO_LARGE:
+		log_warnx("%s: an upload to %s is larger than sensors.max_payload (%zu bytes): "
+		          "4.13",
+		          sn->device, route->resource, br->max_payload);
+		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
+		       (unsigned)br->max_payload);
+		return -1;
+	case UPLOAD_NO_MEMORY:
+		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
+		return -1;
 	}
-	/* offset < len: a block received before, sent again; taken once. */
-	if (n)
-		memcpy(sn->upload->data + offset, data, n);
-	if (offset + n > sn->upload->len)
-		sn->upload->len = offset + n;
-	if (block->m) {
-		coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED);
-		return 0;
-	}
-	*payload = sn->upload->data;
-	*len = sn->upload->len;
-	return 1;
+	return -1;
 }
 
 static int
@@ -541,7 +544,8 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	const struct seen *seen;
 	struct coapbr_request *req;
 	struct coapbr_uplink up;
-	coap_block_b_t block;
+	coap_opt_iterator_t it;
+	coap_opt_t *block1;
 	size_t len = 0;
 	const uint8_t *payload = NULL;
 	bool whole = false; /* payload is sn->upload's, put together from blocks */
@@ -581,8 +585,8 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_FORBIDDEN, 0);
 		return;
 	}
-	if (coap_get_block_b(session, request, COAP_OPTION_BLOCK1, &block)) {
-		if (take_block(br, sn, resource, route, request, &block, response, &payload,
+	if ((block1 = coap_check_option(request, COAP_OPTION_BLOCK1, &it))) {
+		if (take_block(br, sn, resource, route, request, block1, response, &payload,
 		               &len) <= 0)
 			return;
 		whole = true;
@@ -619,7 +623,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	br->ops->uplink(req, &up, br->data);
 	/* The router copied what it keeps. An upload still going on is not this one's. */
 	if (whole) {
-		free(sn->upload);
+		upload_free(sn->upload);
 		sn->upload = NULL;
 	}
 	if (req->done) {
@@ -1203,7 +1207,7 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 	/* An upload's buffer was sized for the old limit: those going on start again. */
 	if ((size_t)conf->sensors.max_payload != br->max_payload) {
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
-			free(sn->upload);
+			upload_free(sn->upload);
 			sn->upload = NULL;
 		}
 		br->max_payload = (size_t)conf->sensors.max_payload;
