@@ -482,6 +482,8 @@ static int
 device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
            const struct admin_hooks *hooks)
 {
+	char why[400];
+
 	if (req->argc < 4)
 		return 2;
 	/* Check every pair before changing any, so a typo changes nothing. */
@@ -495,12 +497,10 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 			return 2;
 		}
 		*eq = '\0';
-		r = keystore_check_attr(pair, eq + 1);
+		r = keystore_check_attr(pair, eq + 1, why, sizeof(why));
 		free(pair);
 		if (r < 0) {
-			fprintf(err,
-			        "\"%s\": not a valid attribute (see the log); nothing changed\n",
-			        req->argv[i]);
+			fprintf(err, "\"%s\": %s; nothing changed\n", req->argv[i], why);
 			return 1;
 		}
 	}
@@ -654,30 +654,38 @@ admin_usage(FILE *f)
 	           "  metrics  (the counters, in the Prometheus text format)\n");
 }
 
-/* The verbs only a running gatewayd can answer: 0, 1, or -1 if argv names none of them. */
-static int
-daemon_verb(const struct admin_request *req, FILE *out, FILE *err, const struct admin_hooks *hooks)
+/*
+ * The verbs only a running gatewayd can answer: false if argv names none of them, else true
+ * with the verb's status (0, 1 or ADMIN_PENDING) in *status.
+ */
+static bool
+daemon_verb(const struct admin_request *req, FILE *out, FILE *err, const struct admin_hooks *hooks,
+            int *status)
 {
 	const char *verb = req->argv[0];
 	bool known = strcmp(verb, "status") == 0 || strcmp(verb, "reload") == 0 ||
 	             strcmp(verb, "metrics") == 0;
 
 	if (!known || req->argc != 1)
-		return -1;
+		return false;
+	*status = 0;
 	if (!hooks || !hooks->status) {
 		fprintf(err,
 		        "gwctl %s: gatewayd is not running (or not listening on its control "
 		        "socket, gateway.control_socket)\n",
 		        verb);
-		return 1;
+		*status = 1;
+		return true;
 	}
-	if (strcmp(verb, "reload") == 0)
-		return hooks->reload(out, err, hooks->data);
+	if (strcmp(verb, "reload") == 0) {
+		*status = hooks->reload(req->done, req->done_ctx, err, hooks->data);
+		return true;
+	}
 	if (strcmp(verb, "status") == 0)
 		hooks->status(out, hooks->data);
 	else
 		hooks->metrics(out, hooks->data);
-	return 0;
+	return true;
 }
 
 int
@@ -687,7 +695,7 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 	const struct verb *v = NULL;
 	int status;
 
-	if (req->argc >= 1 && (status = daemon_verb(req, out, err, hooks)) >= 0)
+	if (req->argc >= 1 && daemon_verb(req, out, err, hooks, &status))
 		return status;
 	if (req->argc >= 2 && strcmp(req->argv[0], "device") == 0) {
 		for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {

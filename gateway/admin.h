@@ -64,8 +64,11 @@ struct admin_hooks {
 	int (*enroll)(const char *device_id, admin_done_fn done, void *ctx, FILE *err, void *data);
 	/* What the device did since gatewayd started, and what waits for it. */
 	void (*activity)(const char *device_id, struct admin_activity *a, void *data);
-	/* gwctl reload: re-reads the config and applies it; returns 0 or 1 like a verb. */
-	int (*reload)(FILE *out, FILE *err, void *data);
+	/*
+	 * gwctl reload: re-reads the config and applies it; ADMIN_PENDING and done(ctx, ...)
+	 * later, or 1 with the reason written to err.
+	 */
+	int (*reload)(admin_done_fn done, void *ctx, FILE *err, void *data);
 	/* gwctl status: the gateway at a glance. */
 	void (*status)(FILE *out, void *data);
 	/* gwctl metrics: the counters, in the Prometheus text format. */

@@ -22,6 +22,23 @@ struct parse {
 	struct gwconf_errors *errs;
 };
 
+/*
+ * Names defined so far (routes' resources, policies' names), to report a name defined again
+ * once, against its first definition, in constant time: a check against every earlier entry
+ * took 2.4 s for 1,000 duplicate routes (499,500 reports) and 38 s for 4,000.
+ */
+struct conf_names {
+	size_t cap; /* a power of two, at least twice the entries */
+	const char **name;
+	int *line;
+};
+
+/* Room for n names; false when out of memory (reported). */
+bool conf_names_init(struct parse *p, struct conf_names *names, size_t n);
+/* The line where name was first defined, or 0 after recording it as defined at line. */
+int conf_names_add(struct conf_names *names, const char *name, int line);
+void conf_names_finish(struct conf_names *names);
+
 /* Levenshtein distance, ignoring case, for "did you mean" on misspelt names (short ones). */
 size_t conf_edit_distance(const char *a, const char *b);
 /* Adds "FILE:LINE: message" for where (NULL: the file without a line). */

@@ -330,15 +330,16 @@ parse_statement(struct parse *p, const config_setting_t *g, struct gwconf_statem
 	parse_conditions(p, g, st);
 }
 
-/* Reads policy idx of c->policies, the earlier ones already read (to find a name used twice). */
+/* Reads policy idx of c->policies; names: the names of those read before. */
 static void
-parse_policy(struct parse *p, const config_setting_t *g, struct gwconf *c, size_t idx)
+parse_policy(struct parse *p, const config_setting_t *g, struct gwconf *c, size_t idx,
+             struct conf_names *names)
 {
 	static const char *const known[] = {"name", "devices", "groups", "statements", NULL};
 	struct gwconf_policy *pol = &c->policies[idx];
 	const config_setting_t *devs, *groups, *sts;
 	bool attach_ok = true;
-	int n;
+	int n, first;
 
 	if (!config_setting_is_group(g)) {
 		conf_report(
@@ -353,14 +354,9 @@ parse_policy(struct parse *p, const config_setting_t *g, struct gwconf *c, size_
 	if (pol->name && !*pol->name)
 		conf_report(p, config_setting_get_member(g, "name"),
 		            "'policy.name' must not be empty");
-	for (size_t j = 0; j < idx && pol->name; j++) {
-		if (c->policies[j].name && strcmp(pol->name, c->policies[j].name) == 0) {
-			conf_report(p, config_setting_get_member(g, "name"),
-			            "policy \"%s\" is defined twice (first at line %d)", pol->name,
-			            c->policies[j].line);
-			break;
-		}
-	}
+	if (pol->name && (first = conf_names_add(names, pol->name, pol->line)))
+		conf_report(p, config_setting_get_member(g, "name"),
+		            "policy \"%s\" is defined twice (first at line %d)", pol->name, first);
 
 	devs = get_strings(p, g, "policy", "devices", false, &pol->devices, &pol->ndevices);
 	attach_ok = devs || !config_setting_get_member(g, "devices");
@@ -425,6 +421,7 @@ conf_parse_policies(struct parse *p, const config_setting_t *root)
 {
 	const config_setting_t *ps = config_setting_get_member(root, "policies");
 	struct gwconf *c = p->conf;
+	struct conf_names names;
 	int n;
 
 	/* No list at all: everything is allowed, as before policies existed. */
@@ -450,8 +447,11 @@ conf_parse_policies(struct parse *p, const config_setting_t *root)
 		return;
 	}
 	c->npolicies = (size_t)n;
+	if (!conf_names_init(p, &names, (size_t)n))
+		return;
 	for (int i = 0; i < n; i++)
-		parse_policy(p, config_setting_get_elem(ps, (unsigned)i), c, (size_t)i);
+		parse_policy(p, config_setting_get_elem(ps, (unsigned)i), c, (size_t)i, &names);
+	conf_names_finish(&names);
 }
 
 static void

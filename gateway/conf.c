@@ -15,10 +15,35 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Adds "FILE:LINE: message" (lineno 0: "FILE: message"), if fewer than the kept are there. */
+static void
+add_error(struct parse *p, const char *file, int lineno, const char *fmt, va_list ap)
+{
+	char msg[512], *line;
+
+	p->errs->total++;
+	if (p->errs->count >= GWCONF_ERRORS_KEPT)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (lineno > 0) {
+		if (asprintf(&line, "%s:%d: %s", file, lineno, msg) < 0)
+			return;
+	} else if (asprintf(&line, "%s: %s", file, msg) < 0) {
+		return;
+	}
+	if (!p->errs->lines) {
+		p->errs->lines = calloc(GWCONF_ERRORS_KEPT, sizeof(*p->errs->lines));
+		if (!p->errs->lines) {
+			free(line);
+			return;
+		}
+	}
+	p->errs->lines[p->errs->count++] = line;
+}
+
 void __attribute__((format(printf, 3, 4)))
 conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...)
 {
-	char msg[512], *line;
 	const char *file = p->path;
 	int lineno = 0;
 	va_list ap;
@@ -29,22 +54,64 @@ conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...
 			file = config_setting_source_file(where);
 	}
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	add_error(p, file, lineno, fmt, ap);
 	va_end(ap);
-	if (lineno > 0) {
-		if (asprintf(&line, "%s:%d: %s", file, lineno, msg) < 0)
-			return;
-	} else if (asprintf(&line, "%s: %s", file, msg) < 0) {
-		return;
-	}
-	char **lines = reallocarray(p->errs->lines, p->errs->count + 1, sizeof(*lines));
+}
 
-	if (!lines) {
-		free(line);
-		return;
+/* As conf_report(), at a line of the main file (before libconfig has read it). */
+static void __attribute__((format(printf, 3, 4)))
+conf_report_line(struct parse *p, int lineno, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	add_error(p, p->path, lineno, fmt, ap);
+	va_end(ap);
+}
+
+bool
+conf_names_init(struct parse *p, struct conf_names *names, size_t n)
+{
+	size_t cap = 16;
+
+	while (cap < 2 * n)
+		cap *= 2;
+	*names = (struct conf_names){.cap = cap,
+	                             .name = calloc(cap, sizeof(*names->name)),
+	                             .line = calloc(cap, sizeof(*names->line))};
+	if (!names->name || !names->line) {
+		conf_names_finish(names);
+		conf_report(p, NULL, "out of memory");
+		return false;
 	}
-	p->errs->lines = lines;
-	p->errs->lines[p->errs->count++] = line;
+	return true;
+}
+
+int
+conf_names_add(struct conf_names *names, const char *name, int line)
+{
+	size_t h = 14695981039346656037u; /* FNV-1a */
+
+	for (const char *c = name; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211u;
+	/* Linear probing; never full (init sized it to twice the entries). */
+	for (size_t i = h & (names->cap - 1);; i = (i + 1) & (names->cap - 1)) {
+		if (!names->name[i]) {
+			names->name[i] = name;
+			names->line[i] = line > 0 ? line : 1;
+			return 0;
+		}
+		if (strcmp(names->name[i], name) == 0)
+			return names->line[i];
+	}
+}
+
+void
+conf_names_finish(struct conf_names *names)
+{
+	free(names->name);
+	free(names->line);
+	*names = (struct conf_names){0};
 }
 
 size_t
@@ -772,6 +839,7 @@ parse_routes(struct parse *p, const config_setting_t *root)
 {
 	const config_setting_t *rs = config_setting_get_member(root, "routes");
 	struct gwconf *c = p->conf;
+	struct conf_names seen;
 	int n;
 
 	if (!rs) {
@@ -793,17 +861,20 @@ parse_routes(struct parse *p, const config_setting_t *root)
 		return;
 	}
 	c->nroutes = (size_t)n;
+	if (!conf_names_init(p, &seen, (size_t)n))
+		return;
 	for (int i = 0; i < n; i++) {
 		const config_setting_t *r = config_setting_get_elem(rs, (unsigned)i);
+		int first;
 
 		parse_route(p, r, &c->routes[i]);
-		for (int j = 0; j < i && c->routes[i].resource; j++) {
-			if (c->routes[j].resource &&
-			    strcmp(c->routes[i].resource, c->routes[j].resource) == 0)
-				conf_report(p, r, "resource \"%s\" is routed twice",
-				            c->routes[i].resource);
-		}
+		if (c->routes[i].resource &&
+		    (first = conf_names_add(&seen, c->routes[i].resource,
+		                            config_setting_source_line(r))))
+			conf_report(p, r, "resource \"%s\" is routed twice (first at line %d)",
+			            c->routes[i].resource, first);
 	}
+	conf_names_finish(&seen);
 }
 
 /* A template read from group.key and checked; filter: a subscription's topic filter. */
@@ -988,6 +1059,84 @@ parse_metrics(struct parse *p, const config_setting_t *root)
 	c->metrics.port = (uint16_t)conf_int(p, g, "metrics", "port", 9464, 1, 65535);
 }
 
+/*
+ * A config file is text of a bounded size. A NUL byte, or the escape \x00 in a string, would
+ * cut a value short where libconfig hands it over (gateway.id "gw\x00x" became "gw"): both
+ * are refused here, before libconfig reads the text. Comments are skipped.
+ */
+static bool
+check_text(struct parse *p, const char *text, size_t len)
+{
+	const char *nul = memchr(text, '\0', len);
+	int line = 1;
+	bool ok = true;
+
+	if (nul) {
+		for (const char *c = text; c < nul; c++)
+			line += *c == '\n';
+		conf_report_line(p, line,
+		                 "a NUL byte: a config file is text (was it saved as "
+		                 "UTF-16, or damaged?)");
+		return false;
+	}
+	for (size_t i = 0; i < len; i++) {
+		char c = text[i];
+
+		if (c == '\n') {
+			line++;
+		} else if (c == '#' || (c == '/' && i + 1 < len && text[i + 1] == '/')) {
+			while (i + 1 < len && text[i + 1] != '\n')
+				i++;
+		} else if (c == '/' && i + 1 < len && text[i + 1] == '*') {
+			for (i += 2; i + 1 < len && !(text[i] == '*' && text[i + 1] == '/'); i++)
+				line += text[i] == '\n';
+			i++;
+		} else if (c == '"') {
+			for (i++; i < len && text[i] != '"'; i++) {
+				line += text[i] == '\n';
+				if (text[i] != '\\' || i + 1 >= len)
+					continue;
+				if ((text[i + 1] == 'x' || text[i + 1] == 'X') && i + 3 < len &&
+				    text[i + 2] == '0' && text[i + 3] == '0') {
+					conf_report_line(p, line,
+					                 "the escape \\x00 in a string: a "
+					                 "value cannot hold a NUL byte");
+					ok = false;
+				}
+				i++; /* the escaped character, a quote included */
+			}
+		}
+	}
+	return ok;
+}
+
+/* The whole file, checked by check_text(); NULL if it is not a config (reported). */
+static char *
+read_text(struct parse *p, FILE *f)
+{
+	char *text = malloc(GWCONF_MAX_SIZE + 1);
+	size_t len;
+
+	if (!text) {
+		conf_report(p, NULL, "out of memory");
+		return NULL;
+	}
+	len = fread(text, 1, GWCONF_MAX_SIZE + 1, f);
+	if (ferror(f)) {
+		conf_report(p, NULL, "cannot read: %s", strerror(errno));
+	} else if (len > GWCONF_MAX_SIZE) {
+		conf_report(p, NULL,
+		            "larger than %d MiB: not a config file (the example is 20 KiB; put "
+		            "long lists in files of their own with @include)",
+		            GWCONF_MAX_SIZE >> 20);
+	} else if (check_text(p, text, len)) {
+		text[len] = '\0';
+		return text;
+	}
+	free(text);
+	return NULL;
+}
+
 int
 gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 {
@@ -997,6 +1146,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	struct parse p = {.path = path, .errs = errs};
 	config_t cfg;
 	FILE *f;
+	char *text = NULL;
 	int r;
 
 	*errs = (struct gwconf_errors){0};
@@ -1016,7 +1166,12 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 		config_set_include_dir(&cfg, dirname(copy));
 		free(copy);
 	}
-	if (config_read(&cfg, f) != CONFIG_TRUE) {
+	text = read_text(&p, f);
+	if (!text) {
+		r = -EINVAL;
+		goto out;
+	}
+	if (config_read_string(&cfg, text) != CONFIG_TRUE) {
 		char *line;
 
 		if (asprintf(&line, "%s:%d: %s",
@@ -1025,7 +1180,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 			errs->lines = calloc(1, sizeof(*errs->lines));
 			if (errs->lines) {
 				errs->lines[0] = line;
-				errs->count = 1;
+				errs->count = errs->total = 1;
 			} else {
 				free(line);
 			}
@@ -1051,7 +1206,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	parse_presence(&p, config_root_setting(&cfg));
 	parse_spool(&p, config_root_setting(&cfg));
 	parse_metrics(&p, config_root_setting(&cfg));
-	if (errs->count > 0) {
+	if (errs->total > 0) {
 		r = -EINVAL;
 		goto out;
 	}
@@ -1061,6 +1216,7 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 out:
 	gwconf_free(p.conf);
 	config_destroy(&cfg);
+	free(text);
 	fclose(f);
 	return r;
 }
@@ -1117,6 +1273,20 @@ gwconf_errors_print(const struct gwconf_errors *errs, FILE *f)
 {
 	for (size_t i = 0; i < errs->count; i++)
 		fprintf(f, "%s\n", errs->lines[i]);
+	if (errs->total > errs->count)
+		fprintf(f, "%s\n", gwconf_errors_more(errs));
+}
+
+const char *
+gwconf_errors_more(const struct gwconf_errors *errs)
+{
+	static char buf[128];
+
+	if (errs->total <= errs->count)
+		return NULL;
+	snprintf(buf, sizeof(buf), "... and %zu more errors, not shown: fix the ones above first",
+	         errs->total - errs->count);
+	return buf;
 }
 
 const struct gwconf_route *

@@ -188,10 +188,17 @@ struct gwconf {
 	} spool;
 };
 
-/* Errors as "FILE:LINE: message", in file order. */
+/*
+ * Errors as "FILE:LINE: message", in file order: the first GWCONF_ERRORS_KEPT of them, so that
+ * a broken file of any size costs bounded memory, log and gwctl output; total counts them all.
+ */
+#define GWCONF_ERRORS_KEPT 100
+/* The largest config file read, in bytes: past any real one, and parsed in 0.2 s. */
+#define GWCONF_MAX_SIZE (4 << 20)
 struct gwconf_errors {
 	char **lines;
-	size_t count;
+	size_t count; /* kept in lines */
+	size_t total; /* found */
 };
 
 /*
@@ -201,8 +208,10 @@ struct gwconf_errors {
 int gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs);
 void gwconf_free(struct gwconf *conf);
 void gwconf_errors_finish(struct gwconf_errors *errs);
-/* One error per line. */
+/* One error per line, then how many more there were if not all were kept. */
 void gwconf_errors_print(const struct gwconf_errors *errs, FILE *f);
+/* "... and N more errors, not shown: ...", or NULL if all were kept; valid until the next call. */
+const char *gwconf_errors_more(const struct gwconf_errors *errs);
 
 /* The route serving a CoAP Uri-Path, or NULL. */
 const struct gwconf_route *gwconf_route_find(const struct gwconf *conf, const char *resource);

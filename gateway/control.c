@@ -21,7 +21,11 @@
 #define MAGIC_LEN   6
 #define MAX_CLIENTS 8
 #define MAX_ARGS    64
-/* A client that has not sent its whole request by then is dropped. */
+/*
+ * A client that has not sent its whole request by then is dropped; and when every slot is
+ * taken, the one idle longest makes room for a new one, so that clients that connect and send
+ * nothing never lock gwctl out (gwctl sends its request at once).
+ */
 #define CLIENT_TIMEOUT_MS 5000
 /* The loop blocks at most this long on a client that does not read its answer. */
 #define SEND_TIMEOUT_MS 1000
@@ -37,6 +41,7 @@ struct client {
 	char *out, *err;
 	size_t out_len, err_len;
 	bool pending;
+	uint64_t accepted_ms;
 };
 
 struct control {
@@ -260,19 +265,26 @@ client_readable(int fd, uint32_t events, void *data)
 	struct client *c = data;
 	char *argv[MAX_ARGS] = {NULL};
 	struct admin_request req;
-	bool done = true;
+	bool done = true, eof = false;
 	int r;
 
-	(void)events;
 	if (c->pending) {
 		char scratch[256];
 		ssize_t n = read(fd, scratch, sizeof(scratch));
 
 		/*
+		 * A client that shut down only its sending side waits for its answer: nothing
+		 * more to read (epoll still reports a hang-up with no events asked for).
+		 */
+		if (n == 0 && !(events & EPOLLHUP)) {
+			gw_loop_mod_fd(c->ctl->loop, fd, 0);
+			return;
+		}
+		/*
 		 * gwctl gave up: the answer, when it comes, goes nowhere, and the slot is free for
 		 * other clients (enrol_free() answers before control_free() runs).
 		 */
-		if (n == 0 || (n < 0 && errno != EAGAIN)) {
+		if (n <= 0 && !(n < 0 && errno == EAGAIN)) {
 			gw_loop_del_fd(c->ctl->loop, fd);
 			close(fd);
 			c->fd = -1;
@@ -307,15 +319,30 @@ client_readable(int fd, uint32_t events, void *data)
 		n = read(fd, c->buf + c->len, c->cap - c->len);
 		if (n < 0 && errno == EAGAIN)
 			break;
-		if (n <= 0) {
+		if (n < 0) {
 			client_free(c);
 			return;
+		}
+		if (n == 0) {
+			/* The end of the request (shutdown of its sending side) or of the client.
+			 */
+			eof = true;
+			break;
 		}
 		c->len += (size_t)n;
 	}
 	r = parse_request(c, &req, argv);
+	if (r == 0 && eof) {
+		if (c->len > 0)
+			log_warnx("control: client closed before its request was complete");
+		client_free(c);
+		return;
+	}
 	if (r == 0)
 		return;
+	/* Nothing more to read: a half-closed client would make the fd readable for ever. */
+	if (eof)
+		gw_loop_mod_fd(c->ctl->loop, fd, 0);
 	if (r < 0)
 		log_warnx("control: malformed request refused");
 	else
@@ -332,6 +359,22 @@ client_timed_out(struct gw_timer *t, void *data)
 	(void)t;
 	log_warnx("control: client sent no complete request within %d ms", CLIENT_TIMEOUT_MS);
 	client_free(data);
+}
+
+/* The slot of the client that has waited longest without a whole request, or MAX_CLIENTS. */
+static size_t
+idlest(const struct control *ctl)
+{
+	size_t best = MAX_CLIENTS;
+
+	for (size_t i = 0; i < MAX_CLIENTS; i++) {
+		const struct client *c = ctl->clients[i];
+
+		if (c && !c->pending &&
+		    (best == MAX_CLIENTS || c->accepted_ms < ctl->clients[best]->accepted_ms))
+			best = i;
+	}
+	return best;
 }
 
 static void
@@ -357,14 +400,22 @@ accept_client(int fd, uint32_t events, void *data)
 	}
 	for (slot = 0; slot < MAX_CLIENTS && ctl->clients[slot]; slot++)
 		;
+	if (slot == MAX_CLIENTS && (slot = idlest(ctl)) < MAX_CLIENTS) {
+		log_warnx("control: %d clients at once: dropped one that sent no request for "
+		          "%llu ms",
+		          MAX_CLIENTS,
+		          (unsigned long long)(gw_now_ms() - ctl->clients[slot]->accepted_ms));
+		client_free(ctl->clients[slot]);
+	}
 	c = slot < MAX_CLIENTS ? calloc(1, sizeof(*c)) : NULL;
 	if (!c) {
-		log_warnx("control: too many clients at once");
+		log_warnx("control: too many clients at once, all waiting for their answers");
 		close(cfd);
 		return;
 	}
 	c->ctl = ctl;
 	c->fd = cfd;
+	c->accepted_ms = gw_now_ms();
 	c->timer = gw_timer_new(ctl->loop, client_timed_out, c);
 	if (!c->timer || gw_loop_add_fd(ctl->loop, cfd, EPOLLIN, client_readable, c) < 0) {
 		gw_timer_free(c->timer);

@@ -30,6 +30,7 @@ struct daemon {
 	struct metrics_server *metrics; /* NULL without a metrics group */
 	struct admin_hooks hooks;
 	struct gw_notify_watchdog *watchdog; /* NULL unless the unit sets WatchdogSec= */
+	struct reloading *reloading;         /* a reload in progress (reload.c), or NULL */
 	bool stopping;
 	/* The TPM worker's busy time, sampled every TPM_SAMPLE_MS for status: its busy fraction. */
 	struct gw_timer *tpm_sampler;
@@ -52,11 +53,15 @@ enum daemon_session {
 bool daemon_start_session(struct daemon *d, const char *id, enum daemon_session how);
 
 /*
- * Re-reads the config file. On any error the running config stays and every reason goes to
- * err and the log; otherwise the difference is applied (see reload.c) and summed up on out.
- * Returns 0 or 1 (refused), like a gwctl verb.
+ * Re-reads the config file, off the loop, and returns ADMIN_PENDING (or 1 with the reason on
+ * err). Then, on the loop: on any error the running config stays and every reason goes to the
+ * log; otherwise the difference is applied (see reload.c) and summed up in the log. done (if
+ * not NULL: gwctl) hears the same, as a gwctl verb's late answer. Asked again while one is in
+ * progress, the file is read again after it.
  */
-int daemon_reload(struct daemon *d, FILE *out, FILE *err);
+int daemon_reload(struct daemon *d, admin_done_fn done, void *ctx, FILE *err);
+/* At stop: waits for a reload in progress and tells its gwctl clients nothing was applied. */
+void daemon_reload_finish(struct daemon *d);
 
 /* report.c: the admin hooks behind gwctl status, metrics and device list/show. */
 void daemon_status(FILE *out, void *data);

@@ -83,7 +83,7 @@ on_hangup(int signo, void *data)
 	struct daemon *d = data;
 
 	(void)signo;
-	daemon_reload(d, NULL, NULL);
+	daemon_reload(d, NULL, NULL, NULL);
 }
 
 /*
@@ -232,9 +232,9 @@ enrolment_words(const char *id, void *data)
 }
 
 static int
-reload_verb(FILE *out, FILE *err, void *data)
+reload_verb(admin_done_fn done, void *ctx, FILE *err, void *data)
 {
-	return daemon_reload(data, out, err);
+	return daemon_reload(data, done, ctx, err);
 }
 
 static int
@@ -485,8 +485,9 @@ log_counters(const struct daemon *d)
 static void
 finish(struct daemon *d)
 {
-	/* First: gwctl clients waiting on an enrolment hear the daemon is stopping. */
+	/* First: gwctl clients waiting on an enrolment or a reload hear the daemon is stopping. */
 	enrol_free(d->enrol);
+	daemon_reload_finish(d);
 	control_free(d->control);
 	metrics_server_free(d->metrics);
 	coapbr_free(d->coap);
@@ -548,8 +549,8 @@ main(int argc, char *argv[])
 	r = gwconf_load(file, &d.conf, &errs);
 	if (r < 0) {
 		gwconf_errors_print(&errs, stderr);
-		fprintf(stderr, "%s: %zu error%s; gatewayd not started\n", file, errs.count,
-		        errs.count == 1 ? "" : "s");
+		fprintf(stderr, "%s: %zu error%s; gatewayd not started\n", file, errs.total,
+		        errs.total == 1 ? "" : "s");
 		gwconf_errors_finish(&errs);
 		return 1;
 	}

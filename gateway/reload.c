@@ -17,10 +17,44 @@
 #include "notify.h"
 #include "router.h"
 #include "spool.h"
+#include "admin.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/*
+ * A reload in progress. The file is parsed on a thread of its own, so that no config, however
+ * large or broken, holds the loop: libconfig's own check for a key defined twice in a group
+ * is quadratic (50,000 keys in one group: 17 s), and the sensors must go on being answered.
+ * What it made is applied on the loop. gwctl clients asking meanwhile get the next one.
+ */
+struct waiter {
+	admin_done_fn done;
+	void *ctx;
+};
+
+struct reloading {
+	struct daemon *d;
+	pthread_t thread;
+	int efd; /* the thread's "done", watched by the loop */
+	char *path;
+	uint64_t t0;
+	/* The thread's result, read after it is joined. */
+	struct gwconf *next;
+	struct gwconf_errors errs;
+	int r;
+	/* Who hears this one's outcome, and who asked after it began (the next one). */
+	struct waiter *waiters, *later;
+	size_t nwaiters, nlater;
+	bool running; /* the thread: joined when it has said it is done */
+	bool again;   /* asked for again while parsing (SIGHUP or gwctl): parse once more */
+};
 
 static bool
 same(const char *a, const char *b)
@@ -124,31 +158,28 @@ apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 	return 0;
 }
 
-int
-daemon_reload(struct daemon *d, FILE *out, FILE *err)
+/* Applies what the parser made of the file (on the loop). Returns 0 or 1, like a gwctl verb. */
+static int
+apply_parsed(struct daemon *d, struct reloading *job, FILE *out, FILE *err)
 {
-	struct gwconf *next, *old = d->conf;
-	struct gwconf_errors errs;
+	struct gwconf *next = job->next, *old = d->conf;
+	struct gwconf_errors errs = job->errs;
 	char restart[512];
-	uint64_t t0 = gw_now_ms();
 	bool all = false;
 	size_t started = 0, devices = 0;
-	int r;
+	int r = job->r;
 
-	if (d->stopping) {
-		tell(err, true, "reload: gatewayd is stopping");
-		return 1;
-	}
-	gw_notify_send("RELOADING=1\nSTATUS=reloading the configuration");
-	log_info("reloading %s", old->file);
-	r = gwconf_load(old->file, &next, &errs);
+	job->next = NULL;
+	job->errs = (struct gwconf_errors){0};
 	if (r < 0) {
 		for (size_t i = 0; i < errs.count; i++)
 			tell(err, true, "%s", errs.lines[i]);
+		if (gwconf_errors_more(&errs))
+			tell(err, true, "%s", gwconf_errors_more(&errs));
 		tell(err, true,
 		     "reload: %zu error%s in %s: the running configuration stays (fix them, check "
 		     "with gatewayd -n, reload again)",
-		     errs.count, errs.count == 1 ? "" : "s", old->file);
+		     errs.total, errs.total == 1 ? "" : "s", old->file);
 		gwconf_errors_finish(&errs);
 		gw_notify_send("READY=1\nSTATUS=ready; the last reload failed: see the log");
 		return 1;
@@ -201,8 +232,197 @@ daemon_reload(struct daemon *d, FILE *out, FILE *err)
 	     "reloaded %s: %zu of %zu upstream sessions started again%s; sensor sessions kept "
 	     "(%llu ms)",
 	     next->file, started, devices, all ? " (what every session connects with changed)" : "",
-	     (unsigned long long)(gw_now_ms() - t0));
+	     (unsigned long long)(gw_now_ms() - job->t0));
 	gw_notify_sendf("READY=1\nSTATUS=ready: configuration reloaded, %zu sessions started again",
 	                started);
 	return 0;
+}
+
+static void *
+parse_thread(void *arg)
+{
+	struct reloading *job = arg;
+	uint64_t one = 1;
+
+	job->r = gwconf_load(job->path, &job->next, &job->errs);
+	if (write(job->efd, &one, sizeof(one)) < 0)
+		abort(); /* an eventfd write fails only if it would overflow a 64-bit counter */
+	return NULL;
+}
+
+static int start_parse(struct daemon *d);
+
+/* Tells each waiter the outcome: what went to out and err, as one message. */
+static void
+answer_waiters(struct waiter *w, size_t n, int status, const char *out, const char *err)
+{
+	char *msg = NULL;
+
+	if (asprintf(&msg, "%s%s", out ? out : "", err ? err : "") < 0)
+		msg = NULL;
+	/* late_answer() adds the newline. */
+	if (msg && *msg && msg[strlen(msg) - 1] == '\n')
+		msg[strlen(msg) - 1] = '\0';
+	for (size_t i = 0; i < n; i++)
+		w[i].done(w[i].ctx, status, msg ? msg : "reload: out of memory");
+	free(msg);
+}
+
+static void
+parsed(int fd, uint32_t events, void *data)
+{
+	struct reloading *job = data;
+	struct daemon *d = job->d;
+	char *out = NULL, *err = NULL;
+	size_t out_len = 0, err_len = 0;
+	FILE *fo = open_memstream(&out, &out_len), *fe = open_memstream(&err, &err_len);
+	uint64_t n;
+	int status;
+
+	(void)events;
+	if (read(fd, &n, sizeof(n)) < 0 && errno == EAGAIN)
+		return;
+	pthread_join(job->thread, NULL);
+	job->running = false;
+	gw_loop_del_fd(d->loop, job->efd);
+	status = apply_parsed(d, job, fo, fe);
+	if (fo)
+		fclose(fo);
+	if (fe)
+		fclose(fe);
+	answer_waiters(job->waiters, job->nwaiters, status, out, err);
+	free(out);
+	free(err);
+	free(job->waiters);
+	job->nwaiters = 0;
+	job->waiters = job->later;
+	job->nwaiters = job->nlater;
+	job->later = NULL;
+	job->nlater = 0;
+	if (job->again && !d->stopping) {
+		job->again = false;
+		if (start_parse(d) == 0)
+			return;
+		answer_waiters(job->waiters, job->nwaiters, 1, NULL,
+		               "reload: cannot start a thread to read the config; try again\n");
+		free(job->waiters);
+		job->waiters = NULL;
+		job->nwaiters = 0;
+	}
+	daemon_reload_finish(d);
+}
+
+/* Starts parsing d's config file on its own thread. */
+static int
+start_parse(struct daemon *d)
+{
+	struct reloading *job = d->reloading;
+	int r;
+
+	gw_notify_send("RELOADING=1\nSTATUS=reloading the configuration");
+	log_info("reloading %s", d->conf->file);
+	job->t0 = gw_now_ms();
+	if (gw_loop_add_fd(d->loop, job->efd, EPOLLIN, parsed, job) < 0)
+		return -ENOMEM;
+	r = -pthread_create(&job->thread, NULL, parse_thread, job);
+	job->running = r == 0;
+	if (r < 0) {
+		gw_loop_del_fd(d->loop, job->efd);
+		gw_notify_send("READY=1\nSTATUS=ready; the last reload failed: see the log");
+		log_warnx("reload: cannot start a thread to read the config: %s", strerror(-r));
+	}
+	return r;
+}
+
+static bool
+add_waiter(struct waiter **w, size_t *n, admin_done_fn done, void *ctx)
+{
+	struct waiter *more;
+
+	if (!done)
+		return true; /* SIGHUP: nobody to answer */
+	more = reallocarray(*w, *n + 1, sizeof(**w));
+	if (!more)
+		return false;
+	more[(*n)++] = (struct waiter){done, ctx};
+	*w = more;
+	return true;
+}
+
+int
+daemon_reload(struct daemon *d, admin_done_fn done, void *ctx, FILE *err)
+{
+	struct reloading *job = d->reloading;
+
+	if (d->stopping) {
+		if (err)
+			fprintf(err, "reload: gatewayd is stopping\n");
+		return 1;
+	}
+	if (job) {
+		/* The file may have changed since that one began: read it again after it. */
+		if (!add_waiter(&job->later, &job->nlater, done, ctx)) {
+			if (err)
+				fprintf(err, "reload: out of memory\n");
+			return 1;
+		}
+		job->again = true;
+		return ADMIN_PENDING;
+	}
+	job = calloc(1, sizeof(*job));
+	if (job) {
+		job->d = d;
+		job->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		job->path = strdup(d->conf->file);
+	}
+	if (!job || job->efd < 0 || !job->path ||
+	    !add_waiter(&job->waiters, &job->nwaiters, done, ctx)) {
+		if (err)
+			fprintf(err, "reload: out of memory\n");
+		if (job && job->efd >= 0)
+			close(job->efd);
+		if (job)
+			free(job->path);
+		free(job);
+		return 1;
+	}
+	d->reloading = job;
+	if (start_parse(d) < 0) {
+		if (err)
+			fprintf(err,
+			        "reload: cannot start a thread to read the config; try again\n");
+		free(job->waiters);
+		job->waiters = NULL;
+		job->nwaiters = 0;
+		daemon_reload_finish(d);
+		return 1;
+	}
+	return ADMIN_PENDING;
+}
+
+void
+daemon_reload_finish(struct daemon *d)
+{
+	struct reloading *job = d->reloading;
+
+	if (!job)
+		return;
+	if (job->running) {
+		/* Stopping mid-parse: the thread cannot be stopped, only waited for; its result
+		 * is dropped. */
+		pthread_join(job->thread, NULL);
+		gw_loop_del_fd(d->loop, job->efd);
+	}
+	answer_waiters(job->waiters, job->nwaiters, 1, NULL,
+	               "reload: gatewayd is stopping; nothing was applied\n");
+	answer_waiters(job->later, job->nlater, 1, NULL,
+	               "reload: gatewayd is stopping; nothing was applied\n");
+	gwconf_free(job->next);
+	gwconf_errors_finish(&job->errs);
+	close(job->efd);
+	free(job->path);
+	free(job->waiters);
+	free(job->later);
+	free(job);
+	d->reloading = NULL;
 }

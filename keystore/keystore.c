@@ -2694,22 +2694,33 @@ reload_device(struct keystore *ks, struct ks_device *d)
 }
 
 int
-keystore_check_attr(const char *key, const char *value)
+keystore_check_attr(const char *key, const char *value, char *why, size_t len)
 {
 	/* Attribute names follow the rule of ids: plain, and safe in templates and files. */
 	if (!gwconf_valid_id(key)) {
-		log_warnx("attribute name \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
-		          "starting with a letter or digit",
-		          key);
+		snprintf(why, len,
+		         "attribute name \"%.64s\" must be 1 to 64 letters, digits, '.', '_' or "
+		         "'-', "
+		         "starting with a letter or digit",
+		         key);
 		return -EINVAL;
 	}
 	for (const char *c = value ? value : ""; *c; c++) {
 		if (!isprint((unsigned char)*c) || strlen(value) > 256) {
-			log_warnx(
-			        "attribute %s: the value must be at most 256 printable characters",
-			        key);
+			snprintf(why, len,
+			         "attribute %s: the value must be at most 256 printable characters",
+			         key);
 			return -EINVAL;
 		}
+	}
+	/* It suspends the device (device_enabled()): a typo must not pass for "enabled". */
+	if (strcmp(key, "enabled") == 0 && value && *value && strcmp(value, "true") != 0 &&
+	    strcmp(value, "false") != 0) {
+		snprintf(why, len,
+		         "attribute enabled is \"%.64s\": it must be true or false (false suspends "
+		         "the device), or empty to remove it",
+		         value);
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -2718,15 +2729,17 @@ int
 keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, const char *value)
 {
 	struct ks_device *d = find_device(ks, id);
-	char name[80];
+	char name[80], why[400];
 	size_t i;
 	int r;
 
 	if (!d)
 		return -ENOENT;
-	r = keystore_check_attr(key, value);
-	if (r < 0)
+	r = keystore_check_attr(key, value, why, sizeof(why));
+	if (r < 0) {
+		log_warnx("%s: %s", id, why);
 		return r;
+	}
 	for (i = 0; i < d->nattrs && strcmp(d->attrs[i].key, key) != 0; i++)
 		;
 	if (!value || !*value) {

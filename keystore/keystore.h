@@ -122,8 +122,8 @@ int keystore_device_set_state(struct keystore *ks, const char *id, enum keystore
 /* Sets a free-form attribute; an empty or NULL value removes it. enabled=false suspends. */
 int keystore_device_set_attr(struct keystore *ks, const char *id, const char *key,
                              const char *value);
-/* 0 if key=value may be stored as an attribute, else -EINVAL (logged, with the reason). */
-int keystore_check_attr(const char *key, const char *value);
+/* 0 if key=value may be stored as an attribute, else -EINVAL with the reason in why. */
+int keystore_check_attr(const char *key, const char *value, char *why, size_t len);
 const char *keystore_device_attr(const struct keystore *ks, const char *id, const char *key);
 size_t keystore_device_attr_count(const struct keystore *ks, const char *id);
 int keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, const char **key,

@@ -104,6 +104,21 @@ struct coapbr_request {
 	struct coapbr_request *prev, *next;
 };
 
+/*
+ * Handshakes of a known identity with a wrong key are logged once per identity per
+ * MISMATCH_LOG_INTERVAL seconds, with how many more there were since: a sensor retrying
+ * with a stale key (or someone guessing) must not flood the log, and the operator must still
+ * see it. A slot per identity's hash; two identities sharing one may each log more often.
+ */
+#define MISMATCH_SLOTS        64
+#define MISMATCH_LOG_INTERVAL 60
+
+struct mismatch {
+	const char *device; /* the keystore's string, compared by address */
+	time_t logged;
+	unsigned more; /* since logged, not logged */
+};
+
 struct coapbr {
 	struct gw_loop *loop;
 	const struct keystore *ks;
@@ -131,6 +146,7 @@ struct coapbr {
 	struct coapbr_stats st;
 	/* The session psk_for_identity() refused last: its DTLS error is counted already. */
 	const coap_session_t *refused;
+	struct mismatch mismatches[MISMATCH_SLOTS];
 };
 
 static const char *
@@ -280,9 +296,10 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		 * libcoap parses a datagram into a PDU no larger than the session's MTU (1152 by
 		 * default, RFC 7252 section 4.6) and answers a larger one with a Reset of message
 		 * ID 0, so that a sensor never hears 4.13 for a payload past sensors.max_payload.
-		 * Raised to what libcoap reads of a datagram at all (COAP_RXBUFFER_SIZE, 1472 bytes:
-		 * an Ethernet MTU's UDP payload); a longer datagram is cut there and fails its DTLS
-		 * record check unanswered. Answers larger than 1152 bytes can go in one datagram.
+		 * Raised to what libcoap reads of a datagram at all (COAP_RXBUFFER_SIZE, 1472
+		 * bytes: an Ethernet MTU's UDP payload); a longer datagram is cut there and fails
+		 * its DTLS record check unanswered. Answers larger than 1152 bytes can go in one
+		 * datagram.
 		 */
 		coap_session_set_mtu(session, COAP_RXBUFFER_SIZE);
 		sensor_reset(sn);
@@ -302,17 +319,43 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 	return &br->psk_bin;
 }
 
+/* Logs a wrong key for device (never the key), at most once per interval per identity. */
+static void
+log_mismatch(struct coapbr *br, const char *device, const coap_session_t *session)
+{
+	size_t h = 0;
+	struct mismatch *m;
+	char addr[INET6_ADDRSTRLEN + 8], more[64] = "";
+	time_t now = time(NULL);
+
+	for (const char *c = device; *c; c++)
+		h = h * 31 + (unsigned char)*c;
+	m = &br->mismatches[h % MISMATCH_SLOTS];
+	if (m->device == device && now - m->logged < MISMATCH_LOG_INTERVAL) {
+		m->more++;
+		return;
+	}
+	if (m->device == device && m->more)
+		snprintf(more, sizeof(more), " (and %u more times in the last %lld s)", m->more,
+		         (long long)(now - m->logged));
+	log_warnx("%s: DTLS handshake from %s did not finish: the sensor's PSK does not match "
+	          "the keystore's (re-pair the sensor: gwctl device pair %s)%s",
+	          device, remote_str(session, addr, sizeof(addr)), device, more);
+	*m = (struct mismatch){.device = device, .logged = now};
+}
+
 /*
  * A known identity that never finished its handshake: a wrong key, nearly always (OpenSSL
  * drops the records it cannot decrypt, so no DTLS error is reported). Once per session: at
  * its close, or at its deletion if it was never closed.
  */
 static void
-count_unfinished(struct coapbr *br, struct sensor *sn)
+count_unfinished(struct coapbr *br, const coap_session_t *session, struct sensor *sn)
 {
 	if (sn && !sn->connected && !sn->counted) {
 		br->st.key_mismatch++;
 		sn->counted = true;
+		log_mismatch(br, sn->device, session);
 	}
 }
 
@@ -326,7 +369,7 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 
 	switch (event) {
 	case COAP_EVENT_SERVER_SESSION_DEL:
-		count_unfinished(br, sn);
+		count_unfinished(br, session, sn);
 		if (sn) {
 			/* Freed after coap_io_process(): on_nack() still needs it for this session.
 			 */
@@ -352,17 +395,16 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 		if (!device && session != br->refused)
 			br->st.handshake_failed++;
 		br->refused = NULL;
-		/* With a known identity the only way to fail is a key that does not match. */
+		/* With a known identity the only way to fail a handshake is a key that does not
+		 * match: counted and logged once per session. */
 		if (device)
-			log_warnx("%s: DTLS handshake from %s failed: the sensor's PSK does not "
-			          "match the keystore's (re-pair the sensor)",
-			          device, remote_str(session, addr, sizeof(addr)));
+			count_unfinished(br, session, sn);
 		else
 			log_info("sensor %s: DTLS handshake failed",
 			         remote_str(session, addr, sizeof(addr)));
 		break;
 	case COAP_EVENT_DTLS_CLOSED:
-		count_unfinished(br, sn);
+		count_unfinished(br, session, sn);
 		if (device)
 			log_debug("%s: DTLS session from %s closed", device,
 			          remote_str(session, addr, sizeof(addr)));

@@ -6,8 +6,8 @@
 
 struct upload {
 	const void *owner;
-	uint16_t first_mid; /* of block 0: the same again is a resend, not a restart */
-	size_t len;         /* bytes taken, all in sequence */
+	uint16_t first_mid;           /* of block 0: the same again is a resend, not a restart */
+	size_t len;                   /* bytes taken, all in sequence */
 	size_t last_offset, last_len; /* the last block taken, to know a resend of it */
 	size_t max;
 	uint8_t data[];

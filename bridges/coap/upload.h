@@ -17,10 +17,10 @@ struct upload;
 
 /* One Block1 block as it arrived, decoded from the request by the caller. */
 struct upload_block {
-	uint32_t num;  /* NUM: the block's number */
-	unsigned szx;  /* SZX: block size 2^(SZX+4); 7 is reserved */
-	bool more;     /* M: more blocks follow */
-	uint16_t mid;  /* the request's message ID */
+	uint32_t num;      /* NUM: the block's number */
+	unsigned szx;      /* SZX: block size 2^(SZX+4); 7 is reserved */
+	bool more;         /* M: more blocks follow */
+	uint16_t mid;      /* the request's message ID */
 	const void *owner; /* whose upload it is (coapbr: the route's resource) */
 	bool has_size1;
 	uint64_t size1; /* the Size1 option: the whole message's size, as the sender says */

@@ -52,8 +52,8 @@ on_response(coap_session_t *s, const coap_pdu_t *sent, const coap_pdu_t *rcvd, c
 	}
 	if (tok.length != st.token_len || memcmp(tok.s, st.token, tok.length) != 0)
 		return COAP_RESPONSE_OK;
-	snprintf(st.answer, sizeof(st.answer), "%d.%02d", COAP_RESPONSE_CLASS(coap_pdu_get_code(rcvd)),
-	         coap_pdu_get_code(rcvd) & 0x1f);
+	snprintf(st.answer, sizeof(st.answer), "%d.%02d",
+	         COAP_RESPONSE_CLASS(coap_pdu_get_code(rcvd)), coap_pdu_get_code(rcvd) & 0x1f);
 	return COAP_RESPONSE_OK;
 }
 
