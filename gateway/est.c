@@ -238,10 +238,17 @@ unsigned
 est_retry_after(const char *value)
 {
 	char *end;
-	unsigned long v = strtoul(value, &end, 10);
+	unsigned long v;
 
+	/*
+	 * delay-seconds is 1*DIGIT. strtoul() also takes a sign, and would read "+60" as 60 and
+	 * "-18446744073709551615" (minus ULONG_MAX) as 1.
+	 */
+	if (!isdigit((unsigned char)value[0]))
+		return 0;
+	v = strtoul(value, &end, 10);
 	/* An HTTP-date instead of seconds: the caller's own schedule decides. */
-	return end != value && *end == '\0' && v <= 86400 ? (unsigned)v : 0;
+	return *end == '\0' && v <= 86400 ? (unsigned)v : 0;
 }
 
 static unsigned
