@@ -54,7 +54,7 @@ est_base64_decode(const char *in, size_t inlen, size_t *outlen)
 {
 	char *compact = malloc(inlen + 1);
 	unsigned char *out;
-	size_t n = 0;
+	size_t n = 0, pad;
 	int len;
 
 	if (!compact)
@@ -63,7 +63,12 @@ est_base64_decode(const char *in, size_t inlen, size_t *outlen)
 		if (!isspace((unsigned char)in[i]))
 			compact[n++] = in[i];
 	}
-	out = n % 4 == 0 && n > 0 ? malloc(n / 4 * 3) : NULL;
+	/*
+	 * Padding is "=" or "==" at the end only (RFC 4648 section 4). EVP_DecodeBlock() takes a
+	 * '=' anywhere as six zero bits: "AB=D" gave 3 bytes, and "====" a length of -1.
+	 */
+	pad = n >= 2 && compact[n - 1] == '=' ? 1 + (compact[n - 2] == '=') : 0;
+	out = n % 4 == 0 && n > 0 && !memchr(compact, '=', n - pad) ? malloc(n / 4 * 3) : NULL;
 	len = out ? EVP_DecodeBlock(out, (unsigned char *)compact, (int)n) : -1;
 	if (len < 0) {
 		free(out);
@@ -71,10 +76,7 @@ est_base64_decode(const char *in, size_t inlen, size_t *outlen)
 		return NULL;
 	}
 	/* EVP_DecodeBlock() counts the padding as zero bytes. */
-	while (n > 0 && compact[n - 1] == '=') {
-		len--;
-		n--;
-	}
+	len -= (int)pad;
 	free(compact);
 	*outlen = (size_t)len;
 	return out;
