@@ -52,6 +52,8 @@ struct est_request {
 unsigned char *
 est_base64_decode(const char *in, size_t inlen, size_t *outlen)
 {
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+	                               "0123456789+/";
 	char *compact = malloc(inlen + 1);
 	unsigned char *out;
 	size_t n = 0, pad;
@@ -63,12 +65,15 @@ est_base64_decode(const char *in, size_t inlen, size_t *outlen)
 		if (!isspace((unsigned char)in[i]))
 			compact[n++] = in[i];
 	}
+	compact[n] = '\0';
 	/*
-	 * Padding is "=" or "==" at the end only (RFC 4648 section 4). EVP_DecodeBlock() takes a
-	 * '=' anywhere as six zero bits: "AB=D" gave 3 bytes, and "====" a length of -1.
+	 * The alphabet, then "=" or "==" (RFC 4648 section 4). EVP_DecodeBlock() takes a '='
+	 * anywhere as six zero bits ("AB=D" gave 3 bytes, "====" a length of -1) and drops any
+	 * '-' at the end.
 	 */
 	pad = n >= 2 && compact[n - 1] == '=' ? 1 + (compact[n - 2] == '=') : 0;
-	out = n % 4 == 0 && n > 0 && !memchr(compact, '=', n - pad) ? malloc(n / 4 * 3) : NULL;
+	out = n % 4 == 0 && n > 0 && strspn(compact, alphabet) == n - pad ? malloc(n / 4 * 3)
+	                                                                  : NULL;
 	len = out ? EVP_DecodeBlock(out, (unsigned char *)compact, (int)n) : -1;
 	if (len < 0) {
 		free(out);
