@@ -1123,7 +1123,8 @@ const struct gwconf_route *
 gwconf_route_find(const struct gwconf *conf, const char *resource)
 {
 	for (size_t i = 0; i < conf->nroutes; i++) {
-		if (strcmp(conf->routes[i].resource, resource) == 0)
+		/* The parser asks too, while a route without a resource (reported) has none. */
+		if (conf->routes[i].resource && strcmp(conf->routes[i].resource, resource) == 0)
 			return &conf->routes[i];
 	}
 	return NULL;

@@ -177,6 +177,14 @@ every_missing_part_is_reported(void **state)
 	check_bad("bad-missing.conf");
 }
 
+/* A route without a resource, and a downlink whose resource is compared with the routes'. */
+static void
+route_without_resource_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-route-resource.conf");
+}
+
 static void
 unreadable_file_is_reported(void **state)
 {
@@ -245,6 +253,7 @@ main(void)
 	        cmocka_unit_test(every_bad_bridge_value_is_reported),
 	        cmocka_unit_test(every_bad_policy_is_reported),
 	        cmocka_unit_test(every_missing_part_is_reported),
+	        cmocka_unit_test(route_without_resource_is_reported),
 	        cmocka_unit_test(unreadable_file_is_reported),
 	        cmocka_unit_test(example_config_is_valid),
 	        cmocka_unit_test(ids_are_plain),
