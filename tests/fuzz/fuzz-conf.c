@@ -109,7 +109,10 @@ includes_ok(const uint8_t *data, size_t size)
 	return true;
 }
 
-/* "FILE:LINE: message" or "FILE: message", FILE in the private folder, on one line. */
+/*
+ * "FILE:LINE: message" or "FILE: message", on one line. FILE is the config's path, or an
+ * included file's name as the @include wrote it (libconfig's, taken from the config's folder).
+ */
 static void
 check_errors(const struct gwconf_errors *errs)
 {
@@ -118,9 +121,14 @@ check_errors(const struct gwconf_errors *errs)
 	for (size_t i = 0; i < errs->count; i++) {
 		const char *e = errs->lines[i], *rest;
 
-		check(e && strncmp(e, dir, dlen) == 0 && e[dlen] == '/');
-		rest = strstr(e + dlen, ": ");
+		check(e);
+		rest = strstr(e, ": ");
 		check(rest && rest[2] != '\0');
+		if (strncmp(e, dir, dlen) == 0 && e[dlen] == '/')
+			rest = e + dlen;
+		else
+			check(rest > e && !memchr(e, '/', (size_t)(rest - e)));
+		check(strstr(rest, ": "));
 		check(!strchr(e, '\n'));
 	}
 }
