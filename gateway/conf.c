@@ -37,6 +37,11 @@ conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...
 	} else if (asprintf(&line, "%s: %s", file, msg) < 0) {
 		return;
 	}
+	/* One error per line (conf.h): any control byte in a value, a line break too, is '?'. */
+	for (char *s = line; *s; s++) {
+		if (iscntrl((unsigned char)*s))
+			*s = '?';
+	}
 	char **lines = reallocarray(p->errs->lines, p->errs->count + 1, sizeof(*lines));
 
 	if (!lines) {
