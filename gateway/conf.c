@@ -31,6 +31,11 @@ add_error(struct parse *p, const char *file, int lineno, const char *fmt, va_lis
 	} else if (asprintf(&line, "%s: %s", file, msg) < 0) {
 		return;
 	}
+	/* One error per line (conf.h): any control byte in a value, a line break too, is '?'. */
+	for (char *s = line; *s; s++) {
+		if (iscntrl((unsigned char)*s))
+			*s = '?';
+	}
 	if (!p->errs->lines) {
 		p->errs->lines = calloc(GWCONF_ERRORS_KEPT, sizeof(*p->errs->lines));
 		if (!p->errs->lines) {
@@ -1293,7 +1298,8 @@ const struct gwconf_route *
 gwconf_route_find(const struct gwconf *conf, const char *resource)
 {
 	for (size_t i = 0; i < conf->nroutes; i++) {
-		if (strcmp(conf->routes[i].resource, resource) == 0)
+		/* The parser asks too, while a route without a resource (reported) has none. */
+		if (conf->routes[i].resource && strcmp(conf->routes[i].resource, resource) == 0)
 			return &conf->routes[i];
 	}
 	return NULL;

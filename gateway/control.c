@@ -153,22 +153,20 @@ client_free(struct client *c)
 	free(c);
 }
 
-/*
- * Parses a whole request into req; its words are copied into argv (freed by the caller).
- * Returns 1 when complete and valid, 0 when more bytes are needed, -EBADMSG for garbage.
- */
-static int
-parse_request(const struct client *c, struct admin_request *req, char **argv)
+_Static_assert(MAX_ARGS == CONTROL_MAX_ARGS, "control.h promises MAX_ARGS words");
+
+int
+control_parse_request(const uint8_t *buf, size_t buflen, struct admin_request *req, char **argv)
 {
 	struct reader r;
 	uint32_t argc, len;
 	const uint8_t *p;
 
-	if (c->len < MAGIC_LEN)
+	if (buflen < MAGIC_LEN)
 		return 0;
-	if (memcmp(c->buf, MAGIC, MAGIC_LEN) != 0)
+	if (memcmp(buf, MAGIC, MAGIC_LEN) != 0)
 		return -EBADMSG;
-	r = (struct reader){c->buf + MAGIC_LEN, c->len - MAGIC_LEN};
+	r = (struct reader){buf + MAGIC_LEN, buflen - MAGIC_LEN};
 	if (!get_u32(&r, &argc))
 		return 0;
 	if (argc == 0 || argc > MAX_ARGS)
@@ -189,7 +187,7 @@ parse_request(const struct client *c, struct admin_request *req, char **argv)
 	        .input = len ? (const char *)p : NULL,
 	        .input_len = len,
 	};
-	r = (struct reader){c->buf + MAGIC_LEN + 4, c->len - MAGIC_LEN - 4};
+	r = (struct reader){buf + MAGIC_LEN + 4, buflen - MAGIC_LEN - 4};
 	for (uint32_t i = 0; i < argc; i++) {
 		get_bytes(&r, &p, &len);
 		argv[i] = strndup((const char *)p, len);
@@ -197,6 +195,13 @@ parse_request(const struct client *c, struct admin_request *req, char **argv)
 			return -ENOMEM;
 	}
 	return 1;
+}
+
+/* The request a client sent so far: see control_parse_request(). */
+static int
+parse_request(const struct client *c, struct admin_request *req, char **argv)
+{
+	return control_parse_request(c->buf, c->len, req, argv);
 }
 
 /* Sends what the verb wrote, with its status. */

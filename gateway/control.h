@@ -29,6 +29,21 @@ int control_new(struct control **out, struct gw_loop *loop, const char *path, st
 /* Stops listening and removes the socket file. Accepts NULL. */
 void control_free(struct control *ctl);
 
+struct admin_request;
+
+/* The most words a request may have. */
+#define CONTROL_MAX_ARGS 64
+
+/*
+ * The daemon's reader of a request: buf holds the first buflen bytes a client sent. Returns 1
+ * when they are one whole, valid request: req then has its words, copied into argv (room for
+ * CONTROL_MAX_ARGS, NULL on entry; the caller frees each, whatever the answer), and its input,
+ * which points into buf. 0 when more bytes are needed; -EBADMSG for garbage, which no more
+ * bytes can mend; -ENOMEM. No I/O, no state.
+ */
+int control_parse_request(const uint8_t *buf, size_t buflen, struct admin_request *req,
+                          char **argv);
+
 /* gwctl's side. Returns -ECONNREFUSED or -ENOENT when no daemon listens at path. */
 int control_call(const char *path, int argc, char **argv, const char *input, size_t input_len,
                  int *status, char **out, size_t *out_len, char **err, size_t *err_len);

@@ -49,13 +49,14 @@ struct est_request {
 
 /* ---- encodings ---- */
 
-/* Base64 with line breaks or not (RFC 8951 section 3.2): the DER inside, malloc'd. */
-static unsigned char *
-base64_decode(const char *in, size_t inlen, size_t *outlen)
+unsigned char *
+est_base64_decode(const char *in, size_t inlen, size_t *outlen)
 {
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+	                               "0123456789+/";
 	char *compact = malloc(inlen + 1);
 	unsigned char *out;
-	size_t n = 0;
+	size_t n = 0, pad;
 	int len;
 
 	if (!compact)
@@ -64,7 +65,15 @@ base64_decode(const char *in, size_t inlen, size_t *outlen)
 		if (!isspace((unsigned char)in[i]))
 			compact[n++] = in[i];
 	}
-	out = n % 4 == 0 && n > 0 ? malloc(n / 4 * 3) : NULL;
+	compact[n] = '\0';
+	/*
+	 * The alphabet, then "=" or "==" (RFC 4648 section 4). EVP_DecodeBlock() takes a '='
+	 * anywhere as six zero bits ("AB=D" gave 3 bytes, "====" a length of -1) and drops any
+	 * '-' at the end.
+	 */
+	pad = n >= 2 && compact[n - 1] == '=' ? 1 + (compact[n - 2] == '=') : 0;
+	out = n % 4 == 0 && n > 0 && strspn(compact, alphabet) == n - pad ? malloc(n / 4 * 3)
+	                                                                  : NULL;
 	len = out ? EVP_DecodeBlock(out, (unsigned char *)compact, (int)n) : -1;
 	if (len < 0) {
 		free(out);
@@ -72,10 +81,7 @@ base64_decode(const char *in, size_t inlen, size_t *outlen)
 		return NULL;
 	}
 	/* EVP_DecodeBlock() counts the padding as zero bytes. */
-	while (n > 0 && compact[n - 1] == '=') {
-		len--;
-		n--;
-	}
+	len -= (int)pad;
 	free(compact);
 	*outlen = (size_t)len;
 	return out;
@@ -118,12 +124,11 @@ pem_of_certs(const STACK_OF(X509) * certs)
 	return out;
 }
 
-/* The certificates of a base64 certs-only PKCS#7 (RFC 7030 section 4.1.3), as PEM. */
-static char *
-certs_only(const char *body, size_t len)
+char *
+est_certs_only(const char *body, size_t len)
 {
 	size_t derlen;
-	unsigned char *der = base64_decode(body, len, &derlen);
+	unsigned char *der = est_base64_decode(body, len, &derlen);
 	const unsigned char *p = der;
 	PKCS7 *p7 = der ? d2i_PKCS7(NULL, &p, (long)derlen) : NULL;
 	char *pem = NULL;
@@ -236,18 +241,32 @@ answer_text(const struct est_request *req, char *out, size_t outlen)
 	out[n] = '\0';
 }
 
+unsigned
+est_retry_after(const char *value)
+{
+	char *end;
+	unsigned long v;
+
+	/*
+	 * delay-seconds is 1*DIGIT. strtoul() also takes a sign, and would read "+60" as 60 and
+	 * "-18446744073709551615" (minus ULONG_MAX) as 1.
+	 */
+	if (!isdigit((unsigned char)value[0]))
+		return 0;
+	v = strtoul(value, &end, 10);
+	/* An HTTP-date instead of seconds: the caller's own schedule decides. */
+	return *end == '\0' && v <= 86400 ? (unsigned)v : 0;
+}
+
 static unsigned
 retry_after(CURL *easy)
 {
 	struct curl_header *h;
-	char *end;
-	unsigned long v;
 
+	/* libcurl strips the value's leading and trailing white space. */
 	if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
 		return 0;
-	v = strtoul(h->value, &end, 10);
-	/* An HTTP-date instead of seconds: the caller's own schedule decides. */
-	return end != h->value && *end == '\0' && v <= 86400 ? (unsigned)v : 0;
+	return est_retry_after(h->value);
 }
 
 /* Turns a finished transfer into a result. */
@@ -271,7 +290,7 @@ judge(struct est_request *req, CURLcode code, struct est_result *res)
 	switch (res->http) {
 	case 200:
 		if (!type || strncasecmp(type, "application/pkcs7-mime", 22) != 0 ||
-		    !(res->pem = certs_only(req->answer, req->len))) {
+		    !(res->pem = est_certs_only(req->answer, req->len))) {
 			res->status = -EBADMSG;
 			snprintf(res->error, sizeof(res->error),
 			         "EST server %s: the %s answer is not a base64 certs-only PKCS#7 "

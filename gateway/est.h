@@ -3,6 +3,7 @@
 #define GW_EST_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /*
  * An EST client (RFC 7030, with the clarifications of RFC 8951): /cacerts, /simpleenroll and
@@ -57,5 +58,26 @@ void est_cancel(struct est_request *req);
  * malloc'd PEM. -EINVAL if certs holds no end-entity certificate.
  */
 int est_chain(const char *certs, const char *pool, char **chain);
+
+/*
+ * The readers of what an EST server sends, used by the client above; pure (no I/O, no state),
+ * so that tests/fuzz can reach them.
+ */
+
+/*
+ * Base64 with line breaks or not (RFC 8951 section 3.2): the bytes inside, malloc'd, their
+ * number in *outlen; NULL if in is not base64.
+ */
+unsigned char *est_base64_decode(const char *in, size_t inlen, size_t *outlen);
+/*
+ * The certificates of a base64 certs-only PKCS#7 body (RFC 7030 section 4.1.3) as PEM, in its
+ * order, malloc'd; NULL if the body is not one or holds no certificate.
+ */
+char *est_certs_only(const char *body, size_t len);
+/*
+ * A Retry-After header's value (RFC 9110 section 10.2.3) as seconds to wait: its delay-seconds,
+ * up to a day; 0 for anything else, an HTTP-date included (the caller's own schedule decides).
+ */
+unsigned est_retry_after(const char *value);
 
 #endif

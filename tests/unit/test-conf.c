@@ -177,6 +177,22 @@ every_missing_part_is_reported(void **state)
 	check_bad("bad-missing.conf");
 }
 
+/* A route without a resource, and a downlink whose resource is compared with the routes'. */
+static void
+route_without_resource_is_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-route-resource.conf");
+}
+
+/* A value's line break or escape sequence must not break an error's line (conf.h). */
+static void
+control_bytes_stay_out_of_errors(void **state)
+{
+	(void)state;
+	check_bad("bad-control-chars.conf");
+}
+
 static void
 unreadable_file_is_reported(void **state)
 {
@@ -245,6 +261,8 @@ main(void)
 	        cmocka_unit_test(every_bad_bridge_value_is_reported),
 	        cmocka_unit_test(every_bad_policy_is_reported),
 	        cmocka_unit_test(every_missing_part_is_reported),
+	        cmocka_unit_test(route_without_resource_is_reported),
+	        cmocka_unit_test(control_bytes_stay_out_of_errors),
 	        cmocka_unit_test(unreadable_file_is_reported),
 	        cmocka_unit_test(example_config_is_valid),
 	        cmocka_unit_test(ids_are_plain),
