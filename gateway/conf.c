@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Adds "FILE:LINE: message" (lineno 0: "FILE: message"), if fewer than the kept are there. */
@@ -63,14 +64,14 @@ conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...
 	va_end(ap);
 }
 
-/* As conf_report(), at a line of the main file (before libconfig has read it). */
-static void __attribute__((format(printf, 3, 4)))
-conf_report_line(struct parse *p, int lineno, const char *fmt, ...)
+/* As conf_report(), at a line of a file before libconfig has read it. */
+static void __attribute__((format(printf, 4, 5)))
+conf_report_at(struct parse *p, const char *file, int lineno, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	add_error(p, p->path, lineno, fmt, ap);
+	add_error(p, file, lineno, fmt, ap);
 	va_end(ap);
 }
 
@@ -1064,13 +1065,67 @@ parse_metrics(struct parse *p, const config_setting_t *root)
 	c->metrics.port = (uint16_t)conf_int(p, g, "metrics", "port", 9464, 1, 65535);
 }
 
+static bool check_text(struct parse *p, const char *file, const char *text, size_t len,
+                       const char *dir, int depth);
+
+/* libconfig's limit on nested @include (1.5: 10); deeper ones it reports itself. */
+#define INCLUDE_DEPTH 10
+
+/*
+ * An @include target, checked as the file that includes it is: libconfig 1.5 exits the
+ * process ("input in flex scanner failed") when one is a folder, which a reload would do to
+ * the running daemon. A file that cannot be opened is libconfig's to report.
+ */
+static bool
+check_include(struct parse *p, const char *file, int line, const char *dir, const char *name,
+              int depth)
+{
+	char *path = NULL, *text = NULL;
+	struct stat st;
+	FILE *f = NULL;
+	size_t len;
+	bool ok = true;
+
+	/* libconfig takes a relative one from the top file's folder, at every depth. */
+	if (name[0] == '/' ? !(path = strdup(name)) : asprintf(&path, "%s/%s", dir, name) < 0)
+		return true;
+	if (stat(path, &st) < 0 || depth >= INCLUDE_DEPTH)
+		goto out;
+	if (!S_ISREG(st.st_mode)) {
+		conf_report_at(p, file, line, "@include \"%s\": not a file (a folder?)", name);
+		ok = false;
+		goto out;
+	}
+	if (st.st_size > GWCONF_MAX_SIZE) {
+		conf_report_at(p, file, line, "@include \"%s\": larger than %d MiB", name,
+		               GWCONF_MAX_SIZE >> 20);
+		ok = false;
+		goto out;
+	}
+	f = fopen(path, "r");
+	text = f ? malloc((size_t)st.st_size + 1) : NULL;
+	if (!text)
+		goto out;
+	len = fread(text, 1, (size_t)st.st_size, f);
+	ok = check_text(p, name, text, len, dir, depth + 1);
+out:
+	if (f)
+		fclose(f);
+	free(text);
+	free(path);
+	return ok;
+}
+
 /*
  * A config file is text of a bounded size. A NUL byte, or the escape \x00 in a string, would
  * cut a value short where libconfig hands it over (gateway.id "gw\x00x" became "gw"): both
- * are refused here, before libconfig reads the text. Comments are skipped.
+ * are refused here, before libconfig reads the text, and so is an @include of something that
+ * is not a file (check_include()). Comments are skipped. file names it in errors; dir is where
+ * relative includes are found.
  */
 static bool
-check_text(struct parse *p, const char *text, size_t len)
+check_text(struct parse *p, const char *file, const char *text, size_t len, const char *dir,
+           int depth)
 {
 	const char *nul = memchr(text, '\0', len);
 	int line = 1;
@@ -1079,16 +1134,35 @@ check_text(struct parse *p, const char *text, size_t len)
 	if (nul) {
 		for (const char *c = text; c < nul; c++)
 			line += *c == '\n';
-		conf_report_line(p, line,
-		                 "a NUL byte: a config file is text (was it saved as "
-		                 "UTF-16, or damaged?)");
+		conf_report_at(p, file, line,
+		               "a NUL byte: a config file is text (was it saved as "
+		               "UTF-16, or damaged?)");
 		return false;
 	}
-	for (size_t i = 0; i < len; i++) {
+	for (size_t i = 0, bol = 0; i < len; i++) {
 		char c = text[i];
 
+		/* bol: where the line's first non-blank is, as libconfig's @include wants it. */
 		if (c == '\n') {
 			line++;
+			bol = i + 1;
+		} else if ((c == ' ' || c == '\t') && bol == i) {
+			bol = i + 1;
+		} else if (c == '@' && bol == i && len - i > 9 &&
+		           memcmp(text + i, "@include", 8) == 0) {
+			const char *q = memchr(text + i, '"', len - i), *end;
+			const char *eol = memchr(text + i, '\n', len - i);
+			char *name;
+
+			if (!q || (eol && q > eol) ||
+			    !(end = memchr(q + 1, '"', len - (size_t)(q + 1 - text))) ||
+			    (eol && end > eol))
+				continue; /* not an include libconfig takes: its syntax error */
+			name = strndup(q + 1, (size_t)(end - q - 1));
+			if (name && !check_include(p, file, line, dir, name, depth))
+				ok = false;
+			free(name);
+			i = (size_t)(end - text);
 		} else if (c == '#' || (c == '/' && i + 1 < len && text[i + 1] == '/')) {
 			while (i + 1 < len && text[i + 1] != '\n')
 				i++;
@@ -1103,9 +1177,9 @@ check_text(struct parse *p, const char *text, size_t len)
 					continue;
 				if ((text[i + 1] == 'x' || text[i + 1] == 'X') && i + 3 < len &&
 				    text[i + 2] == '0' && text[i + 3] == '0') {
-					conf_report_line(p, line,
-					                 "the escape \\x00 in a string: a "
-					                 "value cannot hold a NUL byte");
+					conf_report_at(p, file, line,
+					               "the escape \\x00 in a string: a "
+					               "value cannot hold a NUL byte");
 					ok = false;
 				}
 				i++; /* the escaped character, a quote included */
@@ -1117,7 +1191,7 @@ check_text(struct parse *p, const char *text, size_t len)
 
 /* The whole file, checked by check_text(); NULL if it is not a config (reported). */
 static char *
-read_text(struct parse *p, FILE *f)
+read_text(struct parse *p, FILE *f, const char *dir)
 {
 	char *text = malloc(GWCONF_MAX_SIZE + 1);
 	size_t len;
@@ -1134,7 +1208,7 @@ read_text(struct parse *p, FILE *f)
 		            "larger than %d MiB: not a config file (the example is 20 KiB; put "
 		            "long lists in files of their own with @include)",
 		            GWCONF_MAX_SIZE >> 20);
-	} else if (check_text(p, text, len)) {
+	} else if (check_text(p, p->path, text, len, dir, 0)) {
 		text[len] = '\0';
 		return text;
 	}
@@ -1151,7 +1225,8 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	struct parse p = {.path = path, .errs = errs};
 	config_t cfg;
 	FILE *f;
-	char *text = NULL;
+	char *text = NULL, *copy;
+	const char *dir;
 	int r;
 
 	*errs = (struct gwconf_errors){0};
@@ -1164,14 +1239,12 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 		return r;
 	}
 	config_init(&cfg);
-	/* @include "x.conf" is relative to the including file's folder, not our cwd. */
-	char *copy = strdup(path);
-
-	if (copy) {
-		config_set_include_dir(&cfg, dirname(copy));
-		free(copy);
-	}
-	text = read_text(&p, f);
+	/* @include "x.conf" is relative to the config file's folder, not our cwd. */
+	copy = strdup(path);
+	dir = copy ? dirname(copy) : ".";
+	config_set_include_dir(&cfg, dir);
+	text = read_text(&p, f, dir);
+	free(copy);
 	if (!text) {
 		r = -EINVAL;
 		goto out;

@@ -193,6 +193,14 @@ control_bytes_stay_out_of_errors(void **state)
 	check_bad("bad-control-chars.conf");
 }
 
+/* An @include of a folder (libconfig exits the process) and \x00 in a string: refused first. */
+static void
+include_of_a_folder_and_nul_escape_are_reported(void **state)
+{
+	(void)state;
+	check_bad("bad-include.conf");
+}
+
 static void
 unreadable_file_is_reported(void **state)
 {
@@ -263,6 +271,7 @@ main(void)
 	        cmocka_unit_test(every_missing_part_is_reported),
 	        cmocka_unit_test(route_without_resource_is_reported),
 	        cmocka_unit_test(control_bytes_stay_out_of_errors),
+	        cmocka_unit_test(include_of_a_folder_and_nul_escape_are_reported),
 	        cmocka_unit_test(unreadable_file_is_reported),
 	        cmocka_unit_test(example_config_is_valid),
 	        cmocka_unit_test(ids_are_plain),
