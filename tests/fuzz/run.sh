@@ -7,6 +7,8 @@
 # New inputs go to .build/fuzz/corpus-NAME (kept between runs), crashes to
 # .build/fuzz/crash-NAME-*: copy a crash into tests/fuzz/corpus/NAME once fixed, so that the unit
 # suite replays it. Exits non-zero if any harness found a crash, a leak or a broken check.
+# FUZZ_BUILD names another build folder than .build/fuzz, e.g. for a long campaign while the
+# test suite runs its own short one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=${1:-all}
@@ -26,7 +28,7 @@ else
 fi
 
 scripts/deps.sh build # clang and libclang-rt-14-dev (libFuzzer) among them
-out=.build/fuzz
+out=${FUZZ_BUILD:-.build/fuzz}
 CC=clang scripts/build.sh "$out" -Dfuzzing=true -Db_sanitize=address,undefined \
   -Db_lundef=false -Dbuildtype=debugoptimized
 
