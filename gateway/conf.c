@@ -400,6 +400,20 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 		free(host);
 		return;
 	}
+	/*
+	 * A host name (RFC 1123: letters, digits, '-', '.') or an address: the host also goes
+	 * into the profiles' user name template (azure), where a '$' or '{' was a placeholder
+	 * (found by fuzz-conf).
+	 */
+	if (strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.:") !=
+	    strlen(host)) {
+		conf_report(p, where,
+		            "'upstream.broker' \"%s\": the host may hold only letters, digits, "
+		            "'-' and '.' (or be an address)",
+		            uri);
+		free(host);
+		return;
+	}
 	c->upstream.broker_host = host;
 	c->upstream.broker_port = (uint16_t)port;
 	if (strchr(host, ':')) {
