@@ -33,7 +33,7 @@
 #define GCM_NONCE_LEN 12
 #define GCM_TAG_LEN   16
 #define REF_LABEL     "GATEWAYD KEY REFERENCE"
-#define TSS2_LABEL    "TSS2 PRIVATE KEY"
+#define TSS2_LABEL    KSTPM_PEM_LABEL
 
 enum backend { BACKEND_SOFT, BACKEND_TPM };
 
@@ -869,32 +869,18 @@ load_key_soft(struct ks_tls *t, int fd, const char *dir, const char *name)
 static int
 load_key_tpm(struct ks_tls *t, int fd, const char *dir, const char *name)
 {
-	uint8_t *pem, *der = NULL;
-	char *label = NULL, *header = NULL;
-	long derlen = 0;
 	struct kstpm_key *key;
+	uint8_t *pem;
 	size_t len;
-	BIO *b;
 	int r;
 
 	r = read_file(fd, dir, name, false, 16384, &pem, &len);
 	if (r < 0)
 		return r;
-	b = BIO_new_mem_buf(pem, (int)len);
-	if (!b || PEM_read_bio(b, &label, &header, &der, &derlen) != 1 ||
-	    strcmp(label, TSS2_LABEL) != 0) {
+	r = kstpm_key_from_pem((const char *)pem, len, &key, t->pub);
+	if (r == -EINVAL)
 		log_warnx("keystore: %s/%s is not a \"" TSS2_LABEL "\" PEM", dir, name);
-		r = -EINVAL;
-	} else {
-		r = kstpm_key_from_der(der, (size_t)derlen, &key, t->pub);
-		if (r == 0)
-			kstpm_key_free(key);
-	}
-	ERR_clear_error();
-	BIO_free(b);
-	OPENSSL_free(label);
-	OPENSSL_free(header);
-	OPENSSL_free(der);
+	kstpm_key_free(key);
 	free(pem);
 	return r;
 }
