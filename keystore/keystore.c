@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "keystore.h"
 #include "conf.h"
+#include "kspsk.h"
 #include "kstpm.h"
 #include "log.h"
 #include "provider.h"
@@ -26,14 +27,9 @@
 #include <unistd.h>
 
 #define PSK_IDENTITY_MAX KEYSTORE_IDENTITY_MAX
-#define MASTER_KEY_LEN   32
-/* AES-256-GCM record of a PSK: magic, nonce, tag, ciphertext. */
-#define PSK_MAGIC     "GWPSK1"
-#define PSK_MAGIC_LEN 6
-#define GCM_NONCE_LEN 12
-#define GCM_TAG_LEN   16
-#define REF_LABEL     "GATEWAYD KEY REFERENCE"
-#define TSS2_LABEL    KSTPM_PEM_LABEL
+#define MASTER_KEY_LEN   KSPSK_KEY_LEN
+#define REF_LABEL        "GATEWAYD KEY REFERENCE"
+#define TSS2_LABEL       KSTPM_PEM_LABEL
 
 enum backend { BACKEND_SOFT, BACKEND_TPM };
 
@@ -44,7 +40,7 @@ struct psk {
 };
 
 /* The PSK file's plaintext, identities and keys in hex, is at most this long. */
-#define PSK_TEXT_MAX 1024
+#define PSK_TEXT_MAX KSPSK_TEXT_MAX
 
 struct attr {
 	char *key;
@@ -471,62 +467,6 @@ static int
 run_ping(void *data)
 {
 	return kstpm_ping(data);
-}
-
-/* ---- PSK protection for the tpm backend: AES-256-GCM under the sealed master key ---- */
-
-static int
-psk_seal(const struct keystore *ks, const char *id, const uint8_t *psk, size_t len, uint8_t *out,
-         size_t *outlen)
-{
-	EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-	uint8_t *nonce = out + PSK_MAGIC_LEN, *tag = nonce + GCM_NONCE_LEN, *ct = tag + GCM_TAG_LEN;
-	int n, r = -EIO;
-
-	memcpy(out, PSK_MAGIC, PSK_MAGIC_LEN);
-	/* The device id as associated data: a record copied to another device will not open. */
-	if (c && RAND_bytes(nonce, GCM_NONCE_LEN) == 1 &&
-	    EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, ks->master, nonce) == 1 &&
-	    EVP_EncryptUpdate(c, NULL, &n, (const uint8_t *)id, (int)strlen(id)) == 1 &&
-	    EVP_EncryptUpdate(c, ct, &n, psk, (int)len) == 1 &&
-	    EVP_EncryptFinal_ex(c, ct + n, &n) == 1 &&
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, tag) == 1) {
-		*outlen = PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + len;
-		r = 0;
-	} else {
-		log_openssl("keystore: cannot encrypt a PSK");
-	}
-	EVP_CIPHER_CTX_free(c);
-	return r;
-}
-
-static int
-psk_open(const struct keystore *ks, const char *id, const uint8_t *in, size_t inlen, uint8_t *psk,
-         size_t *len)
-{
-	const size_t head = PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN;
-	const uint8_t *nonce = in + PSK_MAGIC_LEN, *tag = nonce + GCM_NONCE_LEN,
-	              *ct = tag + GCM_TAG_LEN;
-	EVP_CIPHER_CTX *c;
-	int n, r = -EBADMSG;
-
-	if (inlen <= head || inlen > head + PSK_TEXT_MAX ||
-	    memcmp(in, PSK_MAGIC, PSK_MAGIC_LEN) != 0)
-		return -EBADMSG;
-	c = EVP_CIPHER_CTX_new();
-	if (c && EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, ks->master, nonce) == 1 &&
-	    EVP_DecryptUpdate(c, NULL, &n, (const uint8_t *)id, (int)strlen(id)) == 1 &&
-	    EVP_DecryptUpdate(c, psk, &n, ct, (int)(inlen - head)) == 1 &&
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, GCM_TAG_LEN, (void *)tag) == 1 &&
-	    EVP_DecryptFinal_ex(c, psk + n, &n) == 1) {
-		*len = inlen - head;
-		r = 0;
-	} else {
-		explicit_bzero(psk, inlen - head);
-	}
-	ERR_clear_error();
-	EVP_CIPHER_CTX_free(c);
-	return r;
 }
 
 /* The master key: unsealed from master.sealed, or made and sealed on first use. */
@@ -1069,7 +1009,7 @@ load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 		r = read_file(fd, dir, "psk.enc", false, 2 * PSK_TEXT_MAX, &buf, &len);
 		if (r < 0)
 			return r;
-		r = psk_open(ks, d->id, buf, len, (uint8_t *)text, &tlen);
+		r = kspsk_open(ks->master, d->id, buf, len, (uint8_t *)text, &tlen);
 		free(buf);
 		if (r < 0) {
 			log_warnx(
@@ -2044,13 +1984,15 @@ write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool nex
 static int
 write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *d)
 {
-	uint8_t enc[PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + PSK_TEXT_MAX];
+	uint8_t enc[KSPSK_OVERHEAD + PSK_TEXT_MAX];
 	char text[PSK_TEXT_MAX];
 	size_t len = psk_format(d, text, sizeof(text)), enclen;
 	int r;
 
 	if (ks->backend == BACKEND_TPM) {
-		r = psk_seal(ks, d->id, (const uint8_t *)text, len, enc, &enclen);
+		r = kspsk_seal(ks->master, d->id, (const uint8_t *)text, len, enc, &enclen);
+		if (r < 0)
+			log_openssl("keystore: cannot encrypt a PSK");
 		if (r == 0)
 			r = write_file_atomic(fd, dir, "psk.enc", enc, enclen, 0600);
 	} else {
