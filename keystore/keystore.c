@@ -825,6 +825,26 @@ load_key_tpm(struct ks_tls *t, int fd, const char *dir, const char *name)
 	return r;
 }
 
+/* A soft key's reference: it names the device; only this process's provider can follow it. */
+static int
+write_key_ref(int fd, const char *dir, const char *id, bool next)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char ref[96], *data;
+	long len;
+	int r = -EIO;
+
+	snprintf(ref, sizeof(ref), "%s%s", id, next ? NEXT_REF : "");
+	if (b &&
+	    PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) > 0) {
+		len = BIO_get_mem_data(b, &data);
+		r = write_file_atomic(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len,
+		                      0600);
+	}
+	BIO_free(b);
+	return r;
+}
+
 /*
  * Loads a device's current key (next false) or its renewal's new one into d->cur or d->next:
  * the public key, and the file the TLS library is given. -ENOENT (not logged) if there is none.
@@ -839,6 +859,20 @@ load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool
 
 	if (r < 0)
 		return r;
+	/*
+	 * A soft key's reference holds no secret, only the device's id: one lost by hand or by
+	 * damage (or by a crash between a renewal's two files) is written again, rather than
+	 * handed to the TLS library missing.
+	 */
+	if (d->backend == BACKEND_SOFT &&
+	    faccessat(fd, key_ref_name(d->backend, next), F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+	    errno == ENOENT) {
+		log_warnx("keystore: %s/%s was missing; written again", dir,
+		          key_ref_name(d->backend, next));
+		r = write_key_ref(fd, dir, d->id, next);
+		if (r < 0)
+			return r;
+	}
 	if (asprintf(&t->key_file, "%s/%s/%s", ks->dir, d->id, key_ref_name(d->backend, next)) <
 	    0) {
 		t->key_file = NULL;
@@ -1921,7 +1955,6 @@ keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 static int
 write_key_soft(int fd, const char *dir, const char *id, bool next)
 {
-	char ref[96];
 	EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, "provider=default", "EC", "P-256");
 	BIO *b = BIO_new(BIO_s_mem());
 	char *data;
@@ -1936,15 +1969,7 @@ write_key_soft(int fd, const char *dir, const char *id, bool next)
 	r = write_file_atomic(fd, dir, key_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
 	if (r < 0)
 		goto out;
-	/* The reference names the device; only this process's provider can follow it. */
-	(void)BIO_reset(b);
-	snprintf(ref, sizeof(ref), "%s%s", id, next ? NEXT_REF : "");
-	if (PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) <= 0) {
-		r = -EIO;
-		goto out;
-	}
-	len = BIO_get_mem_data(b, &data);
-	r = write_file_atomic(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
+	r = write_key_ref(fd, dir, id, next);
 out:
 	/* The mem BIO held the private key's PEM: clear it before it is freed. */
 	if (b && (len = BIO_get_mem_data(b, &data)) > 0)
