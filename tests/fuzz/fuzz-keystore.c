@@ -38,11 +38,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define HEADER    "=== "
-#define FILES_MAX 32
-#define NAME_MAX_ 64
+#define HEADER        "=== "
+#define FILES_MAX     32
+#define PART_NAME_MAX 64
 
-/* The master key of psk.enc in the seeds: tests/fuzz/corpus/keystore's files use it. */
+/* psk.enc's master key in the seeds (tests/fuzz/corpus/keystore):
+ * "fuzz-keystore-master-key-0123456". */
 static const uint8_t master[KSPSK_KEY_LEN] = {
         0x66, 0x75, 0x7a, 0x7a, 0x2d, 0x6b, 0x65, 0x79, 0x73, 0x74, 0x6f,
         0x72, 0x65, 0x2d, 0x6d, 0x61, 0x73, 0x74, 0x65, 0x72, 0x2d, 0x6b,
@@ -53,17 +54,18 @@ static char state_dir[PATH_MAX], store[PATH_MAX + 16];
 
 /* The folders made for an input: what keystore_count() must then say. */
 struct layout {
-	char dirs[FILES_MAX][NAME_MAX_ + 1];
+	char dirs[FILES_MAX][PART_NAME_MAX + 1];
 	size_t ndirs;
 };
 
 static bool
 valid_name(const char *s, size_t n)
 {
-	if (n == 0 || n > NAME_MAX_ || (n == 1 && s[0] == '.') || (n == 2 && !memcmp(s, "..", 2)))
+	if (n == 0 || n > PART_NAME_MAX || (n == 1 && s[0] == '.') ||
+	    (n == 2 && !memcmp(s, "..", 2)))
 		return false;
 	for (size_t i = 0; i < n; i++) {
-		if (!isalnum((unsigned char)s[i]) && !strchr("@._:-", s[i]))
+		if (!isalnum((unsigned char)s[i]) && (!s[i] || !strchr("@._:-", s[i])))
 			return false;
 	}
 	return true;
@@ -87,7 +89,7 @@ write_file(struct layout *l, const char *path, size_t plen, const uint8_t *data,
 		snprintf(full, sizeof(full), "%s/%.*s", store, n, path);
 		if (mkdir(full, 0700) == 0) {
 			check(l->ndirs < FILES_MAX);
-			snprintf(l->dirs[l->ndirs++], NAME_MAX_ + 1, "%.*s", n, path);
+			snprintf(l->dirs[l->ndirs++], PART_NAME_MAX + 1, "%.*s", n, path);
 		} else if (errno != EEXIST) {
 			return;
 		}
@@ -323,7 +325,7 @@ run(struct layout *l)
 	struct shown *first, again;
 	struct keystore *ks;
 	size_t n, expect = 0;
-	char ids[FILES_MAX][NAME_MAX_ + 1];
+	char ids[FILES_MAX][PART_NAME_MAX + 1];
 	int r;
 
 	r = open_store(&ks);
@@ -420,7 +422,7 @@ write_files(struct layout *l, const uint8_t *data, size_t size)
 			next++;
 		blen = next ? (size_t)(next - body) : size - (size_t)(body - data);
 		{
-			char p[2 * NAME_MAX_ + 2];
+			char p[2 * PART_NAME_MAX + 2];
 
 			if (plen < sizeof(p) && !memchr(path, '\0', plen)) {
 				memcpy(p, path, plen);
