@@ -51,6 +51,14 @@ static const uint8_t rec_magic[4] = {0xab, 'G', 'S', 'R'};
 #define ACK_LEN  28
 static const uint8_t ack_magic[4] = {0xab, 'G', 'S', 'A'};
 
+/*
+ * Seqs run from 1 to SEQ_END - 1. SEQ_END is never a seq, a segment's name or an acknowledged
+ * position: one found on disk is damage, or a file renamed by hand. Taken as real, it wrapped
+ * the next seq around to below the records still stored, and records appended then were lost
+ * at the next start. spool_append() refuses to reach it (after 2^64 - 2 appends).
+ */
+#define SEQ_END UINT64_MAX
+
 #define SEG_SUFFIX   ".seg"
 #define SEG_NAME_LEN 20 /* 16 hex digits and ".seg" */
 #define LOCK_FILE    ".lock"
@@ -228,7 +236,7 @@ hdr_decode(const uint8_t *b, struct rhdr *h)
 	h->at = (int64_t)get64(b + 24);
 	h->crc = get32(b + 36);
 	if (h->qos > 1 || h->tlen == 0 || h->clen > SPOOL_CTYPE_MAX || get16(b + 10) != 0 ||
-	    h->plen > SPOOL_PAYLOAD_MAX || h->seq == 0)
+	    h->plen > SPOOL_PAYLOAD_MAX || h->seq == 0 || h->seq == SEQ_END)
 		return false;
 	h->total = REC_HDR + (uint64_t)h->tlen + 1 + h->clen + 1 + h->plen;
 	memcpy(h->raw, b, REC_HDR);
@@ -271,7 +279,7 @@ seg_parse_name(const char *s, uint64_t *name)
 			return false;
 	}
 	*name = v;
-	return v != 0;
+	return v != 0 && v != SEQ_END;
 }
 
 static int64_t
@@ -878,7 +886,7 @@ load_acked(struct spool *sp, struct dev *d, uint64_t *next)
 	n = read(fd, b, sizeof(b));
 	close(fd);
 	if (n != ACK_LEN || memcmp(b, ack_magic, sizeof(ack_magic)) || get32(b + 4) != 1 ||
-	    get32(b + 24) != crc32c(0, b, 24)) {
+	    get32(b + 24) != crc32c(0, b, 24) || get64(b + 8) == SEQ_END) {
 		log_warnx("spool: %s/%s/" ACK_FILE " is damaged: the device's records still on "
 		          "disk will be sent again, delivered or not",
 		          sp->dir, d->id);
@@ -1417,6 +1425,17 @@ write_at(int fd, const uint8_t *b, size_t len, uint64_t off)
 	return 0;
 }
 
+/* Only a damaged segment name or acked file can bring a device here (see SEQ_END). */
+static int
+seq_used_up(struct spool *sp, struct dev *d)
+{
+	log_warnx("spool: device %s: no seq is left after %" PRIu64
+	          " (a damaged segment name or acked file in %s/%s?); its messages are refused "
+	          "until that folder is moved away",
+	          d->id, SEQ_END - 1, sp->dir, d->id);
+	return -EOVERFLOW;
+}
+
 int
 spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 {
@@ -1440,6 +1459,8 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 	if (total > sp->lim.device_bytes || total > sp->lim.total_bytes)
 		return -EMSGSIZE;
 	d = dev_find(sp, device, NULL);
+	if (d && d->next_seq == SEQ_END)
+		return seq_used_up(sp, d);
 	r = make_room(sp, d, device, total);
 	if (r < 0)
 		return r;
@@ -1447,6 +1468,8 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 		r = dev_create(sp, device, &d);
 		if (r < 0)
 			return r;
+		if (d->next_seq == SEQ_END)
+			return seq_used_up(sp, d);
 	}
 	if (total > sp->wcap) {
 		b = realloc(sp->wbuf, total);

@@ -90,9 +90,10 @@ void spool_set_limits(struct spool *sp, const struct spool_limits *lim);
  * Writes rec for device (an id as gwconf_valid_id() accepts, else -EINVAL) and sets rec->seq
  * and rec->stored_at. The record is written but not durable until spool_sync(). -EMSGSIZE if
  * it could never fit (larger than a bound or SPOOL_*_MAX); -ENOSPC when a bound would be
- * passed and lim.full is SPOOL_REFUSE (nothing is dropped then). With SPOOL_DROP_OLDEST the
- * device's oldest records make room when it is over device_bytes, and the records of whichever
- * device has the oldest one when the spool is over total_bytes.
+ * passed and lim.full is SPOOL_REFUSE (nothing is dropped then); -EOVERFLOW when the device's
+ * seqs are used up (only a damaged segment name or acked file does that). With
+ * SPOOL_DROP_OLDEST the device's oldest records make room when it is over device_bytes, and
+ * the records of whichever device has the oldest one when the spool is over total_bytes.
  */
 int spool_append(struct spool *sp, const char *device, struct spool_record *rec);
 

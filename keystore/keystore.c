@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "keystore.h"
 #include "conf.h"
+#include "kspsk.h"
 #include "kstpm.h"
 #include "log.h"
 #include "provider.h"
@@ -26,14 +27,9 @@
 #include <unistd.h>
 
 #define PSK_IDENTITY_MAX KEYSTORE_IDENTITY_MAX
-#define MASTER_KEY_LEN   32
-/* AES-256-GCM record of a PSK: magic, nonce, tag, ciphertext. */
-#define PSK_MAGIC     "GWPSK1"
-#define PSK_MAGIC_LEN 6
-#define GCM_NONCE_LEN 12
-#define GCM_TAG_LEN   16
-#define REF_LABEL     "GATEWAYD KEY REFERENCE"
-#define TSS2_LABEL    "TSS2 PRIVATE KEY"
+#define MASTER_KEY_LEN   KSPSK_KEY_LEN
+#define REF_LABEL        "GATEWAYD KEY REFERENCE"
+#define TSS2_LABEL       KSTPM_PEM_LABEL
 
 enum backend { BACKEND_SOFT, BACKEND_TPM };
 
@@ -44,7 +40,7 @@ struct psk {
 };
 
 /* The PSK file's plaintext, identities and keys in hex, is at most this long. */
-#define PSK_TEXT_MAX 1024
+#define PSK_TEXT_MAX KSPSK_TEXT_MAX
 
 struct attr {
 	char *key;
@@ -473,62 +469,6 @@ run_ping(void *data)
 	return kstpm_ping(data);
 }
 
-/* ---- PSK protection for the tpm backend: AES-256-GCM under the sealed master key ---- */
-
-static int
-psk_seal(const struct keystore *ks, const char *id, const uint8_t *psk, size_t len, uint8_t *out,
-         size_t *outlen)
-{
-	EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-	uint8_t *nonce = out + PSK_MAGIC_LEN, *tag = nonce + GCM_NONCE_LEN, *ct = tag + GCM_TAG_LEN;
-	int n, r = -EIO;
-
-	memcpy(out, PSK_MAGIC, PSK_MAGIC_LEN);
-	/* The device id as associated data: a record copied to another device will not open. */
-	if (c && RAND_bytes(nonce, GCM_NONCE_LEN) == 1 &&
-	    EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, ks->master, nonce) == 1 &&
-	    EVP_EncryptUpdate(c, NULL, &n, (const uint8_t *)id, (int)strlen(id)) == 1 &&
-	    EVP_EncryptUpdate(c, ct, &n, psk, (int)len) == 1 &&
-	    EVP_EncryptFinal_ex(c, ct + n, &n) == 1 &&
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, GCM_TAG_LEN, tag) == 1) {
-		*outlen = PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + len;
-		r = 0;
-	} else {
-		log_openssl("keystore: cannot encrypt a PSK");
-	}
-	EVP_CIPHER_CTX_free(c);
-	return r;
-}
-
-static int
-psk_open(const struct keystore *ks, const char *id, const uint8_t *in, size_t inlen, uint8_t *psk,
-         size_t *len)
-{
-	const size_t head = PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN;
-	const uint8_t *nonce = in + PSK_MAGIC_LEN, *tag = nonce + GCM_NONCE_LEN,
-	              *ct = tag + GCM_TAG_LEN;
-	EVP_CIPHER_CTX *c;
-	int n, r = -EBADMSG;
-
-	if (inlen <= head || inlen > head + PSK_TEXT_MAX ||
-	    memcmp(in, PSK_MAGIC, PSK_MAGIC_LEN) != 0)
-		return -EBADMSG;
-	c = EVP_CIPHER_CTX_new();
-	if (c && EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, ks->master, nonce) == 1 &&
-	    EVP_DecryptUpdate(c, NULL, &n, (const uint8_t *)id, (int)strlen(id)) == 1 &&
-	    EVP_DecryptUpdate(c, psk, &n, ct, (int)(inlen - head)) == 1 &&
-	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, GCM_TAG_LEN, (void *)tag) == 1 &&
-	    EVP_DecryptFinal_ex(c, psk + n, &n) == 1) {
-		*len = inlen - head;
-		r = 0;
-	} else {
-		explicit_bzero(psk, inlen - head);
-	}
-	ERR_clear_error();
-	EVP_CIPHER_CTX_free(c);
-	return r;
-}
-
 /* The master key: unsealed from master.sealed, or made and sealed on first use. */
 static int
 load_master(struct keystore *ks)
@@ -869,33 +809,39 @@ load_key_soft(struct ks_tls *t, int fd, const char *dir, const char *name)
 static int
 load_key_tpm(struct ks_tls *t, int fd, const char *dir, const char *name)
 {
-	uint8_t *pem, *der = NULL;
-	char *label = NULL, *header = NULL;
-	long derlen = 0;
 	struct kstpm_key *key;
+	uint8_t *pem;
 	size_t len;
-	BIO *b;
 	int r;
 
 	r = read_file(fd, dir, name, false, 16384, &pem, &len);
 	if (r < 0)
 		return r;
-	b = BIO_new_mem_buf(pem, (int)len);
-	if (!b || PEM_read_bio(b, &label, &header, &der, &derlen) != 1 ||
-	    strcmp(label, TSS2_LABEL) != 0) {
+	r = kstpm_key_from_pem((const char *)pem, len, &key, t->pub);
+	if (r == -EINVAL)
 		log_warnx("keystore: %s/%s is not a \"" TSS2_LABEL "\" PEM", dir, name);
-		r = -EINVAL;
-	} else {
-		r = kstpm_key_from_der(der, (size_t)derlen, &key, t->pub);
-		if (r == 0)
-			kstpm_key_free(key);
-	}
-	ERR_clear_error();
-	BIO_free(b);
-	OPENSSL_free(label);
-	OPENSSL_free(header);
-	OPENSSL_free(der);
+	kstpm_key_free(key);
 	free(pem);
+	return r;
+}
+
+/* A soft key's reference: it names the device; only this process's provider can follow it. */
+static int
+write_key_ref(int fd, const char *dir, const char *id, bool next)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char ref[96], *data;
+	long len;
+	int r = -EIO;
+
+	snprintf(ref, sizeof(ref), "%s%s", id, next ? NEXT_REF : "");
+	if (b &&
+	    PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) > 0) {
+		len = BIO_get_mem_data(b, &data);
+		r = write_file_atomic(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len,
+		                      0600);
+	}
+	BIO_free(b);
 	return r;
 }
 
@@ -913,6 +859,20 @@ load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool
 
 	if (r < 0)
 		return r;
+	/*
+	 * A soft key's reference holds no secret, only the device's id: one lost by hand or by
+	 * damage (or by a crash between a renewal's two files) is written again, rather than
+	 * handed to the TLS library missing.
+	 */
+	if (d->backend == BACKEND_SOFT &&
+	    faccessat(fd, key_ref_name(d->backend, next), F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+	    errno == ENOENT) {
+		log_warnx("keystore: %s/%s was missing; written again", dir,
+		          key_ref_name(d->backend, next));
+		r = write_key_ref(fd, dir, d->id, next);
+		if (r < 0)
+			return r;
+	}
 	if (asprintf(&t->key_file, "%s/%s/%s", ks->dir, d->id, key_ref_name(d->backend, next)) <
 	    0) {
 		t->key_file = NULL;
@@ -1083,7 +1043,7 @@ load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 		r = read_file(fd, dir, "psk.enc", false, 2 * PSK_TEXT_MAX, &buf, &len);
 		if (r < 0)
 			return r;
-		r = psk_open(ks, d->id, buf, len, (uint8_t *)text, &tlen);
+		r = kspsk_open(ks->master, d->id, buf, len, (uint8_t *)text, &tlen);
 		free(buf);
 		if (r < 0) {
 			log_warnx(
@@ -1995,7 +1955,6 @@ keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 static int
 write_key_soft(int fd, const char *dir, const char *id, bool next)
 {
-	char ref[96];
 	EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, "provider=default", "EC", "P-256");
 	BIO *b = BIO_new(BIO_s_mem());
 	char *data;
@@ -2010,15 +1969,7 @@ write_key_soft(int fd, const char *dir, const char *id, bool next)
 	r = write_file_atomic(fd, dir, key_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
 	if (r < 0)
 		goto out;
-	/* The reference names the device; only this process's provider can follow it. */
-	(void)BIO_reset(b);
-	snprintf(ref, sizeof(ref), "%s%s", id, next ? NEXT_REF : "");
-	if (PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) <= 0) {
-		r = -EIO;
-		goto out;
-	}
-	len = BIO_get_mem_data(b, &data);
-	r = write_file_atomic(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
+	r = write_key_ref(fd, dir, id, next);
 out:
 	/* The mem BIO held the private key's PEM: clear it before it is freed. */
 	if (b && (len = BIO_get_mem_data(b, &data)) > 0)
@@ -2058,13 +2009,15 @@ write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool nex
 static int
 write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *d)
 {
-	uint8_t enc[PSK_MAGIC_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + PSK_TEXT_MAX];
+	uint8_t enc[KSPSK_OVERHEAD + PSK_TEXT_MAX];
 	char text[PSK_TEXT_MAX];
 	size_t len = psk_format(d, text, sizeof(text)), enclen;
 	int r;
 
 	if (ks->backend == BACKEND_TPM) {
-		r = psk_seal(ks, d->id, (const uint8_t *)text, len, enc, &enclen);
+		r = kspsk_seal(ks->master, d->id, (const uint8_t *)text, len, enc, &enclen);
+		if (r < 0)
+			log_openssl("keystore: cannot encrypt a PSK");
 		if (r == 0)
 			r = write_file_atomic(fd, dir, "psk.enc", enc, enclen, 0600);
 	} else {

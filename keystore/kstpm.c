@@ -4,6 +4,7 @@
 #include "metrics.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 
 #include <tss2/tss2_esys.h>
@@ -775,6 +777,33 @@ kstpm_key_from_der(const uint8_t *der, size_t len, struct kstpm_key **out,
 	return 0;
 }
 
+int
+kstpm_key_from_pem(const char *pem, size_t len, struct kstpm_key **out,
+                   uint8_t pub[KSTPM_P256_POINT_LEN])
+{
+	char *label = NULL, *header = NULL;
+	uint8_t *der = NULL;
+	long derlen = 0;
+	BIO *b;
+	int r;
+
+	*out = NULL;
+	if (len > INT_MAX)
+		return -EINVAL;
+	b = BIO_new_mem_buf(pem, (int)len);
+	if (!b || PEM_read_bio(b, &label, &header, &der, &derlen) != 1 ||
+	    strcmp(label, KSTPM_PEM_LABEL) != 0)
+		r = -EINVAL;
+	else
+		r = kstpm_key_from_der(der, (size_t)derlen, out, pub);
+	ERR_clear_error();
+	BIO_free(b);
+	OPENSSL_free(label);
+	OPENSSL_free(header);
+	OPENSSL_free(der);
+	return r;
+}
+
 void
 kstpm_key_free(struct kstpm_key *key)
 {
@@ -887,7 +916,7 @@ kstpm_create_key(struct kstpm *tpm, char **pem, uint8_t pub[KSTPM_P256_POINT_LEN
 	}
 	r = tpmkey_encode(tpm->parent_handle, opub, opriv, &der, &derlen);
 	if (r == 0)
-		r = pem_encode("TSS2 PRIVATE KEY", der, derlen, pem);
+		r = pem_encode(KSTPM_PEM_LABEL, der, derlen, pem);
 out:
 	free(der);
 	Esys_Free(opriv);

@@ -25,6 +25,8 @@
 #define KSTPM_DEFAULT_PARENT 0x81000001u
 #define KSTPM_P256_POINT_LEN 65 /* 0x04 || X || Y */
 #define KSTPM_SEAL_MAX       128
+/* The PEM label of a TPMKey file. */
+#define KSTPM_PEM_LABEL "TSS2 PRIVATE KEY"
 
 /* Bits of TPMA_OBJECT (TPM 2.0 Part 2, 8.3), for callers and tests that check a key. */
 #define KSTPM_ATTR_FIXED_TPM             0x00000002u
@@ -78,6 +80,12 @@ int kstpm_create_key(struct kstpm *tpm, char **pem, uint8_t pub[KSTPM_P256_POINT
  * Refuses anything but a loadable, password-less P-256 ECC signing key. pub may be NULL.
  */
 int kstpm_key_from_der(const uint8_t *der, size_t len, struct kstpm_key **out,
+                       uint8_t pub[KSTPM_P256_POINT_LEN]);
+/*
+ * The same from a key file's text: its first PEM block, which must carry KSTPM_PEM_LABEL
+ * (-EINVAL if there is none, or another label), as kstpm_key_from_der() otherwise.
+ */
+int kstpm_key_from_pem(const char *pem, size_t len, struct kstpm_key **out,
                        uint8_t pub[KSTPM_P256_POINT_LEN]);
 void kstpm_key_free(struct kstpm_key *key);
 /* The key's TPMA_OBJECT attributes, as stored in its public area. */

@@ -536,6 +536,52 @@ refuses_a_damaged_store(void **state)
 	assert_int_equal(keystore_open(&ks, &f->cfg), -EINVAL);
 }
 
+static size_t
+read_text(const char *path, char *buf, size_t max)
+{
+	FILE *fp = fopen(path, "r");
+	size_t n;
+
+	assert_non_null(fp);
+	n = fread(buf, 1, max - 1, fp);
+	buf[n] = '\0';
+	fclose(fp);
+	return n;
+}
+
+/*
+ * A soft key's reference (no secret: the device's id) lost by hand or damage is written again,
+ * not handed to the TLS library missing (found by tests/fuzz/fuzz-keystore.c).
+ */
+static void
+rewrites_a_lost_key_reference(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	char path[256], before[512], after[512];
+	const char *cert, *key;
+	struct stat st;
+	char *pem;
+
+	add(ks, "dev-a", NULL, NULL);
+	pem = certify(f, ks, "dev-a", -1, 30, true);
+	import_ok(ks, "dev-a", pem);
+	free(pem);
+	keystore_free(ks);
+	snprintf(path, sizeof(path), "%s/dev-a/keyref.pem", f->ks);
+	assert_true(read_text(path, before, sizeof(before)) > 0);
+	assert_int_equal(unlink(path), 0);
+
+	ks = open_ok(f);
+	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &key), 0);
+	assert_string_equal(key, path);
+	read_text(path, after, sizeof(after));
+	assert_string_equal(after, before);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	keystore_free(ks);
+}
+
 static void
 recovers_from_an_interrupted_add(void **state)
 {
@@ -760,6 +806,7 @@ main(void)
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_a_damaged_store, setup, teardown),
 	        cmocka_unit_test_setup_teardown(recovers_from_an_interrupted_add, setup, teardown),
+	        cmocka_unit_test_setup_teardown(rewrites_a_lost_key_reference, setup, teardown),
 	        cmocka_unit_test_setup_teardown(creates_a_missing_store_closed_to_others, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(renewal_switches_on_commit_and_survives_restarts,

@@ -901,6 +901,45 @@ forget_removes_a_device(void **state)
 	assert_string_equal(all, "b1");
 }
 
+/*
+ * A segment named at the top of the seq space, by damage or by hand: taken for the newest, its
+ * name wrapped the next seq around to below the records stored, and an append then reused a
+ * seq and was lost at the next start (found by tests/fuzz/fuzz-spool.c).
+ */
+static void
+names_at_the_top_never_wrap_seqs(void **state)
+{
+	struct fixture *f = *state;
+	char seg[PATH_MAX + 80], top[PATH_MAX + 80], all[256];
+
+	five_closed(f, seg, sizeof(seg));
+	/* The last name there can be: its records are read, and no seq is left for appends. */
+	seg_path(f, DEV, "fffffffffffffffe.seg", top, sizeof(top));
+	assert_int_equal(rename(seg, top), 0);
+	reopen(f);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 5);
+	assert_int_equal(try_put(f, DEV, "m6"), -EOVERFLOW);
+	assert_int_equal(spool_sync(f->sp), 0);
+	reopen(f);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 5);
+	assert_string_equal(all, "m1,m2,m3,m4,m5");
+
+	/* One past it is no name: the file is left alone, and appends go on from 1. */
+	spool_free(f->sp);
+	f->sp = NULL;
+	strcpy(seg, top);
+	seg_path(f, DEV, "ffffffffffffffff.seg", top, sizeof(top));
+	assert_int_equal(rename(seg, top), 0);
+	reopen(f);
+	assert_int_equal(spool_depth(f->sp, DEV, NULL), 0);
+	put(f, DEV, "m6");
+	assert_int_equal(spool_sync(f->sp), 0);
+	reopen(f);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 1);
+	assert_string_equal(all, "m6");
+	assert_int_equal(access(top, F_OK), 0);
+}
+
 int
 main(void)
 {
@@ -928,6 +967,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(invalid_device_ids_are_refused, setup, teardown),
 	        cmocka_unit_test_setup_teardown(files_are_private, setup, teardown),
 	        cmocka_unit_test_setup_teardown(forget_removes_a_device, setup, teardown),
+	        cmocka_unit_test_setup_teardown(names_at_the_top_never_wrap_seqs, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
