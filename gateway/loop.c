@@ -431,27 +431,36 @@ gw_loop_quit(struct gw_loop *loop, int status)
 }
 
 int
-gw_loop_run(struct gw_loop *loop)
+gw_loop_dispatch(struct gw_loop *loop, int timeout_ms)
 {
 	struct epoll_event evs[64];
+	int n = epoll_wait(loop->epfd, evs, 64, timeout_ms);
 
+	if (n < 0) {
+		if (errno == EINTR)
+			return 0;
+		log_warn("epoll_wait");
+		return -errno;
+	}
+	for (int i = 0; i < n && !loop->quit; i++) {
+		struct watch *w = evs[i].data.ptr;
+
+		if (w->fn)
+			w->fn(w->fd, evs[i].events, w->data);
+	}
+	graveyard_empty(loop);
+	return n;
+}
+
+int
+gw_loop_run(struct gw_loop *loop)
+{
 	loop->quit = false;
 	while (!loop->quit) {
-		int n = epoll_wait(loop->epfd, evs, 64, -1);
+		int r = gw_loop_dispatch(loop, -1);
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			log_warn("epoll_wait");
-			return -errno;
-		}
-		for (int i = 0; i < n && !loop->quit; i++) {
-			struct watch *w = evs[i].data.ptr;
-
-			if (w->fn)
-				w->fn(w->fd, evs[i].events, w->data);
-		}
-		graveyard_empty(loop);
+		if (r < 0)
+			return r;
 	}
 	return loop->status;
 }

@@ -22,6 +22,12 @@ void gw_loop_free(struct gw_loop *loop);
 /* Runs until gw_loop_quit(); returns the status passed to it, or -errno if epoll fails. */
 int gw_loop_run(struct gw_loop *loop);
 void gw_loop_quit(struct gw_loop *loop, int status);
+/*
+ * One round of gw_loop_run(): waits up to timeout_ms (-1: for ever) for events and runs
+ * what is ready. Returns how many were ready (0: none in time, or a signal interrupted the
+ * wait), or -errno. For tests that drive the loop step by step.
+ */
+int gw_loop_dispatch(struct gw_loop *loop, int timeout_ms);
 
 /* Watches fd for events (EPOLLIN, EPOLLOUT); the loop does not own fd. */
 int gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, void *data);

@@ -12,4 +12,5 @@ if [ -f "$dir/build.ninja" ]; then
 else
   meson setup "$dir" "$@" >/dev/null
 fi
-ninja -C "$dir" >/dev/null
+# --quiet: no progress lines, but a failing command and its errors are shown.
+ninja -C "$dir" --quiet

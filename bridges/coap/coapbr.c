@@ -64,7 +64,13 @@ struct sensor {
 	unsigned seen_next;
 	struct upload *upload;
 	bool connected; /* the handshake completed */
-	bool counted;   /* as a handshake that failed */
+	/*
+	 * Its DTLS session ended (closed by either side, or failed) and waits for libcoap to free
+	 * it. Nothing more goes to it: libcoap would take a message sent there for the start of
+	 * a DTLS handshake of its own, as a client, towards the sensor's port.
+	 */
+	bool closed;
+	bool counted; /* as a handshake that failed */
 	/* Its observation of the command resource (RFC 7641): notifications carry this token. */
 	bool observing;
 	uint8_t obs_token[8];
@@ -133,6 +139,7 @@ struct coapbr {
 	/* Pushes queued commands to observers after libcoap has sent what it is answering. */
 	struct gw_timer *push;
 	char *commands_path;
+	coap_resource_t *commands_resource; /* the one at commands_path */
 	struct sensor *graveyard;
 	/* libcoap copies the key it is handed; this is where it is handed from. */
 	uint8_t psk[KEYSTORE_PSK_MAX];
@@ -141,12 +148,19 @@ struct coapbr {
 	struct coapbr_request *requests;
 	struct sensor *sensors;
 	struct gw_timer *sweep;
-	coap_resource_t **routes; /* made for routes, this config's or an earlier one's */
-	size_t nroutes;
+	/* Every resource made, for this config's paths or an earlier one's (see find_resource()).
+	 */
+	coap_resource_t **resources;
+	size_t nresources;
 	struct coapbr_stats st;
 	/* The session psk_for_identity() refused last: its DTLS error is counted already. */
 	const coap_session_t *refused;
 	struct mismatch mismatches[MISMATCH_SLOTS];
+	/*
+	 * In coapbr_free(): libcoap fails the notifications still outstanding as it frees the
+	 * context, and on_nack() must not queue them again for a sensor that is gone.
+	 */
+	bool closing;
 };
 
 static const char *
@@ -303,6 +317,12 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		 */
 		coap_session_set_mtu(session, COAP_RXBUFFER_SIZE);
 		sensor_reset(sn);
+	} else if (sn->closed) {
+		/* A new session from the address of one that ended: libcoap reuses the object. */
+		sensor_reset(sn);
+		sn->connected = false;
+		sn->counted = false;
+		sn->closed = false;
 	} else if (sn->identity_len != identity->length ||
 	           memcmp(sn->identity, identity->s, identity->length) != 0) {
 		/*
@@ -359,6 +379,16 @@ count_unfinished(struct coapbr *br, const coap_session_t *session, struct sensor
 	}
 }
 
+/* The session ended: its observation with it (RFC 7641 section 3.6), and it is not counted. */
+static void
+sensor_closed(struct sensor *sn)
+{
+	if (sn) {
+		sn->closed = true;
+		sn->observing = false;
+	}
+}
+
 static int
 on_coap_event(coap_session_t *session, const coap_event_t event)
 {
@@ -402,9 +432,11 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 		else
 			log_info("sensor %s: DTLS handshake failed",
 			         remote_str(session, addr, sizeof(addr)));
+		sensor_closed(sn);
 		break;
 	case COAP_EVENT_DTLS_CLOSED:
 		count_unfinished(br, session, sn);
+		sensor_closed(sn);
 		if (device)
 			log_debug("%s: DTLS session from %s closed", device,
 			          remote_str(session, addr, sizeof(addr)));
@@ -607,8 +639,10 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		return;
 	}
 	if (!route) {
-		/* A route a reload took away (its resource stays, see add_routes()). */
-		coap_pdu_set_code(response, COAP_RESPONSE_CODE_NOT_FOUND);
+		/* The command resource now, or a route a reload took away (see find_resource()). */
+		coap_pdu_set_code(response, resource == br->commands_resource
+		                                    ? COAP_RESPONSE_CODE_NOT_ALLOWED
+		                                    : COAP_RESPONSE_CODE_NOT_FOUND);
 		return;
 	}
 	if (coap_pdu_get_type(request) == COAP_MESSAGE_CON &&
@@ -740,8 +774,14 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	struct cmdq_command *cmd;
 	bool con = coap_pdu_get_type(request) == COAP_MESSAGE_CON;
 
-	(void)resource;
 	(void)query;
+	if (resource != br->commands_resource) {
+		/* A route's path (POST and PUT only), or one a reload took away. */
+		coap_pdu_set_code(response, coap_resource_get_userdata(resource)
+		                                    ? COAP_RESPONSE_CODE_NOT_ALLOWED
+		                                    : COAP_RESPONSE_CODE_NOT_FOUND);
+		return;
+	}
 	if (!sn || !keystore_device_usable(br->ks, sn->device) ||
 	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len) ||
 	    !br->ops->may_read(sn->device, br->commands_path, br->data)) {
@@ -788,7 +828,7 @@ observer_of(struct coapbr *br, const char *device, struct sensor **out)
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 		coap_session_t *s;
 
-		if (!sn->observing || strcmp(sn->device, device) != 0)
+		if (!sn->observing || sn->closed || strcmp(sn->device, device) != 0)
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (s && coap_session_get_app_data(s) == sn) {
@@ -871,7 +911,8 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 	const uint8_t *data = NULL;
 	size_t len = 0;
 
-	if (!sn || !br->commands || !sent || coap_pdu_get_code(sent) != COAP_RESPONSE_CODE_CONTENT)
+	if (br->closing || !sn || !br->commands || !sent ||
+	    coap_pdu_get_code(sent) != COAP_RESPONSE_CODE_CONTENT)
 		return;
 	if (reason == COAP_NACK_RST)
 		sn->observing = false;
@@ -934,7 +975,7 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 		coap_session_t *s;
 
-		if (device && strcmp(sn->device, device) != 0)
+		if (sn->closed || (device && strcmp(sn->device, device) != 0))
 			continue;
 		if (stale_only &&
 		    keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len))
@@ -965,6 +1006,7 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 		log_info("%s: closing the DTLS session from %s", device,
 		         remote_str(s, addr, sizeof(addr)));
 		/* Sends close_notify and frees the TLS state; libcoap frees the session next. */
+		sensor_closed(sn);
 		coap_session_disconnected(s, COAP_NACK_NOT_DELIVERABLE);
 	}
 }
@@ -1084,13 +1126,29 @@ listen_address(const struct gwconf *conf, coap_address_t *addr)
 	return -EINVAL;
 }
 
-/* A resource at path (copied), in the context; NULL if out of memory. */
+/*
+ * The resource at path, made if there is none yet. A resource, once made, stays in the context
+ * for the life of br, whatever a reload makes of its path (a route, the command resource, or
+ * nothing): libcoap sends a deferred answer by dispatching its request again to the resource
+ * at the request's path, so one replaced or deleted under a request waiting for the router
+ * would answer it wrongly and leave it pending for ever. So every resource has every handler,
+ * and each handler asks what its path is now: a route (its userdata), the command resource
+ * (br->commands_resource), or neither. NULL if out of memory.
+ */
 static coap_resource_t *
-add_resource(struct coapbr *br, const char *path)
+find_resource(struct coapbr *br, const char *path)
 {
-	coap_str_const_t *p = coap_new_str_const((const uint8_t *)path, strlen(path));
-	coap_resource_t *r;
+	coap_str_const_t uri = {.s = (const uint8_t *)path, .length = strlen(path)};
+	coap_resource_t *r = coap_get_resource_from_uri_path(br->ctx, &uri), **all;
+	coap_str_const_t *p;
 
+	if (r)
+		return r;
+	all = reallocarray(br->resources, br->nresources + 1, sizeof(*all));
+	if (!all)
+		return NULL;
+	br->resources = all;
+	p = coap_new_str_const(uri.s, uri.length);
 	if (!p)
 		return NULL;
 	r = coap_resource_init(p, COAP_RESOURCE_FLAGS_RELEASE_URI);
@@ -1098,41 +1156,29 @@ add_resource(struct coapbr *br, const char *path)
 		coap_delete_str_const(p);
 		return NULL;
 	}
+	coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
+	coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
+	/*
+	 * Not observable in libcoap's sense: it would notify every observer for any one device's
+	 * command. handle_commands() keeps each sensor's observation instead.
+	 */
+	coap_register_request_handler(r, COAP_REQUEST_GET, handle_commands);
 	coap_add_resource(br->ctx, r);
+	br->resources[br->nresources++] = r;
 	return r;
 }
 
-/*
- * Serves conf's routes. A route's resource, once made, stays in the context for the life of
- * br: a reload that removes the route leaves it without userdata (answered 4.04), because a
- * deferred answer to a request on it is still to be sent through it.
- */
+/* Serves conf's routes; the resources of routes it no longer has answer 4.04. */
 static int
 add_routes(struct coapbr *br, const struct gwconf *conf)
 {
-	coap_resource_t *r;
-
-	for (size_t i = 0; i < br->nroutes; i++)
-		coap_resource_set_userdata(br->routes[i], NULL);
+	for (size_t i = 0; i < br->nresources; i++)
+		coap_resource_set_userdata(br->resources[i], NULL);
 	for (size_t i = 0; i < conf->nroutes; i++) {
-		const char *path = conf->routes[i].resource;
-		coap_str_const_t uri = {.s = (const uint8_t *)path, .length = strlen(path)};
+		coap_resource_t *r = find_resource(br, conf->routes[i].resource);
 
-		r = coap_get_resource_from_uri_path(br->ctx, &uri);
-		if (!r) {
-			coap_resource_t **routes =
-			        reallocarray(br->routes, br->nroutes + 1, sizeof(*routes));
-
-			if (!routes)
-				return -ENOMEM;
-			br->routes = routes;
-			r = add_resource(br, path);
-			if (!r)
-				return -ENOMEM;
-			br->routes[br->nroutes++] = r;
-			coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
-			coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
-		}
+		if (!r)
+			return -ENOMEM;
 		coap_resource_set_userdata(r, (void *)&conf->routes[i]);
 	}
 	return 0;
@@ -1163,40 +1209,13 @@ set_session_limits(struct coapbr *br, const struct gwconf *conf)
 	        br->ctx, (unsigned)(fleet > 100 ? (fleet < max ? fleet : max) : 100));
 }
 
-/*
- * A route resource kept from an earlier config whose path is now the command resource's:
- * libcoap replaces (frees) a resource added again under the same path, so it leaves br->routes
- * first.
- */
-static void
-forget_route(struct coapbr *br, const char *path)
-{
-	for (size_t i = 0; i < br->nroutes; i++) {
-		coap_str_const_t *uri = coap_resource_get_uri_path(br->routes[i]);
-
-		if (uri->length == strlen(path) && memcmp(uri->s, path, uri->length) == 0) {
-			br->routes[i] = br->routes[--br->nroutes];
-			return;
-		}
-	}
-}
-
 static int
 add_commands(struct coapbr *br)
 {
-	coap_resource_t *r;
-
 	if (!br->commands)
 		return 0;
-	/*
-	 * Not observable in libcoap's sense: it would notify every observer for any one device's
-	 * command. handle_commands() keeps each sensor's observation instead.
-	 */
-	r = add_resource(br, br->commands_path);
-	if (!r)
-		return -ENOMEM;
-	coap_register_request_handler(r, COAP_REQUEST_GET, handle_commands);
-	return 0;
+	br->commands_resource = find_resource(br, br->commands_path);
+	return br->commands_resource ? 0 : -ENOMEM;
 }
 
 void
@@ -1205,7 +1224,7 @@ coapbr_get_stats(const struct coapbr *br, struct coapbr_stats *st)
 	*st = br->st;
 	st->sessions = 0;
 	for (const struct sensor *sn = br->sensors; sn; sn = sn->next)
-		st->sessions += sn->connected;
+		st->sessions += sn->connected && !sn->closed;
 }
 
 unsigned
@@ -1214,7 +1233,7 @@ coapbr_device_sessions(const struct coapbr *br, const char *device)
 	unsigned n = 0;
 
 	for (const struct sensor *sn = br->sensors; sn; sn = sn->next)
-		n += sn->connected && sn->device && strcmp(sn->device, device) == 0;
+		n += sn->connected && !sn->closed && sn->device && strcmp(sn->device, device) == 0;
 	return n;
 }
 
@@ -1225,17 +1244,12 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 
 	if (br->commands && conf->downlink.resource &&
 	    strcmp(br->commands_path, conf->downlink.resource) != 0) {
-		coap_str_const_t uri = {.s = (const uint8_t *)br->commands_path,
-		                        .length = strlen(br->commands_path)};
 		char *path = strdup(conf->downlink.resource);
 
 		if (!path)
 			return -ENOMEM;
-		/* Answered at once, never deferred: nothing is still to go through it. */
-		coap_delete_resource(br->ctx, coap_get_resource_from_uri_path(br->ctx, &uri));
 		free(br->commands_path);
 		br->commands_path = path;
-		forget_route(br, path);
 		/* Observers of the old path: their observation ends with it (RFC 7641 3.6). */
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next)
 			sn->observing = false;
@@ -1368,13 +1382,14 @@ coapbr_free(struct coapbr *br)
 {
 	if (!br)
 		return;
-	gw_timer_free(br->sweep);
-	gw_timer_free(br->push);
 	if (br->fd >= 0)
 		gw_loop_del_fd(br->loop, br->fd);
+	br->closing = true;
 	/* Frees every pending async too (and sends nothing for them). */
 	if (br->ctx)
 		coap_free_context(br->ctx);
+	gw_timer_free(br->sweep);
+	gw_timer_free(br->push);
 	while (br->requests) {
 		struct coapbr_request *req = br->requests;
 
@@ -1390,7 +1405,7 @@ coapbr_free(struct coapbr *br)
 	}
 	bury_the_dead(br);
 	free(br->commands_path);
-	free(br->routes);
+	free(br->resources);
 	explicit_bzero(br->psk, sizeof(br->psk));
 	coap_cleanup();
 	free(br);
