@@ -516,7 +516,10 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 		r = keystore_device_set_attr(ks, req->argv[2], pair, eq + 1);
 		if (r < 0) {
 			fprintf(err, "cannot set %s on %s: %s\n", pair, req->argv[2],
-			        r == -ENOENT ? "no such device" : strerror(-r));
+			        r == -ENOENT  ? "no such device"
+			        : r == -EFBIG ? "its attributes would pass the 64 KiB a device "
+			                        "record may hold (remove some: NAME=)"
+			                      : strerror(-r));
 			free(pair);
 			return 1;
 		}

@@ -30,6 +30,8 @@
 #define MASTER_KEY_LEN   KSPSK_KEY_LEN
 #define REF_LABEL        "GATEWAYD KEY REFERENCE"
 #define TSS2_LABEL       KSTPM_PEM_LABEL
+/* Bytes of a device record file, read back whole at every start. */
+#define RECORD_MAX 65536
 
 enum backend { BACKEND_SOFT, BACKEND_TPM };
 
@@ -1083,7 +1085,7 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self)
 	fd = open_dir(ks->dirfd, id, dir);
 	if (fd < 0)
 		return fd;
-	r = read_file(fd, dir, "device", false, 65536, &text, &len);
+	r = read_file(fd, dir, "device", false, RECORD_MAX, &text, &len);
 	if (r == -ENOENT)
 		log_warnx("keystore: %s has no device record; remove the folder or add the device "
 		          "again with gwctl",
@@ -2558,7 +2560,11 @@ keystore_device_discard(struct keystore *ks, const char *id)
 	return d->next.key_file ? discard_next(ks, d) : 0;
 }
 
-/* Rewrites a device's record file from its in-memory state. */
+/*
+ * Rewrites a device's record file from its in-memory state. A record that would be larger
+ * than the store reads back is refused, not written: the device would be lost at the next
+ * start.
+ */
 static int
 save_record(struct keystore *ks, const struct ks_device *d)
 {
@@ -2567,6 +2573,13 @@ save_record(struct keystore *ks, const struct ks_device *d)
 
 	if (!text)
 		return -ENOMEM;
+	if (strlen(text) > RECORD_MAX) {
+		log_warnx("%s: its record would be %zu bytes, more than the %d a device may have: "
+		          "not changed (remove attributes with gwctl device set %s NAME=)",
+		          d->id, strlen(text), RECORD_MAX, d->id);
+		free(text);
+		return -EFBIG;
+	}
 	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
 	fd = open_dir(ks->dirfd, d->id, dir);
 	if (fd < 0) {

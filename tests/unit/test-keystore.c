@@ -440,6 +440,39 @@ states_and_attributes_persist(void **state)
 	keystore_free(ks);
 }
 
+/*
+ * Attributes past what a record may hold (64 KiB, read back whole at every start) are refused
+ * when set: written, they would have made the store refuse to open.
+ */
+static void
+attributes_stop_at_the_record_limit(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	char key[32], value[257];
+	int i, r = 0;
+
+	add(ks, "dev-a", NULL, NULL);
+	memset(value, 'v', sizeof(value) - 1);
+	value[sizeof(value) - 1] = '\0';
+	for (i = 0; i < 1000; i++) {
+		snprintf(key, sizeof(key), "a%04d", i);
+		r = keystore_device_set_attr(ks, "dev-a", key, value);
+		if (r < 0)
+			break;
+	}
+	assert_int_equal(r, -EFBIG);
+	assert_true(i > 200);
+	/* The refused one is not kept in memory either. */
+	assert_null(keystore_device_attr(ks, "dev-a", key));
+	assert_int_equal(keystore_device_attr_count(ks, "dev-a"), (size_t)i);
+	keystore_free(ks);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_attr_count(ks, "dev-a"), (size_t)i);
+	assert_true(keystore_device_usable(ks, "dev-a"));
+	keystore_free(ks);
+}
+
 static void
 rotation_keeps_the_old_key_for_its_grace_period(void **state)
 {
@@ -802,6 +835,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(removes_devices_for_good, setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_secrets_others_can_read, setup, teardown),
 	        cmocka_unit_test_setup_teardown(states_and_attributes_persist, setup, teardown),
+	        cmocka_unit_test_setup_teardown(attributes_stop_at_the_record_limit, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(rotation_keeps_the_old_key_for_its_grace_period,
 	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_a_damaged_store, setup, teardown),
