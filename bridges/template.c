@@ -186,6 +186,9 @@ tmpl_expand(const char *tmpl, const struct tmpl_vars *vars, char *out, size_t ou
 	}
 	if (n >= outlen)
 		return -ENOBUFS;
+	/* tmpl_check() keeps a literal '$' from the start; a value must not put one there. */
+	if (n > 0 && out[0] == '$')
+		return -EINVAL;
 	out[n] = '\0';
 	return (ssize_t)n;
 }

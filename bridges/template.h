@@ -30,7 +30,8 @@ int tmpl_check_filter(const char *tmpl, char *err, size_t errlen);
 /*
  * Writes the expanded, NUL-terminated topic to out. Returns its length, -ENOBUFS if out is
  * too small, or -EINVAL if a value would change the topic's structure (a wildcard; for an
- * attribute also a '/', which would add a level), or -ENOENT for an attribute that is unset.
+ * attribute also a '/', which would add a level) or start it with '$' (a broker's own topics,
+ * MQTT 3.1.1 section 4.7.2), or -ENOENT for an attribute that is unset.
  */
 ssize_t tmpl_expand(const char *tmpl, const struct tmpl_vars *vars, char *out, size_t outlen);
 

@@ -117,6 +117,9 @@ model_expand(const struct input *in, bool with_attr, char **out)
 		s = end + 1;
 	}
 	check(n < cap);
+	/* A value must not make it a broker's own topic. */
+	if (n > 0 && buf[0] == '$')
+		goto invalid;
 	buf[n] = '\0';
 	*out = buf;
 	return (ssize_t)n;

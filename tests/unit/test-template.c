@@ -73,6 +73,8 @@ lookup_attr(const char *name, size_t len, void *data)
 		return "lab-2";
 	if (len == 5 && strncmp(name, "shelf", len) == 0)
 		return "a/b";
+	if (len == 4 && strncmp(name, "tier", len) == 0)
+		return "$SYS";
 	return NULL;
 }
 
@@ -91,6 +93,9 @@ expands_attributes(void **state)
 	assert_int_equal(tmpl_expand("sites/${attr.room}", &with, out, sizeof(out)), -ENOENT);
 	assert_int_equal(tmpl_expand("sites/${attr.shelf}", &with, out, sizeof(out)), -EINVAL);
 	assert_int_equal(tmpl_expand("sites/${attr.site}", &vars, out, sizeof(out)), -ENOENT);
+	/* A topic that a value makes start with '$' would be the broker's own (MQTT 4.7.2). */
+	assert_int_equal(tmpl_expand("${attr.tier}/x", &with, out, sizeof(out)), -EINVAL);
+	assert_int_equal(tmpl_expand("x/${attr.tier}", &with, out, sizeof(out)), 6);
 }
 
 static void
