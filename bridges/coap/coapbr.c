@@ -22,8 +22,8 @@
 
 enum request_state {
 	REQ_IN_HANDLER, /* handle_uplink() is running and answers it itself */
-	REQ_ASYNC,      /* deferred: libcoap answers it when the async is triggered */
-	REQ_ORPHAN,     /* could not be deferred and was answered 5.00: only freed */
+	REQ_DEFERRED,   /* acknowledged; coapbr_complete() sends the separate response */
+	REQ_ORPHAN,     /* its session ended: nothing is sent, it is only freed */
 };
 
 /*
@@ -98,15 +98,26 @@ struct sensor {
 	struct sensor *prev, *next;
 };
 
+/*
+ * An uplink request waiting for the router. A deferred one holds a reference on its session
+ * (so the pointer stays valid) and what its separate response needs (RFC 7252 section 5.2.2).
+ * libcoap's own async requests are not used: libcoap answers one by dispatching a copy of the
+ * request again, through its Block1 handling and to whatever resource is at that path by then,
+ * and so could answer it without us, leaving the request pending and its async freed.
+ */
 struct coapbr_request {
 	struct coapbr *br;
 	coap_session_t *session;
 	enum request_state state;
-	coap_async_t *async;
 	bool done;
 	enum coapbr_status status;
 	unsigned max_age;
-	coap_mid_t mid; /* the request's, for struct seen */
+	coap_mid_t mid; /* the request's, for struct seen and its retransmissions */
+	bool con;
+	uint8_t token[8];
+	size_t token_len;
+	bool has_block1; /* the last block of an upload: the answer echoes its Block1 */
+	coap_block_t block1;
 	struct coapbr_request *prev, *next;
 };
 
@@ -379,10 +390,16 @@ count_unfinished(struct coapbr *br, const coap_session_t *session, struct sensor
 	}
 }
 
-/* The session ended: its observation with it (RFC 7641 section 3.6), and it is not counted. */
+static void orphan_requests(struct coapbr *br, const coap_session_t *session);
+
+/*
+ * The session ended: its observation with it (RFC 7641 section 3.6), its requests waiting for
+ * the router get no answer, and it is not counted.
+ */
 static void
-sensor_closed(struct sensor *sn)
+sensor_closed(struct coapbr *br, const coap_session_t *session, struct sensor *sn)
 {
+	orphan_requests(br, session);
 	if (sn) {
 		sn->closed = true;
 		sn->observing = false;
@@ -432,11 +449,11 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 		else
 			log_info("sensor %s: DTLS handshake failed",
 			         remote_str(session, addr, sizeof(addr)));
-		sensor_closed(sn);
+		sensor_closed(br, session, sn);
 		break;
 	case COAP_EVENT_DTLS_CLOSED:
 		count_unfinished(br, session, sn);
-		sensor_closed(sn);
+		sensor_closed(br, session, sn);
 		if (device)
 			log_debug("%s: DTLS session from %s closed", device,
 			          remote_str(session, addr, sizeof(addr)));
@@ -514,24 +531,36 @@ seen_add(struct sensor *sn, coap_mid_t mid, enum coapbr_status status, unsigned 
 }
 
 /*
- * Answers request and, for a CON, remembers the answer under mid: the request's message ID
- * as it arrived (libcoap gives a deferred request's copy a new one).
+ * Answers a request (con: a CON) and, for a CON, remembers the answer under mid, the request's
+ * message ID. block1: the request's Block1 option, or NULL.
  */
+static void
+answer_as(struct sensor *sn, bool con, const coap_block_t *block1, coap_mid_t mid,
+          coap_pdu_t *response, enum coapbr_status status, unsigned arg)
+{
+	uint8_t buf[4];
+
+	/* RFC 7959 section 2.3: the answer to the last block echoes its Block1 option. */
+	if (block1)
+		coap_add_option(
+		        response, COAP_OPTION_BLOCK1,
+		        coap_encode_var_safe(buf, sizeof(buf), (block1->num << 4) | block1->szx),
+		        buf);
+	respond(response, status, arg);
+	if (sn && con)
+		seen_add(sn, mid, status, arg);
+}
+
+/* Answers request as answer_as() does. */
 static void
 answer(struct sensor *sn, const coap_pdu_t *request, coap_mid_t mid, coap_pdu_t *response,
        enum coapbr_status status, unsigned arg)
 {
 	coap_block_t block;
-	uint8_t buf[4];
+	bool has_block1 = coap_get_block(request, COAP_OPTION_BLOCK1, &block);
 
-	/* RFC 7959 section 2.3: the answer to the last block echoes its Block1 option. */
-	if (coap_get_block(request, COAP_OPTION_BLOCK1, &block))
-		coap_add_option(
-		        response, COAP_OPTION_BLOCK1,
-		        coap_encode_var_safe(buf, sizeof(buf), (block.num << 4) | block.szx), buf);
-	respond(response, status, arg);
-	if (sn && coap_pdu_get_type(request) == COAP_MESSAGE_CON)
-		seen_add(sn, mid, status, arg);
+	answer_as(sn, coap_pdu_get_type(request) == COAP_MESSAGE_CON, has_block1 ? &block : NULL,
+	          mid, response, status, arg);
 }
 
 /*
@@ -597,6 +626,64 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 	return -1;
 }
 
+/* The deferred request of session with message ID mid, if one waits for the router. */
+static struct coapbr_request *
+pending_request(struct coapbr *br, const coap_session_t *session, coap_mid_t mid)
+{
+	for (struct coapbr_request *req = br->requests; req; req = req->next) {
+		if (req->session == session && req->mid == mid && req->state == REQ_DEFERRED)
+			return req;
+	}
+	return NULL;
+}
+
+static void
+request_free(struct coapbr_request *req)
+{
+	request_unlink(req);
+	if (req->state == REQ_DEFERRED)
+		coap_session_release(req->session);
+	free(req);
+}
+
+/*
+ * The session ended (or is being freed): its deferred requests will get no answer, and let go
+ * of it, so that libcoap can free it and take a new handshake from the same address. The
+ * router still completes them; they are then only freed.
+ */
+static void
+orphan_requests(struct coapbr *br, const coap_session_t *session)
+{
+	for (struct coapbr_request *req = br->requests; req; req = req->next) {
+		if (req->state == REQ_DEFERRED && (!session || req->session == session)) {
+			coap_session_release(req->session);
+			req->state = REQ_ORPHAN;
+		}
+	}
+}
+
+/* A deferred request's answer, as a separate response (RFC 7252 section 5.2.2). */
+static void
+send_separate(struct coapbr_request *req)
+{
+	struct sensor *sn = coap_session_get_app_data(req->session);
+	coap_pdu_t *pdu = coap_pdu_init(req->con ? COAP_MESSAGE_CON : COAP_MESSAGE_NON,
+	                                COAP_EMPTY_CODE, coap_new_message_id(req->session),
+	                                coap_session_max_pdu_size(req->session));
+
+	if (!pdu || !coap_add_token(pdu, req->token_len, req->token)) {
+		coap_delete_pdu(pdu);
+		log_warnx("%s: cannot make the answer to a request (out of memory?)",
+		          sn ? sn->device : "?");
+		return;
+	}
+	answer_as(sn, req->con, req->has_block1 ? &req->block1 : NULL, req->mid, pdu, req->status,
+	          req->max_age);
+	/* libcoap retransmits a CON until the sensor acknowledges it. */
+	if (coap_send(req->session, pdu) == COAP_INVALID_MID)
+		log_warnx("%s: cannot send the answer to a request", sn ? sn->device : "?");
+}
+
 static int
 content_format(const coap_pdu_t *pdu)
 {
@@ -611,11 +698,11 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
               const coap_string_t *query, coap_pdu_t *response)
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
-	coap_async_t *async = coap_find_async(session, coap_pdu_get_token(request));
 	struct sensor *sn = coap_session_get_app_data(session);
 	const char *device = sn ? sn->device : NULL;
 	const struct gwconf_route *route = coap_resource_get_userdata(resource);
 	const struct seen *seen;
+	coap_bin_const_t token = coap_pdu_get_token(request);
 	struct coapbr_request *req;
 	struct coapbr_uplink up;
 	coap_opt_iterator_t it;
@@ -625,14 +712,6 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	bool whole = false; /* payload is sn->upload's, put together from blocks */
 
 	(void)query;
-	if (async) {
-		/* Called again by libcoap after coapbr_complete() triggered the async. */
-		req = coap_async_get_app_data(async);
-		answer(sn, request, req->mid, response, req->status, req->max_age);
-		request_unlink(req);
-		free(req);
-		return;
-	}
 	if (!device) {
 		/* Not reachable over DTLS-PSK: psk_for_identity() sets it for every session. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_UNAUTHORIZED);
@@ -650,6 +729,11 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		log_debug("%s: CON 0x%04x again: answered as before, not forwarded again", device,
 		          (unsigned)coap_pdu_get_mid(request));
 		answer(sn, request, coap_pdu_get_mid(request), response, seen->status, seen->arg);
+		return;
+	}
+	if (coap_pdu_get_type(request) == COAP_MESSAGE_CON &&
+	    pending_request(br, session, coap_pdu_get_mid(request))) {
+		/* Still with the router: acknowledged again (empty), answered once it is known. */
 		return;
 	}
 	/*
@@ -709,20 +793,22 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		free(req);
 		return;
 	}
-	/*
-	 * Delay 0: wait for coapbr_complete(). libcoap acknowledges a CON with an empty ACK now
-	 * and answers a retransmission of it the same way, without calling us again.
-	 */
-	async = coap_register_async(session, request, 0);
-	if (!async) {
-		log_warnx("%s: cannot defer the response to a request (out of memory?)", device);
+	if (token.length > sizeof(req->token)) {
+		/* RFC 8974's longer tokens, which libcoap 4.3.1 does not parse anyway. */
 		req->state = REQ_ORPHAN;
 		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
 		return;
 	}
-	req->state = REQ_ASYNC;
-	req->async = async;
-	coap_async_set_app_data(async, req);
+	/*
+	 * Wait for coapbr_complete(). A response left without a code is sent by libcoap as an
+	 * empty ACK to a CON, and as nothing to a NON (RFC 7252 section 5.2.2).
+	 */
+	req->state = REQ_DEFERRED;
+	req->con = up.confirmable;
+	req->token_len = token.length;
+	memcpy(req->token, token.s, token.length);
+	req->has_block1 = coap_get_block(request, COAP_OPTION_BLOCK1, &req->block1);
+	coap_session_reference(session);
 }
 
 /* Seconds a command has left, for its Max-Age: the sensor may act on it until then. */
@@ -956,13 +1042,12 @@ coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned 
 	switch (req->state) {
 	case REQ_IN_HANDLER:
 		break;
-	case REQ_ASYNC:
-		/* Makes libcoap's fd readable; the loop then runs handle_uplink() for it. */
-		coap_async_trigger(req->async);
+	case REQ_DEFERRED:
+		send_separate(req);
+		request_free(req);
 		break;
 	case REQ_ORPHAN:
-		request_unlink(req);
-		free(req);
+		request_free(req);
 		break;
 	}
 }
@@ -983,30 +1068,11 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)
 			continue;
-		/*
-		 * Its deferred answers first: each holds a reference that would keep the session
-		 * half alive, unable to take a new handshake from the same address. The router
-		 * still completes those requests; they are then only freed.
-		 */
-		for (struct coapbr_request *req = br->requests; req; req = req->next) {
-			if (req->session == s && req->state == REQ_ASYNC) {
-				coap_free_async(s, req->async);
-				req->async = NULL;
-				req->state = REQ_ORPHAN;
-			}
-		}
-		/* Those already answered by the router will not hear from it again. */
-		for (struct coapbr_request *req = br->requests, *next; req; req = next) {
-			next = req->next;
-			if (req->session == s && req->state == REQ_ORPHAN && req->done) {
-				request_unlink(req);
-				free(req);
-			}
-		}
+		orphan_requests(br, s);
 		log_info("%s: closing the DTLS session from %s", device,
 		         remote_str(s, addr, sizeof(addr)));
 		/* Sends close_notify and frees the TLS state; libcoap frees the session next. */
-		sensor_closed(sn);
+		sensor_closed(br, s, sn);
 		coap_session_disconnected(s, COAP_NACK_NOT_DELIVERABLE);
 	}
 }
@@ -1385,7 +1451,8 @@ coapbr_free(struct coapbr *br)
 	if (br->fd >= 0)
 		gw_loop_del_fd(br->loop, br->fd);
 	br->closing = true;
-	/* Frees every pending async too (and sends nothing for them). */
+	/* Nothing is sent for requests still with the router; their sessions go. */
+	orphan_requests(br, NULL);
 	if (br->ctx)
 		coap_free_context(br->ctx);
 	gw_timer_free(br->sweep);
