@@ -231,9 +231,12 @@ expand_all(const struct input *in, bool with_attr, int check_r, int filter_r)
 	for (int i = 1; i < NFIELDS; i++)
 		clean = clean && (!in->f[i] || !strpbrk(in->f[i], "+#"));
 	clean = clean && (!in->f[ATTR] || !strchr(in->f[ATTR], '/'));
-	/* ... and none would start the topic with '$' (the model refuses that, see above). */
+	/*
+	 * ... and none would start the topic with '$' (the model refuses that, see above): none
+	 * starts with it, and none is empty (a literal '$' after it would then lead).
+	 */
 	for (int i = 1; i < NFIELDS; i++)
-		clean = clean && (!in->f[i] || in->f[i][0] != '$');
+		clean = clean && in->f[i] && in->f[i][0] && in->f[i][0] != '$';
 	/* A checked template with fit values expands, unless it names an unset attribute. */
 	if (check_r == 0 && clean)
 		check(m >= 0 || (m == -ENOENT && (!with_attr || !in->f[ATTR])));
