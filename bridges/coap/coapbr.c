@@ -1068,7 +1068,6 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)
 			continue;
-		orphan_requests(br, s);
 		log_info("%s: closing the DTLS session from %s", device,
 		         remote_str(s, addr, sizeof(addr)));
 		/* Sends close_notify and frees the TLS state; libcoap frees the session next. */
