@@ -627,6 +627,15 @@ seg_check(struct spool *sp, struct dev *d, size_t si, bool cut_tail, uint64_t wa
 			log_warn("spool: cut off the damaged tail of %s", what);
 		}
 	}
+	/*
+	 * Appends follow good data only. After damage that stays (a tail that could not be cut
+	 * off, a hole in the middle), a damaged header's length may claim bytes past the end;
+	 * a record appended there would, once more follows it, lie inside that claim, and
+	 * resync() jumps over the claim when a good record starts where it ends: the record
+	 * read before would be lost at the next scan. The next append starts a new segment.
+	 */
+	if (sc.nholes)
+		s->sealed = true;
 	free(s->holes);
 	s->holes = sc.holes;
 	s->nholes = sc.nholes;

@@ -604,6 +604,71 @@ payload_that_looks_like_a_record_is_not_one(void **state)
 	assert_int_equal(st.corrupt_records, 1);
 }
 
+/*
+ * A write torn by a power loss whose tail the next start could not cut off (ftruncate
+ * failed): the torn record's header, good, claims more bytes than the file then held, and
+ * appends went on after it. What was appended inside that claim must outlive later appends.
+ */
+static void
+record_inside_a_torn_ones_length_survives_appends(void **state)
+{
+	struct fixture *f = *state;
+	char probe[PATH_MAX + 8], names[4][32], seg[PATH_MAX + 80], big_seg[PATH_MAX + 80];
+	char all[256], big[200];
+	struct spool_limits lim = {0};
+	uint8_t file[1024];
+	struct spool_stats st;
+	uint64_t rs;
+	off_t torn;
+	int fd;
+
+	rs = five_closed(f, seg, sizeof(seg));
+
+	/* m4 as a larger record with the same seq, written by another spool. */
+	snprintf(probe, sizeof(probe), "%s/probe3", f->tmp);
+	assert_int_equal(spool_open(&f->sp, probe, &lim), 0);
+	spool_set_clock(f->sp, fake_clock);
+	for (int i = 1; i <= 3; i++)
+		put(f, DEV, "m0");
+	memset(big, 'b', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	assert_int_equal(put(f, DEV, big), 4);
+	assert_int_equal(spool_sync(f->sp), 0);
+	spool_free(f->sp);
+	f->sp = NULL;
+	assert_int_equal(segments_in(probe, DEV, names, 4), 1);
+	snprintf(big_seg, sizeof(big_seg), "%s/%s/%s", probe, DEV, names[0]);
+	torn = file_size(big_seg) - 4 * (off_t)rs;
+	assert_true(torn >= 40 && (size_t)(5 * rs + torn) <= sizeof(file));
+
+	/* m1 m2 m3, the large m4 cut short, m5: the large m4 claims up to the end of m5. */
+	fd = open(seg, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, file, 3 * rs, 0), (ssize_t)(3 * rs));
+	assert_int_equal(pread(fd, file + 3 * rs + torn, rs, 4 * (off_t)rs), (ssize_t)rs);
+	close(fd);
+	fd = open(big_seg, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, file + 3 * rs, (size_t)torn, 3 * (off_t)rs), torn);
+	close(fd);
+	fd = open(seg, O_WRONLY | O_TRUNC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, file, 4 * rs + torn), (ssize_t)(4 * rs + torn));
+	close(fd);
+
+	reopen(f);
+	spool_stats(f->sp, &st);
+	assert_int_equal(st.corrupt_records, 1);
+	assert_int_equal(st.corrupt_bytes, torn);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 4);
+	assert_string_equal(all, "m1,m2,m3,m5");
+	put(f, DEV, "m6");
+	assert_int_equal(spool_sync(f->sp), 0);
+	reopen(f);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 5);
+	assert_string_equal(all, "m1,m2,m3,m5,m6");
+}
+
 static void
 damage_found_while_running_is_skipped(void **state)
 {
@@ -956,6 +1021,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(payload_that_looks_like_a_record_is_not_one, setup,
 	                                        teardown),
+	        cmocka_unit_test_setup_teardown(record_inside_a_torn_ones_length_survives_appends,
+	                                        setup, teardown),
 	        cmocka_unit_test_setup_teardown(damage_found_while_running_is_skipped, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(full_device_refuses, setup, teardown),
