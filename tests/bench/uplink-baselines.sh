@@ -30,7 +30,7 @@
 # (durable) against coapsink-separate's plus mqttload's CPU per message (target <= 1.0 x);
 # the latency of a 100-byte append made durable, measured here by tests/tools/synclat in the
 # temp dir (the spool's file system) as the spool syncs a batch: fsync(2) of the one file, and
-# syncfs(2) after an append to each of N files (gateway/spool.c: syncfs for a batch of 4
+# syncfs(2) after an append to each of N files (gateway/data/spool.c: syncfs for a batch of 4
 # files or more on Linux 5.8 and later, else an fsync per file); and durable's added p99 at
 # half load against the sync's p99 + 2 ms (the syncfs one where the spool uses syncfs).
 #   tests/bench/uplink-baselines.sh [N] [T]
@@ -222,7 +222,7 @@ done
 
 # ---- DESIGN.md's targets as they stand ("Targets to keep in mind", uplink): ratios in this run.
 # The spool makes a batch of 4 files or more durable with one syncfs on Linux 5.8 and later
-# (gateway/spool.c, SYNCFS_FILES), else with an fsync per file: the target takes the one it uses.
+# (gateway/data/spool.c, SYNCFS_FILES), else with an fsync per file: the target takes the one it uses.
 IFS=. read -r kmaj kmin _ < <(uname -r)
 sync_name=fsync sync_p99=$fsync_p99
 if (((kmaj > 5 || (kmaj == 5 && kmin >= 8)) && n >= 4)); then

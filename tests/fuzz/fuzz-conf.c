@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for the config file (gateway/conf.c, conf-policy.c, and the profiles and
+ * libFuzzer harness for the config file (gateway/conf/conf.c, conf-policy.c, and the profiles and
  * topic templates it checks): the input is gateway.conf, loaded with gwconf_load() from a
  * private folder made once, which also holds the ca.pem the test fixtures name. Checked, as
  * conf.h promises: a load succeeds with a config and no errors, or fails with no config and

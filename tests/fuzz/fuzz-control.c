@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * libFuzzer harness for the control socket's request reader (control_parse_request() in
- * gateway/control.c): the input is what a client sent the daemon. Any local user the socket's
+ * gateway/ops/control.c): the input is what a client sent the daemon. Any local user the socket's
  * mode lets in can send anything, and the daemon (root) reads it as it arrives. Checked, as
  * control.h promises: a request it takes is framed exactly as control.h says (encoding its
  * words and input again gives the same bytes), its input points into the bytes read, its words

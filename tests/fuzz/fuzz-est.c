@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for what an EST server sends (gateway/est.c, read through est.h): the
+ * libFuzzer harness for what an EST server sends (gateway/lifecycle/est.c, read through est.h): the
  * input is at once a Retry-After value (up to its first NUL), a base64 body and, encoded as
  * the test EST server does (base64, a line break every 76 characters), the DER of a PKCS#7.
  * Checked, as est.h promises: Retry-After gives its delay-seconds up to a day and 0 for

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for gateway/spool.c's recovery: the segment scanner and the record reader
+ * libFuzzer harness for gateway/data/spool.c's recovery: the segment scanner and the record reader
  * on what a power loss, a failing SD card or a careless hand left in a spool folder. The input
  * becomes the files of up to two devices in a private spool folder; the spool is opened as
  * gatewayd opens it at start (every segment scanned, damage counted, a torn tail cut off) and

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for bridges/template: topic templates come from the config, and the values
+ * libFuzzer harness for gateway/conf/template.c: topic templates come from the config, and the values
  * put into them from outside (device ids, CoAP Uri-Paths, attributes set with gwctl). The input
  * is NUL-separated fields: the template, then ${device}, ${path}, ${gateway} and the value
  * every ${attr.NAME} gets (a missing field: an unset value, or an unset attribute). The

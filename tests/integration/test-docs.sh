@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The documentation matches the program, and `meson install` puts everything in its place:
-#  - every key the parser accepts (the known[] lists of gateway/conf.c and conf-policy.c) is
+#  - every key the parser accepts (the known[] lists of gateway/conf/conf.c and conf-policy.c) is
 #    in configs/gateway.conf and in docs/gateway.conf.5, each in its own group; where the
 #    parser's default is a literal, both state that default;
 #  - groff formats each man page without a warning, and man-db finds its NAME line;
@@ -16,7 +16,7 @@ source "$(dirname "$0")/lib.sh"
 : "${GW_PREFIX:?}" "${GW_BINDIR:?}" "${GW_SBINDIR:?}" "${GW_SYSCONFDIR:?}" "${GW_DATADIR:?}"
 : "${GW_MANDIR:?}"
 src=$(cd "$(dirname "$0")/../.." && pwd)
-conf_c=("$src/gateway/conf.c" "$src/gateway/conf-policy.c")
+conf_c=("$src/gateway/conf/conf.c" "$src/gateway/conf/conf-policy.c")
 example=$src/configs/gateway.conf
 page=$src/docs/gateway.conf.5
 pages=("$src/docs/gateway.conf.5" "$src/docs/gatewayd.8" "$src/docs/gwctl.1")

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * synclat: how long a small append takes to become durable on the file system of DIR, the
- * sync the spool waits for before a durable reading is answered (gateway/spool.c). Each round
+ * sync the spool waits for before a durable reading is answered (gateway/data/spool.c). Each round
  * appends SIZE bytes (default 100) at the end of each of F files (default 1) in DIR, as
  * spool_append() does (pwrite at the file's end, no preallocation), then makes them durable
  * by MODE, and is timed from the first write to the sync's return:

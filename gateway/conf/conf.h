@@ -41,7 +41,7 @@ enum gwconf_profile {
 
 struct gwconf_route {
 	char *resource; /* CoAP Uri-Path served, "a/b" */
-	char *topic;    /* template, see bridges/template.h */
+	char *topic;    /* template, see gateway/conf/template.h */
 	int qos_con;    /* QoS of what arrives in a confirmable request */
 	int qos_non;    /* ... and in a non-confirmable one */
 	enum gwconf_ctype content_type;
@@ -116,7 +116,7 @@ struct gwconf {
 		int rejected_retry;       /* seconds between tries of a device the broker refused */
 		int tls_session_lifetime; /* seconds a TLS session may be resumed; 0: never */
 		enum gwconf_profile profile;
-		char *client_id; /* template, see bridges/template.h */
+		char *client_id; /* template, see gateway/conf/template.h */
 		char *username;  /* template; NULL: no user name is sent */
 		char **alpn;     /* ALPN protocols offered, in order */
 		size_t nalpn;
