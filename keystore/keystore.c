@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "keystore.h"
+#include "atomicfile.h"
 #include "conf.h"
+#include "enc.h"
 #include "kspsk.h"
 #include "kstpm.h"
 #include "log.h"
@@ -228,51 +230,6 @@ fsync_dir(int dirfd, const char *dir)
 	return 0;
 }
 
-/* Writes name in dirfd so that a crash leaves either the old or the new content. */
-static int
-write_file_atomic(int dirfd, const char *dir, const char *name, const void *data, size_t len,
-                  mode_t mode)
-{
-	char tmp[128];
-	const uint8_t *p = data;
-	int fd, r = 0;
-
-	if (snprintf(tmp, sizeof(tmp), ".%s.tmp", name) >= (int)sizeof(tmp))
-		return -ENAMETOOLONG;
-	unlinkat(dirfd, tmp, 0);
-	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-	if (fd < 0) {
-		r = -errno;
-		log_warn("keystore: create %s/%s", dir, tmp);
-		return r;
-	}
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			r = -errno;
-			break;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	if (r == 0 && fsync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
-		r = -errno;
-	if (r < 0) {
-		errno = -r;
-		log_warn("keystore: write %s/%s", dir, name);
-		unlinkat(dirfd, tmp, 0);
-		return r;
-	}
-	return fsync_dir(dirfd, dir);
-}
-
 /* A folder holding secrets: ours, and closed to group and others. */
 static int
 check_private_dir(int fd, const char *path)
@@ -339,48 +296,18 @@ remove_tree(int at, const char *name)
 
 /* ---- encodings ---- */
 
-static int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = (char)tolower((unsigned char)c);
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-/* Parses hex (whitespace around it ignored) into out; returns the length or -EINVAL. */
+/* A key line's hex (whitespace around it ignored) into out: its length, or -EINVAL. */
 static ssize_t
-hex_decode(const char *hex, uint8_t *out, size_t max)
+unhex_trimmed(const char *s, uint8_t *out, size_t max)
 {
-	size_t n = 0;
+	size_t len;
 
-	while (isspace((unsigned char)*hex))
-		hex++;
-	while (hex[0] && !isspace((unsigned char)hex[0])) {
-		int hi = hex_value(hex[0]), lo = hex[1] ? hex_value(hex[1]) : -1;
-
-		if (hi < 0 || lo < 0 || n == max)
-			return -EINVAL;
-		out[n++] = (uint8_t)(hi << 4 | lo);
-		hex += 2;
-	}
-	while (isspace((unsigned char)*hex))
-		hex++;
-	return *hex ? -EINVAL : (ssize_t)n;
-}
-
-static void
-hex_encode(const uint8_t *in, size_t len, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < len; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * len] = '\0';
+	while (isspace((unsigned char)*s))
+		s++;
+	len = strlen(s);
+	while (len && isspace((unsigned char)s[len - 1]))
+		len--;
+	return enc_unhex(s, len, out, max);
 }
 
 /* len random letters and digits, by rejection sampling so each is equally likely. */
@@ -517,7 +444,7 @@ load_master(struct keystore *ks)
 	r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_seal, &j);
 	if (r < 0)
 		return r;
-	r = write_file_atomic(ks->dirfd, ks->dir, "master.sealed", blob, bloblen, 0600);
+	r = atomic_write(ks->dirfd, ks->dir, "master.sealed", blob, bloblen, 0600);
 	free(blob);
 	if (r == 0)
 		log_info("keystore: new master key sealed to the TPM");
@@ -840,8 +767,8 @@ write_key_ref(int fd, const char *dir, const char *id, bool next)
 	if (b &&
 	    PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) > 0) {
 		len = BIO_get_mem_data(b, &data);
-		r = write_file_atomic(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len,
-		                      0600);
+		r = atomic_write(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len,
+		                 0600);
 	}
 	BIO_free(b);
 	return r;
@@ -988,7 +915,7 @@ psk_parse(struct ks_device *d, char *text, const char *dir)
 				goto bad;
 			strcpy(p->identity, eq);
 		} else if (strcmp(name, "key") == 0) {
-			n = hex_decode(eq, p->key, sizeof(p->key));
+			n = unhex_trimmed(eq, p->key, sizeof(p->key));
 			/* RFC 7925 section 4.2 asks for PSKs of at least 128 bits. */
 			if (n < KEYSTORE_PSK_MIN)
 				goto bad;
@@ -1021,10 +948,10 @@ psk_format(const struct ks_device *d, char *buf, size_t len)
 	char hex[2 * KEYSTORE_PSK_MAX + 1];
 	int n;
 
-	hex_encode(d->psk.key, d->psk.len, hex);
+	enc_hex(hex, d->psk.key, d->psk.len);
 	n = snprintf(buf, len, "identity=%s\nkey=%s\n", d->psk.identity, hex);
 	if (d->prev.identity[0]) {
-		hex_encode(d->prev.key, d->prev.len, hex);
+		enc_hex(hex, d->prev.key, d->prev.len);
 		n += snprintf(buf + n, len - (size_t)n,
 		              "prev_identity=%s\nprev_key=%s\nprev_until=%lld\n", d->prev.identity,
 		              hex, (long long)d->prev_until);
@@ -1901,7 +1828,7 @@ keystore_tpm_op_name(enum keystore_tpm_op op)
 	return names[op];
 }
 
-const struct metrics_histogram *
+const struct histogram *
 keystore_tpm_latency(const struct keystore *ks, enum keystore_tpm_op op)
 {
 	static const enum kstpm_op ops[KEYSTORE_TPM_OPS] = {
@@ -1968,7 +1895,7 @@ write_key_soft(int fd, const char *dir, const char *id, bool next)
 		goto out;
 	}
 	len = BIO_get_mem_data(b, &data);
-	r = write_file_atomic(fd, dir, key_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
+	r = atomic_write(fd, dir, key_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
 	if (r < 0)
 		goto out;
 	r = write_key_ref(fd, dir, id, next);
@@ -1991,7 +1918,7 @@ write_key_tpm(struct keystore *ks, int fd, const char *dir, bool next, enum tpmq
 
 	if (r < 0)
 		return r;
-	r = write_file_atomic(fd, dir, key_name(BACKEND_TPM, next), pem, strlen(pem), 0600);
+	r = atomic_write(fd, dir, key_name(BACKEND_TPM, next), pem, strlen(pem), 0600);
 	free(pem);
 	return r;
 }
@@ -2021,9 +1948,9 @@ write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *
 		if (r < 0)
 			log_openssl("keystore: cannot encrypt a PSK");
 		if (r == 0)
-			r = write_file_atomic(fd, dir, "psk.enc", enc, enclen, 0600);
+			r = atomic_write(fd, dir, "psk.enc", enc, enclen, 0600);
 	} else {
-		r = write_file_atomic(fd, dir, "psk.key", text, len, 0600);
+		r = atomic_write(fd, dir, "psk.key", text, len, 0600);
 	}
 	explicit_bzero(text, sizeof(text));
 	explicit_bzero(enc, sizeof(enc));
@@ -2089,7 +2016,7 @@ create_entry(struct keystore *ks, const struct ks_device *rec)
 		r = -ENOMEM;
 		goto out;
 	}
-	r = write_file_atomic(fd, dir, "device", text, strlen(text), 0600);
+	r = atomic_write(fd, dir, "device", text, strlen(text), 0600);
 	if (r < 0)
 		goto out;
 	if (renameat(ks->dirfd, tmp, ks->dirfd, rec->id) < 0) {
@@ -2413,7 +2340,7 @@ install_cert(struct keystore *ks, struct ks_device *d, bool next, const char *pe
 		r = fd;
 		goto out;
 	}
-	r = write_file_atomic(fd, dir, name, data, (size_t)len, 0644);
+	r = atomic_write(fd, dir, name, data, (size_t)len, 0644);
 	if (r < 0)
 		goto out;
 	if (!t->cert_file && asprintf(&t->cert_file, "%s/%s", dir, name) < 0) {
@@ -2586,7 +2513,7 @@ save_record(struct keystore *ks, const struct ks_device *d)
 		free(text);
 		return fd;
 	}
-	r = write_file_atomic(fd, dir, "device", text, strlen(text), 0600);
+	r = atomic_write(fd, dir, "device", text, strlen(text), 0600);
 	close(fd);
 	free(text);
 	return r;

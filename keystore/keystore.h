@@ -250,9 +250,8 @@ enum keystore_tpm_op {
 	KEYSTORE_TPM_OPS
 };
 const char *keystore_tpm_op_name(enum keystore_tpm_op op);
-struct metrics_histogram;
-const struct metrics_histogram *keystore_tpm_latency(const struct keystore *ks,
-                                                     enum keystore_tpm_op op);
+struct histogram;
+const struct histogram *keystore_tpm_latency(const struct keystore *ks, enum keystore_tpm_op op);
 
 /*
  * Whether the keystore's TPM answers now: one TPM2_GetRandom on the worker, at ADMIN priority,

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "kstpm.h"
+#include "histogram.h"
 #include "log.h"
-#include "metrics.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -73,7 +73,7 @@ struct kstpm {
 		atomic_uint_fast64_t commands, signs, sign_ns, retries;
 	} stats;
 	/* TPM time per operation, lock waits excluded; observed under lock, read without. */
-	struct metrics_histogram latency[KSTPM_OPS];
+	struct histogram latency[KSTPM_OPS];
 };
 
 struct kstpm_key {
@@ -901,7 +901,7 @@ kstpm_create_key(struct kstpm *tpm, char **pem, uint8_t pub[KSTPM_P256_POINT_LEN
 			r = create_locked(tpm, &sens, &device_key_template,
 			                  "creating a device key (TPM2_Create)", &opriv, &opub);
 	} while (once_more(tpm, r, &pass));
-	metrics_histogram_observe(&tpm->latency[KSTPM_OP_CREATE], (double)(now_ns() - t0) / 1e9);
+	histogram_observe(&tpm->latency[KSTPM_OP_CREATE], (double)(now_ns() - t0) / 1e9);
 	pthread_mutex_unlock(&tpm->lock);
 	if (r < 0)
 		goto out;
@@ -1079,7 +1079,7 @@ kstpm_sign(struct kstpm *tpm, const struct kstpm_key *key, const uint8_t *digest
 			r = sign_locked(tpm, key, &d, &scheme, &out);
 	} while (once_more(tpm, r, &pass));
 	atomic_fetch_add_explicit(&tpm->stats.sign_ns, now_ns() - t0, memory_order_relaxed);
-	metrics_histogram_observe(&tpm->latency[KSTPM_OP_SIGN], (double)(now_ns() - t0) / 1e9);
+	histogram_observe(&tpm->latency[KSTPM_OP_SIGN], (double)(now_ns() - t0) / 1e9);
 	if (r == 0)
 		atomic_fetch_add_explicit(&tpm->stats.signs, 1, memory_order_relaxed);
 	pthread_mutex_unlock(&tpm->lock);
@@ -1124,7 +1124,7 @@ kstpm_seal(struct kstpm *tpm, const uint8_t *secret, size_t len, uint8_t **blob,
 			r = create_locked(tpm, &sens, &seal_template, "sealing (TPM2_Create)",
 			                  &opriv, &opub);
 	} while (once_more(tpm, r, &pass));
-	metrics_histogram_observe(&tpm->latency[KSTPM_OP_SEAL], (double)(now_ns() - t0) / 1e9);
+	histogram_observe(&tpm->latency[KSTPM_OP_SEAL], (double)(now_ns() - t0) / 1e9);
 	pthread_mutex_unlock(&tpm->lock);
 	explicit_bzero(&sens, sizeof(sens));
 	if (r < 0)
@@ -1202,7 +1202,7 @@ kstpm_unseal(struct kstpm *tpm, const uint8_t *blob, size_t bloblen, uint8_t *se
 		if (r == 0)
 			r = unseal_locked(tpm, &pub, &priv, &data);
 	} while (once_more(tpm, r, &pass));
-	metrics_histogram_observe(&tpm->latency[KSTPM_OP_UNSEAL], (double)(now_ns() - t0) / 1e9);
+	histogram_observe(&tpm->latency[KSTPM_OP_UNSEAL], (double)(now_ns() - t0) / 1e9);
 	pthread_mutex_unlock(&tpm->lock);
 
 	if (r == 0 && data->size > KSTPM_SEAL_MAX) {
@@ -1221,7 +1221,7 @@ kstpm_unseal(struct kstpm *tpm, const uint8_t *blob, size_t bloblen, uint8_t *se
 	return r;
 }
 
-const struct metrics_histogram *
+const struct histogram *
 kstpm_latency(const struct kstpm *tpm, enum kstpm_op op)
 {
 	return &tpm->latency[op];

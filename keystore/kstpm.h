@@ -38,13 +38,13 @@
 
 struct kstpm;
 struct kstpm_key;
-struct metrics_histogram;
+struct histogram;
 
 /* The operations whose TPM time is kept as a latency histogram (for metrics). */
 enum kstpm_op { KSTPM_OP_SIGN, KSTPM_OP_CREATE, KSTPM_OP_SEAL, KSTPM_OP_UNSEAL, KSTPM_OPS };
 
 /* TPM time of each op so far (load + sign + flush for a signature); read from any thread. */
-const struct metrics_histogram *kstpm_latency(const struct kstpm *tpm, enum kstpm_op op);
+const struct histogram *kstpm_latency(const struct kstpm *tpm, enum kstpm_op op);
 
 /*
  * Whether the TPM answers now: one TPM2_GetRandom. 0, -EBUSY if another command holds the TPM

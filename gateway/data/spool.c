@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "spool.h"
+#include "atomicfile.h"
 #include "conf.h"
 #include "log.h"
 
@@ -47,7 +48,7 @@ static const uint8_t rec_magic[4] = {0xab, 'G', 'S', 'R'};
 
 /* The acked file: magic AB 47 53 41, version u32, acked u64, next seq u64, CRC-32C of 0..23. */
 #define ACK_FILE "acked"
-#define ACK_TMP  ".acked.tmp"
+#define ACK_TMP  ".acked.tmp" /* atomic_stage()'s name for it */
 #define ACK_LEN  28
 static const uint8_t ack_magic[4] = {0xab, 'G', 'S', 'A'};
 
@@ -905,53 +906,40 @@ load_acked(struct spool *sp, struct dev *d, uint64_t *next)
 	*next = get64(b + 16);
 }
 
-/* Writes the acknowledged position to ACK_TMP, fsync'd if sync (else by the caller's syncfs). */
+/* The folder's path, for messages. */
+static void
+dev_path(const struct spool *sp, const struct dev *d, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s", sp->dir, d->id);
+}
+
+/* Writes the acknowledged position aside, fsync'd if sync (else by the caller's syncfs). */
 static int
 ack_write_tmp(struct spool *sp, struct dev *d, bool sync)
 {
+	char path[PATH_MAX];
 	uint8_t b[ACK_LEN];
-	int fd, r = 0;
 
 	memcpy(b, ack_magic, sizeof(ack_magic));
 	put32(b + 4, 1);
 	put64(b + 8, d->acked);
 	put64(b + 16, d->next_seq);
 	put32(b + 24, crc32c(0, b, 24));
-	fd = openat(d->dirfd, ACK_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		r = -errno;
-		log_warn("spool: create %s/%s/" ACK_TMP, sp->dir, d->id);
-		return r;
-	}
-	errno = 0;
-	if (write(fd, b, sizeof(b)) != (ssize_t)sizeof(b))
-		r = errno ? -errno : -EIO;
-	if (r == 0 && sync && fsync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r < 0) {
-		errno = -r;
-		log_warn("spool: write %s/%s/" ACK_TMP, sp->dir, d->id);
-		unlinkat(d->dirfd, ACK_TMP, 0);
-	}
-	return r;
+	dev_path(sp, d, path, sizeof(path));
+	return atomic_stage(d->dirfd, path, ACK_FILE, b, sizeof(b), 0600, sync);
 }
 
-/* Puts ACK_TMP, durable by now, in place of ACK_FILE; the folder is then to be synced. */
+/* Puts the position written aside, durable by now, in place; the folder is then to be synced. */
 static int
 ack_install(struct spool *sp, struct dev *d)
 {
-	int r = 0;
+	char path[PATH_MAX];
+	int r;
 
-	if (renameat(d->dirfd, ACK_TMP, d->dirfd, ACK_FILE) < 0)
-		r = -errno;
-	if (r < 0) {
-		errno = -r;
-		log_warn("spool: write %s/%s/" ACK_FILE, sp->dir, d->id);
-		unlinkat(d->dirfd, ACK_TMP, 0);
+	dev_path(sp, d, path, sizeof(path));
+	r = atomic_install(d->dirfd, path, ACK_FILE);
+	if (r < 0)
 		return r;
-	}
 	d->acked_saved = d->acked;
 	d->dir_dirty = true;
 	return 0;
@@ -1012,7 +1000,7 @@ dev_load(struct spool *sp, const char *id, struct dev **out)
 
 		if (strcmp(de->d_name, ACK_TMP) == 0) {
 			/* A crash during save_acked(): the acked file is the old one, whole. */
-			unlinkat(d->dirfd, ACK_TMP, 0);
+			atomic_discard(d->dirfd, ACK_FILE);
 			continue;
 		}
 		if (!seg_parse_name(de->d_name, &name))
@@ -1709,7 +1697,7 @@ checkpoint_all(struct spool *sp)
 	if (r < 0) {
 		for (size_t i = 0; i < sp->ndevs; i++) {
 			if (pending[i])
-				unlinkat(sp->devs[i]->dirfd, ACK_TMP, 0);
+				atomic_discard(sp->devs[i]->dirfd, ACK_FILE);
 		}
 		free(pending);
 		return r;

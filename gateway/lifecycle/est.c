@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "est.h"
+#include "enc.h"
 #include "log.h"
 #include "loop.h"
 
@@ -47,46 +48,6 @@ struct est_request {
 	char why[64]; /* our own reason to abort, which curl's words would hide */
 };
 
-/* ---- encodings ---- */
-
-unsigned char *
-est_base64_decode(const char *in, size_t inlen, size_t *outlen)
-{
-	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-	                               "0123456789+/";
-	char *compact = malloc(inlen + 1);
-	unsigned char *out;
-	size_t n = 0, pad;
-	int len;
-
-	if (!compact)
-		return NULL;
-	for (size_t i = 0; i < inlen; i++) {
-		if (!isspace((unsigned char)in[i]))
-			compact[n++] = in[i];
-	}
-	compact[n] = '\0';
-	/*
-	 * The alphabet, then "=" or "==" (RFC 4648 section 4). EVP_DecodeBlock() takes a '='
-	 * anywhere as six zero bits ("AB=D" gave 3 bytes, "====" a length of -1) and drops any
-	 * '-' at the end.
-	 */
-	pad = n >= 2 && compact[n - 1] == '=' ? 1 + (compact[n - 2] == '=') : 0;
-	out = n % 4 == 0 && n > 0 && strspn(compact, alphabet) == n - pad ? malloc(n / 4 * 3)
-	                                                                  : NULL;
-	len = out ? EVP_DecodeBlock(out, (unsigned char *)compact, (int)n) : -1;
-	if (len < 0) {
-		free(out);
-		free(compact);
-		return NULL;
-	}
-	/* EVP_DecodeBlock() counts the padding as zero bytes. */
-	len -= (int)pad;
-	free(compact);
-	*outlen = (size_t)len;
-	return out;
-}
-
 /* A PEM request as base64 DER, the body RFC 7030 section 4.2.1 asks for; malloc'd. */
 static char *
 csr_body(const char *csr_pem)
@@ -97,8 +58,8 @@ csr_body(const char *csr_pem)
 	char *out = NULL;
 	int len = req ? i2d_X509_REQ(req, &der) : -1;
 
-	if (len > 0 && (out = malloc((size_t)(len + 2) / 3 * 4 + 1)))
-		EVP_EncodeBlock((unsigned char *)out, der, len);
+	if (len > 0)
+		out = enc_base64(der, (size_t)len);
 	OPENSSL_free(der);
 	X509_REQ_free(req);
 	BIO_free(b);
@@ -128,7 +89,7 @@ char *
 est_certs_only(const char *body, size_t len)
 {
 	size_t derlen;
-	unsigned char *der = est_base64_decode(body, len, &derlen);
+	unsigned char *der = enc_unbase64(body, len, &derlen);
 	const unsigned char *p = der;
 	PKCS7 *p7 = der ? d2i_PKCS7(NULL, &p, (long)derlen) : NULL;
 	char *pem = NULL;

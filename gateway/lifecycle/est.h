@@ -65,11 +65,6 @@ int est_chain(const char *certs, const char *pool, char **chain);
  */
 
 /*
- * Base64 with line breaks or not (RFC 8951 section 3.2): the bytes inside, malloc'd, their
- * number in *outlen; NULL if in is not base64.
- */
-unsigned char *est_base64_decode(const char *in, size_t inlen, size_t *outlen);
-/*
  * The certificates of a base64 certs-only PKCS#7 body (RFC 7030 section 4.1.3) as PEM, in its
  * order, malloc'd; NULL if the body is not one or holds no certificate.
  */

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "admin.h"
+#include "enc.h"
 #include "keystore.h"
 #include "log.h"
 
 #include <ctype.h>
-#include <openssl/evp.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -29,30 +29,11 @@ format_expiry(time_t t, char *buf, size_t len)
 		snprintf(buf, len, "-");
 }
 
-/* Parses hex into buf; -EINVAL unless it is an even number of hex digits that fits. */
-static ssize_t
-parse_hex(const char *s, uint8_t *buf, size_t max)
-{
-	size_t n = strlen(s);
-
-	if (n % 2 || n / 2 > max)
-		return -EINVAL;
-	for (size_t i = 0; i < n; i += 2) {
-		unsigned v;
-
-		if (!isxdigit((unsigned char)s[i]) || !isxdigit((unsigned char)s[i + 1]) ||
-		    sscanf(s + i, "%2x", &v) != 1)
-			return -EINVAL;
-		buf[i / 2] = (uint8_t)v;
-	}
-	return (ssize_t)(n / 2);
-}
-
 /* --psk-key HEX: the key a sensor already has, for add and pair. */
 static ssize_t
 parse_psk_option(const char *hex, uint8_t *key, FILE *err)
 {
-	ssize_t n = parse_hex(hex, key, KEYSTORE_PSK_MAX);
+	ssize_t n = enc_unhex(hex, strlen(hex), key, KEYSTORE_PSK_MAX);
 
 	if (n < KEYSTORE_PSK_MIN) {
 		fprintf(err, "--psk-key must be %d to %d bytes as hex digits\n", KEYSTORE_PSK_MIN,
@@ -70,7 +51,7 @@ parse_psk_option(const char *hex, uint8_t *key, FILE *err)
 static void
 print_psk(FILE *out, const char *identity, const uint8_t *psk, size_t len)
 {
-	unsigned char b64[4 * ((KEYSTORE_PSK_MAX + 2) / 3) + 1];
+	char hex[2 * KEYSTORE_PSK_MAX + 1], *b64;
 	bool printable = true;
 
 	fprintf(out, "psk-identity: %s\n", identity);
@@ -78,12 +59,12 @@ print_psk(FILE *out, const char *identity, const uint8_t *psk, size_t len)
 		printable = printable && isgraph(psk[i]);
 	if (printable)
 		fprintf(out, "psk-key: %.*s\n", (int)len, psk);
-	fprintf(out, "psk-key-hex: ");
-	for (size_t i = 0; i < len; i++)
-		fprintf(out, "%02x", psk[i]);
-	EVP_EncodeBlock(b64, psk, (int)len);
-	fprintf(out, "\npsk-key-base64: %s\n", b64);
-	explicit_bzero(b64, sizeof(b64));
+	enc_hex(hex, psk, len);
+	b64 = enc_base64(psk, len);
+	fprintf(out, "psk-key-hex: %s\npsk-key-base64: %s\n", hex, b64);
+	explicit_bzero(hex, sizeof(hex));
+	explicit_bzero(b64, strlen(b64));
+	free(b64);
 }
 
 static int

@@ -31,8 +31,6 @@ struct metrics_writer {
 	enum metrics_type type;
 };
 
-static const double latency_bounds[METRICS_LATENCY_NBOUNDS] = METRICS_LATENCY_BOUNDS;
-
 static const char *const type_names[] = {
         [METRICS_COUNTER] = "counter",
         [METRICS_GAUGE] = "gauge",
@@ -442,48 +440,21 @@ metrics_gauge(struct metrics_writer *w, const struct metrics_label *labels, doub
 
 /* ---- the latency histogram ---- */
 
-/*
- * C11 atomics rather than a mutex: an observation is two relaxed fetch-adds, so the TPM worker
- * timing a signature never waits for the loop thread's write-out, and a zeroed struct needs no
- * init or destroy. The price is that a write-out is not one instant: _sum may count an
- * observation landing during it that the buckets do not, or the reverse. The _count is the sum
- * of the buckets as read, so _count always equals the +Inf bucket, which histogram_quantile()
- * relies on; _sum is right again on the next scrape.
- */
-void
-metrics_histogram_observe(struct metrics_histogram *h, double seconds)
-{
-	size_t i = 0;
-	uint64_t ns;
-
-	if (isnan(seconds))
-		return;
-	if (seconds < 0)
-		seconds = 0;
-	while (i < METRICS_LATENCY_NBOUNDS && seconds > latency_bounds[i])
-		i++;
-	/* Capped at ~31 years so that the conversion stays defined. */
-	ns = seconds < 1e18 / 1e9 ? (uint64_t)(seconds * 1e9 + 0.5) : (uint64_t)1e18;
-	atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
-}
-
 void
 metrics_histogram_write(struct metrics_writer *w, const struct metrics_label *labels,
-                        const struct metrics_histogram *h)
+                        const struct histogram *h)
 {
-	uint64_t counts[METRICS_LATENCY_NBOUNDS + 1], cumulative = 0, sum_ns;
+	uint64_t counts[HISTOGRAM_NBOUNDS + 1], cumulative = 0, sum_ns;
 	char le[32], num[32];
 
 	if (!sample_allowed(w, "_bucket"))
 		return;
-	for (size_t i = 0; i <= METRICS_LATENCY_NBOUNDS; i++)
-		counts[i] = atomic_load_explicit(&h->counts[i], memory_order_relaxed);
-	sum_ns = atomic_load_explicit(&h->sum_ns, memory_order_relaxed);
-	for (size_t i = 0; i <= METRICS_LATENCY_NBOUNDS; i++) {
+	/* _count is the sum of the buckets as read: always equal to the +Inf bucket. */
+	histogram_read(h, counts, &sum_ns);
+	for (size_t i = 0; i <= HISTOGRAM_NBOUNDS; i++) {
 		cumulative += counts[i];
-		if (i < METRICS_LATENCY_NBOUNDS)
-			format_double(le, sizeof(le), latency_bounds[i]);
+		if (i < HISTOGRAM_NBOUNDS)
+			format_double(le, sizeof(le), histogram_bounds[i]);
 		else
 			format_double(le, sizeof(le), INFINITY);
 		snprintf(num, sizeof(num), "%" PRIu64, cumulative);

@@ -2,9 +2,10 @@
 #ifndef GW_METRICS_H
 #define GW_METRICS_H
 
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "histogram.h"
 
 /*
  * Metrics in the Prometheus text exposition format, version 0.0.4
@@ -70,37 +71,12 @@ void metrics_counter(struct metrics_writer *w, const struct metrics_label *label
 void metrics_gauge(struct metrics_writer *w, const struct metrics_label *labels, double value);
 
 /*
- * A latency histogram with fixed buckets suited to TPM operations: swtpm signs in ~1 ms, real
- * chips in 17 to 70 ms, and a reconnect storm queues signatures behind one another for
- * seconds (DESIGN.md 4). Upper bounds, in seconds: METRICS_LATENCY_BOUNDS, then +Inf.
- *
- * The members are public only so that a histogram can be a static or embedded object with no
- * setup: a zeroed struct is an empty histogram. Touch them only through the functions below.
- * observe() is lock-free (C11 atomics) and may be called from any thread, e.g. the TPM worker's
- * while it signs through the keystore, concurrently with a write-out on the loop thread.
- */
-#define METRICS_LATENCY_BOUNDS                                                                     \
-	{                                                                                          \
-		0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5          \
-	}
-#define METRICS_LATENCY_NBOUNDS 12
-
-struct metrics_histogram {
-	/* Per bucket, not cumulative; the last one is (2.5 s, +Inf). */
-	_Atomic uint64_t counts[METRICS_LATENCY_NBOUNDS + 1];
-	/* The sum in nanoseconds: an integer add cannot lose an update, a double CAS loop could. */
-	_Atomic uint64_t sum_ns;
-};
-
-/* Records one duration in seconds; NaN is ignored, negative counts as 0. Any thread. */
-void metrics_histogram_observe(struct metrics_histogram *h, double seconds);
-/*
  * Writes h as the current family's samples (the family must be METRICS_HISTOGRAM):
  * cumulative "_bucket" lines with an "le" label, up to le="+Inf", then "_sum" (seconds) and
  * "_count". labels must not contain "le".
  */
 void metrics_histogram_write(struct metrics_writer *w, const struct metrics_label *labels,
-                             const struct metrics_histogram *h);
+                             const struct histogram *h);
 
 /* ---- The HTTP endpoint ---- */
 

@@ -407,7 +407,7 @@ daemon_collect(struct metrics_writer *w, void *data)
 	metrics_family(w, "gatewayd_tpm_operation_duration_seconds", METRICS_HISTOGRAM,
 	               "Time the TPM took per operation (waits for the TPM excluded).");
 	for (int op = 0; op < KEYSTORE_TPM_OPS; op++) {
-		const struct metrics_histogram *h = keystore_tpm_latency(d->ks, op);
+		const struct histogram *h = keystore_tpm_latency(d->ks, op);
 
 		if (h)
 			metrics_histogram_write(w, METRICS_LABELS({"op", keystore_tpm_op_name(op)}),

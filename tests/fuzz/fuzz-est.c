@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for what an EST server sends (gateway/lifecycle/est.c, read through est.h): the
- * input is at once a Retry-After value (up to its first NUL), a base64 body and, encoded as
- * the test EST server does (base64, a line break every 76 characters), the DER of a PKCS#7.
+ * libFuzzer harness for what an EST server sends (gateway/lifecycle/est.c through est.h,
+ * base64 through gateway/base/enc.h): the input is at once a Retry-After value (up to its
+ * first NUL), a base64 body and, encoded as the test EST server does (base64, a line break
+ * every 76 characters), the DER of a PKCS#7.
  * Checked, as est.h promises: Retry-After gives its delay-seconds up to a day and 0 for
  * anything else; base64 decodes to exactly the bytes it encodes, and is refused otherwise;
  * a certs-only body gives exactly the certificates of its PKCS#7 (as OpenSSL reads the same
@@ -25,6 +26,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "enc.h"
 #include "est.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -111,7 +113,7 @@ base64_text(const uint8_t *data, size_t size)
 	for (size_t i = 0; valid && i < n - pad; i++)
 		valid = b64_symbol(compact[i]);
 
-	out = est_base64_decode((const char *)data, size, &outlen);
+	out = enc_unbase64((const char *)data, size, &outlen);
 	check(!out == !valid);
 	if (out) {
 		check(outlen == n / 4 * 3 - pad);
@@ -239,7 +241,7 @@ body_text(const uint8_t *data, size_t size)
 
 	if (!pem)
 		return;
-	der = est_base64_decode((const char *)data, size, &n);
+	der = enc_unbase64((const char *)data, size, &n);
 	check(der);
 	free(der);
 	sk_X509_pop_free(answer_certs(pem), X509_free);
@@ -261,7 +263,7 @@ body_der(const uint8_t *data, size_t size)
 	size_t n = 0;
 
 	ERR_clear_error();
-	der = est_base64_decode(text, strlen(text), &n);
+	der = enc_unbase64(text, strlen(text), &n);
 	check(!der == (size == 0));
 	check(n == size && (size == 0 || memcmp(der, data, size) == 0));
 	free(der);

@@ -117,7 +117,7 @@ label_values_are_escaped(void **state)
 static void
 misuse_fails_the_writer(void **state)
 {
-	struct metrics_histogram h = {0};
+	struct histogram h = {0};
 	struct metrics_writer *w;
 	size_t len_before, len;
 
@@ -184,17 +184,17 @@ misuse_fails_the_writer(void **state)
 static void
 histogram_buckets_are_cumulative(void **state)
 {
-	struct metrics_histogram h = {0}, empty = {0};
+	struct histogram h = {0}, empty = {0};
 	struct metrics_writer *w = writer();
 
 	(void)state;
-	metrics_histogram_observe(&h, 0.0001);
-	metrics_histogram_observe(&h, 0.0005); /* on a bound: le is "less or equal" */
-	metrics_histogram_observe(&h, -1);     /* counts as 0 */
-	metrics_histogram_observe(&h, 0.003);
-	metrics_histogram_observe(&h, 0.02);
-	metrics_histogram_observe(&h, 3.0);
-	metrics_histogram_observe(&h, NAN); /* ignored */
+	histogram_observe(&h, 0.0001);
+	histogram_observe(&h, 0.0005); /* on a bound: le is "less or equal" */
+	histogram_observe(&h, -1);     /* counts as 0 */
+	histogram_observe(&h, 0.003);
+	histogram_observe(&h, 0.02);
+	histogram_observe(&h, 3.0);
+	histogram_observe(&h, NAN); /* ignored */
 	metrics_family(w, "gw_tpm_seconds", METRICS_HISTOGRAM, "TPM operation latency.");
 	metrics_histogram_write(w, METRICS_LABELS({"op", "sign"}), &h);
 	metrics_histogram_write(w, METRICS_LABELS({"op", "load"}), &empty);
@@ -241,10 +241,10 @@ static atomic_int observers_done;
 static void *
 observe_many(void *arg)
 {
-	struct metrics_histogram *h = arg;
+	struct histogram *h = arg;
 
 	for (int i = 0; i < OBSERVATIONS; i++)
-		metrics_histogram_observe(h, i % 2 ? 0.1 : 0.001);
+		histogram_observe(h, i % 2 ? 0.1 : 0.001);
 	atomic_fetch_add(&observers_done, 1);
 	return NULL;
 }
@@ -262,7 +262,7 @@ value_after(const char *text, const char *series)
 static void
 concurrent_observations_all_count(void **state)
 {
-	static struct metrics_histogram h;
+	static struct histogram h;
 	pthread_t th[2];
 	struct metrics_writer *w;
 	const char *text;
