@@ -2,6 +2,7 @@
 #include "keystore.h"
 #include "atomicfile.h"
 #include "conf.h"
+#include "device.h"
 #include "enc.h"
 #include "kspsk.h"
 #include "kstpm.h"
@@ -1196,7 +1197,7 @@ load_devices(struct keystore *ks)
 				break;
 			continue;
 		}
-		if (!gwconf_valid_id(de->d_name)) {
+		if (!device_id_valid(de->d_name)) {
 			log_warnx(
 			        "keystore: ignoring %s/%s: not a valid device id (1 to 64 letters, "
 			        "digits, '.', '_' or '-', starting with a letter or digit)",
@@ -1289,7 +1290,7 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 			goto fail;
 		if (suffix)
 			*suffix = '\0';
-		if (!gwconf_valid_id(id) && strcmp(id, GATEWAY_DIR) != 0)
+		if (!device_id_valid(id) && strcmp(id, GATEWAY_DIR) != 0)
 			goto fail;
 		/* A valid id has no '/' or "..": it names a folder of the store, nothing else. */
 		fd = openat(ks->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -2045,7 +2046,7 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 	const char *ident = psk_identity ? psk_identity : id;
 	int r;
 
-	if (!gwconf_valid_id(id)) {
+	if (!device_id_valid(id)) {
 		log_warnx("device id \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
 		          "starting with a letter or digit",
 		          id);
@@ -2590,7 +2591,7 @@ int
 keystore_check_attr(const char *key, const char *value, char *why, size_t len)
 {
 	/* Attribute names follow the rule of ids: plain, and safe in templates and files. */
-	if (!gwconf_valid_id(key)) {
+	if (!device_id_valid(key)) {
 		snprintf(why, len,
 		         "attribute name \"%.64s\" must be 1 to 64 letters, digits, '.', '_' or "
 		         "'-', "

@@ -3,7 +3,8 @@
 #define GW_CONF_PARSE_H
 
 /*
- * Internal to the config parser, shared by its files (conf.c, conf-policy.c): the readers
+ * Internal to the config parser, shared by its files (conf.c, conf-policy.c; the readers in
+ * conf-parse.c): the readers
  * that turn libconfig settings into values and report every problem as "FILE:LINE: message".
  * Not for the rest of the daemon, which sees only the validated struct gwconf.
  */
@@ -33,8 +34,8 @@ struct conf_names {
 	int *line;
 };
 
-/* Room for n names; false when out of memory (reported). */
-bool conf_names_init(struct parse *p, struct conf_names *names, size_t n);
+/* Room for n names. */
+void conf_names_init(struct conf_names *names, size_t n);
 /* The line where name was first defined, or 0 after recording it as defined at line. */
 int conf_names_add(struct conf_names *names, const char *name, int line);
 void conf_names_finish(struct conf_names *names);
@@ -44,6 +45,9 @@ size_t conf_edit_distance(const char *a, const char *b);
 /* Adds "FILE:LINE: message" for where (NULL: the file without a line). */
 void __attribute__((format(printf, 3, 4)))
 conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...);
+/* As conf_report(), at a line of a file before libconfig has read it. */
+void __attribute__((format(printf, 4, 5)))
+conf_report_at(struct parse *p, const char *file, int lineno, const char *fmt, ...);
 /* Reports every member of group whose name is not in known (NULL-terminated), with a
  * did-you-mean for near misses. where names the group in the message. */
 void conf_check_keys(struct parse *p, const config_setting_t *group, const char *where,

@@ -5,7 +5,9 @@
  */
 #include "conf.h"
 #include "conf-parse.h"
+#include "device.h"
 #include "policy.h"
+#include "xalloc.h"
 
 #include <ctype.h>
 #include <stdint.h>
@@ -51,11 +53,7 @@ get_strings(struct parse *p, const config_setting_t *g, const char *gname, const
 	len = config_setting_length(s);
 	if (len == 0)
 		return s;
-	*out = calloc((size_t)len, sizeof(**out));
-	if (!*out) {
-		conf_report(p, s, "out of memory");
-		return NULL;
-	}
+	*out = xcalloc((size_t)len, sizeof(**out));
 	*n = (size_t)len;
 	for (int i = 0; i < len; i++) {
 		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
@@ -63,8 +61,8 @@ get_strings(struct parse *p, const config_setting_t *g, const char *gname, const
 
 		if (!v)
 			conf_report(p, e, "'%s.%s' must hold strings in double quotes", gname, key);
-		else if (!((*out)[i] = strdup(v)))
-			conf_report(p, e, "out of memory");
+		else
+			(*out)[i] = xstrdup(v);
 	}
 	return s;
 }
@@ -94,7 +92,7 @@ check_var(struct parse *p, const config_setting_t *where, const char *r, const c
 	if (len > 5 && len - 5 < sizeof(name) && memcmp(v, "attr.", 5) == 0) {
 		memcpy(name, v + 5, len - 5);
 		name[len - 5] = '\0';
-		if (gwconf_valid_id(name))
+		if (device_id_valid(name))
 			return end + 1;
 	}
 	conf_report(p, where,
@@ -236,7 +234,7 @@ parse_condition(struct parse *p, const config_setting_t *g, struct gwconf_condit
 	}
 	conf_check_keys(p, g, "a condition", known);
 	c->attribute = conf_string(p, g, "condition", "attribute", NULL);
-	if (c->attribute && !gwconf_valid_id(c->attribute))
+	if (c->attribute && !device_id_valid(c->attribute))
 		conf_report(p, config_setting_get_member(g, "attribute"),
 		            "'condition.attribute' \"%s\" is not an attribute name (1 to 64 "
 		            "letters, digits, '.', '_' or '-', starting with a letter or digit)",
@@ -273,11 +271,7 @@ parse_conditions(struct parse *p, const config_setting_t *g, struct gwconf_state
 	n = config_setting_length(cs);
 	if (n == 0)
 		return;
-	st->conditions = calloc((size_t)n, sizeof(*st->conditions));
-	if (!st->conditions) {
-		conf_report(p, cs, "out of memory");
-		return;
-	}
+	st->conditions = xcalloc((size_t)n, sizeof(*st->conditions));
 	st->nconditions = (size_t)n;
 	for (int i = 0; i < n; i++)
 		parse_condition(p, config_setting_get_elem(cs, (unsigned)i), &st->conditions[i]);
@@ -300,7 +294,7 @@ parse_statement(struct parse *p, const config_setting_t *g, struct gwconf_statem
 	}
 	conf_check_keys(p, g, "a policy statement", known);
 	file = config_setting_source_file(g);
-	st->file = strdup(file ? file : p->path);
+	st->file = xstrdup(file ? file : p->path);
 	st->line = config_setting_source_line(g);
 	effect = conf_string(p, g, "statement", "effect", NULL);
 	if (effect && strcmp(effect, "deny") == 0)
@@ -363,7 +357,7 @@ parse_policy(struct parse *p, const config_setting_t *g, struct gwconf *c, size_
 	for (size_t i = 0; i < pol->ndevices; i++) {
 		const char *d = pol->devices[i];
 
-		if (d && strcmp(d, "*") != 0 && !gwconf_valid_id(d))
+		if (d && strcmp(d, "*") != 0 && !device_id_valid(d))
 			conf_report(
 			        p, elem(devs, i),
 			        "'policy.devices' \"%s\" is neither \"*\" nor a device id (1 to 64 "
@@ -375,7 +369,7 @@ parse_policy(struct parse *p, const config_setting_t *g, struct gwconf *c, size_
 	attach_ok = attach_ok && (groups || !config_setting_get_member(g, "groups"));
 	for (size_t i = 0; i < pol->ngroups; i++) {
 		/* A device lists its groups in one attribute, "a, b": no ',' in a name. */
-		if (pol->groups[i] && !gwconf_valid_id(pol->groups[i]))
+		if (pol->groups[i] && !device_id_valid(pol->groups[i]))
 			conf_report(p, elem(groups, i),
 			            "'policy.groups' \"%s\" is not a group name (1 to 64 letters, "
 			            "digits, '.', '_' or '-', starting with a letter or digit)",
@@ -406,11 +400,7 @@ parse_policy(struct parse *p, const config_setting_t *g, struct gwconf *c, size_
 		conf_report(p, sts, "'policy.statements' is empty: the policy would allow nothing");
 		return;
 	}
-	pol->statements = calloc((size_t)n, sizeof(*pol->statements));
-	if (!pol->statements) {
-		conf_report(p, sts, "out of memory");
-		return;
-	}
+	pol->statements = xcalloc((size_t)n, sizeof(*pol->statements));
 	pol->nstatements = (size_t)n;
 	for (int i = 0; i < n; i++)
 		parse_statement(p, config_setting_get_elem(sts, (unsigned)i), &pol->statements[i]);
@@ -441,14 +431,9 @@ conf_parse_policies(struct parse *p, const config_setting_t *root)
 		            "the list, everything is allowed)");
 		return;
 	}
-	c->policies = calloc((size_t)n, sizeof(*c->policies));
-	if (!c->policies) {
-		conf_report(p, ps, "out of memory");
-		return;
-	}
+	c->policies = xcalloc((size_t)n, sizeof(*c->policies));
 	c->npolicies = (size_t)n;
-	if (!conf_names_init(p, &names, (size_t)n))
-		return;
+	conf_names_init(&names, (size_t)n);
 	for (int i = 0; i < n; i++)
 		parse_policy(p, config_setting_get_elem(ps, (unsigned)i), c, (size_t)i, &names);
 	conf_names_finish(&names);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "conf.h"
 #include "conf-parse.h"
+#include "device.h"
 #include "profile.h"
 #include "template.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -16,272 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Adds "FILE:LINE: message" (lineno 0: "FILE: message"), if fewer than the kept are there. */
-static void
-add_error(struct parse *p, const char *file, int lineno, const char *fmt, va_list ap)
-{
-	char msg[512], *line;
-
-	p->errs->total++;
-	if (p->errs->count >= GWCONF_ERRORS_KEPT)
-		return;
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	if (lineno > 0) {
-		if (asprintf(&line, "%s:%d: %s", file, lineno, msg) < 0)
-			return;
-	} else if (asprintf(&line, "%s: %s", file, msg) < 0) {
-		return;
-	}
-	/* One error per line (conf.h): any control byte in a value, a line break too, is '?'. */
-	for (char *s = line; *s; s++) {
-		if (iscntrl((unsigned char)*s))
-			*s = '?';
-	}
-	if (!p->errs->lines) {
-		p->errs->lines = calloc(GWCONF_ERRORS_KEPT, sizeof(*p->errs->lines));
-		if (!p->errs->lines) {
-			free(line);
-			return;
-		}
-	}
-	p->errs->lines[p->errs->count++] = line;
-}
-
-void __attribute__((format(printf, 3, 4)))
-conf_report(struct parse *p, const config_setting_t *where, const char *fmt, ...)
-{
-	const char *file = p->path;
-	int lineno = 0;
-	va_list ap;
-
-	if (where) {
-		lineno = config_setting_source_line(where);
-		if (config_setting_source_file(where))
-			file = config_setting_source_file(where);
-	}
-	va_start(ap, fmt);
-	add_error(p, file, lineno, fmt, ap);
-	va_end(ap);
-}
-
-/* As conf_report(), at a line of a file before libconfig has read it. */
-static void __attribute__((format(printf, 4, 5)))
-conf_report_at(struct parse *p, const char *file, int lineno, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	add_error(p, file, lineno, fmt, ap);
-	va_end(ap);
-}
-
-bool
-conf_names_init(struct parse *p, struct conf_names *names, size_t n)
-{
-	size_t cap = 16;
-
-	while (cap < 2 * n)
-		cap *= 2;
-	*names = (struct conf_names){.cap = cap,
-	                             .name = calloc(cap, sizeof(*names->name)),
-	                             .line = calloc(cap, sizeof(*names->line))};
-	if (!names->name || !names->line) {
-		conf_names_finish(names);
-		conf_report(p, NULL, "out of memory");
-		return false;
-	}
-	return true;
-}
-
-int
-conf_names_add(struct conf_names *names, const char *name, int line)
-{
-	size_t h = 14695981039346656037u; /* FNV-1a */
-
-	for (const char *c = name; *c; c++)
-		h = (h ^ (unsigned char)*c) * 1099511628211u;
-	/* Linear probing; never full (init sized it to twice the entries). */
-	for (size_t i = h & (names->cap - 1);; i = (i + 1) & (names->cap - 1)) {
-		if (!names->name[i]) {
-			names->name[i] = name;
-			names->line[i] = line > 0 ? line : 1;
-			return 0;
-		}
-		if (strcmp(names->name[i], name) == 0)
-			return names->line[i];
-	}
-}
-
-void
-conf_names_finish(struct conf_names *names)
-{
-	free(names->name);
-	free(names->line);
-	*names = (struct conf_names){0};
-}
-
-size_t
-conf_edit_distance(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b), row[64];
-
-	if (lb >= sizeof(row) / sizeof(row[0]))
-		return SIZE_MAX;
-	for (size_t j = 0; j <= lb; j++)
-		row[j] = j;
-	for (size_t i = 1; i <= la; i++) {
-		size_t diag = row[0];
-
-		row[0] = i;
-		for (size_t j = 1; j <= lb; j++) {
-			size_t up = row[j];
-			size_t best = diag + (tolower((unsigned char)a[i - 1]) !=
-			                      tolower((unsigned char)b[j - 1]));
-
-			if (up + 1 < best)
-				best = up + 1;
-			if (row[j - 1] + 1 < best)
-				best = row[j - 1] + 1;
-			row[j] = best;
-			diag = up;
-		}
-	}
-	return row[lb];
-}
-
-/* Reports every member of group whose name is not in known (a NULL-terminated list). */
-void
-conf_check_keys(struct parse *p, const config_setting_t *group, const char *where,
-                const char *const *known)
-{
-	int n = config_setting_length(group);
-
-	for (int i = 0; i < n; i++) {
-		const config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
-		const char *name = config_setting_name(s), *best = NULL;
-		size_t best_d = 3; /* suggest only near misses */
-		bool found = false;
-
-		for (const char *const *k = known; *k; k++) {
-			size_t d = conf_edit_distance(name, *k);
-
-			if (d == 0) {
-				found = true;
-				break;
-			}
-			if (d < best_d) {
-				best_d = d;
-				best = *k;
-			}
-		}
-		if (found)
-			continue;
-		if (best)
-			conf_report(p, s, "unknown key '%s' in %s (did you mean '%s'?)", name,
-			            where, best);
-		else
-			conf_report(p, s, "unknown key '%s' in %s", name, where);
-	}
-}
-
-const config_setting_t *
-conf_group(struct parse *p, const config_setting_t *root, const char *name, bool required)
-{
-	const config_setting_t *g = config_setting_get_member(root, name);
-
-	if (!g) {
-		if (required)
-			conf_report(p, NULL, "missing required group '%s'", name);
-		return NULL;
-	}
-	if (!config_setting_is_group(g)) {
-		conf_report(p, g, "'%s' must be a group: %s = { ... };", name, name);
-		return NULL;
-	}
-	return g;
-}
-
-/* Reads group.key as a string. Missing: def (NULL def means required). */
-char *
-conf_string(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-            const char *def)
-{
-	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
-	const char *v;
-
-	if (!s) {
-		if (!def) {
-			conf_report(p, group, "missing required key '%s.%s'", gname, key);
-			return NULL;
-		}
-		return strdup(def);
-	}
-	v = config_setting_get_string(s);
-	if (!v) {
-		conf_report(p, s, "'%s.%s' must be a string in double quotes", gname, key);
-		return NULL;
-	}
-	return strdup(v);
-}
-
-/*
- * Reads a required file name. A relative one is taken from the config file's folder, not from
- * the daemon's working directory (which is / once it detaches).
- */
-char *
-conf_path(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-          const char *def)
-{
-	char *v = conf_string(p, group, gname, key, def), *dir, *abs;
-
-	if (!v || v[0] == '/')
-		return v;
-	dir = strdup(p->path);
-	if (!dir || asprintf(&abs, "%s/%s", dirname(dir), v) < 0)
-		abs = NULL;
-	free(dir);
-	free(v);
-	return abs;
-}
-
-int
-conf_int(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-         long long def, long long min, long long max)
-{
-	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
-	long long v;
-
-	if (!s)
-		return (int)def;
-	if (config_setting_type(s) != CONFIG_TYPE_INT &&
-	    config_setting_type(s) != CONFIG_TYPE_INT64) {
-		conf_report(p, s, "'%s.%s' must be an integer", gname, key);
-		return (int)def;
-	}
-	v = config_setting_get_int64(s);
-	if (v < min || v > max) {
-		conf_report(p, s, "'%s.%s' is %lld, expected %lld to %lld", gname, key, v, min,
-		            max);
-		return (int)def;
-	}
-	return (int)v;
-}
-
-bool
-gwconf_valid_id(const char *s)
-{
-	size_t n = strlen(s);
-
-	/* Not starting with '.': ids name folders, and "." or ".." would name others. */
-	if (n == 0 || n > 64 || !isalnum((unsigned char)s[0]))
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		if (!isalnum((unsigned char)s[i]) && !strchr("._-", s[i]))
-			return false;
-	}
-	return true;
-}
-
 static void
 parse_gateway(struct parse *p, const config_setting_t *root)
 {
@@ -293,7 +29,7 @@ parse_gateway(struct parse *p, const config_setting_t *root)
 	if (g)
 		conf_check_keys(p, g, "group 'gateway'", known);
 	c->gateway_id = conf_string(p, g, "gateway", "id", NULL);
-	if (c->gateway_id && !gwconf_valid_id(c->gateway_id))
+	if (c->gateway_id && !device_id_valid(c->gateway_id))
 		conf_report(p, config_setting_get_member(g, "id"),
 		            "'gateway.id' \"%s\" must be 1 to 64 letters, digits, '.', '_' or '-', "
 		            "starting with a letter or digit",
@@ -416,12 +152,10 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 	}
 	c->upstream.broker_host = host;
 	c->upstream.broker_port = (uint16_t)port;
-	if (strchr(host, ':')) {
-		if (asprintf(&c->upstream.broker, "ssl://[%s]:%ld", host, port) < 0)
-			c->upstream.broker = NULL;
-	} else if (asprintf(&c->upstream.broker, "ssl://%s:%ld", host, port) < 0) {
-		c->upstream.broker = NULL;
-	}
+	if (strchr(host, ':'))
+		c->upstream.broker = xasprintf("ssl://[%s]:%ld", host, port);
+	else
+		c->upstream.broker = xasprintf("ssl://%s:%ld", host, port);
 }
 
 /*
@@ -435,7 +169,7 @@ get_id_template(struct parse *p, const config_setting_t *g, const char *key, con
 	char *t, err[256];
 
 	if (!s)
-		return def ? strdup(def) : NULL;
+		return def ? xstrdup(def) : NULL;
 	t = conf_string(p, g, "upstream", key, NULL);
 	if (!t)
 		return NULL;
@@ -506,9 +240,9 @@ parse_alpn(struct parse *p, const config_setting_t *g, const char *def)
 	if (!s) {
 		if (!def)
 			return;
-		c->upstream.alpn = calloc(1, sizeof(*c->upstream.alpn));
-		if (c->upstream.alpn && (c->upstream.alpn[0] = strdup(def)))
-			c->upstream.nalpn = 1;
+		c->upstream.alpn = xcalloc(1, sizeof(*c->upstream.alpn));
+		c->upstream.alpn[0] = xstrdup(def);
+		c->upstream.nalpn = 1;
 		return;
 	}
 	if (!config_setting_is_list(s) && !config_setting_is_array(s)) {
@@ -517,11 +251,7 @@ parse_alpn(struct parse *p, const config_setting_t *g, const char *def)
 		return;
 	}
 	n = config_setting_length(s);
-	c->upstream.alpn = calloc((size_t)n + 1, sizeof(*c->upstream.alpn));
-	if (!c->upstream.alpn) {
-		conf_report(p, s, "out of memory");
-		return;
-	}
+	c->upstream.alpn = xcalloc((size_t)n + 1, sizeof(*c->upstream.alpn));
 	for (int i = 0; i < n; i++) {
 		const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
 		const char *v = config_setting_get_string(e);
@@ -531,9 +261,7 @@ parse_alpn(struct parse *p, const config_setting_t *g, const char *def)
 			            "each of 'upstream.alpn' must be a string of 1 to 255 bytes");
 			continue;
 		}
-		c->upstream.alpn[c->upstream.nalpn] = strdup(v);
-		if (c->upstream.alpn[c->upstream.nalpn])
-			c->upstream.nalpn++;
+		c->upstream.alpn[c->upstream.nalpn++] = xstrdup(v);
 	}
 }
 
@@ -624,21 +352,6 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	parse_mqtt_version(p, g, def.mqtt_version);
 }
 
-bool
-conf_bool(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-          bool def)
-{
-	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
-
-	if (!s)
-		return def;
-	if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
-		conf_report(p, s, "'%s.%s' must be true or false", gname, key);
-		return def;
-	}
-	return config_setting_get_bool(s);
-}
-
 static void
 parse_keystore(struct parse *p, const config_setting_t *root)
 {
@@ -689,31 +402,6 @@ parse_keystore(struct parse *p, const config_setting_t *root)
 		conf_report(p, config_setting_get_member(g, "device_ca_file"),
 		            "'keystore.device_ca_file' \"%s\" cannot be read: %s",
 		            c->keystore.device_ca_file, strerror(errno));
-}
-
-double
-conf_fraction(struct parse *p, const config_setting_t *group, const char *gname, const char *key,
-              double def, double min, double max)
-{
-	const config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
-	double v;
-
-	if (!s)
-		return def;
-	if (config_setting_type(s) == CONFIG_TYPE_INT ||
-	    config_setting_type(s) == CONFIG_TYPE_INT64) {
-		v = (double)config_setting_get_int64(s);
-	} else if (config_setting_type(s) == CONFIG_TYPE_FLOAT) {
-		v = config_setting_get_float(s);
-	} else {
-		conf_report(p, s, "'%s.%s' must be a number such as %.2f", gname, key, def);
-		return def;
-	}
-	if (!(v >= min && v <= max)) {
-		conf_report(p, s, "'%s.%s' is %g, expected %g to %g", gname, key, v, min, max);
-		return def;
-	}
-	return v;
 }
 
 static void
@@ -804,7 +492,7 @@ parse_route(struct parse *p, const config_setting_t *r, struct gwconf_route *rou
 	/* A cloud profile has a topic for routes that give none (profile.h). */
 	if (!topic && route->resource &&
 	    profile_route_topic(p->conf, route->resource, err, sizeof(err)) == 0)
-		route->topic = strdup(err);
+		route->topic = xstrdup(err);
 	else
 		route->topic = conf_string(p, r, "route", "topic", NULL);
 	if (route->topic && tmpl_check(route->topic, err, sizeof(err)) < 0)
@@ -875,14 +563,9 @@ parse_routes(struct parse *p, const config_setting_t *root)
 		conf_report(p, rs, "'routes' is empty: nothing would be forwarded");
 		return;
 	}
-	c->routes = calloc((size_t)n, sizeof(*c->routes));
-	if (!c->routes) {
-		conf_report(p, rs, "out of memory");
-		return;
-	}
+	c->routes = xcalloc((size_t)n, sizeof(*c->routes));
 	c->nroutes = (size_t)n;
-	if (!conf_names_init(p, &seen, (size_t)n))
-		return;
+	conf_names_init(&seen, (size_t)n);
 	for (int i = 0; i < n; i++) {
 		const config_setting_t *r = config_setting_get_elem(rs, (unsigned)i);
 		int first;
@@ -1101,8 +784,7 @@ check_include(struct parse *p, const char *file, int line, const char *dir, cons
 	bool ok = true;
 
 	/* libconfig takes a relative one from the top file's folder, at every depth. */
-	if (name[0] == '/' ? !(path = strdup(name)) : asprintf(&path, "%s/%s", dir, name) < 0)
-		return true;
+	path = name[0] == '/' ? xstrdup(name) : xasprintf("%s/%s", dir, name);
 	if (stat(path, &st) < 0 || depth >= INCLUDE_DEPTH)
 		goto out;
 	if (!S_ISREG(st.st_mode)) {
@@ -1117,9 +799,9 @@ check_include(struct parse *p, const char *file, int line, const char *dir, cons
 		goto out;
 	}
 	f = fopen(path, "r");
-	text = f ? malloc((size_t)st.st_size + 1) : NULL;
-	if (!text)
+	if (!f)
 		goto out;
+	text = xmalloc((size_t)st.st_size + 1);
 	len = fread(text, 1, (size_t)st.st_size, f);
 	ok = check_text(p, name, text, len, dir, depth + 1);
 out:
@@ -1207,13 +889,9 @@ check_text(struct parse *p, const char *file, const char *text, size_t len, cons
 static char *
 read_text(struct parse *p, FILE *f, const char *dir)
 {
-	char *text = malloc(GWCONF_MAX_SIZE + 1);
+	char *text = xmalloc(GWCONF_MAX_SIZE + 1);
 	size_t len;
 
-	if (!text) {
-		conf_report(p, NULL, "out of memory");
-		return NULL;
-	}
 	len = fread(text, 1, GWCONF_MAX_SIZE + 1, f);
 	if (ferror(f)) {
 		conf_report(p, NULL, "cannot read: %s", strerror(errno));
@@ -1254,8 +932,8 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 	}
 	config_init(&cfg);
 	/* @include "x.conf" is relative to the config file's folder, not our cwd. */
-	copy = strdup(path);
-	dir = copy ? dirname(copy) : ".";
+	copy = xstrdup(path);
+	dir = dirname(copy);
 	config_set_include_dir(&cfg, dir);
 	text = read_text(&p, f, dir);
 	free(copy);
@@ -1264,28 +942,16 @@ gwconf_load(const char *path, struct gwconf **out, struct gwconf_errors *errs)
 		goto out;
 	}
 	if (config_read_string(&cfg, text) != CONFIG_TRUE) {
-		char *line;
-
-		if (asprintf(&line, "%s:%d: %s",
-		             config_error_file(&cfg) ? config_error_file(&cfg) : path,
-		             config_error_line(&cfg), config_error_text(&cfg)) >= 0) {
-			errs->lines = calloc(1, sizeof(*errs->lines));
-			if (errs->lines) {
-				errs->lines[0] = line;
-				errs->count = errs->total = 1;
-			} else {
-				free(line);
-			}
-		}
+		errs->lines = xcalloc(1, sizeof(*errs->lines));
+		errs->lines[0] = xasprintf("%s:%d: %s",
+		                           config_error_file(&cfg) ? config_error_file(&cfg) : path,
+		                           config_error_line(&cfg), config_error_text(&cfg));
+		errs->count = errs->total = 1;
 		r = -EINVAL;
 		goto out;
 	}
-	p.conf = calloc(1, sizeof(*p.conf));
-	if (!p.conf) {
-		r = -ENOMEM;
-		goto out;
-	}
-	p.conf->file = strdup(path);
+	p.conf = xcalloc(1, sizeof(*p.conf));
+	p.conf->file = xstrdup(path);
 	conf_check_keys(&p, config_root_setting(&cfg), "the top level", known);
 	parse_gateway(&p, config_root_setting(&cfg));
 	parse_sensors(&p, config_root_setting(&cfg));

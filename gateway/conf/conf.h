@@ -216,10 +216,4 @@ const char *gwconf_errors_more(const struct gwconf_errors *errs);
 /* The route serving a CoAP Uri-Path, or NULL. */
 const struct gwconf_route *gwconf_route_find(const struct gwconf *conf, const char *resource);
 
-/*
- * Device and gateway ids become MQTT client ids, topic levels and folder names: 1 to 64
- * letters, digits, '.', '_' or '-', starting with a letter or digit.
- */
-bool gwconf_valid_id(const char *id);
-
 #endif

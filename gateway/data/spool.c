@@ -2,6 +2,7 @@
 #include "spool.h"
 #include "atomicfile.h"
 #include "conf.h"
+#include "device.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -1238,7 +1239,7 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 			continue;
 		if (de->d_type != DT_DIR && de->d_type != DT_UNKNOWN)
 			continue;
-		if (!gwconf_valid_id(de->d_name)) {
+		if (!device_id_valid(de->d_name)) {
 			log_warnx("spool: %s/%s: not a device id; ignored", dir, de->d_name);
 			continue;
 		}
@@ -1444,7 +1445,7 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 	uint8_t *b;
 	int r;
 
-	if (!gwconf_valid_id(device) || !rec->topic || rec->qos > 1 || (rec->len && !rec->payload))
+	if (!device_id_valid(device) || !rec->topic || rec->qos > 1 || (rec->len && !rec->payload))
 		return -EINVAL;
 	tlen = strlen(rec->topic);
 	clen = strlen(ctype);
@@ -1816,7 +1817,7 @@ spool_read(struct spool *sp, const char *device, uint64_t from_seq, struct spool
 	int rescans = 0, r;
 	struct dev *d;
 
-	if (!gwconf_valid_id(device))
+	if (!device_id_valid(device))
 		return -EINVAL;
 	d = dev_find(sp, device, NULL);
 	if (!d)
@@ -1894,7 +1895,7 @@ spool_ack(struct spool *sp, const char *device, uint64_t seq)
 	uint64_t n = 0;
 	struct dev *d;
 
-	if (!gwconf_valid_id(device))
+	if (!device_id_valid(device))
 		return -EINVAL;
 	d = dev_find(sp, device, NULL);
 	if (!d)
@@ -1905,7 +1906,7 @@ spool_ack(struct spool *sp, const char *device, uint64_t seq)
 uint64_t
 spool_depth(const struct spool *sp, const char *device, uint64_t *bytes)
 {
-	const struct dev *d = gwconf_valid_id(device) ? dev_find(sp, device, NULL) : NULL;
+	const struct dev *d = device_id_valid(device) ? dev_find(sp, device, NULL) : NULL;
 
 	if (bytes)
 		*bytes = d ? d->bytes : 0;
@@ -1943,7 +1944,7 @@ spool_forget(struct spool *sp, const char *device)
 	DIR *dir;
 	int fd, r = 0;
 
-	if (!gwconf_valid_id(device))
+	if (!device_id_valid(device))
 		return -EINVAL;
 	d = dev_find(sp, device, &pos);
 	if (d) {

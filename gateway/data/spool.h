@@ -87,7 +87,7 @@ void spool_free(struct spool *sp);
 void spool_set_limits(struct spool *sp, const struct spool_limits *lim);
 
 /*
- * Writes rec for device (an id as gwconf_valid_id() accepts, else -EINVAL) and sets rec->seq
+ * Writes rec for device (an id as device_id_valid() accepts, else -EINVAL) and sets rec->seq
  * and rec->stored_at. The record is written but not durable until spool_sync(). -EMSGSIZE if
  * it could never fit (larger than a bound or SPOOL_*_MAX); -ENOSPC when a bound would be
  * passed and lim.full is SPOOL_REFUSE (nothing is dropped then); -EOVERFLOW when the device's

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "device.h"
 #include "log.h"
 #include "policy.h"
 #include "profile.h"
@@ -167,7 +168,7 @@ check_values(const struct gwconf *c)
 	char err[512];
 
 	check(c->file && strcmp(c->file, conf_path) == 0);
-	check(c->gateway_id && gwconf_valid_id(c->gateway_id));
+	check(c->gateway_id && device_id_valid(c->gateway_id));
 	check(c->state_dir && c->state_dir[0] == '/');
 	check(c->control_socket && c->control_socket[0] == '/' && strlen(c->control_socket) <= 107);
 	check(c->log_level == LOG_LEVEL_ERR || c->log_level == LOG_LEVEL_WARN ||
@@ -242,9 +243,9 @@ check_values(const struct gwconf *c)
 			check(strcmp(p->name, c->policies[j].name) != 0);
 		for (size_t j = 0; j < p->ndevices; j++)
 			check(p->devices[j] &&
-			      (strcmp(p->devices[j], "*") == 0 || gwconf_valid_id(p->devices[j])));
+			      (strcmp(p->devices[j], "*") == 0 || device_id_valid(p->devices[j])));
 		for (size_t j = 0; j < p->ngroups; j++)
-			check(p->groups[j] && gwconf_valid_id(p->groups[j]));
+			check(p->groups[j] && device_id_valid(p->groups[j]));
 		for (size_t j = 0; j < p->nstatements; j++) {
 			const struct gwconf_statement *st = &p->statements[j];
 
@@ -255,7 +256,7 @@ check_values(const struct gwconf *c)
 			for (size_t k = 0; k < st->nconditions; k++) {
 				const struct gwconf_condition *cd = &st->conditions[k];
 
-				check(cd->attribute && gwconf_valid_id(cd->attribute));
+				check(cd->attribute && device_id_valid(cd->attribute));
 				check(cd->nequals + cd->nnot_equals + cd->nlike >= 1);
 				for (size_t m = 0; m < cd->nequals; m++)
 					check(cd->equals[m]);

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "device.h"
 #include "fuzz.h"
 #include "keystore.h"
 #include "kspsk.h"
@@ -336,7 +337,7 @@ run(struct layout *l)
 
 	/* The devices: every folder named by a valid id, in order. */
 	for (size_t i = 0; i < l->ndirs; i++) {
-		if (gwconf_valid_id(l->dirs[i]))
+		if (device_id_valid(l->dirs[i]))
 			snprintf(ids[expect++], sizeof(ids[0]), "%s", l->dirs[i]);
 	}
 	qsort(ids, expect, sizeof(ids[0]), cmp_str);

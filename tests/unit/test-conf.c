@@ -240,22 +240,6 @@ example_config_is_valid(void **state)
 	free(path);
 }
 
-static void
-ids_are_plain(void **state)
-{
-	(void)state;
-	assert_true(gwconf_valid_id("dev-a.1_x"));
-	assert_false(gwconf_valid_id(""));
-	assert_false(gwconf_valid_id("a/b"));
-	assert_false(gwconf_valid_id("a+"));
-	assert_false(gwconf_valid_id("dev a"));
-	assert_false(gwconf_valid_id(".."));
-	assert_false(gwconf_valid_id(".hidden"));
-	assert_false(gwconf_valid_id("-x"));
-	assert_false(gwconf_valid_id(
-	        "0123456789012345678901234567890123456789012345678901234567890123x"));
-}
-
 int
 main(void)
 {
@@ -274,7 +258,6 @@ main(void)
 	        cmocka_unit_test(include_of_a_folder_and_nul_escape_are_reported),
 	        cmocka_unit_test(unreadable_file_is_reported),
 	        cmocka_unit_test(example_config_is_valid),
-	        cmocka_unit_test(ids_are_plain),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
