@@ -1644,7 +1644,7 @@ device_enabled(const struct ks_device *d)
 }
 
 static bool
-device_usable(const struct ks_device *d)
+ks_usable(const struct ks_device *d)
 {
 	return d->state == KEYSTORE_ACTIVE && device_enabled(d);
 }
@@ -1654,7 +1654,7 @@ keystore_device_usable(const struct keystore *ks, const char *id)
 {
 	const struct ks_device *d = find_device(ks, id);
 
-	return d && device_usable(d);
+	return d && ks_usable(d);
 }
 
 const char *
@@ -1764,7 +1764,7 @@ keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t i
 	if (!d)
 		return -ENOENT;
 	*device_id = d->id;
-	if (!device_usable(d))
+	if (!ks_usable(d))
 		return -EPERM;
 	p = prev ? &d->prev : &d->psk;
 	memcpy(key, p->key, p->len);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* gateway/base's small helpers: xalloc, enc (hex and base64), the device id rule, atomicfile. */
+/* gateway/base's small helpers: xalloc, enc (hex and base64), atomicfile. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "atomicfile.h"
-#include "device.h"
 #include "enc.h"
 #include "log.h"
 #include "xalloc.h"
@@ -191,22 +190,6 @@ base64_round_trips_and_refuses_what_is_not(void **state)
 		assert_null(enc_unbase64(bad[i], strlen(bad[i]), &len));
 }
 
-static void
-device_ids_are_plain(void **state)
-{
-	(void)state;
-	assert_true(device_id_valid("dev-a.1_x"));
-	assert_false(device_id_valid(""));
-	assert_false(device_id_valid("a/b"));
-	assert_false(device_id_valid("a+"));
-	assert_false(device_id_valid("dev a"));
-	assert_false(device_id_valid(".."));
-	assert_false(device_id_valid(".hidden"));
-	assert_false(device_id_valid("-x"));
-	assert_false(device_id_valid(
-	        "0123456789012345678901234567890123456789012345678901234567890123x"));
-}
-
 /* ---- atomicfile ---- */
 
 struct folder {
@@ -348,7 +331,6 @@ main(void)
 	        cmocka_unit_test(allocations_that_fit_succeed),
 	        cmocka_unit_test(hex_round_trips_and_refuses_what_is_not),
 	        cmocka_unit_test(base64_round_trips_and_refuses_what_is_not),
-	        cmocka_unit_test(device_ids_are_plain),
 	        cmocka_unit_test_setup_teardown(atomic_write_replaces_whole, folder_setup,
 	                                        folder_teardown),
 	        cmocka_unit_test_setup_teardown(a_staged_file_replaces_nothing_until_installed,
