@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "mqttbr.h"
 #include "notify.h"
+#include "options.h"
 #include "router.h"
 #include "spool.h"
 
@@ -302,7 +303,7 @@ open_spool(struct daemon *d)
 	char *dir;
 	int r;
 
-	spool_limits_from(&lim, d->conf);
+	options_spool(&lim, d->conf);
 	if (asprintf(&dir, "%s/spool", d->conf->state_dir) < 0)
 		return -ENOMEM;
 	r = spool_open(&d->spool, dir, &lim);
@@ -352,7 +353,7 @@ start(struct daemon *d)
 	/* A broker that drops us mid-write must not kill the daemon. */
 	signal(SIGPIPE, SIG_IGN);
 
-	keystore_config_from(&kc, d->conf);
+	options_keystore(&kc, d->conf);
 	r = keystore_open(&d->ks, &kc);
 	if (r < 0) {
 		log_warnx("cannot open the keystore in %s: %s", d->conf->state_dir, strerror(-r));

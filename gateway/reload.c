@@ -15,6 +15,7 @@
 #include "loop.h"
 #include "mqttbr.h"
 #include "notify.h"
+#include "options.h"
 #include "router.h"
 #include "spool.h"
 #include "admin.h"
@@ -143,13 +144,13 @@ apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 		return r;
 	if (d->coap && (r = coapbr_set_conf(d->coap, next)) < 0)
 		return r;
-	keystore_config_from(&kc, next);
+	options_keystore(&kc, next);
 	r = keystore_reconfigure(d->ks, &kc);
 	if (r < 0)
 		return r;
 	router_set_conf(d->router, next);
 	enrol_set_conf(d->enrol, next);
-	spool_limits_from(&lim, next);
+	options_spool(&lim, next);
 	spool_set_limits(d->spool, &lim);
 	if (d->commands)
 		cmdq_set_limits(d->commands, (size_t)next->downlink.queue,

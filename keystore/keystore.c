@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "keystore.h"
 #include "atomicfile.h"
-#include "conf.h"
 #include "device.h"
 #include "enc.h"
 #include "kspsk.h"
@@ -1486,20 +1485,6 @@ static const struct ksprov_ops prov_ops = {
 };
 
 /* ---- open / free ---- */
-
-void
-keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf)
-{
-	*cfg = (struct keystore_config){
-	        .state_dir = conf->state_dir,
-	        .backend = conf->keystore.backend,
-	        .tcti = conf->keystore.tcti,
-	        .parent = conf->keystore.parent,
-	        .create_parent = conf->keystore.create_parent,
-	        .device_ca_file = conf->keystore.device_ca_file,
-	        .psk_grace = (unsigned)conf->keystore.psk_grace,
-	};
-}
 
 int
 keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg)

@@ -48,10 +48,6 @@ struct keystore_config {
 	unsigned psk_grace;         /* seconds a rotated-out PSK stays valid */
 };
 
-struct gwconf;
-
-/* The keystore's settings as the config file gives them (cfg points into conf). */
-void keystore_config_from(struct keystore_config *cfg, const struct gwconf *conf);
 /* A reload: cfg's psk_grace and device_ca_file from now on (the rest needs a restart). */
 int keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg);
 

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "spool.h"
 #include "atomicfile.h"
-#include "conf.h"
 #include "device.h"
 #include "log.h"
 
@@ -1127,18 +1126,6 @@ take_limits(struct spool *sp, const struct spool_limits *lim)
 		sp->lim.total_bytes = UINT64_MAX;
 	if (!sp->lim.segment_bytes)
 		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
-}
-
-void
-spool_limits_from(struct spool_limits *lim, const struct gwconf *conf)
-{
-	*lim = (struct spool_limits){
-	        .device_bytes = (uint64_t)conf->spool.device_bytes,
-	        .total_bytes = (uint64_t)conf->spool.total_bytes,
-	        .max_age = (unsigned)conf->spool.max_age,
-	        .full = conf->spool.drop_oldest ? SPOOL_DROP_OLDEST : SPOOL_REFUSE,
-	        .segment_bytes = (size_t)conf->spool.segment_bytes,
-	};
 }
 
 void

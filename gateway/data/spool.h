@@ -67,10 +67,6 @@ struct spool_stats {
 	uint64_t corrupt_bytes;   /* bytes of damaged files skipped or cut off */
 };
 
-/* The bounds the config's spool group sets. */
-struct gwconf;
-void spool_limits_from(struct spool_limits *lim, const struct gwconf *conf);
-
 /*
  * Opens the spool in dir, creating it (0700) if missing, and recovers every device's
  * segments. Fails only if dir itself cannot be made, opened or locked (-EBUSY: another

@@ -10,6 +10,7 @@
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
+#include "options.h"
 #include "qr.h"
 
 #include <errno.h>
@@ -68,7 +69,7 @@ open_store(struct client *c)
 	struct keystore_config kc;
 	int r;
 
-	keystore_config_from(&kc, c->conf);
+	options_keystore(&kc, c->conf);
 	r = keystore_open(&c->ks, &kc);
 	if (r == -EBUSY)
 		fprintf(stderr, "gwctl: gatewayd holds the keystore but does not answer on %s\n",

@@ -53,6 +53,7 @@
 #include "fuzz.h"
 #include "keystore.h"
 #include "loop.h"
+#include "options.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -487,7 +488,7 @@ setup(void)
 	         state, port, PAYLOAD_B);
 	confs[1] = load_conf(dir, "b.conf", text);
 
-	keystore_config_from(&cfg, confs[0]);
+	options_keystore(&cfg, confs[0]);
 	check(keystore_open(&ks, &cfg) == 0);
 	check(keystore_device_add(ks, DEVICE, NULL, psk, sizeof(psk) - 1, out, &outlen) == 0);
 	commands = cmdq_new((size_t)confs[0]->downlink.queue, (unsigned)confs[0]->downlink.expiry);
