@@ -8,6 +8,7 @@
 #include "log.h"
 #include "provider.h"
 #include "tpmq.h"
+#include "xalloc.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -180,12 +181,10 @@ static int
 read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max, uint8_t **out,
           size_t *len)
 {
-	uint8_t *buf = malloc(max + 1);
+	uint8_t *buf = xmalloc(max + 1);
 	size_t n = 0;
 	int fd, r = 0;
 
-	if (!buf)
-		return -ENOMEM;
 	fd = open_checked(dirfd, dir, name, secret);
 	if (fd < 0) {
 		free(buf);
@@ -509,15 +508,13 @@ record_set(struct ks_device *d, const char *key, const char *value)
 		return 0;
 	}
 	if (strncmp(key, "attr.", 5) == 0 && key[5]) {
-		struct attr *a = reallocarray(d->attrs, d->nattrs + 1, sizeof(*a));
+		struct attr *a = xreallocarray(d->attrs, d->nattrs + 1, sizeof(*a));
 
-		if (!a)
-			return -ENOMEM;
 		d->attrs = a;
-		a[d->nattrs].key = strdup(key + 5);
-		a[d->nattrs].value = strdup(value);
+		a[d->nattrs].key = xstrdup(key + 5);
+		a[d->nattrs].value = xstrdup(value);
 		d->nattrs++;
-		return a[d->nattrs - 1].key && a[d->nattrs - 1].value ? 0 : -ENOMEM;
+		return 0;
 	}
 	/* Unknown keys come from a newer gatewayd: keep going rather than lose the device. */
 	return 0;
@@ -545,19 +542,17 @@ record_parse(struct ks_device *d, const char *dir, char *text)
 static char *
 record_format(const struct ks_device *d)
 {
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
+	char *text = xasprintf("# gatewayd device record; change it with gwctl\n"
+	                       "state=%s\nbackend=%s\n",
+	                       state_names[d->state], backend_names[d->backend]);
+	size_t len = strlen(text);
 
-	if (!f)
-		return NULL;
-	fprintf(f, "# gatewayd device record; change it with gwctl\n");
-	fprintf(f, "state=%s\nbackend=%s\n", state_names[d->state], backend_names[d->backend]);
-	for (size_t i = 0; i < d->nattrs; i++)
-		fprintf(f, "attr.%s=%s\n", d->attrs[i].key, d->attrs[i].value);
-	if (fclose(f) != 0) {
-		free(text);
-		return NULL;
+	for (size_t i = 0; i < d->nattrs; i++) {
+		size_t n = strlen("attr.=\n") + strlen(d->attrs[i].key) + strlen(d->attrs[i].value);
+
+		text = xreallocarray(text, len + n + 1, 1);
+		len += (size_t)snprintf(text + len, n + 1, "attr.%s=%s\n", d->attrs[i].key,
+		                        d->attrs[i].value);
 	}
 	return text;
 }
@@ -802,29 +797,21 @@ load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool
 		if (r < 0)
 			return r;
 	}
-	if (asprintf(&t->key_file, "%s/%s/%s", ks->dir, d->id, key_ref_name(d->backend, next)) <
-	    0) {
-		t->key_file = NULL;
-		return -ENOMEM;
-	}
+	t->key_file = xasprintf("%s/%s/%s", ks->dir, d->id, key_ref_name(d->backend, next));
 	return 0;
 }
 
 /* The certificate file beside a loaded key, if there is one. */
-static int
+static void
 load_cert(struct keystore *ks, struct ks_device *d, int fd, bool next)
 {
 	struct ks_tls *t = next ? &d->next : &d->cur;
 	const char *name = next ? "next.cert.pem" : "cert.pem";
 
 	if (faccessat(fd, name, R_OK, 0) < 0)
-		return 0;
-	if (asprintf(&t->cert_file, "%s/%s/%s", ks->dir, d->id, name) < 0) {
-		t->cert_file = NULL;
-		return -ENOMEM;
-	}
+		return;
+	t->cert_file = xasprintf("%s/%s/%s", ks->dir, d->id, name);
 	cert_summary(t);
-	return 0;
 }
 
 /*
@@ -861,8 +848,8 @@ load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 	int r = load_key(ks, d, fd, dir, true);
 
 	if (r == 0) {
-		r = load_cert(ks, d, fd, true);
-		if (r == 0 && !d->next.cert_file) {
+		load_cert(ks, d, fd, true);
+		if (!d->next.cert_file) {
 			tls_finish(&d->next);
 			r = unlink_next(fd, dir);
 		}
@@ -1005,9 +992,7 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self)
 	int fd, r;
 
 	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, id);
-	d->id = strdup(id);
-	if (!d->id)
-		return -ENOMEM;
+	d->id = xstrdup(id);
 	d->self = self;
 	fd = open_dir(ks->dirfd, id, dir);
 	if (fd < 0)
@@ -1051,7 +1036,7 @@ load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self)
 		if (r < 0)
 			goto out;
 	}
-	r = load_cert(ks, d, fd, false);
+	load_cert(ks, d, fd, false);
 out:
 	close(fd);
 	return r;
@@ -1064,14 +1049,8 @@ out:
 static void
 retire_id(struct keystore *ks, struct ks_device *d)
 {
-	char **ids = reallocarray(ks->removed_ids, ks->nremoved + 1, sizeof(*ids));
+	char **ids = xreallocarray(ks->removed_ids, ks->nremoved + 1, sizeof(*ids));
 
-	if (!ids) {
-		/* The string then goes with the device, and a session naming it reads freed memory.
-		 */
-		log_warnx("keystore: out of memory retiring device %s", d->id);
-		return;
-	}
 	ks->removed_ids = ids;
 	ids[ks->nremoved++] = d->id;
 	d->id = NULL;
@@ -1132,12 +1111,10 @@ cmp_ident(const void *a, const void *b)
 static int
 check_identities(const struct keystore *ks)
 {
-	struct ident_ref *refs = calloc(2 * ks->ndevices + 1, sizeof(*refs));
+	struct ident_ref *refs = xcalloc(2 * ks->ndevices + 1, sizeof(*refs));
 	size_t n = 0;
 	int r = 0;
 
-	if (!refs)
-		return -ENOMEM;
 	for (size_t i = 0; i < ks->ndevices; i++) {
 		const struct ks_device *d = &ks->devices[i];
 
@@ -1203,11 +1180,7 @@ load_devices(struct keystore *ks)
 			        ks->dir, de->d_name);
 			continue;
 		}
-		devices = reallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
-		if (!devices) {
-			r = -ENOMEM;
-			break;
-		}
+		devices = xreallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
 		ks->devices = devices;
 		memset(&ks->devices[ks->ndevices], 0, sizeof(*devices));
 		ks->ndevices++;
@@ -1251,10 +1224,8 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
           uint8_t pub[KSPROV_P256_POINT_LEN])
 {
 	struct keystore *ks = arg;
-	struct prov_key *k = calloc(1, sizeof(*k));
+	struct prov_key *k = xcalloc(1, sizeof(*k));
 
-	if (!k)
-		return NULL;
 	atomic_init(&k->refs, 1);
 	if (strcmp(label, TSS2_LABEL) == 0) {
 		if (!ks->tpm) {
@@ -1432,11 +1403,9 @@ prov_sign_start(void *arg, void *key, const uint8_t *digest, size_t dlen, int *f
 {
 	struct keystore *ks = arg;
 	struct prov_key *k = key;
-	struct sign_job *j = calloc(1, sizeof(*j));
+	struct sign_job *j = xcalloc(1, sizeof(*j));
 	struct tpmq_req *req;
 
-	if (!j)
-		fatal("keystore: calloc");
 	if (sign_job_init(j, ks, k, digest, dlen) < 0) {
 		free(j);
 		return NULL;
@@ -1489,10 +1458,8 @@ static const struct ksprov_ops prov_ops = {
 int
 keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg)
 {
-	char *ca = NULL;
+	char *ca = cfg->device_ca_file ? xstrdup(cfg->device_ca_file) : NULL;
 
-	if (cfg->device_ca_file && !(ca = strdup(cfg->device_ca_file)))
-		return -ENOMEM;
 	free(ks->device_ca_file);
 	ks->device_ca_file = ca;
 	/* Grace already granted keeps its end: it was stored with the rotation. */
@@ -1510,9 +1477,7 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 		log_warnx("keystore: already open in this process");
 		return -EBUSY;
 	}
-	ks = calloc(1, sizeof(*ks));
-	if (!ks)
-		return -ENOMEM;
+	ks = xcalloc(1, sizeof(*ks));
 	ks->dirfd = ks->lockfd = -1;
 	if (strcmp(cfg->backend, "soft") == 0) {
 		ks->backend = BACKEND_SOFT;
@@ -1523,16 +1488,10 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 		r = -EINVAL;
 		goto fail;
 	}
-	if (asprintf(&ks->dir, "%s/keystore", cfg->state_dir) < 0) {
-		ks->dir = NULL;
-		r = -ENOMEM;
-		goto fail;
-	}
+	ks->dir = xasprintf("%s/keystore", cfg->state_dir);
 	ks->psk_grace = cfg->psk_grace;
-	if (cfg->device_ca_file && !(ks->device_ca_file = strdup(cfg->device_ca_file))) {
-		r = -ENOMEM;
-		goto fail;
-	}
+	if (cfg->device_ca_file)
+		ks->device_ca_file = xstrdup(cfg->device_ca_file);
 	/* A fresh install has no store yet: make it, closed to everyone else. */
 	if (mkdir(ks->dir, 0700) < 0 && errno != EEXIST) {
 		r = -errno;
@@ -1955,11 +1914,7 @@ insert_device(struct keystore *ks, const char *id)
 		device_finish(&d);
 		return r;
 	}
-	devices = reallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
-	if (!devices) {
-		device_finish(&d);
-		return -ENOMEM;
-	}
+	devices = xreallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
 	ks->devices = devices;
 	for (at = ks->ndevices; at > 0 && strcmp(devices[at - 1].id, id) > 0; at--)
 		;
@@ -1998,10 +1953,6 @@ create_entry(struct keystore *ks, const struct ks_device *rec)
 	if (r < 0)
 		goto out;
 	text = record_format(rec);
-	if (!text) {
-		r = -ENOMEM;
-		goto out;
-	}
 	r = atomic_write(fd, dir, "device", text, strlen(text), 0600);
 	if (r < 0)
 		goto out;
@@ -2165,8 +2116,8 @@ make_csr(const struct ks_tls *t, const char *cn, char **pem, enum tpmq_prio prio
 		goto out;
 	}
 	len = BIO_get_mem_data(b, &data);
-	*pem = strndup(data, (size_t)len);
-	r = *pem ? 0 : -ENOMEM;
+	*pem = xstrndup(data, (size_t)len);
+	r = 0;
 out:
 	BIO_free(b);
 	X509_REQ_free(req);
@@ -2250,6 +2201,7 @@ check_cert(const struct keystore *ks, const struct ks_device *d,
 	store = X509_STORE_new();
 	ctx = X509_STORE_CTX_new();
 	untrusted = sk_X509_dup(chain);
+	/* These fail only when OpenSSL's own allocations do; so does the init below. */
 	if (!store || !ctx || !untrusted) {
 		r = -ENOMEM;
 		goto out;
@@ -2314,7 +2266,7 @@ install_cert(struct keystore *ks, struct ks_device *d, bool next, const char *pe
 		goto out;
 	b = BIO_new(BIO_s_mem());
 	if (!b) {
-		r = -ENOMEM;
+		r = -ENOMEM; /* OpenSSL's allocation */
 		goto out;
 	}
 	for (int i = 0; i < sk_X509_num(chain); i++)
@@ -2329,11 +2281,8 @@ install_cert(struct keystore *ks, struct ks_device *d, bool next, const char *pe
 	r = atomic_write(fd, dir, name, data, (size_t)len, 0644);
 	if (r < 0)
 		goto out;
-	if (!t->cert_file && asprintf(&t->cert_file, "%s/%s", dir, name) < 0) {
-		t->cert_file = NULL;
-		r = -ENOMEM;
-		goto out;
-	}
+	if (!t->cert_file)
+		t->cert_file = xasprintf("%s/%s", dir, name);
 	cert_summary(t);
 out:
 	if (fd >= 0)
@@ -2484,8 +2433,6 @@ save_record(struct keystore *ks, const struct ks_device *d)
 	char dir[4096], *text = record_format(d);
 	int fd, r;
 
-	if (!text)
-		return -ENOMEM;
 	if (strlen(text) > RECORD_MAX) {
 		log_warnx("%s: its record would be %zu bytes, more than the %d a device may have: "
 		          "not changed (remove attributes with gwctl device set %s NAME=)",
@@ -2629,17 +2576,11 @@ keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, c
 		memmove(&d->attrs[i], &d->attrs[i + 1], (d->nattrs - i - 1) * sizeof(*d->attrs));
 		d->nattrs--;
 	} else if (i < d->nattrs) {
-		char *v = strdup(value);
-
-		if (!v)
-			return -ENOMEM;
 		free(d->attrs[i].value);
-		d->attrs[i].value = v;
+		d->attrs[i].value = xstrdup(value);
 	} else {
 		snprintf(name, sizeof(name), "attr.%s", key);
-		r = record_set(d, name, value);
-		if (r < 0)
-			return r;
+		(void)record_set(d, name, value); /* an attr.* key is never refused */
 	}
 	r = save_record(ks, d);
 	if (r < 0)

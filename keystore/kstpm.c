@@ -2,6 +2,7 @@
 #include "kstpm.h"
 #include "histogram.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -432,14 +433,8 @@ kstpm_open(struct kstpm **out, const char *tcti, uint32_t parent, bool create_pa
 		          parent);
 		return -EINVAL;
 	}
-	tpm = calloc(1, sizeof(*tpm));
-	if (!tpm)
-		return -ENOMEM;
-	tpm->tcti_conf = strdup(tcti);
-	if (!tpm->tcti_conf) {
-		free(tpm);
-		return -ENOMEM;
-	}
+	tpm = xcalloc(1, sizeof(*tpm));
+	tpm->tcti_conf = xstrdup(tcti);
 	pthread_mutex_init(&tpm->lock, NULL);
 	tpm->parent_handle = parent;
 	tpm->create_parent = create_parent;
@@ -576,9 +571,7 @@ tpmkey_encode(uint32_t parent, const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *pri
 	          ASN1_object_size(0, (int)publen, V_ASN1_OCTET_STRING) +
 	          ASN1_object_size(0, (int)privlen, V_ASN1_OCTET_STRING);
 	total = ASN1_object_size(1, content, V_ASN1_SEQUENCE);
-	der = malloc((size_t)total);
-	if (!der)
-		return -ENOMEM;
+	der = xmalloc((size_t)total);
 	p = der;
 	ASN1_put_object(&p, 1, content, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
 	der_put(&p, V_ASN1_OBJECT, oid, sizeof(oid));
@@ -759,9 +752,7 @@ kstpm_key_from_der(const uint8_t *der, size_t len, struct kstpm_key **out,
 	int r;
 
 	*out = NULL;
-	key = calloc(1, sizeof(*key));
-	if (!key)
-		return -ENOMEM;
+	key = xcalloc(1, sizeof(*key));
 	r = tpmkey_decode(der, len, key);
 	if (r == 0 && point_from_tpm(&key->pub.publicArea.unique.ecc, point) < 0) {
 		log_warnx("kstpm: TSS2 key has no valid P-256 public point");
@@ -829,16 +820,14 @@ pem_encode(const char *label, const uint8_t *der, int len, char **pem)
 	BIO *bio = BIO_new(BIO_s_mem());
 	char *data;
 	long n;
-	int r = -ENOMEM;
+	int r = -ENOMEM; /* a memory BIO fails only when OpenSSL's own allocation does */
 
 	if (!bio)
 		return -ENOMEM;
 	if (PEM_write_bio(bio, label, "", der, len) <= 0)
 		goto out;
 	n = BIO_get_mem_data(bio, &data);
-	*pem = malloc((size_t)n + 1);
-	if (!*pem)
-		goto out;
+	*pem = xmalloc((size_t)n + 1);
 	memcpy(*pem, data, (size_t)n);
 	(*pem)[n] = '\0';
 	r = 0;
@@ -977,7 +966,7 @@ ecdsa_sig_der(const TPMS_SIGNATURE_ECDSA *in, uint8_t *sig, size_t *siglen)
 	ECDSA_SIG *es = ECDSA_SIG_new();
 	BIGNUM *br = NULL, *bs = NULL;
 	unsigned char *p = sig;
-	int n, r = -ENOMEM;
+	int n, r = -ENOMEM; /* OpenSSL's allocations, which fail as they do */
 
 	if (!es)
 		return -ENOMEM;
@@ -1130,11 +1119,7 @@ kstpm_seal(struct kstpm *tpm, const uint8_t *secret, size_t len, uint8_t **blob,
 	if (r < 0)
 		goto out;
 
-	b = malloc(size);
-	if (!b) {
-		r = -ENOMEM;
-		goto out;
-	}
+	b = xmalloc(size);
 	b[0] = SEAL_BLOB_VERSION;
 	if (Tss2_MU_TPM2B_PUBLIC_Marshal(opub, b, size, &n) ||
 	    Tss2_MU_TPM2B_PRIVATE_Marshal(opriv, b, size, &n)) {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "provider.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -113,6 +114,7 @@ p256_point(const uint8_t *in, size_t len, uint8_t out[KSPROV_P256_POINT_LEN])
 	/* A bad point is an answer here, not an error for whoever reads the queue later. */
 	ERR_set_mark();
 	group = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+	/* These two fail only when OpenSSL's own allocation does. */
 	if (!group) {
 		r = -ENOMEM;
 		goto out;
@@ -294,11 +296,7 @@ key_decode(void *ctx, OSSL_CORE_BIO *cin, int selection, OSSL_CALLBACK *data_cb,
 	if (dlen == 0 || dlen > BODY_MAX)
 		goto out;
 
-	key = calloc(1, sizeof(*key));
-	if (!key) {
-		ok = 0;
-		goto out;
-	}
+	key = xcalloc(1, sizeof(*key));
 	key->pc = pc;
 	/* A file that carries our label but cannot be loaded is an error, not "try others". */
 	key->handle = pc->ops->load(pc->arg, label, der, dlen, pub);
@@ -333,10 +331,9 @@ out:
 static void *
 km_new(void *provctx)
 {
-	struct ksprov_key *key = calloc(1, sizeof(*key));
+	struct ksprov_key *key = xcalloc(1, sizeof(*key));
 
-	if (key)
-		key->pc = provctx;
+	key->pc = provctx;
 	return key;
 }
 
@@ -539,11 +536,10 @@ km_query_operation_name(int operation_id)
 static void *
 sig_newctx(void *provctx, const char *propq)
 {
-	struct ksprov_sig *ctx = calloc(1, sizeof(*ctx));
+	struct ksprov_sig *ctx = xcalloc(1, sizeof(*ctx));
 
 	(void)propq;
-	if (ctx)
-		ctx->pc = provctx;
+	ctx->pc = provctx;
 	return ctx;
 }
 
@@ -562,10 +558,8 @@ sig_freectx(void *vctx)
 static void *
 sig_dupctx(void *vctx)
 {
-	struct ksprov_sig *src = vctx, *dst = calloc(1, sizeof(*dst));
+	struct ksprov_sig *src = vctx, *dst = xcalloc(1, sizeof(*dst));
 
-	if (!dst)
-		return NULL;
 	*dst = *src;
 	dst->md = NULL;
 	dst->mdctx = NULL;
@@ -983,10 +977,8 @@ static int
 prov_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in, const OSSL_DISPATCH **out,
           void **provctx)
 {
-	struct ksprov_ctx *pc = calloc(1, sizeof(*pc));
+	struct ksprov_ctx *pc = xcalloc(1, sizeof(*pc));
 
-	if (!pc)
-		return 0;
 	pc->libctx = OSSL_LIB_CTX_new_from_dispatch(handle, in);
 	if (!pc->libctx) {
 		free(pc);
@@ -1012,6 +1004,7 @@ ksprov_init(const struct ksprov_ops *ops, void *arg)
 	/* OpenSSL 3.0 appends to its list on every call, without looking for duplicates. */
 	if (!registered) {
 		if (!OSSL_PROVIDER_add_builtin(NULL, KSPROV_NAME, prov_init)) {
+			/* OpenSSL's list of built-in providers could not grow. */
 			log_openssl("cannot register the provider");
 			return -ENOMEM;
 		}

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "tpmq.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -238,12 +239,10 @@ worker(void *arg)
 int
 tpmq_new(struct tpmq **out)
 {
-	struct tpmq *q = calloc(1, sizeof(*q));
+	struct tpmq *q = xcalloc(1, sizeof(*q));
 	sigset_t all, old;
 	int r;
 
-	if (!q)
-		fatal("tpmq: calloc");
 	pthread_mutex_init(&q->lock, NULL);
 	pthread_cond_init(&q->work, NULL);
 	pthread_cond_init(&q->idle, NULL);
@@ -346,9 +345,7 @@ tpmq_submit(struct tpmq *q, enum tpmq_prio prio, tpmq_run_fn run, void *data,
 		log_warn("tpmq: cannot make an eventfd for a TPM request");
 		return r;
 	}
-	req = calloc(1, sizeof(*req));
-	if (!req)
-		fatal("tpmq: calloc");
+	req = xcalloc(1, sizeof(*req));
 	*req = (struct tpmq_req){
 	        .q = q, .prio = prio, .run = run, .data = data, .destroy = destroy, .efd = efd};
 	atomic_init(&req->refs, 2);
