@@ -6,6 +6,7 @@
 #include "log.h"
 #include "loop.h"
 #include "upload.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <coap3/coap.h>
@@ -307,9 +308,7 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 	struct sensor *sn = coap_session_get_app_data(session);
 
 	if (!sn) {
-		sn = calloc(1, sizeof(*sn));
-		if (!sn)
-			return NULL;
+		sn = xcalloc(1, sizeof(*sn));
 		sn->remote = *coap_session_get_addr_remote(session);
 		sn->ifindex = coap_session_get_ifindex(session);
 		sn->next = br->sensors;
@@ -619,9 +618,6 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
 		       (unsigned)br->max_payload);
 		return -1;
-	case UPLOAD_NO_MEMORY:
-		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
-		return -1;
 	}
 	return -1;
 }
@@ -758,11 +754,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 			return;
 		}
 	}
-	req = calloc(1, sizeof(*req));
-	if (!req) {
-		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
-		return;
-	}
+	req = xcalloc(1, sizeof(*req));
 	req->br = br;
 	req->session = session;
 	req->mid = coap_pdu_get_mid(request);
@@ -1198,7 +1190,7 @@ listen_address(const struct gwconf *conf, coap_address_t *addr)
  * at the request's path, so one replaced or deleted under a request waiting for the router
  * would answer it wrongly and leave it pending for ever. So every resource has every handler,
  * and each handler asks what its path is now: a route (its userdata), the command resource
- * (br->commands_resource), or neither. NULL if out of memory.
+ * (br->commands_resource), or neither. NULL if libcoap cannot make it (out of memory).
  */
 static coap_resource_t *
 find_resource(struct coapbr *br, const char *path)
@@ -1209,9 +1201,7 @@ find_resource(struct coapbr *br, const char *path)
 
 	if (r)
 		return r;
-	all = reallocarray(br->resources, br->nresources + 1, sizeof(*all));
-	if (!all)
-		return NULL;
+	all = xreallocarray(br->resources, br->nresources + 1, sizeof(*all));
 	br->resources = all;
 	p = coap_new_str_const(uri.s, uri.length);
 	if (!p)
@@ -1243,7 +1233,7 @@ add_routes(struct coapbr *br, const struct gwconf *conf)
 		coap_resource_t *r = find_resource(br, conf->routes[i].resource);
 
 		if (!r)
-			return -ENOMEM;
+			return -ENOMEM; /* libcoap's */
 		coap_resource_set_userdata(r, (void *)&conf->routes[i]);
 	}
 	return 0;
@@ -1280,7 +1270,7 @@ add_commands(struct coapbr *br)
 	if (!br->commands)
 		return 0;
 	br->commands_resource = find_resource(br, br->commands_path);
-	return br->commands_resource ? 0 : -ENOMEM;
+	return br->commands_resource ? 0 : -ENOMEM; /* libcoap's */
 }
 
 void
@@ -1309,12 +1299,8 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 
 	if (br->commands && conf->downlink.resource &&
 	    strcmp(br->commands_path, conf->downlink.resource) != 0) {
-		char *path = strdup(conf->downlink.resource);
-
-		if (!path)
-			return -ENOMEM;
 		free(br->commands_path);
-		br->commands_path = path;
+		br->commands_path = xstrdup(conf->downlink.resource);
 		/* Observers of the old path: their observation ends with it (RFC 7641 3.6). */
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next)
 			sn->observing = false;
@@ -1349,9 +1335,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	size_t fleet = keystore_count(ks);
 	int r;
 
-	br = calloc(1, sizeof(*br));
-	if (!br)
-		return -ENOMEM;
+	br = xcalloc(1, sizeof(*br));
 	br->loop = loop;
 	br->ks = ks;
 	br->ops = ops;
@@ -1359,11 +1343,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	br->max_payload = (size_t)conf->sensors.max_payload;
 	if (commands && conf->downlink.resource) {
 		br->commands = commands;
-		br->commands_path = strdup(conf->downlink.resource);
-		if (!br->commands_path) {
-			free(br);
-			return -ENOMEM;
-		}
+		br->commands_path = xstrdup(conf->downlink.resource);
 	}
 	br->fd = -1;
 
@@ -1373,7 +1353,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 
 	br->ctx = coap_new_context(NULL);
 	if (!br->ctx) {
-		r = -ENOMEM;
+		r = -ENOMEM; /* libcoap could not allocate it, or its DTLS context */
 		goto fail;
 	}
 	coap_set_app_data(br->ctx, br);
@@ -1423,16 +1403,8 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	if (r < 0)
 		goto fail;
 	br->sweep = gw_timer_new(loop, sweep_stale, br);
-	if (!br->sweep) {
-		r = -ENOMEM;
-		goto fail;
-	}
 	gw_timer_arm(br->sweep, SWEEP_MS);
 	br->push = gw_timer_new(loop, push_fired, br);
-	if (!br->push) {
-		r = -ENOMEM;
-		goto fail;
-	}
 	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", conf->sensors.listen,
 	         conf->sensors.port, fleet);
 	*out = br;

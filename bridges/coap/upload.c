@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "upload.h"
+#include "xalloc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -36,9 +37,7 @@ upload_take(struct upload **up, size_t max, const struct upload_block *b)
 	}
 	if (b->num == 0 && !(u && u->owner == b->owner && u->first_mid == b->mid)) {
 		upload_free(u);
-		*up = u = malloc(sizeof(*u) + max);
-		if (!u)
-			return UPLOAD_NO_MEMORY;
+		*up = u = xmalloc(sizeof(*u) + max);
 		*u = (struct upload){.owner = b->owner, .first_mid = b->mid, .max = max};
 	} else if (!u || u->owner != b->owner || u->max != max) {
 		/* A later block with no upload going on (or another resource's, or a limit a

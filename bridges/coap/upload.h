@@ -34,7 +34,6 @@ enum upload_result {
 	UPLOAD_BAD,        /* 4.00: a block of the wrong size, or SZX 7; the upload is dropped */
 	UPLOAD_INCOMPLETE, /* 4.08: out of sequence (RFC 7959 section 2.9.2) */
 	UPLOAD_TOO_LARGE,  /* 4.13: more than max bytes; the upload is dropped */
-	UPLOAD_NO_MEMORY,  /* 5.00 */
 };
 
 /*

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "cmdq.h"
 #include "log.h"
+#include "xalloc.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,10 +36,8 @@ monotonic_now(void)
 struct cmdq *
 cmdq_new(size_t limit, unsigned expiry)
 {
-	struct cmdq *q = calloc(1, sizeof(*q));
+	struct cmdq *q = xcalloc(1, sizeof(*q));
 
-	if (!q)
-		return NULL;
 	q->limit = limit ? limit : 1;
 	q->expiry = expiry;
 	q->now = monotonic_now;
@@ -76,7 +74,7 @@ cmdq_set_clock(struct cmdq *q, time_t (*now)(void))
 	q->now = now ? now : monotonic_now;
 }
 
-/* The device's queue; with create, made if missing. NULL if missing (or out of memory). */
+/* The device's queue; with create, made if missing. NULL if missing and not create. */
 static struct devq *
 find(struct cmdq *q, const char *device, bool create)
 {
@@ -96,16 +94,10 @@ find(struct cmdq *q, const char *device, bool create)
 	}
 	if (!create)
 		return NULL;
-	devs = reallocarray(q->devs, q->ndevs + 1, sizeof(*devs));
-	if (!devs)
-		return NULL;
+	devs = xreallocarray(q->devs, q->ndevs + 1, sizeof(*devs));
 	q->devs = devs;
 	memmove(&devs[lo + 1], &devs[lo], (q->ndevs - lo) * sizeof(*devs));
-	devs[lo] = (struct devq){.device = strdup(device)};
-	if (!devs[lo].device) {
-		memmove(&devs[lo], &devs[lo + 1], (q->ndevs - lo) * sizeof(*devs));
-		return NULL;
-	}
+	devs[lo] = (struct devq){.device = xstrdup(device)};
 	q->ndevs++;
 	return &devs[lo];
 }
@@ -157,11 +149,7 @@ make_room(struct cmdq *q, struct devq *d)
 {
 	if (d->cap < q->limit && d->n >= d->cap) {
 		/* First command, or the limit grew on a reload. */
-		struct cmdq_command **cmds = reallocarray(d->cmds, q->limit, sizeof(*cmds));
-
-		if (!cmds)
-			return -ENOMEM;
-		d->cmds = cmds;
+		d->cmds = xreallocarray(d->cmds, q->limit, sizeof(*d->cmds));
 		d->cap = q->limit;
 	}
 	if (d->n < q->limit)
@@ -177,19 +165,9 @@ int
 cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, int content_format)
 {
 	struct devq *d = find(q, device, true);
-	struct cmdq_command *cmd;
-	int dropped;
+	struct cmdq_command *cmd = xmalloc(sizeof(*cmd) + len);
+	int dropped = make_room(q, d);
 
-	if (!d)
-		return -ENOMEM;
-	cmd = malloc(sizeof(*cmd) + len);
-	if (!cmd)
-		return -ENOMEM;
-	dropped = make_room(q, d);
-	if (dropped < 0) {
-		free(cmd);
-		return dropped;
-	}
 	cmd->seq = ++q->seq;
 	cmd->expires = q->now() + (time_t)q->expiry;
 	cmd->content_format = content_format;
@@ -229,7 +207,7 @@ cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd)
 	struct devq *d = find(q, device, true);
 
 	q->st.delivered--;
-	if (!d || cmd->expires <= q->now()) {
+	if (cmd->expires <= q->now()) {
 		q->st.expired++;
 		free(cmd);
 		return;
@@ -240,20 +218,15 @@ cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd)
 		free(cmd);
 		return;
 	}
-	if (make_room(q, d) < 0) {
-		free(cmd);
-		return;
-	}
+	make_room(q, d);
 	insert(d, cmd);
 }
 
 struct cmdq_command *
 cmdq_rebuild(uint32_t seq, time_t expires, int content_format, const void *payload, size_t len)
 {
-	struct cmdq_command *cmd = malloc(sizeof(*cmd) + len);
+	struct cmdq_command *cmd = xmalloc(sizeof(*cmd) + len);
 
-	if (!cmd)
-		return NULL;
 	cmd->seq = seq;
 	cmd->expires = expires;
 	cmd->content_format = content_format;

@@ -31,7 +31,7 @@ void cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry);
 
 /*
  * Queues a command for device. When the device's queue is full its oldest command is dropped
- * to make room (the newest instruction wins), and 1 is returned; otherwise 0, or -ENOMEM.
+ * to make room (the newest instruction wins), and 1 is returned; otherwise 0.
  */
 int cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len,
               int content_format);
@@ -48,10 +48,7 @@ struct cmdq_command *cmdq_pop(struct cmdq *q, const char *device);
  */
 void cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd);
 
-/*
- * A command as it was sent, with the seq and expiry it had, for cmdq_requeue(). NULL if out
- * of memory.
- */
+/* A command as it was sent, with the seq and expiry it had, for cmdq_requeue(). */
 struct cmdq_command *cmdq_rebuild(uint32_t seq, time_t expires, int content_format,
                                   const void *payload, size_t len);
 

@@ -10,6 +10,7 @@
 #include "profile.h"
 #include "spool.h"
 #include "template.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -225,22 +226,12 @@ flow_get(struct router *rt, const char *device)
 
 	if (f)
 		return f;
-	flows = reallocarray(rt->flows, rt->nflows + 1, sizeof(*flows));
-	if (!flows)
-		return NULL;
+	flows = xreallocarray(rt->flows, rt->nflows + 1, sizeof(*flows));
 	rt->flows = flows;
-	f = calloc(1, sizeof(*f));
-	if (!f)
-		return NULL;
+	f = xcalloc(1, sizeof(*f));
 	f->rt = rt;
-	f->device = strdup(device);
+	f->device = xstrdup(device);
 	f->retry = gw_timer_new(rt->loop, flow_retry, f);
-	if (!f->device || !f->retry) {
-		gw_timer_free(f->retry);
-		free(f->device);
-		free(f);
-		return NULL;
-	}
 	for (at = rt->nflows; at > 0 && strcmp(flows[at - 1]->device, device) > 0; at--)
 		;
 	memmove(&flows[at + 1], &flows[at], (rt->nflows - at) * sizeof(*flows));
@@ -249,14 +240,13 @@ flow_get(struct router *rt, const char *device)
 	return f;
 }
 
-/* The device's sensor was heard from: its flow (NULL if out of memory), made if need be. */
+/* The device's sensor was heard from: its flow, made if need be. */
 static struct flow *
 seen(struct router *rt, const char *device)
 {
 	struct flow *f = flow_get(rt, device);
 
-	if (f)
-		f->st.last_seen = time(NULL);
+	f->st.last_seen = time(NULL);
 	return f;
 }
 
@@ -374,12 +364,7 @@ pump(struct router *rt, struct flow *f)
 			gw_timer_arm(f->retry, 1000);
 			return;
 		}
-		s = malloc(sizeof(*s));
-		if (!s) {
-			free(buf);
-			gw_timer_arm(f->retry, 1000);
-			return;
-		}
+		s = xmalloc(sizeof(*s));
 		*s = (struct sent){.rt = rt, .seq = rec.seq, .epoch = f->epoch};
 		snprintf(s->device, sizeof(s->device), "%s", f->device);
 		struct mqttbr_message m = {
@@ -447,9 +432,7 @@ router_session_judged(struct router *rt, const char *device, bool accepted, bool
 		f->refused = false;
 	if (spool_depth(rt->spool, device, NULL) == 0)
 		return;
-	f = flow_get(rt, device);
-	if (f)
-		pump(rt, f);
+	pump(rt, flow_get(rt, device));
 }
 
 /* ---- the spool's group commit ---- */
@@ -656,12 +639,8 @@ uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr
 		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
 		return;
 	}
-	struct direct *dr = malloc(sizeof(*dr));
+	struct direct *dr = xmalloc(sizeof(*dr));
 
-	if (!dr) {
-		coapbr_complete(req, COAPBR_ERROR, 0);
-		return;
-	}
 	*dr = (struct direct){.rt = rt, .req = req};
 	r = mqttbr_publish(dev, m, direct_done, dr);
 	if (r < 0)
@@ -704,10 +683,8 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	}
 	rt->st.up_messages++;
 	rt->st.up_bytes += up->len;
-	if (f) {
-		f->st.up_messages++;
-		f->st.up_bytes += up->len;
-	}
+	f->st.up_messages++;
+	f->st.up_bytes += up->len;
 	struct mqttbr_message m = {
 	        .topic = topic,
 	        .payload = up->payload,
@@ -728,7 +705,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	enum mqttbr_status ust = mqttbr_status(rt->mqtt, up->device, &reason);
 
 	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED ||
-	    (ust != MQTTBR_CONNECTED && ((f && f->refused) || cert_expired(rt, up->device)))) {
+	    (ust != MQTTBR_CONNECTED && (f->refused || cert_expired(rt, up->device)))) {
 		struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
 
 		if (ust == MQTTBR_NONE)
@@ -760,12 +737,8 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 		return;
 	}
 	if (up->confirmable) {
-		struct waiter *w = malloc(sizeof(*w));
+		struct waiter *w = xmalloc(sizeof(*w));
 
-		if (!w) {
-			coapbr_complete(req, COAPBR_ERROR, 0);
-			return;
-		}
 		*w = (struct waiter){.req = req};
 		*rt->waiting_tail = w;
 		rt->waiting_tail = &w->next;
@@ -775,8 +748,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 		coapbr_complete(req, COAPBR_CHANGED, 0);
 		schedule_sync(rt, false);
 	}
-	if (f)
-		pump(rt, f);
+	pump(rt, f);
 }
 
 static bool
@@ -805,7 +777,6 @@ router_downlink(const char *device, const struct mqttbr_message *m, void *data)
 {
 	struct router *rt = data;
 	char why[256];
-	int r;
 
 	if (!allowed(rt, device, POLICY_MQTT_RECEIVE, m->topic, why, sizeof(why))) {
 		log_warnx("%s: command on %s refused: %s", device, m->topic, why);
@@ -820,19 +791,13 @@ router_downlink(const char *device, const struct mqttbr_message *m, void *data)
 		rt->st.down_too_large++;
 		return;
 	}
-	r = cmdq_push(rt->commands, device, m->payload, m->len, format_of(m->content_type));
-	if (r < 0) {
-		log_warnx("%s: cannot queue a command: %s", device, strerror(-r));
-		return;
-	}
+	cmdq_push(rt->commands, device, m->payload, m->len, format_of(m->content_type));
 	rt->st.down_messages++;
 	rt->st.down_bytes += m->len;
 	struct flow *f = flow_get(rt, device);
 
-	if (f) {
-		f->st.down_messages++;
-		f->st.down_bytes += m->len;
-	}
+	f->st.down_messages++;
+	f->st.down_bytes += m->len;
 	log_debug("%s: command of %zu bytes from %s queued", device, m->len, m->topic);
 	if (rt->coap)
 		coapbr_commands_ready(rt->coap, device);
@@ -918,10 +883,8 @@ router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
            const struct keystore *ks, struct mqttbr *mqtt, struct spool *spool,
            struct cmdq *commands)
 {
-	struct router *rt = calloc(1, sizeof(*rt));
+	struct router *rt = xcalloc(1, sizeof(*rt));
 
-	if (!rt)
-		return -ENOMEM;
 	rt->loop = loop;
 	rt->conf = conf;
 	rt->ks = ks;
@@ -931,12 +894,6 @@ router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
 	rt->waiting_tail = &rt->waiting;
 	rt->sync = gw_timer_new(loop, sync_fired, rt);
 	rt->checkpoint = gw_timer_new(loop, checkpoint_fired, rt);
-	if (!rt->sync || !rt->checkpoint) {
-		gw_timer_free(rt->sync);
-		gw_timer_free(rt->checkpoint);
-		free(rt);
-		return -ENOMEM;
-	}
 	*out = rt;
 	return 0;
 }

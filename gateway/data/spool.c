@@ -3,6 +3,7 @@
 #include "atomicfile.h"
 #include "device.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -405,32 +406,28 @@ seg_remove(struct spool *sp, struct dev *d, size_t si, bool delete_file)
 
 /*
  * Makes room for one more element in *arr, n used of *cap (each size bytes): the capacity
- * doubles, starting at first. 0 or -ENOMEM (*arr unchanged).
+ * doubles, starting at first.
  */
-static int
+static void
 room_for_one(void **arr, size_t n, size_t *cap, size_t first, size_t size)
 {
 	size_t grown = *cap ? 2 * *cap : first;
-	void *a;
 
 	if (n < *cap)
-		return 0;
-	a = reallocarray(*arr, grown, size);
-	if (!a)
-		return -ENOMEM;
-	*arr = a;
+		return;
+	*arr = xreallocarray(*arr, grown, size);
 	*cap = grown;
-	return 0;
 }
 
-static int
-seg_add(struct dev *d, uint64_t name, struct seg **out)
+static struct seg *
+seg_add(struct dev *d, uint64_t name)
 {
-	if (room_for_one((void **)&d->segs, d->nsegs, &d->cap, 4, sizeof(*d->segs)) < 0)
-		return -ENOMEM;
-	*out = &d->segs[d->nsegs++];
-	**out = (struct seg){.name = name, .fd = -1};
-	return 0;
+	struct seg *s;
+
+	room_for_one((void **)&d->segs, d->nsegs, &d->cap, 4, sizeof(*d->segs));
+	s = &d->segs[d->nsegs++];
+	*s = (struct seg){.name = name, .fd = -1};
+	return s;
 }
 
 /* The highest seq before segment si. */
@@ -502,7 +499,7 @@ resync(const uint8_t *b, size_t len, size_t off, uint64_t last, uint64_t *seen)
 	return len;
 }
 
-static int
+static void
 scan_buf(const uint8_t *b, size_t len, struct scan *sc)
 {
 	uint64_t last = sc->prev_seq;
@@ -529,9 +526,7 @@ scan_buf(const uint8_t *b, size_t len, struct scan *sc)
 			continue;
 		}
 		next = resync(b, len, off, last, &seen);
-		if (room_for_one((void **)&sc->holes, sc->nholes, &sc->cap, 2, sizeof(*sc->holes)) <
-		    0)
-			return -ENOMEM;
+		room_for_one((void **)&sc->holes, sc->nholes, &sc->cap, 2, sizeof(*sc->holes));
 		sc->holes[sc->nholes++] = (struct hole){
 		        .off = off,
 		        .len = next - off,
@@ -542,21 +537,23 @@ scan_buf(const uint8_t *b, size_t len, struct scan *sc)
 		off = next;
 	}
 	sc->last_seq = sc->nrec ? last : 0;
-	return 0;
 }
 
 /*
  * Reads len bytes of fd into a new buffer. Pieces that cannot be read (EIO on a failing SD
  * card) are left as zeros, which the scan then counts as damage: the rest stays usable.
+ * -EFBIG if the file is too large to be held in memory: len is its size on disk, which a
+ * damaged file system or a stray file can make anything, so this is not xmalloc()'s case
+ * (the daemon would abort at every start); the segment is skipped instead.
  */
 static int
 read_all(int fd, uint64_t len, const char *what, uint8_t **out)
 {
-	uint8_t *b = malloc(len ? len : 1);
+	uint8_t *b = len < SIZE_MAX ? malloc(len ? len : 1) : NULL;
 	bool warned = false;
 
 	if (!b)
-		return -ENOMEM;
+		return -EFBIG;
 	for (uint64_t off = 0; off < len;) {
 		size_t n = len - off < READ_CHUNK ? (size_t)(len - off) : READ_CHUNK;
 		ssize_t got = pread(fd, b + off, n, (off_t)off);
@@ -603,12 +600,8 @@ seg_check(struct spool *sp, struct dev *d, size_t si, bool cut_tail, uint64_t wa
 	r = read_all(fd, s->size, what, &b);
 	if (r < 0)
 		return r;
-	r = scan_buf(b, s->size, &sc);
+	scan_buf(b, s->size, &sc);
 	free(b);
-	if (r < 0) {
-		free(sc.holes);
-		return r;
-	}
 	if (sc.nholes)
 		first_off = sc.holes[0].off;
 	new_bytes = sc.hole_bytes - s->hole_bytes;
@@ -707,12 +700,10 @@ read_body(struct spool *sp, struct dev *d, size_t si, uint64_t *off, const struc
           uint8_t **out)
 {
 	size_t blen = h->total - REC_HDR;
-	uint8_t *b = malloc(blen + 1);
+	uint8_t *b = xmalloc(blen + 1);
 	ssize_t n;
 	int fd, r;
 
-	if (!b)
-		return -ENOMEM;
 	fd = seg_fd(sp, d, &d->segs[si]);
 	if (fd < 0) {
 		free(b);
@@ -869,15 +860,13 @@ dev_free(struct spool *sp, struct dev *d)
 	free(d);
 }
 
-static int
+static void
 dev_insert(struct spool *sp, struct dev *d, size_t pos)
 {
-	if (room_for_one((void **)&sp->devs, sp->ndevs, &sp->cap, 8, sizeof(*sp->devs)) < 0)
-		return -ENOMEM;
+	room_for_one((void **)&sp->devs, sp->ndevs, &sp->cap, 8, sizeof(*sp->devs));
 	memmove(&sp->devs[pos + 1], &sp->devs[pos], (sp->ndevs - pos) * sizeof(*sp->devs));
 	sp->devs[pos] = d;
 	sp->ndevs++;
-	return 0;
 }
 
 static void
@@ -963,20 +952,18 @@ seg_order(const void *a, const void *b)
 
 /*
  * Loads device id's folder: its acked file and every segment, checked. -errno if the folder
- * cannot be read (only -ENOMEM is worth failing spool_open() for).
+ * cannot be read.
  */
 static int
 dev_load(struct spool *sp, const char *id, struct dev **out)
 {
-	struct dev *d = calloc(1, sizeof(*d));
+	struct dev *d = xcalloc(1, sizeof(*d));
 	uint64_t next = 0;
 	bool synced = false;
 	struct dirent *de;
 	DIR *dir;
 	int fd, r = 0;
 
-	if (!d)
-		return -ENOMEM;
 	snprintf(d->id, sizeof(d->id), "%s", id);
 	d->dirfd = openat(sp->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (d->dirfd < 0) {
@@ -996,7 +983,6 @@ dev_load(struct spool *sp, const char *id, struct dev **out)
 	}
 	while ((de = readdir(dir))) {
 		uint64_t name;
-		struct seg *s;
 
 		if (strcmp(de->d_name, ACK_TMP) == 0) {
 			/* A crash during save_acked(): the acked file is the old one, whole. */
@@ -1005,15 +991,11 @@ dev_load(struct spool *sp, const char *id, struct dev **out)
 		}
 		if (!seg_parse_name(de->d_name, &name))
 			continue;
-		r = seg_add(d, name, &s);
-		if (r < 0)
-			break;
+		seg_add(d, name);
 		if (name >= next)
 			next = name + 1;
 	}
 	closedir(dir);
-	if (r < 0)
-		goto fail;
 	if (d->nsegs > 1)
 		qsort(d->segs, d->nsegs, sizeof(*d->segs), seg_order);
 	for (size_t si = 0; si < d->nsegs; si++) {
@@ -1036,7 +1018,7 @@ dev_load(struct spool *sp, const char *id, struct dev **out)
 		s->sealed = si != d->nsegs - 1;
 		r = seg_check(sp, d, si, si == d->nsegs - 1, 0, &unused);
 		if (r < 0) {
-			/* E.g. too large to read: the rest of the device still starts. */
+			/* E.g. too large to read (-EFBIG): the rest of the device still starts. */
 			errno = -r;
 			log_warn("spool: %s/%s: segment %016" PRIx64 SEG_SUFFIX " skipped", sp->dir,
 			         id, s->name);
@@ -1091,13 +1073,7 @@ dev_create(struct spool *sp, const char *id, struct dev **out)
 	if (r < 0)
 		return r;
 	dev_find(sp, id, &pos);
-	r = dev_insert(sp, d, pos);
-	if (r < 0) {
-		sp->st.records -= d->records;
-		sp->st.bytes -= d->bytes;
-		dev_free(sp, d);
-		return r;
-	}
+	dev_insert(sp, d, pos);
 	*out = d;
 	return 0;
 }
@@ -1137,25 +1113,19 @@ spool_set_limits(struct spool *sp, const struct spool_limits *lim)
 int
 spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 {
-	struct spool *sp = calloc(1, sizeof(*sp));
+	struct spool *sp = xcalloc(1, sizeof(*sp));
 	struct dirent *de;
 	bool made = false;
 	struct stat st;
 	DIR *dh = NULL;
 	int fd, r;
 
-	if (!sp)
-		return -ENOMEM;
 	crc_init();
 	sp->dirfd = sp->lockfd = -1;
 	take_limits(sp, lim);
 	sp->now = clock_now;
 	sp->use_syncfs = syncfs_reports_errors();
-	sp->dir = strdup(dir);
-	if (!sp->dir) {
-		r = -ENOMEM;
-		goto fail;
-	}
+	sp->dir = xstrdup(dir);
 	if (mkdir(dir, 0700) == 0) {
 		made = true;
 	} else if (errno != EEXIST) {
@@ -1171,11 +1141,11 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 	}
 	if (made) {
 		/* The new folder's own entry must survive a power loss too. */
-		char *copy = strdup(dir);
-		int pfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+		char *copy = xstrdup(dir);
+		int pfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
 		if (pfd < 0 || fsync(pfd) < 0) {
-			r = copy ? -errno : -ENOMEM;
+			r = -errno;
 			log_warn("spool: fsync the folder holding %s", dir);
 		} else {
 			r = 0;
@@ -1230,16 +1200,9 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 			log_warnx("spool: %s/%s: not a device id; ignored", dir, de->d_name);
 			continue;
 		}
-		r = dev_load(sp, de->d_name, &d);
-		if (r == -ENOMEM)
-			break;
-		if (r < 0)
+		if (dev_load(sp, de->d_name, &d) < 0)
 			continue;
-		r = dev_insert(sp, d, sp->ndevs);
-		if (r < 0) {
-			dev_free(sp, d);
-			break;
-		}
+		dev_insert(sp, d, sp->ndevs);
 	}
 	closedir(dh);
 	if (r < 0)
@@ -1378,12 +1341,7 @@ tail_seg(struct spool *sp, struct dev *d, struct seg **out)
 		log_warn("spool: create %s/%s/%s", sp->dir, d->id, name);
 		return r;
 	}
-	r = seg_add(d, d->next_seq, &s);
-	if (r < 0) {
-		close(fd);
-		unlinkat(d->dirfd, name, 0);
-		return r;
-	}
+	s = seg_add(d, d->next_seq);
 	s->fd = fd;
 	sp->nopen++;
 	d->dir_dirty = true;
@@ -1457,10 +1415,7 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 			return seq_used_up(sp, d);
 	}
 	if (total > sp->wcap) {
-		b = realloc(sp->wbuf, total);
-		if (!b)
-			return -ENOMEM;
-		sp->wbuf = b;
+		sp->wbuf = xreallocarray(sp->wbuf, total, 1);
 		sp->wcap = total;
 	}
 	b = sp->wbuf;
@@ -1663,12 +1618,10 @@ syncfs_all(struct spool *sp)
 static int
 checkpoint_all(struct spool *sp)
 {
-	bool *pending = calloc(sp->ndevs ? sp->ndevs : 1, sizeof(*pending));
+	bool *pending = xcalloc(sp->ndevs ? sp->ndevs : 1, sizeof(*pending));
 	bool removed = false;
 	int err = 0, r;
 
-	if (!pending)
-		return -ENOMEM;
 	for (size_t i = 0; i < sp->ndevs; i++) {
 		struct dev *d = sp->devs[i];
 
