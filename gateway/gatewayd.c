@@ -18,6 +18,7 @@
 #include "options.h"
 #include "router.h"
 #include "spool.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -180,11 +181,9 @@ static void
 device_changed(const char *id, enum admin_change what, void *data)
 {
 	struct daemon *d = data;
-	char *copy = strdup(id);
-
 	/* id may be the keystore's own string, which removing the device retires. */
-	if (!copy)
-		return;
+	char *copy = xstrdup(id);
+
 	sync_sessions(d, copy, what);
 	enrol_device_changed(d->enrol, copy);
 	free(copy);
@@ -276,18 +275,12 @@ count_spooled(const char *device, uint64_t records, void *data)
 {
 	struct orphans *o = data;
 	struct keystore_info info;
-	char **ids;
 
 	if (keystore_device_info(o->d->ks, device, &info) == -ENOENT) {
 		log_warnx("%s: %llu spooled messages of a device that was removed: deleted", device,
 		          (unsigned long long)records);
-		ids = reallocarray(o->ids, o->n + 1, sizeof(*ids));
-		if (ids && (ids[o->n] = strdup(device))) {
-			o->ids = ids;
-			o->n++;
-		} else if (ids) {
-			o->ids = ids;
-		}
+		o->ids = xreallocarray(o->ids, o->n + 1, sizeof(*o->ids));
+		o->ids[o->n++] = xstrdup(device);
 		return;
 	}
 	log_info("%s: %llu messages in the spool, sent once its session is up", device,
@@ -304,8 +297,7 @@ open_spool(struct daemon *d)
 	int r;
 
 	options_spool(&lim, d->conf);
-	if (asprintf(&dir, "%s/spool", d->conf->state_dir) < 0)
-		return -ENOMEM;
+	dir = xasprintf("%s/spool", d->conf->state_dir);
 	r = spool_open(&d->spool, dir, &lim);
 	if (r < 0) {
 		log_warnx("cannot open the spool in %s: %s", dir,
@@ -374,14 +366,8 @@ start(struct daemon *d)
 			return -ENOMEM;
 	}
 	d->tpm_sampler = gw_timer_new(d->loop, tpm_sample, d);
-	if (!d->tpm_sampler)
-		fatalx("out of memory");
 	gw_timer_arm(d->tpm_sampler, TPM_SAMPLE_MS);
-	r = mqttbr_new(&d->mqtt, d->loop, d->conf, d->ks);
-	if (r < 0) {
-		log_warnx("cannot start the upstream bridge: %s", strerror(-r));
-		return r;
-	}
+	d->mqtt = mqttbr_new(d->loop, d->conf, d->ks);
 	r = router_new(&d->router, d->loop, d->conf, d->ks, d->mqtt, d->spool, d->commands);
 	if (r < 0)
 		return r;

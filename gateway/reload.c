@@ -18,6 +18,7 @@
 #include "options.h"
 #include "router.h"
 #include "spool.h"
+#include "xalloc.h"
 #include "admin.h"
 
 #include <errno.h>
@@ -139,9 +140,7 @@ apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 	/* First: what follows logs, and libcoap takes its level from ours. */
 	if (!d->verbose)
 		log_set_level(next->log_level);
-	r = mqttbr_reconfigure(d->mqtt, next, restart_all);
-	if (r < 0)
-		return r;
+	mqttbr_reconfigure(d->mqtt, next, restart_all);
 	if (d->coap && (r = coapbr_set_conf(d->coap, next)) < 0)
 		return r;
 	options_keystore(&kc, next);
@@ -258,15 +257,13 @@ static int start_parse(struct daemon *d);
 static void
 answer_waiters(struct waiter *w, size_t n, int status, const char *out, const char *err)
 {
-	char *msg = NULL;
+	char *msg = xasprintf("%s%s", out ? out : "", err ? err : "");
 
-	if (asprintf(&msg, "%s%s", out ? out : "", err ? err : "") < 0)
-		msg = NULL;
 	/* late_answer() adds the newline. */
-	if (msg && *msg && msg[strlen(msg) - 1] == '\n')
+	if (*msg && msg[strlen(msg) - 1] == '\n')
 		msg[strlen(msg) - 1] = '\0';
 	for (size_t i = 0; i < n; i++)
-		w[i].done(w[i].ctx, status, msg ? msg : "reload: out of memory");
+		w[i].done(w[i].ctx, status, msg);
 	free(msg);
 }
 
@@ -324,8 +321,9 @@ start_parse(struct daemon *d)
 	gw_notify_send("RELOADING=1\nSTATUS=reloading the configuration");
 	log_info("reloading %s", d->conf->file);
 	job->t0 = gw_now_ms();
-	if (gw_loop_add_fd(d->loop, job->efd, EPOLLIN, parsed, job) < 0)
-		return -ENOMEM;
+	r = gw_loop_add_fd(d->loop, job->efd, EPOLLIN, parsed, job);
+	if (r < 0)
+		return r;
 	r = -pthread_create(&job->thread, NULL, parse_thread, job);
 	job->running = r == 0;
 	if (r < 0) {
@@ -336,19 +334,13 @@ start_parse(struct daemon *d)
 	return r;
 }
 
-static bool
+static void
 add_waiter(struct waiter **w, size_t *n, admin_done_fn done, void *ctx)
 {
-	struct waiter *more;
-
 	if (!done)
-		return true; /* SIGHUP: nobody to answer */
-	more = reallocarray(*w, *n + 1, sizeof(**w));
-	if (!more)
-		return false;
-	more[(*n)++] = (struct waiter){done, ctx};
-	*w = more;
-	return true;
+		return; /* SIGHUP: nobody to answer */
+	*w = xreallocarray(*w, *n + 1, sizeof(**w));
+	(*w)[(*n)++] = (struct waiter){done, ctx};
 }
 
 int
@@ -363,31 +355,20 @@ daemon_reload(struct daemon *d, admin_done_fn done, void *ctx, FILE *err)
 	}
 	if (job) {
 		/* The file may have changed since that one began: read it again after it. */
-		if (!add_waiter(&job->later, &job->nlater, done, ctx)) {
-			if (err)
-				fprintf(err, "reload: out of memory\n");
-			return 1;
-		}
+		add_waiter(&job->later, &job->nlater, done, ctx);
 		job->again = true;
 		return ADMIN_PENDING;
 	}
-	job = calloc(1, sizeof(*job));
-	if (job) {
-		job->d = d;
-		job->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		job->path = strdup(d->conf->file);
-	}
-	if (!job || job->efd < 0 || !job->path ||
-	    !add_waiter(&job->waiters, &job->nwaiters, done, ctx)) {
-		if (err)
-			fprintf(err, "reload: out of memory\n");
-		if (job && job->efd >= 0)
-			close(job->efd);
-		if (job)
-			free(job->path);
+	job = xcalloc(1, sizeof(*job));
+	job->d = d;
+	job->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (job->efd < 0) {
+		tell(err, true, "reload: cannot create an eventfd: %s; try again", strerror(errno));
 		free(job);
 		return 1;
 	}
+	job->path = xstrdup(d->conf->file);
+	add_waiter(&job->waiters, &job->nwaiters, done, ctx);
 	d->reloading = job;
 	if (start_parse(d) < 0) {
 		if (err)

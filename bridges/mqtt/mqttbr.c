@@ -7,6 +7,7 @@
 #include "mqttcodec.h"
 #include "mqttconn.h"
 #include "resolve.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <openssl/err.h>
@@ -182,14 +183,11 @@ static void schedule_retry(struct mqttbr_device *dev);
 static void device_destroy(struct mqttbr_device *dev);
 static void session_over(struct mqttbr_device *dev);
 
+/* xstrdup() for the optional strings: NULL stays NULL. */
 static char *
-xstrdup(const char *s)
+xstrdup_or_null(const char *s)
 {
-	char *d = s ? strdup(s) : NULL;
-
-	if (s && !d)
-		fatalx("mqtt: out of memory");
-	return d;
+	return s ? xstrdup(s) : NULL;
 }
 
 static uint32_t
@@ -469,9 +467,7 @@ build_connect(struct mqttbr_device *dev, size_t *len)
 	n = mqttcodec_connect(NULL, 0, &c);
 	if (n <= 0)
 		return NULL;
-	buf = malloc((size_t)n);
-	if (!buf)
-		fatalx("mqtt: out of memory");
+	buf = xmalloc((size_t)n);
 	mqttcodec_connect(buf, (size_t)n, &c);
 	*len = (size_t)n;
 	return buf;
@@ -734,15 +730,11 @@ mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr
 	/* The broker ends the session on a larger packet (MQTT 5.0 3.2.2.3.6): say so here. */
 	if (size == 0 || (dev->max_packet && size > dev->max_packet))
 		return -EMSGSIZE;
-	pub = calloc(1, sizeof(*pub));
-	if (!pub)
-		fatalx("mqtt: out of memory");
+	pub = xcalloc(1, sizeof(*pub));
 	*pub = (struct publish){
 	        .dev = dev, .fn = fn, .data = data, .packet_id = p.packet_id, .len = size};
 	pub->timer = gw_timer_new(dev->br->loop, publish_timer, pub);
-	pub->pkt = malloc(size);
-	if (!pub->timer || !pub->pkt)
-		fatalx("mqtt: out of memory");
+	pub->pkt = xmalloc(size);
 	if (mqttcodec_publish(pub->pkt, size, &p) != (int)size) {
 		gw_timer_free(pub->timer);
 		free(pub->pkt);
@@ -836,11 +828,9 @@ session_started(struct mqttbr_device *dev)
 	}
 	if (dev->command_filter) {
 		size_t n = strlen(dev->command_filter) + 16;
-		uint8_t *buf = malloc(n);
+		uint8_t *buf = xmalloc(n);
 		int len;
 
-		if (!buf)
-			fatalx("mqtt: out of memory");
 		dev->sub_id = 0;
 		dev->sub_id = new_packet_id(dev);
 		len = mqttcodec_subscribe(buf, n, version, dev->sub_id, dev->command_filter,
@@ -916,19 +906,15 @@ static void
 on_inbound(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 {
 	struct mqttbr *br = dev->br;
-	char *topic = malloc(p->topic.len + 1), *ctype = NULL;
+	char *topic = xmalloc(p->topic.len + 1), *ctype = NULL;
 	int version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5;
 	uint16_t id = p->packet_id;
 	int qos = p->qos;
 
-	if (!topic)
-		fatalx("mqtt: out of memory");
 	memcpy(topic, p->topic.data, p->topic.len);
 	topic[p->topic.len] = '\0';
 	if (p->props.content_type.data) {
-		ctype = malloc(p->props.content_type.len + 1);
-		if (!ctype)
-			fatalx("mqtt: out of memory");
+		ctype = xmalloc(p->props.content_type.len + 1);
 		memcpy(ctype, p->props.content_type.data, p->props.content_type.len);
 		ctype[p->props.content_type.len] = '\0';
 	}
@@ -1293,7 +1279,7 @@ say_goodbye(struct mqttbr_device *dev)
 		if (p.qos == 1)
 			p.packet_id = new_packet_id(dev);
 		size = mqttcodec_publish_size(&p);
-		buf = size ? malloc(size) : NULL;
+		buf = size ? xmalloc(size) : NULL;
 		if (buf && mqttcodec_publish(buf, size, &p) == (int)size)
 			send_packet(dev, buf, (int)size);
 		else
@@ -1478,27 +1464,22 @@ int
 mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,
                   struct mqttbr_device **out)
 {
-	struct mqttbr_device *dev, **devices;
+	struct mqttbr_device *dev;
 
 	if (mqttbr_find(br, id))
 		return -EEXIST;
-	devices = reallocarray(br->devices, br->ndevices + 1, sizeof(*devices));
-	dev = calloc(1, sizeof(*dev));
-	if (!devices || !dev)
-		fatalx("mqtt: out of memory");
-	br->devices = devices;
+	br->devices = xreallocarray(br->devices, br->ndevices + 1, sizeof(*br->devices));
+	dev = xcalloc(1, sizeof(*dev));
 	dev->br = br;
 	dev->id = xstrdup(id);
-	dev->cert_file = xstrdup(session->cert_file);
-	dev->key_file = xstrdup(session->key_file);
-	dev->status_topic = xstrdup(session->status_topic);
-	dev->command_filter = xstrdup(session->command_filter);
+	dev->cert_file = xstrdup_or_null(session->cert_file);
+	dev->key_file = xstrdup_or_null(session->key_file);
+	dev->status_topic = xstrdup_or_null(session->status_topic);
+	dev->command_filter = xstrdup_or_null(session->command_filter);
 	dev->client_id = xstrdup(session->client_id ? session->client_id : id);
-	dev->username = xstrdup(session->username);
+	dev->username = xstrdup_or_null(session->username);
 	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
 	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
-	if (!dev->retry || !dev->expiry)
-		fatalx("mqtt: out of memory");
 	dev->mqtt_version = br->cfg.mqtt_version;
 	dev->state = DEV_WAITING;
 	/* Sorted by id: mqttbr_find() runs for every uplink message. */
@@ -1506,7 +1487,7 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 
 	while (at > 0 && strcmp(br->devices[at - 1]->id, id) > 0)
 		at--;
-	memmove(&br->devices[at + 1], &br->devices[at], (br->ndevices - at) * sizeof(*devices));
+	memmove(&br->devices[at + 1], &br->devices[at], (br->ndevices - at) * sizeof(*br->devices));
 	br->devices[at] = dev;
 	br->ndevices++;
 	if (out)
@@ -1549,7 +1530,7 @@ device_destroy(struct mqttbr_device *dev)
 void
 mqttbr_remove_device(struct mqttbr *br, const char *id)
 {
-	struct mqttbr_device *dev = mqttbr_find(br, id), **removing;
+	struct mqttbr_device *dev = mqttbr_find(br, id);
 	size_t i;
 
 	if (!dev)
@@ -1571,10 +1552,7 @@ mqttbr_remove_device(struct mqttbr *br, const char *id)
 		pump(br);
 		return;
 	}
-	removing = reallocarray(br->removing, br->nremoving + 1, sizeof(*removing));
-	if (!removing)
-		fatalx("mqtt: out of memory");
-	br->removing = removing;
+	br->removing = xreallocarray(br->removing, br->nremoving + 1, sizeof(*br->removing));
 	br->removing[br->nremoving++] = dev;
 	dev->state = DEV_REMOVING;
 	say_goodbye(dev);
@@ -1591,8 +1569,8 @@ mqttbr_set_tls_files(struct mqttbr *br, const char *id, const char *cert_file, c
 		return -ENOENT;
 	free(dev->cert_file);
 	free(dev->key_file);
-	dev->cert_file = xstrdup(cert_file);
-	dev->key_file = xstrdup(key_file);
+	dev->cert_file = xstrdup_or_null(cert_file);
+	dev->key_file = xstrdup_or_null(key_file);
 	/* Another certificate, or the same renamed: the next connect shows it in full. */
 	drop_session(dev);
 	return 0;
@@ -1659,9 +1637,7 @@ alpn_wire(char *const *protos, size_t n, unsigned *len)
 		total += 1 + strlen(protos[i]);
 	if (total == 0)
 		return NULL;
-	out = w = malloc(total);
-	if (!out)
-		fatalx("mqtt: out of memory");
+	out = w = xmalloc(total);
 	for (size_t i = 0; i < n; i++) {
 		size_t l = strlen(protos[i]);
 
@@ -1715,7 +1691,7 @@ connection_same(const struct mqttbr *br, const struct gwconf *conf)
 }
 
 /* Takes conf's upstream settings; a new TLS context when what it is made of changed. */
-static int
+static void
 configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 {
 	br->cfg.publish_timeout = conf->upstream.publish_timeout;
@@ -1724,7 +1700,7 @@ configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 	br->cfg.rejected_retry = conf->upstream.rejected_retry;
 	br->cfg.session_lifetime = (unsigned)conf->upstream.tls_session_lifetime;
 	if (!all)
-		return 0;
+		return;
 
 	unsigned alpn_len;
 	unsigned char *alpn = alpn_wire(conf->upstream.alpn, conf->upstream.nalpn, &alpn_len);
@@ -1747,12 +1723,12 @@ configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 	free(br->cfg.ca_file);
 	free(br->presence.online);
 	free(br->presence.offline);
-	br->cfg.broker = xstrdup(conf->upstream.broker);
-	br->cfg.host = xstrdup(conf->upstream.broker_host);
+	br->cfg.broker = xstrdup_or_null(conf->upstream.broker);
+	br->cfg.host = xstrdup_or_null(conf->upstream.broker_host);
 	br->cfg.port = conf->upstream.broker_port;
-	br->cfg.ca_file = xstrdup(conf->upstream.ca_file);
-	br->presence.online = xstrdup(online_of(conf));
-	br->presence.offline = xstrdup(offline_of(conf));
+	br->cfg.ca_file = xstrdup_or_null(conf->upstream.ca_file);
+	br->presence.online = xstrdup_or_null(online_of(conf));
+	br->presence.offline = xstrdup_or_null(offline_of(conf));
 	br->cfg.keepalive = conf->upstream.keepalive;
 	br->cfg.connect_timeout = conf->upstream.connect_timeout;
 	br->presence.qos = conf->presence.qos;
@@ -1767,14 +1743,13 @@ configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 		br->addrs.naddrs = 0;
 		resolve_broker(br);
 	}
-	return 0;
 }
 
-int
+void
 mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all)
 {
 	*restart_all = !connection_same(br, conf);
-	return configure(br, conf, *restart_all);
+	configure(br, conf, *restart_all);
 }
 
 void
@@ -1843,28 +1818,17 @@ mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
 	}
 }
 
-int
-mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf,
-           const struct keystore *ks)
+struct mqttbr *
+mqttbr_new(struct gw_loop *loop, const struct gwconf *conf, const struct keystore *ks)
 {
-	struct mqttbr *br = calloc(1, sizeof(*br));
-	int r;
+	struct mqttbr *br = xcalloc(1, sizeof(*br));
 
-	if (!br)
-		fatalx("mqtt: out of memory");
 	br->loop = loop;
 	br->ks = ks;
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
 	br->resolve_timer = gw_timer_new(loop, resolve_fired, br);
-	if (!br->stop.timer || !br->resolve_timer)
-		fatalx("mqtt: out of memory");
-	r = configure(br, conf, true);
-	if (r < 0) {
-		mqttbr_free(br);
-		return r;
-	}
-	*out = br;
-	return 0;
+	configure(br, conf, true);
+	return br;
 }
 
 void

@@ -34,8 +34,8 @@ struct keystore;
  * ks (may be NULL) tells the time a handshake's signature takes on the TPM worker, the pace at
  * which connects are admitted; without it the bridge measures that itself.
  */
-int mqttbr_new(struct mqttbr **out, struct gw_loop *loop, const struct gwconf *conf,
-               const struct keystore *ks);
+struct mqttbr *mqttbr_new(struct gw_loop *loop, const struct gwconf *conf,
+                          const struct keystore *ks);
 /* Destroys every session without waiting; pending publishes are not reported. Accepts NULL. */
 void mqttbr_free(struct mqttbr *br);
 
@@ -73,7 +73,7 @@ bool mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_
  * *restart_all is set when what sessions connect with changed (broker, CA, keepalive, presence
  * payloads, QoS): sessions already up keep the old settings until the caller restarts them.
  */
-int mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all);
+void mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all);
 
 /*
  * Points a device at other files for its next connect, without touching the session (the

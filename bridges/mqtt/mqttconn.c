@@ -3,6 +3,7 @@
 #include "log.h"
 #include "loop.h"
 #include "mqttcodec.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -498,14 +499,10 @@ do_read(struct mqttconn *c)
 
 		if (c->incap - c->inlen < READ_STEP) {
 			size_t cap = c->incap ? c->incap * 2 : READ_STEP;
-			uint8_t *in;
 
 			while (cap - c->inlen < READ_STEP)
 				cap *= 2;
-			in = realloc(c->in, cap);
-			if (!in)
-				fatalx("mqtt: out of memory");
-			c->in = in;
+			c->in = xreallocarray(c->in, cap, sizeof(*c->in));
 			c->incap = cap;
 		}
 		ERR_clear_error();
@@ -715,14 +712,10 @@ mqttconn_send(struct mqttconn *c, const uint8_t *buf, size_t len)
 		return -ENOTCONN;
 	if (c->outlen + len > c->outcap) {
 		size_t cap = c->outcap ? c->outcap : 256;
-		uint8_t *out;
 
 		while (cap < c->outlen + len)
 			cap *= 2;
-		out = realloc(c->out, cap);
-		if (!out)
-			fatalx("mqtt: out of memory");
-		c->out = out;
+		c->out = xreallocarray(c->out, cap, sizeof(*c->out));
 		c->outcap = cap;
 	}
 	memcpy(c->out + c->outlen, buf, len);
@@ -851,11 +844,9 @@ int
 mqttconn_open(struct mqttconn **out, struct gw_loop *loop, const struct mqttconn_params *p,
               const struct mqttconn_ops *ops, void *data, struct mqttconn_end *why)
 {
-	struct mqttconn *c = calloc(1, sizeof(*c));
+	struct mqttconn *c = xcalloc(1, sizeof(*c));
 	int one = 1, r;
 
-	if (!c)
-		fatalx("mqtt: out of memory");
 	*c = (struct mqttconn){.loop = loop,
 	                       .ops = ops,
 	                       .data = data,
@@ -865,9 +856,10 @@ mqttconn_open(struct mqttconn **out, struct gw_loop *loop, const struct mqttconn
 	                       .keepalive_ms = (unsigned)p->keepalive * 1000};
 	*why = (struct mqttconn_end){.kind = MQTTCONN_NETWORK};
 	c->timer = gw_timer_new(loop, on_timer, c);
-	c->connect = malloc(p->connect_len);
+	c->connect = xmalloc(p->connect_len);
+	/* NULL from OpenSSL: its own allocation failed. */
 	c->ssl = SSL_new(p->ctx);
-	if (!c->timer || !c->connect || !c->ssl)
+	if (!c->ssl)
 		fatalx("mqtt: out of memory");
 	memcpy(c->connect, p->connect, p->connect_len);
 	c->connect_len = p->connect_len;

@@ -2,6 +2,7 @@
 #include "resolve.h"
 #include "log.h"
 #include "loop.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -91,20 +92,16 @@ int
 resolve_start(struct resolve **out, struct gw_loop *loop, const char *host, uint16_t port,
               resolve_fn fn, void *data)
 {
-	struct resolve *r = calloc(1, sizeof(*r));
+	struct resolve *r = xcalloc(1, sizeof(*r));
 	uint64_t one = 1;
 	pthread_attr_t attr;
 	pthread_t t;
 	int e;
 
-	if (!r)
-		fatalx("resolve: out of memory");
 	r->loop = loop;
 	r->fn = fn;
 	r->data = data;
-	r->host = strdup(host);
-	if (!r->host)
-		fatalx("resolve: out of memory");
+	r->host = xstrdup(host);
 	snprintf(r->port, sizeof(r->port), "%u", port);
 	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (r->efd < 0) {

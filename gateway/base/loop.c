@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "loop.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -112,9 +113,7 @@ gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, 
 
 		while (n <= (size_t)fd)
 			n *= 2;
-		byfd = reallocarray(loop->byfd, n, sizeof(*byfd));
-		if (!byfd)
-			return -ENOMEM;
+		byfd = xreallocarray(loop->byfd, n, sizeof(*byfd));
 		memset(byfd + loop->nbyfd, 0, (n - loop->nbyfd) * sizeof(*byfd));
 		loop->byfd = byfd;
 		loop->nbyfd = n;
@@ -128,9 +127,7 @@ gw_loop_add_fd(struct gw_loop *loop, int fd, uint32_t events, gw_loop_fd_fn fn, 
 		epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
 		watch_unlink(loop, stale);
 	}
-	w = calloc(1, sizeof(*w));
-	if (!w)
-		return -ENOMEM;
+	w = xcalloc(1, sizeof(*w));
 	*w = (struct watch){.fd = fd, .fn = fn, .data = data, .next = loop->watches};
 	r = epoll_watch(loop, fd, events, w);
 	if (r < 0) {
@@ -256,10 +253,8 @@ heap_remove(struct gw_loop *loop, struct gw_timer *t)
 struct gw_timer *
 gw_timer_new(struct gw_loop *loop, gw_timer_fn fn, void *data)
 {
-	struct gw_timer *t = calloc(1, sizeof(*t));
+	struct gw_timer *t = xcalloc(1, sizeof(*t));
 
-	if (!t)
-		return NULL;
 	*t = (struct gw_timer){.loop = loop, .fn = fn, .data = data, .slot = SIZE_MAX};
 	return t;
 }
@@ -291,11 +286,8 @@ gw_timer_arm(struct gw_timer *timer, uint64_t ms)
 	gw_timer_disarm(timer);
 	if (loop->nheap == loop->heap_cap) {
 		size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
-		struct gw_timer **heap = reallocarray(loop->heap, cap, sizeof(*heap));
 
-		if (!heap)
-			return -ENOMEM;
-		loop->heap = heap;
+		loop->heap = xreallocarray(loop->heap, cap, sizeof(*loop->heap));
 		loop->heap_cap = cap;
 	}
 	timer->due = gw_now_ms() + ms;
@@ -371,11 +363,9 @@ gw_loop_add_signal(struct gw_loop *loop, int signo, gw_signal_fn fn, void *data)
 int
 gw_loop_new(struct gw_loop **out)
 {
-	struct gw_loop *loop = calloc(1, sizeof(*loop));
+	struct gw_loop *loop = xcalloc(1, sizeof(*loop));
 	int r;
 
-	if (!loop)
-		return -ENOMEM;
 	loop->timerfd = loop->sigfd = -1;
 	sigemptyset(&loop->sigmask);
 	loop->epfd = epoll_create1(EPOLL_CLOEXEC);

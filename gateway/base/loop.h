@@ -41,10 +41,11 @@ int gw_loop_add_signal(struct gw_loop *loop, int signo, gw_signal_fn fn, void *d
 /* Monotonic milliseconds. */
 uint64_t gw_now_ms(void);
 
+/* A disarmed timer; never NULL. */
 struct gw_timer *gw_timer_new(struct gw_loop *loop, gw_timer_fn fn, void *data);
 /* Frees a timer, disarming it first; accepts NULL. */
 void gw_timer_free(struct gw_timer *timer);
-/* (Re)arms a one-shot timer to fire after ms milliseconds. */
+/* (Re)arms a one-shot timer to fire after ms milliseconds. Cannot fail: always 0. */
 int gw_timer_arm(struct gw_timer *timer, uint64_t ms);
 void gw_timer_disarm(struct gw_timer *timer);
 /* Milliseconds until the timer fires, or -1 if it is not armed. */

@@ -8,6 +8,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -82,15 +83,20 @@ gw_notify_sendf(const char *fmt, ...)
 {
 	va_list ap;
 	char *state;
-	int r;
+	int n, r;
 
 	if (!getenv("NOTIFY_SOCKET"))
 		return 0;
+	/* Measured, then written: xalloc.h has no va_list form of xasprintf(). */
 	va_start(ap, fmt);
-	r = vasprintf(&state, fmt, ap);
+	n = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
-	if (r < 0)
-		return -ENOMEM;
+	if (n < 0)
+		return -errno; /* EOVERFLOW: longer than INT_MAX */
+	state = xmalloc((size_t)n + 1);
+	va_start(ap, fmt);
+	vsnprintf(state, (size_t)n + 1, fmt, ap);
+	va_end(ap);
 	r = gw_notify_send(state);
 	free(state);
 	return r;
@@ -154,8 +160,7 @@ watchdog_fired(struct gw_timer *timer, void *data)
 		wd->warned = true;
 	}
 	/* Re-armed only here, on the loop: a loop that stops turning stops the pings. */
-	if (gw_timer_arm(timer, wd->period_ms) < 0)
-		log_warnx("watchdog: cannot re-arm the ping timer: out of memory");
+	gw_timer_arm(timer, wd->period_ms);
 }
 
 int
@@ -170,20 +175,10 @@ gw_notify_watchdog_new(struct gw_notify_watchdog **out, struct gw_loop *loop)
 	                             &usec);
 	if (r < 0 || usec == 0)
 		return r;
-	wd = calloc(1, sizeof(*wd));
-	if (!wd)
-		return -ENOMEM;
+	wd = xcalloc(1, sizeof(*wd));
 	wd->period_ms = gw_notify_watchdog_interval_ms(usec);
 	wd->timer = gw_timer_new(loop, watchdog_fired, wd);
-	if (!wd->timer) {
-		free(wd);
-		return -ENOMEM;
-	}
-	r = gw_timer_arm(wd->timer, wd->period_ms);
-	if (r < 0) {
-		gw_notify_watchdog_free(wd);
-		return r;
-	}
+	gw_timer_arm(wd->timer, wd->period_ms);
 	*out = wd;
 	return 0;
 }

@@ -36,7 +36,7 @@ uint64_t gw_notify_watchdog_interval_ms(uint64_t usec);
 /*
  * Pings the manager (WATCHDOG=1) from a timer on loop, as $WATCHDOG_USEC and $WATCHDOG_PID
  * ask: only a loop that keeps turning pings, so a wedged daemon is restarted. *out is NULL
- * when no watchdog is asked. 0, or -errno (-EINVAL: malformed environment).
+ * when no watchdog is asked. 0, or -EINVAL (malformed environment).
  */
 int gw_notify_watchdog_new(struct gw_notify_watchdog **out, struct gw_loop *loop);
 /* Stops the pings; accepts NULL. */

@@ -12,6 +12,7 @@
 #include "loop.h"
 #include "options.h"
 #include "qr.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,12 +88,13 @@ late_answer(void *ctx, int status, const char *message)
 	struct answer *a = c->late;
 
 	a->status = status;
-	if (asprintf(status == 0 ? &a->out : &a->err, "%s\n", message) < 0)
-		a->status = 1;
-	else if (status == 0)
+	if (status == 0) {
+		a->out = xasprintf("%s\n", message);
 		a->out_len = strlen(a->out);
-	else
+	} else {
+		a->err = xasprintf("%s\n", message);
 		a->err_len = strlen(a->err);
+	}
 	gw_loop_quit(c->loop, 0);
 }
 
@@ -153,6 +155,7 @@ client_call(struct client *c, int argc, char **argv, const char *input, size_t i
 	}
 	fo = open_memstream(&a->out, &a->out_len);
 	fe = open_memstream(&a->err, &a->err_len);
+	/* libc's streams: they fail for want of memory only. */
 	if (!fo || !fe) {
 		if (fo)
 			fclose(fo);
@@ -183,9 +186,7 @@ read_input(const char *path, char **buf, size_t *len)
 
 	if (fd < 0)
 		return -errno;
-	b = malloc(INPUT_MAX + 1);
-	if (!b)
-		return -ENOMEM;
+	b = xmalloc(INPUT_MAX + 1);
 	for (;;) {
 		ssize_t got = read(fd, b + n, INPUT_MAX + 1 - n);
 
@@ -248,7 +249,7 @@ field(const char *text, const char *name)
 	for (const char *line = text; line && *line;
 	     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
 		if (strncmp(line, name, n) == 0 && line[n] == ':' && line[n + 1] == ' ')
-			return strndup(line + n + 2, strcspn(line + n + 2, "\n"));
+			return xstrndup(line + n + 2, strcspn(line + n + 2, "\n"));
 	}
 	return NULL;
 }
@@ -262,8 +263,8 @@ print_pairing_qr(const char *out)
 {
 	char *identity = field(out, "psk-identity"), *hex = field(out, "psk-key-hex"), *text;
 
-	if (identity && hex &&
-	    asprintf(&text, "gatewayd-psk:v1;id=%s;key=%s", identity, hex) >= 0) {
+	if (identity && hex) {
+		text = xasprintf("gatewayd-psk:v1;id=%s;key=%s", identity, hex);
 		qr_print(stdout, text);
 		explicit_bzero(text, strlen(text));
 		free(text);
@@ -310,16 +311,11 @@ pair_bulk(struct client *c, const char *csv, const char *outfile)
 	}
 	for (char *line = strtok_r(text, "\r\n", &save); line;
 	     line = strtok_r(NULL, "\r\n", &save)) {
-		char **l;
-
 		if (!*line || *line == '#' ||
 		    (nlines == 0 && strncmp(line, "id", 2) == 0 &&
 		     (line[2] == '\0' || line[2] == ',')))
 			continue;
-		l = reallocarray(lines, nlines + 1, sizeof(*lines));
-		if (!l)
-			break;
-		lines = l;
+		lines = xreallocarray(lines, nlines + 1, sizeof(*lines));
 		lines[nlines++] = line;
 	}
 	out = open_output(outfile);

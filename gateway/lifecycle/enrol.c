@@ -5,6 +5,7 @@
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
+#include "xalloc.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -138,23 +139,13 @@ get_job(struct enrol *e, const char *id)
 
 	if (job)
 		return job;
-	jobs = reallocarray(e->jobs, e->njobs + 1, sizeof(*jobs));
-	if (!jobs)
-		return NULL;
-	e->jobs = jobs;
-	job = calloc(1, sizeof(*job));
-	if (!job)
-		return NULL;
+	e->jobs = xreallocarray(e->jobs, e->njobs + 1, sizeof(*e->jobs));
+	jobs = e->jobs;
+	job = xcalloc(1, sizeof(*job));
 	job->e = e;
-	job->id = strdup(id);
+	job->id = xstrdup(id);
 	job->timer = gw_timer_new(e->loop, timer_fired, job);
 	job->skew = random_unit();
-	if (!job->id || !job->timer) {
-		gw_timer_free(job->timer);
-		free(job->id);
-		free(job);
-		return NULL;
-	}
 	for (at = e->njobs; at > 0 && strcmp(jobs[at - 1]->id, id) > 0; at--)
 		;
 	memmove(&jobs[at + 1], &jobs[at], (e->njobs - at) * sizeof(*jobs));
@@ -383,12 +374,10 @@ on_cacerts(const struct est_result *res, void *data)
 
 	e->cacerts_req = NULL;
 	if (res->status == 0) {
-		e->cacerts = strdup(res->pem);
-		if (e->cacerts) {
-			log_info("EST: CA certificates received from %s", e->conf->est.url);
-			pump(e);
-			return;
-		}
+		e->cacerts = xstrdup(res->pem);
+		log_info("EST: CA certificates received from %s", e->conf->est.url);
+		pump(e);
+		return;
 	}
 	/* Everyone waiting fails alike, and retries on their own backoff. */
 	while (e->queue) {
@@ -396,8 +385,7 @@ on_cacerts(const struct est_result *res, void *data)
 		char msg[600];
 
 		unqueue(job);
-		snprintf(msg, sizeof(msg), "cannot get the CA certificates: %s",
-		         res->status ? res->error : "out of memory");
+		snprintf(msg, sizeof(msg), "cannot get the CA certificates: %s", res->error);
 		fail(job, msg);
 	}
 }
@@ -588,9 +576,7 @@ enrol_device_changed(struct enrol *e, const char *id)
 			job_drop(job);
 		return;
 	}
-	job = job ? job : get_job(e, id);
-	if (job)
-		plan(job);
+	plan(job ? job : get_job(e, id));
 }
 
 int
@@ -615,10 +601,6 @@ enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *
 		return -EBUSY;
 	}
 	job = get_job(e, id);
-	if (!job) {
-		snprintf(why, why_len, "out of memory");
-		return -ENOMEM;
-	}
 	if (job->phase != IDLE) {
 		snprintf(why, why_len, "%s: already under way: %s", id, job->status);
 		return -EBUSY;
@@ -651,17 +633,13 @@ int
 enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf, struct keystore *ks,
           enrol_tls_fn tls_fn, void *data)
 {
-	struct enrol *e = calloc(1, sizeof(*e));
+	struct enrol *e = xcalloc(1, sizeof(*e));
 	int r;
 
-	if (!e)
-		return -ENOMEM;
 	*e = (struct enrol){.loop = loop, .conf = conf, .ks = ks, .tls_fn = tls_fn, .data = data};
 	e->queue_tail = &e->queue;
 	e->pump_timer = gw_timer_new(loop, pump_fired, e);
-	r = e->pump_timer
-	            ? est_new(&e->est, loop, conf->est.url, conf->est.ca_file, conf->est.timeout)
-	            : -ENOMEM;
+	r = est_new(&e->est, loop, conf->est.url, conf->est.ca_file, conf->est.timeout);
 	if (r < 0) {
 		gw_timer_free(e->pump_timer);
 		free(e);

@@ -3,6 +3,7 @@
 #include "enc.h"
 #include "log.h"
 #include "loop.h"
+#include "xalloc.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -80,7 +81,7 @@ pem_of_certs(const STACK_OF(X509) * certs)
 		PEM_write_bio_X509(b, sk_X509_value(certs, i));
 	len = BIO_get_mem_data(b, &data);
 	if (len > 0)
-		out = strndup(data, (size_t)len);
+		out = xstrndup(data, (size_t)len);
 	BIO_free(b);
 	return out;
 }
@@ -124,6 +125,7 @@ est_chain(const char *certs, const char *pool, char **chain)
 	X509 *cur = NULL;
 	int n, r = -EINVAL;
 
+	/* NULL: OpenSSL's own allocation failed. */
 	if (!all || !out) {
 		r = -ENOMEM;
 		goto done;
@@ -154,6 +156,7 @@ est_chain(const char *certs, const char *pool, char **chain)
 		cur = issuer;
 	}
 	*chain = pem_of_certs(out);
+	/* NULL: OpenSSL could not make its memory BIO, or write into it. */
 	r = *chain ? 0 : -ENOMEM;
 done:
 	ERR_clear_error();
@@ -375,20 +378,16 @@ static size_t
 on_data(char *p, size_t size, size_t n, void *data)
 {
 	struct est_request *req = data;
-	char *answer;
 
 	n *= size;
 	if (req->len + n > MAX_ANSWER) {
 		snprintf(req->why, sizeof(req->why), "answer larger than %d bytes", MAX_ANSWER);
 		return 0;
 	}
-	answer = realloc(req->answer, req->len + n + 1);
-	if (!answer)
-		return 0;
-	memcpy(answer + req->len, p, n);
-	req->answer = answer;
+	req->answer = xreallocarray(req->answer, req->len + n + 1, 1);
+	memcpy(req->answer + req->len, p, n);
 	req->len += n;
-	answer[req->len] = '\0';
+	req->answer[req->len] = '\0';
 	return n;
 }
 
@@ -396,11 +395,11 @@ static struct est_request *
 start(struct est *est, const char *what, char *body, const char *cert_file, const char *key_file,
       est_done_fn fn, void *data)
 {
-	struct est_request *req = calloc(1, sizeof(*req));
+	struct est_request *req = xcalloc(1, sizeof(*req));
 	char url[1024];
 	CURL *e;
 
-	if (!req || !(req->easy = e = curl_easy_init())) {
+	if (!(req->easy = e = curl_easy_init())) {
 		free(req);
 		free(body);
 		return NULL;
@@ -486,16 +485,15 @@ est_new(struct est **out, struct gw_loop *loop, const char *url, const char *ca_
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		return -EIO;
-	est = calloc(1, sizeof(*est));
-	if (!est)
-		return -ENOMEM;
+	est = xcalloc(1, sizeof(*est));
 	est->loop = loop;
 	est->timeout_ms = (long)timeout * 1000;
-	est->url = strdup(url);
-	est->ca_file = strdup(ca_file);
-	est->multi = curl_multi_init();
+	est->url = xstrdup(url);
+	est->ca_file = xstrdup(ca_file);
 	est->timer = gw_timer_new(loop, timer_fired, est);
-	if (!est->url || !est->ca_file || !est->multi || !est->timer) {
+	/* libcurl's allocation: NULL is its out of memory. */
+	est->multi = curl_multi_init();
+	if (!est->multi) {
 		est_free(est);
 		return -ENOMEM;
 	}

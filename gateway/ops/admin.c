@@ -3,6 +3,7 @@
 #include "enc.h"
 #include "keystore.h"
 #include "log.h"
+#include "xalloc.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -469,7 +470,7 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 		return 2;
 	/* Check every pair before changing any, so a typo changes nothing. */
 	for (int i = 3; i < req->argc; i++) {
-		char *pair = strdup(req->argv[i]), *eq = pair ? strchr(pair, '=') : NULL;
+		char *pair = xstrdup(req->argv[i]), *eq = strchr(pair, '=');
 		int r;
 
 		if (!eq) {
@@ -486,12 +487,10 @@ device_set(struct keystore *ks, const struct admin_request *req, FILE *out, FILE
 		}
 	}
 	for (int i = 3; i < req->argc; i++) {
-		char *pair = strdup(req->argv[i]), *eq;
+		char *pair = xstrdup(req->argv[i]), *eq;
 		int r;
 		(void)hooks;
 
-		if (!pair)
-			return 1;
 		eq = strchr(pair, '=');
 		*eq = '\0';
 		r = keystore_device_set_attr(ks, req->argv[2], pair, eq + 1);

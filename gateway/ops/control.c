@@ -3,6 +3,7 @@
 #include "admin.h"
 #include "log.h"
 #include "loop.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -190,9 +191,7 @@ control_parse_request(const uint8_t *buf, size_t buflen, struct admin_request *r
 	r = (struct reader){buf + MAGIC_LEN + 4, buflen - MAGIC_LEN - 4};
 	for (uint32_t i = 0; i < argc; i++) {
 		get_bytes(&r, &p, &len);
-		argv[i] = strndup((const char *)p, len);
-		if (!argv[i])
-			return -ENOMEM;
+		argv[i] = xstrndup((const char *)p, len);
 	}
 	return 1;
 }
@@ -247,6 +246,7 @@ answer(struct client *c, const struct admin_request *req)
 
 	c->fo = open_memstream(&c->out, &c->out_len);
 	c->fe = open_memstream(&c->err, &c->err_len);
+	/* libc's streams: they fail for want of memory only; the client goes unanswered. */
 	if (!c->fo || !c->fe)
 		return true;
 	log_info("control: gwctl %s%s%s", req->argv[0], req->argc > 1 ? " " : "",
@@ -305,7 +305,6 @@ client_readable(int fd, uint32_t events, void *data)
 
 		if (c->len == c->cap) {
 			size_t cap = c->cap ? c->cap * 2 : 4096;
-			uint8_t *buf;
 
 			if (cap > CONTROL_MAX_REQUEST + 4096) {
 				log_warnx("control: request larger than %d bytes refused",
@@ -313,12 +312,7 @@ client_readable(int fd, uint32_t events, void *data)
 				client_free(c);
 				return;
 			}
-			buf = realloc(c->buf, cap);
-			if (!buf) {
-				client_free(c);
-				return;
-			}
-			c->buf = buf;
+			c->buf = xreallocarray(c->buf, cap, sizeof(*c->buf));
 			c->cap = cap;
 		}
 		n = read(fd, c->buf + c->len, c->cap - c->len);
@@ -412,17 +406,17 @@ accept_client(int fd, uint32_t events, void *data)
 		          (unsigned long long)(gw_now_ms() - ctl->clients[slot]->accepted_ms));
 		client_free(ctl->clients[slot]);
 	}
-	c = slot < MAX_CLIENTS ? calloc(1, sizeof(*c)) : NULL;
-	if (!c) {
+	if (slot == MAX_CLIENTS) {
 		log_warnx("control: too many clients at once, all waiting for their answers");
 		close(cfd);
 		return;
 	}
+	c = xcalloc(1, sizeof(*c));
 	c->ctl = ctl;
 	c->fd = cfd;
 	c->accepted_ms = gw_now_ms();
 	c->timer = gw_timer_new(ctl->loop, client_timed_out, c);
-	if (!c->timer || gw_loop_add_fd(ctl->loop, cfd, EPOLLIN, client_readable, c) < 0) {
+	if (gw_loop_add_fd(ctl->loop, cfd, EPOLLIN, client_readable, c) < 0) {
 		gw_timer_free(c->timer);
 		close(cfd);
 		free(c);
@@ -447,16 +441,14 @@ int
 control_new(struct control **out, struct gw_loop *loop, const char *path, struct keystore *ks,
             const struct admin_hooks *hooks)
 {
-	struct control *ctl = calloc(1, sizeof(*ctl));
+	struct control *ctl = xcalloc(1, sizeof(*ctl));
 	struct sockaddr_un sa;
 	struct stat st;
 	int r;
 
-	if (!ctl)
-		return -ENOMEM;
 	*ctl = (struct control){.loop = loop, .ks = ks, .hooks = hooks, .fd = -1};
-	ctl->path = strdup(path);
-	if (!ctl->path || unix_address(path, &sa) < 0) {
+	ctl->path = xstrdup(path);
+	if (unix_address(path, &sa) < 0) {
 		r = -EINVAL;
 		goto fail;
 	}
@@ -504,23 +496,14 @@ static int
 read_all(int fd, uint8_t **buf, size_t *len)
 {
 	size_t cap = 4096;
-	uint8_t *b = malloc(cap);
+	uint8_t *b = xmalloc(cap);
 
 	*len = 0;
-	if (!b)
-		return -ENOMEM;
 	for (;;) {
 		ssize_t n;
 
-		if (*len == cap) {
-			uint8_t *nb = realloc(b, cap *= 2);
-
-			if (!nb) {
-				free(b);
-				return -ENOMEM;
-			}
-			b = nb;
-		}
+		if (*len == cap)
+			b = xreallocarray(b, cap *= 2, sizeof(*b));
 		n = read(fd, b + *len, cap - *len);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -539,12 +522,10 @@ read_all(int fd, uint8_t **buf, size_t *len)
 static char *
 dup_bytes(const uint8_t *p, size_t len)
 {
-	char *s = malloc(len + 1);
+	char *s = xmalloc(len + 1);
 
-	if (s) {
-		memcpy(s, p, len);
-		s[len] = '\0';
-	}
+	memcpy(s, p, len);
+	s[len] = '\0';
 	return s;
 }
 
@@ -572,6 +553,7 @@ control_call(const char *path, int argc, char **argv, const char *input, size_t 
 		close(fd);
 		return r;
 	}
+	/* libc's stream, failing (here and at fclose()) for want of memory only. */
 	f = open_memstream(&req, &reqlen);
 	if (!f) {
 		close(fd);
@@ -596,14 +578,17 @@ control_call(const char *path, int argc, char **argv, const char *input, size_t 
 		return r;
 	rd = (struct reader){resp, resplen};
 	r = -EBADMSG;
-	if (get_u32(&rd, &st) && get_bytes(&rd, &p, &len) && (*out = dup_bytes(p, len))) {
-		*out_len = len;
-		if (get_bytes(&rd, &p, &len) && (*err = dup_bytes(p, len))) {
+	if (get_u32(&rd, &st) && get_bytes(&rd, &p, &len)) {
+		const uint8_t *o = p;
+		uint32_t olen = len;
+
+		if (get_bytes(&rd, &p, &len)) {
+			*out = dup_bytes(o, olen);
+			*out_len = olen;
+			*err = dup_bytes(p, len);
 			*err_len = len;
 			*status = (int)st;
 			r = 0;
-		} else {
-			free(*out);
 		}
 	}
 	if (resp)

@@ -39,7 +39,7 @@ struct admin_request;
  * when they are one whole, valid request: req then has its words, copied into argv (room for
  * CONTROL_MAX_ARGS, NULL on entry; the caller frees each, whatever the answer), and its input,
  * which points into buf. 0 when more bytes are needed; -EBADMSG for garbage, which no more
- * bytes can mend; -ENOMEM. No I/O, no state.
+ * bytes can mend. No I/O, no state.
  */
 int control_parse_request(const uint8_t *buf, size_t buflen, struct admin_request *req,
                           char **argv);

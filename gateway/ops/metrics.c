@@ -2,6 +2,7 @@
 #include "metrics.h"
 #include "log.h"
 #include "loop.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,22 +38,15 @@ static const char *const type_names[] = {
         [METRICS_HISTOGRAM] = "histogram",
 };
 
-int
-metrics_writer_new(struct metrics_writer **out)
+struct metrics_writer *
+metrics_writer_new(void)
 {
-	struct metrics_writer *w = calloc(1, sizeof(*w));
+	struct metrics_writer *w = xcalloc(1, sizeof(*w));
 
-	if (!w)
-		return -ENOMEM;
 	w->cap = 4096;
-	w->buf = malloc(w->cap);
-	if (!w->buf) {
-		free(w);
-		return -ENOMEM;
-	}
+	w->buf = xmalloc(w->cap);
 	w->buf[0] = '\0';
-	*out = w;
-	return 0;
+	return w;
 }
 
 void
@@ -101,25 +95,15 @@ static bool
 reserve(struct metrics_writer *w, size_t more)
 {
 	size_t cap = w->cap;
-	char *buf;
 
 	if (w->error)
 		return false;
 	if (w->len + more + 1 <= cap)
 		return true;
-	while (w->len + more + 1 > cap) {
-		if (cap > SIZE_MAX / 2) {
-			fail(w, -ENOMEM, "exposition too large");
-			return false;
-		}
-		cap *= 2;
-	}
-	buf = realloc(w->buf, cap);
-	if (!buf) {
-		fail(w, -ENOMEM, "out of memory for %zu bytes of exposition", cap);
-		return false;
-	}
-	w->buf = buf;
+	/* Doubling stops at SIZE_MAX, which no allocation meets: xalloc aborts then. */
+	while (w->len + more + 1 > cap)
+		cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+	w->buf = xreallocarray(w->buf, cap, 1);
 	w->cap = cap;
 	return true;
 }
@@ -263,7 +247,6 @@ void
 metrics_family(struct metrics_writer *w, const char *name, enum metrics_type type, const char *help)
 {
 	const char *cur = current_family(w);
-	char *copy;
 
 	if (w->error)
 		return;
@@ -290,21 +273,11 @@ metrics_family(struct metrics_writer *w, const char *name, enum metrics_type typ
 	}
 	if (w->nfamilies == w->families_cap) {
 		size_t cap = w->families_cap ? w->families_cap * 2 : 32;
-		char **f = reallocarray(w->families, cap, sizeof(*f));
 
-		if (!f) {
-			fail(w, -ENOMEM, "out of memory");
-			return;
-		}
-		w->families = f;
+		w->families = xreallocarray(w->families, cap, sizeof(*w->families));
 		w->families_cap = cap;
 	}
-	copy = strdup(name);
-	if (!copy) {
-		fail(w, -ENOMEM, "out of memory");
-		return;
-	}
-	w->families[w->nfamilies++] = copy;
+	w->families[w->nfamilies++] = xstrdup(name);
 	w->type = type;
 	if (help) {
 		put_str(w, "# HELP ");
@@ -627,12 +600,11 @@ send_some(struct conn *c)
 	}
 	shutdown(c->fd, SHUT_WR);
 	c->state = CONN_LINGERING;
-	if (gw_loop_mod_fd(c->srv->loop, c->fd, EPOLLIN) < 0 ||
-	    gw_timer_arm(c->timer,
-	                 c->srv->timeout_ms < LINGER_MS ? c->srv->timeout_ms : LINGER_MS) < 0) {
+	if (gw_loop_mod_fd(c->srv->loop, c->fd, EPOLLIN) < 0) {
 		conn_free(c);
 		return;
 	}
+	gw_timer_arm(c->timer, c->srv->timeout_ms < LINGER_MS ? c->srv->timeout_ms : LINGER_MS);
 	linger(c);
 }
 
@@ -683,10 +655,7 @@ respond(struct conn *c, int status, const char *type, const char *body, size_t b
 	c->sent = 0;
 	c->state = CONN_WRITING;
 	/* The client has as long again to take the answer. */
-	if (gw_timer_arm(c->timer, c->srv->timeout_ms) < 0) {
-		conn_free(c);
-		return;
-	}
+	gw_timer_arm(c->timer, c->srv->timeout_ms);
 	send_some(c);
 }
 
@@ -704,11 +673,9 @@ respond_metrics(struct conn *c, bool head_only)
 	size_t len;
 	int r;
 
-	r = metrics_writer_new(&c->w);
-	if (r == 0) {
-		srv->collect(c->w, srv->data);
-		r = metrics_writer_error(c->w);
-	}
+	c->w = metrics_writer_new();
+	srv->collect(c->w, srv->data);
+	r = metrics_writer_error(c->w);
 	if (r < 0) {
 		log_warnx("metrics: collecting the metrics failed: %s; answered 500", strerror(-r));
 		respond_error(c, 500, "collecting the metrics failed; see the gateway's log\n");
@@ -907,15 +874,11 @@ accept_ready(int fd, uint32_t events, void *data)
 			}
 			return;
 		}
-		c = calloc(1, sizeof(*c));
-		if (!c) {
-			close(cfd);
-			return;
-		}
+		c = xcalloc(1, sizeof(*c));
 		*c = (struct conn){.srv = srv, .fd = cfd, .state = CONN_READING};
 		c->timer = gw_timer_new(srv->loop, conn_timed_out, c);
-		if (!c->timer || gw_timer_arm(c->timer, srv->timeout_ms) < 0 ||
-		    gw_loop_add_fd(srv->loop, cfd, EPOLLIN, conn_event, c) < 0) {
+		gw_timer_arm(c->timer, srv->timeout_ms);
+		if (gw_loop_add_fd(srv->loop, cfd, EPOLLIN, conn_event, c) < 0) {
 			gw_timer_free(c->timer);
 			close(cfd);
 			free(c);
@@ -998,9 +961,7 @@ metrics_server_new(struct metrics_server **out, struct gw_loop *loop,
 		          address);
 		return -EADDRNOTAVAIL;
 	}
-	srv = calloc(1, sizeof(*srv));
-	if (!srv)
-		return -ENOMEM;
+	srv = xcalloc(1, sizeof(*srv));
 	*srv = (struct metrics_server){
 	        .loop = loop,
 	        .fd = -1,
@@ -1009,12 +970,8 @@ metrics_server_new(struct metrics_server **out, struct gw_loop *loop,
 	        .collect = collect,
 	        .data = data,
 	};
-	srv->conns = calloc(srv->max_clients, sizeof(*srv->conns));
+	srv->conns = xcalloc(srv->max_clients, sizeof(*srv->conns));
 	srv->backoff = gw_timer_new(loop, backoff_over, srv);
-	if (!srv->conns || !srv->backoff) {
-		r = -ENOMEM;
-		goto fail;
-	}
 	srv->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	/* SO_REUSEADDR: a restarted daemon rebinds while old connections sit in TIME_WAIT. */
 	if (srv->fd < 0 || setsockopt(srv->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||

@@ -21,9 +21,9 @@
  *	metrics_gauge(w, NULL, depth);
  *
  * Misuse (an invalid name, a counter family without "_total", a sample of the wrong type, a
- * family written twice) and allocation failures make the writer fail as a whole: the calls
- * after it do nothing, metrics_writer_error() says why, and the HTTP endpoint answers 500
- * rather than serve a partial or invalid exposition.
+ * family written twice) makes the writer fail as a whole: the calls after it do nothing,
+ * metrics_writer_error() says why, and the HTTP endpoint answers 500 rather than serve a
+ * partial or invalid exposition.
  */
 
 struct gw_loop;
@@ -40,11 +40,11 @@ struct metrics_label {
 /* A label list terminated by a NULL name, for the calls below: METRICS_LABELS({"k", "v"}). */
 #define METRICS_LABELS(...) ((const struct metrics_label[]){__VA_ARGS__, {NULL, NULL}})
 
-/* A writer for one exposition; the loop thread's alone. 0 or -ENOMEM. */
-int metrics_writer_new(struct metrics_writer **out);
+/* A writer for one exposition; the loop thread's alone. */
+struct metrics_writer *metrics_writer_new(void);
 /* Accepts NULL. */
 void metrics_writer_free(struct metrics_writer *w);
-/* 0, or the -errno that made the writer fail (-EINVAL: misuse, logged; -ENOMEM). */
+/* 0, or -EINVAL if a misuse (logged) made the writer fail. */
 int metrics_writer_error(const struct metrics_writer *w);
 /* The text written so far, NUL-terminated; valid until the next call on w. */
 const char *metrics_writer_data(const struct metrics_writer *w, size_t *len);

@@ -419,16 +419,13 @@ daemon_collect(struct metrics_writer *w, void *data)
 void
 daemon_metrics(FILE *out, void *data)
 {
-	struct metrics_writer *w;
+	struct metrics_writer *w = metrics_writer_new();
 	const char *text;
 	size_t len;
 	int r;
 
-	r = metrics_writer_new(&w);
-	if (r == 0) {
-		daemon_collect(w, data);
-		r = metrics_writer_error(w);
-	}
+	daemon_collect(w, data);
+	r = metrics_writer_error(w);
 	if (r < 0) {
 		fprintf(out, "# gatewayd cannot write its metrics: %s\n", strerror(-r));
 	} else {
