@@ -362,8 +362,6 @@ start(struct daemon *d)
 	if (d->conf->downlink.topic) {
 		d->commands = cmdq_new((size_t)d->conf->downlink.queue,
 		                       (unsigned)d->conf->downlink.expiry);
-		if (!d->commands)
-			return -ENOMEM;
 	}
 	d->tpm_sampler = gw_timer_new(d->loop, tpm_sample, d);
 	gw_timer_arm(d->tpm_sampler, TPM_SAMPLE_MS);

@@ -130,23 +130,20 @@ static void __attribute__((format(printf, 3, 4))) tell(FILE *f, bool warn, const
 }
 
 /* Every module takes next; nothing refers to the old config after this. */
-static int
+static void
 apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 {
 	struct keystore_config kc;
 	struct spool_limits lim;
-	int r;
 
 	/* First: what follows logs, and libcoap takes its level from ours. */
 	if (!d->verbose)
 		log_set_level(next->log_level);
 	mqttbr_reconfigure(d->mqtt, next, restart_all);
-	if (d->coap && (r = coapbr_set_conf(d->coap, next)) < 0)
-		return r;
+	if (d->coap)
+		coapbr_set_conf(d->coap, next);
 	options_keystore(&kc, next);
-	r = keystore_reconfigure(d->ks, &kc);
-	if (r < 0)
-		return r;
+	keystore_reconfigure(d->ks, &kc);
 	router_set_conf(d->router, next);
 	enrol_set_conf(d->enrol, next);
 	options_spool(&lim, next);
@@ -155,7 +152,6 @@ apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 		cmdq_set_limits(d->commands, (size_t)next->downlink.queue,
 		                (unsigned)next->downlink.expiry);
 	d->hooks.gateway_id = next->gateway_id;
-	return 0;
 }
 
 /* Applies what the parser made of the file (on the loop). Returns 0 or 1, like a gwctl verb. */
@@ -196,18 +192,7 @@ apply_parsed(struct daemon *d, struct reloading *job, FILE *out, FILE *err)
 		        "READY=1\nSTATUS=ready; the last reload needs a restart: see the log");
 		return 1;
 	}
-	r = apply(d, next, &all);
-	if (r < 0) {
-		/*
-		 * Out of memory halfway: some modules took next, others still read old. Both stay
-		 * (old is let go of, not freed) until the restart this asks for.
-		 */
-		tell(err, true, "reload: cannot apply %s: %s; restart gatewayd", next->file,
-		     strerror(-r));
-		d->conf = next;
-		gw_notify_send("READY=1\nSTATUS=ready; the last reload failed halfway: restart");
-		return 1;
-	}
+	apply(d, next, &all);
 	d->conf = next;
 	d->conf_loaded = time(NULL);
 	/* Moved, or asked for and not running (an earlier start or move failed). */

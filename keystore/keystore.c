@@ -1455,7 +1455,7 @@ static const struct ksprov_ops prov_ops = {
 
 /* ---- open / free ---- */
 
-int
+void
 keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg)
 {
 	char *ca = cfg->device_ca_file ? xstrdup(cfg->device_ca_file) : NULL;
@@ -1464,7 +1464,6 @@ keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg)
 	ks->device_ca_file = ca;
 	/* Grace already granted keeps its end: it was stored with the rotation. */
 	ks->psk_grace = cfg->psk_grace;
-	return 0;
 }
 
 int

@@ -49,7 +49,7 @@ struct keystore_config {
 };
 
 /* A reload: cfg's psk_grace and device_ca_file from now on (the rest needs a restart). */
-int keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg);
+void keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg);
 
 enum keystore_state { KEYSTORE_ACTIVE, KEYSTORE_SUSPENDED, KEYSTORE_REVOKED };
 

@@ -1190,7 +1190,7 @@ listen_address(const struct gwconf *conf, coap_address_t *addr)
  * at the request's path, so one replaced or deleted under a request waiting for the router
  * would answer it wrongly and leave it pending for ever. So every resource has every handler,
  * and each handler asks what its path is now: a route (its userdata), the command resource
- * (br->commands_resource), or neither. NULL if libcoap cannot make it (out of memory).
+ * (br->commands_resource), or neither.
  */
 static coap_resource_t *
 find_resource(struct coapbr *br, const char *path)
@@ -1203,14 +1203,13 @@ find_resource(struct coapbr *br, const char *path)
 		return r;
 	all = xreallocarray(br->resources, br->nresources + 1, sizeof(*all));
 	br->resources = all;
+	/* Both fail only when libcoap's malloc does. */
 	p = coap_new_str_const(uri.s, uri.length);
 	if (!p)
-		return NULL;
+		xalloc_failed("coap_new_str_const");
 	r = coap_resource_init(p, COAP_RESOURCE_FLAGS_RELEASE_URI);
-	if (!r) {
-		coap_delete_str_const(p);
-		return NULL;
-	}
+	if (!r)
+		xalloc_failed("coap_resource_init");
 	coap_register_request_handler(r, COAP_REQUEST_POST, handle_uplink);
 	coap_register_request_handler(r, COAP_REQUEST_PUT, handle_uplink);
 	/*
@@ -1224,19 +1223,14 @@ find_resource(struct coapbr *br, const char *path)
 }
 
 /* Serves conf's routes; the resources of routes it no longer has answer 4.04. */
-static int
+static void
 add_routes(struct coapbr *br, const struct gwconf *conf)
 {
 	for (size_t i = 0; i < br->nresources; i++)
 		coap_resource_set_userdata(br->resources[i], NULL);
-	for (size_t i = 0; i < conf->nroutes; i++) {
-		coap_resource_t *r = find_resource(br, conf->routes[i].resource);
-
-		if (!r)
-			return -ENOMEM; /* libcoap's */
-		coap_resource_set_userdata(r, (void *)&conf->routes[i]);
-	}
-	return 0;
+	for (size_t i = 0; i < conf->nroutes; i++)
+		coap_resource_set_userdata(find_resource(br, conf->routes[i].resource),
+		                           (void *)&conf->routes[i]);
 }
 
 /*
@@ -1264,13 +1258,11 @@ set_session_limits(struct coapbr *br, const struct gwconf *conf)
 	        br->ctx, (unsigned)(fleet > 100 ? (fleet < max ? fleet : max) : 100));
 }
 
-static int
+static void
 add_commands(struct coapbr *br)
 {
-	if (!br->commands)
-		return 0;
-	br->commands_resource = find_resource(br, br->commands_path);
-	return br->commands_resource ? 0 : -ENOMEM; /* libcoap's */
+	if (br->commands)
+		br->commands_resource = find_resource(br, br->commands_path);
 }
 
 void
@@ -1292,11 +1284,9 @@ coapbr_device_sessions(const struct coapbr *br, const char *device)
 	return n;
 }
 
-int
+void
 coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 {
-	int r;
-
 	if (br->commands && conf->downlink.resource &&
 	    strcmp(br->commands_path, conf->downlink.resource) != 0) {
 		free(br->commands_path);
@@ -1304,13 +1294,9 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 		/* Observers of the old path: their observation ends with it (RFC 7641 3.6). */
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next)
 			sn->observing = false;
-		r = add_commands(br);
-		if (r < 0)
-			return r;
+		add_commands(br);
 	}
-	r = add_routes(br, conf);
-	if (r < 0)
-		return r;
+	add_routes(br, conf);
 	/* An upload's buffer was sized for the old limit: those going on start again. */
 	if ((size_t)conf->sensors.max_payload != br->max_payload) {
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
@@ -1321,7 +1307,6 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 	}
 	set_session_limits(br, conf);
 	set_libcoap_log_level();
-	return 0;
 }
 
 int
@@ -1388,11 +1373,8 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 		goto fail;
 	}
 	grow_receive_buffer(conf->sensors.port, conf->sensors.receive_buffer);
-	r = add_routes(br, conf);
-	if (r == 0)
-		r = add_commands(br);
-	if (r < 0)
-		goto fail;
+	add_routes(br, conf);
+	add_commands(br);
 	br->fd = coap_context_get_coap_fd(br->ctx);
 	if (br->fd < 0) {
 		log_warnx("coap: libcoap was built without epoll support");

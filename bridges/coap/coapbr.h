@@ -65,7 +65,7 @@ void coapbr_free(struct coapbr *br);
  * now on. DTLS sessions stay; Block1 uploads under way start again if max_payload changed.
  * conf must outlive br or the next call.
  */
-int coapbr_set_conf(struct coapbr *br, const struct gwconf *conf);
+void coapbr_set_conf(struct coapbr *br, const struct gwconf *conf);
 
 /*
  * Closes the DTLS sessions of a device (NULL: of every device) with close_notify: all of them,

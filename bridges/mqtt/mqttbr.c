@@ -385,7 +385,7 @@ load_chain(const char *file, STACK_OF(X509) * *chain)
 		if (!*chain)
 			*chain = sk_X509_new_null();
 		if (!*chain || !sk_X509_push(*chain, x))
-			fatalx("mqtt: out of memory");
+			xalloc_failed("sk_X509_push");
 	}
 	ERR_clear_error(); /* the end of the file reads as an error */
 	BIO_free(b);
@@ -978,7 +978,7 @@ on_session(void *data, SSL_SESSION *sess)
 	 */
 	copy = SSL_SESSION_dup(sess);
 	if (!copy)
-		fatalx("mqtt: out of memory");
+		xalloc_failed("SSL_SESSION_dup");
 	/* At most the broker's lifetime hint (RFC 8446 4.6.1) and the configured cap. */
 	if (hint && hint < life)
 		life = (unsigned)hint;

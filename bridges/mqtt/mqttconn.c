@@ -860,7 +860,7 @@ mqttconn_open(struct mqttconn **out, struct gw_loop *loop, const struct mqttconn
 	/* NULL from OpenSSL: its own allocation failed. */
 	c->ssl = SSL_new(p->ctx);
 	if (!c->ssl)
-		fatalx("mqtt: out of memory");
+		xalloc_failed("SSL_new");
 	memcpy(c->connect, p->connect, p->connect_len);
 	c->connect_len = p->connect_len;
 
@@ -937,7 +937,7 @@ mqttconn_ctx_new(SSL_CTX **out, const char *ca_file, const unsigned char *alpn, 
 	char errors[256] = "";
 
 	if (!ctx)
-		fatalx("mqtt: out of memory");
+		xalloc_failed("SSL_CTX_new");
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	/* Only the configured CA: the system bundle would trust any public CA. */
 	if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {

@@ -278,7 +278,7 @@ gw_timer_free(struct gw_timer *timer)
 	free(timer);
 }
 
-int
+void
 gw_timer_arm(struct gw_timer *timer, uint64_t ms)
 {
 	struct gw_loop *loop = timer->loop;
@@ -296,7 +296,6 @@ gw_timer_arm(struct gw_timer *timer, uint64_t ms)
 	heap_up(loop, timer->slot);
 	if (timer->slot == 0)
 		timerfd_program(loop);
-	return 0;
 }
 
 int64_t

@@ -45,8 +45,8 @@ uint64_t gw_now_ms(void);
 struct gw_timer *gw_timer_new(struct gw_loop *loop, gw_timer_fn fn, void *data);
 /* Frees a timer, disarming it first; accepts NULL. */
 void gw_timer_free(struct gw_timer *timer);
-/* (Re)arms a one-shot timer to fire after ms milliseconds. Cannot fail: always 0. */
-int gw_timer_arm(struct gw_timer *timer, uint64_t ms);
+/* (Re)arms a one-shot timer to fire after ms milliseconds. */
+void gw_timer_arm(struct gw_timer *timer, uint64_t ms);
 void gw_timer_disarm(struct gw_timer *timer);
 /* Milliseconds until the timer fires, or -1 if it is not armed. */
 int64_t gw_timer_remaining(const struct gw_timer *timer);

@@ -15,6 +15,13 @@ static void __attribute__((noreturn)) out_of_memory(size_t nmemb, size_t size)
 	abort();
 }
 
+void
+xalloc_failed(const char *what)
+{
+	log_errx("out of memory in %s; aborting (systemd restarts the daemon)", what);
+	abort();
+}
+
 void *
 xmalloc(size_t size)
 {

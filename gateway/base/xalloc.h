@@ -19,5 +19,11 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 /* A new string, printf-style. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * For a library whose allocation failure comes back as a bare NULL from a call that cannot
+ * fail otherwise (libcoap's coap_new_str_const(), say): the same log line and abort. what
+ * names the call.
+ */
+void xalloc_failed(const char *what) __attribute__((noreturn));
 
 #endif

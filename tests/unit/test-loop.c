@@ -49,12 +49,12 @@ timers_fire_in_due_order(void **state)
 		tg[i] = (struct tagged){.o = &o, .tag = (int)due[i]};
 		tg[i].timer = gw_timer_new(o.loop, record_tag, &tg[i]);
 		assert_non_null(tg[i].timer);
-		assert_int_equal(gw_timer_arm(tg[i].timer, due[i]), 0);
+		gw_timer_arm(tg[i].timer, due[i]);
 	}
 	/* Disarmed timers never fire; re-arming moves a timer. */
 	gw_timer_disarm(tg[3].timer);
 	assert_int_equal(gw_timer_remaining(tg[3].timer), -1);
-	assert_int_equal(gw_timer_arm(tg[0].timer, 5), 0);
+	gw_timer_arm(tg[0].timer, 5);
 	assert_int_equal(gw_loop_run(o.loop), 42);
 	assert_int_equal(o.n, 3);
 	assert_int_equal(o.fired[0], 30); /* re-armed to 5 ms */

@@ -295,7 +295,7 @@ watchdog_pings_from_the_loop(void **state)
 	assert_int_equal(gw_loop_add_fd(run.loop, m.fd, EPOLLIN, ping_arrived, &run), 0);
 	deadline = gw_timer_new(run.loop, too_late, &run);
 	assert_non_null(deadline);
-	assert_int_equal(gw_timer_arm(deadline, 5000), 0);
+	gw_timer_arm(deadline, 5000);
 	assert_int_equal(gw_loop_run(run.loop), 0);
 	assert_int_equal(run.pings, 3);
 	/* At the period, not faster (ms clock: allow its rounding). */
