@@ -366,9 +366,8 @@ start(struct daemon *d)
 	d->tpm_sampler = gw_timer_new(d->loop, tpm_sample, d);
 	gw_timer_arm(d->tpm_sampler, TPM_SAMPLE_MS);
 	d->mqtt = mqttbr_new(d->loop, d->conf, d->ks);
-	r = router_new(&d->router, d->loop, d->conf, d->ks, d->mqtt, d->spool, d->commands);
-	if (r < 0)
-		return r;
+	d->router = router_new(d->loop, d->conf, d->ks, &mqttbr_upstream_ops, d->mqtt, d->spool,
+	                       d->commands);
 	mqttbr_on_judged(d->mqtt, upstream_judged, d);
 	mqttbr_on_message(d->mqtt, router_downlink, d->router);
 	if (d->conf->est.url) {
@@ -387,12 +386,13 @@ start(struct daemon *d)
 	}
 	n = keystore_count(d->ks);
 	sync_all(d);
-	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, d->commands, &router_coap_ops, d->router);
+	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, d->commands, &router_sensor_ops,
+	               d->router);
 	if (r < 0) {
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;
 	}
-	router_set_coap(d->router, d->coap);
+	router_set_sensor_side(d->router, &coapbr_sensor_side_ops, d->coap);
 	d->hooks = (struct admin_hooks){
 	        .changed = device_changed,
 	        .upstream = upstream_word,

@@ -37,7 +37,7 @@ enum request_state {
 
 struct seen {
 	coap_mid_t mid; /* COAP_INVALID_MID: unused */
-	enum coapbr_status status;
+	enum sensor_status status;
 	unsigned arg;
 };
 
@@ -106,12 +106,12 @@ struct sensor {
  * request again, through its Block1 handling and to whatever resource is at that path by then,
  * and so could answer it without us, leaving the request pending and its async freed.
  */
-struct coapbr_request {
+struct sensor_request {
 	struct coapbr *br;
 	coap_session_t *session;
 	enum request_state state;
 	bool done;
-	enum coapbr_status status;
+	enum sensor_status status;
 	unsigned max_age;
 	coap_mid_t mid; /* the request's, for struct seen and its retransmissions */
 	bool con;
@@ -119,7 +119,7 @@ struct coapbr_request {
 	size_t token_len;
 	bool has_block1; /* the last block of an upload: the answer echoes its Block1 */
 	coap_block_t block1;
-	struct coapbr_request *prev, *next;
+	struct sensor_request *prev, *next;
 };
 
 /*
@@ -142,7 +142,7 @@ struct coapbr {
 	const struct keystore *ks;
 	coap_context_t *ctx;
 	int fd;
-	const struct coapbr_ops *ops;
+	const struct sensor_ops *ops;
 	void *data;
 	size_t max_payload;
 	struct cmdq *commands; /* NULL: no command resource */
@@ -157,7 +157,7 @@ struct coapbr {
 	uint8_t psk[KEYSTORE_PSK_MAX];
 	coap_bin_const_t psk_bin;
 	/* Uplinks awaiting their outcome, so that coapbr_free can release them. */
-	struct coapbr_request *requests;
+	struct sensor_request *requests;
 	struct sensor *sensors;
 	struct gw_timer *sweep;
 	/* Every resource made, for this config's paths or an earlier one's (see find_resource()).
@@ -464,7 +464,7 @@ on_coap_event(coap_session_t *session, const coap_event_t event)
 }
 
 static void
-request_unlink(struct coapbr_request *req)
+request_unlink(struct sensor_request *req)
 {
 	struct coapbr *br = req->br;
 
@@ -476,28 +476,28 @@ request_unlink(struct coapbr_request *req)
 		req->next->prev = req->prev;
 }
 
-/* arg: Max-Age for COAPBR_UNAVAILABLE, Size1 for COAPBR_TOO_LARGE (0: none known). */
+/* arg: Max-Age for SENSOR_UNAVAILABLE, Size1 for SENSOR_TOO_LARGE (0: none known). */
 static void
-respond(coap_pdu_t *response, enum coapbr_status status, unsigned arg)
+respond(coap_pdu_t *response, enum sensor_status status, unsigned arg)
 {
 	static const char unavailable[] = "upstream unavailable";
 	uint8_t buf[4];
 
 	switch (status) {
-	case COAPBR_CHANGED:
+	case SENSOR_CHANGED:
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED);
 		break;
-	case COAPBR_FORBIDDEN:
+	case SENSOR_FORBIDDEN:
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
 		break;
-	case COAPBR_TOO_LARGE:
+	case SENSOR_TOO_LARGE:
 		/* RFC 7252 section 5.9.2.9 and RFC 7959 section 4: Size1 gives the limit. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE);
 		if (arg)
 			coap_add_option(response, COAP_OPTION_SIZE1,
 			                coap_encode_var_safe(buf, sizeof(buf), arg), buf);
 		break;
-	case COAPBR_UNAVAILABLE:
+	case SENSOR_UNAVAILABLE:
 		/* RFC 7252 section 5.9.3.4: Max-Age says when to try again. */
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE);
 		coap_add_option(response, COAP_OPTION_MAXAGE,
@@ -505,7 +505,7 @@ respond(coap_pdu_t *response, enum coapbr_status status, unsigned arg)
 		/* Section 5.5.2: a diagnostic payload for the technician's coap-client. */
 		coap_add_data(response, sizeof(unavailable) - 1, (const uint8_t *)unavailable);
 		break;
-	case COAPBR_ERROR:
+	case SENSOR_ERROR:
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_INTERNAL_ERROR);
 		break;
 	}
@@ -523,7 +523,7 @@ seen_find(const struct sensor *sn, coap_mid_t mid)
 
 /* Remembers the answer to a CON, to repeat it if the CON comes again. */
 static void
-seen_add(struct sensor *sn, coap_mid_t mid, enum coapbr_status status, unsigned arg)
+seen_add(struct sensor *sn, coap_mid_t mid, enum sensor_status status, unsigned arg)
 {
 	sn->seen[sn->seen_next] = (struct seen){.mid = mid, .status = status, .arg = arg};
 	sn->seen_next = (sn->seen_next + 1) % SEEN_PER_SENSOR;
@@ -535,7 +535,7 @@ seen_add(struct sensor *sn, coap_mid_t mid, enum coapbr_status status, unsigned 
  */
 static void
 answer_as(struct sensor *sn, bool con, const coap_block_t *block1, coap_mid_t mid,
-          coap_pdu_t *response, enum coapbr_status status, unsigned arg)
+          coap_pdu_t *response, enum sensor_status status, unsigned arg)
 {
 	uint8_t buf[4];
 
@@ -553,7 +553,7 @@ answer_as(struct sensor *sn, bool con, const coap_block_t *block1, coap_mid_t mi
 /* Answers request as answer_as() does. */
 static void
 answer(struct sensor *sn, const coap_pdu_t *request, coap_mid_t mid, coap_pdu_t *response,
-       enum coapbr_status status, unsigned arg)
+       enum sensor_status status, unsigned arg)
 {
 	coap_block_t block;
 	bool has_block1 = coap_get_block(request, COAP_OPTION_BLOCK1, &block);
@@ -615,7 +615,7 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 		log_warnx("%s: an upload to %s is larger than sensors.max_payload (%zu bytes): "
 		          "4.13",
 		          sn->device, route->resource, br->max_payload);
-		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
+		answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_TOO_LARGE,
 		       (unsigned)br->max_payload);
 		return -1;
 	}
@@ -623,10 +623,10 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 }
 
 /* The deferred request of session with message ID mid, if one waits for the router. */
-static struct coapbr_request *
+static struct sensor_request *
 pending_request(struct coapbr *br, const coap_session_t *session, coap_mid_t mid)
 {
-	for (struct coapbr_request *req = br->requests; req; req = req->next) {
+	for (struct sensor_request *req = br->requests; req; req = req->next) {
 		if (req->session == session && req->mid == mid && req->state == REQ_DEFERRED)
 			return req;
 	}
@@ -634,7 +634,7 @@ pending_request(struct coapbr *br, const coap_session_t *session, coap_mid_t mid
 }
 
 static void
-request_free(struct coapbr_request *req)
+request_free(struct sensor_request *req)
 {
 	request_unlink(req);
 	if (req->state == REQ_DEFERRED)
@@ -650,7 +650,7 @@ request_free(struct coapbr_request *req)
 static void
 orphan_requests(struct coapbr *br, const coap_session_t *session)
 {
-	for (struct coapbr_request *req = br->requests; req; req = req->next) {
+	for (struct sensor_request *req = br->requests; req; req = req->next) {
 		if (req->state == REQ_DEFERRED && (!session || req->session == session)) {
 			coap_session_release(req->session);
 			req->state = REQ_ORPHAN;
@@ -660,7 +660,7 @@ orphan_requests(struct coapbr *br, const coap_session_t *session)
 
 /* A deferred request's answer, as a separate response (RFC 7252 section 5.2.2). */
 static void
-send_separate(struct coapbr_request *req)
+send_separate(struct sensor_request *req)
 {
 	struct sensor *sn = coap_session_get_app_data(req->session);
 	coap_pdu_t *pdu = coap_pdu_init(req->con ? COAP_MESSAGE_CON : COAP_MESSAGE_NON,
@@ -699,8 +699,8 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	const struct gwconf_route *route = coap_resource_get_userdata(resource);
 	const struct seen *seen;
 	coap_bin_const_t token = coap_pdu_get_token(request);
-	struct coapbr_request *req;
-	struct coapbr_uplink up;
+	struct sensor_request *req;
+	struct sensor_uplink up;
 	coap_opt_iterator_t it;
 	coap_opt_t *block1;
 	size_t len = 0;
@@ -738,7 +738,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	 */
 	if (!keystore_device_usable(br->ks, device) ||
 	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len)) {
-		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_FORBIDDEN, 0);
+		answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_FORBIDDEN, 0);
 		return;
 	}
 	if ((block1 = coap_check_option(request, COAP_OPTION_BLOCK1, &it))) {
@@ -749,7 +749,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	} else {
 		coap_get_data(request, &len, &payload);
 		if (len > br->max_payload) {
-			answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_TOO_LARGE,
+			answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_TOO_LARGE,
 			       (unsigned)br->max_payload);
 			return;
 		}
@@ -763,7 +763,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		br->requests->prev = req;
 	br->requests = req;
 
-	up = (struct coapbr_uplink){
+	up = (struct sensor_uplink){
 	        .device = device,
 	        .route = route,
 	        .put = coap_pdu_get_code(request) == COAP_REQUEST_CODE_PUT,
@@ -788,7 +788,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	if (token.length > sizeof(req->token)) {
 		/* RFC 8974's longer tokens, which libcoap 4.3.1 does not parse anyway. */
 		req->state = REQ_ORPHAN;
-		answer(sn, request, coap_pdu_get_mid(request), response, COAPBR_ERROR, 0);
+		answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_ERROR, 0);
 		return;
 	}
 	/*
@@ -1026,7 +1026,7 @@ push_fired(struct gw_timer *t, void *data)
 }
 
 void
-coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age)
+coapbr_complete(struct sensor_request *req, enum sensor_status status, unsigned max_age)
 {
 	req->done = true;
 	req->status = status;
@@ -1311,7 +1311,7 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 
 int
 coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
-           const struct keystore *ks, struct cmdq *commands, const struct coapbr_ops *ops,
+           const struct keystore *ks, struct cmdq *commands, const struct sensor_ops *ops,
            void *data)
 {
 	coap_dtls_spsk_t spsk; /* libcoap keeps a copy */
@@ -1411,7 +1411,7 @@ coapbr_free(struct coapbr *br)
 	gw_timer_free(br->sweep);
 	gw_timer_free(br->push);
 	while (br->requests) {
-		struct coapbr_request *req = br->requests;
+		struct sensor_request *req = br->requests;
 
 		request_unlink(req);
 		free(req);
@@ -1430,3 +1430,14 @@ coapbr_free(struct coapbr *br)
 	coap_cleanup();
 	free(br);
 }
+
+static void
+side_commands_ready(void *side, const char *device)
+{
+	coapbr_commands_ready(side, device);
+}
+
+const struct sensor_side_ops coapbr_sensor_side_ops = {
+        .complete = coapbr_complete,
+        .commands_ready = side_commands_ready,
+};

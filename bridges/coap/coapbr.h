@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sensor.h"
+
 /*
  * The sensor side: a CoAP server over DTLS with per-sensor pre-shared keys, driven from the
  * daemon's loop. Each POST or PUT on a routed resource becomes an uplink request that the
@@ -16,35 +18,8 @@
 struct cmdq;
 struct gw_loop;
 struct gwconf;
-struct gwconf_route;
 struct keystore;
 struct coapbr;
-struct coapbr_request;
-
-enum coapbr_status {
-	COAPBR_CHANGED,     /* 2.04: the message is safe upstream */
-	COAPBR_FORBIDDEN,   /* 4.03: the broker or a policy refused it */
-	COAPBR_TOO_LARGE,   /* 4.13 with Size1: more than sensors.max_payload */
-	COAPBR_UNAVAILABLE, /* 5.03 with Max-Age: upstream down, try again later */
-	COAPBR_ERROR,       /* 5.00 */
-};
-
-struct coapbr_uplink {
-	const char *device;
-	const struct gwconf_route *route;
-	bool put; /* PUT, else POST */
-	const uint8_t *payload;
-	size_t len; /* the whole message, reassembled from its Block1 blocks */
-	bool confirmable;
-	int content_format; /* CoAP Content-Format, -1 when absent */
-};
-
-struct coapbr_ops {
-	/* Must lead to exactly one coapbr_complete(req, ...), now or later. */
-	void (*uplink)(struct coapbr_request *req, const struct coapbr_uplink *up, void *data);
-	/* Whether device's sensor may read (GET, observe) the command resource. */
-	bool (*may_read)(const char *device, const char *resource, void *data);
-};
 
 /*
  * Serves conf's routes and, when commands is not NULL, conf's downlink resource: a sensor
@@ -52,7 +27,7 @@ struct coapbr_ops {
  * (RFC 7641). ops and data are kept.
  */
 int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
-               const struct keystore *ks, struct cmdq *commands, const struct coapbr_ops *ops,
+               const struct keystore *ks, struct cmdq *commands, const struct sensor_ops *ops,
                void *data);
 
 /* New commands for device are queued: pushes them to its sensor if that one observes. */
@@ -89,7 +64,10 @@ void coapbr_get_stats(const struct coapbr *br, struct coapbr_stats *st);
 /* Established DTLS sessions of the device's sensor now. */
 unsigned coapbr_device_sessions(const struct coapbr *br, const char *device);
 
-/* Answers an uplink request. max_age: seconds, used with COAPBR_UNAVAILABLE. */
-void coapbr_complete(struct coapbr_request *req, enum coapbr_status status, unsigned max_age);
+/* Answers an uplink request. max_age: seconds, used with SENSOR_UNAVAILABLE. */
+void coapbr_complete(struct sensor_request *req, enum sensor_status status, unsigned max_age);
+
+/* The two above for the router (sensor.h), with the struct coapbr as side. */
+extern const struct sensor_side_ops coapbr_sensor_side_ops;
 
 #endif

@@ -59,7 +59,7 @@ enum queue { Q_RESUME, Q_URGENT, Q_NORMAL, NQUEUES };
 struct publish {
 	struct mqttbr_device *dev;
 	/* NULL once the outcome was reported (a timeout): the PUBACK may still come. */
-	mqttbr_publish_fn fn;
+	upstream_done_fn fn;
 	void *data;
 	struct gw_timer *timer;
 	uint16_t packet_id; /* QoS 1; 0 for QoS 0 */
@@ -598,13 +598,13 @@ publish_unlink(struct publish *pub)
 static void
 publish_report(struct publish *pub, int status)
 {
-	mqttbr_publish_fn fn = pub->fn;
+	upstream_done_fn fn = pub->fn;
 
 	if (!fn)
 		return;
 	pub->fn = NULL;
 	gw_timer_disarm(pub->timer);
-	fn(pub->dev, status, pub->data);
+	fn(status, pub->data);
 }
 
 /*
@@ -621,7 +621,7 @@ publishes_fail(struct mqttbr_device *dev)
 	dev->inflight = 0;
 	while (list) {
 		struct publish *pub = list;
-		mqttbr_publish_fn fn = pub->fn;
+		upstream_done_fn fn = pub->fn;
 		void *data = pub->data;
 
 		list = pub->next;
@@ -629,7 +629,7 @@ publishes_fail(struct mqttbr_device *dev)
 		free(pub->pkt);
 		free(pub);
 		if (fn)
-			fn(dev, -ENOTCONN, data);
+			fn(-ENOTCONN, data);
 	}
 }
 
@@ -694,7 +694,7 @@ new_packet_id(struct mqttbr_device *dev)
 }
 
 static struct mqttcodec_publish
-publish_of(const struct mqttbr_device *dev, const struct mqttbr_message *m)
+publish_of(const struct mqttbr_device *dev, const struct upstream_msg *m)
 {
 	bool v5 = dev->mqtt_version != GWCONF_MQTT_311;
 
@@ -714,9 +714,13 @@ publish_of(const struct mqttbr_device *dev, const struct mqttbr_message *m)
 	};
 }
 
-int
-mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr_publish_fn fn,
-               void *data)
+/*
+ * Publishes on dev's session. Returns 0 and later calls fn (if not NULL) exactly once, or
+ * returns -errno and never calls fn: -ENOTCONN when the session is down, -EMSGSIZE when the
+ * message is larger than the broker's Maximum Packet Size (from its CONNACK).
+ */
+static int
+publish(struct mqttbr_device *dev, const struct upstream_msg *m, upstream_done_fn fn, void *data)
 {
 	struct mqttcodec_publish p = publish_of(dev, m);
 	struct publish *pub;
@@ -785,7 +789,7 @@ on_puback(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 		return;
 	}
 	int status = publish_status(p->reason);
-	mqttbr_publish_fn fn = pub->fn;
+	upstream_done_fn fn = pub->fn;
 	void *data = pub->data;
 
 	if (status < 0)
@@ -795,7 +799,7 @@ on_puback(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 	send_ready(dev);
 	/* Last: the observer may remove the device. */
 	if (fn)
-		fn(dev, status, data);
+		fn(status, data);
 }
 
 /* ---- the session's events ---- */
@@ -815,7 +819,7 @@ session_started(struct mqttbr_device *dev)
 	int version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5;
 
 	if (dev->status_topic) {
-		struct mqttbr_message m = {
+		struct upstream_msg m = {
 		        .topic = dev->status_topic,
 		        .payload = br->presence.online,
 		        .len = strlen(br->presence.online),
@@ -823,7 +827,7 @@ session_started(struct mqttbr_device *dev)
 		        .retain = true,
 		};
 
-		if (mqttbr_publish(dev, &m, NULL, NULL) < 0)
+		if (publish(dev, &m, NULL, NULL) < 0)
 			log_warnx("%s: cannot publish its online status", dev->id);
 	}
 	if (dev->command_filter) {
@@ -918,7 +922,7 @@ on_inbound(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 		memcpy(ctype, p->props.content_type.data, p->props.content_type.len);
 		ctype[p->props.content_type.len] = '\0';
 	}
-	struct mqttbr_message m = {
+	struct upstream_msg m = {
 	        .topic = topic,
 	        .payload = p->payload.data,
 	        .len = p->payload.len,
@@ -1264,7 +1268,7 @@ say_goodbye(struct mqttbr_device *dev)
 	uint8_t pkt[8];
 
 	if (dev->status_topic && !v5) {
-		struct mqttbr_message m = {
+		struct upstream_msg m = {
 		        .topic = dev->status_topic,
 		        .payload = br->presence.offline,
 		        .len = strlen(br->presence.offline),
@@ -1400,14 +1404,8 @@ mqttbr_status_name(enum mqttbr_status st)
 	return names[st];
 }
 
-bool
-mqttbr_device_up(const struct mqttbr_device *dev)
-{
-	return dev->state == DEV_UP;
-}
-
-unsigned
-mqttbr_device_retry_after(const struct mqttbr_device *dev)
+static unsigned
+retry_after(const struct mqttbr_device *dev)
 {
 	int64_t ms;
 
@@ -1459,6 +1457,59 @@ mqttbr_find(struct mqttbr *br, const char *id)
 	dev = bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
 	return dev ? *dev : NULL;
 }
+
+/* ---- the router's side (upstream.h) ---- */
+
+static int
+up_publish(void *up, const char *id, const struct upstream_msg *m, upstream_done_fn done,
+           void *data)
+{
+	struct mqttbr_device *dev = mqttbr_find(up, id);
+
+	return dev ? publish(dev, m, done, data) : -ENOTCONN;
+}
+
+static enum upstream_state
+up_state(void *up, const char *id)
+{
+	const char *reason;
+
+	switch (mqttbr_status(up, id, &reason)) {
+	case MQTTBR_NONE:
+		return UPSTREAM_NONE;
+	case MQTTBR_CONNECTED:
+		return UPSTREAM_UP;
+	case MQTTBR_REJECTED:
+		return UPSTREAM_REFUSED;
+	default:
+		return UPSTREAM_WAITING;
+	}
+}
+
+static unsigned
+up_retry_after(void *up, const char *id)
+{
+	struct mqttbr_device *dev = mqttbr_find(up, id);
+
+	/* No session: a minute, for an operator to pair or enrol it. */
+	return dev ? retry_after(dev) : 60;
+}
+
+static void
+up_wanted(void *up, const char *id)
+{
+	struct mqttbr_device *dev = mqttbr_find(up, id);
+
+	if (dev)
+		mqttbr_wanted(dev);
+}
+
+const struct upstream_ops mqttbr_upstream_ops = {
+        .publish = up_publish,
+        .state = up_state,
+        .retry_after = up_retry_after,
+        .wanted = up_wanted,
+};
 
 int
 mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,

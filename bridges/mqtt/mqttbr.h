@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "upstream.h"
+
 /*
  * The cloud side: one MQTT session per device (MQTT 5, or 3.1.1 by config), over mutual TLS
  * with that device's own certificate, so the broker sees every device under its own identity.
@@ -20,12 +22,6 @@ struct gwconf;
 struct mqttbr;
 struct mqttbr_device;
 
-/*
- * Outcome of one publish: 0 once the broker acknowledged it (QoS 1 PUBACK, or handed to the
- * socket for QoS 0); -ENOTCONN if the session dropped first; -EACCES if the broker refused it
- * (e.g. not authorised); -ETIMEDOUT if no acknowledgement came in time; other -errno.
- */
-typedef void (*mqttbr_publish_fn)(struct mqttbr_device *dev, int status, void *data);
 typedef void (*mqttbr_stopped_fn)(void *data);
 
 struct keystore;
@@ -91,8 +87,6 @@ int mqttbr_set_tls_files(struct mqttbr *br, const char *id, const char *cert_fil
 typedef void (*mqttbr_judged_fn)(const char *id, bool accepted, const char *reason, void *data);
 void mqttbr_on_judged(struct mqttbr *br, mqttbr_judged_fn fn, void *data);
 
-bool mqttbr_device_up(const struct mqttbr_device *dev);
-
 enum mqttbr_status {
 	MQTTBR_NONE, /* no session: unknown device, or none wanted */
 	MQTTBR_CONNECTING,
@@ -104,33 +98,22 @@ enum mqttbr_status {
 /* A device's upstream state, and why the last attempt failed (NULL if it did not). */
 enum mqttbr_status mqttbr_status(struct mqttbr *br, const char *id, const char **reason);
 const char *mqttbr_status_name(enum mqttbr_status st);
-/* Seconds until the device's session may be up again, for CoAP's Max-Age on 5.03. */
-unsigned mqttbr_device_retry_after(const struct mqttbr_device *dev);
 /*
  * Readings or a sensor wait for the device while its session is down: its connect goes before
  * those of devices with nothing to send (the backoff still applies).
  */
 void mqttbr_wanted(struct mqttbr_device *dev);
 
-struct mqttbr_message {
-	const char *topic;
-	const void *payload;
-	size_t len;
-	int qos;
-	bool retain;
-	const char *content_type; /* the MQTT 5 property; NULL: none */
-};
-
 /*
- * Publishes on dev's session. Returns 0 and later calls fn (if not NULL) exactly once, or
- * returns -errno and never calls fn: -ENOTCONN when the session is down, -EMSGSIZE when the
- * message is larger than the broker's Maximum Packet Size (from its CONNACK).
+ * The router's side of the bridge (gateway/data/upstream.h), with the struct mqttbr as its
+ * up: publishes (the outcome -EMSGSIZE comes from the broker's CONNACK Maximum Packet Size),
+ * each device's state (UPSTREAM_REFUSED while the broker refuses its identity, retried
+ * slowly), Max-Age and wanted.
  */
-int mqttbr_publish(struct mqttbr_device *dev, const struct mqttbr_message *m, mqttbr_publish_fn fn,
-                   void *data);
+extern const struct upstream_ops mqttbr_upstream_ops;
 
 /* Told of every message arriving on a device's command subscription, on the loop. */
-typedef void (*mqttbr_message_fn)(const char *id, const struct mqttbr_message *m, void *data);
+typedef void (*mqttbr_message_fn)(const char *id, const struct upstream_msg *m, void *data);
 void mqttbr_on_message(struct mqttbr *br, mqttbr_message_fn fn, void *data);
 
 /* Why a connect failed, for the counters (the words are in mqttbr_status()'s reason). */

@@ -2,10 +2,10 @@
 #include "router.h"
 #include "cmdq.h"
 #include "conf.h"
+#include "device.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
-#include "mqttbr.h"
 #include "policy.h"
 #include "profile.h"
 #include "spool.h"
@@ -46,7 +46,7 @@ struct flow {
 	struct gw_timer *retry; /* after a failure on a live session */
 	/*
 	 * The broker refused the device's identity at its last connect (revoked, expired, a
-	 * renewal on trial that failed). Kept here because mqttbr starts a device afresh when its
+	 * renewal on trial that failed). Kept here because upstream starts a device afresh when its
 	 * certificate changes: a trial connect must not make the spool take what waits for an
 	 * operator.
 	 */
@@ -64,7 +64,7 @@ struct sent {
 
 /* A sensor waiting for its record to be fsync'd (ack = durable). */
 struct waiter {
-	struct coapbr_request *req;
+	struct sensor_request *req;
 	struct waiter *next;
 };
 
@@ -72,10 +72,12 @@ struct router {
 	struct gw_loop *loop;
 	const struct gwconf *conf;
 	const struct keystore *ks;
-	struct mqttbr *mqtt;
+	const struct upstream_ops *up_ops;
+	void *up;
 	struct spool *spool;
 	struct cmdq *commands;
-	struct coapbr *coap;
+	const struct sensor_side_ops *side_ops;
+	void *side;
 	struct gw_timer *sync;       /* appends, for the sensors waiting on them */
 	struct gw_timer *checkpoint; /* acknowledged positions and deletions, lazily */
 	struct waiter *waiting, **waiting_tail;
@@ -83,6 +85,25 @@ struct router {
 	size_t nflows;
 	struct router_stats st;
 };
+
+/* The cloud side's view of device. */
+static enum upstream_state
+up_state(const struct router *rt, const char *device)
+{
+	return rt->up_ops->state(rt->up, device);
+}
+
+static unsigned
+up_retry_after(const struct router *rt, const char *device)
+{
+	return rt->up_ops->retry_after(rt->up, device);
+}
+
+static void
+answer(const struct router *rt, struct sensor_request *req, enum sensor_status status, unsigned arg)
+{
+	rt->side_ops->complete(req, status, arg);
+}
 
 /* CoAP Content-Formats (IANA registry, RFC 7252 section 12.3) and their media types. */
 static const struct {
@@ -296,7 +317,7 @@ flow_rewind(struct flow *f)
 }
 
 static void
-spooled_done(struct mqttbr_device *dev, int status, void *data)
+spooled_done(int status, void *data)
 {
 	struct sent *s = data;
 	struct router *rt = s->rt;
@@ -327,7 +348,7 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 	default:
 		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
 		flow_rewind(f);
-		if (status != -ENOTCONN || mqttbr_device_up(dev))
+		if (status != -ENOTCONN || up_state(rt, f->device) == UPSTREAM_UP)
 			gw_timer_arm(f->retry, 1000);
 		free(s);
 		return;
@@ -345,12 +366,12 @@ spooled_done(struct mqttbr_device *dev, int status, void *data)
 static void
 pump(struct router *rt, struct flow *f)
 {
-	struct mqttbr_device *dev = mqttbr_find(rt->mqtt, f->device);
+	enum upstream_state st = up_state(rt, f->device);
 
 	/* Readings wait in its spool: its connect goes before those of idle devices. */
-	if (dev && !mqttbr_device_up(dev) && spool_depth(rt->spool, f->device, NULL) > 0)
-		mqttbr_wanted(dev);
-	while (dev && mqttbr_device_up(dev) && f->nout < WINDOW) {
+	if (st != UPSTREAM_NONE && st != UPSTREAM_UP && spool_depth(rt->spool, f->device, NULL) > 0)
+		rt->up_ops->wanted(rt->up, f->device);
+	while (up_state(rt, f->device) == UPSTREAM_UP && f->nout < WINDOW) {
 		struct spool_record rec;
 		struct sent *s;
 		void *buf = NULL;
@@ -367,7 +388,7 @@ pump(struct router *rt, struct flow *f)
 		s = xmalloc(sizeof(*s));
 		*s = (struct sent){.rt = rt, .seq = rec.seq, .epoch = f->epoch};
 		snprintf(s->device, sizeof(s->device), "%s", f->device);
-		struct mqttbr_message m = {
+		struct upstream_msg m = {
 		        .topic = rec.topic,
 		        .payload = rec.payload,
 		        .len = rec.len,
@@ -375,8 +396,8 @@ pump(struct router *rt, struct flow *f)
 		        .content_type =
 		                rec.content_type && rec.content_type[0] ? rec.content_type : NULL,
 		};
-		/* mqttbr encodes the message at once: the buffer can go. */
-		r = mqttbr_publish(dev, &m, spooled_done, s);
+		/* upstream encodes the message at once: the buffer can go. */
+		r = rt->up_ops->publish(rt->up, f->device, &m, spooled_done, s);
 		free(buf);
 		if (r == -EMSGSIZE) {
 			/*
@@ -399,7 +420,7 @@ pump(struct router *rt, struct flow *f)
 		if (r < 0) {
 			free(s);
 			/* Nothing is lost: the record stays and goes out with the next pump. */
-			if (r != -ENOTCONN || mqttbr_device_up(dev))
+			if (r != -ENOTCONN || up_state(rt, f->device) == UPSTREAM_UP)
 				gw_timer_arm(f->retry, 1000);
 			return;
 		}
@@ -438,7 +459,7 @@ router_session_judged(struct router *rt, const char *device, bool accepted, bool
 /* ---- the spool's group commit ---- */
 
 static void
-answer_waiting(struct router *rt, enum coapbr_status status, unsigned arg)
+answer_waiting(struct router *rt, enum sensor_status status, unsigned arg)
 {
 	struct waiter *w = rt->waiting;
 
@@ -447,7 +468,7 @@ answer_waiting(struct router *rt, enum coapbr_status status, unsigned arg)
 	while (w) {
 		struct waiter *next = w->next;
 
-		coapbr_complete(w->req, status, arg);
+		answer(rt, w->req, status, arg);
 		free(w);
 		w = next;
 	}
@@ -464,10 +485,10 @@ sync_fired(struct gw_timer *t, void *data)
 	if (r < 0) {
 		/* Not durable, so not acknowledged: the sensors send them again. */
 		log_warnx("spool: cannot make messages durable: %s", strerror(-r));
-		answer_waiting(rt, COAPBR_ERROR, 0);
+		answer_waiting(rt, SENSOR_ERROR, 0);
 		return;
 	}
-	answer_waiting(rt, COAPBR_CHANGED, 0);
+	answer_waiting(rt, SENSOR_CHANGED, 0);
 }
 
 static void
@@ -516,33 +537,36 @@ schedule_sync(struct router *rt, bool now)
 /* A publish of ack = upstream, on its way: the sensor waits for its PUBACK. */
 struct direct {
 	struct router *rt;
-	struct coapbr_request *req;
+	struct sensor_request *req;
+	char device[DEVICE_ID_MAX + 1];
 };
 
 static void
-direct_done(struct mqttbr_device *dev, int status, void *data)
+direct_done(int status, void *data)
 {
 	struct direct *dr = data;
-	struct coapbr_request *req = dr->req;
+	struct sensor_request *req = dr->req;
+	struct router *rt = dr->rt;
+	unsigned retry = status == 0 ? 0 : up_retry_after(rt, dr->device);
 
 	if (status == 0)
-		dr->rt->st.published++;
+		rt->st.published++;
 	free(dr);
 	switch (status) {
 	case 0:
-		coapbr_complete(req, COAPBR_CHANGED, 0);
+		answer(rt, req, SENSOR_CHANGED, 0);
 		break;
 	case -EACCES:
-		coapbr_complete(req, COAPBR_FORBIDDEN, 0);
+		answer(rt, req, SENSOR_FORBIDDEN, 0);
 		break;
 	case -ENOTCONN:
 	case -ETIMEDOUT:
 	case -EAGAIN:
 		/* Never a false success: the sensor keeps the reading and retries (DESIGN.md 6). */
-		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
+		answer(rt, req, SENSOR_UNAVAILABLE, retry);
 		break;
 	default:
-		coapbr_complete(req, COAPBR_ERROR, 0);
+		answer(rt, req, SENSOR_ERROR, 0);
 		break;
 	}
 }
@@ -553,7 +577,7 @@ direct_done(struct mqttbr_device *dev, int status, void *data)
  * IoT Hub's routing queries a message body only when both are set.
  */
 static int
-uplink_bag(const struct coapbr_uplink *up, char *topic, size_t len)
+uplink_bag(const struct sensor_uplink *up, char *topic, size_t len)
 {
 	int fi = format_index(up->content_format);
 	char buf[64];
@@ -571,7 +595,7 @@ uplink_bag(const struct coapbr_uplink *up, char *topic, size_t len)
 
 /* The topic for up: the route's template, and the format as a last level if so configured. */
 static int
-uplink_topic(const struct router *rt, const struct coapbr_uplink *up, char *topic, size_t len)
+uplink_topic(const struct router *rt, const struct sensor_uplink *up, char *topic, size_t len)
 {
 	const struct gwconf_route *route = up->route;
 	int fi = format_index(up->content_format);
@@ -592,7 +616,7 @@ uplink_topic(const struct router *rt, const struct coapbr_uplink *up, char *topi
 }
 
 static const char *
-uplink_content_type(const struct coapbr_uplink *up, char *buf, size_t len)
+uplink_content_type(const struct sensor_uplink *up, char *buf, size_t len)
 {
 	int fi = format_index(up->content_format);
 
@@ -620,41 +644,42 @@ cert_expired(const struct router *rt, const char *device)
 
 /* ack = upstream: straight to the session, answered by its PUBACK. */
 static void
-uplink_direct(struct router *rt, struct coapbr_request *req, const struct coapbr_uplink *up,
-              const struct mqttbr_message *m)
+uplink_direct(struct router *rt, struct sensor_request *req, const struct sensor_uplink *up,
+              const struct upstream_msg *m)
 {
-	struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
+	enum upstream_state st = up_state(rt, up->device);
+	struct direct *dr;
 	int r;
 
-	if (!dev) {
+	if (st == UPSTREAM_NONE) {
 		/* Paired on the sensor side but with no upstream session: nothing to send it on. */
 		log_warnx("%s: no upstream session for this device", up->device);
-		coapbr_complete(req, COAPBR_UNAVAILABLE, 60);
+		answer(rt, req, SENSOR_UNAVAILABLE, 60);
 		return;
 	}
 	/* Down, or its spool still draining (order first): the sensor keeps it for now. */
-	if (!mqttbr_device_up(dev) || spool_depth(rt->spool, up->device, NULL) > 0) {
+	if (st != UPSTREAM_UP || spool_depth(rt->spool, up->device, NULL) > 0) {
 		/* Its sensor waits: its connect goes before those of idle devices. */
-		mqttbr_wanted(dev);
-		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
+		rt->up_ops->wanted(rt->up, up->device);
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
 		return;
 	}
-	struct direct *dr = xmalloc(sizeof(*dr));
-
+	dr = xmalloc(sizeof(*dr));
 	*dr = (struct direct){.rt = rt, .req = req};
-	r = mqttbr_publish(dev, m, direct_done, dr);
+	snprintf(dr->device, sizeof(dr->device), "%s", up->device);
+	r = rt->up_ops->publish(rt->up, up->device, m, direct_done, dr);
 	if (r < 0)
 		free(dr);
 	if (r == -ENOTCONN)
-		coapbr_complete(req, COAPBR_UNAVAILABLE, mqttbr_device_retry_after(dev));
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
 	else if (r == -EMSGSIZE) /* the broker's limit, not ours: no Size1 to give */
-		coapbr_complete(req, COAPBR_TOO_LARGE, 0);
+		answer(rt, req, SENSOR_TOO_LARGE, 0);
 	else if (r < 0)
-		coapbr_complete(req, COAPBR_ERROR, 0);
+		answer(rt, req, SENSOR_ERROR, 0);
 }
 
 static void
-uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
+uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 {
 	struct router *rt = data;
 	char topic[1024], ctbuf[48], why[256];
@@ -668,24 +693,24 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 		log_warnx("%s: %s to %s refused: %s", up->device, up->put ? "PUT" : "POST",
 		          up->route->resource, why);
 		rt->st.denied_up++;
-		coapbr_complete(req, COAPBR_FORBIDDEN, 0);
+		answer(rt, req, SENSOR_FORBIDDEN, 0);
 		return;
 	}
 	if (uplink_topic(rt, up, topic, sizeof(topic)) < 0) {
-		coapbr_complete(req, COAPBR_ERROR, 0);
+		answer(rt, req, SENSOR_ERROR, 0);
 		return;
 	}
 	if (!allowed(rt, up->device, POLICY_MQTT_PUBLISH, topic, why, sizeof(why))) {
 		log_warnx("%s: publish to %s refused: %s", up->device, topic, why);
 		rt->st.denied_up++;
-		coapbr_complete(req, COAPBR_FORBIDDEN, 0);
+		answer(rt, req, SENSOR_FORBIDDEN, 0);
 		return;
 	}
 	rt->st.up_messages++;
 	rt->st.up_bytes += up->len;
 	f->st.up_messages++;
 	f->st.up_bytes += up->len;
-	struct mqttbr_message m = {
+	struct upstream_msg m = {
 	        .topic = topic,
 	        .payload = up->payload,
 	        .len = up->len,
@@ -701,16 +726,13 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	 * identity the broker refused waits for an operator, not for the network: its sensor
 	 * keeps its messages rather than the spool filling with what may never be accepted.
 	 */
-	const char *reason;
-	enum mqttbr_status ust = mqttbr_status(rt->mqtt, up->device, &reason);
+	enum upstream_state ust = up_state(rt, up->device);
 
-	if (ust == MQTTBR_NONE || ust == MQTTBR_REJECTED ||
-	    (ust != MQTTBR_CONNECTED && (f->refused || cert_expired(rt, up->device)))) {
-		struct mqttbr_device *dev = mqttbr_find(rt->mqtt, up->device);
-
-		if (ust == MQTTBR_NONE)
+	if (ust == UPSTREAM_NONE || ust == UPSTREAM_REFUSED ||
+	    (ust != UPSTREAM_UP && (f->refused || cert_expired(rt, up->device)))) {
+		if (ust == UPSTREAM_NONE)
 			log_warnx("%s: no upstream session for this device", up->device);
-		coapbr_complete(req, COAPBR_UNAVAILABLE, dev ? mqttbr_device_retry_after(dev) : 60);
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
 		return;
 	}
 	rec = (struct spool_record){
@@ -724,16 +746,16 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 	if (r == -ENOSPC) {
 		log_warnx("%s: spool full: message refused (5.03)", up->device);
 		rt->st.refused_full++;
-		coapbr_complete(req, COAPBR_UNAVAILABLE, FULL_RETRY_S);
+		answer(rt, req, SENSOR_UNAVAILABLE, FULL_RETRY_S);
 		return;
 	}
 	if (r == -EMSGSIZE) {
-		coapbr_complete(req, COAPBR_TOO_LARGE, (unsigned)rt->conf->sensors.max_payload);
+		answer(rt, req, SENSOR_TOO_LARGE, (unsigned)rt->conf->sensors.max_payload);
 		return;
 	}
 	if (r < 0) {
 		log_warnx("%s: cannot spool a message: %s", up->device, strerror(-r));
-		coapbr_complete(req, COAPBR_ERROR, 0);
+		answer(rt, req, SENSOR_ERROR, 0);
 		return;
 	}
 	if (up->confirmable) {
@@ -745,7 +767,7 @@ uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
 		schedule_sync(rt, true);
 	} else {
 		/* Nothing to acknowledge: its answer (a NON 2.04) says only that it was taken. */
-		coapbr_complete(req, COAPBR_CHANGED, 0);
+		answer(rt, req, SENSOR_CHANGED, 0);
 		schedule_sync(rt, false);
 	}
 	pump(rt, f);
@@ -765,7 +787,7 @@ may_read(const char *device, const char *resource, void *data)
 	return false;
 }
 
-const struct coapbr_ops router_coap_ops = {
+const struct sensor_ops router_sensor_ops = {
         .uplink = uplink,
         .may_read = may_read,
 };
@@ -773,7 +795,7 @@ const struct coapbr_ops router_coap_ops = {
 /* ---- downlink and sessions ---- */
 
 void
-router_downlink(const char *device, const struct mqttbr_message *m, void *data)
+router_downlink(const char *device, const struct upstream_msg *m, void *data)
 {
 	struct router *rt = data;
 	char why[256];
@@ -799,8 +821,8 @@ router_downlink(const char *device, const struct mqttbr_message *m, void *data)
 	f->st.down_messages++;
 	f->st.down_bytes += m->len;
 	log_debug("%s: command of %zu bytes from %s queued", device, m->len, m->topic);
-	if (rt->coap)
-		coapbr_commands_ready(rt->coap, device);
+	if (rt->side_ops)
+		rt->side_ops->commands_ready(rt->side, device);
 }
 
 void
@@ -867,9 +889,10 @@ router_get_stats(const struct router *rt, struct router_stats *st)
 }
 
 void
-router_set_coap(struct router *rt, struct coapbr *coap)
+router_set_sensor_side(struct router *rt, const struct sensor_side_ops *ops, void *side)
 {
-	rt->coap = coap;
+	rt->side_ops = ops;
+	rt->side = side;
 }
 
 void
@@ -878,24 +901,23 @@ router_set_conf(struct router *rt, const struct gwconf *conf)
 	rt->conf = conf;
 }
 
-int
-router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
-           const struct keystore *ks, struct mqttbr *mqtt, struct spool *spool,
-           struct cmdq *commands)
+struct router *
+router_new(struct gw_loop *loop, const struct gwconf *conf, const struct keystore *ks,
+           const struct upstream_ops *up_ops, void *up, struct spool *spool, struct cmdq *commands)
 {
 	struct router *rt = xcalloc(1, sizeof(*rt));
 
 	rt->loop = loop;
 	rt->conf = conf;
 	rt->ks = ks;
-	rt->mqtt = mqtt;
+	rt->up_ops = up_ops;
+	rt->up = up;
 	rt->spool = spool;
 	rt->commands = commands;
 	rt->waiting_tail = &rt->waiting;
 	rt->sync = gw_timer_new(loop, sync_fired, rt);
 	rt->checkpoint = gw_timer_new(loop, checkpoint_fired, rt);
-	*out = rt;
-	return 0;
+	return rt;
 }
 
 void

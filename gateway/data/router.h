@@ -2,8 +2,9 @@
 #ifndef GW_ROUTER_H
 #define GW_ROUTER_H
 
-#include "coapbr.h"
 #include "profile.h"
+#include "sensor.h"
+#include "upstream.h"
 
 #include <stdbool.h>
 
@@ -23,13 +24,13 @@ struct cmdq;
 struct gw_loop;
 struct gwconf;
 struct keystore;
-struct mqttbr;
 struct router;
 struct spool;
 
-int router_new(struct router **out, struct gw_loop *loop, const struct gwconf *conf,
-               const struct keystore *ks, struct mqttbr *mqtt, struct spool *spool,
-               struct cmdq *commands);
+/* up_ops and up: the cloud side (upstream.h); both are kept. */
+struct router *router_new(struct gw_loop *loop, const struct gwconf *conf,
+                          const struct keystore *ks, const struct upstream_ops *up_ops, void *up,
+                          struct spool *spool, struct cmdq *commands);
 /* Accepts NULL. Sensors still waiting for an answer get none (they retransmit). */
 void router_free(struct router *rt);
 
@@ -39,11 +40,11 @@ void router_free(struct router *rt);
  */
 void router_set_conf(struct router *rt, const struct gwconf *conf);
 
-/* The sensor side, told when a device's commands arrive. */
-void router_set_coap(struct router *rt, struct coapbr *coap);
+/* The sensor side (sensor.h): answers requests, told when a device's commands arrive. */
+void router_set_sensor_side(struct router *rt, const struct sensor_side_ops *ops, void *side);
 
-/* The coapbr_ops to serve sensors with; their data is the router. */
-extern const struct coapbr_ops router_coap_ops;
+/* The sensor_ops to serve sensors with; their data is the router. */
+extern const struct sensor_ops router_sensor_ops;
 
 /*
  * A device's connect was judged (mqttbr_on_judged): accepted, what its spool holds goes out
@@ -68,9 +69,8 @@ struct router_session {
 };
 void router_session_topics(struct router *rt, const char *device, struct router_session *out);
 
-/* mqttbr_message_fn: a message on a device's command subscription. data is the router. */
-struct mqttbr_message;
-void router_downlink(const char *device, const struct mqttbr_message *m, void *data);
+/* A message on a device's command subscription (mqttbr_message_fn); data is the router. */
+void router_downlink(const char *device, const struct upstream_msg *m, void *data);
 
 /* What waits for the device: messages in its spool (and their bytes), commands queued. */
 void router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,

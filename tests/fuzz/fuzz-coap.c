@@ -75,7 +75,7 @@ static struct cmdq *commands;
 static struct coapbr *br;
 static struct gwconf *confs[2];
 static unsigned conf_now;
-static struct coapbr_ops ops;
+static struct sensor_ops ops;
 static uint16_t port;
 
 /* The sensor: an OpenSSL DTLS client. */
@@ -85,10 +85,10 @@ static int client_fd = -1;
 static bool connected; /* else its last handshake was refused: the device is not active */
 
 /* The router's side. */
-static struct coapbr_request *pending[PENDING_MAX];
+static struct sensor_request *pending[PENDING_MAX];
 static size_t npending;
 static bool answer_now;
-static enum coapbr_status answer_status;
+static enum sensor_status answer_status;
 
 /* The message last sent, as libcoap parsed it, for the checks in on_uplink(). */
 static struct {
@@ -117,7 +117,7 @@ option_value(const coap_pdu_t *pdu, coap_option_num_t num)
 }
 
 static void
-on_uplink(struct coapbr_request *req, const struct coapbr_uplink *up, void *data)
+on_uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 {
 	const struct gwconf *conf = confs[conf_now];
 
@@ -332,9 +332,9 @@ answer_oldest(bool reset)
 }
 
 static void
-complete_oldest(enum coapbr_status status, unsigned max_age)
+complete_oldest(enum sensor_status status, unsigned max_age)
 {
-	struct coapbr_request *req;
+	struct sensor_request *req;
 
 	if (!npending)
 		return;
@@ -383,7 +383,7 @@ restore(void)
 	static const uint8_t whole[] = {0x50, 0x02, 0, 0, 0xb1, 't', 0xd1, 0x03, 0x00, 0xff, 'x'};
 
 	while (npending)
-		complete_oldest(COAPBR_CHANGED, 0);
+		complete_oldest(SENSOR_CHANGED, 0);
 	if (conf_now != 0)
 		use_conf(0);
 	if (!keystore_device_usable(ks, DEVICE))
@@ -392,7 +392,7 @@ restore(void)
 	while (nunanswered)
 		answer_oldest(false);
 	answer_now = true;
-	answer_status = COAPBR_CHANGED;
+	answer_status = SENSOR_CHANGED;
 	/* A sensor whose session was closed starts afresh with its next one. */
 	if (connected) {
 		send_own(unobserve, sizeof(unobserve));
@@ -440,7 +440,7 @@ static void
 teardown(void)
 {
 	while (npending)
-		complete_oldest(COAPBR_CHANGED, 0);
+		complete_oldest(SENSOR_CHANGED, 0);
 	SSL_free(ssl);
 	SSL_CTX_free(client_ctx);
 	if (client_fd >= 0)
@@ -494,7 +494,7 @@ setup(void)
 	commands = cmdq_new((size_t)confs[0]->downlink.queue, (unsigned)confs[0]->downlink.expiry);
 	check(commands);
 	check(gw_loop_new(&loop) == 0);
-	ops = (struct coapbr_ops){.uplink = on_uplink, .may_read = on_may_read};
+	ops = (struct sensor_ops){.uplink = on_uplink, .may_read = on_may_read};
 	check(coapbr_new(&br, loop, confs[0], ks, commands, &ops, NULL) == 0);
 
 	client_ctx = SSL_CTX_new(DTLS_client_method());
@@ -503,7 +503,7 @@ setup(void)
 	check(SSL_CTX_set_cipher_list(client_ctx, "PSK"));
 	connect_sensor();
 	answer_now = true;
-	answer_status = COAPBR_CHANGED;
+	answer_status = SENSOR_CHANGED;
 	atexit(teardown);
 }
 
@@ -539,7 +539,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 1:
 			if (size < 2)
 				goto done;
-			complete_oldest((enum coapbr_status)(data[0] % 5), data[1]);
+			complete_oldest((enum sensor_status)(data[0] % 5), data[1]);
 			data += 2;
 			size -= 2;
 			break;
@@ -565,7 +565,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (size < 1)
 				goto done;
 			answer_now = data[0] & 1;
-			answer_status = (enum coapbr_status)((data[0] >> 1) % 5);
+			answer_status = (enum sensor_status)((data[0] >> 1) % 5);
 			data++;
 			size--;
 			break;

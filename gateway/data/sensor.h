@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_SENSOR_H
+#define GW_SENSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * The contract between a sensor bridge (bridges/coap) and the data path (the router), both
+ * ways, so that neither includes the other's header: the bridge hands the router each uplink
+ * through struct sensor_ops and asks it whether a sensor may read its commands; the router
+ * answers each request and announces commands through struct sensor_side_ops.
+ */
+
+struct gwconf_route;
+/* One request waiting for its answer; the sensor bridge defines it. */
+struct sensor_request;
+
+enum sensor_status {
+	SENSOR_CHANGED,     /* 2.04: the message is safe upstream */
+	SENSOR_FORBIDDEN,   /* 4.03: the broker or a policy refused it */
+	SENSOR_TOO_LARGE,   /* 4.13 with Size1: more than sensors.max_payload */
+	SENSOR_UNAVAILABLE, /* 5.03 with Max-Age: upstream down, try again later */
+	SENSOR_ERROR,       /* 5.00 */
+};
+
+struct sensor_uplink {
+	const char *device;
+	const struct gwconf_route *route;
+	bool put; /* PUT, else POST */
+	const uint8_t *payload;
+	size_t len; /* the whole message, reassembled from its Block1 blocks */
+	bool confirmable;
+	int content_format; /* CoAP Content-Format, -1 when absent */
+};
+
+/* What the sensor bridge calls: the router's (router_sensor_ops), or a test's. */
+struct sensor_ops {
+	/* Must lead to exactly one sensor_side_ops.complete(req, ...), now or later. */
+	void (*uplink)(struct sensor_request *req, const struct sensor_uplink *up, void *data);
+	/* Whether device's sensor may read (GET, observe) the command resource. */
+	bool (*may_read)(const char *device, const char *resource, void *data);
+};
+
+/* What the router calls: the sensor bridge's (coapbr_sensor_side_ops), or a test's. */
+struct sensor_side_ops {
+	/* Answers an uplink request. arg: Max-Age for UNAVAILABLE, Size1 for TOO_LARGE (s, bytes).
+	 */
+	void (*complete)(struct sensor_request *req, enum sensor_status status, unsigned arg);
+	/* New commands for device are queued: its sensor gets them if it observes. */
+	void (*commands_ready)(void *side, const char *device);
+};
+
+#endif
