@@ -287,6 +287,29 @@ count_spooled(const char *device, uint64_t records, void *data)
 	         (unsigned long long)records);
 }
 
+/* The router's view of the keystore: attributes for policies and templates. */
+static const char *
+device_attr(const char *device, const char *key, void *data)
+{
+	struct daemon *d = data;
+
+	return keystore_device_attr(d->ks, device, key);
+}
+
+/*
+ * The device's certificate (not one on trial) has expired: it is never presented, so until a
+ * renewal is accepted the device waits like one the broker refused.
+ */
+static bool
+cert_expired(const char *device, void *data)
+{
+	struct daemon *d = data;
+	struct keystore_info info;
+
+	return keystore_device_info(d->ks, device, &info) == 0 && info.has_cert &&
+	       info.not_after > 0 && info.not_after <= time(NULL);
+}
+
 /* STATE_DIR/spool, recovered: what was acknowledged before a crash goes out first. */
 static int
 open_spool(struct daemon *d)
@@ -366,8 +389,17 @@ start(struct daemon *d)
 	d->tpm_sampler = gw_timer_new(d->loop, tpm_sample, d);
 	gw_timer_arm(d->tpm_sampler, TPM_SAMPLE_MS);
 	d->mqtt = mqttbr_new(d->loop, d->conf, d->ks);
-	d->router = router_new(d->loop, d->conf, d->ks, &mqttbr_upstream_ops, d->mqtt, d->spool,
-	                       d->commands);
+	d->router = router_new(&(struct router_options){
+	        .loop = d->loop,
+	        .conf = d->conf,
+	        .spool = d->spool,
+	        .commands = d->commands,
+	        .up_ops = &mqttbr_upstream_ops,
+	        .up = d->mqtt,
+	        .attr = device_attr,
+	        .cert_expired = cert_expired,
+	        .data = d,
+	});
 	mqttbr_on_judged(d->mqtt, upstream_judged, d);
 	mqttbr_on_message(d->mqtt, router_downlink, d->router);
 	if (d->conf->est.url) {

@@ -3,7 +3,6 @@
 #include "cmdq.h"
 #include "conf.h"
 #include "device.h"
-#include "keystore.h"
 #include "log.h"
 #include "loop.h"
 #include "policy.h"
@@ -69,9 +68,9 @@ struct waiter {
 };
 
 struct router {
+	struct router_options opt;
 	struct gw_loop *loop;
 	const struct gwconf *conf;
-	const struct keystore *ks;
 	const struct upstream_ops *up_ops;
 	void *up;
 	struct spool *spool;
@@ -158,7 +157,7 @@ attr_lookup(const char *device, const char *key, void *data)
 {
 	const struct router *rt = data;
 
-	return keystore_device_attr(rt->ks, device, key);
+	return rt->opt.attr(device, key, rt->opt.data);
 }
 
 /* tmpl_attr_fn for the device in struct attr_ctx. */
@@ -177,7 +176,7 @@ tmpl_attr(const char *name, size_t len, void *data)
 		return NULL;
 	memcpy(key, name, len);
 	key[len] = '\0';
-	return keystore_device_attr(a->rt->ks, a->device, key);
+	return a->rt->opt.attr(a->device, key, a->rt->opt.data);
 }
 
 static bool
@@ -629,19 +628,6 @@ uplink_content_type(const struct sensor_uplink *up, char *buf, size_t len)
 	return buf;
 }
 
-/*
- * The device's certificate (not one on trial) has expired: it is never presented, so until a
- * renewal is accepted the device waits like one the broker refused.
- */
-static bool
-cert_expired(const struct router *rt, const char *device)
-{
-	struct keystore_info info;
-
-	return keystore_device_info(rt->ks, device, &info) == 0 && info.has_cert &&
-	       info.not_after > 0 && info.not_after <= time(NULL);
-}
-
 /* ack = upstream: straight to the session, answered by its PUBACK. */
 static void
 uplink_direct(struct router *rt, struct sensor_request *req, const struct sensor_uplink *up,
@@ -729,7 +715,8 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	enum upstream_state ust = up_state(rt, up->device);
 
 	if (ust == UPSTREAM_NONE || ust == UPSTREAM_REFUSED ||
-	    (ust != UPSTREAM_UP && (f->refused || cert_expired(rt, up->device)))) {
+	    (ust != UPSTREAM_UP &&
+	     (f->refused || rt->opt.cert_expired(up->device, rt->opt.data)))) {
 		if (ust == UPSTREAM_NONE)
 			log_warnx("%s: no upstream session for this device", up->device);
 		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
@@ -902,21 +889,20 @@ router_set_conf(struct router *rt, const struct gwconf *conf)
 }
 
 struct router *
-router_new(struct gw_loop *loop, const struct gwconf *conf, const struct keystore *ks,
-           const struct upstream_ops *up_ops, void *up, struct spool *spool, struct cmdq *commands)
+router_new(const struct router_options *opt)
 {
 	struct router *rt = xcalloc(1, sizeof(*rt));
 
-	rt->loop = loop;
-	rt->conf = conf;
-	rt->ks = ks;
-	rt->up_ops = up_ops;
-	rt->up = up;
-	rt->spool = spool;
-	rt->commands = commands;
+	rt->opt = *opt;
+	rt->loop = opt->loop;
+	rt->conf = opt->conf;
+	rt->up_ops = opt->up_ops;
+	rt->up = opt->up;
+	rt->spool = opt->spool;
+	rt->commands = opt->commands;
 	rt->waiting_tail = &rt->waiting;
-	rt->sync = gw_timer_new(loop, sync_fired, rt);
-	rt->checkpoint = gw_timer_new(loop, checkpoint_fired, rt);
+	rt->sync = gw_timer_new(rt->loop, sync_fired, rt);
+	rt->checkpoint = gw_timer_new(rt->loop, checkpoint_fired, rt);
 	return rt;
 }
 

@@ -23,14 +23,29 @@
 struct cmdq;
 struct gw_loop;
 struct gwconf;
-struct keystore;
 struct router;
 struct spool;
 
-/* up_ops and up: the cloud side (upstream.h); both are kept. */
-struct router *router_new(struct gw_loop *loop, const struct gwconf *conf,
-                          const struct keystore *ks, const struct upstream_ops *up_ops, void *up,
-                          struct spool *spool, struct cmdq *commands);
+/* What the router is made of; router_new() copies it. */
+struct router_options {
+	struct gw_loop *loop;
+	const struct gwconf *conf; /* routes, policies, templates, the spool's ack and fsync */
+	struct spool *spool;
+	struct cmdq *commands; /* NULL without a downlink group */
+	/* The cloud side (upstream.h). */
+	const struct upstream_ops *up_ops;
+	void *up;
+	/* A device's attribute, for policies and templates; NULL when it has none. */
+	const char *(*attr)(const char *device, const char *key, void *data);
+	/*
+	 * Whether the device's certificate (not one on trial) has expired: it is never presented,
+	 * so until a renewal is accepted the device waits like one the broker refused.
+	 */
+	bool (*cert_expired)(const char *device, void *data);
+	void *data; /* of attr and cert_expired */
+};
+
+struct router *router_new(const struct router_options *opt);
 /* Accepts NULL. Sensors still waiting for an answer get none (they retransmit). */
 void router_free(struct router *rt);
 
