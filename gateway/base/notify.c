@@ -83,19 +83,12 @@ gw_notify_sendf(const char *fmt, ...)
 {
 	va_list ap;
 	char *state;
-	int n, r;
+	int r;
 
 	if (!getenv("NOTIFY_SOCKET"))
 		return 0;
-	/* Measured, then written: xalloc.h has no va_list form of xasprintf(). */
 	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return -errno; /* EOVERFLOW: longer than INT_MAX */
-	state = xmalloc((size_t)n + 1);
-	va_start(ap, fmt);
-	vsnprintf(state, (size_t)n + 1, fmt, ap);
+	state = xvasprintf(fmt, ap);
 	va_end(ap);
 	r = gw_notify_send(state);
 	free(state);

@@ -2,6 +2,7 @@
 #ifndef GW_XALLOC_H
 #define GW_XALLOC_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 /*
@@ -19,6 +20,7 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 /* A new string, printf-style. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *xvasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 /*
  * For a library whose allocation failure comes back as a bare NULL from a call that cannot
  * fail otherwise (libcoap's coap_new_str_const(), say): the same log line and abort. what

@@ -257,6 +257,12 @@ teardown(void **state)
 {
 	struct fixture *f = *state;
 
+	/* The session ends, as a real one does at stop: what is in flight hears -ENOTCONN. */
+	f->up.state = UPSTREAM_NONE;
+	for (size_t i = 0; i < f->up.npubs; i++) {
+		if (!f->up.pubs[i].finished)
+			finish(&f->up, i, -ENOTCONN);
+	}
 	router_free(f->rt);
 	spool_free(f->spool);
 	cmdq_free(f->commands);
