@@ -418,8 +418,7 @@ start(struct daemon *d)
 	}
 	n = keystore_count(d->ks);
 	sync_all(d);
-	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, d->commands, &router_sensor_ops,
-	               d->router);
+	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, &router_sensor_ops, d->router);
 	if (r < 0) {
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;

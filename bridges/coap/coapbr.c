@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "coapbr.h"
-#include "cmdq.h"
 #include "conf.h"
 #include "keystore.h"
 #include "log.h"
@@ -90,7 +89,7 @@ struct sensor {
 	unsigned sent_next;
 	/* The command its last GET took, repeated if that CON comes again. */
 	coap_mid_t last_get_mid;
-	struct cmdq_command *last_get;
+	struct sensor_command *last_get;
 	/*
 	 * libcoap announces a session's end before it fails the notifications still queued on
 	 * it; the sensor outlives it until then (see on_nack), on the graveyard list.
@@ -145,7 +144,7 @@ struct coapbr {
 	const struct sensor_ops *ops;
 	void *data;
 	size_t max_payload;
-	struct cmdq *commands; /* NULL: no command resource */
+	bool commands; /* a command resource: downlink.topic is set */
 	/* RFC 7641 section 3.4: each notification a larger Observe value than the last. */
 	uint32_t observe;
 	/* Pushes queued commands to observers after libcoap has sent what it is answering. */
@@ -805,7 +804,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 
 /* Seconds a command has left, for its Max-Age: the sensor may act on it until then. */
 static unsigned
-remaining(const struct cmdq_command *cmd)
+remaining(const struct sensor_command *cmd)
 {
 	struct timespec ts;
 
@@ -815,7 +814,7 @@ remaining(const struct cmdq_command *cmd)
 
 /* A command as a 2.05 Content: in a response, or in a notification. */
 static void
-put_command(coap_pdu_t *pdu, const struct cmdq_command *cmd, bool observe, uint32_t seq)
+put_command(coap_pdu_t *pdu, const struct sensor_command *cmd, bool observe, uint32_t seq)
 {
 	uint8_t buf[4];
 
@@ -849,7 +848,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	coap_opt_iterator_t it;
 	coap_opt_t *obs = coap_check_option(request, COAP_OPTION_OBSERVE, &it);
 	coap_bin_const_t token = coap_pdu_get_token(request);
-	struct cmdq_command *cmd;
+	struct sensor_command *cmd;
 	bool con = coap_pdu_get_type(request) == COAP_MESSAGE_CON;
 
 	(void)query;
@@ -881,7 +880,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	} else if (obs) {
 		sn->observing = false;
 	}
-	cmd = cmdq_pop(br->commands, sn->device);
+	cmd = br->ops->command_take(sn->device, br->data);
 	put_command(response, cmd, sn->observing && obs, ++br->observe);
 	free(sn->last_get);
 	sn->last_get = NULL;
@@ -895,7 +894,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	 * More may be waiting: they follow as notifications, once libcoap has sent this answer
 	 * (sent from here they would overtake it).
 	 */
-	if (sn->observing && cmdq_depth(br->commands, sn->device) > 0)
+	if (sn->observing && br->ops->commands_waiting(sn->device, br->data) > 0)
 		gw_timer_arm(br->push, 0);
 }
 
@@ -922,7 +921,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 {
 	struct sensor *sn;
 	coap_session_t *s = br->commands ? observer_of(br, device, &sn) : NULL;
-	struct cmdq_command *cmd;
+	struct sensor_command *cmd;
 	coap_mid_t mid;
 
 	if (!s)
@@ -932,7 +931,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 	 * (NSTART 1) and holds the rest until the previous is acknowledged. A slot is free when
 	 * its notification failed (on_nack) or had time to be acknowledged.
 	 */
-	while (cmdq_depth(br->commands, device) > 0) {
+	while (br->ops->commands_waiting(device, br->data) > 0) {
 		struct timespec now;
 		unsigned slot = sn->sent_next;
 
@@ -943,7 +942,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 			                                         (now.tv_sec - sn->sent[slot].at)));
 			return;
 		}
-		cmd = cmdq_pop(br->commands, device);
+		cmd = br->ops->command_take(device, br->data);
 		if (!cmd)
 			return;
 		coap_pdu_t *pdu =
@@ -952,7 +951,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 
 		if (!pdu || !coap_add_token(pdu, sn->obs_token_len, sn->obs_token)) {
 			coap_delete_pdu(pdu);
-			cmdq_requeue(br->commands, device, cmd);
+			br->ops->command_return(device, cmd, br->data);
 			return;
 		}
 		put_command(pdu, cmd, true, ++br->observe);
@@ -960,7 +959,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 		if (mid == COAP_INVALID_MID) {
 			log_warnx("%s: cannot send a command to its sensor: kept for later",
 			          device);
-			cmdq_requeue(br->commands, device, cmd);
+			br->ops->command_return(device, cmd, br->data);
 			return;
 		}
 		sn->sent[slot].mid = mid;
@@ -985,7 +984,7 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	struct sensor *sn = coap_session_get_app_data(session);
-	struct cmdq_command *cmd = NULL;
+	struct sensor_command *cmd = NULL;
 	const uint8_t *data = NULL;
 	size_t len = 0;
 
@@ -999,15 +998,15 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 		if (sn->sent[i].mid != mid)
 			continue;
 		sn->sent[i].mid = COAP_INVALID_MID;
-		cmd = cmdq_rebuild(sn->sent[i].seq, sn->sent[i].expires, content_format(sent), data,
-		                   len);
+		cmd = sensor_command_new(sn->sent[i].seq, sn->sent[i].expires, content_format(sent),
+		                         data, len);
 		break;
 	}
 	if (!cmd)
 		return;
 	log_info("%s: its sensor did not take a command (%s): queued again", sn->device,
 	         reason == COAP_NACK_RST ? "reset" : "no acknowledgement");
-	cmdq_requeue(br->commands, sn->device, cmd);
+	br->ops->command_return(sn->device, cmd, br->data);
 	if (!sn->dead)
 		gw_timer_arm(br->push, 0);
 }
@@ -1020,7 +1019,7 @@ push_fired(struct gw_timer *t, void *data)
 
 	(void)t;
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
-		if (sn->observing && cmdq_depth(br->commands, sn->device) > 0)
+		if (sn->observing && br->ops->commands_waiting(sn->device, br->data) > 0)
 			coapbr_commands_ready(br, sn->device);
 	}
 }
@@ -1311,8 +1310,7 @@ coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
 
 int
 coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
-           const struct keystore *ks, struct cmdq *commands, const struct sensor_ops *ops,
-           void *data)
+           const struct keystore *ks, const struct sensor_ops *ops, void *data)
 {
 	coap_dtls_spsk_t spsk; /* libcoap keeps a copy */
 	struct coapbr *br;
@@ -1326,8 +1324,9 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	br->ops = ops;
 	br->data = data;
 	br->max_payload = (size_t)conf->sensors.max_payload;
-	if (commands && conf->downlink.resource) {
-		br->commands = commands;
+	/* Commands come down only on a subscription: with downlink.topic (a restart's key). */
+	if (conf->downlink.topic && conf->downlink.resource) {
+		br->commands = true;
 		br->commands_path = xstrdup(conf->downlink.resource);
 	}
 	br->fd = -1;

@@ -15,20 +15,18 @@
  * real answer follows as a separate response (RFC 7252 section 5.2.2).
  */
 
-struct cmdq;
 struct gw_loop;
 struct gwconf;
 struct keystore;
 struct coapbr;
 
 /*
- * Serves conf's routes and, when commands is not NULL, conf's downlink resource: a sensor
- * takes its device's commands from commands by GET, or has them pushed by observing it
- * (RFC 7641). ops and data are kept.
+ * Serves conf's routes and, with a downlink group, its command resource: a sensor takes its
+ * device's commands (from ops) by GET, or has them pushed by observing it (RFC 7641). ops and
+ * data are kept.
  */
 int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
-               const struct keystore *ks, struct cmdq *commands, const struct sensor_ops *ops,
-               void *data);
+               const struct keystore *ks, const struct sensor_ops *ops, void *data);
 
 /* New commands for device are queued: pushes them to its sensor if that one observes. */
 void coapbr_commands_ready(struct coapbr *br, const char *device);

@@ -8,7 +8,7 @@
 
 struct devq {
 	char *device;
-	struct cmdq_command **cmds; /* oldest first; allocated at the first command */
+	struct sensor_command **cmds; /* oldest first; allocated at the first command */
 	size_t n;
 	size_t cap; /* of cmds: the limit when it was allocated */
 };
@@ -132,7 +132,7 @@ cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry)
 
 /* Inserts cmd by seq; the queue has room. */
 static void
-insert(struct devq *d, struct cmdq_command *cmd)
+insert(struct devq *d, struct sensor_command *cmd)
 {
 	size_t at = d->n;
 
@@ -165,7 +165,7 @@ int
 cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, int content_format)
 {
 	struct devq *d = find(q, device, true);
-	struct cmdq_command *cmd = xmalloc(sizeof(*cmd) + len);
+	struct sensor_command *cmd = xmalloc(sizeof(*cmd) + len);
 	int dropped = make_room(q, d);
 
 	cmd->seq = ++q->seq;
@@ -179,14 +179,14 @@ cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, i
 	return dropped;
 }
 
-struct cmdq_command *
+struct sensor_command *
 cmdq_pop(struct cmdq *q, const char *device)
 {
 	struct devq *d = find(q, device, false);
 	time_t now = q->now();
 
 	while (d && d->n > 0) {
-		struct cmdq_command *cmd = d->cmds[0];
+		struct sensor_command *cmd = d->cmds[0];
 
 		if (cmd->expires > now) {
 			memmove(&d->cmds[0], &d->cmds[1], (d->n - 1) * sizeof(*d->cmds));
@@ -202,7 +202,7 @@ cmdq_pop(struct cmdq *q, const char *device)
 }
 
 void
-cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd)
+cmdq_requeue(struct cmdq *q, const char *device, struct sensor_command *cmd)
 {
 	struct devq *d = find(q, device, true);
 
@@ -222,10 +222,11 @@ cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd)
 	insert(d, cmd);
 }
 
-struct cmdq_command *
-cmdq_rebuild(uint32_t seq, time_t expires, int content_format, const void *payload, size_t len)
+struct sensor_command *
+sensor_command_new(uint32_t seq, time_t expires, int content_format, const void *payload,
+                   size_t len)
 {
-	struct cmdq_command *cmd = xmalloc(sizeof(*cmd) + len);
+	struct sensor_command *cmd = xmalloc(sizeof(*cmd) + len);
 
 	cmd->seq = seq;
 	cmd->expires = expires;

@@ -7,20 +7,14 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "sensor.h"
+
 /*
  * Commands from the cloud waiting for their sensor: one bounded FIFO per device, each command
  * with an expiry. A sensor that observes or polls the command resource takes them in order.
  */
 
 struct cmdq;
-
-struct cmdq_command {
-	uint32_t seq;       /* increasing: the order commands came in */
-	time_t expires;     /* CLOCK_MONOTONIC seconds */
-	int content_format; /* CoAP Content-Format, -1 for none */
-	size_t len;
-	uint8_t payload[]; /* len bytes */
-};
 
 /* limit: commands held per device; expiry: seconds each may wait. */
 struct cmdq *cmdq_new(size_t limit, unsigned expiry);
@@ -40,17 +34,13 @@ int cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t le
  * Takes the device's oldest command that has not expired (expired ones are dropped and
  * counted). NULL if none. The caller frees it with free().
  */
-struct cmdq_command *cmdq_pop(struct cmdq *q, const char *device);
+struct sensor_command *cmdq_pop(struct cmdq *q, const char *device);
 
 /*
  * Gives back a command that did not reach its sensor (taken by cmdq_pop, or rebuilt from what
  * was sent), in its place by seq. Takes ownership. Dropped if it has expired meanwhile.
  */
-void cmdq_requeue(struct cmdq *q, const char *device, struct cmdq_command *cmd);
-
-/* A command as it was sent, with the seq and expiry it had, for cmdq_requeue(). */
-struct cmdq_command *cmdq_rebuild(uint32_t seq, time_t expires, int content_format,
-                                  const void *payload, size_t len);
+void cmdq_requeue(struct cmdq *q, const char *device, struct sensor_command *cmd);
 
 /* Commands waiting for device (expired ones included until they are next looked at). */
 size_t cmdq_depth(const struct cmdq *q, const char *device);

@@ -774,9 +774,40 @@ may_read(const char *device, const char *resource, void *data)
 	return false;
 }
 
+/* The command queue is the router's: the sensor side takes from it and gives back. */
+static struct sensor_command *
+command_take(const char *device, void *data)
+{
+	struct router *rt = data;
+
+	return rt->commands ? cmdq_pop(rt->commands, device) : NULL;
+}
+
+static void
+command_return(const char *device, struct sensor_command *cmd, void *data)
+{
+	struct router *rt = data;
+
+	if (rt->commands)
+		cmdq_requeue(rt->commands, device, cmd);
+	else
+		free(cmd);
+}
+
+static size_t
+commands_waiting(const char *device, void *data)
+{
+	struct router *rt = data;
+
+	return rt->commands ? cmdq_depth(rt->commands, device) : 0;
+}
+
 const struct sensor_ops router_sensor_ops = {
         .uplink = uplink,
         .may_read = may_read,
+        .command_take = command_take,
+        .command_return = command_return,
+        .commands_waiting = commands_waiting,
 };
 
 /* ---- downlink and sessions ---- */

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /*
  * The contract between a sensor bridge (bridges/coap) and the data path (the router), both
@@ -35,12 +36,34 @@ struct sensor_uplink {
 	int content_format; /* CoAP Content-Format, -1 when absent */
 };
 
+/* A command from the cloud for a device's sensor; the holder frees it with free(). */
+struct sensor_command {
+	uint32_t seq;       /* increasing: the order commands came in */
+	time_t expires;     /* CLOCK_MONOTONIC seconds */
+	int content_format; /* CoAP Content-Format, -1 for none */
+	size_t len;
+	uint8_t payload[]; /* len bytes */
+};
+
+/* A command as it was sent, with the seq and expiry it had: to give it back. */
+struct sensor_command *sensor_command_new(uint32_t seq, time_t expires, int content_format,
+                                          const void *payload, size_t len);
+
 /* What the sensor bridge calls: the router's (router_sensor_ops), or a test's. */
 struct sensor_ops {
 	/* Must lead to exactly one sensor_side_ops.complete(req, ...), now or later. */
 	void (*uplink)(struct sensor_request *req, const struct sensor_uplink *up, void *data);
 	/* Whether device's sensor may read (GET, observe) the command resource. */
 	bool (*may_read)(const char *device, const char *resource, void *data);
+	/* The device's oldest command that has not expired, taken; NULL if none. */
+	struct sensor_command *(*command_take)(const char *device, void *data);
+	/*
+	 * A command taken (or rebuilt with sensor_command_new()) that did not reach its sensor:
+	 * back in its place by seq, unless it expired meanwhile. Takes ownership.
+	 */
+	void (*command_return)(const char *device, struct sensor_command *cmd, void *data);
+	/* Commands waiting for device (expired ones included until they are next looked at). */
+	size_t (*commands_waiting)(const char *device, void *data);
 };
 
 /* What the router calls: the sensor bridge's (coapbr_sensor_side_ops), or a test's. */

@@ -139,6 +139,30 @@ on_uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data
 		pending[npending++] = req;
 }
 
+/* The command queue, as the router keeps it. */
+static struct sensor_command *
+on_command_take(const char *device, void *data)
+{
+	(void)data;
+	check(strcmp(device, DEVICE) == 0);
+	return cmdq_pop(commands, device);
+}
+
+static void
+on_command_return(const char *device, struct sensor_command *cmd, void *data)
+{
+	(void)data;
+	check(strcmp(device, DEVICE) == 0);
+	cmdq_requeue(commands, device, cmd);
+}
+
+static size_t
+on_commands_waiting(const char *device, void *data)
+{
+	(void)data;
+	return cmdq_depth(commands, device);
+}
+
 static bool
 on_may_read(const char *device, const char *resource, void *data)
 {
@@ -494,8 +518,14 @@ setup(void)
 	commands = cmdq_new((size_t)confs[0]->downlink.queue, (unsigned)confs[0]->downlink.expiry);
 	check(commands);
 	check(gw_loop_new(&loop) == 0);
-	ops = (struct sensor_ops){.uplink = on_uplink, .may_read = on_may_read};
-	check(coapbr_new(&br, loop, confs[0], ks, commands, &ops, NULL) == 0);
+	ops = (struct sensor_ops){
+	        .uplink = on_uplink,
+	        .may_read = on_may_read,
+	        .command_take = on_command_take,
+	        .command_return = on_command_return,
+	        .commands_waiting = on_commands_waiting,
+	};
+	check(coapbr_new(&br, loop, confs[0], ks, &ops, NULL) == 0);
 
 	client_ctx = SSL_CTX_new(DTLS_client_method());
 	check(client_ctx);

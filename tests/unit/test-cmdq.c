@@ -33,7 +33,7 @@ new_queue(size_t limit, unsigned expiry)
 static void
 expect_pop(struct cmdq *q, const char *device, const char *want)
 {
-	struct cmdq_command *cmd = cmdq_pop(q, device);
+	struct sensor_command *cmd = cmdq_pop(q, device);
 
 	if (!want) {
 		assert_null(cmd);
@@ -106,7 +106,7 @@ static void
 requeues_in_order(void **state)
 {
 	struct cmdq *q = new_queue(3, 60);
-	struct cmdq_command *a, *b;
+	struct sensor_command *a, *b;
 
 	(void)state;
 	cmdq_push(q, "dev-1", "a", 1, 0);
@@ -133,7 +133,7 @@ static void
 requeue_into_a_full_queue_drops_the_oldest(void **state)
 {
 	struct cmdq *q = new_queue(2, 60);
-	struct cmdq_command *a;
+	struct sensor_command *a;
 
 	(void)state;
 	cmdq_push(q, "dev-1", "a", 1, 0);
