@@ -134,6 +134,18 @@ gw_wait_for() {
   return 1
 }
 
+# gw_grep ARG...: grep, for a filter whose "no line matched" (exit 1) is an answer, not an
+# error: it returns 0 then, with no output. grep's own errors (exit 2: a file missing or
+# unreadable, a bad pattern) still fail the test, which `grep ... || true` would hide.
+gw_grep() {
+  local rc=0
+  grep "$@" || rc=$?
+  [ "$rc" -le 1 ] || gw_fail "grep $* failed (exit $rc)"
+}
+
+# gw_count [GREP_OPTION...] PATTERN FILE: how many lines of FILE match (0 is an answer).
+gw_count() { gw_grep -c "$@"; }
+
 # ---- a throwaway PKI ----
 
 gw_pki_init() {
@@ -252,7 +264,7 @@ gw_start_tpmslow() {
 # "hold-sign MS"; none: the chip it started with, nothing held) and waits until it applied it.
 gw_tpmslow_control() {
   local before
-  before=$(grep -c ' control: ' "$WORK/tpmslow.out" || true)
+  before=$(gw_count ' control: ' "$WORK/tpmslow.out")
   printf '%s\n' "$@" >"$WORK/tpmslow.ctl"
   kill -HUP "$TPMSLOW_PID"
   gw_wait_for "[ \$(grep -c ' control: ' '$WORK/tpmslow.out') -gt $before ]" 10 ||
@@ -282,7 +294,7 @@ gw_start_netcut() {
 # returns once it relays again, and prints that moment (epoch ms).
 gw_netcut_cut() {
   local before
-  before=$(grep -c 'relaying again' "$WORK/netcut.out" || true)
+  before=$(gw_count 'relaying again' "$WORK/netcut.out")
   kill -USR1 "$NETCUT_PID"
   gw_wait_for "[ \$(grep -c 'relaying again' '$WORK/netcut.out') -gt $before ]" $((NETCUT_SECS + 10)) ||
     gw_fail "netcut did not relay again"

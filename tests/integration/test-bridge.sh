@@ -77,7 +77,7 @@ wait "$(sensor_pid dev-b)" || gw_fail "gwsensor -R failed: $(cat "$WORK/sensor-d
 gw_expect_code 2.04 dev-b post temp sentinel-b
 gw_wait_received "devices/dev-b/telemetry/temp sentinel-b"
 for n in 1 2 3 4 5; do
-  c=$(grep -cxF "devices/dev-b/telemetry/temp dev-b $n" "$WORK/sub.out")
+  c=$(gw_count -xF "devices/dev-b/telemetry/temp dev-b $n" "$WORK/sub.out")
   [ "$c" = 1 ] || gw_fail "reading $n of dev-b was published $c times"
 done
 
