@@ -66,6 +66,10 @@ grep -q 'Size1:256' "$WORK/coap-huge.out" || gw_fail "4.13 without Size1 256: $(
 timeout 30 coap-client-openssl -v 6 -B 10 -m post -u dev-a -k "$ka" -e "$huge" \
   "coaps://127.0.0.1:$COAP_PORT/temp" >"$WORK/coap-huge1.out" 2>&1
 grep -q 'c:4.13' "$WORK/coap-huge1.out" || gw_fail "no 4.13 for 400 bytes in one message"
+# The sentinel: a later reading of dev-a's upstream; per-device order puts the refused ones,
+# had they been published, before it.
+gw_expect_code 2.04 dev-a post temp after-huge
+gw_wait_received "devices/dev-a/telemetry/temp after-huge"
 grep -q "$huge" "$WORK/sub.out" && gw_fail "a message past max_payload was published"
 
 # A retransmitted CON: answered 2.04 again, published once.
@@ -89,6 +93,8 @@ grep -q "dev-b: POST to humidity refused: denied by policy 'sensors'" "$WORK/gat
 gw_expect_code 2.04 dev-b post temp 20
 gw_expect_code 2.04 dev-a post humidity 56
 gw_wait_received "devices/dev-a/telemetry/humidity 56"
+# The sentinel for dev-b's denied humidity is dev-b's temp after it (per-device order).
+gw_wait_received "devices/dev-b/telemetry/temp 20"
 grep -q 'telemetry/humidity 55' "$WORK/sub.out" && gw_fail "a denied message was published"
 # The denial is counted (shown at stop until metrics come).
 kill -TERM "$GATEWAY_PID"
