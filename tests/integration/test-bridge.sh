@@ -98,7 +98,7 @@ gw_wait_received "devices/dev-b/telemetry/temp 20"
 grep -q 'telemetry/humidity 55' "$WORK/sub.out" && gw_fail "a denied message was published"
 # The denial is counted (shown at stop until metrics come).
 kill -TERM "$GATEWAY_PID"
-wait "$GATEWAY_PID" 2>/dev/null || true
+wait "$GATEWAY_PID" || gw_fail "gatewayd exited $? on SIGTERM: $(tail -n 20 "$WORK/gatewayd.log")"
 grep -q 'router: .* 1 denied by policy, ' "$WORK/gatewayd.log" ||
   gw_fail "the denial was not counted: $(grep 'router:' "$WORK/gatewayd.log")"
 gw_pass
