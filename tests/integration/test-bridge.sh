@@ -66,6 +66,10 @@ grep -q 'Size1:256' "$WORK/coap-huge.out" || gw_fail "4.13 without Size1 256: $(
 timeout 30 coap-client-openssl -v 6 -B 10 -m post -u dev-a -k "$ka" -e "$huge" \
   "coaps://127.0.0.1:$COAP_PORT/temp" >"$WORK/coap-huge1.out" 2>&1
 grep -q 'c:4.13' "$WORK/coap-huge1.out" || gw_fail "no 4.13 for 400 bytes in one message"
+# The sentinel: a later reading of dev-a's upstream; per-device order puts the refused ones,
+# had they been published, before it.
+gw_expect_code 2.04 dev-a post temp after-huge
+gw_wait_received "devices/dev-a/telemetry/temp after-huge"
 grep -q "$huge" "$WORK/sub.out" && gw_fail "a message past max_payload was published"
 
 # A retransmitted CON: answered 2.04 again, published once.
@@ -77,7 +81,7 @@ wait "$(sensor_pid dev-b)" || gw_fail "gwsensor -R failed: $(cat "$WORK/sensor-d
 gw_expect_code 2.04 dev-b post temp sentinel-b
 gw_wait_received "devices/dev-b/telemetry/temp sentinel-b"
 for n in 1 2 3 4 5; do
-  c=$(grep -cxF "devices/dev-b/telemetry/temp dev-b $n" "$WORK/sub.out")
+  c=$(gw_count -xF "devices/dev-b/telemetry/temp dev-b $n" "$WORK/sub.out")
   [ "$c" = 1 ] || gw_fail "reading $n of dev-b was published $c times"
 done
 
@@ -89,10 +93,12 @@ grep -q "dev-b: POST to humidity refused: denied by policy 'sensors'" "$WORK/gat
 gw_expect_code 2.04 dev-b post temp 20
 gw_expect_code 2.04 dev-a post humidity 56
 gw_wait_received "devices/dev-a/telemetry/humidity 56"
+# The sentinel for dev-b's denied humidity is dev-b's temp after it (per-device order).
+gw_wait_received "devices/dev-b/telemetry/temp 20"
 grep -q 'telemetry/humidity 55' "$WORK/sub.out" && gw_fail "a denied message was published"
 # The denial is counted (shown at stop until metrics come).
 kill -TERM "$GATEWAY_PID"
-wait "$GATEWAY_PID" 2>/dev/null || true
+wait "$GATEWAY_PID" || gw_fail "gatewayd exited $? on SIGTERM: $(tail -n 20 "$WORK/gatewayd.log")"
 grep -q 'router: .* 1 denied by policy, ' "$WORK/gatewayd.log" ||
   gw_fail "the denial was not counted: $(grep 'router:' "$WORK/gatewayd.log")"
 gw_pass

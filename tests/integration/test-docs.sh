@@ -133,7 +133,7 @@ missing=$(comm -23 "$WORK/known" "$WORK/page.keys" | sed 's/^TOP /(top level) /;
 [ -z "$missing" ] ||
   gw_fail "keys the parser accepts but docs/gateway.conf.5 does not document (.TP/.B KEY under .SS GROUP): $(oneline "$missing")"
 # And the other way: a documented key the parser does not know is a stale page.
-extra=$(comm -13 "$WORK/known" "$WORK/page.keys" | grep -v '^TOP ' | sed 's/ /./' || true)
+extra=$(comm -13 "$WORK/known" "$WORK/page.keys" | gw_grep -v '^TOP ' | sed 's/ /./')
 [ -z "$extra" ] || gw_fail "docs/gateway.conf.5 documents keys the parser does not know: $(oneline "$extra")"
 
 # ---- the parser's literal defaults, in both ----
@@ -218,7 +218,7 @@ done
 # CA files can be read, and opens nothing else).
 mkdir "$WORK/etc"
 retarget() {
-  { grep -o '"/etc/gateway/[^"]*"' "$1" || true; } | tr -d '"' | while read -r f; do
+  gw_grep -o '"/etc/gateway/[^"]*"' "$1" | tr -d '"' | while read -r f; do
     cp "$GW_TEST_DATA/conf/ca.pem" "$WORK/etc/${f#/etc/gateway/}"
   done
   sed "s|\"/etc/gateway/|\"$WORK/etc/|g" "$1"

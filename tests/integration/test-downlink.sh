@@ -66,8 +66,15 @@ gw_expect_code 2.05 dev-b get cmd ""
 grep -q 'reboot-now' "$WORK/coap-last.out" && gw_fail "the command was delivered twice"
 
 # Another device's commands are not for dev-a's session: the broker's ACL and ours agree.
+# Sentinels: the gateway took dev-b's command (queued for dev-b, who does not observe), then a
+# later one of dev-a's reached dev-a's observer: one at a time, in order, so anything meant for
+# it before would be in by now.
 command devices/dev-b/commands/x for-b-only
-sleep 1
+gw_wait_for "grep -q 'dev-b: command of 10 bytes from devices/dev-b/commands/x queued' '$WORK/gatewayd.log'" 10 ||
+  gw_fail "dev-b's second command was not queued"
+command devices/dev-a/commands/valve after-for-b
+gw_wait_for "grep -q 'after-for-b' '$WORK/observe.out'" 10 ||
+  gw_fail "dev-a's command after dev-b's did not reach the observing sensor"
 grep -q 'for-b-only' "$WORK/observe.out" && gw_fail "dev-a's sensor got dev-b's command"
 
 # A stop while notifications wait for their sensor: libcoap fails them as the gateway frees its

@@ -31,8 +31,16 @@ code=$(gw_sensor "$identity" post temp "new key" "$key")
 code=$(gw_sensor dev-a post temp "old key in grace")
 [ "$code" = 2.04 ] || gw_fail "the previous key was refused within its grace period: $code"
 gw_gwctl device show dev-a | grep -q "^psk-previous-identity: dev-a " || gw_fail "show lacks the grace"
-# After it, the old key never again; the new one still.
-sleep 6
+# After it, the old key never again; the new one still. The grace is over once show no longer
+# lists it (psk_grace = 5: bounded at 15 s); the output in full, as a failed gwctl or grep -q's
+# early exit (SIGPIPE) must not read as "gone".
+in_grace() {
+  local out
+  out=$(gw_gwctl device show dev-a) || gw_fail "gwctl device show dev-a: $out"
+  grep -q '^psk-previous-identity:' <<<"$out"
+}
+gw_wait_for "! in_grace" 15 ||
+  gw_fail "the grace period did not end: $(gw_gwctl device show dev-a | grep '^psk-previous')"
 code=$(gw_sensor dev-a post temp "old key after grace")
 [ "$code" = none ] || gw_fail "the previous key still works after its grace period: $code"
 code=$(gw_sensor "$identity" post temp "new key after grace" "$key")

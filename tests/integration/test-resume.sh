@@ -20,8 +20,8 @@ gw_start_gateway 3
 signatures() {
   gw_gwctl metrics | awk '/^gatewayd_tpm_operation_duration_seconds_count\{op="sign"\}/ { print $2 }'
 }
-connects() { grep -c "$1: upstream connected" "$WORK/gatewayd.log" || true; }
-resumed() { grep -c "$1: upstream connected .*(TLS session resumed)" "$WORK/gatewayd.log" || true; }
+connects() { gw_count "$1: upstream connected" "$WORK/gatewayd.log"; }
+resumed() { gw_count "$1: upstream connected .*(TLS session resumed)" "$WORK/gatewayd.log"; }
 
 before=$(signatures)
 [ "$before" -ge 3 ] || gw_fail "expected a signature per device so far, metrics say $before"

@@ -128,15 +128,25 @@ gw_pid=$!
 GW_PIDS+=("$gw_pid")
 gw_wait_for "grep -q 'READY=1' '$WORK/notify.out' 2>/dev/null" 10 ||
   gw_fail "no READY=1 from gatewayd"
-sleep 0.5
-if grep -q ' WATCHDOG=1$' "$WORK/notify.out"; then
-  gw_fail "gatewayd pinged a watchdog meant for another process"
-fi
+# "No ping" needs time to show: a watchdog armed by mistake would ping every 100 ms. The window
+# is the daemon's own life, as its loop tells gwctl: 2 s of uptime (counted in whole seconds,
+# so at least 1 s since READY=1, 10 pings' worth).
+uptime_s() {
+  gw_gwctl status 2>/dev/null | awk -F'[: ]+' '$1 == "uptime" { print $2 * 3600 + $3 * 60 + $4 }'
+}
+gw_wait_for '[ "$(uptime_s)" -ge 2 ] 2>/dev/null' 15 || gw_fail "gwctl status: $(gw_gwctl status 2>&1)"
 kill -TERM "$gw_pid"
 wait "$gw_pid" || gw_fail "gatewayd did not stop cleanly"
-# Its last datagram is sent, but the stand-in manager may not have written it down yet: wait,
-# or it lands in the next part's file.
+# The sentinel: STOPPING=1 is its last datagram, so once the stand-in manager wrote it down it
+# wrote down every ping sent before (one sender, one socket: in order).
 gw_wait_for "grep -q 'STOPPING=1' '$WORK/notify.out'" 10 || gw_fail "no STOPPING=1 on SIGTERM"
+if grep -q ' WATCHDOG=1$' "$WORK/notify.out"; then
+  gw_fail "gatewayd pinged a watchdog meant for another process: $(cat "$WORK/notify.out")"
+fi
+grep -q 'watchdog: pinging' "$WORK/gatewayd.log" &&
+  gw_fail "gatewayd armed a watchdog meant for another process: $(grep watchdog "$WORK/gatewayd.log")"
+window=$(awk '/ READY=1/ { r = $1 } / STOPPING=1/ { s = $1 } END { print s - r }' "$WORK/notify.out")
+[ "$window" -ge 1000 ] || gw_fail "only $window ms between READY=1 and STOPPING=1: the check proves nothing"
 
 : >"$WORK/notify.out"
 env -u NOTIFY_SOCKET WATCHDOG_USEC=200000 "$GATEWAYD" -d -c "$WORK/gateway.conf" \
@@ -144,8 +154,14 @@ env -u NOTIFY_SOCKET WATCHDOG_USEC=200000 "$GATEWAYD" -d -c "$WORK/gateway.conf"
 gw_pid=$!
 GW_PIDS+=("$gw_pid")
 gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 10 || gw_fail "gatewayd did not start"
-sleep 0.5
-[ ! -s "$WORK/notify.out" ] || gw_fail "sent without NOTIFY_SOCKET: $(cat "$WORK/notify.out")"
 kill -TERM "$gw_pid"
 wait "$gw_pid" || gw_fail "gatewayd did not stop cleanly"
+grep -q 'gatewayd: stopped$' "$WORK/gatewayd.log" || gw_fail "no 'stopped' line: $(tail -n 3 "$WORK/gatewayd.log")"
+# The sentinel: a datagram of our own, sent once gatewayd is gone, written down after anything
+# gatewayd sent (READY=1 at start, STOPPING=1 at stop); so the file holds it and nothing else.
+python3 -c 'import socket, sys
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"SENTINEL=1", sys.argv[1])' \
+  "$WORK/notify.sock" || gw_fail "cannot write to the stand-in manager"
+gw_wait_for "grep -q ' SENTINEL=1\$' '$WORK/notify.out'" 10 || gw_fail "the stand-in manager lost the sentinel"
+[ "$(wc -l <"$WORK/notify.out")" -eq 1 ] || gw_fail "sent without NOTIFY_SOCKET: $(cat "$WORK/notify.out")"
 gw_pass

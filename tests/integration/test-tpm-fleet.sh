@@ -29,7 +29,11 @@ gw_expect_code 2.04 "dev-$fleet" post temp from-the-last
 
 # No private key in clear anywhere under the state dir: no PEM private key but the
 # TPM-wrapped TSS2 kind, and no file that parses as a DER private key.
-bad=$(grep -rl -- '-----BEGIN [A-Z ]*PRIVATE KEY-----' "$WORK/state" | xargs -r grep -L -- '-----BEGIN TSS2 PRIVATE KEY-----' || true)
+# Every PEM private key header, as FILE:LINE; the TPM-wrapped ones match too ("TSS2"), so
+# none found means the check sees nothing.
+pem_keys=$(gw_grep -rH -- '-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----' "$WORK/state")
+[ -n "$pem_keys" ] || gw_fail "no PEM private key under $WORK/state: the check below sees nothing"
+bad=$(gw_grep -v -- ':-----BEGIN TSS2 PRIVATE KEY-----$' <<<"$pem_keys")
 [ -z "$bad" ] || gw_fail "private key in clear: $bad"
 while IFS= read -r -d '' f; do
   if openssl pkey -inform DER -in "$f" -noout 2>/dev/null; then gw_fail "DER private key in clear: $f"; fi
