@@ -27,6 +27,7 @@ struct daemon {
 	struct coapbr *coap;
 	struct control *control;
 	struct enrol *enrol;            /* NULL without an EST server */
+	struct sessions *sessions;      /* devices' sessions follow the keystore */
 	struct metrics_server *metrics; /* NULL without a metrics group */
 	struct admin_hooks hooks;
 	struct gw_notify_watchdog *watchdog; /* NULL unless the unit sets WatchdogSec= */
@@ -38,19 +39,6 @@ struct daemon {
 };
 
 #define TPM_SAMPLE_MS 5000
-
-/* What becomes of a device's upstream session that runs already. */
-enum daemon_session {
-	DAEMON_SESSION_KEEP,       /* it stays */
-	DAEMON_SESSION_IF_CHANGED, /* replaced if the config now makes it differently */
-	DAEMON_SESSION_ALWAYS,     /* replaced: what every session connects with changed */
-};
-
-/*
- * Starts the device's upstream session as the current config and keystore make it (a usable
- * device with a certificate). Returns whether a session was started.
- */
-bool daemon_start_session(struct daemon *d, const char *id, enum daemon_session how);
 
 /*
  * Re-reads the config file, off the loop, and returns ADMIN_PENDING (or 1 with the reason on

@@ -17,6 +17,7 @@
 #include "notify.h"
 #include "options.h"
 #include "router.h"
+#include "sessions.h"
 #include "spool.h"
 #include "xalloc.h"
 
@@ -88,105 +89,16 @@ on_hangup(int signo, void *data)
 	daemon_reload(d, NULL, NULL, NULL);
 }
 
-/*
- * Brings a device's sessions in line with the keystore: none for a device that is gone, not
- * usable or without a certificate; the one it has otherwise, or a fresh one when its
- * certificate changed or it has none yet. Sessions of devices that did not change stay up.
- */
-static void
-sync_sessions(struct daemon *d, const char *id, enum admin_change what)
-{
-	if (!keystore_device_usable(d->ks, id)) {
-		struct keystore_info info;
-
-		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
-		mqttbr_remove_device(d->mqtt, id);
-		if (d->coap)
-			coapbr_drop_device(d->coap, id, false);
-		/* Removed: what it had spooled or queued has nowhere to go. */
-		if (keystore_device_info(d->ks, id, &info) == -ENOENT)
-			router_forget(d->router, id);
-		return;
-	}
-	/* A new PSK: sessions on an identity that is no longer valid (no grace) go now. */
-	if (what == ADMIN_CHANGE_PSK) {
-		if (d->coap)
-			coapbr_drop_device(d->coap, id, true);
-		return;
-	}
-	if (what == ADMIN_CHANGE_CERT)
-		mqttbr_remove_device(d->mqtt, id);
-	daemon_start_session(d, id, DAEMON_SESSION_KEEP);
-}
-
-bool
-daemon_start_session(struct daemon *d, const char *id, enum daemon_session how)
-{
-	const char *cert, *key;
-	int r;
-
-	if (keystore_tls_files(d->ks, id, &cert, &key) == -ENOKEY) {
-		if (!mqttbr_find(d->mqtt, id))
-			log_info("%s: no certificate yet: no upstream session until %s", id,
-			         d->enrol ? "it is enrolled" : "gwctl device import-cert");
-		return false;
-	}
-	struct router_session topics;
-
-	router_session_topics(d->router, id, &topics);
-	struct mqttbr_session session = {
-	        .cert_file = cert,
-	        .key_file = key,
-	        .status_topic = topics.has_status ? topics.status_topic : NULL,
-	        .command_filter = topics.has_commands ? topics.command_filter : NULL,
-	};
-	/* The client id and user name upstream.profile and the config make for it. */
-	r = topics.ids_error;
-	if (r < 0) {
-		log_warnx("%s: no upstream session: cannot build its MQTT client id or user name "
-		          "from upstream.client_id/username: %s",
-		          id,
-		          r == -ENOENT    ? "an attribute they name is not set (gwctl device set)"
-		          : r == -ENOBUFS ? "too long"
-		                          : "a value is empty or holds '/', '+' or '#'");
-		/* A reload made it impossible: the session it had goes too. */
-		if (how != DAEMON_SESSION_KEEP)
-			mqttbr_remove_device(d->mqtt, id);
-		return false;
-	}
-	session.client_id = topics.ids.client_id;
-	session.username = topics.ids.has_username ? topics.ids.username : NULL;
-
-	if (mqttbr_find(d->mqtt, id)) {
-		if (how == DAEMON_SESSION_KEEP || (how == DAEMON_SESSION_IF_CHANGED &&
-		                                   mqttbr_session_same(d->mqtt, id, &session)))
-			return false;
-		mqttbr_remove_device(d->mqtt, id);
-	}
-	struct mqttbr_device *dev;
-
-	r = mqttbr_add_device(d->mqtt, id, &session, &dev);
-	if (r < 0) {
-		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
-		return false;
-	}
-	/* Readings spooled before a restart: its connect goes before those of idle devices. */
-	if (spool_depth(d->spool, id, NULL) > 0)
-		mqttbr_wanted(dev);
-	return true;
-}
-
 /* A gwctl verb changed the device: its sessions, then its enrolment, follow. */
 static void
 device_changed(const char *id, enum admin_change what, void *data)
 {
 	struct daemon *d = data;
-	/* id may be the keystore's own string, which removing the device retires. */
-	char *copy = xstrdup(id);
 
-	sync_sessions(d, copy, what);
-	enrol_device_changed(d->enrol, copy);
-	free(copy);
+	sessions_device_changed(d->sessions, id,
+	                        what == ADMIN_CHANGE_CERT  ? SESSIONS_CHANGE_CERT
+	                        : what == ADMIN_CHANGE_PSK ? SESSIONS_CHANGE_PSK
+	                                                   : SESSIONS_CHANGE_STATE);
 }
 
 /* At start: every device of the keystore. */
@@ -194,33 +106,8 @@ static void
 sync_all(struct daemon *d)
 {
 	for (size_t i = 0; i < keystore_count(d->ks); i++)
-		device_changed(keystore_device_id(d->ks, i), ADMIN_CHANGE_STATE, d);
-}
-
-/* Enrolment changed a device's key or certificate. */
-static void
-tls_changed(const char *id, bool restart, void *data)
-{
-	struct daemon *d = data;
-	const char *cert, *key;
-
-	if (restart)
-		sync_sessions(d, id, ADMIN_CHANGE_CERT);
-	else if (keystore_tls_files(d->ks, id, &cert, &key) == 0)
-		mqttbr_set_tls_files(d->mqtt, id, cert, key);
-}
-
-static void
-upstream_judged(const char *id, bool accepted, const char *reason, void *data)
-{
-	struct daemon *d = data;
-
-	const char *why;
-
-	/* The router first: enrolment may end the session it is told about. */
-	router_session_judged(d->router, id, accepted,
-	                      mqttbr_status(d->mqtt, id, &why) == MQTTBR_REJECTED);
-	enrol_upstream(d->enrol, id, accepted, reason);
+		sessions_device_changed(d->sessions, keystore_device_id(d->ks, i),
+		                        SESSIONS_CHANGE_STATE);
 }
 
 static const char *
@@ -400,16 +287,24 @@ start(struct daemon *d)
 	        .cert_expired = cert_expired,
 	        .data = d,
 	});
-	mqttbr_on_judged(d->mqtt, upstream_judged, d);
+	d->sessions = sessions_new(&(struct sessions_options){
+	        .ks = d->ks,
+	        .mqtt = d->mqtt,
+	        .router = d->router,
+	        .spool = d->spool,
+	});
+	mqttbr_on_judged(d->mqtt, sessions_judged, d->sessions);
 	mqttbr_on_message(d->mqtt, router_downlink, d->router);
 	if (d->conf->est.url) {
 		const char *cert, *key;
 
-		r = enrol_new(&d->enrol, d->loop, d->conf, d->ks, tls_changed, d);
+		r = enrol_new(&d->enrol, d->loop, d->conf, d->ks, sessions_tls_changed,
+		              d->sessions);
 		if (r < 0) {
 			log_warnx("cannot start the EST client: %s", strerror(-r));
 			return r;
 		}
+		sessions_set_enrol(d->sessions, d->enrol);
 		if (keystore_gateway_tls_files(d->ks, &cert, &key) < 0)
 			log_warnx(
 			        "EST: the gateway has no certificate of its own to authenticate to "
@@ -424,6 +319,7 @@ start(struct daemon *d)
 		return r;
 	}
 	router_set_sensor_side(d->router, &coapbr_sensor_side_ops, d->coap);
+	sessions_set_coap(d->sessions, d->coap);
 	d->hooks = (struct admin_hooks){
 	        .changed = device_changed,
 	        .upstream = upstream_word,
@@ -503,6 +399,7 @@ finish(struct daemon *d)
 {
 	/* First: gwctl clients waiting on an enrolment or a reload hear the daemon is stopping. */
 	enrol_free(d->enrol);
+	sessions_free(d->sessions);
 	daemon_reload_finish(d);
 	control_free(d->control);
 	metrics_server_free(d->metrics);

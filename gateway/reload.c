@@ -17,6 +17,7 @@
 #include "notify.h"
 #include "options.h"
 #include "router.h"
+#include "sessions.h"
 #include "spool.h"
 #include "xalloc.h"
 #include "admin.h"
@@ -210,8 +211,7 @@ apply_parsed(struct daemon *d, struct reloading *job, FILE *out, FILE *err)
 		if (!keystore_device_usable(d->ks, id))
 			continue;
 		devices++;
-		if (daemon_start_session(d, id,
-		                         all ? DAEMON_SESSION_ALWAYS : DAEMON_SESSION_IF_CHANGED))
+		if (sessions_start(d->sessions, id, all ? SESSIONS_ALWAYS : SESSIONS_IF_CHANGED))
 			started++;
 	}
 	tell(out, false,

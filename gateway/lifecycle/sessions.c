@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include "sessions.h"
+#include "coapbr.h"
+#include "enrol.h"
+#include "keystore.h"
+#include "log.h"
+#include "mqttbr.h"
+#include "router.h"
+#include "spool.h"
+#include "xalloc.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct sessions {
+	struct sessions_options o;
+};
+
+struct sessions *
+sessions_new(const struct sessions_options *opt)
+{
+	struct sessions *s = xcalloc(1, sizeof(*s));
+
+	s->o = *opt;
+	return s;
+}
+
+void
+sessions_free(struct sessions *s)
+{
+	free(s);
+}
+
+void
+sessions_set_coap(struct sessions *s, struct coapbr *coap)
+{
+	s->o.coap = coap;
+}
+
+void
+sessions_set_enrol(struct sessions *s, struct enrol *enrol)
+{
+	s->o.enrol = enrol;
+}
+
+bool
+sessions_start(struct sessions *s, const char *id, enum sessions_how how)
+{
+	const char *cert, *key;
+	int r;
+
+	if (keystore_tls_files(s->o.ks, id, &cert, &key) == -ENOKEY) {
+		if (!mqttbr_find(s->o.mqtt, id))
+			log_info("%s: no certificate yet: no upstream session until %s", id,
+			         s->o.enrol ? "it is enrolled" : "gwctl device import-cert");
+		return false;
+	}
+	struct router_session topics;
+
+	router_session_topics(s->o.router, id, &topics);
+	struct mqttbr_session session = {
+	        .cert_file = cert,
+	        .key_file = key,
+	        .status_topic = topics.has_status ? topics.status_topic : NULL,
+	        .command_filter = topics.has_commands ? topics.command_filter : NULL,
+	};
+	/* The client id and user name upstream.profile and the config make for it. */
+	r = topics.ids_error;
+	if (r < 0) {
+		log_warnx("%s: no upstream session: cannot build its MQTT client id or user name "
+		          "from upstream.client_id/username: %s",
+		          id,
+		          r == -ENOENT    ? "an attribute they name is not set (gwctl device set)"
+		          : r == -ENOBUFS ? "too long"
+		                          : "a value is empty or holds '/', '+' or '#'");
+		/* A reload made it impossible: the session it had goes too. */
+		if (how != SESSIONS_KEEP)
+			mqttbr_remove_device(s->o.mqtt, id);
+		return false;
+	}
+	session.client_id = topics.ids.client_id;
+	session.username = topics.ids.has_username ? topics.ids.username : NULL;
+
+	if (mqttbr_find(s->o.mqtt, id)) {
+		if (how == SESSIONS_KEEP ||
+		    (how == SESSIONS_IF_CHANGED && mqttbr_session_same(s->o.mqtt, id, &session)))
+			return false;
+		mqttbr_remove_device(s->o.mqtt, id);
+	}
+	struct mqttbr_device *dev;
+
+	r = mqttbr_add_device(s->o.mqtt, id, &session, &dev);
+	if (r < 0) {
+		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
+		return false;
+	}
+	/* Readings spooled before a restart: its connect goes before those of idle devices. */
+	if (spool_depth(s->o.spool, id, NULL) > 0)
+		mqttbr_wanted(dev);
+	return true;
+}
+
+/*
+ * Brings a device's sessions in line with the keystore: none for a device that is gone, not
+ * usable or without a certificate; the one it has otherwise, or a fresh one when its
+ * certificate changed or it has none yet. Sessions of devices that did not change stay up.
+ */
+static void
+sync_sessions(struct sessions *s, const char *id, enum sessions_change what)
+{
+	if (!keystore_device_usable(s->o.ks, id)) {
+		struct keystore_info info;
+
+		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
+		mqttbr_remove_device(s->o.mqtt, id);
+		if (s->o.coap)
+			coapbr_drop_device(s->o.coap, id, false);
+		/* Removed: what it had spooled or queued has nowhere to go. */
+		if (keystore_device_info(s->o.ks, id, &info) == -ENOENT)
+			router_forget(s->o.router, id);
+		return;
+	}
+	/* A new PSK: sessions on an identity that is no longer valid (no grace) go now. */
+	if (what == SESSIONS_CHANGE_PSK) {
+		if (s->o.coap)
+			coapbr_drop_device(s->o.coap, id, true);
+		return;
+	}
+	if (what == SESSIONS_CHANGE_CERT)
+		mqttbr_remove_device(s->o.mqtt, id);
+	sessions_start(s, id, SESSIONS_KEEP);
+}
+
+void
+sessions_device_changed(struct sessions *s, const char *id, enum sessions_change what)
+{
+	char *copy = xstrdup(id);
+
+	sync_sessions(s, copy, what);
+	enrol_device_changed(s->o.enrol, copy);
+	free(copy);
+}
+
+void
+sessions_tls_changed(const char *id, bool restart, void *data)
+{
+	struct sessions *s = data;
+	const char *cert, *key;
+
+	if (restart)
+		sync_sessions(s, id, SESSIONS_CHANGE_CERT);
+	else if (keystore_tls_files(s->o.ks, id, &cert, &key) == 0)
+		mqttbr_set_tls_files(s->o.mqtt, id, cert, key);
+}
+
+void
+sessions_judged(const char *id, bool accepted, const char *reason, void *data)
+{
+	struct sessions *s = data;
+	const char *why;
+
+	/* The router first: enrolment may end the session it is told about. */
+	router_session_judged(s->o.router, id, accepted,
+	                      mqttbr_status(s->o.mqtt, id, &why) == MQTTBR_REJECTED);
+	enrol_upstream(s->o.enrol, id, accepted, reason);
+}
