@@ -4,6 +4,7 @@
  * requests (CSRs) signed through the provider, renewal's three steps, and the gateway's own
  * identity.
  */
+#include "backend.h"
 #include "ks-internal.h"
 #include "atomicfile.h"
 #include "log.h"
@@ -234,7 +235,7 @@ keystore_gateway_info(const struct keystore *ks, struct keystore_info *out)
 		return -ENOENT;
 	*out = (struct keystore_info){
 	        .id = ks->gateway.id,
-	        .backend = ks_backend_names[ks->gateway.backend],
+	        .backend = ks->gateway.backend->name,
 	        .psk_identity = "-",
 	        .state = KEYSTORE_ACTIVE,
 	        .enabled = true,
@@ -581,7 +582,7 @@ keystore_device_commit(struct keystore *ks, const char *id)
 	if (fd < 0)
 		return fd;
 	/* The key's rename is the commit; ks_load_next() finishes the rest after a crash. */
-	if (renameat(fd, ks_key_name(d->backend, true), fd, ks_key_name(d->backend, false)) < 0 ||
+	if (renameat(fd, d->backend->key_file[true], fd, d->backend->key_file[false]) < 0 ||
 	    fsync(fd) < 0 || renameat(fd, "next.cert.pem", fd, "cert.pem") < 0) {
 		r = -errno;
 		log_warn("keystore: %s: cannot switch to the new key and certificate", dir);
@@ -612,7 +613,7 @@ keystore_device_discard(struct keystore *ks, const char *id)
 int
 keystore_gateway_csr(struct keystore *ks, const char *cn, char **pem)
 {
-	struct ks_device rec = {.id = (char *)GATEWAY_DIR, .backend = ks->backend, .self = true};
+	struct ks_device rec = {.id = (char *)GATEWAY_DIR, .backend = ks->be->ops, .self = true};
 	int r;
 
 	if (!ks->gateway.id) {
@@ -623,8 +624,7 @@ keystore_gateway_csr(struct keystore *ks, const char *cn, char **pem)
 			ks_device_finish(&ks->gateway);
 			return r;
 		}
-		log_info("keystore: the gateway's own key created (%s backend)",
-		         ks_backend_names[ks->backend]);
+		log_info("keystore: the gateway's own key created (%s backend)", ks->be->ops->name);
 	}
 	return make_csr(&ks->gateway.cur, cn, pem, TPMQ_ADMIN);
 }

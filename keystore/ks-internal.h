@@ -6,12 +6,12 @@
  * What keystore/'s own files share behind keystore.h: the store and its devices, and the
  * helpers one file defines for another. store.c: the folder, its lock, loading, creating and
  * removing devices, the provider's view; record.c: the device record, PSK files, attributes,
- * pairing; cert.c: certificates, requests, renewal, the gateway's own identity.
+ * pairing; cert.c: certificates, requests, renewal, the gateway's own identity. Where the
+ * keys live is a backend's business (backend.h).
  */
 
 #include "keystore.h"
 #include "kspsk.h"
-#include "kstpm.h"
 #include "provider.h"
 #include "tpmq.h"
 
@@ -22,13 +22,11 @@
 #include <time.h>
 
 #define PSK_IDENTITY_MAX KEYSTORE_IDENTITY_MAX
-#define MASTER_KEY_LEN   KSPSK_KEY_LEN
-#define REF_LABEL        "GATEWAYD KEY REFERENCE"
-#define TSS2_LABEL       KSTPM_PEM_LABEL
 /* Bytes of a device record file, read back whole at every start. */
 #define RECORD_MAX 65536
 
-enum backend { BACKEND_SOFT, BACKEND_TPM };
+struct ks_backend;
+struct ks_backend_ops;
 
 struct psk {
 	char identity[PSK_IDENTITY_MAX + 1]; /* "" when there is none */
@@ -55,7 +53,8 @@ struct ks_tls {
 
 struct ks_device {
 	char *id;
-	enum backend backend;
+	/* The record's backend= (the store's: ks_load_device() refuses another). */
+	const struct ks_backend_ops *backend;
 	enum keystore_state state;
 	/* The gateway's own identity (GATEWAY_DIR): no PSK, no sensor. */
 	bool self;
@@ -72,14 +71,11 @@ struct ks_device {
 
 /* The gateway's own key and certificate live beside the devices, under a name no id can take. */
 #define GATEWAY_DIR "@gateway"
-/* A soft key reference names ID (key.pem) or ID NEXT_REF (next.key.pem). */
-#define NEXT_REF ":next"
 
 struct keystore {
 	char *dir;
 	int dirfd;
 	int lockfd;
-	enum backend backend;
 	char *device_ca_file;
 	unsigned psk_grace;
 	/*
@@ -87,8 +83,8 @@ struct keystore {
 	 * open no other thread calls kstpm_*() with a TPM command in it.
 	 */
 	struct tpmq *tpmq;
-	struct kstpm *tpm;
-	uint8_t master[MASTER_KEY_LEN];
+	/* Where the keys are (keystore.backend); its TPM commands run on tpmq. */
+	struct ks_backend *be;
 	struct ks_device *devices;
 	size_t ndevices;
 	/* The gateway's own identity, for EST; id NULL until it has a key. */
@@ -102,7 +98,6 @@ struct keystore {
 };
 
 /* record.c */
-extern const char *const ks_backend_names[];
 int ks_random_alnum(uint8_t *out, size_t len);
 void ks_psk_clear(struct psk *p);
 void ks_tls_finish(struct ks_tls *t);
@@ -119,7 +114,6 @@ int ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size
                  uint8_t **out, size_t *len);
 int ks_fsync_dir(int dirfd, const char *dir);
 int ks_open_dir(int at, const char *name, const char *path);
-const char *ks_key_name(enum backend b, bool next);
 int ks_unlink_secrets(int fd, const char *dir);
 int ks_unlink_next(int fd, const char *dir);
 int ks_load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool next);

@@ -3,6 +3,7 @@
  * A device's record (state, backend, attributes), its PSK file, the queries on both, state
  * changes and attributes, and PSK rotation (pairing).
  */
+#include "backend.h"
 #include "ks-internal.h"
 #include "atomicfile.h"
 #include "device.h"
@@ -18,7 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *const ks_backend_names[] = {[BACKEND_SOFT] = "soft", [BACKEND_TPM] = "tpm"};
 static const char *const state_names[] = {
         [KEYSTORE_ACTIVE] = "active",
         [KEYSTORE_SUSPENDED] = "suspended",
@@ -118,12 +118,11 @@ record_set(struct ks_device *d, const char *key, const char *value)
 		return -EINVAL;
 	}
 	if (strcmp(key, "backend") == 0) {
-		if (strcmp(value, "soft") == 0)
-			d->backend = BACKEND_SOFT;
-		else if (strcmp(value, "tpm") == 0)
-			d->backend = BACKEND_TPM;
-		else
+		const struct ks_backend_ops *ops = ks_backend_find(value);
+
+		if (!ops)
 			return -EINVAL;
+		d->backend = ops;
 		return 0;
 	}
 	if (strncmp(key, "attr.", 5) == 0 && key[5]) {
@@ -144,6 +143,11 @@ ks_record_parse(struct ks_device *d, const char *dir, char *text)
 {
 	unsigned lineno = 0;
 
+	/*
+	 * A record without a backend line is the soft backend's: the backend was once an enum
+	 * whose zero was soft, and such a record has always read that way.
+	 */
+	d->backend = &ks_soft_ops;
 	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
 		char *eq = strchr(line, '=');
 
@@ -163,7 +167,7 @@ ks_record_format(const struct ks_device *d)
 {
 	char *text = xasprintf("# gatewayd device record; change it with gwctl\n"
 	                       "state=%s\nbackend=%s\n",
-	                       state_names[d->state], ks_backend_names[d->backend]);
+	                       state_names[d->state], d->backend->name);
 	size_t len = strlen(text);
 
 	for (size_t i = 0; i < d->nattrs; i++) {
@@ -258,28 +262,15 @@ ks_load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 	size_t len, tlen = 0;
 	int r;
 
-	if (d->backend == BACKEND_TPM) {
-		r = ks_read_file(fd, dir, "psk.enc", false, 2 * PSK_TEXT_MAX, &buf, &len);
-		if (r < 0)
-			return r;
-		r = kspsk_open(ks->master, d->id, buf, len, (uint8_t *)text, &tlen);
-		free(buf);
-		if (r < 0) {
-			log_warnx(
-			        "keystore: %s/psk.enc does not open with this gateway's master key "
-			        "(corrupted, or from another gateway)",
-			        dir);
-			return r;
-		}
-	} else {
-		r = ks_read_file(fd, dir, "psk.key", true, PSK_TEXT_MAX, &buf, &len);
-		if (r < 0)
-			return r;
-		memcpy(text, buf, len);
-		tlen = len;
-		explicit_bzero(buf, len);
-		free(buf);
-	}
+	r = ks_read_file(fd, dir, d->backend->psk_file, d->backend->psk_file_secret,
+	                 d->backend->psk_file_max, &buf, &len);
+	if (r < 0)
+		return r;
+	r = d->backend->psk_open(ks->be, dir, d->id, buf, len, text, &tlen);
+	explicit_bzero(buf, len);
+	free(buf);
+	if (r < 0)
+		return r;
 	text[tlen] = '\0';
 	r = psk_parse(d, text, dir);
 	explicit_bzero(text, sizeof(text));
@@ -355,7 +346,7 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 		return -ENOENT;
 	*out = (struct keystore_info){
 	        .id = d->id,
-	        .backend = ks_backend_names[d->backend],
+	        .backend = d->backend->name,
 	        .psk_identity = d->psk.identity[0] ? d->psk.identity : "-",
 	        .prev_psk_identity =
 	                d->prev.identity[0] && d->prev_until > time(NULL) ? d->prev.identity : NULL,
@@ -412,15 +403,9 @@ ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_devic
 	size_t len = psk_format(d, text, sizeof(text)), enclen;
 	int r;
 
-	if (ks->backend == BACKEND_TPM) {
-		r = kspsk_seal(ks->master, d->id, (const uint8_t *)text, len, enc, &enclen);
-		if (r < 0)
-			ks_log_openssl("keystore: cannot encrypt a PSK");
-		if (r == 0)
-			r = atomic_write(fd, dir, "psk.enc", enc, enclen, 0600);
-	} else {
-		r = atomic_write(fd, dir, "psk.key", text, len, 0600);
-	}
+	r = ks->be->ops->psk_seal(ks->be, d->id, text, len, enc, &enclen);
+	if (r == 0)
+		r = atomic_write(fd, dir, ks->be->ops->psk_file, enc, enclen, 0600);
 	explicit_bzero(text, sizeof(text));
 	explicit_bzero(enc, sizeof(enc));
 	return r;

@@ -4,6 +4,7 @@
  * open, creating and removing devices, rewriting records, and the OpenSSL provider's view of
  * the keys (ks-internal.h).
  */
+#include "backend.h"
 #include "ks-internal.h"
 #include "atomicfile.h"
 #include "device.h"
@@ -15,8 +16,6 @@
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,148 +195,15 @@ remove_tree(int at, const char *name)
 	return unlinkat(at, name, AT_REMOVEDIR) < 0 ? -errno : 0;
 }
 
-/* ---- the worker's jobs: everything that talks to the TPM or signs runs on it ---- */
-
-_Static_assert((int)KEYSTORE_PRIO_ADMIN == (int)TPMQ_ADMIN &&
-                       (int)KEYSTORE_PRIO_HANDSHAKE == (int)TPMQ_HANDSHAKE &&
-                       (int)KEYSTORE_PRIO_BACKGROUND == (int)TPMQ_BACKGROUND &&
-                       (int)KEYSTORE_PRIOS == (int)TPMQ_PRIOS,
-               "keystore_prio mirrors tpmq_prio");
-
-struct open_job {
-	struct kstpm **tpm;
-	const struct keystore_config *cfg;
-};
-
-static int
-run_open(void *data)
-{
-	struct open_job *j = data;
-
-	return kstpm_open(j->tpm, j->cfg->tcti, j->cfg->parent, j->cfg->create_parent);
-}
-
-struct seal_job {
-	struct kstpm *tpm;
-	const uint8_t *in;
-	size_t inlen;
-	uint8_t *out; /* unseal: KSTPM_SEAL_MAX bytes */
-	uint8_t **blob;
-	size_t *outlen;
-};
-
-static int
-run_seal(void *data)
-{
-	struct seal_job *j = data;
-
-	return kstpm_seal(j->tpm, j->in, j->inlen, j->blob, j->outlen);
-}
-
-static int
-run_unseal(void *data)
-{
-	struct seal_job *j = data;
-
-	return kstpm_unseal(j->tpm, j->in, j->inlen, j->out, j->outlen);
-}
-
-struct create_job {
-	struct kstpm *tpm;
-	char **pem;
-	uint8_t *pub;
-};
-
-static int
-run_create(void *data)
-{
-	struct create_job *j = data;
-
-	return kstpm_create_key(j->tpm, j->pem, j->pub);
-}
-
-static int
-run_ping(void *data)
-{
-	return kstpm_ping(data);
-}
-
-/* The master key: unsealed from master.sealed, or made and sealed on first use. */
-static int
-load_master(struct keystore *ks)
-{
-	uint8_t *blob = NULL;
-	size_t bloblen, len;
-	int r;
-
-	r = ks_read_file(ks->dirfd, ks->dir, "master.sealed", false, 4096, &blob, &bloblen);
-	if (r == 0) {
-		uint8_t secret[KSTPM_SEAL_MAX];
-
-		/* kstpm_unseal() may write KSTPM_SEAL_MAX bytes, more than the key's 32. */
-		struct seal_job j = {.tpm = ks->tpm,
-		                     .in = blob,
-		                     .inlen = bloblen,
-		                     .out = secret,
-		                     .outlen = &len};
-
-		r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_unseal, &j);
-		free(blob);
-		if (r == 0 && len != MASTER_KEY_LEN)
-			r = -EBADMSG;
-		if (r == 0)
-			memcpy(ks->master, secret, MASTER_KEY_LEN);
-		explicit_bzero(secret, sizeof(secret));
-		if (r < 0)
-			log_warnx("keystore: cannot unseal %s/master.sealed with this TPM and "
-			          "storage "
-			          "key; the PSKs of the tpm backend cannot be read",
-			          ks->dir);
-		return r;
-	}
-	if (r != -ENOENT)
-		return r;
-	if (RAND_bytes(ks->master, MASTER_KEY_LEN) != 1)
-		return -EIO;
-	struct seal_job j = {.tpm = ks->tpm,
-	                     .in = ks->master,
-	                     .inlen = MASTER_KEY_LEN,
-	                     .blob = &blob,
-	                     .outlen = &bloblen};
-
-	r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_seal, &j);
-	if (r < 0)
-		return r;
-	r = atomic_write(ks->dirfd, ks->dir, "master.sealed", blob, bloblen, 0600);
-	free(blob);
-	if (r == 0)
-		log_info("keystore: new master key sealed to the TPM");
-	return r;
-}
-
 /* ---- file names, unlinking ---- */
 
+/*
+ * Every backend's key and PSK files, whichever the store uses: a folder is cleaned of all of
+ * them. In the order they are unlinked; a renewal's are the last four (ks_unlink_next()).
+ */
 static const char *const secret_files[] = {"key.tss2.pem",      "key.pem",      "keyref.pem",
                                            "psk.enc",           "psk.key",      "next.cert.pem",
                                            "next.key.tss2.pem", "next.key.pem", "next.keyref.pem"};
-
-/* A key's file: the current key, or the renewal's new one. */
-const char *
-ks_key_name(enum backend b, bool next)
-{
-	if (b == BACKEND_TPM)
-		return next ? "next.key.tss2.pem" : "key.tss2.pem";
-	return next ? "next.key.pem" : "key.pem";
-}
-
-/* What the TLS library is given: the TSS2 file itself, or a reference to the soft key. */
-static const char *
-key_ref_name(enum backend b, bool next)
-{
-	if (b == BACKEND_TPM)
-		return ks_key_name(b, next);
-	return next ? "next.keyref.pem" : "keyref.pem";
-}
 
 /* Unlinks files of a device folder. Returns 0 once none is left. */
 static int
@@ -379,71 +245,6 @@ ks_unlink_next(int fd, const char *dir)
 
 /* ---- loading a device ---- */
 
-static int
-load_key_soft(struct ks_tls *t, int fd, const char *dir, const char *name)
-{
-	uint8_t *pem;
-	size_t len;
-	EVP_PKEY *pkey;
-	BIO *b;
-	int r;
-
-	r = ks_read_file(fd, dir, name, true, 16384, &pem, &len);
-	if (r < 0)
-		return r;
-	b = BIO_new_mem_buf(pem, (int)len);
-	pkey = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default") : NULL;
-	BIO_free(b);
-	explicit_bzero(pem, len);
-	free(pem);
-	if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || ks_point_of(pkey, t->pub) < 0) {
-		ks_log_openssl("keystore: a key file is not a P-256 EC private key");
-		EVP_PKEY_free(pkey);
-		return -EINVAL;
-	}
-	EVP_PKEY_free(pkey);
-	return 0;
-}
-
-static int
-load_key_tpm(struct ks_tls *t, int fd, const char *dir, const char *name)
-{
-	struct kstpm_key *key;
-	uint8_t *pem;
-	size_t len;
-	int r;
-
-	r = ks_read_file(fd, dir, name, false, 16384, &pem, &len);
-	if (r < 0)
-		return r;
-	r = kstpm_key_from_pem((const char *)pem, len, &key, t->pub);
-	if (r == -EINVAL)
-		log_warnx("keystore: %s/%s is not a \"" TSS2_LABEL "\" PEM", dir, name);
-	kstpm_key_free(key);
-	free(pem);
-	return r;
-}
-
-/* A soft key's reference: it names the device; only this process's provider can follow it. */
-static int
-write_key_ref(int fd, const char *dir, const char *id, bool next)
-{
-	BIO *b = BIO_new(BIO_s_mem());
-	char ref[96], *data;
-	long len;
-	int r = -EIO;
-
-	snprintf(ref, sizeof(ref), "%s%s", id, next ? NEXT_REF : "");
-	if (b &&
-	    PEM_write_bio(b, REF_LABEL, "", (const unsigned char *)ref, (long)strlen(ref)) > 0) {
-		len = BIO_get_mem_data(b, &data);
-		r = atomic_write(fd, dir, key_ref_name(BACKEND_SOFT, next), data, (size_t)len,
-		                 0600);
-	}
-	BIO_free(b);
-	return r;
-}
-
 /*
  * Loads a device's current key (next false) or its renewal's new one into d->cur or d->next:
  * the public key, and the file the TLS library is given. -ENOENT (not logged) if there is none.
@@ -452,27 +253,11 @@ int
 ks_load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool next)
 {
 	struct ks_tls *t = next ? &d->next : &d->cur;
-	const char *name = ks_key_name(d->backend, next);
-	int r = d->backend == BACKEND_TPM ? load_key_tpm(t, fd, dir, name)
-	                                  : load_key_soft(t, fd, dir, name);
+	int r = ks->be->ops->load_key(ks->be, fd, dir, d->id, next, t->pub);
 
 	if (r < 0)
 		return r;
-	/*
-	 * A soft key's reference holds no secret, only the device's id: one lost by hand or by
-	 * damage (or by a crash between a renewal's two files) is written again, rather than
-	 * handed to the TLS library missing.
-	 */
-	if (d->backend == BACKEND_SOFT &&
-	    faccessat(fd, key_ref_name(d->backend, next), F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
-	    errno == ENOENT) {
-		log_warnx("keystore: %s/%s was missing; written again", dir,
-		          key_ref_name(d->backend, next));
-		r = write_key_ref(fd, dir, d->id, next);
-		if (r < 0)
-			return r;
-	}
-	t->key_file = xasprintf("%s/%s/%s", ks->dir, d->id, key_ref_name(d->backend, next));
+	t->key_file = xasprintf("%s/%s/%s", ks->dir, d->id, d->backend->tls_ref[next]);
 	return 0;
 }
 
@@ -501,10 +286,10 @@ ks_load_device(struct keystore *ks, struct ks_device *d, const char *id, bool se
 	free(text);
 	if (r < 0)
 		goto out;
-	if (d->backend != ks->backend) {
+	if (d->backend != ks->be->ops) {
 		log_warnx("keystore: device %s uses the %s backend but the keystore is configured "
 		          "for %s (keystore.backend)",
-		          id, ks_backend_names[d->backend], ks_backend_names[ks->backend]);
+		          id, d->backend->name, ks->be->ops->name);
 		r = -EINVAL;
 		goto out;
 	}
@@ -520,7 +305,7 @@ ks_load_device(struct keystore *ks, struct ks_device *d, const char *id, bool se
 		r = ks_load_key(ks, d, fd, dir, false);
 		if (r == -ENOENT)
 			log_warnx("keystore: %s has no key (%s/%s missing)", id, dir,
-			          ks_key_name(d->backend, false));
+			          d->backend->key_file[false]);
 		/* Before the certificate: a switch to a renewed one may be half done. */
 		if (r == 0)
 			r = ks_load_next(ks, d, fd, dir);
@@ -691,7 +476,29 @@ load_devices(struct keystore *ks)
 	return check_identities(ks);
 }
 
+/* ---- the backends ---- */
+
+/* Every backend, found by keystore.backend's word; the provider lists their labels in order. */
+static const struct ks_backend_ops *const backends[] = {&ks_tpm_ops, &ks_soft_ops};
+#define NBACKENDS (sizeof(backends) / sizeof(backends[0]))
+
+const struct ks_backend_ops *
+ks_backend_find(const char *name)
+{
+	for (size_t i = 0; i < NBACKENDS; i++) {
+		if (strcmp(backends[i]->name, name) == 0)
+			return backends[i];
+	}
+	return NULL;
+}
+
 /* ---- the provider's view of the store ---- */
+
+_Static_assert((int)KEYSTORE_PRIO_ADMIN == (int)TPMQ_ADMIN &&
+                       (int)KEYSTORE_PRIO_HANDSHAKE == (int)TPMQ_HANDSHAKE &&
+                       (int)KEYSTORE_PRIO_BACKGROUND == (int)TPMQ_BACKGROUND &&
+                       (int)KEYSTORE_PRIOS == (int)TPMQ_PRIOS,
+               "keystore_prio mirrors tpmq_prio");
 
 /*
  * A key the provider decoded. Counted: OpenSSL holds one reference (until prov_free), and so
@@ -699,9 +506,10 @@ load_devices(struct keystore *ks)
  */
 struct prov_key {
 	atomic_int refs;
-	enum backend backend;
-	struct kstpm_key *tpm;
-	EVP_PKEY *soft;
+	/* The backend that decoded it, and the state it signs with (NULL: see prov_load()). */
+	const struct ks_backend_ops *ops;
+	struct ks_backend *be;
+	void *key;
 };
 
 static void
@@ -709,8 +517,7 @@ prov_key_unref(struct prov_key *k)
 {
 	if (!k || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	kstpm_key_free(k->tpm);
-	EVP_PKEY_free(k->soft);
+	k->ops->key_free(k->key);
 	free(k);
 }
 
@@ -719,71 +526,32 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
           uint8_t pub[KSPROV_P256_POINT_LEN])
 {
 	struct keystore *ks = arg;
-	struct prov_key *k = xcalloc(1, sizeof(*k));
 
-	atomic_init(&k->refs, 1);
-	if (strcmp(label, TSS2_LABEL) == 0) {
-		if (!ks->tpm) {
-			log_warnx("keystore: a TSS2 key was given but the keystore has no TPM "
-			          "(keystore.backend is \"soft\")");
-			goto fail;
-		}
-		k->backend = BACKEND_TPM;
-		if (kstpm_key_from_der(der, len, &k->tpm, pub) < 0)
-			goto fail;
-		return k;
-	}
-	if (strcmp(label, REF_LABEL) == 0) {
+	for (size_t i = 0; i < NBACKENDS; i++) {
+		const struct ks_backend_ops *ops = backends[i];
+		struct ks_backend *be;
+		struct prov_key *k;
+		void *key;
+
+		if (strcmp(label, ops->pem_label) != 0)
+			continue;
 		/*
-		 * The body is the device id, with NEXT_REF for a renewal's key: the soft key stays
-		 * in its 0600 file until now.
+		 * A label is a backend's; a key of another backend than the store's is decoded
+		 * without the store's state, which a TSS2 key refuses (a soft store has no TPM)
+		 * and a soft key's reference does not need.
 		 */
-		char id[96], *suffix;
-		uint8_t *pem;
-		size_t pemlen;
-		bool next;
-		int fd;
-		BIO *b;
-
-		if (len == 0 || len >= sizeof(id))
-			goto fail;
-		memcpy(id, der, len);
-		id[len] = '\0';
-		suffix = strchr(id, ':');
-		next = suffix && strcmp(suffix, NEXT_REF) == 0;
-		if (suffix && !next)
-			goto fail;
-		if (suffix)
-			*suffix = '\0';
-		if (!device_id_valid(id) && strcmp(id, GATEWAY_DIR) != 0)
-			goto fail;
-		/* A valid id has no '/' or "..": it names a folder of the store, nothing else. */
-		fd = openat(ks->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0) {
-			log_warnx("keystore: key reference to unknown device %s", id);
-			goto fail;
-		}
-		if (ks_read_file(fd, ks->dir, ks_key_name(BACKEND_SOFT, next), true, 16384, &pem,
-		                 &pemlen) < 0) {
-			close(fd);
-			goto fail;
-		}
-		close(fd);
-		b = BIO_new_mem_buf(pem, (int)pemlen);
-		k->soft = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL,
-		                                         "provider=default")
-		            : NULL;
-		BIO_free(b);
-		explicit_bzero(pem, pemlen);
-		free(pem);
-		k->backend = BACKEND_SOFT;
-		if (!k->soft || ks_point_of(k->soft, pub) < 0)
-			goto fail;
+		be = ops == ks->be->ops ? ks->be : NULL;
+		key = ops->key_decode(be, ks->dirfd, ks->dir, der, len, pub);
+		if (!key)
+			break;
+		k = xcalloc(1, sizeof(*k));
+		atomic_init(&k->refs, 1);
+		k->ops = ops;
+		k->be = be;
+		k->key = key;
 		return k;
 	}
-fail:
 	ERR_clear_error();
-	prov_key_unref(k);
 	return NULL;
 }
 
@@ -808,7 +576,6 @@ sign_prio(void)
 
 /* One signature, as the worker runs it: everything it needs, owned by the job. */
 struct sign_job {
-	struct kstpm *tpm;
 	struct prov_key *key;
 	uint8_t digest[EVP_MAX_MD_SIZE];
 	size_t dlen;
@@ -817,40 +584,22 @@ struct sign_job {
 };
 
 static int
-soft_sign(EVP_PKEY *pkey, const uint8_t *digest, size_t dlen, uint8_t *sig, size_t *siglen)
-{
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, "provider=default");
-	int r = -EIO;
-
-	if (ctx && EVP_PKEY_sign_init(ctx) == 1 &&
-	    EVP_PKEY_sign(ctx, sig, siglen, digest, dlen) == 1)
-		r = 0;
-	else
-		ks_log_openssl("keystore: soft signature failed");
-	EVP_PKEY_CTX_free(ctx);
-	return r;
-}
-
-static int
 run_sign(void *data)
 {
 	struct sign_job *j = data;
 
 	j->siglen = sizeof(j->sig);
-	if (j->key->backend == BACKEND_TPM)
-		return kstpm_sign(j->tpm, j->key->tpm, j->digest, j->dlen, j->sig, &j->siglen);
-	return soft_sign(j->key->soft, j->digest, j->dlen, j->sig, &j->siglen);
+	return j->key->ops->sign(j->key->be, j->key->key, j->digest, j->dlen, j->sig, &j->siglen);
 }
 
 static int
-sign_job_init(struct sign_job *j, struct keystore *ks, struct prov_key *k, const uint8_t *digest,
-              size_t dlen)
+sign_job_init(struct sign_job *j, struct prov_key *k, const uint8_t *digest, size_t dlen)
 {
 	if (dlen == 0 || dlen > sizeof(j->digest)) {
 		log_warnx("keystore: cannot sign a %zu-byte digest", dlen);
 		return -EINVAL;
 	}
-	*j = (struct sign_job){.tpm = ks->tpm, .key = k, .dlen = dlen};
+	*j = (struct sign_job){.key = k, .dlen = dlen};
 	memcpy(j->digest, digest, dlen);
 	return 0;
 }
@@ -873,7 +622,7 @@ prov_sign(void *arg, void *key, const uint8_t *digest, size_t dlen, uint8_t *sig
 {
 	struct keystore *ks = arg;
 	struct sign_job j;
-	int r = sign_job_init(&j, ks, key, digest, dlen);
+	int r = sign_job_init(&j, key, digest, dlen);
 
 	if (r == 0)
 		r = tpmq_call(ks->tpmq, sign_prio(), run_sign, &j);
@@ -901,7 +650,7 @@ prov_sign_start(void *arg, void *key, const uint8_t *digest, size_t dlen, int *f
 	struct sign_job *j = xcalloc(1, sizeof(*j));
 	struct tpmq_req *req;
 
-	if (sign_job_init(j, ks, k, digest, dlen) < 0) {
+	if (sign_job_init(j, k, digest, dlen) < 0) {
 		free(j);
 		return NULL;
 	}
@@ -935,7 +684,8 @@ prov_sign_abandon(void *op)
 	tpmq_req_release(op);
 }
 
-static const char *const prov_labels[] = {TSS2_LABEL, REF_LABEL, NULL};
+/* Every backend's label, filled in by keystore_open(). */
+static const char *prov_labels[NBACKENDS + 1];
 
 static const struct ksprov_ops prov_ops = {
         .labels = prov_labels,
@@ -964,6 +714,7 @@ keystore_reconfigure(struct keystore *ks, const struct keystore_config *cfg)
 int
 keystore_open(struct keystore **out, const struct keystore_config *cfg)
 {
+	const struct ks_backend_ops *ops = ks_backend_find(cfg->backend);
 	struct keystore *ks;
 	int r;
 
@@ -973,11 +724,7 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 	}
 	ks = xcalloc(1, sizeof(*ks));
 	ks->dirfd = ks->lockfd = -1;
-	if (strcmp(cfg->backend, "soft") == 0) {
-		ks->backend = BACKEND_SOFT;
-	} else if (strcmp(cfg->backend, "tpm") == 0) {
-		ks->backend = BACKEND_TPM;
-	} else {
+	if (!ops) {
 		log_warnx("keystore: unknown backend \"%s\"", cfg->backend);
 		r = -EINVAL;
 		goto fail;
@@ -1012,19 +759,14 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 	r = tpmq_new(&ks->tpmq);
 	if (r < 0)
 		goto fail;
-	if (ks->backend == BACKEND_TPM) {
-		struct open_job j = {.tpm = &ks->tpm, .cfg = cfg};
-
-		r = tpmq_call(ks->tpmq, TPMQ_ADMIN, run_open, &j);
-		if (r < 0)
-			goto fail;
-		r = load_master(ks);
-		if (r < 0)
-			goto fail;
-	}
+	r = ops->open(&ks->be, cfg, ks->tpmq, ks->dirfd, ks->dir);
+	if (r < 0)
+		goto fail;
 	r = load_devices(ks);
 	if (r < 0)
 		goto fail;
+	for (size_t i = 0; i < NBACKENDS; i++)
+		prov_labels[i] = backends[i]->pem_label;
 	r = ksprov_init(&prov_ops, ks);
 	if (r < 0)
 		goto fail;
@@ -1057,8 +799,8 @@ keystore_free(struct keystore *ks)
 	 * the TPM. A TLS job still holding a signature keeps only its own key reference.
 	 */
 	tpmq_free(ks->tpmq);
-	kstpm_free(ks->tpm);
-	explicit_bzero(ks->master, sizeof(ks->master));
+	if (ks->be)
+		ks->be->ops->free(ks->be);
 	if (ks->lockfd >= 0)
 		close(ks->lockfd);
 	if (ks->dirfd >= 0)
@@ -1098,44 +840,22 @@ keystore_tpm_op_name(enum keystore_tpm_op op)
 const struct histogram *
 keystore_tpm_latency(const struct keystore *ks, enum keystore_tpm_op op)
 {
-	static const enum kstpm_op ops[KEYSTORE_TPM_OPS] = {
-	        [KEYSTORE_TPM_SIGN] = KSTPM_OP_SIGN,
-	        [KEYSTORE_TPM_CREATE] = KSTPM_OP_CREATE,
-	        [KEYSTORE_TPM_SEAL] = KSTPM_OP_SEAL,
-	        [KEYSTORE_TPM_UNSEAL] = KSTPM_OP_UNSEAL,
-	};
-
-	return ks->tpm ? kstpm_latency(ks->tpm, ops[op]) : NULL;
+	return ks->be->ops->latency(ks->be, op);
 }
 
 int
 keystore_tpm_ping(struct keystore *ks)
 {
-	struct tpmq_stats st;
-
-	if (!ks->tpm)
-		return -ENODEV;
-	/* Never behind a signing storm: a busy worker means a TPM that answers. */
-	tpmq_get_stats(ks->tpmq, &st);
-	if (st.running || st.queued[TPMQ_ADMIN] || st.queued[TPMQ_HANDSHAKE] ||
-	    st.queued[TPMQ_BACKGROUND])
-		return -EBUSY;
-	return tpmq_call(ks->tpmq, TPMQ_ADMIN, run_ping, ks->tpm);
+	return ks->be->ops->ping(ks->be);
 }
 
 void
 keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 {
-	struct kstpm_stats t = {0};
 	struct tpmq_stats q;
 
-	if (ks->tpm)
-		kstpm_get_stats(ks->tpm, &t);
 	tpmq_get_stats(ks->tpmq, &q);
 	*out = (struct keystore_stats){
-	        .tpm_commands = t.commands,
-	        .signs = t.signs,
-	        .sign_ns = t.sign_ns,
 	        .busy = q.running,
 	        .busy_ns = q.busy_ns,
 	        .handshake_signs = q.completed[TPMQ_HANDSHAKE],
@@ -1144,51 +864,11 @@ keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 	};
 	for (int p = 0; p < KEYSTORE_PRIOS; p++)
 		out->queued[p] = q.queued[p];
+	/* The TPM's own counters (zeros without one). */
+	ks->be->ops->stats(ks->be, out);
 }
 
 /* ---- changes ---- */
-
-static int
-write_key_soft(int fd, const char *dir, const char *id, bool next)
-{
-	EVP_PKEY *pkey = EVP_PKEY_Q_keygen(NULL, "provider=default", "EC", "P-256");
-	BIO *b = BIO_new(BIO_s_mem());
-	char *data;
-	long len;
-	int r = -EIO;
-
-	if (!pkey || !b || PEM_write_bio_PKCS8PrivateKey(b, pkey, NULL, NULL, 0, NULL, NULL) != 1) {
-		ks_log_openssl("keystore: cannot create a P-256 key");
-		goto out;
-	}
-	len = BIO_get_mem_data(b, &data);
-	r = atomic_write(fd, dir, ks_key_name(BACKEND_SOFT, next), data, (size_t)len, 0600);
-	if (r < 0)
-		goto out;
-	r = write_key_ref(fd, dir, id, next);
-out:
-	/* The mem BIO held the private key's PEM: clear it before it is freed. */
-	if (b && (len = BIO_get_mem_data(b, &data)) > 0)
-		OPENSSL_cleanse(data, (size_t)len);
-	BIO_free(b);
-	EVP_PKEY_free(pkey);
-	return r;
-}
-
-static int
-write_key_tpm(struct keystore *ks, int fd, const char *dir, bool next, enum tpmq_prio prio)
-{
-	uint8_t pub[KSTPM_P256_POINT_LEN];
-	char *pem;
-	struct create_job j = {.tpm = ks->tpm, .pem = &pem, .pub = pub};
-	int r = tpmq_call(ks->tpmq, prio, run_create, &j);
-
-	if (r < 0)
-		return r;
-	r = atomic_write(fd, dir, ks_key_name(BACKEND_TPM, next), pem, strlen(pem), 0600);
-	free(pem);
-	return r;
-}
 
 /*
  * A new key in the folder: the device's first (next false) or a renewal's. prio: an
@@ -1198,8 +878,7 @@ int
 ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
              enum tpmq_prio prio)
 {
-	return ks->backend == BACKEND_TPM ? write_key_tpm(ks, fd, dir, next, prio)
-	                                  : write_key_soft(fd, dir, id, next);
+	return ks->be->ops->create_key(ks->be, fd, dir, id, next, prio);
 }
 
 /* Puts a device loaded from disk into the sorted table. */
@@ -1275,7 +954,7 @@ int
 keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
                     const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len)
 {
-	struct ks_device rec = {.id = (char *)id, .backend = ks->backend, .state = KEYSTORE_ACTIVE};
+	struct ks_device rec = {.id = (char *)id, .backend = ks->be->ops, .state = KEYSTORE_ACTIVE};
 	const struct ks_device *owner;
 	uint8_t key[KEYSTORE_PSK_MAX];
 	bool prev;
@@ -1324,7 +1003,7 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 		memcpy(psk_out, key, psk_len);
 		*psk_out_len = psk_len;
 		log_info("%s: device added (%s backend, PSK identity \"%s\")", id,
-		         ks_backend_names[ks->backend], ident);
+		         ks->be->ops->name, ident);
 	}
 	explicit_bzero(key, sizeof(key));
 	return r;
