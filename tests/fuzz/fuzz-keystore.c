@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for what keystore/keystore.c reads from disk: the store's folders, each
- * device's record (device), PSK file (psk.key), key (key.pem, PKCS#8), key reference, and
- * certificates (cert.pem, a renewal's next.* files), the gateway's own folder, and the tpm
- * backend's encrypted PSK file (psk.enc, through kspsk.h: its master key needs a TPM). The
- * input becomes a store of the soft backend in a private folder, which is opened through
- * keystore.h as gatewayd opens it. Any broken promise aborts:
+ * libFuzzer harness for what keystore/ (store.c, record.c, cert.c) reads from disk: the
+ * store's folders, each device's record (device), PSK file (psk.key), key (key.pem, PKCS#8),
+ * key reference, and certificates (cert.pem, a renewal's next.* files), the gateway's own
+ * folder, and the tpm backend's encrypted PSK file (psk.enc, through kspsk.h: its master key
+ * needs a TPM). The input becomes a store of the soft backend in a private folder, which is
+ * opened through keystore.h as gatewayd opens it. Any broken promise aborts:
  *   - keystore_open() succeeds, or refuses with one of the errors damage causes (-EINVAL,
  *     -ENOENT, -EEXIST, -EFBIG); LeakSanitizer sees that a refusal frees everything;
  *   - opened: the devices are the folders named by valid ids, in order; each one's PSK identity
@@ -22,9 +22,9 @@
  * The input: files, each introduced by a line "=== PATH" (at the start, or after a newline);
  * the file is everything up to the next such line (its newline included) or the end. PATH is
  * NAME (in the store's folder) or NAME/NAME (in a folder there, made 0700); a NAME is 1 to 64
- * of letters, digits and "@._:-", not "." or "..". Files are written 0600, as keystore.c writes
+ * of letters, digits and "@._:-", not "." or "..". Files are written 0600, as the keystore writes
  * them. Other lines before the first header, and files that cannot be made (a name used as
- * both file and folder), are skipped. The seeds are stores that keystore.c itself wrote in the
+ * both file and folder), are skipped. The seeds are stores that the keystore itself wrote in the
  * cases of tests/unit/test-keystore.c, and their damaged files from refuses_a_damaged_store.
  */
 #include <ctype.h>

@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef GW_KS_INTERNAL_H
+#define GW_KS_INTERNAL_H
+
+/*
+ * What keystore/'s own files share behind keystore.h: the store and its devices, and the
+ * helpers one file defines for another. store.c: the folder, its lock, loading, creating and
+ * removing devices, the provider's view; record.c: the device record, PSK files, attributes,
+ * pairing; cert.c: certificates, requests, renewal, the gateway's own identity. Where the
+ * keys live is a backend's business (backend.h).
+ */
+
+#include "keystore.h"
+#include "kspsk.h"
+#include "provider.h"
+#include "tpmq.h"
+
+#include <openssl/evp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define PSK_IDENTITY_MAX KEYSTORE_IDENTITY_MAX
+/* Bytes of a device record file, read back whole at every start. */
+#define RECORD_MAX 65536
+
+struct ks_backend;
+struct ks_backend_ops;
+
+struct psk {
+	char identity[PSK_IDENTITY_MAX + 1]; /* "" when there is none */
+	uint8_t key[KEYSTORE_PSK_MAX];
+	size_t len;
+};
+
+/* The PSK file's plaintext, identities and keys in hex, is at most this long. */
+#define PSK_TEXT_MAX KSPSK_TEXT_MAX
+
+struct attr {
+	char *key;
+	char *value;
+};
+
+/* A key and the certificate issued for it. */
+struct ks_tls {
+	char *cert_file; /* NULL until a certificate is imported */
+	char *key_file;  /* what the TLS library is given; NULL: no key */
+	uint8_t pub[KSPROV_P256_POINT_LEN];
+	char subject[256];
+	time_t not_before, not_after;
+};
+
+struct ks_device {
+	char *id;
+	/* The record's backend= (the store's: ks_load_device() refuses another). */
+	const struct ks_backend_ops *backend;
+	enum keystore_state state;
+	/* The gateway's own identity (GATEWAY_DIR): no PSK, no sensor. */
+	bool self;
+	/* The sensor's PSK, and during a rotation's grace period the one it replaced. */
+	struct psk psk;
+	struct psk prev;
+	time_t prev_until;
+	struct ks_tls cur;
+	/* A renewal under way: its new key, then the certificate on trial (the "next." files). */
+	struct ks_tls next;
+	struct attr *attrs;
+	size_t nattrs;
+};
+
+/* The gateway's own key and certificate live beside the devices, under a name no id can take. */
+#define GATEWAY_DIR "@gateway"
+
+struct keystore {
+	char *dir;
+	int dirfd;
+	int lockfd;
+	char *device_ca_file;
+	unsigned psk_grace;
+	/*
+	 * The worker that runs every TPM command and every signature (tpmq.h): once the store is
+	 * open no other thread calls kstpm_*() with a TPM command in it.
+	 */
+	struct tpmq *tpmq;
+	/* Where the keys are (keystore.backend); its TPM commands run on tpmq. */
+	struct ks_backend *be;
+	struct ks_device *devices;
+	size_t ndevices;
+	/* The gateway's own identity, for EST; id NULL until it has a key. */
+	struct ks_device gateway;
+	/*
+	 * Ids of removed devices: keystore_psk_lookup() hands out id pointers that sessions keep,
+	 * so they live until keystore_free(). One small string per removal.
+	 */
+	char **removed_ids;
+	size_t nremoved;
+};
+
+/* record.c */
+int ks_random_alnum(uint8_t *out, size_t len);
+void ks_psk_clear(struct psk *p);
+void ks_tls_finish(struct ks_tls *t);
+void ks_device_finish(struct ks_device *d);
+int ks_record_parse(struct ks_device *d, const char *dir, char *text);
+/* The record file's text, malloc'd. */
+char *ks_record_format(const struct ks_device *d);
+int ks_load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir);
+int ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *d);
+
+/* store.c */
+void ks_log_openssl(const char *what);
+int ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max,
+                 uint8_t **out, size_t *len);
+int ks_fsync_dir(int dirfd, const char *dir);
+int ks_open_dir(int at, const char *name, const char *path);
+int ks_unlink_secrets(int fd, const char *dir);
+int ks_unlink_next(int fd, const char *dir);
+int ks_load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool next);
+int ks_load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self);
+struct ks_device *ks_find_device(const struct keystore *ks, const char *id);
+const struct ks_device *ks_identity_owner(const struct keystore *ks, const char *identity,
+                                          size_t len, bool *prev);
+/* The priority of the provider's signatures on this thread while a CSR is signed, or -1. */
+extern __thread int ks_csr_prio;
+int ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
+                 enum tpmq_prio prio);
+int ks_create_entry(struct keystore *ks, const struct ks_device *rec);
+int ks_save_record(struct keystore *ks, const struct ks_device *d);
+void ks_reload_device(struct keystore *ks, struct ks_device *d);
+
+/* cert.c */
+int ks_point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN]);
+void ks_load_cert(struct keystore *ks, struct ks_device *d, int fd, bool next);
+int ks_load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir);
+void ks_tls_info(const struct ks_device *d, struct keystore_info *out);
+
+#endif
