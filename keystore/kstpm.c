@@ -2,6 +2,7 @@
 #include "kstpm.h"
 #include "histogram.h"
 #include "log.h"
+#include "tpmkey.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -12,7 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
@@ -40,25 +40,6 @@
 
 /* Serialised sealed objects start with this version byte, then TPM2B_PUBLIC, TPM2B_PRIVATE. */
 #define SEAL_BLOB_VERSION 1
-
-/*
- * TPMKey type OIDs (draft-bottomley-tpm2-keys, "ASN.1 Specification for TPM 2.0 Key Files"),
- * DER contents: 2.23.133.10.1.3 id-loadablekey, .4 id-importablekey, .5 id-sealedkey.
- */
-static const uint8_t oid_tpmkey_prefix[] = {0x67, 0x81, 0x05, 0x0a, 0x01};
-#define OID_LOADABLE   0x03
-#define OID_IMPORTABLE 0x04
-#define OID_SEALED     0x05
-
-/* TPMKey's optional context-specific fields, in the order the draft defines them. */
-enum {
-	TPMKEY_EMPTY_AUTH = 0,
-	TPMKEY_POLICY = 1,
-	TPMKEY_SECRET = 2,
-	TPMKEY_AUTH_POLICY = 3,
-	TPMKEY_DESCRIPTION = 4,
-	TPMKEY_RSA_PARENT = 5,
-};
 
 struct kstpm {
 	pthread_mutex_t lock; /* serialises everything below: one ESYS context, one command */
@@ -460,134 +441,7 @@ kstpm_free(struct kstpm *tpm)
 	free(tpm);
 }
 
-/* ---- TPMKey DER (draft-bottomley-tpm2-keys) ---- */
-
-/* One DER element. */
-struct der {
-	int tag, cls;
-	bool constructed;
-	const uint8_t *val;
-	size_t len;
-};
-
-/*
- * Reads the element at *p and steps over it. Refuses truncation, indefinite lengths and
- * non-minimal length encodings (DER, X.690 10.1).
- */
-static int
-der_read(const uint8_t **p, size_t *left, struct der *d)
-{
-	const unsigned char *q = *p;
-	long len;
-	int r, hdr;
-
-	if (*left == 0 || *left > 0x7fffffff)
-		return -EBADMSG;
-	r = ASN1_get_object(&q, &len, &d->tag, &d->cls, (long)*left);
-	if ((r & 0x80) || (r & 0x01)) /* error, or indefinite length */
-		return -EBADMSG;
-	d->constructed = r & V_ASN1_CONSTRUCTED;
-	hdr = (int)(q - *p);
-	if (ASN1_object_size(d->constructed, (int)len, d->tag) != hdr + len)
-		return -EBADMSG;
-	d->val = q;
-	d->len = (size_t)len;
-	*p = q + len;
-	*left -= (size_t)hdr + (size_t)len;
-	return 0;
-}
-
-static int
-der_expect(const uint8_t **p, size_t *left, int tag, struct der *d)
-{
-	int r = der_read(p, left, d);
-
-	if (r < 0)
-		return r;
-	if (d->cls != V_ASN1_UNIVERSAL || d->tag != tag ||
-	    d->constructed != (tag == V_ASN1_SEQUENCE))
-		return -EBADMSG;
-	return 0;
-}
-
-/* A DER INTEGER that must be a non-negative 32-bit value (a TPM handle). */
-static int
-der_uint32(const struct der *d, uint32_t *out)
-{
-	const uint8_t *v = d->val;
-	size_t n = d->len;
-
-	if (n == 0 || (v[0] & 0x80))
-		return -EBADMSG;
-	if (n > 1 && v[0] == 0 && !(v[1] & 0x80))
-		return -EBADMSG; /* not minimal */
-	if (v[0] == 0) {
-		v++;
-		n--;
-	}
-	if (n > 4)
-		return -EBADMSG;
-	*out = 0;
-	for (size_t i = 0; i < n; i++)
-		*out = *out << 8 | v[i];
-	return 0;
-}
-
-/* Appends one primitive element. */
-static void
-der_put(uint8_t **p, int tag, const void *val, size_t len)
-{
-	ASN1_put_object(p, 0, (int)len, tag, V_ASN1_UNIVERSAL);
-	memcpy(*p, val, len);
-	*p += len;
-}
-
-static int
-tpmkey_encode(uint32_t parent, const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv, uint8_t **out,
-              int *outlen)
-{
-	uint8_t pubbuf[sizeof(*pub)], privbuf[sizeof(*priv)], oid[sizeof(oid_tpmkey_prefix) + 1];
-	/* emptyAuth [0] EXPLICIT BOOLEAN TRUE; DER writes TRUE as 0xff (X.690 11.1). */
-	static const uint8_t empty_auth[] = {0xa0, 0x03, 0x01, 0x01, 0xff};
-	uint8_t handle[5];
-	size_t publen = 0, privlen = 0, hlen = 0;
-	int content, total;
-	uint8_t *der, *p;
-
-	if (Tss2_MU_TPM2B_PUBLIC_Marshal(pub, pubbuf, sizeof(pubbuf), &publen) ||
-	    Tss2_MU_TPM2B_PRIVATE_Marshal(priv, privbuf, sizeof(privbuf), &privlen))
-		return -EINVAL;
-	memcpy(oid, oid_tpmkey_prefix, sizeof(oid_tpmkey_prefix));
-	oid[sizeof(oid_tpmkey_prefix)] = OID_LOADABLE;
-	/* Minimal two's complement: a leading zero when the top bit is set (X.690 8.3). */
-	if (parent & 0x80000000u)
-		handle[hlen++] = 0;
-	for (int shift = 24; shift >= 0; shift -= 8)
-		if (hlen > 0 || (parent >> shift) || shift == 0)
-			handle[hlen++] = (uint8_t)(parent >> shift);
-
-	content = ASN1_object_size(0, sizeof(oid), V_ASN1_OBJECT) + (int)sizeof(empty_auth) +
-	          ASN1_object_size(0, (int)hlen, V_ASN1_INTEGER) +
-	          ASN1_object_size(0, (int)publen, V_ASN1_OCTET_STRING) +
-	          ASN1_object_size(0, (int)privlen, V_ASN1_OCTET_STRING);
-	total = ASN1_object_size(1, content, V_ASN1_SEQUENCE);
-	der = xmalloc((size_t)total);
-	p = der;
-	ASN1_put_object(&p, 1, content, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
-	der_put(&p, V_ASN1_OBJECT, oid, sizeof(oid));
-	memcpy(p, empty_auth, sizeof(empty_auth));
-	p += sizeof(empty_auth);
-	der_put(&p, V_ASN1_INTEGER, handle, hlen);
-	der_put(&p, V_ASN1_OCTET_STRING, pubbuf, publen);
-	der_put(&p, V_ASN1_OCTET_STRING, privbuf, privlen);
-	if (p - der != total) {
-		free(der);
-		return -EINVAL;
-	}
-	*out = der;
-	*outlen = total;
-	return 0;
-}
+/* ---- TSS2 key files: TPMKey DER in tpmkey.c, the TPM structures inside here ---- */
 
 /* 0x04 || X || Y from a TPM ECC point, whose coordinates may come without leading zeros. */
 static int
@@ -638,107 +492,41 @@ check_device_key(const TPMT_PUBLIC *pub)
 	return 0;
 }
 
-/* The optional [n] EXPLICIT fields between type and parent. */
+/* The TPMKey DER of a key made under parent: its public and private areas, marshalled. */
 static int
-tpmkey_options(const uint8_t **p, size_t *left)
+key_to_tpmkey(uint32_t parent, const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv, uint8_t **der,
+              size_t *len)
 {
-	int last = -1;
+	uint8_t pubbuf[sizeof(*pub)], privbuf[sizeof(*priv)];
+	struct tpmkey tk = {.parent = parent, .pub = pubbuf, .priv = privbuf};
 
-	while (*left > 0 && ((*p)[0] & 0xc0) == 0x80) {
-		struct der d, b;
-		const uint8_t *inner;
-		size_t ileft;
-
-		if (der_read(p, left, &d) < 0 || !d.constructed || d.tag <= last)
-			return -EBADMSG;
-		last = d.tag;
-		switch (d.tag) {
-		case TPMKEY_EMPTY_AUTH:
-			inner = d.val;
-			ileft = d.len;
-			if (der_expect(&inner, &ileft, V_ASN1_BOOLEAN, &b) < 0 || ileft != 0 ||
-			    b.len != 1 || (b.val[0] != 0 && b.val[0] != 0xff))
-				return -EBADMSG;
-			if (b.val[0] == 0) {
-				log_warnx("kstpm: TSS2 key has a password (emptyAuth FALSE); the "
-				          "keystore supports only password-less keys");
-				return -ENOTSUP;
-			}
-			break;
-		case TPMKEY_POLICY:
-		case TPMKEY_AUTH_POLICY:
-			log_warnx("kstpm: TSS2 key needs an authorization policy; the keystore "
-			          "supports only password-less keys without policies");
-			return -ENOTSUP;
-		case TPMKEY_SECRET:
-			log_warnx("kstpm: TSS2 key carries an import secret; import it first");
-			return -ENOTSUP;
-		case TPMKEY_DESCRIPTION:
-		case TPMKEY_RSA_PARENT:
-			/* A label, and a flag that matters only for a parent made on the fly. */
-			break;
-		default:
-			return -EBADMSG;
-		}
+	if (Tss2_MU_TPM2B_PUBLIC_Marshal(pub, pubbuf, sizeof(pubbuf), &tk.publen) ||
+	    Tss2_MU_TPM2B_PRIVATE_Marshal(priv, privbuf, sizeof(privbuf), &tk.privlen)) {
+		log_warnx("kstpm: cannot marshal the key the TPM returned");
+		return -EINVAL;
 	}
-	return 0;
+	return tpmkey_encode(&tk, der, len);
 }
 
+/* A TPMKey's TPM structures: a loadable key's public and private areas (Part 2, 12.2.5, 12.3.7). */
 static int
-tpmkey_decode(const uint8_t *der, size_t len, struct kstpm_key *key)
+key_from_tpmkey(const struct tpmkey *tk, struct kstpm_key *key)
 {
-	const uint8_t *p = der, *q;
-	size_t left = len, qleft;
-	struct der seq, d;
-	size_t off;
-	int r;
+	size_t off = 0;
 
-	if (der_expect(&p, &left, V_ASN1_SEQUENCE, &seq) < 0 || left != 0)
-		goto bad;
-	q = seq.val;
-	qleft = seq.len;
-	if (der_expect(&q, &qleft, V_ASN1_OBJECT, &d) < 0)
-		goto bad;
-	if (d.len != sizeof(oid_tpmkey_prefix) + 1 ||
-	    memcmp(d.val, oid_tpmkey_prefix, sizeof(oid_tpmkey_prefix)) != 0) {
-		log_warnx("kstpm: not a TSS2 key (unknown type OID)");
-		return -ENOTSUP;
-	}
-	switch (d.val[sizeof(oid_tpmkey_prefix)]) {
-	case OID_LOADABLE:
-		break;
-	case OID_IMPORTABLE:
-		log_warnx("kstpm: TSS2 key is importable, not loadable; import it into this TPM "
-		          "first");
-		return -ENOTSUP;
-	case OID_SEALED:
-		log_warnx("kstpm: TSS2 file holds sealed data, not a key");
-		return -ENOTSUP;
-	default:
-		log_warnx("kstpm: not a TSS2 loadable key (unknown type OID)");
-		return -ENOTSUP;
-	}
-	r = tpmkey_options(&q, &qleft);
-	if (r == -ENOTSUP)
-		return r;
-	if (r < 0)
-		goto bad;
-	if (der_expect(&q, &qleft, V_ASN1_INTEGER, &d) < 0 || der_uint32(&d, &key->parent) < 0)
+	key->parent = tk->parent;
+	if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(tk->pub, tk->publen, &off, &key->pub) !=
+	            TSS2_RC_SUCCESS ||
+	    off != tk->publen)
 		goto bad;
 	off = 0;
-	if (der_expect(&q, &qleft, V_ASN1_OCTET_STRING, &d) < 0 ||
-	    Tss2_MU_TPM2B_PUBLIC_Unmarshal(d.val, d.len, &off, &key->pub) != TSS2_RC_SUCCESS ||
-	    off != d.len)
-		goto bad;
-	off = 0;
-	if (der_expect(&q, &qleft, V_ASN1_OCTET_STRING, &d) < 0 ||
-	    Tss2_MU_TPM2B_PRIVATE_Unmarshal(d.val, d.len, &off, &key->priv) != TSS2_RC_SUCCESS ||
-	    off != d.len || key->priv.size == 0)
-		goto bad;
-	if (qleft != 0)
+	if (Tss2_MU_TPM2B_PRIVATE_Unmarshal(tk->priv, tk->privlen, &off, &key->priv) !=
+	            TSS2_RC_SUCCESS ||
+	    off != tk->privlen || key->priv.size == 0)
 		goto bad;
 	return check_device_key(&key->pub.publicArea);
 bad:
+	/* tpmkey.c's words for a broken file: to a user, damaged TPM structures are one too. */
 	log_warnx("kstpm: malformed TSS2 key (not a DER TPMKey structure)");
 	return -EBADMSG;
 }
@@ -748,12 +536,16 @@ kstpm_key_from_der(const uint8_t *der, size_t len, struct kstpm_key **out,
                    uint8_t pub[KSTPM_P256_POINT_LEN])
 {
 	struct kstpm_key *key;
+	struct tpmkey tk;
 	uint8_t point[KSTPM_P256_POINT_LEN];
 	int r;
 
 	*out = NULL;
+	r = tpmkey_decode(der, len, &tk);
+	if (r < 0)
+		return r;
 	key = xcalloc(1, sizeof(*key));
-	r = tpmkey_decode(der, len, key);
+	r = key_from_tpmkey(&tk, key);
 	if (r == 0 && point_from_tpm(&key->pub.publicArea.unique.ecc, point) < 0) {
 		log_warnx("kstpm: TSS2 key has no valid P-256 public point");
 		r = -EBADMSG;
@@ -877,9 +669,9 @@ kstpm_create_key(struct kstpm *tpm, char **pem, uint8_t pub[KSTPM_P256_POINT_LEN
 	TPM2B_PRIVATE *opriv = NULL;
 	TPM2B_PUBLIC *opub = NULL;
 	uint8_t *der = NULL;
-	int derlen = 0, pass = 0;
+	size_t derlen = 0;
 	uint64_t t0;
-	int r;
+	int r, pass = 0;
 
 	*pem = NULL;
 	pthread_mutex_lock(&tpm->lock);
@@ -903,9 +695,9 @@ kstpm_create_key(struct kstpm *tpm, char **pem, uint8_t pub[KSTPM_P256_POINT_LEN
 		r = -EIO;
 		goto out;
 	}
-	r = tpmkey_encode(tpm->parent_handle, opub, opriv, &der, &derlen);
+	r = key_to_tpmkey(tpm->parent_handle, opub, opriv, &der, &derlen);
 	if (r == 0)
-		r = pem_encode(KSTPM_PEM_LABEL, der, derlen, pem);
+		r = pem_encode(KSTPM_PEM_LABEL, der, (int)derlen, pem);
 out:
 	free(der);
 	Esys_Free(opriv);

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for keystore/kstpm.c's TSS2 key file decoder: the ASN.1 TPMKey of
- * draft-bottomley-tpm2-keys (as tpm2-openssl and openssl_tpm2_engine write it), in its
- * "TSS2 PRIVATE KEY" PEM, and the TPM2B_PUBLIC and TPM2B_PRIVATE inside (tpm2-tss's
- * unmarshalling). Such a file comes from the disk of a store (key.tss2.pem), from an operator
- * or from another tool; no TPM command is sent to decode it. The input is used three ways:
+ * libFuzzer harness for the TSS2 key file decoder of keystore/kstpm.c and tpmkey.c (OpenSSL's
+ * ASN.1 templates): the TPMKey of draft-bottomley-tpm2-keys (as tpm2-openssl and
+ * openssl_tpm2_engine write it), in its "TSS2 PRIVATE KEY" PEM, and the TPM2B_PUBLIC and
+ * TPM2B_PRIVATE inside (tpm2-tss's unmarshalling). Such a file comes from the disk of a store
+ * (key.tss2.pem), from an operator or from another tool; no TPM command is sent to decode it. The
+ * input is used three ways:
  *   - as DER, through kstpm_key_from_der();
  *   - as DER wrapped in a PEM block with the label, as a key file holds it, through
  *     kstpm_key_from_pem(): the same answer and the same key; with another label, -EINVAL;
@@ -17,7 +18,8 @@
  * Seeds: a key as kstpm_create_key() writes one (kstpm's device key template, the P-256
  * base point as its public point, opaque private bytes of a real one's size, parent
  * 0x81000001) and each refusal of test-kstpm.c's key_from_der_refuses_bad_input, as DER and
- * as PEM text.
+ * as PEM text; BER that OpenSSL's d2i reads (ber-*), fields out of order, unknown or of another
+ * type, policies, and keys tpm2-openssl and tpm2-tools wrote (test-tpmkey.c's cases).
  */
 #include <openssl/bio.h>
 #include <openssl/err.h>
