@@ -114,7 +114,7 @@ ks_point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN])
 
 /* The certificate file beside a loaded key, if there is one. */
 void
-ks_load_cert(struct keystore *ks, struct ks_device *d, int fd, bool next)
+ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next)
 {
 	struct ks_tls *t = next ? &d->next : &d->cur;
 	const char *name = next ? "next.cert.pem" : "cert.pem";
@@ -154,7 +154,7 @@ cert_is_for(const uint8_t pub[KSPROV_P256_POINT_LEN], int fd, const char *dir)
 }
 
 int
-ks_load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+ks_load_next(struct keystore *ks, struct device_ks *d, int fd, const char *dir)
 {
 	int r = ks_load_key(ks, d, fd, dir, true);
 
@@ -189,7 +189,7 @@ ks_load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 /* ---- queries ---- */
 
 void
-ks_tls_info(const struct ks_device *d, struct keystore_info *out)
+ks_tls_info(const struct device_ks *d, struct keystore_info *out)
 {
 	out->has_cert = d->cur.cert_file != NULL;
 	out->not_before = d->cur.not_before;
@@ -202,7 +202,7 @@ ks_tls_info(const struct ks_device *d, struct keystore_info *out)
 
 /* The certificate on trial while there is one (see keystore_device_stage_cert()). */
 static int
-tls_files(const struct ks_device *d, const char **cert_file, const char **key_file)
+tls_files(const struct device_ks *d, const char **cert_file, const char **key_file)
 {
 	const struct ks_tls *t = d->next.cert_file ? &d->next : &d->cur;
 
@@ -217,7 +217,7 @@ int
 keystore_tls_files(const struct keystore *ks, const char *device_id, const char **cert_file,
                    const char **key_file)
 {
-	const struct ks_device *d = ks_find_device(ks, device_id);
+	const struct device_ks *d = ks_find_device(ks, device_id);
 
 	return d ? tls_files(d, cert_file, key_file) : -ENOENT;
 }
@@ -311,7 +311,7 @@ out:
 int
 keystore_device_csr(struct keystore *ks, const char *id, char **pem)
 {
-	const struct ks_device *d = ks_find_device(ks, id);
+	const struct device_ks *d = ks_find_device(ks, id);
 
 	if (!d)
 		return -ENOENT;
@@ -336,7 +336,7 @@ format_time(const ASN1_TIME *t, char *buf, size_t len)
  * device's must chain to the device CA; the gateway's own is checked by the EST server.
  */
 static int
-check_cert(const struct keystore *ks, const struct ks_device *d,
+check_cert(const struct keystore *ks, const struct device_ks *d,
            const uint8_t pub_point[KSPROV_P256_POINT_LEN], STACK_OF(X509) * chain, char *why,
            size_t whylen)
 {
@@ -421,7 +421,7 @@ out:
  * and writes it as cert.pem or next.cert.pem. On refusal, the reason is in why.
  */
 static int
-install_cert(struct keystore *ks, struct ks_device *d, bool next, const char *pem, size_t pemlen,
+install_cert(struct keystore *ks, struct device_ks *d, bool next, const char *pem, size_t pemlen,
              char *why, size_t whylen)
 {
 	struct ks_tls *t = next ? &d->next : &d->cur;
@@ -478,7 +478,7 @@ out:
 
 /* Drops d's renewal: its new key (the only copy) and the certificate on trial. */
 static int
-discard_next(struct keystore *ks, struct ks_device *d)
+discard_next(struct keystore *ks, struct device_ks *d)
 {
 	char dir[4096];
 	int fd, r;
@@ -497,7 +497,7 @@ int
 keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
                             char *why, size_t whylen)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 	int r;
 
 	if (!d)
@@ -516,7 +516,7 @@ keystore_device_import_cert(struct keystore *ks, const char *id, const char *pem
 
 /* A new key beside d's current one, and a request for it (CN=cn). */
 static int
-rekey(struct keystore *ks, struct ks_device *d, const char *cn, char **csr)
+rekey(struct keystore *ks, struct device_ks *d, const char *cn, char **csr)
 {
 	char dir[4096];
 	int fd, r;
@@ -542,7 +542,7 @@ rekey(struct keystore *ks, struct ks_device *d, const char *cn, char **csr)
 int
 keystore_device_rekey(struct keystore *ks, const char *id, char **csr)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 
 	if (!d)
 		return -ENOENT;
@@ -555,7 +555,7 @@ int
 keystore_device_stage_cert(struct keystore *ks, const char *id, const char *pem, size_t pemlen,
                            char *why, size_t whylen)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 	int r;
 
 	if (!d)
@@ -569,7 +569,7 @@ keystore_device_stage_cert(struct keystore *ks, const char *id, const char *pem,
 int
 keystore_device_commit(struct keystore *ks, const char *id)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 	char dir[4096];
 	int fd, r;
 
@@ -601,7 +601,7 @@ keystore_device_commit(struct keystore *ks, const char *id)
 int
 keystore_device_discard(struct keystore *ks, const char *id)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 
 	if (!d)
 		return -ENOENT;
@@ -613,7 +613,7 @@ keystore_device_discard(struct keystore *ks, const char *id)
 int
 keystore_gateway_csr(struct keystore *ks, const char *cn, char **pem)
 {
-	struct ks_device rec = {.id = (char *)GATEWAY_DIR, .backend = ks->be->ops, .self = true};
+	struct device_ks rec = {.id = (char *)GATEWAY_DIR, .backend = ks->be->ops, .self = true};
 	int r;
 
 	if (!ks->gateway.id) {

@@ -36,6 +36,8 @@
 /* keystore_device_pair()'s grace: keystore_config.psk_grace. */
 #define KEYSTORE_GRACE_DEFAULT UINT_MAX
 
+struct device;
+struct device_registry;
 struct keystore;
 
 struct keystore_config {
@@ -86,6 +88,11 @@ void keystore_free(struct keystore *ks);
 size_t keystore_count(const struct keystore *ks);
 /* The i-th device id, in sorted order, or NULL past the end. */
 const char *keystore_device_id(const struct keystore *ks, size_t i);
+/*
+ * The store's devices as the registry the other modules hang their state on (device.h): the
+ * keystore adds, updates (state, enabled) and removes them; it lives as long as the keystore.
+ */
+struct device_registry *keystore_devices(const struct keystore *ks);
 int keystore_device_info(const struct keystore *ks, const char *id, struct keystore_info *out);
 const char *keystore_state_name(enum keystore_state state);
 
@@ -140,12 +147,12 @@ int keystore_device_import_cert(struct keystore *ks, const char *id, const char 
 
 /*
  * Looks up the sensor PSK for a DTLS identity. On success copies the key into key (at least
- * KEYSTORE_PSK_MAX bytes), its length into *keylen and the owning device id into *device_id
- * (valid until keystore_free(), even if the device is removed). -ENOENT for an unknown identity,
- * -EPERM for a device that is not active.
+ * KEYSTORE_PSK_MAX bytes), its length into *keylen and the owning device into *dev (also with
+ * -EPERM); *dev is borrowed: take a reference (device_ref()) to keep it. -ENOENT for an unknown
+ * identity, -EPERM for a device that is not active.
  */
 int keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
-                        const char **device_id, uint8_t *key, size_t *keylen);
+                        struct device **dev, uint8_t *key, size_t *keylen);
 
 /*
  * Whether a PSK identity is one device's sensor may use now (its current one, or its previous

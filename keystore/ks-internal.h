@@ -10,6 +10,7 @@
  * keys live is a backend's business (backend.h).
  */
 
+#include "device.h"
 #include "keystore.h"
 #include "kspsk.h"
 #include "provider.h"
@@ -51,8 +52,13 @@ struct ks_tls {
 	time_t not_before, not_after;
 };
 
-struct ks_device {
+/*
+ * The keystore's slot on a device (device.h), and the gateway's own identity, which is no
+ * device (dev NULL).
+ */
+struct device_ks {
 	char *id;
+	struct device *dev; /* its registry entry, whose state and enabled it keeps in step */
 	/* The record's backend= (the store's: ks_load_device() refuses another). */
 	const struct ks_backend_ops *backend;
 	enum keystore_state state;
@@ -85,28 +91,24 @@ struct keystore {
 	struct tpmq *tpmq;
 	/* Where the keys are (keystore.backend); its TPM commands run on tpmq. */
 	struct ks_backend *be;
-	struct ks_device *devices;
-	size_t ndevices;
+	/* The devices, each with its record in its ks slot (one registry, made by the store). */
+	struct device_registry *reg;
 	/* The gateway's own identity, for EST; id NULL until it has a key. */
-	struct ks_device gateway;
-	/*
-	 * Ids of removed devices: keystore_psk_lookup() hands out id pointers that sessions keep,
-	 * so they live until keystore_free(). One small string per removal.
-	 */
-	char **removed_ids;
-	size_t nremoved;
+	struct device_ks gateway;
 };
 
 /* record.c */
 int ks_random_alnum(uint8_t *out, size_t len);
 void ks_psk_clear(struct psk *p);
 void ks_tls_finish(struct ks_tls *t);
-void ks_device_finish(struct ks_device *d);
-int ks_record_parse(struct ks_device *d, const char *dir, char *text);
+void ks_device_finish(struct device_ks *d);
+/* The attribute enabled is not "false". */
+bool ks_enabled(const struct device_ks *d);
+int ks_record_parse(struct device_ks *d, const char *dir, char *text);
 /* The record file's text, malloc'd. */
-char *ks_record_format(const struct ks_device *d);
-int ks_load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir);
-int ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *d);
+char *ks_record_format(const struct device_ks *d);
+int ks_load_psk(struct keystore *ks, struct device_ks *d, int fd, const char *dir);
+int ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct device_ks *d);
 
 /* store.c */
 void ks_log_openssl(const char *what);
@@ -116,23 +118,25 @@ int ks_fsync_dir(int dirfd, const char *dir);
 int ks_open_dir(int at, const char *name, const char *path);
 int ks_unlink_secrets(int fd, const char *dir);
 int ks_unlink_next(int fd, const char *dir);
-int ks_load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool next);
-int ks_load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self);
-struct ks_device *ks_find_device(const struct keystore *ks, const char *id);
-const struct ks_device *ks_identity_owner(const struct keystore *ks, const char *identity,
+int ks_load_key(struct keystore *ks, struct device_ks *d, int fd, const char *dir, bool next);
+int ks_load_device(struct keystore *ks, struct device_ks *d, const char *id, bool self);
+struct device_ks *ks_find_device(const struct keystore *ks, const char *id);
+/* After d's state or attributes changed: its registry entry says the same. */
+void ks_sync_device(struct device_ks *d);
+const struct device_ks *ks_identity_owner(const struct keystore *ks, const char *identity,
                                           size_t len, bool *prev);
 /* The priority of the provider's signatures on this thread while a CSR is signed, or -1. */
 extern __thread int ks_csr_prio;
 int ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
                  enum tpmq_prio prio);
-int ks_create_entry(struct keystore *ks, const struct ks_device *rec);
-int ks_save_record(struct keystore *ks, const struct ks_device *d);
-void ks_reload_device(struct keystore *ks, struct ks_device *d);
+int ks_create_entry(struct keystore *ks, const struct device_ks *rec);
+int ks_save_record(struct keystore *ks, const struct device_ks *d);
+void ks_reload_device(struct keystore *ks, struct device_ks *d);
 
 /* cert.c */
 int ks_point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN]);
-void ks_load_cert(struct keystore *ks, struct ks_device *d, int fd, bool next);
-int ks_load_next(struct keystore *ks, struct ks_device *d, int fd, const char *dir);
-void ks_tls_info(const struct ks_device *d, struct keystore_info *out);
+void ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next);
+int ks_load_next(struct keystore *ks, struct device_ks *d, int fd, const char *dir);
+void ks_tls_info(const struct device_ks *d, struct keystore_info *out);
 
 #endif

@@ -90,7 +90,7 @@ ks_tls_finish(struct ks_tls *t)
 }
 
 void
-ks_device_finish(struct ks_device *d)
+ks_device_finish(struct device_ks *d)
 {
 	ks_psk_clear(&d->psk);
 	ks_psk_clear(&d->prev);
@@ -106,7 +106,7 @@ ks_device_finish(struct ks_device *d)
 }
 
 static int
-record_set(struct ks_device *d, const char *key, const char *value)
+record_set(struct device_ks *d, const char *key, const char *value)
 {
 	if (strcmp(key, "state") == 0) {
 		for (size_t i = 0; i < sizeof(state_names) / sizeof(state_names[0]); i++) {
@@ -139,7 +139,7 @@ record_set(struct ks_device *d, const char *key, const char *value)
 }
 
 int
-ks_record_parse(struct ks_device *d, const char *dir, char *text)
+ks_record_parse(struct device_ks *d, const char *dir, char *text)
 {
 	unsigned lineno = 0;
 
@@ -163,7 +163,7 @@ ks_record_parse(struct ks_device *d, const char *dir, char *text)
 }
 
 char *
-ks_record_format(const struct ks_device *d)
+ks_record_format(const struct device_ks *d)
 {
 	char *text = xasprintf("# gatewayd device record; change it with gwctl\n"
 	                       "state=%s\nbackend=%s\n",
@@ -189,7 +189,7 @@ ks_record_format(const struct ks_device *d)
  * It is psk.key (mode 0600) for the soft backend, psk.enc (AES-256-GCM) for the tpm backend.
  */
 static int
-psk_parse(struct ks_device *d, char *text, const char *dir)
+psk_parse(struct device_ks *d, char *text, const char *dir)
 {
 	unsigned lineno = 0;
 
@@ -237,7 +237,7 @@ psk_parse(struct ks_device *d, char *text, const char *dir)
 }
 
 static size_t
-psk_format(const struct ks_device *d, char *buf, size_t len)
+psk_format(const struct device_ks *d, char *buf, size_t len)
 {
 	char hex[2 * KEYSTORE_PSK_MAX + 1];
 	int n;
@@ -255,7 +255,7 @@ psk_format(const struct ks_device *d, char *buf, size_t len)
 }
 
 int
-ks_load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
+ks_load_psk(struct keystore *ks, struct device_ks *d, int fd, const char *dir)
 {
 	char text[PSK_TEXT_MAX + 1];
 	uint8_t *buf;
@@ -280,8 +280,8 @@ ks_load_psk(struct keystore *ks, struct ks_device *d, int fd, const char *dir)
 /* ---- queries ---- */
 
 /* The attribute enabled=false acts as a suspension that policies and operators can set. */
-static bool
-device_enabled(const struct ks_device *d)
+bool
+ks_enabled(const struct device_ks *d)
 {
 	for (size_t i = 0; i < d->nattrs; i++) {
 		if (strcmp(d->attrs[i].key, "enabled") == 0)
@@ -291,15 +291,15 @@ device_enabled(const struct ks_device *d)
 }
 
 static bool
-ks_usable(const struct ks_device *d)
+ks_usable(const struct device_ks *d)
 {
-	return d->state == KEYSTORE_ACTIVE && device_enabled(d);
+	return d->state == KEYSTORE_ACTIVE && ks_enabled(d);
 }
 
 bool
 keystore_device_usable(const struct keystore *ks, const char *id)
 {
-	const struct ks_device *d = ks_find_device(ks, id);
+	const struct device_ks *d = ks_find_device(ks, id);
 
 	return d && ks_usable(d);
 }
@@ -307,7 +307,7 @@ keystore_device_usable(const struct keystore *ks, const char *id)
 const char *
 keystore_device_attr(const struct keystore *ks, const char *id, const char *key)
 {
-	const struct ks_device *d = ks_find_device(ks, id);
+	const struct device_ks *d = ks_find_device(ks, id);
 
 	for (size_t i = 0; d && i < d->nattrs; i++) {
 		if (strcmp(d->attrs[i].key, key) == 0)
@@ -319,7 +319,7 @@ keystore_device_attr(const struct keystore *ks, const char *id, const char *key)
 size_t
 keystore_device_attr_count(const struct keystore *ks, const char *id)
 {
-	const struct ks_device *d = ks_find_device(ks, id);
+	const struct device_ks *d = ks_find_device(ks, id);
 
 	return d ? d->nattrs : 0;
 }
@@ -328,7 +328,7 @@ int
 keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, const char **key,
                         const char **value)
 {
-	const struct ks_device *d = ks_find_device(ks, id);
+	const struct device_ks *d = ks_find_device(ks, id);
 
 	if (!d || i >= d->nattrs)
 		return -ENOENT;
@@ -340,7 +340,7 @@ keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, con
 int
 keystore_device_info(const struct keystore *ks, const char *id, struct keystore_info *out)
 {
-	const struct ks_device *d = ks_find_device(ks, id);
+	const struct device_ks *d = ks_find_device(ks, id);
 
 	if (!d)
 		return -ENOENT;
@@ -352,7 +352,7 @@ keystore_device_info(const struct keystore *ks, const char *id, struct keystore_
 	                d->prev.identity[0] && d->prev_until > time(NULL) ? d->prev.identity : NULL,
 	        .prev_psk_until = d->prev_until,
 	        .state = d->state,
-	        .enabled = device_enabled(d),
+	        .enabled = ks_enabled(d),
 	};
 	ks_tls_info(d, out);
 	return 0;
@@ -370,7 +370,7 @@ keystore_identity_valid(const struct keystore *ks, const char *device, const uin
                         size_t len)
 {
 	/* By device, not by scanning every identity: this runs for every uplink message. */
-	const struct ks_device *d = ks_find_device(ks, device);
+	const struct device_ks *d = ks_find_device(ks, device);
 
 	return d && (psk_names(&d->psk, identity, len) ||
 	             (d->prev_until > time(NULL) && psk_names(&d->prev, identity, len)));
@@ -378,15 +378,15 @@ keystore_identity_valid(const struct keystore *ks, const char *device, const uin
 
 int
 keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t idlen,
-                    const char **device_id, uint8_t *key, size_t *keylen)
+                    struct device **dev, uint8_t *key, size_t *keylen)
 {
 	bool prev;
-	const struct ks_device *d = ks_identity_owner(ks, (const char *)identity, idlen, &prev);
+	const struct device_ks *d = ks_identity_owner(ks, (const char *)identity, idlen, &prev);
 	const struct psk *p;
 
 	if (!d)
 		return -ENOENT;
-	*device_id = d->id;
+	*dev = d->dev;
 	if (!ks_usable(d))
 		return -EPERM;
 	p = prev ? &d->prev : &d->psk;
@@ -396,7 +396,7 @@ keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size_t i
 }
 
 int
-ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_device *d)
+ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct device_ks *d)
 {
 	uint8_t enc[KSPSK_OVERHEAD + PSK_TEXT_MAX];
 	char text[PSK_TEXT_MAX];
@@ -415,7 +415,7 @@ ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct ks_devic
 
 /* Destroys what made the device able to talk: its key (the only copy) and its PSK. */
 static int
-destroy_secrets(struct keystore *ks, struct ks_device *d)
+destroy_secrets(struct keystore *ks, struct device_ks *d)
 {
 	char dir[4096];
 	int fd, r;
@@ -436,7 +436,7 @@ destroy_secrets(struct keystore *ks, struct ks_device *d)
 int
 keystore_device_set_state(struct keystore *ks, const char *id, enum keystore_state state)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 	enum keystore_state old;
 	int r;
 
@@ -456,6 +456,7 @@ keystore_device_set_state(struct keystore *ks, const char *id, enum keystore_sta
 		d->state = old;
 		return r;
 	}
+	ks_sync_device(d);
 	/* Should this fail, the next start finishes the job (ks_load_device). */
 	if (state == KEYSTORE_REVOKED && (r = destroy_secrets(ks, d)) < 0)
 		return r;
@@ -483,7 +484,7 @@ keystore_check_attr(const char *key, const char *value, char *why, size_t len)
 			return -EINVAL;
 		}
 	}
-	/* It suspends the device (device_enabled()): a typo must not pass for "enabled". */
+	/* It suspends the device (ks_enabled()): a typo must not pass for "enabled". */
 	if (strcmp(key, "enabled") == 0 && value && *value && strcmp(value, "true") != 0 &&
 	    strcmp(value, "false") != 0) {
 		snprintf(why, len,
@@ -498,7 +499,7 @@ keystore_check_attr(const char *key, const char *value, char *why, size_t len)
 int
 keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, const char *value)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 	char name[80], why[400];
 	size_t i;
 	int r;
@@ -529,6 +530,7 @@ keystore_device_set_attr(struct keystore *ks, const char *id, const char *key, c
 	r = ks_save_record(ks, d);
 	if (r < 0)
 		ks_reload_device(ks, d);
+	ks_sync_device(d);
 	return r;
 }
 
@@ -538,7 +540,7 @@ int
 keystore_device_pair(struct keystore *ks, const char *id, unsigned grace, const uint8_t *psk,
                      size_t psk_len, char *identity_out, uint8_t *psk_out, size_t *psk_out_len)
 {
-	struct ks_device *d = ks_find_device(ks, id), next;
+	struct device_ks *d = ks_find_device(ks, id), next;
 	char dir[4096], suffix[7] = {0};
 	bool prev;
 	int fd, r;

@@ -250,7 +250,7 @@ ks_unlink_next(int fd, const char *dir)
  * the public key, and the file the TLS library is given. -ENOENT (not logged) if there is none.
  */
 int
-ks_load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, bool next)
+ks_load_key(struct keystore *ks, struct device_ks *d, int fd, const char *dir, bool next)
 {
 	struct ks_tls *t = next ? &d->next : &d->cur;
 	int r = ks->be->ops->load_key(ks->be, fd, dir, d->id, next, t->pub);
@@ -262,7 +262,7 @@ ks_load_key(struct keystore *ks, struct ks_device *d, int fd, const char *dir, b
 }
 
 int
-ks_load_device(struct keystore *ks, struct ks_device *d, const char *id, bool self)
+ks_load_device(struct keystore *ks, struct device_ks *d, const char *id, bool self)
 {
 	char dir[4096];
 	uint8_t *text;
@@ -322,45 +322,69 @@ out:
 
 /* ---- the table ---- */
 
-/*
- * Keeps a device's id string alive past the device: keystore_psk_lookup() hands it out and
- * sensor sessions hold it. One small string per removal or reload, freed with the keystore.
- */
-static void
-retire_id(struct keystore *ks, struct ks_device *d)
-{
-	char **ids = xreallocarray(ks->removed_ids, ks->nremoved + 1, sizeof(*ids));
-
-	ks->removed_ids = ids;
-	ids[ks->nremoved++] = d->id;
-	d->id = NULL;
-}
-
-static int
-cmp_device(const void *a, const void *b)
-{
-	return strcmp(((const struct ks_device *)a)->id, ((const struct ks_device *)b)->id);
-}
-
-struct ks_device *
+struct device_ks *
 ks_find_device(const struct keystore *ks, const char *id)
 {
-	struct ks_device key = {.id = (char *)id};
+	struct device *dev = device_find(ks->reg, id);
 
-	if (ks->ndevices == 0)
-		return NULL;
-	return bsearch(&key, ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
+	return dev ? dev->ks : NULL;
+}
+
+void
+ks_sync_device(struct device_ks *d)
+{
+	static const enum device_state states[] = {
+	        [KEYSTORE_ACTIVE] = DEVICE_ACTIVE,
+	        [KEYSTORE_SUSPENDED] = DEVICE_SUSPENDED,
+	        [KEYSTORE_REVOKED] = DEVICE_REVOKED,
+	};
+
+	if (!d->dev)
+		return;
+	d->dev->state = states[d->state];
+	d->dev->enabled = ks_enabled(d);
+}
+
+/*
+ * Puts a device read from its folder into the registry, its record in the ks slot: *rec
+ * moves there.
+ */
+static void
+register_device(struct keystore *ks, struct device_ks *rec)
+{
+	struct device_ks *d = xmalloc(sizeof(*d));
+	struct device *dev;
+
+	/* ks_load_device() took the id from a folder that device_id_valid() let through. */
+	if (device_add(ks->reg, rec->id, &dev) < 0)
+		abort();
+	*d = *rec;
+	d->dev = dev;
+	dev->ks = d;
+	ks_sync_device(d);
+}
+
+/* The slot empty and the device out of the registry; who holds it sees it GONE. */
+static void
+unregister_device(struct keystore *ks, struct device_ks *d)
+{
+	struct device *dev = d->dev;
+
+	dev->ks = NULL;
+	ks_device_finish(d);
+	free(d);
+	device_remove(ks->reg, dev);
 }
 
 /* The device whose current or (still valid) previous PSK identity this is, or NULL. */
-const struct ks_device *
+const struct device_ks *
 ks_identity_owner(const struct keystore *ks, const char *identity, size_t len, bool *prev)
 {
 	time_t now = time(NULL);
 
 	/* Linear: once per DTLS handshake, and a gateway holds a few thousand devices at most. */
-	for (size_t i = 0; i < ks->ndevices; i++) {
-		const struct ks_device *d = &ks->devices[i];
+	for (size_t i = 0; i < device_count(ks->reg); i++) {
+		const struct device_ks *d = device_at(ks->reg, i)->ks;
 
 		if (strlen(d->psk.identity) == len && memcmp(d->psk.identity, identity, len) == 0) {
 			*prev = false;
@@ -391,12 +415,12 @@ cmp_ident(const void *a, const void *b)
 static int
 check_identities(const struct keystore *ks)
 {
-	struct ident_ref *refs = xcalloc(2 * ks->ndevices + 1, sizeof(*refs));
+	struct ident_ref *refs = xcalloc(2 * device_count(ks->reg) + 1, sizeof(*refs));
 	size_t n = 0;
 	int r = 0;
 
-	for (size_t i = 0; i < ks->ndevices; i++) {
-		const struct ks_device *d = &ks->devices[i];
+	for (size_t i = 0; i < device_count(ks->reg); i++) {
+		const struct device_ks *d = device_at(ks->reg, i)->ks;
 
 		if (d->psk.identity[0])
 			refs[n++] = (struct ident_ref){d->psk.identity, d->id};
@@ -431,7 +455,7 @@ load_devices(struct keystore *ks)
 	}
 	rewinddir(dir);
 	while ((de = readdir(dir))) {
-		struct ks_device *devices;
+		struct device_ks rec = {0};
 
 		if (de->d_name[0] == '.') {
 			/* A device half added or half removed when the process died. */
@@ -460,19 +484,16 @@ load_devices(struct keystore *ks)
 			        ks->dir, de->d_name);
 			continue;
 		}
-		devices = xreallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
-		ks->devices = devices;
-		memset(&ks->devices[ks->ndevices], 0, sizeof(*devices));
-		ks->ndevices++;
-		r = ks_load_device(ks, &ks->devices[ks->ndevices - 1], de->d_name, false);
-		if (r < 0)
+		r = ks_load_device(ks, &rec, de->d_name, false);
+		if (r < 0) {
+			ks_device_finish(&rec);
 			break;
+		}
+		register_device(ks, &rec);
 	}
 	closedir(dir);
 	if (r < 0)
 		return r;
-	if (ks->ndevices > 0)
-		qsort(ks->devices, ks->ndevices, sizeof(*ks->devices), cmp_device);
 	return check_identities(ks);
 }
 
@@ -724,6 +745,7 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 	}
 	ks = xcalloc(1, sizeof(*ks));
 	ks->dirfd = ks->lockfd = -1;
+	ks->reg = device_registry_new();
 	if (!ops) {
 		log_warnx("keystore: unknown backend \"%s\"", cfg->backend);
 		r = -EINVAL;
@@ -787,13 +809,10 @@ keystore_free(struct keystore *ks)
 		ksprov_finish();
 		provider_store = NULL;
 	}
-	for (size_t i = 0; i < ks->ndevices; i++)
-		ks_device_finish(&ks->devices[i]);
-	free(ks->devices);
+	while (ks->reg && device_count(ks->reg) > 0)
+		unregister_device(ks, device_at(ks->reg, 0)->ks);
+	device_registry_free(ks->reg);
 	ks_device_finish(&ks->gateway);
-	for (size_t i = 0; i < ks->nremoved; i++)
-		free(ks->removed_ids[i]);
-	free(ks->removed_ids);
 	/*
 	 * Queued requests complete with -ECANCELED, the one running finishes: then nothing uses
 	 * the TPM. A TLS job still holding a signature keeps only its own key reference.
@@ -815,13 +834,19 @@ keystore_free(struct keystore *ks)
 size_t
 keystore_count(const struct keystore *ks)
 {
-	return ks->ndevices;
+	return device_count(ks->reg);
 }
 
 const char *
 keystore_device_id(const struct keystore *ks, size_t i)
 {
-	return i < ks->ndevices ? ks->devices[i].id : NULL;
+	return i < device_count(ks->reg) ? device_at(ks->reg, i)->id : NULL;
+}
+
+struct device_registry *
+keystore_devices(const struct keystore *ks)
+{
+	return ks->reg;
 }
 
 const char *
@@ -881,25 +906,18 @@ ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool 
 	return ks->be->ops->create_key(ks->be, fd, dir, id, next, prio);
 }
 
-/* Puts a device loaded from disk into the sorted table. */
+/* Puts a device just written to disk into the registry, as the disk has it. */
 static int
 insert_device(struct keystore *ks, const char *id)
 {
-	struct ks_device d = {0}, *devices;
-	size_t at;
+	struct device_ks d = {0};
 	int r = ks_load_device(ks, &d, id, false);
 
 	if (r < 0) {
 		ks_device_finish(&d);
 		return r;
 	}
-	devices = xreallocarray(ks->devices, ks->ndevices + 1, sizeof(*devices));
-	ks->devices = devices;
-	for (at = ks->ndevices; at > 0 && strcmp(devices[at - 1].id, id) > 0; at--)
-		;
-	memmove(&devices[at + 1], &devices[at], (ks->ndevices - at) * sizeof(*devices));
-	devices[at] = d;
-	ks->ndevices++;
+	register_device(ks, &d);
 	return 0;
 }
 
@@ -908,7 +926,7 @@ insert_device(struct keystore *ks, const char *id)
  * and renamed in: a crash leaves no half device.
  */
 int
-ks_create_entry(struct keystore *ks, const struct ks_device *rec)
+ks_create_entry(struct keystore *ks, const struct device_ks *rec)
 {
 	char tmp[80], dir[4096], *text = NULL;
 	int fd = -1, r;
@@ -954,8 +972,8 @@ int
 keystore_device_add(struct keystore *ks, const char *id, const char *psk_identity,
                     const uint8_t *psk, size_t psk_len, uint8_t *psk_out, size_t *psk_out_len)
 {
-	struct ks_device rec = {.id = (char *)id, .backend = ks->be->ops, .state = KEYSTORE_ACTIVE};
-	const struct ks_device *owner;
+	struct device_ks rec = {.id = (char *)id, .backend = ks->be->ops, .state = KEYSTORE_ACTIVE};
+	const struct device_ks *owner;
 	uint8_t key[KEYSTORE_PSK_MAX];
 	bool prev;
 	const char *ident = psk_identity ? psk_identity : id;
@@ -1012,9 +1030,8 @@ keystore_device_add(struct keystore *ks, const char *id, const char *psk_identit
 int
 keystore_device_remove(struct keystore *ks, const char *id)
 {
-	struct ks_device *d = ks_find_device(ks, id);
+	struct device_ks *d = ks_find_device(ks, id);
 	char del[80];
-	size_t i;
 	int r;
 
 	if (!d)
@@ -1033,11 +1050,7 @@ keystore_device_remove(struct keystore *ks, const char *id)
 	remove_tree(ks->dirfd, del);
 	ks_fsync_dir(ks->dirfd, ks->dir);
 	log_info("%s: device removed, its key destroyed", id);
-	i = (size_t)(d - ks->devices);
-	retire_id(ks, d);
-	ks_device_finish(d);
-	memmove(d, d + 1, (ks->ndevices - i - 1) * sizeof(*d));
-	ks->ndevices--;
+	unregister_device(ks, d);
 	return 0;
 }
 
@@ -1047,7 +1060,7 @@ keystore_device_remove(struct keystore *ks, const char *id)
  * start.
  */
 int
-ks_save_record(struct keystore *ks, const struct ks_device *d)
+ks_save_record(struct keystore *ks, const struct device_ks *d)
 {
 	char dir[4096], *text = ks_record_format(d);
 	int fd, r;
@@ -1073,9 +1086,9 @@ ks_save_record(struct keystore *ks, const struct ks_device *d)
 
 /* After a failed write: the device as the disk has it, so memory never runs ahead of it. */
 void
-ks_reload_device(struct keystore *ks, struct ks_device *d)
+ks_reload_device(struct keystore *ks, struct device_ks *d)
 {
-	struct ks_device fresh = {0};
+	struct device_ks fresh = {0};
 
 	if (ks_load_device(ks, &fresh, d->id, d->self) < 0) {
 		/* Memory keeps what it had; the disk may differ until the next successful write. */
@@ -1083,7 +1096,8 @@ ks_reload_device(struct keystore *ks, struct ks_device *d)
 		ks_device_finish(&fresh);
 		return;
 	}
-	retire_id(ks, d);
+	fresh.dev = d->dev;
 	ks_device_finish(d);
 	*d = fresh;
+	ks_sync_device(d);
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "coapbr.h"
 #include "conf.h"
+#include "device.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
@@ -54,7 +55,7 @@ struct seen {
  * again by its address when needed, so that a pointer libcoap has freed is never used.
  */
 struct sensor {
-	const char *device; /* the keystore's string: lives as long as the daemon */
+	struct device *dev; /* a reference: its id stays readable after the device's removal */
 	/* The PSK identity it shook hands with: a rotation may retire it while it is up. */
 	uint8_t identity[KEYSTORE_IDENTITY_MAX];
 	size_t identity_len;
@@ -179,7 +180,7 @@ session_device(const coap_session_t *session)
 {
 	const struct sensor *sn = coap_session_get_app_data(session);
 
-	return sn ? sn->device : NULL;
+	return sn ? sn->dev->id : NULL;
 }
 
 static void
@@ -217,6 +218,7 @@ sensor_free(struct sensor *sn)
 {
 	upload_free(sn->upload);
 	free(sn->last_get);
+	device_unref(sn->dev);
 	free(sn);
 }
 
@@ -278,19 +280,19 @@ static const coap_bin_const_t *
 psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 {
 	struct coapbr *br = arg;
-	const char *device;
+	struct device *dev;
 	size_t keylen;
 	char addr[INET6_ADDRSTRLEN + 8], idbuf[160];
 	int r;
 
-	r = identity ? keystore_psk_lookup(br->ks, identity->s, identity->length, &device, br->psk,
+	r = identity ? keystore_psk_lookup(br->ks, identity->s, identity->length, &dev, br->psk,
 	                                   &keylen)
 	             : -ENOENT;
 	if (r == -EPERM) {
 		br->st.refused_inactive++;
 		br->refused = session;
 		log_warnx("%s: sensor %s refused: the device is not active (gwctl device show %s)",
-		          device, remote_str(session, addr, sizeof(addr)), device);
+		          dev->id, remote_str(session, addr, sizeof(addr)), dev->id);
 		return NULL;
 	}
 	if (r < 0) {
@@ -303,7 +305,6 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		                 : "");
 		return NULL;
 	}
-	/* The keystore keeps the id string for the daemon's lifetime, even past a removal. */
 	struct sensor *sn = coap_session_get_app_data(session);
 
 	if (!sn) {
@@ -340,7 +341,10 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		 */
 		sensor_reset(sn);
 	}
-	sn->device = device;
+	if (sn->dev != dev) {
+		device_unref(sn->dev);
+		sn->dev = device_ref(dev);
+	}
 	sn->identity_len = identity->length;
 	memcpy(sn->identity, identity->s, identity->length);
 	br->psk_bin.s = br->psk;
@@ -384,7 +388,7 @@ count_unfinished(struct coapbr *br, const coap_session_t *session, struct sensor
 	if (sn && !sn->connected && !sn->counted) {
 		br->st.key_mismatch++;
 		sn->counted = true;
-		log_mismatch(br, sn->device, session);
+		log_mismatch(br, sn->dev->id, session);
 	}
 }
 
@@ -603,7 +607,7 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 	case UPLOAD_BAD:
 		log_warnx("%s: an upload to %s sent block %u of size %zu with SZX %u and M %d: "
 		          "not a valid RFC 7959 block (4.00)",
-		          sn->device, route->resource, (unsigned)b.num, b.len, b.szx, b.more);
+		          sn->dev->id, route->resource, (unsigned)b.num, b.len, b.szx, b.more);
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_BAD_REQUEST);
 		return -1;
 	case UPLOAD_INCOMPLETE:
@@ -613,7 +617,7 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 	case UPLOAD_TOO_LARGE:
 		log_warnx("%s: an upload to %s is larger than sensors.max_payload (%zu bytes): "
 		          "4.13",
-		          sn->device, route->resource, br->max_payload);
+		          sn->dev->id, route->resource, br->max_payload);
 		answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_TOO_LARGE,
 		       (unsigned)br->max_payload);
 		return -1;
@@ -669,14 +673,14 @@ send_separate(struct sensor_request *req)
 	if (!pdu || !coap_add_token(pdu, req->token_len, req->token)) {
 		coap_delete_pdu(pdu);
 		log_warnx("%s: cannot make the answer to a request (out of memory?)",
-		          sn ? sn->device : "?");
+		          sn ? sn->dev->id : "?");
 		return;
 	}
 	answer_as(sn, req->con, req->has_block1 ? &req->block1 : NULL, req->mid, pdu, req->status,
 	          req->max_age);
 	/* libcoap retransmits a CON until the sensor acknowledges it. */
 	if (coap_send(req->session, pdu) == COAP_INVALID_MID)
-		log_warnx("%s: cannot send the answer to a request", sn ? sn->device : "?");
+		log_warnx("%s: cannot send the answer to a request", sn ? sn->dev->id : "?");
 }
 
 static int
@@ -694,7 +698,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 {
 	struct coapbr *br = coap_get_app_data(coap_session_get_context(session));
 	struct sensor *sn = coap_session_get_app_data(session);
-	const char *device = sn ? sn->device : NULL;
+	const char *device = sn ? sn->dev->id : NULL;
 	const struct gwconf_route *route = coap_resource_get_userdata(resource);
 	const struct seen *seen;
 	coap_bin_const_t token = coap_pdu_get_token(request);
@@ -736,7 +740,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	 * nothing more of it goes upstream.
 	 */
 	if (!keystore_device_usable(br->ks, device) ||
-	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len)) {
+	    !keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len)) {
 		answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_FORBIDDEN, 0);
 		return;
 	}
@@ -859,9 +863,9 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 		                                    : COAP_RESPONSE_CODE_NOT_FOUND);
 		return;
 	}
-	if (!sn || !keystore_device_usable(br->ks, sn->device) ||
-	    !keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len) ||
-	    !br->ops->may_read(sn->device, br->commands_path, br->data)) {
+	if (!sn || !keystore_device_usable(br->ks, sn->dev->id) ||
+	    !keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len) ||
+	    !br->ops->may_read(sn->dev->id, br->commands_path, br->data)) {
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
 		return;
 	}
@@ -876,11 +880,11 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 		sn->obs_token_len = token.length;
 		if (token.length)
 			memcpy(sn->obs_token, token.s, token.length);
-		log_info("%s: its sensor observes /%s", sn->device, br->commands_path);
+		log_info("%s: its sensor observes /%s", sn->dev->id, br->commands_path);
 	} else if (obs) {
 		sn->observing = false;
 	}
-	cmd = br->ops->command_take(sn->device, br->data);
+	cmd = br->ops->command_take(sn->dev->id, br->data);
 	put_command(response, cmd, sn->observing && obs, ++br->observe);
 	free(sn->last_get);
 	sn->last_get = NULL;
@@ -894,7 +898,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	 * More may be waiting: they follow as notifications, once libcoap has sent this answer
 	 * (sent from here they would overtake it).
 	 */
-	if (sn->observing && br->ops->commands_waiting(sn->device, br->data) > 0)
+	if (sn->observing && br->ops->commands_waiting(sn->dev->id, br->data) > 0)
 		gw_timer_arm(br->push, 0);
 }
 
@@ -905,7 +909,7 @@ observer_of(struct coapbr *br, const char *device, struct sensor **out)
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 		coap_session_t *s;
 
-		if (!sn->observing || sn->closed || strcmp(sn->device, device) != 0)
+		if (!sn->observing || sn->closed || strcmp(sn->dev->id, device) != 0)
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (s && coap_session_get_app_data(s) == sn) {
@@ -1004,9 +1008,9 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 	}
 	if (!cmd)
 		return;
-	log_info("%s: its sensor did not take a command (%s): queued again", sn->device,
+	log_info("%s: its sensor did not take a command (%s): queued again", sn->dev->id,
 	         reason == COAP_NACK_RST ? "reset" : "no acknowledgement");
-	br->ops->command_return(sn->device, cmd, br->data);
+	br->ops->command_return(sn->dev->id, cmd, br->data);
 	if (!sn->dead)
 		gw_timer_arm(br->push, 0);
 }
@@ -1019,8 +1023,8 @@ push_fired(struct gw_timer *t, void *data)
 
 	(void)t;
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
-		if (sn->observing && br->ops->commands_waiting(sn->device, br->data) > 0)
-			coapbr_commands_ready(br, sn->device);
+		if (sn->observing && br->ops->commands_waiting(sn->dev->id, br->data) > 0)
+			coapbr_commands_ready(br, sn->dev->id);
 	}
 }
 
@@ -1051,10 +1055,10 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 		coap_session_t *s;
 
-		if (sn->closed || (device && strcmp(sn->device, device) != 0))
+		if (sn->closed || (device && strcmp(sn->dev->id, device) != 0))
 			continue;
 		if (stale_only &&
-		    keystore_identity_valid(br->ks, sn->device, sn->identity, sn->identity_len))
+		    keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len))
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)
@@ -1279,7 +1283,7 @@ coapbr_device_sessions(const struct coapbr *br, const char *device)
 	unsigned n = 0;
 
 	for (const struct sensor *sn = br->sensors; sn; sn = sn->next)
-		n += sn->connected && !sn->closed && sn->device && strcmp(sn->device, device) == 0;
+		n += sn->connected && !sn->closed && strcmp(sn->dev->id, device) == 0;
 	return n;
 }
 

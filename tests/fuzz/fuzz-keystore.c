@@ -178,7 +178,8 @@ show_device(const struct keystore *ks, const char *id, struct shown *out)
 	static const char *const secrets[] = {"key.pem", "keyref.pem",   "psk.key",
 	                                      "psk.enc", "next.key.pem", "next.keyref.pem"};
 	struct keystore_info *in = &out->info;
-	const char *cert, *keyf, *dev = NULL;
+	const char *cert, *keyf;
+	struct device *dev = NULL;
 	char *text = NULL;
 	size_t tlen = 0;
 	FILE *f;
@@ -210,7 +211,7 @@ show_device(const struct keystore *ks, const char *id, struct shown *out)
 		check(n > 0 && n <= KEYSTORE_IDENTITY_MAX);
 		out->lookup = keystore_psk_lookup(ks, (const uint8_t *)in->psk_identity, n, &dev,
 		                                  out->key, &out->keylen);
-		check(dev && strcmp(dev, id) == 0);
+		check(dev && strcmp(dev->id, id) == 0);
 		check(out->lookup == (out->usable ? 0 : -EPERM));
 		if (out->lookup == 0)
 			check(out->keylen >= KEYSTORE_PSK_MIN && out->keylen <= KEYSTORE_PSK_MAX);
@@ -223,7 +224,7 @@ show_device(const struct keystore *ks, const char *id, struct shown *out)
 			dev = NULL;
 			check(keystore_psk_lookup(ks, (const uint8_t *)in->prev_psk_identity, n,
 			                          &dev, key, &keylen) == out->lookup);
-			check(dev && strcmp(dev, id) == 0);
+			check(dev && strcmp(dev->id, id) == 0);
 			check(keystore_identity_valid(ks, id,
 			                              (const uint8_t *)in->prev_psk_identity, n));
 		}
@@ -354,7 +355,7 @@ run(struct layout *l)
 	/* An identity longer than any device may have finds none. */
 	{
 		char nobody[KEYSTORE_IDENTITY_MAX + 2];
-		const char *dev = NULL;
+		struct device *dev = NULL;
 		uint8_t key[KEYSTORE_PSK_MAX];
 		size_t keylen;
 

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "device.h"
 #include "keystore.h"
 
 /* The soft backend in a temp state dir, with a test CA for device certificates. */
@@ -190,7 +191,7 @@ adds_devices_and_finds_their_psks(void **state)
 	struct fixture *f = *state;
 	struct keystore *ks = open_ok(f);
 	uint8_t key[KEYSTORE_PSK_MAX], given[KEYSTORE_PSK_MAX];
-	const char *device;
+	struct device *device;
 	size_t len, glen;
 
 	assert_int_equal(keystore_device_add(ks, "dev-b", "sensor-b", NULL, 0, given, &glen), 0);
@@ -204,7 +205,7 @@ adds_devices_and_finds_their_psks(void **state)
 		assert_true(isalnum(given[i]));
 	assert_int_equal(
 	        keystore_psk_lookup(ks, (const uint8_t *)"sensor-b", 8, &device, key, &len), 0);
-	assert_string_equal(device, "dev-b");
+	assert_string_equal(device->id, "dev-b");
 	assert_memory_equal(key, given, glen);
 	/* Without an explicit identity the identity is the device id; a prefix is not one. */
 	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-a", 5, &device, key, &len),
@@ -333,7 +334,7 @@ removes_devices_for_good(void **state)
 	struct fixture *f = *state;
 	struct keystore *ks = open_ok(f);
 	uint8_t key[KEYSTORE_PSK_MAX];
-	const char *device;
+	struct device *device;
 	char path[256];
 	size_t len;
 
@@ -349,6 +350,65 @@ removes_devices_for_good(void **state)
 	ks = open_ok(f);
 	assert_int_equal(keystore_count(ks), 1);
 	assert_string_equal(keystore_device_id(ks, 0), "dev-b");
+	keystore_free(ks);
+}
+
+/*
+ * The registry the other modules hang their state on is the store's: its devices, their state
+ * and enabled as the store has them; a removed device held by a sensor's session keeps its id
+ * and reads GONE, and its id is free again at once.
+ */
+static void
+registry_follows_the_store(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	struct device_registry *reg = keystore_devices(ks);
+	uint8_t key[KEYSTORE_PSK_MAX];
+	struct device *dev, *held;
+	size_t len;
+
+	add(ks, "dev-b", NULL, NULL);
+	add(ks, "dev-a", NULL, NULL);
+	assert_int_equal(device_count(reg), 2);
+	assert_string_equal(device_at(reg, 0)->id, "dev-a");
+	dev = device_find(reg, "dev-b");
+	assert_non_null(dev);
+	assert_true(device_usable(dev));
+
+	assert_int_equal(keystore_device_set_state(ks, "dev-b", KEYSTORE_SUSPENDED), 0);
+	assert_int_equal(dev->state, DEVICE_SUSPENDED);
+	assert_false(device_usable(dev));
+	assert_int_equal(keystore_device_set_state(ks, "dev-b", KEYSTORE_ACTIVE), 0);
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "enabled", "false"), 0);
+	assert_false(dev->enabled);
+	assert_false(device_usable(dev));
+	/* Refused as not active, the device is still named: the sensor's log line says which. */
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-b", 5, &dev, key, &len),
+	                 -EPERM);
+	assert_string_equal(dev->id, "dev-b");
+	assert_int_equal(keystore_device_set_attr(ks, "dev-b", "enabled", NULL), 0);
+	assert_true(device_usable(dev));
+
+	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)"dev-b", 5, &dev, key, &len), 0);
+	held = device_ref(dev);
+	assert_int_equal(keystore_device_remove(ks, "dev-b"), 0);
+	assert_int_equal(held->state, DEVICE_GONE);
+	assert_string_equal(held->id, "dev-b");
+	assert_null(device_find(reg, "dev-b"));
+	assert_int_equal(device_count(reg), 1);
+	add(ks, "dev-b", NULL, NULL);
+	assert_ptr_not_equal(device_find(reg, "dev-b"), held);
+	device_unref(held);
+
+	/* What a reopen finds is registered too, as the records say. */
+	assert_int_equal(keystore_device_set_state(ks, "dev-a", KEYSTORE_SUSPENDED), 0);
+	keystore_free(ks);
+	ks = open_ok(f);
+	reg = keystore_devices(ks);
+	assert_int_equal(device_count(reg), 2);
+	assert_int_equal(device_find(reg, "dev-a")->state, DEVICE_SUSPENDED);
+	assert_int_equal(device_find(reg, "dev-b")->state, DEVICE_ACTIVE);
 	keystore_free(ks);
 }
 
@@ -392,7 +452,7 @@ states_and_attributes_persist(void **state)
 	struct keystore *ks = open_ok(f);
 	uint8_t key[KEYSTORE_PSK_MAX];
 	struct keystore_info info;
-	const char *device;
+	struct device *device;
 	char path[256];
 	size_t len;
 
@@ -481,7 +541,7 @@ rotation_keeps_the_old_key_for_its_grace_period(void **state)
 	uint8_t key[KEYSTORE_PSK_MAX], newkey[KEYSTORE_PSK_MAX];
 	char identity[KEYSTORE_IDENTITY_MAX + 1];
 	struct keystore_info info;
-	const char *device;
+	struct device *device;
 	size_t len, newlen;
 
 	add(ks, "dev-a", NULL, "0123456789abcdef0123");
@@ -496,7 +556,7 @@ rotation_keeps_the_old_key_for_its_grace_period(void **state)
 	assert_int_equal(keystore_psk_lookup(ks, (const uint8_t *)identity, strlen(identity),
 	                                     &device, key, &len),
 	                 0);
-	assert_string_equal(device, "dev-a");
+	assert_string_equal(device->id, "dev-a");
 	assert_memory_equal(key, newkey, newlen);
 	keystore_free(ks);
 
@@ -833,6 +893,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(key_reference_signs_through_the_provider, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(removes_devices_for_good, setup, teardown),
+	        cmocka_unit_test_setup_teardown(registry_follows_the_store, setup, teardown),
 	        cmocka_unit_test_setup_teardown(refuses_secrets_others_can_read, setup, teardown),
 	        cmocka_unit_test_setup_teardown(states_and_attributes_persist, setup, teardown),
 	        cmocka_unit_test_setup_teardown(attributes_stop_at_the_record_limit, setup,
