@@ -280,6 +280,7 @@ start(struct daemon *d)
 	        .loop = d->loop,
 	        .conf = d->conf,
 	        .spool = d->spool,
+	        .devices = keystore_devices(d->ks),
 	        .commands = d->commands,
 	        .up_ops = &mqttbr_upstream_ops,
 	        .up = d->mqtt,

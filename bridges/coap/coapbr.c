@@ -767,7 +767,7 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	br->requests = req;
 
 	up = (struct sensor_uplink){
-	        .device = device,
+	        .dev = sn->dev,
 	        .route = route,
 	        .put = coap_pdu_get_code(request) == COAP_REQUEST_CODE_PUT,
 	        .payload = payload,
@@ -865,7 +865,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	}
 	if (!sn || !keystore_device_usable(br->ks, sn->dev->id) ||
 	    !keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len) ||
-	    !br->ops->may_read(sn->dev->id, br->commands_path, br->data)) {
+	    !br->ops->may_read(sn->dev, br->commands_path, br->data)) {
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
 		return;
 	}
@@ -884,7 +884,7 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	} else if (obs) {
 		sn->observing = false;
 	}
-	cmd = br->ops->command_take(sn->dev->id, br->data);
+	cmd = br->ops->command_take(sn->dev, br->data);
 	put_command(response, cmd, sn->observing && obs, ++br->observe);
 	free(sn->last_get);
 	sn->last_get = NULL;
@@ -898,18 +898,18 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	 * More may be waiting: they follow as notifications, once libcoap has sent this answer
 	 * (sent from here they would overtake it).
 	 */
-	if (sn->observing && br->ops->commands_waiting(sn->dev->id, br->data) > 0)
+	if (sn->observing && br->ops->commands_waiting(sn->dev, br->data) > 0)
 		gw_timer_arm(br->push, 0);
 }
 
 /* The sensor session of device that observes the command resource, or NULL. */
 static coap_session_t *
-observer_of(struct coapbr *br, const char *device, struct sensor **out)
+observer_of(struct coapbr *br, const struct device *dev, struct sensor **out)
 {
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 		coap_session_t *s;
 
-		if (!sn->observing || sn->closed || strcmp(sn->dev->id, device) != 0)
+		if (!sn->observing || sn->closed || sn->dev != dev)
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (s && coap_session_get_app_data(s) == sn) {
@@ -921,10 +921,11 @@ observer_of(struct coapbr *br, const char *device, struct sensor **out)
 }
 
 void
-coapbr_commands_ready(struct coapbr *br, const char *device)
+coapbr_commands_ready(struct coapbr *br, struct device *dev)
 {
 	struct sensor *sn;
-	coap_session_t *s = br->commands ? observer_of(br, device, &sn) : NULL;
+	coap_session_t *s = br->commands ? observer_of(br, dev, &sn) : NULL;
+	const char *device = dev->id;
 	struct sensor_command *cmd;
 	coap_mid_t mid;
 
@@ -935,7 +936,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 	 * (NSTART 1) and holds the rest until the previous is acknowledged. A slot is free when
 	 * its notification failed (on_nack) or had time to be acknowledged.
 	 */
-	while (br->ops->commands_waiting(device, br->data) > 0) {
+	while (br->ops->commands_waiting(dev, br->data) > 0) {
 		struct timespec now;
 		unsigned slot = sn->sent_next;
 
@@ -946,7 +947,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 			                                         (now.tv_sec - sn->sent[slot].at)));
 			return;
 		}
-		cmd = br->ops->command_take(device, br->data);
+		cmd = br->ops->command_take(dev, br->data);
 		if (!cmd)
 			return;
 		coap_pdu_t *pdu =
@@ -955,7 +956,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 
 		if (!pdu || !coap_add_token(pdu, sn->obs_token_len, sn->obs_token)) {
 			coap_delete_pdu(pdu);
-			br->ops->command_return(device, cmd, br->data);
+			br->ops->command_return(dev, cmd, br->data);
 			return;
 		}
 		put_command(pdu, cmd, true, ++br->observe);
@@ -963,7 +964,7 @@ coapbr_commands_ready(struct coapbr *br, const char *device)
 		if (mid == COAP_INVALID_MID) {
 			log_warnx("%s: cannot send a command to its sensor: kept for later",
 			          device);
-			br->ops->command_return(device, cmd, br->data);
+			br->ops->command_return(dev, cmd, br->data);
 			return;
 		}
 		sn->sent[slot].mid = mid;
@@ -1010,7 +1011,7 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 		return;
 	log_info("%s: its sensor did not take a command (%s): queued again", sn->dev->id,
 	         reason == COAP_NACK_RST ? "reset" : "no acknowledgement");
-	br->ops->command_return(sn->dev->id, cmd, br->data);
+	br->ops->command_return(sn->dev, cmd, br->data);
 	if (!sn->dead)
 		gw_timer_arm(br->push, 0);
 }
@@ -1023,8 +1024,8 @@ push_fired(struct gw_timer *t, void *data)
 
 	(void)t;
 	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
-		if (sn->observing && br->ops->commands_waiting(sn->dev->id, br->data) > 0)
-			coapbr_commands_ready(br, sn->dev->id);
+		if (sn->observing && br->ops->commands_waiting(sn->dev, br->data) > 0)
+			coapbr_commands_ready(br, sn->dev);
 	}
 }
 
@@ -1063,7 +1064,7 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)
 			continue;
-		log_info("%s: closing the DTLS session from %s", device,
+		log_info("%s: closing the DTLS session from %s", sn->dev->id,
 		         remote_str(s, addr, sizeof(addr)));
 		/* Sends close_notify and frees the TLS state; libcoap frees the session next. */
 		sensor_closed(br, s, sn);
@@ -1435,9 +1436,9 @@ coapbr_free(struct coapbr *br)
 }
 
 static void
-side_commands_ready(void *side, const char *device)
+side_commands_ready(void *side, struct device *dev)
 {
-	coapbr_commands_ready(side, device);
+	coapbr_commands_ready(side, dev);
 }
 
 const struct sensor_side_ops coapbr_sensor_side_ops = {

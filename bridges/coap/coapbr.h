@@ -19,6 +19,7 @@ struct gw_loop;
 struct gwconf;
 struct keystore;
 struct coapbr;
+struct device;
 
 /*
  * Serves conf's routes and, with a downlink group, its command resource: a sensor takes its
@@ -29,7 +30,7 @@ int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *c
                const struct keystore *ks, const struct sensor_ops *ops, void *data);
 
 /* New commands for device are queued: pushes them to its sensor if that one observes. */
-void coapbr_commands_ready(struct coapbr *br, const char *device);
+void coapbr_commands_ready(struct coapbr *br, struct device *dev);
 /* Accepts NULL. Requests not yet completed are dropped without an answer. */
 void coapbr_free(struct coapbr *br);
 

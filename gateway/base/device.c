@@ -18,6 +18,13 @@ struct device_registry {
 	size_t n, cap;
 	void (*on_upstream)(struct device *dev, enum device_upstream was, void *data);
 	void *on_upstream_data;
+	struct remove_watcher *on_remove; /* in the order they came */
+};
+
+struct remove_watcher {
+	void (*fn)(struct device *dev, void *data);
+	void *data;
+	struct remove_watcher *next;
 };
 
 bool
@@ -48,6 +55,12 @@ device_registry_free(struct device_registry *reg)
 		return;
 	while (reg->n)
 		device_remove(reg, reg->devs[reg->n - 1]);
+	while (reg->on_remove) {
+		struct remove_watcher *w = reg->on_remove;
+
+		reg->on_remove = w->next;
+		free(w);
+	}
 	free(reg->devs);
 	free(reg);
 }
@@ -123,7 +136,36 @@ device_remove(struct device_registry *reg, struct device *dev)
 	reg->n--;
 	dev->reg = NULL;
 	dev->state = DEVICE_GONE;
+	for (struct remove_watcher *w = reg->on_remove; w; w = w->next)
+		w->fn(dev, w->data);
 	device_unref(dev);
+}
+
+void
+device_registry_on_remove(struct device_registry *reg, void (*fn)(struct device *dev, void *data),
+                          void *data)
+{
+	struct remove_watcher *w = xmalloc(sizeof(*w)), **tail = &reg->on_remove;
+
+	*w = (struct remove_watcher){.fn = fn, .data = data};
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = w;
+}
+
+void
+device_registry_off_remove(struct device_registry *reg, void (*fn)(struct device *dev, void *data),
+                           void *data)
+{
+	for (struct remove_watcher **w = &reg->on_remove; *w; w = &(*w)->next) {
+		if ((*w)->fn == fn && (*w)->data == data) {
+			struct remove_watcher *gone = *w;
+
+			*w = gone->next;
+			free(gone);
+			return;
+		}
+	}
 }
 
 struct device *

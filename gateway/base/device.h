@@ -81,6 +81,15 @@ struct device *device_find(const struct device_registry *reg, const char *id);
  * state, and lets go.
  */
 void device_remove(struct device_registry *reg, struct device *dev);
+/*
+ * Watchers of removals, called in the order they were set, with the device GONE and out of
+ * the registry: each clears its module's slot and lets go of what it hangs there. A module
+ * freed before the registry takes its watcher back.
+ */
+void device_registry_on_remove(struct device_registry *reg,
+                               void (*fn)(struct device *dev, void *data), void *data);
+void device_registry_off_remove(struct device_registry *reg,
+                                void (*fn)(struct device *dev, void *data), void *data);
 struct device *device_ref(struct device *dev);
 /* Drops a reference; the last one frees it (every slot must be clear by then). NULL is fine. */
 void device_unref(struct device *dev);

@@ -6,20 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct devq {
-	char *device;
-	struct sensor_command **cmds; /* oldest first; allocated at the first command */
-	size_t n;
-	size_t cap; /* of cmds: the limit when it was allocated */
-};
-
 struct cmdq {
 	size_t limit;
 	unsigned expiry;
 	/* One sequence for all devices: Observe values then only ever grow (RFC 7641 3.4). */
 	uint32_t seq;
-	struct devq *devs; /* sorted by device, for bsearch */
-	size_t ndevs;
+	struct cmdq_queue *queues; /* those with an array */
 	struct cmdq_stats st;
 	time_t (*now)(void);
 };
@@ -44,15 +36,30 @@ cmdq_new(size_t limit, unsigned expiry)
 	return q;
 }
 
-static void
-devq_clear(struct devq *d)
+void
+cmdq_queue_init(struct cmdq_queue *dq, struct cmdq *q, const char *device)
 {
-	for (size_t i = 0; i < d->n; i++)
-		free(d->cmds[i]);
-	free(d->cmds);
-	d->cmds = NULL;
-	d->n = 0;
-	d->cap = 0;
+	*dq = (struct cmdq_queue){.q = q, .device = device};
+}
+
+void
+cmdq_queue_clear(struct cmdq_queue *dq)
+{
+	for (size_t i = 0; i < dq->n; i++)
+		free(dq->cmds[i]);
+	free(dq->cmds);
+	if (dq->cmds) {
+		if (dq->prev)
+			dq->prev->next = dq->next;
+		else
+			dq->q->queues = dq->next;
+		if (dq->next)
+			dq->next->prev = dq->prev;
+	}
+	dq->cmds = NULL;
+	dq->n = 0;
+	dq->cap = 0;
+	dq->prev = dq->next = NULL;
 }
 
 void
@@ -60,11 +67,8 @@ cmdq_free(struct cmdq *q)
 {
 	if (!q)
 		return;
-	for (size_t i = 0; i < q->ndevs; i++) {
-		devq_clear(&q->devs[i]);
-		free(q->devs[i].device);
-	}
-	free(q->devs);
+	while (q->queues)
+		cmdq_queue_clear(q->queues);
 	free(q);
 }
 
@@ -74,36 +78,8 @@ cmdq_set_clock(struct cmdq *q, time_t (*now)(void))
 	q->now = now ? now : monotonic_now;
 }
 
-/* The device's queue; with create, made if missing. NULL if missing and not create. */
-static struct devq *
-find(struct cmdq *q, const char *device, bool create)
-{
-	size_t lo = 0, hi = q->ndevs;
-	struct devq *devs;
-
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		int c = strcmp(device, q->devs[mid].device);
-
-		if (c == 0)
-			return &q->devs[mid];
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	if (!create)
-		return NULL;
-	devs = xreallocarray(q->devs, q->ndevs + 1, sizeof(*devs));
-	q->devs = devs;
-	memmove(&devs[lo + 1], &devs[lo], (q->ndevs - lo) * sizeof(*devs));
-	devs[lo] = (struct devq){.device = xstrdup(device)};
-	q->ndevs++;
-	return &devs[lo];
-}
-
 static void
-drop_first(struct devq *d)
+drop_first(struct cmdq_queue *d)
 {
 	free(d->cmds[0]);
 	memmove(&d->cmds[0], &d->cmds[1], (d->n - 1) * sizeof(*d->cmds));
@@ -116,9 +92,7 @@ cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry)
 	limit = limit ? limit : 1;
 	/* Commands already queued keep the expiry they were given. */
 	q->expiry = expiry;
-	for (size_t i = 0; i < q->ndevs; i++) {
-		struct devq *d = &q->devs[i];
-
+	for (struct cmdq_queue *d = q->queues; d; d = d->next) {
 		while (d->n > limit) {
 			log_warnx("%s: command queue now holds %zu: the oldest command is dropped",
 			          d->device, limit);
@@ -132,7 +106,7 @@ cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry)
 
 /* Inserts cmd by seq; the queue has room. */
 static void
-insert(struct devq *d, struct sensor_command *cmd)
+insert(struct cmdq_queue *d, struct sensor_command *cmd)
 {
 	size_t at = d->n;
 
@@ -145,10 +119,18 @@ insert(struct devq *d, struct sensor_command *cmd)
 
 /* Makes room for one more; returns whether the oldest was dropped to do so. */
 static int
-make_room(struct cmdq *q, struct devq *d)
+make_room(struct cmdq_queue *d)
 {
+	struct cmdq *q = d->q;
+
 	if (d->cap < q->limit && d->n >= d->cap) {
 		/* First command, or the limit grew on a reload. */
+		if (!d->cmds) {
+			d->next = q->queues;
+			if (q->queues)
+				q->queues->prev = d;
+			q->queues = d;
+		}
 		d->cmds = xreallocarray(d->cmds, q->limit, sizeof(*d->cmds));
 		d->cap = q->limit;
 	}
@@ -162,11 +144,11 @@ make_room(struct cmdq *q, struct devq *d)
 }
 
 int
-cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, int content_format)
+cmdq_push(struct cmdq_queue *d, const void *payload, size_t len, int content_format)
 {
-	struct devq *d = find(q, device, true);
+	struct cmdq *q = d->q;
 	struct sensor_command *cmd = xmalloc(sizeof(*cmd) + len);
-	int dropped = make_room(q, d);
+	int dropped = make_room(d);
 
 	cmd->seq = ++q->seq;
 	cmd->expires = q->now() + (time_t)q->expiry;
@@ -180,12 +162,12 @@ cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len, i
 }
 
 struct sensor_command *
-cmdq_pop(struct cmdq *q, const char *device)
+cmdq_pop(struct cmdq_queue *d)
 {
-	struct devq *d = find(q, device, false);
+	struct cmdq *q = d->q;
 	time_t now = q->now();
 
-	while (d && d->n > 0) {
+	while (d->n > 0) {
 		struct sensor_command *cmd = d->cmds[0];
 
 		if (cmd->expires > now) {
@@ -194,7 +176,7 @@ cmdq_pop(struct cmdq *q, const char *device)
 			q->st.delivered++;
 			return cmd;
 		}
-		log_info("%s: a command expired before its sensor asked for it", device);
+		log_info("%s: a command expired before its sensor asked for it", d->device);
 		drop_first(d);
 		q->st.expired++;
 	}
@@ -202,9 +184,9 @@ cmdq_pop(struct cmdq *q, const char *device)
 }
 
 void
-cmdq_requeue(struct cmdq *q, const char *device, struct sensor_command *cmd)
+cmdq_requeue(struct cmdq_queue *d, struct sensor_command *cmd)
 {
-	struct devq *d = find(q, device, true);
+	struct cmdq *q = d->q;
 
 	q->st.delivered--;
 	if (cmd->expires <= q->now()) {
@@ -218,7 +200,7 @@ cmdq_requeue(struct cmdq *q, const char *device, struct sensor_command *cmd)
 		free(cmd);
 		return;
 	}
-	make_room(q, d);
+	make_room(d);
 	insert(d, cmd);
 }
 
@@ -238,20 +220,9 @@ sensor_command_new(uint32_t seq, time_t expires, int content_format, const void 
 }
 
 size_t
-cmdq_depth(const struct cmdq *q, const char *device)
+cmdq_depth(const struct cmdq_queue *d)
 {
-	struct devq *d = find((struct cmdq *)q, device, false);
-
-	return d ? d->n : 0;
-}
-
-void
-cmdq_forget(struct cmdq *q, const char *device)
-{
-	struct devq *d = find(q, device, false);
-
-	if (d)
-		devq_clear(d);
+	return d->n;
 }
 
 void

@@ -16,37 +16,46 @@
 
 struct cmdq;
 
+/*
+ * One device's commands, kept in its owner (the router's state for the device) and zeroed
+ * there before cmdq_queue_init(). No map by id: the owner found the device already.
+ */
+struct cmdq_queue {
+	struct cmdq *q;
+	const char *device;           /* for log lines: the owner keeps it alive */
+	struct sensor_command **cmds; /* oldest first; allocated at the first command */
+	size_t n;
+	size_t cap; /* of cmds: the limit when it was allocated */
+	/* In its cmdq's list while it has an array, so that a reload's lower limit reaches it. */
+	struct cmdq_queue *prev, *next;
+};
+
 /* limit: commands held per device; expiry: seconds each may wait. */
 struct cmdq *cmdq_new(size_t limit, unsigned expiry);
-/* Accepts NULL. */
+/* Accepts NULL. The queues must have been cleared (cmdq_queue_clear) before. */
 void cmdq_free(struct cmdq *q);
-/* A reload: queued commands past the new limit are dropped (oldest first) at the next push. */
+/* A reload: queued commands past the new limit are dropped now, oldest first. */
 void cmdq_set_limits(struct cmdq *q, size_t limit, unsigned expiry);
-
+void cmdq_queue_init(struct cmdq_queue *dq, struct cmdq *q, const char *device);
+/* Forgets the queue's commands (a removed device's). */
+void cmdq_queue_clear(struct cmdq_queue *dq);
 /*
- * Queues a command for device. When the device's queue is full its oldest command is dropped
- * to make room (the newest instruction wins), and 1 is returned; otherwise 0.
+ * Queues a command. When the queue is full its oldest command is dropped to make room (the
+ * newest instruction wins), and 1 is returned; otherwise 0.
  */
-int cmdq_push(struct cmdq *q, const char *device, const void *payload, size_t len,
-              int content_format);
-
+int cmdq_push(struct cmdq_queue *dq, const void *payload, size_t len, int content_format);
 /*
- * Takes the device's oldest command that has not expired (expired ones are dropped and
- * counted). NULL if none. The caller frees it with free().
+ * Takes the oldest command that has not expired (expired ones are dropped and counted). NULL
+ * if none. The caller frees it with free().
  */
-struct sensor_command *cmdq_pop(struct cmdq *q, const char *device);
-
+struct sensor_command *cmdq_pop(struct cmdq_queue *dq);
 /*
  * Gives back a command that did not reach its sensor (taken by cmdq_pop, or rebuilt from what
  * was sent), in its place by seq. Takes ownership. Dropped if it has expired meanwhile.
  */
-void cmdq_requeue(struct cmdq *q, const char *device, struct sensor_command *cmd);
-
-/* Commands waiting for device (expired ones included until they are next looked at). */
-size_t cmdq_depth(const struct cmdq *q, const char *device);
-
-/* Forgets a removed device's commands. */
-void cmdq_forget(struct cmdq *q, const char *device);
+void cmdq_requeue(struct cmdq_queue *dq, struct sensor_command *cmd);
+/* Commands waiting (expired ones included until they are next looked at). */
+size_t cmdq_depth(const struct cmdq_queue *dq);
 
 struct cmdq_stats {
 	uint64_t queued, delivered, expired, overflowed;

@@ -30,12 +30,15 @@
 /* Max-Age of a 5.03 for a full spool: room comes back only as the upstream drains it. */
 #define FULL_RETRY_S 60
 
-/* A device's spool being drained to its session, oldest first. */
-struct flow {
+/*
+ * The router's state for a device (its slot on struct device): its spool being drained to its
+ * session, oldest first, and the commands waiting for its sensor.
+ */
+struct device_flow {
 	struct router *rt;
-	char *device;
-	uint64_t next;  /* the seq to read next */
-	unsigned epoch; /* bumped when the session fails: answers from before are stale */
+	struct device *dev; /* whose slot holds the flow: it lives as long as the flow */
+	uint64_t next;      /* the seq to read next */
+	unsigned epoch;     /* bumped when the session fails: answers from before are stale */
 	/* Publishes out, in seq order; acknowledged from the front. */
 	struct {
 		uint64_t seq;
@@ -50,13 +53,14 @@ struct flow {
 	 * operator.
 	 */
 	bool refused;
+	struct cmdq_queue commands;
 	struct router_device_stats st;
 };
 
 /* What a spooled publish's answer must find again. */
 struct sent {
 	struct router *rt;
-	char device[65];
+	struct device *dev; /* a reference: the device may be removed, and its id taken again */
 	uint64_t seq;
 	unsigned epoch;
 };
@@ -74,14 +78,13 @@ struct router {
 	const struct upstream_ops *up_ops;
 	void *up;
 	struct spool *spool;
+	struct device_registry *devices;
 	struct cmdq *commands;
 	const struct sensor_side_ops *side_ops;
 	void *side;
 	struct gw_timer *sync;       /* appends, for the sensors waiting on them */
 	struct gw_timer *checkpoint; /* acknowledged positions and deletions, lazily */
 	struct waiter *waiting, **waiting_tail;
-	struct flow **flows; /* sorted by device */
-	size_t nflows;
 	struct router_stats st;
 };
 
@@ -219,71 +222,57 @@ expand(const struct router *rt, const char *device, const char *path, const char
 
 /* ---- flows: draining a device's spool ---- */
 
-static int
-cmp_flow(const void *key, const void *elem)
-{
-	return strcmp(key, (*(struct flow *const *)elem)->device);
-}
-
-static struct flow *
-flow_find(struct router *rt, const char *device)
-{
-	struct flow **f;
-
-	if (rt->nflows == 0)
-		return NULL;
-	f = bsearch(device, rt->flows, rt->nflows, sizeof(*rt->flows), cmp_flow);
-	return f ? *f : NULL;
-}
-
 static void flow_retry(struct gw_timer *t, void *data);
 
-static struct flow *
-flow_get(struct router *rt, const char *device)
+/* The device's flow, made if need be. */
+static struct device_flow *
+flow_get(struct router *rt, struct device *dev)
 {
-	struct flow *f = flow_find(rt, device), **flows;
-	size_t at;
+	struct device_flow *f = dev->flow;
 
 	if (f)
 		return f;
-	flows = xreallocarray(rt->flows, rt->nflows + 1, sizeof(*flows));
-	rt->flows = flows;
 	f = xcalloc(1, sizeof(*f));
 	f->rt = rt;
-	f->device = xstrdup(device);
+	f->dev = dev;
 	f->retry = gw_timer_new(rt->loop, flow_retry, f);
-	for (at = rt->nflows; at > 0 && strcmp(flows[at - 1]->device, device) > 0; at--)
-		;
-	memmove(&flows[at + 1], &flows[at], (rt->nflows - at) * sizeof(*flows));
-	flows[at] = f;
-	rt->nflows++;
+	cmdq_queue_init(&f->commands, rt->commands, dev->id);
+	dev->flow = f;
 	return f;
 }
 
 /* The device's sensor was heard from: its flow, made if need be. */
-static struct flow *
-seen(struct router *rt, const char *device)
+static struct device_flow *
+seen(struct router *rt, struct device *dev)
 {
-	struct flow *f = flow_get(rt, device);
+	struct device_flow *f = flow_get(rt, dev);
 
 	f->st.last_seen = time(NULL);
 	return f;
 }
 
 static void
-flow_free(struct flow *f)
+flow_free(struct device_flow *f)
 {
+	f->dev->flow = NULL;
+	cmdq_queue_clear(&f->commands);
 	gw_timer_free(f->retry);
-	free(f->device);
 	free(f);
 }
 
+static void
+sent_free(struct sent *s)
+{
+	device_unref(s->dev);
+	free(s);
+}
+
 static void schedule_sync(struct router *rt, bool now);
-static void pump(struct router *rt, struct flow *f);
+static void pump(struct router *rt, struct device_flow *f);
 
 /* Acknowledges the delivered front of the window to the spool. */
 static void
-flow_advance(struct router *rt, struct flow *f)
+flow_advance(struct router *rt, struct device_flow *f)
 {
 	unsigned n = 0;
 
@@ -291,7 +280,7 @@ flow_advance(struct router *rt, struct flow *f)
 		n++;
 	if (n == 0)
 		return;
-	spool_ack(rt->spool, f->device, f->out[n - 1].seq);
+	spool_ack(rt->spool, f->dev->id, f->out[n - 1].seq);
 	memmove(&f->out[0], &f->out[n], (f->nout - n) * sizeof(f->out[0]));
 	f->nout -= n;
 	schedule_sync(rt, false);
@@ -303,7 +292,7 @@ flow_advance(struct router *rt, struct flow *f)
  * at-least-once).
  */
 static void
-flow_rewind(struct flow *f)
+flow_rewind(struct device_flow *f)
 {
 	unsigned i = 0;
 
@@ -320,10 +309,10 @@ spooled_done(int status, void *data)
 {
 	struct sent *s = data;
 	struct router *rt = s->rt;
-	struct flow *f = flow_find(rt, s->device);
+	struct device_flow *f = s->dev->flow;
 
 	if (!f || s->epoch != f->epoch) {
-		free(s);
+		sent_free(s);
 		return;
 	}
 	switch (status) {
@@ -340,53 +329,54 @@ spooled_done(int status, void *data)
 		 * (mqtt:publish) mirroring the broker's ACL refuses such messages at the edge, with
 		 * 4.03, before they are acknowledged.
 		 */
-		log_warnx("%s: the broker refused spooled message %llu (%s): dropped", s->device,
+		log_warnx("%s: the broker refused spooled message %llu (%s): dropped", s->dev->id,
 		          (unsigned long long)s->seq, strerror(-status));
 		rt->st.broker_refused++;
 		break;
 	default:
 		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
 		flow_rewind(f);
-		if (status != -ENOTCONN || up_state(rt, f->device) == UPSTREAM_UP)
+		if (status != -ENOTCONN || up_state(rt, f->dev->id) == UPSTREAM_UP)
 			gw_timer_arm(f->retry, 1000);
-		free(s);
+		sent_free(s);
 		return;
 	}
 	for (unsigned i = 0; i < f->nout; i++) {
 		if (f->out[i].seq == s->seq)
 			f->out[i].done = true;
 	}
-	free(s);
+	sent_free(s);
 	flow_advance(rt, f);
 	pump(rt, f);
 }
 
 /* Publishes from the device's spool, in order, while the window has room. */
 static void
-pump(struct router *rt, struct flow *f)
+pump(struct router *rt, struct device_flow *f)
 {
-	enum upstream_state st = up_state(rt, f->device);
+	enum upstream_state st = up_state(rt, f->dev->id);
 
 	/* Readings wait in its spool: its connect goes before those of idle devices. */
-	if (st != UPSTREAM_NONE && st != UPSTREAM_UP && spool_depth(rt->spool, f->device, NULL) > 0)
-		rt->up_ops->wanted(rt->up, f->device);
-	while (up_state(rt, f->device) == UPSTREAM_UP && f->nout < WINDOW) {
+	if (st != UPSTREAM_NONE && st != UPSTREAM_UP &&
+	    spool_depth(rt->spool, f->dev->id, NULL) > 0)
+		rt->up_ops->wanted(rt->up, f->dev->id);
+	while (up_state(rt, f->dev->id) == UPSTREAM_UP && f->nout < WINDOW) {
 		struct spool_record rec;
 		struct sent *s;
 		void *buf = NULL;
-		int r = spool_read(rt->spool, f->device, f->next, &rec, &buf);
+		int r = spool_read(rt->spool, f->dev->id, f->next, &rec, &buf);
 
 		if (r == -ENOENT)
 			return;
 		if (r < 0) {
-			log_warnx("%s: cannot read its spool: %s; trying again", f->device,
+			log_warnx("%s: cannot read its spool: %s; trying again", f->dev->id,
 			          strerror(-r));
 			gw_timer_arm(f->retry, 1000);
 			return;
 		}
 		s = xmalloc(sizeof(*s));
-		*s = (struct sent){.rt = rt, .seq = rec.seq, .epoch = f->epoch};
-		snprintf(s->device, sizeof(s->device), "%s", f->device);
+		*s = (struct sent){
+		        .rt = rt, .dev = device_ref(f->dev), .seq = rec.seq, .epoch = f->epoch};
 		struct upstream_msg m = {
 		        .topic = rec.topic,
 		        .payload = rec.payload,
@@ -396,7 +386,7 @@ pump(struct router *rt, struct flow *f)
 		                rec.content_type && rec.content_type[0] ? rec.content_type : NULL,
 		};
 		/* upstream encodes the message at once: the buffer can go. */
-		r = rt->up_ops->publish(rt->up, f->device, &m, spooled_done, s);
+		r = rt->up_ops->publish(rt->up, f->dev->id, &m, spooled_done, s);
 		free(buf);
 		if (r == -EMSGSIZE) {
 			/*
@@ -405,9 +395,9 @@ pump(struct router *rt, struct flow *f)
 			 */
 			log_warnx("%s: spooled message %llu is larger than the broker accepts: "
 			          "dropped",
-			          f->device, (unsigned long long)rec.seq);
+			          f->dev->id, (unsigned long long)rec.seq);
 			rt->st.broker_refused++;
-			free(s);
+			sent_free(s);
 			/* Acknowledged in its turn, with those before it. */
 			f->out[f->nout].seq = rec.seq;
 			f->out[f->nout].done = true;
@@ -417,9 +407,9 @@ pump(struct router *rt, struct flow *f)
 			continue;
 		}
 		if (r < 0) {
-			free(s);
+			sent_free(s);
 			/* Nothing is lost: the record stays and goes out with the next pump. */
-			if (r != -ENOTCONN || up_state(rt, f->device) == UPSTREAM_UP)
+			if (r != -ENOTCONN || up_state(rt, f->dev->id) == UPSTREAM_UP)
 				gw_timer_arm(f->retry, 1000);
 			return;
 		}
@@ -433,7 +423,7 @@ pump(struct router *rt, struct flow *f)
 static void
 flow_retry(struct gw_timer *t, void *data)
 {
-	struct flow *f = data;
+	struct device_flow *f = data;
 
 	(void)t;
 	pump(f->rt, f);
@@ -442,7 +432,12 @@ flow_retry(struct gw_timer *t, void *data)
 void
 router_session_judged(struct router *rt, const char *device, bool accepted, bool refused)
 {
-	struct flow *f = accepted ? flow_find(rt, device) : refused ? flow_get(rt, device) : NULL;
+	struct device *dev = device_find(rt->devices, device);
+	struct device_flow *f;
+
+	if (!dev)
+		return;
+	f = accepted ? dev->flow : refused ? flow_get(rt, dev) : NULL;
 
 	if (f && !accepted)
 		f->refused = true;
@@ -452,7 +447,7 @@ router_session_judged(struct router *rt, const char *device, bool accepted, bool
 		f->refused = false;
 	if (spool_depth(rt->spool, device, NULL) == 0)
 		return;
-	pump(rt, flow_get(rt, device));
+	pump(rt, flow_get(rt, dev));
 }
 
 /* ---- the spool's group commit ---- */
@@ -537,7 +532,7 @@ schedule_sync(struct router *rt, bool now)
 struct direct {
 	struct router *rt;
 	struct sensor_request *req;
-	char device[DEVICE_ID_MAX + 1];
+	struct device *dev; /* a reference */
 };
 
 static void
@@ -546,10 +541,11 @@ direct_done(int status, void *data)
 	struct direct *dr = data;
 	struct sensor_request *req = dr->req;
 	struct router *rt = dr->rt;
-	unsigned retry = status == 0 ? 0 : up_retry_after(rt, dr->device);
+	unsigned retry = status == 0 ? 0 : up_retry_after(rt, dr->dev->id);
 
 	if (status == 0)
 		rt->st.published++;
+	device_unref(dr->dev);
 	free(dr);
 	switch (status) {
 	case 0:
@@ -600,7 +596,7 @@ uplink_topic(const struct router *rt, const struct sensor_uplink *up, char *topi
 	int fi = format_index(up->content_format);
 	size_t n;
 
-	if (expand(rt, up->device, route->resource, route->topic, topic, len) < 0)
+	if (expand(rt, up->dev->id, route->resource, route->topic, topic, len) < 0)
 		return -EINVAL;
 	if (route->content_type == GWCONF_CTYPE_BAG && up->content_format >= 0)
 		return uplink_bag(up, topic, len);
@@ -633,31 +629,32 @@ static void
 uplink_direct(struct router *rt, struct sensor_request *req, const struct sensor_uplink *up,
               const struct upstream_msg *m)
 {
-	enum upstream_state st = up_state(rt, up->device);
+	enum upstream_state st = up_state(rt, up->dev->id);
 	struct direct *dr;
 	int r;
 
 	if (st == UPSTREAM_NONE) {
 		/* Paired on the sensor side but with no upstream session: nothing to send it on. */
-		log_warnx("%s: no upstream session for this device", up->device);
+		log_warnx("%s: no upstream session for this device", up->dev->id);
 		answer(rt, req, SENSOR_UNAVAILABLE, 60);
 		return;
 	}
 	/* Down, or its spool still draining (order first): the sensor keeps it for now. */
-	if (st != UPSTREAM_UP || spool_depth(rt->spool, up->device, NULL) > 0) {
+	if (st != UPSTREAM_UP || spool_depth(rt->spool, up->dev->id, NULL) > 0) {
 		/* Its sensor waits: its connect goes before those of idle devices. */
-		rt->up_ops->wanted(rt->up, up->device);
-		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
+		rt->up_ops->wanted(rt->up, up->dev->id);
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev->id));
 		return;
 	}
 	dr = xmalloc(sizeof(*dr));
-	*dr = (struct direct){.rt = rt, .req = req};
-	snprintf(dr->device, sizeof(dr->device), "%s", up->device);
-	r = rt->up_ops->publish(rt->up, up->device, m, direct_done, dr);
-	if (r < 0)
+	*dr = (struct direct){.rt = rt, .req = req, .dev = device_ref(up->dev)};
+	r = rt->up_ops->publish(rt->up, up->dev->id, m, direct_done, dr);
+	if (r < 0) {
+		device_unref(dr->dev);
 		free(dr);
+	}
 	if (r == -ENOTCONN)
-		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev->id));
 	else if (r == -EMSGSIZE) /* the broker's limit, not ours: no Size1 to give */
 		answer(rt, req, SENSOR_TOO_LARGE, 0);
 	else if (r < 0)
@@ -670,13 +667,13 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	struct router *rt = data;
 	char topic[1024], ctbuf[48], why[256];
 	struct spool_record rec;
-	struct flow *f = seen(rt, up->device);
+	struct device_flow *f = seen(rt, up->dev);
 	int qos = up->confirmable ? up->route->qos_con : up->route->qos_non;
 	int r;
 
-	if (!allowed(rt, up->device, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST,
+	if (!allowed(rt, up->dev->id, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST,
 	             up->route->resource, why, sizeof(why))) {
-		log_warnx("%s: %s to %s refused: %s", up->device, up->put ? "PUT" : "POST",
+		log_warnx("%s: %s to %s refused: %s", up->dev->id, up->put ? "PUT" : "POST",
 		          up->route->resource, why);
 		rt->st.denied_up++;
 		answer(rt, req, SENSOR_FORBIDDEN, 0);
@@ -686,8 +683,8 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 		answer(rt, req, SENSOR_ERROR, 0);
 		return;
 	}
-	if (!allowed(rt, up->device, POLICY_MQTT_PUBLISH, topic, why, sizeof(why))) {
-		log_warnx("%s: publish to %s refused: %s", up->device, topic, why);
+	if (!allowed(rt, up->dev->id, POLICY_MQTT_PUBLISH, topic, why, sizeof(why))) {
+		log_warnx("%s: publish to %s refused: %s", up->dev->id, topic, why);
 		rt->st.denied_up++;
 		answer(rt, req, SENSOR_FORBIDDEN, 0);
 		return;
@@ -712,14 +709,14 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	 * identity the broker refused waits for an operator, not for the network: its sensor
 	 * keeps its messages rather than the spool filling with what may never be accepted.
 	 */
-	enum upstream_state ust = up_state(rt, up->device);
+	enum upstream_state ust = up_state(rt, up->dev->id);
 
 	if (ust == UPSTREAM_NONE || ust == UPSTREAM_REFUSED ||
 	    (ust != UPSTREAM_UP &&
-	     (f->refused || rt->opt.cert_expired(up->device, rt->opt.data)))) {
+	     (f->refused || rt->opt.cert_expired(up->dev->id, rt->opt.data)))) {
 		if (ust == UPSTREAM_NONE)
-			log_warnx("%s: no upstream session for this device", up->device);
-		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->device));
+			log_warnx("%s: no upstream session for this device", up->dev->id);
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev->id));
 		return;
 	}
 	rec = (struct spool_record){
@@ -729,9 +726,9 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	        .payload = up->payload,
 	        .len = up->len,
 	};
-	r = spool_append(rt->spool, up->device, &rec);
+	r = spool_append(rt->spool, up->dev->id, &rec);
 	if (r == -ENOSPC) {
-		log_warnx("%s: spool full: message refused (5.03)", up->device);
+		log_warnx("%s: spool full: message refused (5.03)", up->dev->id);
 		rt->st.refused_full++;
 		answer(rt, req, SENSOR_UNAVAILABLE, FULL_RETRY_S);
 		return;
@@ -741,7 +738,7 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 		return;
 	}
 	if (r < 0) {
-		log_warnx("%s: cannot spool a message: %s", up->device, strerror(-r));
+		log_warnx("%s: cannot spool a message: %s", up->dev->id, strerror(-r));
 		answer(rt, req, SENSOR_ERROR, 0);
 		return;
 	}
@@ -761,45 +758,43 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 }
 
 static bool
-may_read(const char *device, const char *resource, void *data)
+may_read(struct device *dev, const char *resource, void *data)
 {
 	struct router *rt = data;
 	char why[256];
 
-	seen(rt, device);
-	if (allowed(rt, device, POLICY_COAP_GET, resource, why, sizeof(why)))
+	seen(rt, dev);
+	if (allowed(rt, dev->id, POLICY_COAP_GET, resource, why, sizeof(why)))
 		return true;
-	log_warnx("%s: GET %s refused: %s", device, resource, why);
+	log_warnx("%s: GET %s refused: %s", dev->id, resource, why);
 	rt->st.denied_get++;
 	return false;
 }
 
 /* The command queue is the router's: the sensor side takes from it and gives back. */
 static struct sensor_command *
-command_take(const char *device, void *data)
+command_take(struct device *dev, void *data)
 {
-	struct router *rt = data;
-
-	return rt->commands ? cmdq_pop(rt->commands, device) : NULL;
+	(void)data;
+	return dev->flow ? cmdq_pop(&dev->flow->commands) : NULL;
 }
 
 static void
-command_return(const char *device, struct sensor_command *cmd, void *data)
+command_return(struct device *dev, struct sensor_command *cmd, void *data)
 {
 	struct router *rt = data;
 
-	if (rt->commands)
-		cmdq_requeue(rt->commands, device, cmd);
+	if (rt->commands && dev->state != DEVICE_GONE)
+		cmdq_requeue(&flow_get(rt, dev)->commands, cmd);
 	else
 		free(cmd);
 }
 
 static size_t
-commands_waiting(const char *device, void *data)
+commands_waiting(struct device *dev, void *data)
 {
-	struct router *rt = data;
-
-	return rt->commands ? cmdq_depth(rt->commands, device) : 0;
+	(void)data;
+	return dev->flow ? cmdq_depth(&dev->flow->commands) : 0;
 }
 
 const struct sensor_ops router_sensor_ops = {
@@ -816,8 +811,13 @@ void
 router_downlink(const char *device, const struct upstream_msg *m, void *data)
 {
 	struct router *rt = data;
+	struct device *dev = device_find(rt->devices, device);
+	struct device_flow *f;
 	char why[256];
 
+	/* Sessions are the store's devices': one removed has no session left to hear from. */
+	if (!dev)
+		return;
 	if (!allowed(rt, device, POLICY_MQTT_RECEIVE, m->topic, why, sizeof(why))) {
 		log_warnx("%s: command on %s refused: %s", device, m->topic, why);
 		rt->st.denied_down++;
@@ -831,16 +831,15 @@ router_downlink(const char *device, const struct upstream_msg *m, void *data)
 		rt->st.down_too_large++;
 		return;
 	}
-	cmdq_push(rt->commands, device, m->payload, m->len, format_of(m->content_type));
+	f = flow_get(rt, dev);
+	cmdq_push(&f->commands, m->payload, m->len, format_of(m->content_type));
 	rt->st.down_messages++;
 	rt->st.down_bytes += m->len;
-	struct flow *f = flow_get(rt, device);
-
 	f->st.down_messages++;
 	f->st.down_bytes += m->len;
 	log_debug("%s: command of %zu bytes from %s queued", device, m->len, m->topic);
 	if (rt->side_ops)
-		rt->side_ops->commands_ready(rt->side, device);
+		rt->side_ops->commands_ready(rt->side, dev);
 }
 
 void
@@ -865,39 +864,33 @@ router_session_topics(struct router *rt, const char *device, struct router_sessi
 	out->ids_error = profile_session(rt->conf, device, tmpl_attr, &ctx, &out->ids);
 }
 
-void
-router_forget(struct router *rt, const char *device)
+/* A device was removed from the store: its flow, spool and queued commands go. */
+static void
+device_removed(struct device *dev, void *data)
 {
-	struct flow *f = flow_find(rt, device);
+	struct router *rt = data;
 
-	if (f) {
-		size_t i;
-
-		for (i = 0; rt->flows[i] != f; i++)
-			;
-		memmove(&rt->flows[i], &rt->flows[i + 1], (rt->nflows - i - 1) * sizeof(f));
-		rt->nflows--;
-		flow_free(f);
-	}
-	spool_forget(rt->spool, device);
-	if (rt->commands)
-		cmdq_forget(rt->commands, device);
+	if (dev->flow)
+		flow_free(dev->flow);
+	spool_forget(rt->spool, dev->id);
 }
 
 void
 router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,
                      uint64_t *bytes, size_t *commands)
 {
+	const struct device *dev = device_find(rt->devices, device);
+
 	*spooled = spool_depth(rt->spool, device, bytes);
-	*commands = rt->commands ? cmdq_depth(rt->commands, device) : 0;
+	*commands = dev && dev->flow ? cmdq_depth(&dev->flow->commands) : 0;
 }
 
 void
 router_device_stats(const struct router *rt, const char *device, struct router_device_stats *st)
 {
-	const struct flow *f = flow_find((struct router *)rt, device);
+	const struct device *dev = device_find(rt->devices, device);
 
-	*st = f ? f->st : (struct router_device_stats){0};
+	*st = dev && dev->flow ? dev->flow->st : (struct router_device_stats){0};
 }
 
 void
@@ -930,10 +923,12 @@ router_new(const struct router_options *opt)
 	rt->up_ops = opt->up_ops;
 	rt->up = opt->up;
 	rt->spool = opt->spool;
+	rt->devices = opt->devices;
 	rt->commands = opt->commands;
 	rt->waiting_tail = &rt->waiting;
 	rt->sync = gw_timer_new(rt->loop, sync_fired, rt);
 	rt->checkpoint = gw_timer_new(rt->loop, checkpoint_fired, rt);
+	device_registry_on_remove(rt->devices, device_removed, rt);
 	return rt;
 }
 
@@ -951,9 +946,13 @@ router_free(struct router *rt)
 		rt->waiting = w->next;
 		free(w);
 	}
-	for (size_t i = 0; i < rt->nflows; i++)
-		flow_free(rt->flows[i]);
-	free(rt->flows);
+	device_registry_off_remove(rt->devices, device_removed, rt);
+	for (size_t i = 0; i < device_count(rt->devices); i++) {
+		struct device *dev = device_at(rt->devices, i);
+
+		if (dev->flow)
+			flow_free(dev->flow);
+	}
 	gw_timer_free(rt->sync);
 	gw_timer_free(rt->checkpoint);
 	free(rt);

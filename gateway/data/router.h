@@ -21,6 +21,7 @@
  */
 
 struct cmdq;
+struct device_registry;
 struct gw_loop;
 struct gwconf;
 struct router;
@@ -31,6 +32,9 @@ struct router_options {
 	struct gw_loop *loop;
 	const struct gwconf *conf; /* routes, policies, templates, the spool's ack and fsync */
 	struct spool *spool;
+	/* The store's devices: the router hangs its state for each on it, and lets go at removal.
+	 */
+	struct device_registry *devices;
 	struct cmdq *commands; /* NULL without a downlink group */
 	/* The cloud side (upstream.h). */
 	const struct upstream_ops *up_ops;
@@ -90,9 +94,6 @@ void router_downlink(const char *device, const struct upstream_msg *m, void *dat
 /* What waits for the device: messages in its spool (and their bytes), commands queued. */
 void router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,
                           uint64_t *bytes, size_t *commands);
-
-/* The device was removed: its spool and its queued commands go. */
-void router_forget(struct router *rt, const char *device);
 
 struct router_stats {
 	uint64_t up_messages, up_bytes;     /* accepted from sensors */

@@ -14,6 +14,7 @@
  * answers each request and announces commands through struct sensor_side_ops.
  */
 
+struct device;
 struct gwconf_route;
 /* One request waiting for its answer; the sensor bridge defines it. */
 struct sensor_request;
@@ -27,7 +28,7 @@ enum sensor_status {
 };
 
 struct sensor_uplink {
-	const char *device;
+	struct device *dev; /* the sensor's, found once, when its DTLS session named it */
 	const struct gwconf_route *route;
 	bool put; /* PUT, else POST */
 	const uint8_t *payload;
@@ -53,17 +54,17 @@ struct sensor_command *sensor_command_new(uint32_t seq, time_t expires, int cont
 struct sensor_ops {
 	/* Must lead to exactly one sensor_side_ops.complete(req, ...), now or later. */
 	void (*uplink)(struct sensor_request *req, const struct sensor_uplink *up, void *data);
-	/* Whether device's sensor may read (GET, observe) the command resource. */
-	bool (*may_read)(const char *device, const char *resource, void *data);
+	/* Whether the device's sensor may read (GET, observe) the command resource. */
+	bool (*may_read)(struct device *dev, const char *resource, void *data);
 	/* The device's oldest command that has not expired, taken; NULL if none. */
-	struct sensor_command *(*command_take)(const char *device, void *data);
+	struct sensor_command *(*command_take)(struct device *dev, void *data);
 	/*
 	 * A command taken (or rebuilt with sensor_command_new()) that did not reach its sensor:
 	 * back in its place by seq, unless it expired meanwhile. Takes ownership.
 	 */
-	void (*command_return)(const char *device, struct sensor_command *cmd, void *data);
-	/* Commands waiting for device (expired ones included until they are next looked at). */
-	size_t (*commands_waiting)(const char *device, void *data);
+	void (*command_return)(struct device *dev, struct sensor_command *cmd, void *data);
+	/* Commands waiting for the device (expired ones included until they are next looked at). */
+	size_t (*commands_waiting)(struct device *dev, void *data);
 };
 
 /* What the router calls: the sensor bridge's (coapbr_sensor_side_ops), or a test's. */
@@ -71,8 +72,8 @@ struct sensor_side_ops {
 	/* Answers an uplink request. arg: Max-Age for UNAVAILABLE, Size1 for TOO_LARGE (s, bytes).
 	 */
 	void (*complete)(struct sensor_request *req, enum sensor_status status, unsigned arg);
-	/* New commands for device are queued: its sensor gets them if it observes. */
-	void (*commands_ready)(void *side, const char *device);
+	/* New commands for the device are queued: its sensor gets them if it observes. */
+	void (*commands_ready)(void *side, struct device *dev);
 };
 
 #endif

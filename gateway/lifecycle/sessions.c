@@ -110,15 +110,11 @@ static void
 sync_sessions(struct sessions *s, const char *id, enum sessions_change what)
 {
 	if (!keystore_device_usable(s->o.ks, id)) {
-		struct keystore_info info;
-
 		/* Suspended, revoked, disabled or removed: its sensor is cut off at once too. */
 		mqttbr_remove_device(s->o.mqtt, id);
 		if (s->o.coap)
 			coapbr_drop_device(s->o.coap, id, false);
-		/* Removed: what it had spooled or queued has nowhere to go. */
-		if (keystore_device_info(s->o.ks, id, &info) == -ENOENT)
-			router_forget(s->o.router, id);
+		/* A removed device's spool and commands went with it (the router's watcher). */
 		return;
 	}
 	/* A new PSK: sessions on an identity that is no longer valid (no grace) go now. */

@@ -50,6 +50,7 @@
 #include "cmdq.h"
 #include "coapbr.h"
 #include "conf.h"
+#include "device.h"
 #include "fuzz.h"
 #include "keystore.h"
 #include "loop.h"
@@ -72,6 +73,8 @@ static const uint8_t psk[] = "fuzz-coap-sensor-key-0123456789a";
 static struct gw_loop *loop;
 static struct keystore *ks;
 static struct cmdq *commands;
+/* DEVICE's commands, as the router keeps them in its state for the device. */
+static struct cmdq_queue device_commands;
 static struct coapbr *br;
 static struct gwconf *confs[2];
 static unsigned conf_now;
@@ -122,7 +125,7 @@ on_uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data
 	const struct gwconf *conf = confs[conf_now];
 
 	(void)data;
-	check(strcmp(up->device, DEVICE) == 0);
+	check(strcmp(up->dev->id, DEVICE) == 0);
 	check(up->route >= conf->routes && up->route < conf->routes + conf->nroutes);
 	check(up->len <= (size_t)conf->sensors.max_payload);
 	check(sent.set);
@@ -141,34 +144,45 @@ on_uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data
 
 /* The command queue, as the router keeps it. */
 static struct sensor_command *
-on_command_take(const char *device, void *data)
+on_command_take(struct device *dev, void *data)
 {
 	(void)data;
-	check(strcmp(device, DEVICE) == 0);
-	return cmdq_pop(commands, device);
+	check(strcmp(dev->id, DEVICE) == 0);
+	return cmdq_pop(&device_commands);
 }
 
 static void
-on_command_return(const char *device, struct sensor_command *cmd, void *data)
+on_command_return(struct device *dev, struct sensor_command *cmd, void *data)
 {
 	(void)data;
-	check(strcmp(device, DEVICE) == 0);
-	cmdq_requeue(commands, device, cmd);
+	check(strcmp(dev->id, DEVICE) == 0);
+	cmdq_requeue(&device_commands, cmd);
 }
 
 static size_t
-on_commands_waiting(const char *device, void *data)
+on_commands_waiting(struct device *dev, void *data)
 {
 	(void)data;
-	return cmdq_depth(commands, device);
+	check(strcmp(dev->id, DEVICE) == 0);
+	return cmdq_depth(&device_commands);
 }
 
 static bool
-on_may_read(const char *device, const char *resource, void *data)
+on_may_read(struct device *dev, const char *resource, void *data)
 {
 	(void)resource;
 	(void)data;
-	return strcmp(device, DEVICE) == 0;
+	return strcmp(dev->id, DEVICE) == 0;
+}
+
+/* DEVICE as the store registered it. */
+static struct device *
+the_device(void)
+{
+	struct device *dev = device_find(keystore_devices(ks), DEVICE);
+
+	check(dev);
+	return dev;
 }
 
 /* Runs the gateway's loop until nothing is ready: the datagrams sent, deferred answers. */
@@ -329,7 +343,7 @@ drop_session(void)
 
 	coapbr_drop_device(br, DEVICE, false);
 	settle_gateway();
-	coapbr_commands_ready(br, DEVICE);
+	coapbr_commands_ready(br, the_device());
 	settle_gateway();
 	while ((n = recv(client_fd, buf, sizeof(buf), 0)) > 0)
 		check(buf[0] == 21); /* DTLS content type: alert (RFC 6347 4.1) */
@@ -412,7 +426,7 @@ restore(void)
 		use_conf(0);
 	if (!keystore_device_usable(ks, DEVICE))
 		set_active(true);
-	cmdq_forget(commands, DEVICE);
+	cmdq_queue_clear(&device_commands);
 	while (nunanswered)
 		answer_oldest(false);
 	answer_now = true;
@@ -470,6 +484,7 @@ teardown(void)
 	if (client_fd >= 0)
 		close(client_fd);
 	coapbr_free(br);
+	cmdq_queue_clear(&device_commands);
 	cmdq_free(commands);
 	keystore_free(ks);
 	gwconf_free(confs[0]);
@@ -517,6 +532,7 @@ setup(void)
 	check(keystore_device_add(ks, DEVICE, NULL, psk, sizeof(psk) - 1, out, &outlen) == 0);
 	commands = cmdq_new((size_t)confs[0]->downlink.queue, (unsigned)confs[0]->downlink.expiry);
 	check(commands);
+	cmdq_queue_init(&device_commands, commands, DEVICE);
 	check(gw_loop_new(&loop) == 0);
 	ops = (struct sensor_ops){
 	        .uplink = on_uplink,
@@ -577,9 +593,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (size < 1 || size < 2 + (size_t)data[0])
 				goto done;
 			len = data[0];
-			check(cmdq_push(commands, DEVICE, data + 1, len,
+			check(cmdq_push(&device_commands, data + 1, len,
 			                data[1 + len] == 255 ? -1 : data[1 + len]) >= 0);
-			coapbr_commands_ready(br, DEVICE);
+			coapbr_commands_ready(br, the_device());
 			settle();
 			data += 2 + len;
 			size -= 2 + len;

@@ -150,6 +150,47 @@ the_watcher_hears_each_change_of_upstream(void **state)
 	device_registry_free(reg);
 }
 
+/* A module's removal watcher: it clears its slot, and says in which order it ran. */
+struct remover {
+	char name;
+	char *order;
+	enum device_state state; /* the device's, as the watcher saw it */
+};
+
+static void
+on_remove(struct device *dev, void *data)
+{
+	struct remover *r = data;
+
+	strncat(r->order, &r->name, 1);
+	r->state = dev->state;
+	dev->flow = NULL;
+}
+
+static void
+removal_watchers_let_go_in_their_order(void **state)
+{
+	struct device_registry *reg = device_registry_new();
+	char order[8] = "";
+	struct remover a = {.name = 'a', .order = order}, b = {.name = 'b', .order = order};
+	struct device *dev;
+
+	(void)state;
+	device_registry_on_remove(reg, on_remove, &a);
+	device_registry_on_remove(reg, on_remove, &b);
+	assert_int_equal(device_add(reg, "dev-1", &dev), 0);
+	dev->flow = (struct device_flow *)dev;
+	device_remove(reg, dev);
+	assert_string_equal(order, "ab");
+	assert_int_equal(a.state, DEVICE_GONE);
+	/* Taken back, a watcher hears no more; the slot it would have cleared is clear already. */
+	device_registry_off_remove(reg, on_remove, &a);
+	assert_int_equal(device_add(reg, "dev-1", &dev), 0);
+	device_remove(reg, dev);
+	assert_string_equal(order, "abb");
+	device_registry_free(reg);
+}
+
 static void
 the_last_unref_with_a_slot_still_set_aborts(void **state)
 {
@@ -183,6 +224,7 @@ main(void)
 	        cmocka_unit_test(devices_are_found_by_id_and_listed_in_order),
 	        cmocka_unit_test(a_held_device_outlives_its_removal),
 	        cmocka_unit_test(the_watcher_hears_each_change_of_upstream),
+	        cmocka_unit_test(removal_watchers_let_go_in_their_order),
 	        cmocka_unit_test(the_last_unref_with_a_slot_still_set_aborts),
 	};
 

@@ -20,6 +20,7 @@
 
 #include "cmdq.h"
 #include "conf.h"
+#include "device.h"
 #include "log.h"
 #include "loop.h"
 #include "router.h"
@@ -49,10 +50,10 @@ fake_complete(struct sensor_request *req, enum sensor_status status, unsigned ar
 static int commands_ready;
 
 static void
-fake_commands_ready(void *side, const char *device)
+fake_commands_ready(void *side, struct device *dev)
 {
 	(void)side;
-	(void)device;
+	assert_string_equal(dev->id, DEV);
 	commands_ready++;
 }
 
@@ -151,6 +152,8 @@ struct fixture {
 	struct gwconf *conf;
 	struct spool *spool;
 	struct cmdq *commands;
+	struct device_registry *devices;
+	struct device *dev; /* DEV, in devices */
 	struct router *rt;
 	struct fake_up up;
 	bool expired;
@@ -215,10 +218,14 @@ setup_with(void **state, const char *ack, uint64_t device_bytes)
 		return -1;
 	f->up = (struct fake_up){.state = UPSTREAM_UP, .retry_after = 7};
 	f->commands = cmdq_new(16, 3600);
+	f->devices = device_registry_new();
+	if (device_add(f->devices, DEV, &f->dev) < 0)
+		return -1;
 	f->rt = router_new(&(struct router_options){
 	        .loop = f->loop,
 	        .conf = f->conf,
 	        .spool = f->spool,
+	        .devices = f->devices,
 	        .commands = f->commands,
 	        .up_ops = &fake_up_ops,
 	        .up = &f->up,
@@ -264,6 +271,7 @@ teardown(void **state)
 			finish(&f->up, i, -ENOTCONN);
 	}
 	router_free(f->rt);
+	device_registry_free(f->devices);
 	spool_free(f->spool);
 	cmdq_free(f->commands);
 	gw_loop_free(f->loop);
@@ -278,7 +286,7 @@ static void
 post(struct fixture *f, struct sensor_request *req, const char *payload, bool con)
 {
 	const struct sensor_uplink up = {
-	        .device = DEV,
+	        .dev = f->dev,
 	        .route = &f->conf->routes[0],
 	        .payload = (const uint8_t *)payload,
 	        .len = strlen(payload),
@@ -559,7 +567,44 @@ commands_are_announced_to_the_sensor_side(void **state)
 	commands_ready = 0;
 	router_downlink(DEV, &m, f->rt);
 	assert_int_equal(commands_ready, 1);
-	assert_int_equal(cmdq_depth(f->commands, DEV), 1);
+	assert_int_equal(router_sensor_ops.commands_waiting(f->dev, f->rt), 1);
+}
+
+/*
+ * The device is removed with a publish in flight and a command queued: its flow, spool and
+ * commands go at once; the late PUBACK finds nothing to acknowledge, and a device added again
+ * under the same id starts afresh.
+ */
+static void
+a_removed_device_takes_its_flow_with_it(void **state)
+{
+	struct fixture *f = *state;
+	const struct upstream_msg m = {.topic = "d/dev-1/cmd", .payload = "on", .len = 2};
+	struct sensor_request req[2] = {0};
+	struct device *held;
+
+	post(f, &req[0], "r0", true);
+	turn(f);
+	assert_int_equal(req[0].status, SENSOR_CHANGED);
+	assert_int_equal(f->up.npubs, 1);
+	router_downlink(DEV, &m, f->rt);
+	assert_non_null(f->dev->flow);
+
+	held = device_ref(f->dev);
+	device_remove(f->devices, f->dev);
+	assert_null(held->flow);
+	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	finish(&f->up, 0, 0);
+	turn(f);
+	device_unref(held);
+
+	assert_int_equal(device_add(f->devices, DEV, &f->dev), 0);
+	assert_int_equal(router_sensor_ops.commands_waiting(f->dev, f->rt), 0);
+	post(f, &req[1], "r1", true);
+	turn(f);
+	assert_int_equal(req[1].status, SENSOR_CHANGED);
+	assert_int_equal(f->up.npubs, 2);
+	assert_string_equal(f->up.pubs[1].payload, "r1");
 }
 
 int
@@ -567,6 +612,8 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test_setup_teardown(a_batch_is_answered_after_one_sync, setup,
+	                                        teardown),
+	        cmocka_unit_test_setup_teardown(a_removed_device_takes_its_flow_with_it, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(the_window_holds_sixteen, setup, teardown),
 	        cmocka_unit_test_setup_teardown(a_failure_rewinds_to_the_first_not_acknowledged,
