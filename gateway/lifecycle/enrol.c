@@ -601,9 +601,19 @@ enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *
 		return -EBUSY;
 	}
 	job = get_job(e, id);
-	if (job->phase != IDLE) {
-		snprintf(why, why_len, "%s: already under way: %s", id, job->status);
+	if (job->phase != IDLE && job->done) {
+		snprintf(why, why_len, "%s: already under way for another gwctl: %s", id,
+		         job->status);
 		return -EBUSY;
+	}
+	if (job->phase != IDLE) {
+		/*
+		 * An attempt of its own (a retry, a renewal) is under way: the operator hears its
+		 * outcome rather than a refusal that would race with the retry schedule.
+		 */
+		job->done = done;
+		job->ctx = ctx;
+		return 0;
 	}
 	gw_timer_disarm(job->timer);
 	job->retry_at = 0;

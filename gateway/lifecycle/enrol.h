@@ -48,9 +48,10 @@ void enrol_device_changed(struct enrol *e, const char *id);
 /* The device's upstream session was accepted by the broker, or refused (reason). */
 void enrol_upstream(struct enrol *e, const char *id, bool accepted, const char *reason);
 /*
- * Enrols (no certificate yet) or renews the device now. 0: done(ctx, ...) follows once, from
- * the loop, never from within this call; otherwise -errno and why (why_len bytes) says what
- * stands in the way.
+ * Enrols (no certificate yet) or renews the device now; with an attempt of its own already
+ * under way (a retry, a renewal), that attempt's outcome is the answer. 0: done(ctx, ...)
+ * follows once, from the loop, never from within this call; otherwise -errno and why
+ * (why_len bytes) says what stands in the way (-EBUSY: another caller waits already).
  */
 int enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *why,
               size_t why_len);
