@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "enrol.h"
 #include "conf.h"
+#include "device.h"
 #include "est.h"
 #include "keystore.h"
 #include "log.h"
@@ -29,9 +30,17 @@ enum phase {
 	TRIAL,     /* a renewed certificate is being tried upstream */
 };
 
-struct job {
+/*
+ * A device's enrolment, in its enrol slot (device.h), from the first time it is planned until
+ * it is removed or enrol_free(). The slot holds a reference: a removal leaves the device GONE
+ * with its slot set, not freed, until enrol lets go (job_drop()), and the requests and timers
+ * that point at the job never see a device freed under them.
+ */
+struct device_enrol {
 	struct enrol *e;
-	char *id;
+	struct device *dev; /* a reference, dropped with the slot */
+	/* e->jobs: every job, removed devices' too, which the registry no longer lists. */
+	struct device_enrol *prev, *next;
 	enum phase phase;
 	bool renew;  /* the attempt under way makes a new key (the device has a certificate) */
 	char *csr;   /* the request under way, sent again after a 202 */
@@ -42,7 +51,7 @@ struct job {
 	struct gw_timer *timer;
 	enrol_done_fn done; /* gwctl device enroll waiting for the outcome */
 	void *ctx;
-	struct job *queued_next;
+	struct device_enrol *queued_next;
 	char status[640];
 };
 
@@ -55,15 +64,15 @@ struct enrol {
 	struct est *est;
 	char *cacerts; /* the /cacerts answer: the intermediates devices present */
 	struct est_request *cacerts_req;
-	struct job **jobs; /* sorted by id */
-	size_t njobs;
-	struct job *queue, **queue_tail;
+	/* Every job, newest first: for enrol_free(). */
+	struct device_enrol *jobs;
+	struct device_enrol *queue, **queue_tail;
 	size_t in_flight;
 	/* Runs pump() from the loop: enrol_now()'s caller hears the outcome only later. */
 	struct gw_timer *pump_timer;
 };
 
-static void plan(struct job *job);
+static void plan(struct device_enrol *job);
 static void pump(struct enrol *e);
 
 static double
@@ -78,7 +87,7 @@ random_unit(void)
 
 /* Keeps the device's status in words and logs it when it changes. */
 static void __attribute__((format(printf, 3, 4)))
-set_status(struct job *job, bool problem, const char *fmt, ...)
+set_status(struct device_enrol *job, bool problem, const char *fmt, ...)
 {
 	char text[sizeof(job->status)];
 	va_list ap;
@@ -90,13 +99,13 @@ set_status(struct job *job, bool problem, const char *fmt, ...)
 		return;
 	memcpy(job->status, text, sizeof(text));
 	if (problem)
-		log_warnx("%s: %s", job->id, text);
+		log_warnx("%s: %s", job->dev->id, text);
 	else
-		log_info("%s: %s", job->id, text);
+		log_info("%s: %s", job->dev->id, text);
 }
 
 static void
-tell(struct job *job, int status, const char *message)
+tell(struct device_enrol *job, int status, const char *message)
 {
 	enrol_done_fn done = job->done;
 
@@ -106,60 +115,54 @@ tell(struct job *job, int status, const char *message)
 }
 
 static void
-tls_changed(struct job *job, bool restart)
+tls_changed(struct device_enrol *job, bool restart)
 {
 	if (job->e->tls_fn)
-		job->e->tls_fn(job->id, restart, job->e->data);
+		job->e->tls_fn(job->dev->id, restart, job->e->data);
 }
 
-/* ---- the table of jobs ---- */
+/* ---- the jobs, in their devices' slots ---- */
 
+/*
+ * The keystore's record of the job's device. -ENOENT once the device is gone: its id may
+ * already name a new device, which is not this job's.
+ */
 static int
-cmp_job(const void *key, const void *elem)
+job_info(const struct device_enrol *job, struct keystore_info *info)
 {
-	return strcmp(key, (*(struct job *const *)elem)->id);
-}
-
-static struct job *
-find_job(const struct enrol *e, const char *id)
-{
-	struct job **j =
-	        e->njobs ? bsearch(id, e->jobs, e->njobs, sizeof(*e->jobs), cmp_job) : NULL;
-
-	return j ? *j : NULL;
+	if (job->dev->state == DEVICE_GONE)
+		return -ENOENT;
+	return keystore_device_info(job->e->ks, job->dev->id, info);
 }
 
 static void timer_fired(struct gw_timer *t, void *data);
 
-static struct job *
-get_job(struct enrol *e, const char *id)
+static struct device_enrol *
+get_job(struct enrol *e, struct device *dev)
 {
-	struct job *job = find_job(e, id), **jobs;
-	size_t at;
+	struct device_enrol *job = dev->enrol;
 
 	if (job)
 		return job;
-	e->jobs = xreallocarray(e->jobs, e->njobs + 1, sizeof(*e->jobs));
-	jobs = e->jobs;
 	job = xcalloc(1, sizeof(*job));
 	job->e = e;
-	job->id = xstrdup(id);
+	job->dev = device_ref(dev);
 	job->timer = gw_timer_new(e->loop, timer_fired, job);
 	job->skew = random_unit();
-	for (at = e->njobs; at > 0 && strcmp(jobs[at - 1]->id, id) > 0; at--)
-		;
-	memmove(&jobs[at + 1], &jobs[at], (e->njobs - at) * sizeof(*jobs));
-	jobs[at] = job;
-	e->njobs++;
+	job->next = e->jobs;
+	if (e->jobs)
+		e->jobs->prev = job;
+	e->jobs = job;
+	dev->enrol = job;
 	return job;
 }
 
 static void
-unqueue(struct job *job)
+unqueue(struct device_enrol *job)
 {
 	struct enrol *e = job->e;
 
-	for (struct job **p = &e->queue; *p; p = &(*p)->queued_next) {
+	for (struct device_enrol **p = &e->queue; *p; p = &(*p)->queued_next) {
 		if (*p == job) {
 			*p = job->queued_next;
 			if (!*p)
@@ -172,7 +175,7 @@ unqueue(struct job *job)
 
 /* Stops what the job has under way; the device keeps what it has. */
 static void
-job_stop(struct job *job, const char *why)
+job_stop(struct device_enrol *job, const char *why)
 {
 	if (job->req) {
 		est_cancel(job->req);
@@ -183,8 +186,9 @@ job_stop(struct job *job, const char *why)
 	}
 	if (job->phase == QUEUED)
 		unqueue(job);
-	if (job->renew && job->csr && job->phase != TRIAL)
-		keystore_device_discard(job->e->ks, job->id);
+	/* A gone device's id may already name a new device, whose keys are not this job's. */
+	if (job->renew && job->csr && job->phase != TRIAL && job->dev->state != DEVICE_GONE)
+		keystore_device_discard(job->e->ks, job->dev->id);
 	free(job->csr);
 	job->csr = NULL;
 	gw_timer_disarm(job->timer);
@@ -192,26 +196,44 @@ job_stop(struct job *job, const char *why)
 	tell(job, 1, why);
 }
 
+/* Ends the job and empties the device's slot, then lets go of the device. */
 static void
-job_drop(struct job *job)
+job_free(struct device_enrol *job, const char *why)
 {
 	struct enrol *e = job->e;
-	size_t i;
 
-	job_stop(job, "the device was removed meanwhile");
-	for (i = 0; i < e->njobs && e->jobs[i] != job; i++)
-		;
-	memmove(&e->jobs[i], &e->jobs[i + 1], (e->njobs - i - 1) * sizeof(*e->jobs));
-	e->njobs--;
+	job_stop(job, why);
+	if (job->prev)
+		job->prev->next = job->next;
+	else
+		e->jobs = job->next;
+	if (job->next)
+		job->next->prev = job->prev;
+	job->dev->enrol = NULL;
+	device_unref(job->dev);
 	gw_timer_free(job->timer);
-	free(job->id);
 	free(job);
+}
+
+static void
+job_drop(struct device_enrol *job)
+{
+	job_free(job, "the device was removed meanwhile");
+}
+
+/* The registry's removal watcher: the device's job, if it has one, ends with it. */
+static void
+device_removed(struct device *dev, void *data)
+{
+	(void)data;
+	if (dev->enrol)
+		job_drop(dev->enrol);
 }
 
 /* ---- one attempt ---- */
 
 static unsigned
-backoff_s(const struct job *job)
+backoff_s(const struct device_enrol *job)
 {
 	const struct gwconf *c = job->e->conf;
 	unsigned s = (unsigned)c->est.retry_min;
@@ -223,21 +245,22 @@ backoff_s(const struct job *job)
 
 /* The attempt failed: the device keeps what it had, and tries again after the backoff. */
 static void
-fail(struct job *job, const char *why)
+fail(struct device_enrol *job, const char *why)
 {
 	struct keystore_info info = {0};
 	char until[64], msg[sizeof(job->status)];
 	unsigned wait;
 
-	if (job->renew && job->csr)
-		keystore_device_discard(job->e->ks, job->id);
+	/* As in job_stop(): not by the id of a device that is gone. */
+	if (job->renew && job->csr && job->dev->state != DEVICE_GONE)
+		keystore_device_discard(job->e->ks, job->dev->id);
 	free(job->csr);
 	job->csr = NULL;
 	job->phase = IDLE;
 	job->failures++;
 	wait = backoff_s(job);
 	job->retry_at = gw_now_ms() + (uint64_t)wait * 1000;
-	keystore_device_info(job->e->ks, job->id, &info);
+	job_info(job, &info);
 	if (info.has_cert) {
 		format_utc(info.not_after, until, sizeof(until));
 		snprintf(msg, sizeof(msg),
@@ -255,14 +278,14 @@ fail(struct job *job, const char *why)
 static void on_answer(const struct est_result *res, void *data);
 
 static void
-send_request(struct job *job)
+send_request(struct device_enrol *job)
 {
 	struct enrol *e = job->e;
 	struct keystore_info info;
 	const char *cert, *key;
 	int r;
 
-	if (keystore_device_info(e->ks, job->id, &info) < 0) {
+	if (job_info(job, &info) < 0) {
 		job_drop(job);
 		return;
 	}
@@ -278,8 +301,8 @@ send_request(struct job *job)
 	if (!job->csr) {
 		/* A renewal always gets a new key: the old one stays until the new one works. */
 		job->renew = info.has_cert;
-		r = job->renew ? keystore_device_rekey(e->ks, job->id, &job->csr)
-		               : keystore_device_csr(e->ks, job->id, &job->csr);
+		r = job->renew ? keystore_device_rekey(e->ks, job->dev->id, &job->csr)
+		               : keystore_device_csr(e->ks, job->dev->id, &job->csr);
 		if (r < 0) {
 			job->csr = NULL;
 			fail(job, "cannot make a certificate request (see the keystore's message)");
@@ -298,7 +321,7 @@ send_request(struct job *job)
 
 /* A certificate came: the first is installed, a renewal's goes on trial upstream. */
 static void
-accept_certificate(struct job *job, const char *certs)
+accept_certificate(struct device_enrol *job, const char *certs)
 {
 	struct enrol *e = job->e;
 	struct keystore_info info;
@@ -309,9 +332,9 @@ accept_certificate(struct job *job, const char *certs)
 		fail(job, "the EST answer holds no end-entity certificate");
 		return;
 	}
-	r = job->renew ? keystore_device_stage_cert(e->ks, job->id, chain, strlen(chain), why,
+	r = job->renew ? keystore_device_stage_cert(e->ks, job->dev->id, chain, strlen(chain), why,
 	                                            sizeof(why))
-	               : keystore_device_import_cert(e->ks, job->id, chain, strlen(chain), why,
+	               : keystore_device_import_cert(e->ks, job->dev->id, chain, strlen(chain), why,
 	                                             sizeof(why));
 	free(chain);
 	if (r < 0) {
@@ -322,7 +345,7 @@ accept_certificate(struct job *job, const char *certs)
 	}
 	free(job->csr);
 	job->csr = NULL;
-	keystore_device_info(e->ks, job->id, &info);
+	job_info(job, &info);
 	if (job->renew) {
 		format_utc(info.next_not_after, until, sizeof(until));
 		job->phase = TRIAL;
@@ -343,13 +366,19 @@ accept_certificate(struct job *job, const char *certs)
 static void
 on_answer(const struct est_result *res, void *data)
 {
-	struct job *job = data;
+	struct device_enrol *job = data;
 	struct enrol *e = job->e;
 	unsigned wait;
 
 	job->req = NULL;
 	e->in_flight--;
-	if (res->status == 0) {
+	/*
+	 * Removed while the request was out (a removal that enrol_device_changed() has not
+	 * reported yet): what came is for no one.
+	 */
+	if (job->dev->state == DEVICE_GONE) {
+		job_drop(job);
+	} else if (res->status == 0) {
 		accept_certificate(job, res->pem);
 	} else if (res->status == -EAGAIN) {
 		/* RFC 7030 section 4.2.3: the same request again, after Retry-After. */
@@ -381,7 +410,7 @@ on_cacerts(const struct est_result *res, void *data)
 	}
 	/* Everyone waiting fails alike, and retries on their own backoff. */
 	while (e->queue) {
-		struct job *job = e->queue;
+		struct device_enrol *job = e->queue;
 		char msg[600];
 
 		unqueue(job);
@@ -404,7 +433,7 @@ pump(struct enrol *e)
 			return;
 	}
 	while (e->queue && e->in_flight < MAX_IN_FLIGHT) {
-		struct job *job = e->queue;
+		struct device_enrol *job = e->queue;
 
 		unqueue(job);
 		send_request(job);
@@ -412,7 +441,7 @@ pump(struct enrol *e)
 }
 
 static void
-enqueue(struct job *job)
+enqueue(struct device_enrol *job)
 {
 	struct enrol *e = job->e;
 
@@ -423,7 +452,7 @@ enqueue(struct job *job)
 }
 
 static void
-begin(struct job *job)
+begin(struct device_enrol *job)
 {
 	enqueue(job);
 	pump(job->e);
@@ -439,14 +468,14 @@ pump_fired(struct gw_timer *t, void *data)
 /* ---- the trial of a renewed certificate ---- */
 
 static void
-commit(struct job *job)
+commit(struct device_enrol *job)
 {
 	struct keystore_info info;
 	char until[64];
 
 	job->phase = IDLE;
 	job->failures = 0;
-	if (keystore_device_commit(job->e->ks, job->id) < 0) {
+	if (keystore_device_commit(job->e->ks, job->dev->id) < 0) {
 		set_status(job, true,
 		           "cannot switch to the renewed certificate (see the "
 		           "keystore's message)");
@@ -456,7 +485,7 @@ commit(struct job *job)
 	}
 	/* The same key and certificate under their usual names: the session stays up. */
 	tls_changed(job, false);
-	keystore_device_info(job->e->ks, job->id, &info);
+	job_info(job, &info);
 	format_utc(info.not_after, until, sizeof(until));
 	set_status(job, false,
 	           "renewed (the broker accepted the new certificate): %s, valid until %s",
@@ -472,7 +501,8 @@ commit(struct job *job)
 void
 enrol_upstream(struct enrol *e, const char *id, bool accepted, const char *reason)
 {
-	struct job *job = e ? find_job(e, id) : NULL;
+	struct device *dev = e ? device_find(keystore_devices(e->ks), id) : NULL;
+	struct device_enrol *job = dev ? dev->enrol : NULL;
 	char msg[sizeof(job->status)];
 
 	if (!job || job->phase != TRIAL)
@@ -495,7 +525,7 @@ enrol_upstream(struct enrol *e, const char *id, bool accepted, const char *reaso
 static void
 timer_fired(struct gw_timer *t, void *data)
 {
-	struct job *job = data;
+	struct device_enrol *job = data;
 
 	(void)t;
 	switch (job->phase) {
@@ -510,7 +540,7 @@ timer_fired(struct gw_timer *t, void *data)
 }
 
 static void
-arm_at(struct job *job, time_t when)
+arm_at(struct device_enrol *job, time_t when)
 {
 	time_t now = time(NULL);
 	uint64_t ms = when > now ? (uint64_t)(when - now) * 1000 : 0, until_retry = 0;
@@ -522,14 +552,14 @@ arm_at(struct job *job, time_t when)
 
 /* Arms the job's timer for what the device needs next. */
 static void
-plan(struct job *job)
+plan(struct device_enrol *job)
 {
 	struct enrol *e = job->e;
 	struct keystore_info info;
 	double life;
 	time_t due;
 
-	if (keystore_device_info(e->ks, job->id, &info) < 0) {
+	if (job_info(job, &info) < 0) {
 		job_drop(job);
 		return;
 	}
@@ -565,27 +595,24 @@ plan(struct job *job)
 void
 enrol_device_changed(struct enrol *e, const char *id)
 {
-	struct keystore_info info;
-	struct job *job;
+	struct device *dev;
 
 	if (!e)
 		return;
-	job = find_job(e, id);
-	if (keystore_device_info(e->ks, id, &info) < 0) {
-		if (job)
-			job_drop(job);
-		return;
-	}
-	plan(job ? job : get_job(e, id));
+	dev = device_find(keystore_devices(e->ks), id);
+	if (!dev)
+		return; /* removed: its job went with it (device_removed) */
+	plan(get_job(e, dev));
 }
 
 int
 enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *why, size_t why_len)
 {
+	struct device *dev = device_find(keystore_devices(e->ks), id);
 	struct keystore_info info;
-	struct job *job;
+	struct device_enrol *job;
 
-	if (keystore_device_info(e->ks, id, &info) < 0) {
+	if (!dev || keystore_device_info(e->ks, id, &info) < 0) {
 		snprintf(why, why_len, "no device %s", id);
 		return -ENOENT;
 	}
@@ -600,7 +627,7 @@ enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *
 		         "%s: a renewed certificate is on trial; its first connect decides", id);
 		return -EBUSY;
 	}
-	job = get_job(e, id);
+	job = get_job(e, dev);
 	if (job->phase != IDLE && job->done) {
 		snprintf(why, why_len, "%s: already under way for another gwctl: %s", id,
 		         job->status);
@@ -627,7 +654,8 @@ enrol_now(struct enrol *e, const char *id, enrol_done_fn done, void *ctx, char *
 const char *
 enrol_status(const struct enrol *e, const char *id)
 {
-	const struct job *job = e ? find_job(e, id) : NULL;
+	const struct device *dev = e ? device_find(keystore_devices(e->ks), id) : NULL;
+	const struct device_enrol *job = dev ? dev->enrol : NULL;
 
 	return job && job->status[0] ? job->status : NULL;
 }
@@ -655,6 +683,7 @@ enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf, s
 		free(e);
 		return r;
 	}
+	device_registry_on_remove(keystore_devices(ks), device_removed, e);
 	*out = e;
 	return 0;
 }
@@ -664,16 +693,9 @@ enrol_free(struct enrol *e)
 {
 	if (!e)
 		return;
-	while (e->njobs) {
-		struct job *job = e->jobs[e->njobs - 1];
-
-		job_stop(job, "gatewayd is stopping");
-		gw_timer_free(job->timer);
-		free(job->id);
-		free(job);
-		e->njobs--;
-	}
-	free(e->jobs);
+	device_registry_off_remove(keystore_devices(e->ks), device_removed, e);
+	while (e->jobs)
+		job_free(e->jobs, "gatewayd is stopping");
 	gw_timer_free(e->pump_timer);
 	est_free(e->est);
 	free(e->cacerts);
