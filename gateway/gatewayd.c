@@ -183,20 +183,6 @@ device_attr(const char *device, const char *key, void *data)
 	return keystore_device_attr(d->ks, device, key);
 }
 
-/*
- * The device's certificate (not one on trial) has expired: it is never presented, so until a
- * renewal is accepted the device waits like one the broker refused.
- */
-static bool
-cert_expired(const char *device, void *data)
-{
-	struct daemon *d = data;
-	struct keystore_info info;
-
-	return keystore_device_info(d->ks, device, &info) == 0 && info.has_cert &&
-	       info.not_after > 0 && info.not_after <= time(NULL);
-}
-
 /* STATE_DIR/spool, recovered: what was acknowledged before a crash goes out first. */
 static int
 open_spool(struct daemon *d)
@@ -285,7 +271,6 @@ start(struct daemon *d)
 	        .up_ops = &mqttbr_upstream_ops,
 	        .up = d->mqtt,
 	        .attr = device_attr,
-	        .cert_expired = cert_expired,
 	        .data = d,
 	});
 	d->sessions = sessions_new(&(struct sessions_options){

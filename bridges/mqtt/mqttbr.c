@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "mqttbr.h"
+#include "device.h"
 #include "conf.h"
 #include "keystore.h"
 #include "log.h"
@@ -57,7 +58,7 @@ enum phase { PH_NONE, PH_PRESIGN, PH_SIGNING };
 enum queue { Q_RESUME, Q_URGENT, Q_NORMAL, NQUEUES };
 
 struct publish {
-	struct mqttbr_device *dev;
+	struct device_mqtt *dev;
 	/* NULL once the outcome was reported (a timeout): the PUBACK may still come. */
 	upstream_done_fn fn;
 	void *data;
@@ -69,8 +70,10 @@ struct publish {
 	struct publish *prev, *next;
 };
 
-struct mqttbr_device {
+/* The bridge's state for a device: its slot on struct device (device.h). */
+struct device_mqtt {
 	struct mqttbr *br;
+	struct device *entry; /* its registry entry (a reference); NULL once it let go */
 	char *id;
 	char *cert_file;
 	char *key_file;
@@ -88,10 +91,16 @@ struct mqttbr_device {
 	/* Readings or a sensor wait for this device: its connect goes first. */
 	bool wanted;
 	enum queue queue; /* while DEV_QUEUED */
-	struct mqttbr_device *qprev, *qnext;
+	struct device_mqtt *qprev, *qnext;
 	unsigned failures; /* consecutive failed connects, for the backoff */
 	/* The broker refused this device's identity: retried on the slow schedule. */
 	bool rejected;
+	/*
+	 * Refused until a connect is accepted, though tried at the normal pace: the session it
+	 * replaces was refused (a renewal's trial must not make the spool take what waits for an
+	 * operator), or its certificate had expired when the session was made.
+	 */
+	bool held;
 	char reason[400]; /* why the last connect failed or the session was lost */
 	struct gw_timer *retry;
 	/* The certificate's notAfter, read at each connect; the session ends then. */
@@ -136,11 +145,10 @@ struct mqttbr {
 		unsigned alpn_len;
 	} cfg;
 	SSL_CTX *ctx;
-	struct mqttbr_device **devices; /* sorted by id */
-	size_t ndevices;
+	struct device_registry *devices; /* the store's: each session hangs on its device */
 	/* Admission: the devices due to connect, and the pace of the handshakes in flight. */
 	struct {
-		struct mqttbr_device *head, *tail;
+		struct device_mqtt *head, *tail;
 	} queues[NQUEUES];
 	size_t queued;
 	size_t connecting;              /* DEV_CONNECTING devices */
@@ -167,7 +175,7 @@ struct mqttbr {
 	int command_qos;
 	struct mqttbr_stats st;
 	/* Removed devices waiting for their DISCONNECT to go out before they are freed. */
-	struct mqttbr_device **removing;
+	struct device_mqtt **removing;
 	size_t nremoving;
 	struct {
 		mqttbr_stopped_fn fn;
@@ -179,15 +187,53 @@ struct mqttbr {
 };
 
 static void pump(struct mqttbr *br);
-static void schedule_retry(struct mqttbr_device *dev);
-static void device_destroy(struct mqttbr_device *dev);
-static void session_over(struct mqttbr_device *dev);
+static void device_removed(struct device *entry, void *data);
+static void schedule_retry(struct device_mqtt *dev);
+static void device_destroy(struct device_mqtt *dev);
+static void session_over(struct device_mqtt *dev);
 
 /* xstrdup() for the optional strings: NULL stays NULL. */
 static char *
 xstrdup_or_null(const char *s)
 {
 	return s ? xstrdup(s) : NULL;
+}
+
+/* The session of the registry's i-th device, or NULL. */
+static struct device_mqtt *
+session_at(const struct mqttbr *br, size_t i)
+{
+	return device_at(br->devices, i)->mqtt;
+}
+
+/*
+ * What the registry says of the device's upstream (device.h), after a change here: the one
+ * answer the router and the reports read.
+ */
+static void
+tell_upstream(struct device_mqtt *dev)
+{
+	enum device_upstream st = DEVICE_UPSTREAM_WAITING;
+
+	if (!dev->entry)
+		return;
+	switch (dev->state) {
+	case DEV_UP:
+		st = DEVICE_UPSTREAM_UP;
+		break;
+	case DEV_REMOVING:
+	case DEV_STOPPING:
+	case DEV_STOPPED:
+		/* No session; a refusal stands until a connect is accepted. */
+		st = dev->entry->upstream == DEVICE_UPSTREAM_REFUSED ? DEVICE_UPSTREAM_REFUSED
+		                                                     : DEVICE_UPSTREAM_NONE;
+		break;
+	default:
+		if (dev->rejected || dev->held)
+			st = DEVICE_UPSTREAM_REFUSED;
+		break;
+	}
+	device_set_upstream(dev->entry, st);
 }
 
 static uint32_t
@@ -209,7 +255,7 @@ reason_words(int reason, char *buf, size_t len)
 /* ---- admission: devices connect at the pace the TPM signs ---- */
 
 static void
-queue_remove(struct mqttbr_device *dev)
+queue_remove(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 
@@ -228,7 +274,7 @@ queue_remove(struct mqttbr_device *dev)
 }
 
 static void
-queue_append(struct mqttbr_device *dev, enum queue q)
+queue_append(struct device_mqtt *dev, enum queue q)
 {
 	struct mqttbr *br = dev->br;
 
@@ -244,7 +290,7 @@ queue_append(struct mqttbr_device *dev, enum queue q)
 }
 
 static void
-queue_prepend(struct mqttbr_device *dev, enum queue q)
+queue_prepend(struct device_mqtt *dev, enum queue q)
 {
 	struct mqttbr *br = dev->br;
 
@@ -260,7 +306,7 @@ queue_prepend(struct mqttbr_device *dev, enum queue q)
 }
 
 static bool
-session_usable(struct mqttbr_device *dev)
+session_usable(struct device_mqtt *dev)
 {
 	if (!dev->session)
 		return false;
@@ -272,7 +318,7 @@ session_usable(struct mqttbr_device *dev)
 }
 
 static void
-drop_session(struct mqttbr_device *dev)
+drop_session(struct device_mqtt *dev)
 {
 	SSL_SESSION_free(dev->session);
 	dev->session = NULL;
@@ -283,7 +329,7 @@ drop_session(struct mqttbr_device *dev)
  * line; one with readings or a sensor waiting goes before the others.
  */
 static void
-enqueue(struct mqttbr_device *dev)
+enqueue(struct device_mqtt *dev)
 {
 	queue_remove(dev);
 	dev->state = DEV_QUEUED;
@@ -322,7 +368,7 @@ presign_window(const struct mqttbr *br)
 	return w > 16 ? 16 : w;
 }
 
-static void connect_device(struct mqttbr_device *dev);
+static void connect_device(struct device_mqtt *dev);
 
 static void
 pump(struct mqttbr *br)
@@ -331,14 +377,14 @@ pump(struct mqttbr *br)
 		return;
 	while (br->connecting < MAX_CONNECTING && br->resuming < MAX_RESUMING &&
 	       br->queues[Q_RESUME].head) {
-		struct mqttbr_device *dev = br->queues[Q_RESUME].head;
+		struct device_mqtt *dev = br->queues[Q_RESUME].head;
 
 		queue_remove(dev);
 		connect_device(dev);
 	}
 	while (br->connecting < MAX_CONNECTING && br->signing < MAX_SIGNING &&
 	       br->presign < presign_window(br)) {
-		struct mqttbr_device *dev = br->queues[Q_URGENT].head;
+		struct device_mqtt *dev = br->queues[Q_URGENT].head;
 
 		if (!dev)
 			dev = br->queues[Q_NORMAL].head;
@@ -357,7 +403,7 @@ average(uint64_t *avg_x8, uint64_t sample)
 }
 
 static void
-phase_leave(struct mqttbr_device *dev)
+phase_leave(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 
@@ -418,7 +464,7 @@ not_after_of(const X509 *cert)
  * one (a renewal, or gwctl device import-cert), which the next try reads.
  */
 static bool
-refuse_expired(struct mqttbr_device *dev)
+refuse_expired(struct device_mqtt *dev)
 {
 	char when[64];
 
@@ -434,6 +480,7 @@ refuse_expired(struct mqttbr_device *dev)
 	dev->rejected = true;
 	drop_session(dev);
 	schedule_retry(dev);
+	tell_upstream(dev);
 	return true;
 }
 
@@ -441,7 +488,7 @@ static const struct mqttconn_ops conn_ops;
 
 /* The CONNECT of dev's session; *len its length. malloc'd. */
 static uint8_t *
-build_connect(struct mqttbr_device *dev, size_t *len)
+build_connect(struct device_mqtt *dev, size_t *len)
 {
 	struct mqttbr *br = dev->br;
 	struct mqttcodec_connect c = {
@@ -473,12 +520,12 @@ build_connect(struct mqttbr_device *dev, size_t *len)
 	return buf;
 }
 
-static void connect_failed_now(struct mqttbr_device *dev, enum mqttbr_failure kind, const char *fmt,
+static void connect_failed_now(struct device_mqtt *dev, enum mqttbr_failure kind, const char *fmt,
                                ...) __attribute__((format(printf, 3, 4)));
 
 /* A connect that could not even start: reported like a failed one. */
 static void
-connect_failed_now(struct mqttbr_device *dev, enum mqttbr_failure kind, const char *fmt, ...)
+connect_failed_now(struct device_mqtt *dev, enum mqttbr_failure kind, const char *fmt, ...)
 {
 	struct mqttbr *br = dev->br;
 	va_list ap;
@@ -494,7 +541,7 @@ connect_failed_now(struct mqttbr_device *dev, enum mqttbr_failure kind, const ch
 }
 
 static void
-connect_device(struct mqttbr_device *dev)
+connect_device(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 	STACK_OF(X509) *chain = NULL;
@@ -578,7 +625,7 @@ connect_device(struct mqttbr_device *dev)
 static void
 publish_unlink(struct publish *pub)
 {
-	struct mqttbr_device *dev = pub->dev;
+	struct device_mqtt *dev = pub->dev;
 
 	if (pub->prev)
 		pub->prev->next = pub->next;
@@ -612,7 +659,7 @@ publish_report(struct publish *pub, int status)
  * keeps the message; nothing is resent on the next session, which starts clean).
  */
 static void
-publishes_fail(struct mqttbr_device *dev)
+publishes_fail(struct device_mqtt *dev)
 {
 	struct publish *list = dev->pubs;
 
@@ -635,7 +682,7 @@ publishes_fail(struct mqttbr_device *dev)
 
 /* Sends what waits, in order, as far as the broker's Receive Maximum allows. */
 static void
-send_ready(struct mqttbr_device *dev)
+send_ready(struct device_mqtt *dev)
 {
 	for (struct publish *pub = dev->pubs; pub; pub = pub->next) {
 		if (pub->sent)
@@ -673,7 +720,7 @@ publish_timer(struct gw_timer *t, void *data)
 }
 
 static bool
-id_in_use(const struct mqttbr_device *dev, uint16_t id)
+id_in_use(const struct device_mqtt *dev, uint16_t id)
 {
 	if (id == dev->sub_id)
 		return true;
@@ -685,7 +732,7 @@ id_in_use(const struct mqttbr_device *dev, uint16_t id)
 }
 
 static uint16_t
-new_packet_id(struct mqttbr_device *dev)
+new_packet_id(struct device_mqtt *dev)
 {
 	do {
 		dev->next_id++;
@@ -694,7 +741,7 @@ new_packet_id(struct mqttbr_device *dev)
 }
 
 static struct mqttcodec_publish
-publish_of(const struct mqttbr_device *dev, const struct upstream_msg *m)
+publish_of(const struct device_mqtt *dev, const struct upstream_msg *m)
 {
 	bool v5 = dev->mqtt_version != GWCONF_MQTT_311;
 
@@ -720,7 +767,7 @@ publish_of(const struct mqttbr_device *dev, const struct upstream_msg *m)
  * message is larger than the broker's Maximum Packet Size (from its CONNACK).
  */
 static int
-publish(struct mqttbr_device *dev, const struct upstream_msg *m, upstream_done_fn fn, void *data)
+publish(struct device_mqtt *dev, const struct upstream_msg *m, upstream_done_fn fn, void *data)
 {
 	struct mqttcodec_publish p = publish_of(dev, m);
 	struct publish *pub;
@@ -774,7 +821,7 @@ publish_status(int reason)
 }
 
 static void
-on_puback(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
+on_puback(struct device_mqtt *dev, const struct mqttcodec_packet *p)
 {
 	struct publish *pub;
 	char words[40];
@@ -805,7 +852,7 @@ on_puback(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 /* ---- the session's events ---- */
 
 static void
-send_packet(struct mqttbr_device *dev, const uint8_t *buf, int len)
+send_packet(struct device_mqtt *dev, const uint8_t *buf, int len)
 {
 	if (len > 0 && dev->conn)
 		mqttconn_send(dev->conn, buf, (size_t)len);
@@ -813,7 +860,7 @@ send_packet(struct mqttbr_device *dev, const uint8_t *buf, int len)
 
 /* A new session: say so, and ask for the device's commands (clean start: none are kept). */
 static void
-session_started(struct mqttbr_device *dev)
+session_started(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 	int version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5;
@@ -851,7 +898,7 @@ session_started(struct mqttbr_device *dev)
 static void
 on_up(void *data, const struct mqttcodec_packet *p)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 	struct mqttbr *br = dev->br;
 
 	br->connecting--;
@@ -865,6 +912,7 @@ on_up(void *data, const struct mqttcodec_packet *p)
 	if (dev->rejected)
 		log_info("%s: accepted upstream again", dev->id);
 	dev->rejected = false;
+	dev->held = false;
 	dev->reason[0] = '\0';
 	br->st.connected++;
 	log_info("%s: upstream connected to %s%s", dev->id, br->cfg.broker,
@@ -877,13 +925,15 @@ on_up(void *data, const struct mqttcodec_packet *p)
 		             dev->not_after > now ? (uint64_t)(dev->not_after - now) * 1000 : 0);
 	}
 	pump(br);
+	/* The router's spool drains from here. */
+	tell_upstream(dev);
 	/* Last: the observer may remove the device. */
 	if (br->judged)
 		br->judged(dev->id, true, NULL, br->judged_data);
 }
 
 static void
-on_suback(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
+on_suback(struct device_mqtt *dev, const struct mqttcodec_packet *p)
 {
 	char words[40];
 	int rc;
@@ -907,7 +957,7 @@ on_suback(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
  * then the gateway's to deliver (into its bounded, expiring per-device queue).
  */
 static void
-on_inbound(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
+on_inbound(struct device_mqtt *dev, const struct mqttcodec_packet *p)
 {
 	struct mqttbr *br = dev->br;
 	char *topic = xmalloc(p->topic.len + 1), *ctype = NULL;
@@ -936,8 +986,8 @@ on_inbound(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 		send_packet(dev, ack, mqttcodec_puback(ack, sizeof(ack), version, id, 0));
 	}
 	/* Last: the observer may remove the device. */
-	if (br->message)
-		br->message(dev->id, &m, br->message_data);
+	if (br->message && dev->entry)
+		br->message(dev->entry, &m, br->message_data);
 	free(topic);
 	free(ctype);
 }
@@ -945,7 +995,7 @@ on_inbound(struct mqttbr_device *dev, const struct mqttcodec_packet *p)
 static void
 on_packet(void *data, const struct mqttcodec_packet *p)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 
 	switch (p->type) {
 	case MQTTCODEC_PUBACK:
@@ -967,7 +1017,7 @@ on_packet(void *data, const struct mqttcodec_packet *p)
 static bool
 on_session(void *data, SSL_SESSION *sess)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 	struct mqttbr *br = dev->br;
 	unsigned long hint = SSL_SESSION_get_ticket_lifetime_hint(sess);
 	unsigned life = br->cfg.session_lifetime;
@@ -1002,10 +1052,10 @@ sessions_stale(struct mqttbr *br, uint64_t before_ms)
 {
 	size_t dropped = 0;
 
-	for (size_t i = 0; i < br->ndevices; i++) {
-		struct mqttbr_device *dev = br->devices[i];
+	for (size_t i = 0; i < device_count(br->devices); i++) {
+		struct device_mqtt *dev = session_at(br, i);
 
-		if (!dev->session || dev->session == dev->session_offered ||
+		if (!dev || !dev->session || dev->session == dev->session_offered ||
 		    dev->session_got_ms >= before_ms)
 			continue;
 		drop_session(dev);
@@ -1024,7 +1074,7 @@ sessions_stale(struct mqttbr *br, uint64_t before_ms)
 static void
 on_tls_step(void *data, bool signing)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 	struct mqttbr *br = dev->br;
 	uint64_t now = gw_now_ms();
 
@@ -1088,7 +1138,7 @@ refused_identity(const struct mqttconn_end *why)
 
 /* The connect that just failed, in words: logged, kept as the device's reason, classified. */
 static void
-report_connect_failure(struct mqttbr_device *dev, const struct mqttconn_end *why)
+report_connect_failure(struct device_mqtt *dev, const struct mqttconn_end *why)
 {
 	struct mqttbr *br = dev->br;
 	bool was_rejected = dev->rejected;
@@ -1144,7 +1194,7 @@ static void resolve_broker(struct mqttbr *br);
 static void
 on_ended(void *data, const struct mqttconn_end *why)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 	struct mqttbr *br = dev->br;
 
 	dev->conn = NULL;
@@ -1205,7 +1255,7 @@ static const struct mqttconn_ops conn_ops = {
 
 /* What ends with a session: its expiry timer and its SUBSCRIBE in flight. */
 static void
-session_over(struct mqttbr_device *dev)
+session_over(struct device_mqtt *dev)
 {
 	gw_timer_disarm(dev->expiry);
 	dev->sub_id = 0;
@@ -1218,7 +1268,7 @@ session_over(struct mqttbr_device *dev)
 static void
 retry_fired(struct gw_timer *t, void *data)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 
 	(void)t;
 	/* While removing, the retry timer bounds the wait for the DISCONNECT. */
@@ -1235,7 +1285,7 @@ retry_fired(struct gw_timer *t, void *data)
  * half so that devices which dropped together (a broker restart) do not return together.
  */
 static void
-schedule_retry(struct mqttbr_device *dev)
+schedule_retry(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 	uint64_t ms = (uint64_t)br->cfg.reconnect_min * 1000;
@@ -1252,6 +1302,7 @@ schedule_retry(struct mqttbr_device *dev)
 	queue_remove(dev);
 	dev->state = DEV_WAITING;
 	gw_timer_arm(dev->retry, ms);
+	tell_upstream(dev);
 }
 
 /*
@@ -1261,7 +1312,7 @@ schedule_retry(struct mqttbr_device *dev)
  * DISCONNECT instead.
  */
 static void
-say_goodbye(struct mqttbr_device *dev)
+say_goodbye(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 	bool v5 = dev->mqtt_version != GWCONF_MQTT_311;
@@ -1300,7 +1351,7 @@ say_goodbye(struct mqttbr_device *dev)
 static void
 expiry_fired(struct gw_timer *t, void *data)
 {
-	struct mqttbr_device *dev = data;
+	struct device_mqtt *dev = data;
 
 	/* A connect in flight is judged when it completes. */
 	if (dev->state != DEV_UP)
@@ -1370,7 +1421,7 @@ resolve_fired(struct gw_timer *t, void *data)
 enum mqttbr_status
 mqttbr_status(struct mqttbr *br, const char *id, const char **reason)
 {
-	struct mqttbr_device *dev = mqttbr_find(br, id);
+	struct device_mqtt *dev = mqttbr_find(br, id);
 
 	*reason = NULL;
 	if (!dev)
@@ -1405,7 +1456,7 @@ mqttbr_status_name(enum mqttbr_status st)
 }
 
 static unsigned
-retry_after(const struct mqttbr_device *dev)
+retry_after(const struct device_mqtt *dev)
 {
 	int64_t ms;
 
@@ -1425,7 +1476,7 @@ retry_after(const struct mqttbr_device *dev)
 }
 
 void
-mqttbr_wanted(struct mqttbr_device *dev)
+mqttbr_wanted(struct device_mqtt *dev)
 {
 	if (dev->wanted || dev->state == DEV_UP)
 		return;
@@ -1441,87 +1492,63 @@ mqttbr_wanted(struct mqttbr_device *dev)
 	}
 }
 
-static int
-cmp_id_device(const void *key, const void *elem)
-{
-	return strcmp(key, (*(struct mqttbr_device *const *)elem)->id);
-}
-
-struct mqttbr_device *
+struct device_mqtt *
 mqttbr_find(struct mqttbr *br, const char *id)
 {
-	struct mqttbr_device **dev;
+	struct device *entry = device_find(br->devices, id);
 
-	if (br->ndevices == 0)
-		return NULL;
-	dev = bsearch(id, br->devices, br->ndevices, sizeof(*br->devices), cmp_id_device);
-	return dev ? *dev : NULL;
+	return entry ? entry->mqtt : NULL;
 }
 
 /* ---- the router's side (upstream.h) ---- */
 
 static int
-up_publish(void *up, const char *id, const struct upstream_msg *m, upstream_done_fn done,
+up_publish(void *up, struct device *entry, const struct upstream_msg *m, upstream_done_fn done,
            void *data)
 {
-	struct mqttbr_device *dev = mqttbr_find(up, id);
-
-	return dev ? publish(dev, m, done, data) : -ENOTCONN;
-}
-
-static enum upstream_state
-up_state(void *up, const char *id)
-{
-	const char *reason;
-
-	switch (mqttbr_status(up, id, &reason)) {
-	case MQTTBR_NONE:
-		return UPSTREAM_NONE;
-	case MQTTBR_CONNECTED:
-		return UPSTREAM_UP;
-	case MQTTBR_REJECTED:
-		return UPSTREAM_REFUSED;
-	default:
-		return UPSTREAM_WAITING;
-	}
+	(void)up;
+	return entry->mqtt ? publish(entry->mqtt, m, done, data) : -ENOTCONN;
 }
 
 static unsigned
-up_retry_after(void *up, const char *id)
+up_retry_after(void *up, struct device *entry)
 {
-	struct mqttbr_device *dev = mqttbr_find(up, id);
-
+	(void)up;
 	/* No session: a minute, for an operator to pair or enrol it. */
-	return dev ? retry_after(dev) : 60;
+	return entry->mqtt ? retry_after(entry->mqtt) : 60;
 }
 
 static void
-up_wanted(void *up, const char *id)
+up_wanted(void *up, struct device *entry)
 {
-	struct mqttbr_device *dev = mqttbr_find(up, id);
-
-	if (dev)
-		mqttbr_wanted(dev);
+	(void)up;
+	if (entry->mqtt)
+		mqttbr_wanted(entry->mqtt);
 }
 
 const struct upstream_ops mqttbr_upstream_ops = {
         .publish = up_publish,
-        .state = up_state,
         .retry_after = up_retry_after,
         .wanted = up_wanted,
 };
 
 int
 mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,
-                  struct mqttbr_device **out)
+                  struct device_mqtt **out)
 {
-	struct mqttbr_device *dev;
+	struct device *entry = device_find(br->devices, id);
+	struct device_mqtt *dev;
 
-	if (mqttbr_find(br, id))
+	if (!entry)
+		return -ENOENT;
+	if (entry->mqtt)
 		return -EEXIST;
-	br->devices = xreallocarray(br->devices, br->ndevices + 1, sizeof(*br->devices));
 	dev = xcalloc(1, sizeof(*dev));
 	dev->br = br;
+	dev->entry = device_ref(entry);
+	entry->mqtt = dev;
+	dev->held = entry->upstream == DEVICE_UPSTREAM_REFUSED ||
+	            (session->not_after && session->not_after <= time(NULL));
 	dev->id = xstrdup(id);
 	dev->cert_file = xstrdup_or_null(session->cert_file);
 	dev->key_file = xstrdup_or_null(session->key_file);
@@ -1533,23 +1560,31 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
 	dev->mqtt_version = br->cfg.mqtt_version;
 	dev->state = DEV_WAITING;
-	/* Sorted by id: mqttbr_find() runs for every uplink message. */
-	size_t at = br->ndevices;
-
-	while (at > 0 && strcmp(br->devices[at - 1]->id, id) > 0)
-		at--;
-	memmove(&br->devices[at + 1], &br->devices[at], (br->ndevices - at) * sizeof(*br->devices));
-	br->devices[at] = dev;
-	br->ndevices++;
+	tell_upstream(dev);
 	if (out)
 		*out = dev;
 	enqueue(dev);
 	return 0;
 }
 
+/* The device lets go of its session: what the registry says of it stands (a refusal). */
+static void
+detach(struct device_mqtt *dev)
+{
+	struct device *entry = dev->entry;
+
+	if (!entry)
+		return;
+	if (entry->upstream != DEVICE_UPSTREAM_REFUSED)
+		device_set_upstream(entry, DEVICE_UPSTREAM_NONE);
+	entry->mqtt = NULL;
+	dev->entry = NULL;
+	device_unref(entry);
+}
+
 /* Frees dev and what hangs on it; its publishes are reported already or never will be. */
 static void
-device_destroy(struct mqttbr_device *dev)
+device_destroy(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
 
@@ -1559,6 +1594,7 @@ device_destroy(struct mqttbr_device *dev)
 			break;
 		}
 	}
+	detach(dev);
 	queue_remove(dev);
 	mqttconn_free(dev->conn);
 	while (dev->pubs) {
@@ -1578,18 +1614,13 @@ device_destroy(struct mqttbr_device *dev)
 	free(dev);
 }
 
-void
-mqttbr_remove_device(struct mqttbr *br, const char *id)
+/* Ends dev's session (its DISCONNECT still goes out) and lets go of its device. */
+static void
+remove_session(struct device_mqtt *dev)
 {
-	struct mqttbr_device *dev = mqttbr_find(br, id);
-	size_t i;
+	struct mqttbr *br = dev->br;
 
-	if (!dev)
-		return;
-	for (i = 0; br->devices[i] != dev; i++)
-		;
-	memmove(&br->devices[i], &br->devices[i + 1], (br->ndevices - i - 1) * sizeof(dev));
-	br->ndevices--;
+	detach(dev);
 	gw_timer_disarm(dev->retry);
 	if (dev->state == DEV_CONNECTING) {
 		br->connecting--;
@@ -1608,13 +1639,31 @@ mqttbr_remove_device(struct mqttbr *br, const char *id)
 	dev->state = DEV_REMOVING;
 	say_goodbye(dev);
 	gw_timer_arm(dev->retry, STOP_GRACE_MS);
-	log_info("%s: upstream session closed", id);
+	log_info("%s: upstream session closed", dev->id);
+}
+
+void
+mqttbr_remove_device(struct mqttbr *br, const char *id)
+{
+	struct device_mqtt *dev = mqttbr_find(br, id);
+
+	if (dev)
+		remove_session(dev);
+}
+
+/* The registry's removal watcher: a removed device's session ends with it. */
+static void
+device_removed(struct device *entry, void *data)
+{
+	(void)data;
+	if (entry->mqtt)
+		remove_session(entry->mqtt);
 }
 
 int
 mqttbr_set_tls_files(struct mqttbr *br, const char *id, const char *cert_file, const char *key_file)
 {
-	struct mqttbr_device *dev = mqttbr_find(br, id);
+	struct device_mqtt *dev = mqttbr_find(br, id);
 
 	if (!dev)
 		return -ENOENT;
@@ -1647,8 +1696,11 @@ mqttbr_get_stats(const struct mqttbr *br, struct mqttbr_stats *st)
 {
 	*st = br->st;
 	st->up = 0;
-	for (size_t i = 0; i < br->ndevices; i++)
-		st->up += br->devices[i]->state == DEV_UP;
+	for (size_t i = 0; i < device_count(br->devices); i++) {
+		const struct device_mqtt *dev = session_at(br, i);
+
+		st->up += dev && dev->state == DEV_UP;
+	}
 	st->queued = br->queued;
 	st->connecting = br->connecting;
 	st->sign_ms = sign_pace_x8(br) / 8;
@@ -1663,7 +1715,7 @@ same_string(const char *a, const char *b)
 bool
 mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_session *session)
 {
-	const struct mqttbr_device *dev = mqttbr_find(br, id);
+	const struct device_mqtt *dev = mqttbr_find(br, id);
 
 	return dev && same_string(dev->cert_file, session->cert_file) &&
 	       same_string(dev->key_file, session->key_file) &&
@@ -1786,8 +1838,10 @@ configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 	br->command_qos = conf->downlink.qos;
 	br->cfg.mqtt_version = version_of(conf);
 	/* Sessions of another broker or CA are worth nothing there, and trusted too much. */
-	for (size_t i = 0; i < br->ndevices; i++)
-		drop_session(br->devices[i]);
+	for (size_t i = 0; i < device_count(br->devices); i++) {
+		if (session_at(br, i))
+			drop_session(session_at(br, i));
+	}
 	if (new_broker) {
 		resolve_cancel(br->resolving);
 		br->resolving = NULL;
@@ -1839,9 +1893,11 @@ mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
 	br->stop.remaining = 1; /* held until every disconnect is issued */
 	log_info("upstream: %llu full TLS handshakes, %llu resumed",
 	         (unsigned long long)br->st.full, (unsigned long long)br->st.resumed);
-	for (size_t i = 0; i < br->ndevices; i++) {
-		struct mqttbr_device *dev = br->devices[i];
+	for (size_t i = 0; i < device_count(br->devices); i++) {
+		struct device_mqtt *dev = session_at(br, i);
 
+		if (!dev)
+			continue;
 		gw_timer_disarm(dev->retry);
 		gw_timer_disarm(dev->expiry);
 		queue_remove(dev);
@@ -1853,10 +1909,12 @@ mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
 		}
 		if (dev->state != DEV_UP) {
 			dev->state = DEV_STOPPED;
+			tell_upstream(dev);
 			publishes_fail(dev);
 			continue;
 		}
 		dev->state = DEV_STOPPING;
+		tell_upstream(dev);
 		br->stop.remaining++;
 		publishes_fail(dev);
 		say_goodbye(dev);
@@ -1876,6 +1934,8 @@ mqttbr_new(struct gw_loop *loop, const struct gwconf *conf, const struct keystor
 
 	br->loop = loop;
 	br->ks = ks;
+	br->devices = keystore_devices(ks);
+	device_registry_on_remove(br->devices, device_removed, br);
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
 	br->resolve_timer = gw_timer_new(loop, resolve_fired, br);
 	configure(br, conf, true);
@@ -1887,13 +1947,15 @@ mqttbr_free(struct mqttbr *br)
 {
 	if (!br)
 		return;
-	for (size_t i = 0; i < br->ndevices; i++)
-		device_destroy(br->devices[i]);
+	device_registry_off_remove(br->devices, device_removed, br);
+	for (size_t i = 0; i < device_count(br->devices); i++) {
+		if (session_at(br, i))
+			device_destroy(session_at(br, i));
+	}
 	while (br->nremoving > 0)
 		device_destroy(br->removing[0]);
 	/* Handshakes paused on a signature finish before their memory goes (DESIGN.md 3). */
 	mqttconn_reap(STOP_GRACE_MS);
-	free(br->devices);
 	free(br->removing);
 	resolve_cancel(br->resolving);
 	gw_timer_free(br->stop.timer);

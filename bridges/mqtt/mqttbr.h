@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "upstream.h"
 
@@ -17,18 +18,21 @@
  * and each device's TLS session resumed from memory where the broker allows.
  */
 
+struct device;
+struct device_mqtt;
 struct gw_loop;
 struct gwconf;
 struct mqttbr;
-struct mqttbr_device;
 
 typedef void (*mqttbr_stopped_fn)(void *data);
 
 struct keystore;
 
 /*
- * ks (may be NULL) tells the time a handshake's signature takes on the TPM worker, the pace at
- * which connects are admitted; without it the bridge measures that itself.
+ * ks's devices (keystore_devices()) are those that may have a session: each session hangs on
+ * its device (its mqtt slot), keeps the device's upstream state (device_set_upstream()) and
+ * ends when the store removes the device. ks also tells the time a handshake's signature takes
+ * on the TPM worker, the pace at which connects are admitted.
  */
 struct mqttbr *mqttbr_new(struct gw_loop *loop, const struct gwconf *conf,
                           const struct keystore *ks);
@@ -49,12 +53,17 @@ struct mqttbr_session {
 	/* The MQTT client id (NULL: the device id) and user name (NULL: none), see profile.h. */
 	const char *client_id;
 	const char *username;
+	/*
+	 * When its certificate (not one on trial) expires, 0 for unknown: past it, the device is
+	 * refused until a connect with another certificate is accepted.
+	 */
+	time_t not_after;
 };
 
-/* Adds a device and starts connecting it. */
+/* Adds a store's device and starts connecting it. -ENOENT: no such device; -EEXIST. */
 int mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,
-                      struct mqttbr_device **out);
-struct mqttbr_device *mqttbr_find(struct mqttbr *br, const char *id);
+                      struct device_mqtt **out);
+struct device_mqtt *mqttbr_find(struct mqttbr *br, const char *id);
 /*
  * Closes a device's session (its DISCONNECT still goes out) and forgets the device; its
  * publishes still pending are reported -ENOTCONN. Nothing happens for an unknown id.
@@ -102,18 +111,18 @@ const char *mqttbr_status_name(enum mqttbr_status st);
  * Readings or a sensor wait for the device while its session is down: its connect goes before
  * those of devices with nothing to send (the backoff still applies).
  */
-void mqttbr_wanted(struct mqttbr_device *dev);
+void mqttbr_wanted(struct device_mqtt *dev);
 
 /*
  * The router's side of the bridge (gateway/data/upstream.h), with the struct mqttbr as its
  * up: publishes (the outcome -EMSGSIZE comes from the broker's CONNACK Maximum Packet Size),
- * each device's state (UPSTREAM_REFUSED while the broker refuses its identity, retried
- * slowly), Max-Age and wanted.
+ * Max-Age and wanted. The device's state is its upstream field (REFUSED while the broker
+ * refuses its identity, retried slowly).
  */
 extern const struct upstream_ops mqttbr_upstream_ops;
 
 /* Told of every message arriving on a device's command subscription, on the loop. */
-typedef void (*mqttbr_message_fn)(const char *id, const struct upstream_msg *m, void *data);
+typedef void (*mqttbr_message_fn)(struct device *dev, const struct upstream_msg *m, void *data);
 void mqttbr_on_message(struct mqttbr *br, mqttbr_message_fn fn, void *data);
 
 /* Why a connect failed, for the counters (the words are in mqttbr_status()'s reason). */

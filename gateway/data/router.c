@@ -46,13 +46,6 @@ struct device_flow {
 	} out[WINDOW];
 	unsigned nout;
 	struct gw_timer *retry; /* after a failure on a live session */
-	/*
-	 * The broker refused the device's identity at its last connect (revoked, expired, a
-	 * renewal on trial that failed). Kept here because upstream starts a device afresh when its
-	 * certificate changes: a trial connect must not make the spool take what waits for an
-	 * operator.
-	 */
-	bool refused;
 	struct cmdq_queue commands;
 	struct router_device_stats st;
 };
@@ -88,17 +81,17 @@ struct router {
 	struct router_stats st;
 };
 
-/* The cloud side's view of device. */
-static enum upstream_state
-up_state(const struct router *rt, const char *device)
+/* Whether the device's session is up: the one answer, kept by the cloud side (device.h). */
+static bool
+up(const struct device *dev)
 {
-	return rt->up_ops->state(rt->up, device);
+	return dev->upstream == DEVICE_UPSTREAM_UP;
 }
 
 static unsigned
-up_retry_after(const struct router *rt, const char *device)
+up_retry_after(const struct router *rt, struct device *dev)
 {
-	return rt->up_ops->retry_after(rt->up, device);
+	return rt->up_ops->retry_after(rt->up, dev);
 }
 
 static void
@@ -336,7 +329,7 @@ spooled_done(int status, void *data)
 	default:
 		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
 		flow_rewind(f);
-		if (status != -ENOTCONN || up_state(rt, f->dev->id) == UPSTREAM_UP)
+		if (status != -ENOTCONN || up(f->dev))
 			gw_timer_arm(f->retry, 1000);
 		sent_free(s);
 		return;
@@ -354,13 +347,13 @@ spooled_done(int status, void *data)
 static void
 pump(struct router *rt, struct device_flow *f)
 {
-	enum upstream_state st = up_state(rt, f->dev->id);
+	enum device_upstream st = f->dev->upstream;
 
 	/* Readings wait in its spool: its connect goes before those of idle devices. */
-	if (st != UPSTREAM_NONE && st != UPSTREAM_UP &&
+	if (st != DEVICE_UPSTREAM_NONE && st != DEVICE_UPSTREAM_UP &&
 	    spool_depth(rt->spool, f->dev->id, NULL) > 0)
-		rt->up_ops->wanted(rt->up, f->dev->id);
-	while (up_state(rt, f->dev->id) == UPSTREAM_UP && f->nout < WINDOW) {
+		rt->up_ops->wanted(rt->up, f->dev);
+	while (up(f->dev) && f->nout < WINDOW) {
 		struct spool_record rec;
 		struct sent *s;
 		void *buf = NULL;
@@ -386,7 +379,7 @@ pump(struct router *rt, struct device_flow *f)
 		                rec.content_type && rec.content_type[0] ? rec.content_type : NULL,
 		};
 		/* upstream encodes the message at once: the buffer can go. */
-		r = rt->up_ops->publish(rt->up, f->dev->id, &m, spooled_done, s);
+		r = rt->up_ops->publish(rt->up, f->dev, &m, spooled_done, s);
 		free(buf);
 		if (r == -EMSGSIZE) {
 			/*
@@ -409,7 +402,7 @@ pump(struct router *rt, struct device_flow *f)
 		if (r < 0) {
 			sent_free(s);
 			/* Nothing is lost: the record stays and goes out with the next pump. */
-			if (r != -ENOTCONN || up_state(rt, f->dev->id) == UPSTREAM_UP)
+			if (r != -ENOTCONN || up(f->dev))
 				gw_timer_arm(f->retry, 1000);
 			return;
 		}
@@ -429,25 +422,15 @@ flow_retry(struct gw_timer *t, void *data)
 	pump(f->rt, f);
 }
 
-void
-router_session_judged(struct router *rt, const char *device, bool accepted, bool refused)
+/* The registry's upstream watcher: a session that comes up drains what its spool holds. */
+static void
+upstream_changed(struct device *dev, enum device_upstream was, void *data)
 {
-	struct device *dev = device_find(rt->devices, device);
-	struct device_flow *f;
+	struct router *rt = data;
 
-	if (!dev)
-		return;
-	f = accepted ? dev->flow : refused ? flow_get(rt, dev) : NULL;
-
-	if (f && !accepted)
-		f->refused = true;
-	if (!accepted)
-		return;
-	if (f)
-		f->refused = false;
-	if (spool_depth(rt->spool, device, NULL) == 0)
-		return;
-	pump(rt, flow_get(rt, dev));
+	(void)was;
+	if (up(dev) && spool_depth(rt->spool, dev->id, NULL) > 0)
+		pump(rt, flow_get(rt, dev));
 }
 
 /* ---- the spool's group commit ---- */
@@ -541,7 +524,7 @@ direct_done(int status, void *data)
 	struct direct *dr = data;
 	struct sensor_request *req = dr->req;
 	struct router *rt = dr->rt;
-	unsigned retry = status == 0 ? 0 : up_retry_after(rt, dr->dev->id);
+	unsigned retry = status == 0 ? 0 : up_retry_after(rt, dr->dev);
 
 	if (status == 0)
 		rt->st.published++;
@@ -629,32 +612,32 @@ static void
 uplink_direct(struct router *rt, struct sensor_request *req, const struct sensor_uplink *up,
               const struct upstream_msg *m)
 {
-	enum upstream_state st = up_state(rt, up->dev->id);
+	enum device_upstream st = up->dev->upstream;
 	struct direct *dr;
 	int r;
 
-	if (st == UPSTREAM_NONE) {
+	if (st == DEVICE_UPSTREAM_NONE) {
 		/* Paired on the sensor side but with no upstream session: nothing to send it on. */
 		log_warnx("%s: no upstream session for this device", up->dev->id);
 		answer(rt, req, SENSOR_UNAVAILABLE, 60);
 		return;
 	}
 	/* Down, or its spool still draining (order first): the sensor keeps it for now. */
-	if (st != UPSTREAM_UP || spool_depth(rt->spool, up->dev->id, NULL) > 0) {
+	if (st != DEVICE_UPSTREAM_UP || spool_depth(rt->spool, up->dev->id, NULL) > 0) {
 		/* Its sensor waits: its connect goes before those of idle devices. */
-		rt->up_ops->wanted(rt->up, up->dev->id);
-		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev->id));
+		rt->up_ops->wanted(rt->up, up->dev);
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev));
 		return;
 	}
 	dr = xmalloc(sizeof(*dr));
 	*dr = (struct direct){.rt = rt, .req = req, .dev = device_ref(up->dev)};
-	r = rt->up_ops->publish(rt->up, up->dev->id, m, direct_done, dr);
+	r = rt->up_ops->publish(rt->up, up->dev, m, direct_done, dr);
 	if (r < 0) {
 		device_unref(dr->dev);
 		free(dr);
 	}
 	if (r == -ENOTCONN)
-		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev->id));
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev));
 	else if (r == -EMSGSIZE) /* the broker's limit, not ours: no Size1 to give */
 		answer(rt, req, SENSOR_TOO_LARGE, 0);
 	else if (r < 0)
@@ -706,17 +689,16 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	}
 	/*
 	 * The spool bridges outages. A device without a session (no certificate yet) or whose
-	 * identity the broker refused waits for an operator, not for the network: its sensor
-	 * keeps its messages rather than the spool filling with what may never be accepted.
+	 * identity the broker refused (or whose certificate expired) waits for an operator, not
+	 * for the network: its sensor keeps its messages rather than the spool filling with what
+	 * may never be accepted.
 	 */
-	enum upstream_state ust = up_state(rt, up->dev->id);
+	enum device_upstream ust = up->dev->upstream;
 
-	if (ust == UPSTREAM_NONE || ust == UPSTREAM_REFUSED ||
-	    (ust != UPSTREAM_UP &&
-	     (f->refused || rt->opt.cert_expired(up->dev->id, rt->opt.data)))) {
-		if (ust == UPSTREAM_NONE)
+	if (ust == DEVICE_UPSTREAM_NONE || ust == DEVICE_UPSTREAM_REFUSED) {
+		if (ust == DEVICE_UPSTREAM_NONE)
 			log_warnx("%s: no upstream session for this device", up->dev->id);
-		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev->id));
+		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev));
 		return;
 	}
 	rec = (struct spool_record){
@@ -808,16 +790,13 @@ const struct sensor_ops router_sensor_ops = {
 /* ---- downlink and sessions ---- */
 
 void
-router_downlink(const char *device, const struct upstream_msg *m, void *data)
+router_downlink(struct device *dev, const struct upstream_msg *m, void *data)
 {
 	struct router *rt = data;
-	struct device *dev = device_find(rt->devices, device);
+	const char *device = dev->id;
 	struct device_flow *f;
 	char why[256];
 
-	/* Sessions are the store's devices': one removed has no session left to hear from. */
-	if (!dev)
-		return;
 	if (!allowed(rt, device, POLICY_MQTT_RECEIVE, m->topic, why, sizeof(why))) {
 		log_warnx("%s: command on %s refused: %s", device, m->topic, why);
 		rt->st.denied_down++;
@@ -929,6 +908,7 @@ router_new(const struct router_options *opt)
 	rt->sync = gw_timer_new(rt->loop, sync_fired, rt);
 	rt->checkpoint = gw_timer_new(rt->loop, checkpoint_fired, rt);
 	device_registry_on_remove(rt->devices, device_removed, rt);
+	device_registry_on_upstream(rt->devices, upstream_changed, rt);
 	return rt;
 }
 
@@ -947,6 +927,7 @@ router_free(struct router *rt)
 		free(w);
 	}
 	device_registry_off_remove(rt->devices, device_removed, rt);
+	device_registry_on_upstream(rt->devices, NULL, NULL);
 	for (size_t i = 0; i < device_count(rt->devices); i++) {
 		struct device *dev = device_at(rt->devices, i);
 

@@ -21,6 +21,7 @@
  */
 
 struct cmdq;
+struct device;
 struct device_registry;
 struct gw_loop;
 struct gwconf;
@@ -41,12 +42,7 @@ struct router_options {
 	void *up;
 	/* A device's attribute, for policies and templates; NULL when it has none. */
 	const char *(*attr)(const char *device, const char *key, void *data);
-	/*
-	 * Whether the device's certificate (not one on trial) has expired: it is never presented,
-	 * so until a renewal is accepted the device waits like one the broker refused.
-	 */
-	bool (*cert_expired)(const char *device, void *data);
-	void *data; /* of attr and cert_expired */
+	void *data; /* of attr */
 };
 
 struct router *router_new(const struct router_options *opt);
@@ -66,13 +62,6 @@ void router_set_sensor_side(struct router *rt, const struct sensor_side_ops *ops
 extern const struct sensor_ops router_sensor_ops;
 
 /*
- * A device's connect was judged (mqttbr_on_judged): accepted, what its spool holds goes out
- * now; refused (the broker refused its identity), its sensor is told 5.03 rather than spooled
- * for until a connect is accepted again.
- */
-void router_session_judged(struct router *rt, const char *device, bool accepted, bool refused);
-
-/*
  * A device's presence topic and command filter, expanded. has_* is false where the config
  * has none, where a template cannot be expanded for this device, or where a policy denies the
  * subscription (both logged): the session then goes without that part.
@@ -89,7 +78,7 @@ struct router_session {
 void router_session_topics(struct router *rt, const char *device, struct router_session *out);
 
 /* A message on a device's command subscription (mqttbr_message_fn); data is the router. */
-void router_downlink(const char *device, const struct upstream_msg *m, void *data);
+void router_downlink(struct device *dev, const struct upstream_msg *m, void *data);
 
 /* What waits for the device: messages in its spool (and their bytes), commands queued. */
 void router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,

@@ -6,10 +6,13 @@
 #include <stddef.h>
 
 /*
- * The cloud side as the router sees it, and nothing more: a device's session publishes, says
- * whether it is up, and how long until it may be. bridges/mqtt implements it
+ * The cloud side as the router sees it, and nothing more: a device's session publishes, and
+ * says how long until it may be up; whether it is up is the device's upstream field
+ * (device.h), which the implementation keeps. bridges/mqtt implements it
  * (mqttbr_upstream_ops); tests/unit/test-router.c fakes it.
  */
+
+struct device;
 
 struct upstream_msg {
 	const char *topic;
@@ -18,13 +21,6 @@ struct upstream_msg {
 	int qos;
 	bool retain;
 	const char *content_type; /* the MQTT 5 property; NULL: none */
-};
-
-enum upstream_state {
-	UPSTREAM_NONE,    /* no session: no usable certificate, or the device is not usable */
-	UPSTREAM_WAITING, /* connecting, or waiting to after a failure or a loss */
-	UPSTREAM_UP,
-	UPSTREAM_REFUSED, /* the broker refused the device's identity at its last connect */
 };
 
 /*
@@ -42,13 +38,12 @@ struct upstream_ops {
 	 * -ENOTCONN when the session is not up, -EMSGSIZE when the message is larger than the
 	 * broker's Maximum Packet Size.
 	 */
-	int (*publish)(void *up, const char *device, const struct upstream_msg *m,
+	int (*publish)(void *up, struct device *dev, const struct upstream_msg *m,
 	               upstream_done_fn done, void *data);
-	enum upstream_state (*state)(void *up, const char *device);
 	/* Seconds until the device's session may be up again: CoAP's Max-Age on a 5.03. */
-	unsigned (*retry_after)(void *up, const char *device);
+	unsigned (*retry_after)(void *up, struct device *dev);
 	/* Data waits for the device: its connect goes before those of devices with none. */
-	void (*wanted)(void *up, const char *device);
+	void (*wanted)(void *up, struct device *dev);
 };
 
 #endif

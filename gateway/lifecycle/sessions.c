@@ -59,6 +59,7 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 	struct router_session topics;
 
 	router_session_topics(s->o.router, id, &topics);
+	struct keystore_info info;
 	struct mqttbr_session session = {
 	        .cert_file = cert,
 	        .key_file = key,
@@ -79,6 +80,9 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 			mqttbr_remove_device(s->o.mqtt, id);
 		return false;
 	}
+	/* The current certificate's end (not one on trial's): past it, refused until renewed. */
+	if (keystore_device_info(s->o.ks, id, &info) == 0 && info.has_cert)
+		session.not_after = info.not_after;
 	session.client_id = topics.ids.client_id;
 	session.username = topics.ids.has_username ? topics.ids.username : NULL;
 
@@ -88,7 +92,7 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 			return false;
 		mqttbr_remove_device(s->o.mqtt, id);
 	}
-	struct mqttbr_device *dev;
+	struct device_mqtt *dev;
 
 	r = mqttbr_add_device(s->o.mqtt, id, &session, &dev);
 	if (r < 0) {
@@ -154,10 +158,7 @@ void
 sessions_judged(const char *id, bool accepted, const char *reason, void *data)
 {
 	struct sessions *s = data;
-	const char *why;
 
-	/* The router first: enrolment may end the session it is told about. */
-	router_session_judged(s->o.router, id, accepted,
-	                      mqttbr_status(s->o.mqtt, id, &why) == MQTTBR_REJECTED);
+	/* The router heard already, from the device's upstream state (device.h). */
 	enrol_upstream(s->o.enrol, id, accepted, reason);
 }

@@ -74,7 +74,7 @@ struct pub {
 };
 
 struct fake_up {
-	enum upstream_state state;
+	struct device *dev; /* DEV: its upstream field is the session's state */
 	unsigned retry_after;
 	int wanted;
 	int refuse_next; /* publish returns this once (-EMSGSIZE, -ENOTCONN) */
@@ -83,20 +83,20 @@ struct fake_up {
 };
 
 static int
-fake_publish(void *up, const char *device, const struct upstream_msg *m, upstream_done_fn done,
+fake_publish(void *up, struct device *dev, const struct upstream_msg *m, upstream_done_fn done,
              void *data)
 {
 	struct fake_up *f = up;
 	struct pub *p;
 	int r;
 
-	assert_string_equal(device, DEV);
+	assert_ptr_equal(dev, f->dev);
 	if (f->refuse_next) {
 		r = f->refuse_next;
 		f->refuse_next = 0;
 		return r;
 	}
-	if (f->state != UPSTREAM_UP)
+	if (dev->upstream != DEVICE_UPSTREAM_UP)
 		return -ENOTCONN;
 	assert_true(f->npubs < MAXPUBS);
 	p = &f->pubs[f->npubs++];
@@ -106,30 +106,22 @@ fake_publish(void *up, const char *device, const struct upstream_msg *m, upstrea
 	return 0;
 }
 
-static enum upstream_state
-fake_state(void *up, const char *device)
-{
-	(void)device;
-	return ((struct fake_up *)up)->state;
-}
-
 static unsigned
-fake_retry_after(void *up, const char *device)
+fake_retry_after(void *up, struct device *dev)
 {
-	(void)device;
+	(void)dev;
 	return ((struct fake_up *)up)->retry_after;
 }
 
 static void
-fake_wanted(void *up, const char *device)
+fake_wanted(void *up, struct device *dev)
 {
-	(void)device;
+	(void)dev;
 	((struct fake_up *)up)->wanted++;
 }
 
 static const struct upstream_ops fake_up_ops = {
         .publish = fake_publish,
-        .state = fake_state,
         .retry_after = fake_retry_after,
         .wanted = fake_wanted,
 };
@@ -156,7 +148,6 @@ struct fixture {
 	struct device *dev; /* DEV, in devices */
 	struct router *rt;
 	struct fake_up up;
-	bool expired;
 };
 
 static const char *
@@ -167,11 +158,11 @@ fake_attr(const char *device, const char *key, void *data)
 	return strcmp(key, "site") == 0 ? "north" : NULL;
 }
 
-static bool
-fake_cert_expired(const char *device, void *data)
+/* The session's state, as the cloud side keeps it: the router hears of it (UP: it drains). */
+static void
+set_up(struct fixture *f, enum device_upstream st)
 {
-	(void)device;
-	return ((struct fixture *)data)->expired;
+	device_set_upstream(f->dev, st);
 }
 
 /* The config: one route, and the spool acknowledging as ack says. */
@@ -216,11 +207,13 @@ setup_with(void **state, const char *ack, uint64_t device_bytes)
 	f->conf = load_conf(f, ack);
 	if (gw_loop_new(&f->loop) < 0 || spool_open(&f->spool, dir, &lim) < 0)
 		return -1;
-	f->up = (struct fake_up){.state = UPSTREAM_UP, .retry_after = 7};
+	f->up = (struct fake_up){.retry_after = 7};
 	f->commands = cmdq_new(16, 3600);
 	f->devices = device_registry_new();
 	if (device_add(f->devices, DEV, &f->dev) < 0)
 		return -1;
+	f->up.dev = f->dev;
+	device_set_upstream(f->dev, DEVICE_UPSTREAM_UP);
 	f->rt = router_new(&(struct router_options){
 	        .loop = f->loop,
 	        .conf = f->conf,
@@ -230,7 +223,6 @@ setup_with(void **state, const char *ack, uint64_t device_bytes)
 	        .up_ops = &fake_up_ops,
 	        .up = &f->up,
 	        .attr = fake_attr,
-	        .cert_expired = fake_cert_expired,
 	        .data = f,
 	});
 	router_set_sensor_side(f->rt, &fake_side, NULL);
@@ -265,7 +257,7 @@ teardown(void **state)
 	struct fixture *f = *state;
 
 	/* The session ends, as a real one does at stop: what is in flight hears -ENOTCONN. */
-	f->up.state = UPSTREAM_NONE;
+	set_up(f, DEVICE_UPSTREAM_NONE);
 	for (size_t i = 0; i < f->up.npubs; i++) {
 		if (!f->up.pubs[i].finished)
 			finish(&f->up, i, -ENOTCONN);
@@ -382,15 +374,14 @@ a_failure_rewinds_to_the_first_not_acknowledged(void **state)
 	assert_int_equal(f->up.npubs, 5);
 	finish(&f->up, 0, 0);
 	/* The session drops under r1..r4. */
-	f->up.state = UPSTREAM_WAITING;
+	set_up(f, DEVICE_UPSTREAM_WAITING);
 	finish(&f->up, 1, -ENOTCONN);
 	finish(&f->up, 3, -ENOTCONN);
 	finish(&f->up, 4, -ENOTCONN);
 	assert_int_equal(f->up.npubs, 5);
 	assert_int_equal(spool_depth(f->spool, DEV, NULL), 4);
 	/* Back: everything from r1 goes again, in order (r2 twice: at least once). */
-	f->up.state = UPSTREAM_UP;
-	router_session_judged(f->rt, DEV, true, false);
+	set_up(f, DEVICE_UPSTREAM_UP);
 	assert_int_equal(f->up.npubs, 9);
 	expect_published(f, 5, "r1");
 	expect_published(f, 6, "r2");
@@ -443,49 +434,49 @@ a_device_without_a_session_is_told_to_wait(void **state)
 
 	/* Refused by the broker: 5.03 with its Max-Age, nothing spooled for an operator to wait on.
 	 */
-	f->up.state = UPSTREAM_REFUSED;
+	set_up(f, DEVICE_UPSTREAM_REFUSED);
 	post(f, &req[0], "r0", true);
 	assert_true(req[0].answered);
 	assert_int_equal(req[0].status, SENSOR_UNAVAILABLE);
 	assert_int_equal(req[0].arg, 7);
 	/* No session at all. */
-	f->up.state = UPSTREAM_NONE;
+	set_up(f, DEVICE_UPSTREAM_NONE);
 	post(f, &req[1], "r1", true);
 	assert_int_equal(req[1].status, SENSOR_UNAVAILABLE);
-	/* Connecting after a refusal, or with an expired certificate: the same. */
-	f->up.state = UPSTREAM_WAITING;
-	f->expired = true;
+	/*
+	 * Connecting after a refusal, or with an expired certificate: REFUSED still (the cloud
+	 * side keeps it until a connect is accepted), the same.
+	 */
+	set_up(f, DEVICE_UPSTREAM_REFUSED);
 	post(f, &req[2], "r2", true);
 	assert_int_equal(req[2].status, SENSOR_UNAVAILABLE);
 	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
 	/* Only waiting for the network: the spool bridges it, and the connect is hurried. */
-	f->expired = false;
+	set_up(f, DEVICE_UPSTREAM_WAITING);
 	post(f, &req[3], "r3", true);
 	turn(f);
 	assert_int_equal(req[3].status, SENSOR_CHANGED);
 	assert_int_equal(spool_depth(f->spool, DEV, NULL), 1);
 	assert_true(f->up.wanted > 0);
 	assert_int_equal(f->up.npubs, 0);
-	f->up.state = UPSTREAM_UP;
-	router_session_judged(f->rt, DEV, true, false);
+	set_up(f, DEVICE_UPSTREAM_UP);
 	assert_int_equal(f->up.npubs, 1);
 	expect_published(f, 0, "r3");
 }
 
 static void
-a_refusal_outlives_a_fresh_start(void **state)
+a_refused_device_waits_until_accepted(void **state)
 {
 	struct fixture *f = *state;
 	struct sensor_request req[2] = {0};
 
-	/* Refused, then the session starts afresh (a new certificate on trial): still waits. */
-	router_session_judged(f->rt, DEV, false, true);
-	f->up.state = UPSTREAM_WAITING;
+	/* Refused (the session may be trying a new certificate meanwhile): nothing spooled. */
+	set_up(f, DEVICE_UPSTREAM_REFUSED);
 	post(f, &req[0], "r0", true);
 	assert_int_equal(req[0].status, SENSOR_UNAVAILABLE);
+	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
 	/* Accepted: the spool takes readings again. */
-	f->up.state = UPSTREAM_UP;
-	router_session_judged(f->rt, DEV, true, false);
+	set_up(f, DEVICE_UPSTREAM_UP);
 	post(f, &req[1], "r1", true);
 	turn(f);
 	assert_int_equal(req[1].status, SENSOR_CHANGED);
@@ -510,7 +501,7 @@ a_full_spool_refuses(void **state)
 	struct sensor_request req[64] = {0};
 	size_t i;
 
-	f->up.state = UPSTREAM_WAITING;
+	set_up(f, DEVICE_UPSTREAM_WAITING);
 	for (i = 0; i < 64; i++) {
 		post(f, &req[i], "0123456789", true);
 		if (req[i].answered)
@@ -551,7 +542,7 @@ ack_upstream_answers_with_the_puback(void **state)
 	finish(&f->up, 2, -EACCES);
 	assert_int_equal(req[2].status, SENSOR_FORBIDDEN);
 	/* Down: 5.03 at once, and the connect is hurried. */
-	f->up.state = UPSTREAM_WAITING;
+	set_up(f, DEVICE_UPSTREAM_WAITING);
 	post(f, &req[3], "u3", true);
 	assert_int_equal(req[3].status, SENSOR_UNAVAILABLE);
 	assert_true(f->up.wanted > 0);
@@ -565,7 +556,7 @@ commands_are_announced_to_the_sensor_side(void **state)
 	const struct upstream_msg m = {.topic = "d/dev-1/cmd", .payload = "on", .len = 2};
 
 	commands_ready = 0;
-	router_downlink(DEV, &m, f->rt);
+	router_downlink(f->dev, &m, f->rt);
 	assert_int_equal(commands_ready, 1);
 	assert_int_equal(router_sensor_ops.commands_waiting(f->dev, f->rt), 1);
 }
@@ -587,7 +578,7 @@ a_removed_device_takes_its_flow_with_it(void **state)
 	turn(f);
 	assert_int_equal(req[0].status, SENSOR_CHANGED);
 	assert_int_equal(f->up.npubs, 1);
-	router_downlink(DEV, &m, f->rt);
+	router_downlink(f->dev, &m, f->rt);
 	assert_non_null(f->dev->flow);
 
 	held = device_ref(f->dev);
@@ -599,6 +590,8 @@ a_removed_device_takes_its_flow_with_it(void **state)
 	device_unref(held);
 
 	assert_int_equal(device_add(f->devices, DEV, &f->dev), 0);
+	f->up.dev = f->dev;
+	set_up(f, DEVICE_UPSTREAM_UP);
 	assert_int_equal(router_sensor_ops.commands_waiting(f->dev, f->rt), 0);
 	post(f, &req[1], "r1", true);
 	turn(f);
@@ -622,7 +615,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(a_device_without_a_session_is_told_to_wait, setup,
 	                                        teardown),
-	        cmocka_unit_test_setup_teardown(a_refusal_outlives_a_fresh_start, setup, teardown),
+	        cmocka_unit_test_setup_teardown(a_refused_device_waits_until_accepted, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(a_non_is_answered_at_once, setup, teardown),
 	        cmocka_unit_test_setup_teardown(a_full_spool_refuses, setup_small, teardown),
 	        cmocka_unit_test_setup_teardown(ack_upstream_answers_with_the_puback,
