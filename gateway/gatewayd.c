@@ -221,6 +221,8 @@ open_spool(struct daemon *d)
 static int
 start(struct daemon *d)
 {
+	struct coapbr_options co;
+	struct mqttbr_options mo;
 	struct keystore_config kc;
 	struct keystore_stats st;
 	size_t n;
@@ -261,7 +263,8 @@ start(struct daemon *d)
 	}
 	d->tpm_sampler = gw_timer_new(d->loop, tpm_sample, d);
 	gw_timer_arm(d->tpm_sampler, TPM_SAMPLE_MS);
-	d->mqtt = mqttbr_new(d->loop, d->conf, d->ks);
+	options_mqttbr(&mo, d->conf);
+	d->mqtt = mqttbr_new(d->loop, &mo, d->ks);
 	d->router = router_new(&(struct router_options){
 	        .loop = d->loop,
 	        .conf = d->conf,
@@ -299,7 +302,8 @@ start(struct daemon *d)
 	}
 	n = keystore_count(d->ks);
 	sync_all(d);
-	r = coapbr_new(&d->coap, d->loop, d->conf, d->ks, &router_sensor_ops, d->router);
+	options_coapbr(&co, d->conf);
+	r = coapbr_new(&d->coap, d->loop, &co, d->ks, &router_sensor_ops, d->router);
 	if (r < 0) {
 		log_warnx("cannot start the sensor side: %s", strerror(-r));
 		return r;

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "options.h"
+#include "coapbr.h"
 #include "conf.h"
 #include "keystore.h"
+#include "mqttbr.h"
 #include "spool.h"
 
 void
@@ -15,6 +17,49 @@ options_keystore(struct keystore_config *out, const struct gwconf *conf)
 	        .create_parent = conf->keystore.create_parent,
 	        .device_ca_file = conf->keystore.device_ca_file,
 	        .psk_grace = (unsigned)conf->keystore.psk_grace,
+	};
+}
+
+void
+options_mqttbr(struct mqttbr_options *out, const struct gwconf *conf)
+{
+	*out = (struct mqttbr_options){
+	        .broker = conf->upstream.broker,
+	        .host = conf->upstream.broker_host,
+	        .port = conf->upstream.broker_port,
+	        .ca_file = conf->upstream.ca_file,
+	        .alpn = (const char *const *)conf->upstream.alpn,
+	        .nalpn = conf->upstream.nalpn,
+	        /* MQTT 5 unless 3.1.1 is asked for (a config built by hand has 0 there). */
+	        .mqtt311 = conf->upstream.mqtt_version == GWCONF_MQTT_311,
+	        .keepalive = conf->upstream.keepalive,
+	        .connect_timeout = conf->upstream.connect_timeout,
+	        .publish_timeout = conf->upstream.publish_timeout,
+	        .reconnect_min = conf->upstream.reconnect_min,
+	        .reconnect_max = conf->upstream.reconnect_max,
+	        .rejected_retry = conf->upstream.rejected_retry,
+	        .session_lifetime = (unsigned)conf->upstream.tls_session_lifetime,
+	        .online = conf->presence.online ? conf->presence.online : "online",
+	        .offline = conf->presence.offline ? conf->presence.offline : "offline",
+	        .presence_qos = conf->presence.qos,
+	        .command_qos = conf->downlink.qos,
+	};
+}
+
+void
+options_coapbr(struct coapbr_options *out, const struct gwconf *conf)
+{
+	*out = (struct coapbr_options){
+	        .listen = conf->sensors.listen,
+	        .port = conf->sensors.port,
+	        .receive_buffer = conf->sensors.receive_buffer,
+	        .max_sessions = (size_t)conf->sensors.max_sessions,
+	        .max_payload = (size_t)conf->sensors.max_payload,
+	        .routes = conf->routes,
+	        .nroutes = conf->nroutes,
+	        /* Commands come down only on a subscription: with downlink.topic (a restart's key).
+	         */
+	        .commands_resource = conf->downlink.topic ? conf->downlink.resource : NULL,
 	};
 }
 

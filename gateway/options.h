@@ -8,11 +8,15 @@
  * and at every reload) and for gwctl. Strings in the options point into conf.
  */
 
+struct coapbr_options;
 struct gwconf;
 struct keystore_config;
+struct mqttbr_options;
 struct spool_limits;
 
 void options_keystore(struct keystore_config *out, const struct gwconf *conf);
 void options_spool(struct spool_limits *out, const struct gwconf *conf);
+void options_mqttbr(struct mqttbr_options *out, const struct gwconf *conf);
+void options_coapbr(struct coapbr_options *out, const struct gwconf *conf);
 
 #endif

@@ -134,15 +134,20 @@ static void __attribute__((format(printf, 3, 4))) tell(FILE *f, bool warn, const
 static void
 apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 {
+	struct coapbr_options co;
 	struct keystore_config kc;
+	struct mqttbr_options mo;
 	struct spool_limits lim;
 
 	/* First: what follows logs, and libcoap takes its level from ours. */
 	if (!d->verbose)
 		log_set_level(next->log_level);
-	mqttbr_reconfigure(d->mqtt, next, restart_all);
-	if (d->coap)
-		coapbr_set_conf(d->coap, next);
+	options_mqttbr(&mo, next);
+	mqttbr_reconfigure(d->mqtt, &mo, restart_all);
+	if (d->coap) {
+		options_coapbr(&co, next);
+		coapbr_reconfigure(d->coap, &co);
+	}
 	options_keystore(&kc, next);
 	keystore_reconfigure(d->ks, &kc);
 	router_set_conf(d->router, next);

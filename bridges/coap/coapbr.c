@@ -1169,18 +1169,18 @@ grow_receive_buffer(uint16_t port, int bytes)
 }
 
 static int
-listen_address(const struct gwconf *conf, coap_address_t *addr)
+listen_address(const struct coapbr_options *opt, coap_address_t *addr)
 {
 	coap_address_init(addr);
-	if (inet_pton(AF_INET, conf->sensors.listen, &addr->addr.sin.sin_addr) == 1) {
+	if (inet_pton(AF_INET, opt->listen, &addr->addr.sin.sin_addr) == 1) {
 		addr->addr.sin.sin_family = AF_INET;
-		addr->addr.sin.sin_port = htons(conf->sensors.port);
+		addr->addr.sin.sin_port = htons(opt->port);
 		addr->size = sizeof(addr->addr.sin);
 		return 0;
 	}
-	if (inet_pton(AF_INET6, conf->sensors.listen, &addr->addr.sin6.sin6_addr) == 1) {
+	if (inet_pton(AF_INET6, opt->listen, &addr->addr.sin6.sin6_addr) == 1) {
 		addr->addr.sin6.sin6_family = AF_INET6;
-		addr->addr.sin6.sin6_port = htons(conf->sensors.port);
+		addr->addr.sin6.sin6_port = htons(opt->port);
 		addr->size = sizeof(addr->addr.sin6);
 		return 0;
 	}
@@ -1226,15 +1226,15 @@ find_resource(struct coapbr *br, const char *path)
 	return r;
 }
 
-/* Serves conf's routes; the resources of routes it no longer has answer 4.04. */
+/* Serves opt's routes; the resources of routes it no longer has answer 4.04. */
 static void
-add_routes(struct coapbr *br, const struct gwconf *conf)
+add_routes(struct coapbr *br, const struct coapbr_options *opt)
 {
 	for (size_t i = 0; i < br->nresources; i++)
 		coap_resource_set_userdata(br->resources[i], NULL);
-	for (size_t i = 0; i < conf->nroutes; i++)
-		coap_resource_set_userdata(find_resource(br, conf->routes[i].resource),
-		                           (void *)&conf->routes[i]);
+	for (size_t i = 0; i < opt->nroutes; i++)
+		coap_resource_set_userdata(find_resource(br, opt->routes[i].resource),
+		                           (void *)&opt->routes[i]);
 }
 
 /*
@@ -1253,9 +1253,9 @@ set_libcoap_log_level(void)
  * gateway restart all of them handshake at once (libcoap's default allows 100).
  */
 static void
-set_session_limits(struct coapbr *br, const struct gwconf *conf)
+set_session_limits(struct coapbr *br, const struct coapbr_options *opt)
 {
-	size_t fleet = keystore_count(br->ks), max = (size_t)conf->sensors.max_sessions;
+	size_t fleet = keystore_count(br->ks), max = opt->max_sessions;
 
 	coap_context_set_max_idle_sessions(br->ctx, (unsigned)max);
 	coap_context_set_max_handshake_sessions(
@@ -1289,32 +1289,32 @@ coapbr_device_sessions(const struct coapbr *br, const char *device)
 }
 
 void
-coapbr_set_conf(struct coapbr *br, const struct gwconf *conf)
+coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt)
 {
-	if (br->commands && conf->downlink.resource &&
-	    strcmp(br->commands_path, conf->downlink.resource) != 0) {
+	if (br->commands && opt->commands_resource &&
+	    strcmp(br->commands_path, opt->commands_resource) != 0) {
 		free(br->commands_path);
-		br->commands_path = xstrdup(conf->downlink.resource);
+		br->commands_path = xstrdup(opt->commands_resource);
 		/* Observers of the old path: their observation ends with it (RFC 7641 3.6). */
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next)
 			sn->observing = false;
 		add_commands(br);
 	}
-	add_routes(br, conf);
+	add_routes(br, opt);
 	/* An upload's buffer was sized for the old limit: those going on start again. */
-	if ((size_t)conf->sensors.max_payload != br->max_payload) {
+	if (opt->max_payload != br->max_payload) {
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
 			upload_free(sn->upload);
 			sn->upload = NULL;
 		}
-		br->max_payload = (size_t)conf->sensors.max_payload;
+		br->max_payload = opt->max_payload;
 	}
-	set_session_limits(br, conf);
+	set_session_limits(br, opt);
 	set_libcoap_log_level();
 }
 
 int
-coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
+coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct coapbr_options *opt,
            const struct keystore *ks, const struct sensor_ops *ops, void *data)
 {
 	coap_dtls_spsk_t spsk; /* libcoap keeps a copy */
@@ -1328,11 +1328,10 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	br->ks = ks;
 	br->ops = ops;
 	br->data = data;
-	br->max_payload = (size_t)conf->sensors.max_payload;
-	/* Commands come down only on a subscription: with downlink.topic (a restart's key). */
-	if (conf->downlink.topic && conf->downlink.resource) {
+	br->max_payload = opt->max_payload;
+	if (opt->commands_resource) {
 		br->commands = true;
-		br->commands_path = xstrdup(conf->downlink.resource);
+		br->commands_path = xstrdup(opt->commands_resource);
 	}
 	br->fd = -1;
 
@@ -1363,21 +1362,21 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	 */
 	coap_context_set_block_mode(br->ctx, COAP_BLOCK_USE_LIBCOAP);
 	coap_register_nack_handler(br->ctx, on_nack);
-	set_session_limits(br, conf);
+	set_session_limits(br, opt);
 	coap_register_event_handler(br->ctx, on_coap_event);
 
-	if (listen_address(conf, &addr) < 0) {
+	if (listen_address(opt, &addr) < 0) {
 		r = -EINVAL;
 		goto fail;
 	}
 	if (!coap_new_endpoint(br->ctx, &addr, COAP_PROTO_DTLS)) {
 		log_warnx("coap: cannot listen on %s port %u (in use, or not a local address?)",
-		          conf->sensors.listen, conf->sensors.port);
+		          opt->listen, opt->port);
 		r = -EADDRNOTAVAIL;
 		goto fail;
 	}
-	grow_receive_buffer(conf->sensors.port, conf->sensors.receive_buffer);
-	add_routes(br, conf);
+	grow_receive_buffer(opt->port, opt->receive_buffer);
+	add_routes(br, opt);
 	add_commands(br);
 	br->fd = coap_context_get_coap_fd(br->ctx);
 	if (br->fd < 0) {
@@ -1391,8 +1390,8 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
 	br->sweep = gw_timer_new(loop, sweep_stale, br);
 	gw_timer_arm(br->sweep, SWEEP_MS);
 	br->push = gw_timer_new(loop, push_fired, br);
-	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", conf->sensors.listen,
-	         conf->sensors.port, fleet);
+	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", opt->listen,
+	         opt->port, fleet);
 	*out = br;
 	return 0;
 fail:

@@ -16,17 +16,33 @@
  */
 
 struct gw_loop;
-struct gwconf;
+struct gwconf_route;
 struct keystore;
 struct coapbr;
 struct device;
 
 /*
- * Serves conf's routes and, with a downlink group, its command resource: a sensor takes its
- * device's commands (from ops) by GET, or has them pushed by observing it (RFC 7641). ops and
- * data are kept.
+ * The sensor side's settings, built by the composition root from the config's sensors, routes
+ * and downlink groups (options_coapbr()). Strings are copied; routes must outlive the bridge
+ * or the next coapbr_reconfigure().
  */
-int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct gwconf *conf,
+struct coapbr_options {
+	const char *listen; /* a numeric IPv4 or IPv6 address */
+	uint16_t port;
+	int receive_buffer;  /* bytes asked of the kernel for the socket */
+	size_t max_sessions; /* DTLS sessions held at once */
+	size_t max_payload;  /* bytes of one message, reassembled from Block1 if need be */
+	/* The resources served; each uplink hands its route to the router. */
+	const struct gwconf_route *routes;
+	size_t nroutes;
+	const char *commands_resource; /* NULL: no command resource (no downlink subscription) */
+};
+
+/*
+ * Serves opt's routes and its command resource: a sensor takes its device's commands (from
+ * ops) by GET, or has them pushed by observing it (RFC 7641). ops and data are kept.
+ */
+int coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct coapbr_options *opt,
                const struct keystore *ks, const struct sensor_ops *ops, void *data);
 
 /* New commands for device are queued: pushes them to its sensor if that one observes. */
@@ -35,11 +51,11 @@ void coapbr_commands_ready(struct coapbr *br, struct device *dev);
 void coapbr_free(struct coapbr *br);
 
 /*
- * A reload: conf's routes, sensors.max_payload and max_sessions, and downlink.resource, from
- * now on. DTLS sessions stay; Block1 uploads under way start again if max_payload changed.
- * conf must outlive br or the next call.
+ * A reload: opt's routes, max_payload, max_sessions and command resource (which does not come
+ * or go: only its path changes) from now on. DTLS sessions stay; Block1 uploads under way start
+ * again if max_payload changed.
  */
-void coapbr_set_conf(struct coapbr *br, const struct gwconf *conf);
+void coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt);
 
 /*
  * Closes the DTLS sessions of a device (NULL: of every device) with close_notify: all of them,

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "mqttbr.h"
 #include "device.h"
-#include "conf.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
@@ -82,7 +81,7 @@ struct device_mqtt {
 	char *client_id;      /* the MQTT client id (upstream.client_id expanded) */
 	char *username;       /* NULL: none sent */
 	/* What its session is made with: a reload may change the bridge's before it goes. */
-	int mqtt_version;
+	int version; /* MQTTCODEC_V5 or MQTTCODEC_V311 */
 	enum dev_state state;
 	struct mqttconn *conn;
 	enum phase phase;
@@ -138,7 +137,7 @@ struct mqttbr {
 		int reconnect_min;
 		int reconnect_max;
 		int rejected_retry;
-		int mqtt_version;          /* GWCONF_MQTT_5 or GWCONF_MQTT_311 */
+		int version; /* MQTTCODEC_V5 or MQTTCODEC_V311: upstream.mqtt_version */
 		unsigned session_lifetime; /* seconds a TLS session may be resumed, 0: never */
 		/* ALPN protocols in wire format (RFC 7301 section 3.1). NULL: none offered. */
 		unsigned char *alpn;
@@ -492,7 +491,7 @@ build_connect(struct device_mqtt *dev, size_t *len)
 {
 	struct mqttbr *br = dev->br;
 	struct mqttcodec_connect c = {
-	        .version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5,
+	        .version = dev->version,
 	        .client_id = dev->client_id,
 	        /* No session state kept at the broker: the spool replays what was not acked. */
 	        .clean_start = true,
@@ -591,7 +590,7 @@ connect_device(struct device_mqtt *dev)
 	        .session = session_usable(dev) ? dev->session : NULL,
 	        .connect = connect,
 	        .connect_len = connect_len,
-	        .version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5,
+	        .version = dev->version,
 	        .keepalive = (uint16_t)br->cfg.keepalive,
 	        .max_packet = MAX_PACKET_IN,
 	        .timeout_ms = (unsigned)br->cfg.connect_timeout * 1000,
@@ -743,10 +742,10 @@ new_packet_id(struct device_mqtt *dev)
 static struct mqttcodec_publish
 publish_of(const struct device_mqtt *dev, const struct upstream_msg *m)
 {
-	bool v5 = dev->mqtt_version != GWCONF_MQTT_311;
+	bool v5 = dev->version == MQTTCODEC_V5;
 
 	return (struct mqttcodec_publish){
-	        .version = v5 ? MQTTCODEC_V5 : MQTTCODEC_V311,
+	        .version = dev->version,
 	        .topic = m->topic,
 	        .payload = m->payload,
 	        .len = m->len,
@@ -863,7 +862,7 @@ static void
 session_started(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
-	int version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5;
+	int version = dev->version;
 
 	if (dev->status_topic) {
 		struct upstream_msg m = {
@@ -961,7 +960,7 @@ on_inbound(struct device_mqtt *dev, const struct mqttcodec_packet *p)
 {
 	struct mqttbr *br = dev->br;
 	char *topic = xmalloc(p->topic.len + 1), *ctype = NULL;
-	int version = dev->mqtt_version == GWCONF_MQTT_311 ? MQTTCODEC_V311 : MQTTCODEC_V5;
+	int version = dev->version;
 	uint16_t id = p->packet_id;
 	int qos = p->qos;
 
@@ -1315,7 +1314,7 @@ static void
 say_goodbye(struct device_mqtt *dev)
 {
 	struct mqttbr *br = dev->br;
-	bool v5 = dev->mqtt_version != GWCONF_MQTT_311;
+	bool v5 = dev->version == MQTTCODEC_V5;
 	uint8_t pkt[8];
 
 	if (dev->status_topic && !v5) {
@@ -1342,7 +1341,7 @@ say_goodbye(struct device_mqtt *dev)
 		free(buf);
 	}
 	send_packet(dev, pkt,
-	            mqttcodec_disconnect(pkt, sizeof(pkt), v5 ? MQTTCODEC_V5 : MQTTCODEC_V311,
+	            mqttcodec_disconnect(pkt, sizeof(pkt), dev->version,
 	                                 v5 && dev->status_topic ? MQTTCODEC_RC_DISCONNECT_WITH_WILL
 	                                                         : 0));
 	mqttconn_close(dev->conn, STOP_GRACE_MS / 2);
@@ -1558,7 +1557,7 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 	dev->username = xstrdup_or_null(session->username);
 	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
 	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
-	dev->mqtt_version = br->cfg.mqtt_version;
+	dev->version = br->cfg.version;
 	dev->state = DEV_WAITING;
 	tell_upstream(dev);
 	if (out)
@@ -1730,7 +1729,7 @@ mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_sessi
  * 3.1); the config allows 1 to 255 bytes each. NULL for an empty list.
  */
 static unsigned char *
-alpn_wire(char *const *protos, size_t n, unsigned *len)
+alpn_wire(const char *const *protos, size_t n, unsigned *len)
 {
 	size_t total = 0;
 	unsigned char *w, *out;
@@ -1753,65 +1752,50 @@ alpn_wire(char *const *protos, size_t n, unsigned *len)
 }
 
 static int
-version_of(const struct gwconf *conf)
+version_of(const struct mqttbr_options *opt)
 {
-	/* MQTT 5 unless 3.1.1 is asked for (a config built by hand has 0 there). */
-	return conf->upstream.mqtt_version == GWCONF_MQTT_311 ? GWCONF_MQTT_311 : GWCONF_MQTT_5;
-}
-
-static const char *
-online_of(const struct gwconf *conf)
-{
-	return conf->presence.online ? conf->presence.online : "online";
-}
-
-static const char *
-offline_of(const struct gwconf *conf)
-{
-	return conf->presence.offline ? conf->presence.offline : "offline";
+	return opt->mqtt311 ? MQTTCODEC_V311 : MQTTCODEC_V5;
 }
 
 /* What a session is made with at its connect: a change means a new session for every device. */
 static bool
-connection_same(const struct mqttbr *br, const struct gwconf *conf)
+connection_same(const struct mqttbr *br, const struct mqttbr_options *opt)
 {
 	unsigned alpn_len;
-	unsigned char *alpn = alpn_wire(conf->upstream.alpn, conf->upstream.nalpn, &alpn_len);
+	unsigned char *alpn = alpn_wire(opt->alpn, opt->nalpn, &alpn_len);
 	bool same_alpn = alpn_len == br->cfg.alpn_len &&
 	                 (alpn_len == 0 || memcmp(alpn, br->cfg.alpn, alpn_len) == 0);
 
 	free(alpn);
-	return same_alpn && version_of(conf) == br->cfg.mqtt_version &&
-	       same_string(br->cfg.broker, conf->upstream.broker) &&
-	       same_string(br->cfg.host, conf->upstream.broker_host) &&
-	       br->cfg.port == conf->upstream.broker_port &&
-	       same_string(br->cfg.ca_file, conf->upstream.ca_file) &&
-	       br->cfg.keepalive == conf->upstream.keepalive &&
-	       br->cfg.connect_timeout == conf->upstream.connect_timeout &&
-	       same_string(br->presence.online, online_of(conf)) &&
-	       same_string(br->presence.offline, offline_of(conf)) &&
-	       br->presence.qos == conf->presence.qos && br->command_qos == conf->downlink.qos;
+	return same_alpn && version_of(opt) == br->cfg.version &&
+	       same_string(br->cfg.broker, opt->broker) && same_string(br->cfg.host, opt->host) &&
+	       br->cfg.port == opt->port && same_string(br->cfg.ca_file, opt->ca_file) &&
+	       br->cfg.keepalive == opt->keepalive &&
+	       br->cfg.connect_timeout == opt->connect_timeout &&
+	       same_string(br->presence.online, opt->online) &&
+	       same_string(br->presence.offline, opt->offline) &&
+	       br->presence.qos == opt->presence_qos && br->command_qos == opt->command_qos;
 }
 
-/* Takes conf's upstream settings; a new TLS context when what it is made of changed. */
+/* Takes opt's settings; a new TLS context when what it is made of changed. */
 static void
-configure(struct mqttbr *br, const struct gwconf *conf, bool all)
+configure(struct mqttbr *br, const struct mqttbr_options *opt, bool all)
 {
-	br->cfg.publish_timeout = conf->upstream.publish_timeout;
-	br->cfg.reconnect_min = conf->upstream.reconnect_min;
-	br->cfg.reconnect_max = conf->upstream.reconnect_max;
-	br->cfg.rejected_retry = conf->upstream.rejected_retry;
-	br->cfg.session_lifetime = (unsigned)conf->upstream.tls_session_lifetime;
+	br->cfg.publish_timeout = opt->publish_timeout;
+	br->cfg.reconnect_min = opt->reconnect_min;
+	br->cfg.reconnect_max = opt->reconnect_max;
+	br->cfg.rejected_retry = opt->rejected_retry;
+	br->cfg.session_lifetime = opt->session_lifetime;
 	if (!all)
 		return;
 
 	unsigned alpn_len;
-	unsigned char *alpn = alpn_wire(conf->upstream.alpn, conf->upstream.nalpn, &alpn_len);
+	unsigned char *alpn = alpn_wire(opt->alpn, opt->nalpn, &alpn_len);
 	SSL_CTX *ctx = NULL;
 	bool new_broker;
 
 	/* Unusable (logged): every connect then fails, saying why, until a reload mends it. */
-	if (mqttconn_ctx_new(&ctx, conf->upstream.ca_file, alpn, alpn_len) < 0)
+	if (mqttconn_ctx_new(&ctx, opt->ca_file, alpn, alpn_len) < 0)
 		ctx = NULL;
 	/* Sessions up keep the context they were made with (each SSL holds a reference). */
 	SSL_CTX_free(br->ctx);
@@ -1819,24 +1803,23 @@ configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 	free(br->cfg.alpn);
 	br->cfg.alpn = alpn;
 	br->cfg.alpn_len = alpn_len;
-	new_broker = !same_string(br->cfg.host, conf->upstream.broker_host) ||
-	             br->cfg.port != conf->upstream.broker_port;
+	new_broker = !same_string(br->cfg.host, opt->host) || br->cfg.port != opt->port;
 	free(br->cfg.broker);
 	free(br->cfg.host);
 	free(br->cfg.ca_file);
 	free(br->presence.online);
 	free(br->presence.offline);
-	br->cfg.broker = xstrdup_or_null(conf->upstream.broker);
-	br->cfg.host = xstrdup_or_null(conf->upstream.broker_host);
-	br->cfg.port = conf->upstream.broker_port;
-	br->cfg.ca_file = xstrdup_or_null(conf->upstream.ca_file);
-	br->presence.online = xstrdup_or_null(online_of(conf));
-	br->presence.offline = xstrdup_or_null(offline_of(conf));
-	br->cfg.keepalive = conf->upstream.keepalive;
-	br->cfg.connect_timeout = conf->upstream.connect_timeout;
-	br->presence.qos = conf->presence.qos;
-	br->command_qos = conf->downlink.qos;
-	br->cfg.mqtt_version = version_of(conf);
+	br->cfg.broker = xstrdup_or_null(opt->broker);
+	br->cfg.host = xstrdup_or_null(opt->host);
+	br->cfg.port = opt->port;
+	br->cfg.ca_file = xstrdup_or_null(opt->ca_file);
+	br->presence.online = xstrdup_or_null(opt->online);
+	br->presence.offline = xstrdup_or_null(opt->offline);
+	br->cfg.keepalive = opt->keepalive;
+	br->cfg.connect_timeout = opt->connect_timeout;
+	br->presence.qos = opt->presence_qos;
+	br->command_qos = opt->command_qos;
+	br->cfg.version = version_of(opt);
 	/* Sessions of another broker or CA are worth nothing there, and trusted too much. */
 	for (size_t i = 0; i < device_count(br->devices); i++) {
 		if (session_at(br, i))
@@ -1851,10 +1834,10 @@ configure(struct mqttbr *br, const struct gwconf *conf, bool all)
 }
 
 void
-mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all)
+mqttbr_reconfigure(struct mqttbr *br, const struct mqttbr_options *opt, bool *restart_all)
 {
-	*restart_all = !connection_same(br, conf);
-	configure(br, conf, *restart_all);
+	*restart_all = !connection_same(br, opt);
+	configure(br, opt, *restart_all);
 }
 
 void
@@ -1928,7 +1911,7 @@ mqttbr_stop(struct mqttbr *br, mqttbr_stopped_fn fn, void *data)
 }
 
 struct mqttbr *
-mqttbr_new(struct gw_loop *loop, const struct gwconf *conf, const struct keystore *ks)
+mqttbr_new(struct gw_loop *loop, const struct mqttbr_options *opt, const struct keystore *ks)
 {
 	struct mqttbr *br = xcalloc(1, sizeof(*br));
 
@@ -1938,7 +1921,7 @@ mqttbr_new(struct gw_loop *loop, const struct gwconf *conf, const struct keystor
 	device_registry_on_remove(br->devices, device_removed, br);
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
 	br->resolve_timer = gw_timer_new(loop, resolve_fired, br);
-	configure(br, conf, true);
+	configure(br, opt, true);
 	return br;
 }
 

@@ -21,7 +21,6 @@
 struct device;
 struct device_mqtt;
 struct gw_loop;
-struct gwconf;
 struct mqttbr;
 
 typedef void (*mqttbr_stopped_fn)(void *data);
@@ -29,12 +28,35 @@ typedef void (*mqttbr_stopped_fn)(void *data);
 struct keystore;
 
 /*
+ * The cloud side's settings, built by the composition root from the config's upstream,
+ * presence and downlink groups (options_mqttbr()); strings are copied.
+ */
+struct mqttbr_options {
+	const char *broker; /* as the config writes it, for log lines */
+	const char *host;
+	uint16_t port;
+	const char *ca_file;     /* the broker's CA: its certificate and name are verified */
+	const char *const *alpn; /* ALPN protocols offered, in order */
+	size_t nalpn;
+	bool mqtt311;                     /* MQTT 3.1.1 instead of 5 */
+	int keepalive;                    /* seconds */
+	int connect_timeout;              /* seconds */
+	int publish_timeout;              /* seconds for a PUBACK */
+	int reconnect_min, reconnect_max; /* seconds of backoff */
+	int rejected_retry;               /* seconds between tries of a refused identity */
+	unsigned session_lifetime;        /* seconds a TLS session may be resumed; 0: never */
+	const char *online, *offline;     /* presence payloads (the offline one is the will) */
+	int presence_qos;
+	int command_qos; /* of the command subscription */
+};
+
+/*
  * ks's devices (keystore_devices()) are those that may have a session: each session hangs on
  * its device (its mqtt slot), keeps the device's upstream state (device_set_upstream()) and
  * ends when the store removes the device. ks also tells the time a handshake's signature takes
  * on the TPM worker, the pace at which connects are admitted.
  */
-struct mqttbr *mqttbr_new(struct gw_loop *loop, const struct gwconf *conf,
+struct mqttbr *mqttbr_new(struct gw_loop *loop, const struct mqttbr_options *opt,
                           const struct keystore *ks);
 /* Destroys every session without waiting; pending publishes are not reported. Accepts NULL. */
 void mqttbr_free(struct mqttbr *br);
@@ -74,11 +96,11 @@ void mqttbr_remove_device(struct mqttbr *br, const char *id);
 bool mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_session *session);
 
 /*
- * A reload: takes conf's upstream settings. Timeouts and backoffs apply from their next use.
+ * A reload: takes opt's settings. Timeouts and backoffs apply from their next use.
  * *restart_all is set when what sessions connect with changed (broker, CA, keepalive, presence
  * payloads, QoS): sessions already up keep the old settings until the caller restarts them.
  */
-void mqttbr_reconfigure(struct mqttbr *br, const struct gwconf *conf, bool *restart_all);
+void mqttbr_reconfigure(struct mqttbr *br, const struct mqttbr_options *opt, bool *restart_all);
 
 /*
  * Points a device at other files for its next connect, without touching the session (the

@@ -385,8 +385,11 @@ complete_oldest(enum sensor_status status, unsigned max_age)
 static void
 use_conf(unsigned which)
 {
+	struct coapbr_options co;
+
 	conf_now = which;
-	coapbr_set_conf(br, confs[which]);
+	options_coapbr(&co, confs[which]);
+	coapbr_reconfigure(br, &co);
 	cmdq_set_limits(commands, (size_t)confs[which]->downlink.queue,
 	                (unsigned)confs[which]->downlink.expiry);
 }
@@ -497,6 +500,7 @@ setup(void)
 {
 	const char *dir = fuzz_tmpdir("coap");
 	char state[PATH_MAX + 16], text[PATH_MAX + 2048];
+	struct coapbr_options co;
 	struct keystore_config cfg;
 	uint8_t out[KEYSTORE_PSK_MAX];
 	size_t outlen;
@@ -541,7 +545,8 @@ setup(void)
 	        .command_return = on_command_return,
 	        .commands_waiting = on_commands_waiting,
 	};
-	check(coapbr_new(&br, loop, confs[0], ks, &ops, NULL) == 0);
+	options_coapbr(&co, confs[0]);
+	check(coapbr_new(&br, loop, &co, ks, &ops, NULL) == 0);
 
 	client_ctx = SSL_CTX_new(DTLS_client_method());
 	check(client_ctx);
