@@ -285,10 +285,11 @@ start(struct daemon *d)
 	mqttbr_on_judged(d->mqtt, sessions_judged, d->sessions);
 	mqttbr_on_message(d->mqtt, router_downlink, d->router);
 	if (d->conf->est.url) {
+		struct enrol_options eo;
 		const char *cert, *key;
 
-		r = enrol_new(&d->enrol, d->loop, d->conf, d->ks, sessions_tls_changed,
-		              d->sessions);
+		options_enrol(&eo, d->conf);
+		r = enrol_new(&d->enrol, d->loop, &eo, d->ks, sessions_tls_changed, d->sessions);
 		if (r < 0) {
 			log_warnx("cannot start the EST client: %s", strerror(-r));
 			return r;

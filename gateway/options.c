@@ -2,6 +2,7 @@
 #include "options.h"
 #include "coapbr.h"
 #include "conf.h"
+#include "enrol.h"
 #include "keystore.h"
 #include "mqttbr.h"
 #include "spool.h"
@@ -60,6 +61,21 @@ options_coapbr(struct coapbr_options *out, const struct gwconf *conf)
 	        /* Commands come down only on a subscription: with downlink.topic (a restart's key).
 	         */
 	        .commands_resource = conf->downlink.topic ? conf->downlink.resource : NULL,
+	};
+}
+
+void
+options_enrol(struct enrol_options *out, const struct gwconf *conf)
+{
+	*out = (struct enrol_options){
+	        .url = conf->est.url,
+	        .ca_file = conf->est.ca_file,
+	        .timeout = conf->est.timeout,
+	        .auto_enroll = conf->est.auto_enroll,
+	        .renew_at = conf->est.renew_at,
+	        .renew_jitter = conf->est.renew_jitter,
+	        .retry_min = conf->est.retry_min,
+	        .retry_max = conf->est.retry_max,
 	};
 }
 

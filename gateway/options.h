@@ -9,6 +9,7 @@
  */
 
 struct coapbr_options;
+struct enrol_options;
 struct gwconf;
 struct keystore_config;
 struct mqttbr_options;
@@ -18,5 +19,6 @@ void options_keystore(struct keystore_config *out, const struct gwconf *conf);
 void options_spool(struct spool_limits *out, const struct gwconf *conf);
 void options_mqttbr(struct mqttbr_options *out, const struct gwconf *conf);
 void options_coapbr(struct coapbr_options *out, const struct gwconf *conf);
+void options_enrol(struct enrol_options *out, const struct gwconf *conf);
 
 #endif

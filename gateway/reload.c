@@ -135,6 +135,7 @@ static void
 apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 {
 	struct coapbr_options co;
+	struct enrol_options eo;
 	struct keystore_config kc;
 	struct mqttbr_options mo;
 	struct spool_limits lim;
@@ -151,7 +152,8 @@ apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 	options_keystore(&kc, next);
 	keystore_reconfigure(d->ks, &kc);
 	router_set_conf(d->router, next);
-	enrol_set_conf(d->enrol, next);
+	options_enrol(&eo, next);
+	enrol_reconfigure(d->enrol, &eo);
 	options_spool(&lim, next);
 	spool_set_limits(d->spool, &lim);
 	if (d->commands)

@@ -102,6 +102,7 @@ static int
 enroll_here(const char *id, admin_done_fn done, void *ctx, FILE *err, void *data)
 {
 	struct client *c = data;
+	struct enrol_options eo;
 	char why[600];
 	int r;
 
@@ -110,9 +111,10 @@ enroll_here(const char *id, admin_done_fn done, void *ctx, FILE *err, void *data
 		        c->conf->file);
 		return -ENOTSUP;
 	}
+	options_enrol(&eo, c->conf);
 	/* No sessions to switch: a renewed certificate waits on trial for gatewayd's start. */
 	if (!c->enrol && ((r = gw_loop_new(&c->loop)) < 0 ||
-	                  (r = enrol_new(&c->enrol, c->loop, c->conf, c->ks, NULL, NULL)) < 0)) {
+	                  (r = enrol_new(&c->enrol, c->loop, &eo, c->ks, NULL, NULL)) < 0)) {
 		fprintf(err, "cannot start the EST client: %s\n", strerror(-r));
 		return r;
 	}

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "enrol.h"
-#include "conf.h"
 #include "device.h"
 #include "est.h"
 #include "keystore.h"
@@ -57,7 +56,8 @@ struct device_enrol {
 
 struct enrol {
 	struct gw_loop *loop;
-	const struct gwconf *conf;
+	struct enrol_options opt; /* its url and ca_file are these, the enrol's own: */
+	char *url, *ca_file;
 	struct keystore *ks;
 	enrol_tls_fn tls_fn;
 	void *data;
@@ -235,12 +235,12 @@ device_removed(struct device *dev, void *data)
 static unsigned
 backoff_s(const struct device_enrol *job)
 {
-	const struct gwconf *c = job->e->conf;
-	unsigned s = (unsigned)c->est.retry_min;
+	const struct enrol_options *o = &job->e->opt;
+	unsigned s = (unsigned)o->retry_min;
 
-	for (unsigned i = 1; i < job->failures && s < (unsigned)c->est.retry_max; i++)
+	for (unsigned i = 1; i < job->failures && s < (unsigned)o->retry_max; i++)
 		s *= 2;
-	return s < (unsigned)c->est.retry_max ? s : (unsigned)c->est.retry_max;
+	return s < (unsigned)o->retry_max ? s : (unsigned)o->retry_max;
 }
 
 /* The attempt failed: the device keeps what it had, and tries again after the backoff. */
@@ -316,7 +316,7 @@ send_request(struct device_enrol *job)
 	}
 	e->in_flight++;
 	job->phase = ENROLLING;
-	set_status(job, false, "%s at %s", job->renew ? "renewing" : "enrolling", e->conf->est.url);
+	set_status(job, false, "%s at %s", job->renew ? "renewing" : "enrolling", e->opt.url);
 }
 
 /* A certificate came: the first is installed, a renewal's goes on trial upstream. */
@@ -382,7 +382,7 @@ on_answer(const struct est_result *res, void *data)
 		accept_certificate(job, res->pem);
 	} else if (res->status == -EAGAIN) {
 		/* RFC 7030 section 4.2.3: the same request again, after Retry-After. */
-		wait = res->retry_after ? res->retry_after : (unsigned)e->conf->est.retry_min;
+		wait = res->retry_after ? res->retry_after : (unsigned)e->opt.retry_min;
 		job->phase = PENDING;
 		set_status(job, false, "%s; asking again in %u s", res->error, wait);
 		gw_timer_arm(job->timer, (uint64_t)wait * 1000);
@@ -404,7 +404,7 @@ on_cacerts(const struct est_result *res, void *data)
 	e->cacerts_req = NULL;
 	if (res->status == 0) {
 		e->cacerts = xstrdup(res->pem);
-		log_info("EST: CA certificates received from %s", e->conf->est.url);
+		log_info("EST: CA certificates received from %s", e->opt.url);
 		pump(e);
 		return;
 	}
@@ -582,13 +582,13 @@ plan(struct device_enrol *job)
 	}
 	job->phase = IDLE;
 	if (!info.has_cert) {
-		if (e->conf->est.auto_enroll)
+		if (e->opt.auto_enroll)
 			arm_at(job, 0);
 		return;
 	}
 	life = difftime(info.not_after, info.not_before);
 	due = info.not_before +
-	      (time_t)(life * (e->conf->est.renew_at - e->conf->est.renew_jitter * job->skew));
+	      (time_t)(life * (e->opt.renew_at - e->opt.renew_jitter * job->skew));
 	arm_at(job, due);
 }
 
@@ -661,25 +661,35 @@ enrol_status(const struct enrol *e, const char *id)
 }
 
 void
-enrol_set_conf(struct enrol *e, const struct gwconf *conf)
+enrol_reconfigure(struct enrol *e, const struct enrol_options *opt)
 {
-	if (e)
-		e->conf = conf;
+	if (!e)
+		return;
+	e->opt.timeout = opt->timeout;
+	e->opt.auto_enroll = opt->auto_enroll;
+	e->opt.renew_at = opt->renew_at;
+	e->opt.renew_jitter = opt->renew_jitter;
+	e->opt.retry_min = opt->retry_min;
+	e->opt.retry_max = opt->retry_max;
 }
 
 int
-enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf, struct keystore *ks,
-          enrol_tls_fn tls_fn, void *data)
+enrol_new(struct enrol **out, struct gw_loop *loop, const struct enrol_options *opt,
+          struct keystore *ks, enrol_tls_fn tls_fn, void *data)
 {
 	struct enrol *e = xcalloc(1, sizeof(*e));
 	int r;
 
-	*e = (struct enrol){.loop = loop, .conf = conf, .ks = ks, .tls_fn = tls_fn, .data = data};
+	*e = (struct enrol){.loop = loop, .opt = *opt, .ks = ks, .tls_fn = tls_fn, .data = data};
+	e->opt.url = e->url = xstrdup(opt->url);
+	e->opt.ca_file = e->ca_file = opt->ca_file ? xstrdup(opt->ca_file) : NULL;
 	e->queue_tail = &e->queue;
 	e->pump_timer = gw_timer_new(loop, pump_fired, e);
-	r = est_new(&e->est, loop, conf->est.url, conf->est.ca_file, conf->est.timeout);
+	r = est_new(&e->est, loop, opt->url, opt->ca_file, opt->timeout);
 	if (r < 0) {
 		gw_timer_free(e->pump_timer);
+		free(e->url);
+		free(e->ca_file);
 		free(e);
 		return r;
 	}
@@ -698,6 +708,8 @@ enrol_free(struct enrol *e)
 		job_free(e->jobs, "gatewayd is stopping");
 	gw_timer_free(e->pump_timer);
 	est_free(e->est);
+	free(e->url);
+	free(e->ca_file);
 	free(e->cacerts);
 	free(e);
 }

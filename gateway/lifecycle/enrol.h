@@ -20,7 +20,6 @@
 
 struct enrol;
 struct gw_loop;
-struct gwconf;
 struct keystore;
 
 /*
@@ -32,14 +31,26 @@ typedef void (*enrol_tls_fn)(const char *id, bool restart, void *data);
 /* The outcome of enrol_now(): status 0 or 1, and what to tell the operator. */
 typedef void (*enrol_done_fn)(void *ctx, int status, const char *message);
 
+/* The EST client's settings: the config's est group (options_enrol()); strings are copied. */
+struct enrol_options {
+	const char *url;     /* https://host[:port]/.well-known/est[/label] */
+	const char *ca_file; /* CA(s) the EST server's certificate must chain to */
+	int timeout;         /* seconds for one request */
+	bool auto_enroll;    /* enrol devices added without a certificate */
+	double renew_at;     /* fraction of a certificate's lifetime when it is renewed */
+	double renew_jitter; /* renewals spread over this fraction before renew_at */
+	int retry_min;       /* seconds before a failed enrolment is tried again */
+	int retry_max;       /* the backoff's ceiling */
+};
+
 /* tls_fn may be NULL (gwctl without the daemon: there are no sessions). */
-int enrol_new(struct enrol **out, struct gw_loop *loop, const struct gwconf *conf,
+int enrol_new(struct enrol **out, struct gw_loop *loop, const struct enrol_options *opt,
               struct keystore *ks, enrol_tls_fn tls_fn, void *data);
 /*
- * A reload: the caller checked that conf's est group is the one enrol_new() was given; the
- * old config may be freed after this.
+ * A reload: the caller checked that url and ca_file are those enrol_new() was given (a change
+ * of them needs a restart); the schedule's figures apply from their next use.
  */
-void enrol_set_conf(struct enrol *e, const struct gwconf *conf);
+void enrol_reconfigure(struct enrol *e, const struct enrol_options *opt);
 /* Stops everything; enrol_now() callers still waiting hear that the daemon is stopping. */
 void enrol_free(struct enrol *e);
 

@@ -20,6 +20,7 @@
 #include "enrol.h"
 #include "keystore.h"
 #include "loop.h"
+#include "options.h"
 
 struct fixture {
 	char state[64];
@@ -51,16 +52,18 @@ setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
 	struct keystore_config cfg = {.backend = "soft"};
+	struct enrol_options eo;
 
 	strcpy(f->state, "/tmp/gw-enrol-XXXXXX");
 	assert_non_null(mkdtemp(f->state));
 	cfg.state_dir = f->state;
 	f->conf = load_ok("good-full.conf");
+	options_enrol(&eo, f->conf);
 	/* A device without a certificate then has its enrolment scheduled at once. */
-	f->conf->est.auto_enroll = true;
+	eo.auto_enroll = true;
 	assert_int_equal(gw_loop_new(&f->loop), 0);
 	assert_int_equal(keystore_open(&f->ks, &cfg), 0);
-	assert_int_equal(enrol_new(&f->enrol, f->loop, f->conf, f->ks, NULL, NULL), 0);
+	assert_int_equal(enrol_new(&f->enrol, f->loop, &eo, f->ks, NULL, NULL), 0);
 	*state = f;
 	return 0;
 }
