@@ -176,11 +176,10 @@ count_spooled(const char *device, uint64_t records, void *data)
 
 /* The router's view of the keystore: attributes for policies and templates. */
 static const char *
-device_attr(const char *device, const char *key, void *data)
+device_attr(const struct device *dev, const char *key, void *data)
 {
-	struct daemon *d = data;
-
-	return keystore_device_attr(d->ks, device, key);
+	(void)data;
+	return keystore_attr(dev, key);
 }
 
 /* STATE_DIR/spool, recovered: what was acknowledged before a crash goes out first. */

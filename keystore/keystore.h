@@ -128,6 +128,8 @@ int keystore_device_set_attr(struct keystore *ks, const char *id, const char *ke
 /* 0 if key=value may be stored as an attribute, else -EINVAL with the reason in why. */
 int keystore_check_attr(const char *key, const char *value, char *why, size_t len);
 const char *keystore_device_attr(const struct keystore *ks, const char *id, const char *key);
+/* The same for a device already found (the data path's: no lookup by id); NULL: not set. */
+const char *keystore_attr(const struct device *dev, const char *key);
 size_t keystore_device_attr_count(const struct keystore *ks, const char *id);
 int keystore_device_attr_at(const struct keystore *ks, const char *id, size_t i, const char **key,
                             const char **value);

@@ -305,15 +305,23 @@ keystore_device_usable(const struct keystore *ks, const char *id)
 }
 
 const char *
-keystore_device_attr(const struct keystore *ks, const char *id, const char *key)
+keystore_attr(const struct device *dev, const char *key)
 {
-	const struct device_ks *d = ks_find_device(ks, id);
+	const struct device_ks *d = dev->ks;
 
 	for (size_t i = 0; d && i < d->nattrs; i++) {
 		if (strcmp(d->attrs[i].key, key) == 0)
 			return d->attrs[i].value;
 	}
 	return NULL;
+}
+
+const char *
+keystore_device_attr(const struct keystore *ks, const char *id, const char *key)
+{
+	const struct device *dev = device_find(ks->reg, id);
+
+	return dev ? keystore_attr(dev, key) : NULL;
 }
 
 size_t

@@ -148,19 +148,20 @@ format_of(const char *type)
 	return -1;
 }
 
+/* The device whose attributes policies and templates read: no lookup by its id. */
+struct attr_ctx {
+	const struct router *rt;
+	const struct device *dev;
+};
+
 static const char *
 attr_lookup(const char *device, const char *key, void *data)
 {
-	const struct router *rt = data;
+	const struct attr_ctx *a = data;
 
-	return rt->opt.attr(device, key, rt->opt.data);
+	(void)device; /* a->dev's */
+	return a->rt->opt.attr(a->dev, key, a->rt->opt.data);
 }
-
-/* tmpl_attr_fn for the device in struct attr_ctx. */
-struct attr_ctx {
-	const struct router *rt;
-	const char *device;
-};
 
 static const char *
 tmpl_attr(const char *name, size_t len, void *data)
@@ -172,29 +173,31 @@ tmpl_attr(const char *name, size_t len, void *data)
 		return NULL;
 	memcpy(key, name, len);
 	key[len] = '\0';
-	return a->rt->opt.attr(a->device, key, a->rt->opt.data);
+	return a->rt->opt.attr(a->dev, key, a->rt->opt.data);
 }
 
 static bool
-allowed(const struct router *rt, const char *device, enum policy_action act, const char *what,
+allowed(const struct router *rt, const struct device *dev, enum policy_action act, const char *what,
         char *why, size_t whylen)
 {
+	struct attr_ctx a = {.rt = rt, .dev = dev};
 	struct policy_subject who = {
-	        .device = device,
+	        .device = dev->id,
 	        .gateway = rt->conf->gateway_id,
 	        .attr = attr_lookup,
-	        .attr_data = (void *)rt,
+	        .attr_data = &a,
 	};
 
 	return policy_allows(rt->conf, &who, act, what, why, whylen);
 }
 
-/* Expands tmpl for device; logs why not. */
+/* Expands tmpl for dev; logs why not. */
 static int
-expand(const struct router *rt, const char *device, const char *path, const char *tmpl, char *out,
-       size_t outlen)
+expand(const struct router *rt, const struct device *dev, const char *path, const char *tmpl,
+       char *out, size_t outlen)
 {
-	struct attr_ctx a = {.rt = rt, .device = device};
+	const char *device = dev->id;
+	struct attr_ctx a = {.rt = rt, .dev = dev};
 	struct tmpl_vars vars = {
 	        .value = {[TMPL_DEVICE] = device,
 	                  [TMPL_PATH] = path,
@@ -579,7 +582,7 @@ uplink_topic(const struct router *rt, const struct sensor_uplink *up, char *topi
 	int fi = format_index(up->content_format);
 	size_t n;
 
-	if (expand(rt, up->dev->id, route->resource, route->topic, topic, len) < 0)
+	if (expand(rt, up->dev, route->resource, route->topic, topic, len) < 0)
 		return -EINVAL;
 	if (route->content_type == GWCONF_CTYPE_BAG && up->content_format >= 0)
 		return uplink_bag(up, topic, len);
@@ -654,8 +657,8 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	int qos = up->confirmable ? up->route->qos_con : up->route->qos_non;
 	int r;
 
-	if (!allowed(rt, up->dev->id, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST,
-	             up->route->resource, why, sizeof(why))) {
+	if (!allowed(rt, up->dev, up->put ? POLICY_COAP_PUT : POLICY_COAP_POST, up->route->resource,
+	             why, sizeof(why))) {
 		log_warnx("%s: %s to %s refused: %s", up->dev->id, up->put ? "PUT" : "POST",
 		          up->route->resource, why);
 		rt->st.denied_up++;
@@ -666,7 +669,7 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 		answer(rt, req, SENSOR_ERROR, 0);
 		return;
 	}
-	if (!allowed(rt, up->dev->id, POLICY_MQTT_PUBLISH, topic, why, sizeof(why))) {
+	if (!allowed(rt, up->dev, POLICY_MQTT_PUBLISH, topic, why, sizeof(why))) {
 		log_warnx("%s: publish to %s refused: %s", up->dev->id, topic, why);
 		rt->st.denied_up++;
 		answer(rt, req, SENSOR_FORBIDDEN, 0);
@@ -746,7 +749,7 @@ may_read(struct device *dev, const char *resource, void *data)
 	char why[256];
 
 	seen(rt, dev);
-	if (allowed(rt, dev->id, POLICY_COAP_GET, resource, why, sizeof(why)))
+	if (allowed(rt, dev, POLICY_COAP_GET, resource, why, sizeof(why)))
 		return true;
 	log_warnx("%s: GET %s refused: %s", dev->id, resource, why);
 	rt->st.denied_get++;
@@ -797,7 +800,7 @@ router_downlink(struct device *dev, const struct upstream_msg *m, void *data)
 	struct device_flow *f;
 	char why[256];
 
-	if (!allowed(rt, device, POLICY_MQTT_RECEIVE, m->topic, why, sizeof(why))) {
+	if (!allowed(rt, dev, POLICY_MQTT_RECEIVE, m->topic, why, sizeof(why))) {
 		log_warnx("%s: command on %s refused: %s", device, m->topic, why);
 		rt->st.denied_down++;
 		return;
@@ -822,25 +825,24 @@ router_downlink(struct device *dev, const struct upstream_msg *m, void *data)
 }
 
 void
-router_session_topics(struct router *rt, const char *device, struct router_session *out)
+router_session_topics(struct router *rt, const struct device *dev, struct router_session *out)
 {
+	struct attr_ctx ctx = {.rt = rt, .dev = dev};
 	char why[256];
 
 	out->has_status = rt->conf->presence.topic &&
-	                  expand(rt, device, "", rt->conf->presence.topic, out->status_topic,
+	                  expand(rt, dev, "", rt->conf->presence.topic, out->status_topic,
 	                         sizeof(out->status_topic)) == 0;
 	out->has_commands = rt->conf->downlink.topic &&
-	                    expand(rt, device, "", rt->conf->downlink.topic, out->command_filter,
+	                    expand(rt, dev, "", rt->conf->downlink.topic, out->command_filter,
 	                           sizeof(out->command_filter)) == 0;
 	if (out->has_commands &&
-	    !allowed(rt, device, POLICY_MQTT_SUBSCRIBE, out->command_filter, why, sizeof(why))) {
-		log_warnx("%s: subscription to %s refused: %s; it gets no commands", device,
+	    !allowed(rt, dev, POLICY_MQTT_SUBSCRIBE, out->command_filter, why, sizeof(why))) {
+		log_warnx("%s: subscription to %s refused: %s; it gets no commands", dev->id,
 		          out->command_filter, why);
 		out->has_commands = false;
 	}
-	struct attr_ctx ctx = {.rt = rt, .device = device};
-
-	out->ids_error = profile_session(rt->conf, device, tmpl_attr, &ctx, &out->ids);
+	out->ids_error = profile_session(rt->conf, dev->id, tmpl_attr, &ctx, &out->ids);
 }
 
 /* A device was removed from the store: its flow, spool and queued commands go. */

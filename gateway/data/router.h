@@ -41,7 +41,7 @@ struct router_options {
 	const struct upstream_ops *up_ops;
 	void *up;
 	/* A device's attribute, for policies and templates; NULL when it has none. */
-	const char *(*attr)(const char *device, const char *key, void *data);
+	const char *(*attr)(const struct device *dev, const char *key, void *data);
 	void *data; /* of attr */
 };
 
@@ -75,7 +75,7 @@ struct router_session {
 	struct profile_session ids;
 	int ids_error;
 };
-void router_session_topics(struct router *rt, const char *device, struct router_session *out);
+void router_session_topics(struct router *rt, const struct device *dev, struct router_session *out);
 
 /* A message on a device's command subscription (mqttbr_message_fn); data is the router. */
 void router_downlink(struct device *dev, const struct upstream_msg *m, void *data);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "sessions.h"
 #include "coapbr.h"
+#include "device.h"
 #include "enrol.h"
 #include "keystore.h"
 #include "log.h"
@@ -47,9 +48,12 @@ sessions_set_enrol(struct sessions *s, struct enrol *enrol)
 bool
 sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 {
+	struct device *dev = device_find(keystore_devices(s->o.ks), id);
 	const char *cert, *key;
 	int r;
 
+	if (!dev)
+		return false;
 	if (keystore_tls_files(s->o.ks, id, &cert, &key) == -ENOKEY) {
 		if (!mqttbr_find(s->o.mqtt, id))
 			log_info("%s: no certificate yet: no upstream session until %s", id,
@@ -58,7 +62,7 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 	}
 	struct router_session topics;
 
-	router_session_topics(s->o.router, id, &topics);
+	router_session_topics(s->o.router, dev, &topics);
 	struct keystore_info info;
 	struct mqttbr_session session = {
 	        .cert_file = cert,
@@ -92,16 +96,16 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 			return false;
 		mqttbr_remove_device(s->o.mqtt, id);
 	}
-	struct device_mqtt *dev;
+	struct device_mqtt *mdev;
 
-	r = mqttbr_add_device(s->o.mqtt, id, &session, &dev);
+	r = mqttbr_add_device(s->o.mqtt, id, &session, &mdev);
 	if (r < 0) {
 		log_warnx("%s: cannot start its upstream session: %s", id, strerror(-r));
 		return false;
 	}
 	/* Readings spooled before a restart: its connect goes before those of idle devices. */
 	if (spool_depth(s->o.spool, id, NULL) > 0)
-		mqttbr_wanted(dev);
+		mqttbr_wanted(mdev);
 	return true;
 }
 

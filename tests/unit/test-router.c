@@ -151,9 +151,9 @@ struct fixture {
 };
 
 static const char *
-fake_attr(const char *device, const char *key, void *data)
+fake_attr(const struct device *dev, const char *key, void *data)
 {
-	(void)device;
+	(void)dev;
 	(void)data;
 	return strcmp(key, "site") == 0 ? "north" : NULL;
 }
