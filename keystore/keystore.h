@@ -160,8 +160,7 @@ int keystore_psk_lookup(const struct keystore *ks, const uint8_t *identity, size
  * Whether a PSK identity is one device's sensor may use now (its current one, or its previous
  * one within the grace period).
  */
-bool keystore_identity_valid(const struct keystore *ks, const char *device, const uint8_t *identity,
-                             size_t len);
+bool keystore_identity_valid(const struct device *dev, const uint8_t *identity, size_t len);
 
 /*
  * Files to hand to the TLS library for a device's upstream session: its certificate chain and

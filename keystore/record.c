@@ -374,11 +374,10 @@ psk_names(const struct psk *p, const uint8_t *identity, size_t len)
 }
 
 bool
-keystore_identity_valid(const struct keystore *ks, const char *device, const uint8_t *identity,
-                        size_t len)
+keystore_identity_valid(const struct device *dev, const uint8_t *identity, size_t len)
 {
-	/* By device, not by scanning every identity: this runs for every uplink message. */
-	const struct device_ks *d = ks_find_device(ks, device);
+	/* The device's own record, not a scan of every identity: this runs for every message. */
+	const struct device_ks *d = dev->ks;
 
 	return d && (psk_names(&d->psk, identity, len) ||
 	             (d->prev_until > time(NULL) && psk_names(&d->prev, identity, len)));

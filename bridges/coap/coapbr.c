@@ -739,8 +739,8 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	 * Suspended, revoked or removed since its handshake, or its PSK rotated out (grace over):
 	 * nothing more of it goes upstream.
 	 */
-	if (!keystore_device_usable(br->ks, device) ||
-	    !keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len)) {
+	if (!device_usable(sn->dev) ||
+	    !keystore_identity_valid(sn->dev, sn->identity, sn->identity_len)) {
 		answer(sn, request, coap_pdu_get_mid(request), response, SENSOR_FORBIDDEN, 0);
 		return;
 	}
@@ -863,8 +863,8 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 		                                    : COAP_RESPONSE_CODE_NOT_FOUND);
 		return;
 	}
-	if (!sn || !keystore_device_usable(br->ks, sn->dev->id) ||
-	    !keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len) ||
+	if (!sn || !device_usable(sn->dev) ||
+	    !keystore_identity_valid(sn->dev, sn->identity, sn->identity_len) ||
 	    !br->ops->may_read(sn->dev, br->commands_path, br->data)) {
 		coap_pdu_set_code(response, COAP_RESPONSE_CODE_FORBIDDEN);
 		return;
@@ -1058,8 +1058,7 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 
 		if (sn->closed || (device && strcmp(sn->dev->id, device) != 0))
 			continue;
-		if (stale_only &&
-		    keystore_identity_valid(br->ks, sn->dev->id, sn->identity, sn->identity_len))
+		if (stale_only && keystore_identity_valid(sn->dev, sn->identity, sn->identity_len))
 			continue;
 		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
 		if (!s || coap_session_get_app_data(s) != sn)

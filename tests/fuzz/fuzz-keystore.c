@@ -215,7 +215,8 @@ show_device(const struct keystore *ks, const char *id, struct shown *out)
 		check(out->lookup == (out->usable ? 0 : -EPERM));
 		if (out->lookup == 0)
 			check(out->keylen >= KEYSTORE_PSK_MIN && out->keylen <= KEYSTORE_PSK_MAX);
-		check(keystore_identity_valid(ks, id, (const uint8_t *)in->psk_identity, n));
+		check(keystore_identity_valid(device_find(keystore_devices(ks), id),
+		                              (const uint8_t *)in->psk_identity, n));
 		if (in->prev_psk_identity) {
 			uint8_t key[KEYSTORE_PSK_MAX];
 			size_t keylen;
@@ -225,7 +226,7 @@ show_device(const struct keystore *ks, const char *id, struct shown *out)
 			check(keystore_psk_lookup(ks, (const uint8_t *)in->prev_psk_identity, n,
 			                          &dev, key, &keylen) == out->lookup);
 			check(dev && strcmp(dev->id, id) == 0);
-			check(keystore_identity_valid(ks, id,
+			check(keystore_identity_valid(device_find(keystore_devices(ks), id),
 			                              (const uint8_t *)in->prev_psk_identity, n));
 		}
 	}
