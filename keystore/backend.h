@@ -87,7 +87,14 @@ struct ks_backend_ops {
 
 extern const struct ks_backend_ops ks_soft_ops, ks_tpm_ops;
 
-/* store.c: the backend called name, or NULL. */
+/*
+ * entry.c: every backend, in the order the provider lists their labels (store.c). The count
+ * is spelled out because store.c sizes an array by it; entry.c asserts that it matches.
+ */
+#define KS_NBACKENDS 2
+extern const struct ks_backend_ops *const ks_backends[];
+
+/* entry.c: the backend called name, or NULL. */
 const struct ks_backend_ops *ks_backend_find(const char *name);
 
 #endif

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Certificates: a device's chains and what they say, the check before one is installed,
- * requests (CSRs) signed through the provider, renewal's three steps, and the gateway's own
- * identity.
+ * Certificates through the API: which files TLS is given, requests (CSRs) signed through the
+ * provider, the check before a certificate is installed, renewal's three steps, and the
+ * gateway's own identity. Reading certificates from disk is entry.c's, the table store.c's;
+ * this file calls down into both and never into record.c, its sibling (issue 14).
  */
 #include "backend.h"
 #include "ks-internal.h"
@@ -11,11 +12,8 @@
 #include "xalloc.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -25,180 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- certificates ---- */
-
-/* Every PEM certificate in a file (NULL file: in pem/len), in order. */
-static STACK_OF(X509) * read_chain(const char *file, const char *pem, size_t len)
-{
-	STACK_OF(X509) *chain = sk_X509_new_null();
-	BIO *b = file ? BIO_new_file(file, "r") : BIO_new_mem_buf(pem, (int)len);
-	X509 *x;
-
-	if (!chain || !b) {
-		sk_X509_free(chain);
-		BIO_free(b);
-		return NULL;
-	}
-	while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)))
-		sk_X509_push(chain, x);
-	ERR_clear_error();
-	BIO_free(b);
-	if (sk_X509_num(chain) == 0) {
-		sk_X509_free(chain);
-		return NULL;
-	}
-	return chain;
-}
-
-static time_t
-asn1_epoch(const ASN1_TIME *t)
-{
-	struct tm tm;
-
-	return ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
-}
-
-static void
-cert_summary(struct ks_tls *t)
-{
-	STACK_OF(X509) *chain = t->cert_file ? read_chain(t->cert_file, NULL, 0) : NULL;
-	X509 *leaf;
-
-	t->subject[0] = '\0';
-	t->not_before = t->not_after = 0;
-	if (!chain)
-		return;
-	leaf = sk_X509_value(chain, 0);
-	X509_NAME_oneline(X509_get_subject_name(leaf), t->subject, sizeof(t->subject));
-	t->not_before = asn1_epoch(X509_get0_notBefore(leaf));
-	t->not_after = asn1_epoch(X509_get0_notAfter(leaf));
-	sk_X509_pop_free(chain, X509_free);
-}
-
-/* An EVP_PKEY (default provider) holding only the device's public key. */
-static EVP_PKEY *
-public_key(const uint8_t pub[KSPROV_P256_POINT_LEN])
-{
-	OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-	OSSL_PARAM *params = NULL;
-	EVP_PKEY_CTX *ctx = NULL;
-	EVP_PKEY *pkey = NULL;
-
-	if (bld &&
-	    OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) &&
-	    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub,
-	                                     KSPROV_P256_POINT_LEN) &&
-	    (params = OSSL_PARAM_BLD_to_param(bld)) &&
-	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", "provider=default")) &&
-	    EVP_PKEY_fromdata_init(ctx) == 1)
-		EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params);
-	EVP_PKEY_CTX_free(ctx);
-	OSSL_PARAM_free(params);
-	OSSL_PARAM_BLD_free(bld);
-	return pkey;
-}
-
-int
-ks_point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN])
-{
-	size_t len = 0;
-
-	if (EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_PUB_KEY, pub,
-	                                    KSPROV_P256_POINT_LEN, &len) != 1 ||
-	    len != KSPROV_P256_POINT_LEN)
-		return -EINVAL;
-	return 0;
-}
-
-/* ---- loading ---- */
-
-/* The certificate file beside a loaded key, if there is one. */
-void
-ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next)
-{
-	struct ks_tls *t = next ? &d->next : &d->cur;
-	const char *name = next ? "next.cert.pem" : "cert.pem";
-
-	if (faccessat(fd, name, R_OK, 0) < 0)
-		return;
-	t->cert_file = xasprintf("%s/%s/%s", ks->dir, d->id, name);
-	cert_summary(t);
-}
-
-/*
- * A renewal's files. The switch renames next.key* over key* first and next.cert.pem over
- * cert.pem second; the rename of the key is the commit. So: a new key is a renewal under way
- * (its certificate on trial if next.cert.pem is there too; a new key without one is dropped,
- * the next attempt makes another), and next.cert.pem alone is a switch to finish.
- */
-/* Whether next.cert.pem in the folder certifies the public key pub. */
-static bool
-cert_is_for(const uint8_t pub[KSPROV_P256_POINT_LEN], int fd, const char *dir)
-{
-	uint8_t *pem;
-	size_t len;
-	STACK_OF(X509) *chain = NULL;
-	EVP_PKEY *key = NULL;
-	bool yes = false;
-
-	if (ks_read_file(fd, dir, "next.cert.pem", false, 65536, &pem, &len) < 0)
-		return false;
-	chain = read_chain(NULL, (const char *)pem, len);
-	key = public_key(pub);
-	yes = chain && key && EVP_PKEY_eq(X509_get0_pubkey(sk_X509_value(chain, 0)), key) == 1;
-	ERR_clear_error();
-	EVP_PKEY_free(key);
-	sk_X509_pop_free(chain, X509_free);
-	free(pem);
-	return yes;
-}
-
-int
-ks_load_next(struct keystore *ks, struct device_ks *d, int fd, const char *dir)
-{
-	int r = ks_load_key(ks, d, fd, dir, true);
-
-	if (r == 0) {
-		ks_load_cert(ks, d, fd, true);
-		if (!d->next.cert_file) {
-			ks_tls_finish(&d->next);
-			r = ks_unlink_next(fd, dir);
-		}
-		return r;
-	}
-	if (r != -ENOENT)
-		return r;
-	if (faccessat(fd, "next.cert.pem", F_OK, 0) < 0)
-		return 0;
-	/* Only a certificate for the key now in place is a switch to finish. */
-	if (!cert_is_for(d->cur.pub, fd, dir)) {
-		log_warnx(
-		        "keystore: %s: dropping %s/next.cert.pem, left by a renewal that was given "
-		        "up",
-		        d->id, dir);
-		return ks_unlink_next(fd, dir);
-	}
-	log_info("keystore: %s: finishing the switch to its new certificate", d->id);
-	if (renameat(fd, "next.cert.pem", fd, "cert.pem") < 0) {
-		log_warn("keystore: rename %s/next.cert.pem", dir);
-		return -errno;
-	}
-	return ks_fsync_dir(fd, dir);
-}
-
 /* ---- queries ---- */
-
-void
-ks_tls_info(const struct device_ks *d, struct keystore_info *out)
-{
-	out->has_cert = d->cur.cert_file != NULL;
-	out->not_before = d->cur.not_before;
-	out->not_after = d->cur.not_after;
-	snprintf(out->subject, sizeof(out->subject), "%s", d->cur.subject);
-	out->renewing = d->next.key_file != NULL;
-	out->on_trial = d->next.cert_file != NULL;
-	out->next_not_after = d->next.not_after;
-}
 
 /* The certificate on trial while there is one (see keystore_device_stage_cert()). */
 static int
@@ -278,7 +103,7 @@ sign_req(X509_REQ *req, EVP_PKEY *key, enum tpmq_prio prio)
 static int
 make_csr(const struct ks_tls *t, const char *cn, char **pem, enum tpmq_prio prio)
 {
-	EVP_PKEY *priv = signing_key(t->key_file), *pub = public_key(t->pub);
+	EVP_PKEY *priv = signing_key(t->key_file), *pub = ks_public_key(t->pub);
 	X509_REQ *req = X509_REQ_new();
 	BIO *b = BIO_new(BIO_s_mem());
 	X509_NAME *name;
@@ -341,7 +166,7 @@ check_cert(const struct keystore *ks, const struct device_ks *d,
            size_t whylen)
 {
 	X509 *leaf = sk_X509_value(chain, 0);
-	EVP_PKEY *pub = public_key(pub_point);
+	EVP_PKEY *pub = ks_public_key(pub_point);
 	X509_STORE *store = NULL;
 	X509_STORE_CTX *ctx = NULL;
 	STACK_OF(X509) *untrusted = NULL;
@@ -441,7 +266,7 @@ install_cert(struct keystore *ks, struct device_ks *d, bool next, const char *pe
 		snprintf(why, whylen, "no renewal is under way: there is no new key to certify");
 		return -ENOKEY;
 	}
-	if (pemlen > INT32_MAX || !(chain = read_chain(NULL, pem, pemlen))) {
+	if (pemlen > INT32_MAX || !(chain = ks_read_chain(NULL, pem, pemlen))) {
 		snprintf(why, whylen, "no PEM certificate in it");
 		return -EINVAL;
 	}
@@ -467,7 +292,7 @@ install_cert(struct keystore *ks, struct device_ks *d, bool next, const char *pe
 		goto out;
 	if (!t->cert_file)
 		t->cert_file = xasprintf("%s/%s", dir, name);
-	cert_summary(t);
+	ks_cert_summary(t);
 out:
 	if (fd >= 0)
 		close(fd);

@@ -4,10 +4,13 @@
 
 /*
  * What keystore/'s own files share behind keystore.h: the store and its devices, and the
- * helpers one file defines for another. store.c: the folder, its lock, loading, creating and
- * removing devices, the provider's view; record.c: the device record, PSK files, attributes,
- * pairing; cert.c: certificates, requests, renewal, the gateway's own identity. Where the
- * keys live is a backend's business (backend.h).
+ * helpers a lower file defines for a higher one. The files are layers, calls going only
+ * downwards (issue 14: no circles): entry.c, a device's folder and its files as data (checked
+ * reads, the record, the PSK file, keys, certificates as loaded, a whole folder); store.c
+ * above it, the store (its folder and lock, the table of devices on the registry, adding and
+ * removing devices, the provider's view); record.c (records, PSKs, attributes, pairing) and
+ * cert.c (certificates, requests, renewal, the gateway's own identity) on top, calling both
+ * and never each other. Where the keys live is a backend's business (backend.h).
  */
 
 #include "device.h"
@@ -17,6 +20,7 @@
 #include "tpmq.h"
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -97,11 +101,22 @@ struct keystore {
 	struct device_ks gateway;
 };
 
-/* record.c */
+/* entry.c: files */
+void ks_log_openssl(const char *what);
+int ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max,
+                 uint8_t **out, size_t *len);
+int ks_fsync_dir(int dirfd, const char *dir);
+int ks_open_dir(int at, const char *name, const char *path);
+int ks_unlink_secrets(int fd, const char *dir);
+int ks_unlink_next(int fd, const char *dir);
+
+/* entry.c: the record and the PSK file */
 int ks_random_alnum(uint8_t *out, size_t len);
 void ks_psk_clear(struct psk *p);
 void ks_tls_finish(struct ks_tls *t);
 void ks_device_finish(struct device_ks *d);
+/* One key of the record: state, backend or attr.NAME; -EINVAL for a value it does not know. */
+int ks_record_set(struct device_ks *d, const char *key, const char *value);
 /* The attribute enabled is not "false". */
 bool ks_enabled(const struct device_ks *d);
 int ks_record_parse(struct device_ks *d, const char *dir, char *text);
@@ -110,16 +125,23 @@ char *ks_record_format(const struct device_ks *d);
 int ks_load_psk(struct keystore *ks, struct device_ks *d, int fd, const char *dir);
 int ks_write_psk(struct keystore *ks, int fd, const char *dir, const struct device_ks *d);
 
-/* store.c */
-void ks_log_openssl(const char *what);
-int ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max,
-                 uint8_t **out, size_t *len);
-int ks_fsync_dir(int dirfd, const char *dir);
-int ks_open_dir(int at, const char *name, const char *path);
-int ks_unlink_secrets(int fd, const char *dir);
-int ks_unlink_next(int fd, const char *dir);
+/* entry.c: keys and certificates */
 int ks_load_key(struct keystore *ks, struct device_ks *d, int fd, const char *dir, bool next);
+int ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
+                 enum tpmq_prio prio);
+STACK_OF(X509) * ks_read_chain(const char *file, const char *pem, size_t len);
+/* t's subject and validity, from its certificate file (zeros without one). */
+void ks_cert_summary(struct ks_tls *t);
+EVP_PKEY *ks_public_key(const uint8_t pub[KSPROV_P256_POINT_LEN]);
+int ks_point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN]);
+void ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next);
+int ks_load_next(struct keystore *ks, struct device_ks *d, int fd, const char *dir);
+void ks_tls_info(const struct device_ks *d, struct keystore_info *out);
+
+/* entry.c: a whole device folder into d */
 int ks_load_device(struct keystore *ks, struct device_ks *d, const char *id, bool self);
+
+/* store.c */
 struct device_ks *ks_find_device(const struct keystore *ks, const char *id);
 /* After d's state or attributes changed: its registry entry says the same. */
 void ks_sync_device(struct device_ks *d);
@@ -127,16 +149,8 @@ const struct device_ks *ks_identity_owner(const struct keystore *ks, const char 
                                           size_t len, bool *prev);
 /* The priority of the provider's signatures on this thread while a CSR is signed, or -1. */
 extern __thread int ks_csr_prio;
-int ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
-                 enum tpmq_prio prio);
 int ks_create_entry(struct keystore *ks, const struct device_ks *rec);
 int ks_save_record(struct keystore *ks, const struct device_ks *d);
 void ks_reload_device(struct keystore *ks, struct device_ks *d);
-
-/* cert.c */
-int ks_point_of(EVP_PKEY *pkey, uint8_t pub[KSPROV_P256_POINT_LEN]);
-void ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next);
-int ks_load_next(struct keystore *ks, struct device_ks *d, int fd, const char *dir);
-void ks_tls_info(const struct device_ks *d, struct keystore_info *out);
 
 #endif

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The store: its folder and lock, checked reads and private folders, loading every device at
- * open, creating and removing devices, rewriting records, and the OpenSSL provider's view of
- * the keys (ks-internal.h).
+ * The store: its folder and lock, the table of devices on the registry (loading every device
+ * at open, finding one by id or PSK identity), adding and removing devices, rewriting
+ * records, the queries on the whole store, and the OpenSSL provider's view of the keys. It
+ * reads and writes a device's files through entry.c and never calls record.c or cert.c,
+ * which sit above it (issue 14).
  */
 #include "backend.h"
 #include "ks-internal.h"
@@ -27,150 +29,7 @@
 /* The provider is process-wide, and so is the store it signs through. */
 static struct keystore *provider_store;
 
-void
-ks_log_openssl(const char *what)
-{
-	unsigned long e = ERR_get_error();
-	char buf[256];
-
-	if (e) {
-		ERR_error_string_n(e, buf, sizeof(buf));
-		log_warnx("%s: %s", what, buf);
-	} else {
-		log_warnx("%s", what);
-	}
-	ERR_clear_error();
-}
-
-/* ---- files: checked reads, atomic writes ---- */
-
-/*
- * Opens a file in dirfd for reading. secret: it must be ours and closed to group and others;
- * the checks run on the open file, so nothing can swap it in between. Returns an fd, -ENOENT
- * (not logged) if it does not exist, or another -errno (logged).
- */
-static int
-open_checked(int dirfd, const char *dir, const char *name, bool secret)
-{
-	struct stat st;
-	int fd;
-
-	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0) {
-		int r = -errno;
-
-		if (r != -ENOENT)
-			log_warn("keystore: %s/%s", dir, name);
-		return r;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		log_warnx("keystore: %s/%s is not a regular file", dir, name);
-		close(fd);
-		return -EINVAL;
-	}
-	if (secret && (st.st_uid != geteuid() || (st.st_mode & 077))) {
-		log_warnx("keystore: %s/%s has mode %04o and owner uid %u; it holds a secret and "
-		          "must be mode 0600 owned by uid %u (chmod 600 %s/%s)",
-		          dir, name, st.st_mode & 07777, st.st_uid, geteuid(), dir, name);
-		close(fd);
-		return -EPERM;
-	}
-	return fd;
-}
-
-/* Reads a whole small file (at most max bytes) into a malloc'd, NUL-terminated buffer. */
-int
-ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max, uint8_t **out,
-             size_t *len)
-{
-	uint8_t *buf = xmalloc(max + 1);
-	size_t n = 0;
-	int fd, r = 0;
-
-	fd = open_checked(dirfd, dir, name, secret);
-	if (fd < 0) {
-		free(buf);
-		return fd;
-	}
-	for (;;) {
-		ssize_t got = read(fd, buf + n, max + 1 - n);
-
-		if (got < 0) {
-			r = -errno;
-			log_warn("keystore: read %s/%s", dir, name);
-			break;
-		}
-		if (got == 0)
-			break;
-		n += (size_t)got;
-		if (n > max) {
-			log_warnx("keystore: %s/%s is larger than %zu bytes", dir, name, max);
-			r = -EFBIG;
-			break;
-		}
-	}
-	close(fd);
-	if (r < 0) {
-		explicit_bzero(buf, max + 1);
-		free(buf);
-		return r;
-	}
-	buf[n] = '\0';
-	*out = buf;
-	*len = n;
-	return 0;
-}
-
-int
-ks_fsync_dir(int dirfd, const char *dir)
-{
-	if (fsync(dirfd) < 0) {
-		log_warn("keystore: fsync %s", dir);
-		return -errno;
-	}
-	return 0;
-}
-
-/* A folder holding secrets: ours, and closed to group and others. */
-static int
-check_private_dir(int fd, const char *path)
-{
-	struct stat st;
-
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	if (!S_ISDIR(st.st_mode)) {
-		log_warnx("keystore: %s is not a directory", path);
-		return -ENOTDIR;
-	}
-	if (st.st_uid != geteuid() || (st.st_mode & 077)) {
-		log_warnx(
-		        "keystore: %s has mode %04o and owner uid %u; it holds secrets and must be "
-		        "mode 0700 owned by uid %u (chmod 700 %s)",
-		        path, st.st_mode & 07777, st.st_uid, geteuid(), path);
-		return -EPERM;
-	}
-	return 0;
-}
-
-int
-ks_open_dir(int at, const char *name, const char *path)
-{
-	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	int r;
-
-	if (fd < 0) {
-		r = -errno;
-		log_warn("keystore: %s", path);
-		return r;
-	}
-	r = check_private_dir(fd, path);
-	if (r < 0) {
-		close(fd);
-		return r;
-	}
-	return fd;
-}
+/* ---- folders ---- */
 
 /* Removes a device folder's files and the folder itself (no subfolders are ever made). */
 static int
@@ -193,131 +52,6 @@ remove_tree(int at, const char *name)
 	}
 	closedir(d);
 	return unlinkat(at, name, AT_REMOVEDIR) < 0 ? -errno : 0;
-}
-
-/* ---- file names, unlinking ---- */
-
-/*
- * Every backend's key and PSK files, whichever the store uses: a folder is cleaned of all of
- * them. In the order they are unlinked; a renewal's are the last four (ks_unlink_next()).
- */
-static const char *const secret_files[] = {"key.tss2.pem",      "key.pem",      "keyref.pem",
-                                           "psk.enc",           "psk.key",      "next.cert.pem",
-                                           "next.key.tss2.pem", "next.key.pem", "next.keyref.pem"};
-
-/* Unlinks files of a device folder. Returns 0 once none is left. */
-static int
-unlink_files(int fd, const char *dir, const char *const *names, size_t n)
-{
-	int r = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		if (unlinkat(fd, names[i], 0) < 0 && errno != ENOENT) {
-			r = -errno;
-			log_warn("keystore: cannot remove %s/%s", dir, names[i]);
-		}
-	}
-	if (r == 0)
-		r = ks_fsync_dir(fd, dir);
-	return r;
-}
-
-/* The key and PSK files, a renewal's included. */
-int
-ks_unlink_secrets(int fd, const char *dir)
-{
-	return unlink_files(fd, dir, secret_files, sizeof(secret_files) / sizeof(secret_files[0]));
-}
-
-/*
- * A renewal's new key and certificate: the last four of secret_files, the certificate first
- * and on its own, because a certificate left without its new key reads as a switch half done
- * (ks_load_next()).
- */
-int
-ks_unlink_next(int fd, const char *dir)
-{
-	size_t n = sizeof(secret_files) / sizeof(secret_files[0]);
-	int r = unlink_files(fd, dir, secret_files + n - 4, 1);
-
-	return r < 0 ? r : unlink_files(fd, dir, secret_files + n - 3, 3);
-}
-
-/* ---- loading a device ---- */
-
-/*
- * Loads a device's current key (next false) or its renewal's new one into d->cur or d->next:
- * the public key, and the file the TLS library is given. -ENOENT (not logged) if there is none.
- */
-int
-ks_load_key(struct keystore *ks, struct device_ks *d, int fd, const char *dir, bool next)
-{
-	struct ks_tls *t = next ? &d->next : &d->cur;
-	int r = ks->be->ops->load_key(ks->be, fd, dir, d->id, next, t->pub);
-
-	if (r < 0)
-		return r;
-	t->key_file = xasprintf("%s/%s/%s", ks->dir, d->id, d->backend->tls_ref[next]);
-	return 0;
-}
-
-int
-ks_load_device(struct keystore *ks, struct device_ks *d, const char *id, bool self)
-{
-	char dir[4096];
-	uint8_t *text;
-	size_t len;
-	int fd, r;
-
-	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, id);
-	d->id = xstrdup(id);
-	d->self = self;
-	fd = ks_open_dir(ks->dirfd, id, dir);
-	if (fd < 0)
-		return fd;
-	r = ks_read_file(fd, dir, "device", false, RECORD_MAX, &text, &len);
-	if (r == -ENOENT)
-		log_warnx("keystore: %s has no device record; remove the folder or add the device "
-		          "again with gwctl",
-		          dir);
-	if (r < 0)
-		goto out;
-	r = ks_record_parse(d, dir, (char *)text);
-	free(text);
-	if (r < 0)
-		goto out;
-	if (d->backend != ks->be->ops) {
-		log_warnx("keystore: device %s uses the %s backend but the keystore is configured "
-		          "for %s (keystore.backend)",
-		          id, d->backend->name, ks->be->ops->name);
-		r = -EINVAL;
-		goto out;
-	}
-	/*
-	 * A revoked device keeps its record and certificate, for the operator; nothing else. Its
-	 * secrets are deleted after its record says revoked: a crash in between is mended here.
-	 */
-	if (d->state == KEYSTORE_REVOKED) {
-		r = ks_unlink_secrets(fd, dir);
-		if (r < 0)
-			goto out;
-	} else {
-		r = ks_load_key(ks, d, fd, dir, false);
-		if (r == -ENOENT)
-			log_warnx("keystore: %s has no key (%s/%s missing)", id, dir,
-			          d->backend->key_file[false]);
-		/* Before the certificate: a switch to a renewed one may be half done. */
-		if (r == 0)
-			r = ks_load_next(ks, d, fd, dir);
-		if (r == 0 && !d->self)
-			r = ks_load_psk(ks, d, fd, dir);
-		if (r < 0)
-			goto out;
-	}
-	ks_load_cert(ks, d, fd, false);
-out:
-	close(fd);
-	return r;
 }
 
 /* ---- the table ---- */
@@ -497,22 +231,6 @@ load_devices(struct keystore *ks)
 	return check_identities(ks);
 }
 
-/* ---- the backends ---- */
-
-/* Every backend, found by keystore.backend's word; the provider lists their labels in order. */
-static const struct ks_backend_ops *const backends[] = {&ks_tpm_ops, &ks_soft_ops};
-#define NBACKENDS (sizeof(backends) / sizeof(backends[0]))
-
-const struct ks_backend_ops *
-ks_backend_find(const char *name)
-{
-	for (size_t i = 0; i < NBACKENDS; i++) {
-		if (strcmp(backends[i]->name, name) == 0)
-			return backends[i];
-	}
-	return NULL;
-}
-
 /* ---- the provider's view of the store ---- */
 
 _Static_assert((int)KEYSTORE_PRIO_ADMIN == (int)TPMQ_ADMIN &&
@@ -548,8 +266,8 @@ prov_load(void *arg, const char *label, const uint8_t *der, size_t len,
 {
 	struct keystore *ks = arg;
 
-	for (size_t i = 0; i < NBACKENDS; i++) {
-		const struct ks_backend_ops *ops = backends[i];
+	for (size_t i = 0; i < KS_NBACKENDS; i++) {
+		const struct ks_backend_ops *ops = ks_backends[i];
 		struct ks_backend *be;
 		struct prov_key *k;
 		void *key;
@@ -706,7 +424,7 @@ prov_sign_abandon(void *op)
 }
 
 /* Every backend's label, filled in by keystore_open(). */
-static const char *prov_labels[NBACKENDS + 1];
+static const char *prov_labels[KS_NBACKENDS + 1];
 
 static const struct ksprov_ops prov_ops = {
         .labels = prov_labels,
@@ -787,8 +505,8 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 	r = load_devices(ks);
 	if (r < 0)
 		goto fail;
-	for (size_t i = 0; i < NBACKENDS; i++)
-		prov_labels[i] = backends[i]->pem_label;
+	for (size_t i = 0; i < KS_NBACKENDS; i++)
+		prov_labels[i] = ks_backends[i]->pem_label;
 	r = ksprov_init(&prov_ops, ks);
 	if (r < 0)
 		goto fail;
@@ -894,17 +612,6 @@ keystore_get_stats(const struct keystore *ks, struct keystore_stats *out)
 }
 
 /* ---- changes ---- */
-
-/*
- * A new key in the folder: the device's first (next false) or a renewal's. prio: an
- * operator's (ADMIN) or a renewal's (BACKGROUND) place in the TPM's queue.
- */
-int
-ks_write_key(struct keystore *ks, int fd, const char *dir, const char *id, bool next,
-             enum tpmq_prio prio)
-{
-	return ks->be->ops->create_key(ks->be, fd, dir, id, next, prio);
-}
 
 /* Puts a device just written to disk into the registry, as the disk has it. */
 static int

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * libFuzzer harness for what keystore/ (store.c, record.c, cert.c) reads from disk: the
+ * libFuzzer harness for what keystore/ (entry.c, store.c, record.c, cert.c) reads from disk: the
  * store's folders, each device's record (device), PSK file (psk.key), key (key.pem, PKCS#8),
  * key reference, and certificates (cert.pem, a renewal's next.* files), the gateway's own
  * folder, and the tpm backend's encrypted PSK file (psk.enc, through kspsk.h: its master key
