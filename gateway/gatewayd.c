@@ -8,6 +8,7 @@
 #include "conf.h"
 #include "control.h"
 #include "daemon.h"
+#include "device.h"
 #include "enrol.h"
 #include "keystore.h"
 #include "log.h"
@@ -150,27 +151,12 @@ upstream_word(const char *id, const char **reason, void *data)
 	return mqttbr_status_name(mqttbr_status(d->mqtt, id, reason));
 }
 
-/* Spooled messages of a device the keystore no longer has (removed while we were down). */
-struct orphans {
-	struct daemon *d;
-	char **ids;
-	size_t n;
-};
-
+/* What each device has waiting from before the restart (the spool dropped the removed ones'). */
 static void
-count_spooled(const char *device, uint64_t records, void *data)
+spooled_waiting(const struct device *dev, uint64_t records, void *data)
 {
-	struct orphans *o = data;
-	struct keystore_info info;
-
-	if (keystore_device_info(o->d->ks, device, &info) == -ENOENT) {
-		log_warnx("%s: %llu spooled messages of a device that was removed: deleted", device,
-		          (unsigned long long)records);
-		o->ids = xreallocarray(o->ids, o->n + 1, sizeof(*o->ids));
-		o->ids[o->n++] = xstrdup(device);
-		return;
-	}
-	log_info("%s: %llu messages in the spool, sent once its session is up", device,
+	(void)data;
+	log_info("%s: %llu messages in the spool, sent once its session is up", dev->id,
 	         (unsigned long long)records);
 }
 
@@ -182,7 +168,11 @@ device_attr(const struct device *dev, const char *key, void *data)
 	return keystore_attr(dev, key);
 }
 
-/* STATE_DIR/spool, recovered: what was acknowledged before a crash goes out first. */
+/*
+ * STATE_DIR/spool, recovered: what was acknowledged before a crash goes out first. The keystore
+ * is open: the spool deletes the folders of devices it no longer has (removed while gatewayd
+ * was down) and says so.
+ */
 static int
 open_spool(struct daemon *d)
 {
@@ -193,7 +183,7 @@ open_spool(struct daemon *d)
 
 	options_spool(&lim, d->conf);
 	dir = xasprintf("%s/spool", d->conf->state_dir);
-	r = spool_open(&d->spool, dir, &lim);
+	r = spool_open(&d->spool, dir, &lim, keystore_devices(d->ks));
 	if (r < 0) {
 		log_warnx("cannot open the spool in %s: %s", dir,
 		          r == -EBUSY ? "another gatewayd has it open" : strerror(-r));
@@ -206,14 +196,7 @@ open_spool(struct daemon *d)
 		log_warnx("spool: %llu damaged records (%llu bytes) could not be recovered",
 		          (unsigned long long)st.corrupt_records,
 		          (unsigned long long)st.corrupt_bytes);
-	struct orphans o = {.d = d};
-
-	spool_devices(d->spool, count_spooled, &o);
-	for (size_t i = 0; i < o.n; i++) {
-		spool_forget(d->spool, o.ids[i]);
-		free(o.ids[i]);
-	}
-	free(o.ids);
+	spool_devices(d->spool, spooled_waiting, NULL);
 	return 0;
 }
 

@@ -9,6 +9,7 @@
 #include "coapbr.h"
 #include "conf.h"
 #include "daemon.h"
+#include "device.h"
 #include "keystore.h"
 #include "log.h"
 #include "metrics.h"
@@ -243,7 +244,8 @@ collect_devices(struct daemon *d, struct metrics_writer *w)
 		metrics_family(w, fam[f].name, f == 0 ? METRICS_COUNTER : METRICS_GAUGE,
 		               fam[f].help);
 		for (size_t i = 0; i < n; i++) {
-			const char *id = keystore_device_id(d->ks, i), *reason;
+			const struct device *dev = device_at(keystore_devices(d->ks), i);
+			const char *id = dev->id, *reason;
 			struct router_device_stats rs;
 			struct keystore_info info;
 			uint64_t bytes = 0;
@@ -260,10 +262,10 @@ collect_devices(struct daemon *d, struct metrics_writer *w)
 				break;
 			case 1:
 				metrics_gauge(w, METRICS_LABELS({"device", id}),
-				              (double)spool_depth(d->spool, id, NULL));
+				              (double)spool_depth(d->spool, dev, NULL));
 				break;
 			case 2:
-				spool_depth(d->spool, id, &bytes);
+				spool_depth(d->spool, dev, &bytes);
 				metrics_gauge(w, METRICS_LABELS({"device", id}), (double)bytes);
 				break;
 			case 3:

@@ -276,7 +276,7 @@ flow_advance(struct router *rt, struct device_flow *f)
 		n++;
 	if (n == 0)
 		return;
-	spool_ack(rt->spool, f->dev->id, f->out[n - 1].seq);
+	spool_ack(rt->spool, f->dev, f->out[n - 1].seq);
 	memmove(&f->out[0], &f->out[n], (f->nout - n) * sizeof(f->out[0]));
 	f->nout -= n;
 	schedule_sync(rt, false);
@@ -354,13 +354,13 @@ pump(struct router *rt, struct device_flow *f)
 
 	/* Readings wait in its spool: its connect goes before those of idle devices. */
 	if (st != DEVICE_UPSTREAM_NONE && st != DEVICE_UPSTREAM_UP &&
-	    spool_depth(rt->spool, f->dev->id, NULL) > 0)
+	    spool_depth(rt->spool, f->dev, NULL) > 0)
 		rt->up_ops->wanted(rt->up, f->dev);
 	while (up(f->dev) && f->nout < WINDOW) {
 		struct spool_record rec;
 		struct sent *s;
 		void *buf = NULL;
-		int r = spool_read(rt->spool, f->dev->id, f->next, &rec, &buf);
+		int r = spool_read(rt->spool, f->dev, f->next, &rec, &buf);
 
 		if (r == -ENOENT)
 			return;
@@ -432,7 +432,7 @@ upstream_changed(struct device *dev, enum device_upstream was, void *data)
 	struct router *rt = data;
 
 	(void)was;
-	if (up(dev) && spool_depth(rt->spool, dev->id, NULL) > 0)
+	if (up(dev) && spool_depth(rt->spool, dev, NULL) > 0)
 		pump(rt, flow_get(rt, dev));
 }
 
@@ -626,7 +626,7 @@ uplink_direct(struct router *rt, struct sensor_request *req, const struct sensor
 		return;
 	}
 	/* Down, or its spool still draining (order first): the sensor keeps it for now. */
-	if (st != DEVICE_UPSTREAM_UP || spool_depth(rt->spool, up->dev->id, NULL) > 0) {
+	if (st != DEVICE_UPSTREAM_UP || spool_depth(rt->spool, up->dev, NULL) > 0) {
 		/* Its sensor waits: its connect goes before those of idle devices. */
 		rt->up_ops->wanted(rt->up, up->dev);
 		answer(rt, req, SENSOR_UNAVAILABLE, up_retry_after(rt, up->dev));
@@ -711,7 +711,7 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 	        .payload = up->payload,
 	        .len = up->len,
 	};
-	r = spool_append(rt->spool, up->dev->id, &rec);
+	r = spool_append(rt->spool, up->dev, &rec);
 	if (r == -ENOSPC) {
 		log_warnx("%s: spool full: message refused (5.03)", up->dev->id);
 		rt->st.refused_full++;
@@ -845,15 +845,16 @@ router_session_topics(struct router *rt, const struct device *dev, struct router
 	out->ids_error = profile_session(rt->conf, dev->id, tmpl_attr, &ctx, &out->ids);
 }
 
-/* A device was removed from the store: its flow, spool and queued commands go. */
+/*
+ * A device was removed from the store: its flow and queued commands go (its spool goes by the
+ * spool's own watcher).
+ */
 static void
 device_removed(struct device *dev, void *data)
 {
-	struct router *rt = data;
-
+	(void)data;
 	if (dev->flow)
 		flow_free(dev->flow);
-	spool_forget(rt->spool, dev->id);
 }
 
 void
@@ -862,7 +863,11 @@ router_device_queues(const struct router *rt, const char *device, uint64_t *spoo
 {
 	const struct device *dev = device_find(rt->devices, device);
 
-	*spooled = spool_depth(rt->spool, device, bytes);
+	*spooled = 0;
+	if (bytes)
+		*bytes = 0;
+	if (dev)
+		*spooled = spool_depth(rt->spool, dev, bytes);
 	*commands = dev && dev->flow ? cmdq_depth(&dev->flow->commands) : 0;
 }
 

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "xalloc.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -101,8 +102,12 @@ struct seg {
 	bool sealed; /* takes no more appends: full, or a write or an fsync failed */
 };
 
-struct dev {
-	char id[65];
+/* A device's spool, on its dev->spool. */
+struct device_spool {
+	struct device *dev; /* whose it is: the slot is cleared before the device goes */
+	/* dev->id; at spool_open() also the name of a folder whose device is no longer there,
+	 * loaded only to count what is deleted with it (dev NULL then). */
+	const char *id;
 	int dirfd;
 	struct seg *segs; /* in seq order */
 	size_t nsegs, cap;
@@ -121,7 +126,14 @@ struct spool {
 	char *dir;
 	int dirfd, lockfd;
 	struct spool_limits lim;
-	struct dev **devs; /* sorted by id */
+	struct device_registry *devices; /* whose devices it holds data of */
+	/*
+	 * Every device_spool, for what goes over them all: the group commit, the bound on open
+	 * files, the oldest record, the list of devices. A device's own is found through
+	 * dev->spool, never searched for: in no order but spool_open()'s (by id) and then that
+	 * of first appends.
+	 */
+	struct device_spool **devs;
 	size_t ndevs, cap;
 	bool dir_dirty;
 	bool full_logged;
@@ -320,7 +332,7 @@ seg_live(const struct seg *s)
 
 /* Carries the change of s's live records and bytes since before to its device and the spool. */
 static void
-account(struct spool *sp, struct dev *d, const struct seg *s, struct live before)
+account(struct spool *sp, struct device_spool *d, const struct seg *s, struct live before)
 {
 	struct live now = seg_live(s);
 
@@ -363,7 +375,7 @@ close_clean(struct spool *sp)
 }
 
 static int
-seg_fd(struct spool *sp, struct dev *d, struct seg *s)
+seg_fd(struct spool *sp, struct device_spool *d, struct seg *s)
 {
 	char name[SEG_NAME_LEN + 1];
 	int r;
@@ -385,7 +397,7 @@ seg_fd(struct spool *sp, struct dev *d, struct seg *s)
 
 /* Removes segment si from d's index, and its file if delete_file. */
 static void
-seg_remove(struct spool *sp, struct dev *d, size_t si, bool delete_file)
+seg_remove(struct spool *sp, struct device_spool *d, size_t si, bool delete_file)
 {
 	struct seg *s = &d->segs[si];
 	char name[SEG_NAME_LEN + 1];
@@ -420,7 +432,7 @@ room_for_one(void **arr, size_t n, size_t *cap, size_t first, size_t size)
 }
 
 static struct seg *
-seg_add(struct dev *d, uint64_t name)
+seg_add(struct device_spool *d, uint64_t name)
 {
 	struct seg *s;
 
@@ -432,7 +444,7 @@ seg_add(struct dev *d, uint64_t name)
 
 /* The highest seq before segment si. */
 static uint64_t
-prev_seq(const struct dev *d, size_t si)
+prev_seq(const struct device_spool *d, size_t si)
 {
 	while (si-- > 0) {
 		if (d->segs[si].nrec)
@@ -580,7 +592,7 @@ read_all(int fd, uint64_t len, const char *what, uint8_t **out)
  * appends follow good data. *want_at: the first good record at or after want.
  */
 static int
-seg_check(struct spool *sp, struct dev *d, size_t si, bool cut_tail, uint64_t want,
+seg_check(struct spool *sp, struct device_spool *d, size_t si, bool cut_tail, uint64_t want,
           uint64_t *want_at)
 {
 	struct seg *s = &d->segs[si];
@@ -669,7 +681,7 @@ seg_check(struct spool *sp, struct dev *d, size_t si, bool cut_tail, uint64_t wa
  * returned: the segment's head and counts may have changed, the caller starts over.
  */
 static int
-seg_next(struct spool *sp, struct dev *d, size_t si, uint64_t *off, struct rhdr *h)
+seg_next(struct spool *sp, struct device_spool *d, size_t si, uint64_t *off, struct rhdr *h)
 {
 	struct seg *s = &d->segs[si];
 	uint8_t b[REC_HDR];
@@ -696,7 +708,7 @@ seg_next(struct spool *sp, struct dev *d, size_t si, uint64_t *off, struct rhdr 
 
 /* Reads the body of the record h at off into a new buffer, NUL-terminated. */
 static int
-read_body(struct spool *sp, struct dev *d, size_t si, uint64_t *off, const struct rhdr *h,
+read_body(struct spool *sp, struct device_spool *d, size_t si, uint64_t *off, const struct rhdr *h,
           uint8_t **out)
 {
 	size_t blen = h->total - REC_HDR;
@@ -730,7 +742,7 @@ read_body(struct spool *sp, struct dev *d, size_t si, uint64_t *off, const struc
  * live records that took to *count. Segments emptied so are deleted by spool_sync().
  */
 static int
-advance(struct spool *sp, struct dev *d, uint64_t seq, uint64_t *count)
+advance(struct spool *sp, struct device_spool *d, uint64_t seq, uint64_t *count)
 {
 	int rescans = 0;
 
@@ -789,7 +801,7 @@ again:
 
 /* Drops d's oldest live record. */
 static int
-drop_head(struct spool *sp, struct dev *d, uint64_t *count)
+drop_head(struct spool *sp, struct device_spool *d, uint64_t *count)
 {
 	for (int rescans = 0; rescans <= RESCAN_MAX; rescans++) {
 		for (size_t si = 0; si < d->nsegs; si++) {
@@ -815,41 +827,13 @@ drop_head(struct spool *sp, struct dev *d, uint64_t *count)
 
 /* ---- devices ---- */
 
-static struct dev *
-dev_find(const struct spool *sp, const char *id, size_t *pos)
-{
-	size_t lo = 0, hi = sp->ndevs;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int c = strcmp(id, sp->devs[mid]->id);
-
-		if (c == 0) {
-			if (pos)
-				*pos = mid;
-			return sp->devs[mid];
-		}
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	if (pos)
-		*pos = lo;
-	return NULL;
-}
-
-static int
-dev_cmp(const void *a, const void *b)
-{
-	return strcmp((*(struct dev *const *)a)->id, (*(struct dev *const *)b)->id);
-}
-
 static void
-dev_free(struct spool *sp, struct dev *d)
+dev_free(struct spool *sp, struct device_spool *d)
 {
 	if (!d)
 		return;
+	if (d->dev)
+		d->dev->spool = NULL;
 	for (size_t i = 0; i < d->nsegs; i++) {
 		seg_close(sp, &d->segs[i]);
 		free(d->segs[i].holes);
@@ -860,17 +844,39 @@ dev_free(struct spool *sp, struct dev *d)
 	free(d);
 }
 
+/* Hangs d on dev and lists it. */
 static void
-dev_insert(struct spool *sp, struct dev *d, size_t pos)
+dev_attach(struct spool *sp, struct device_spool *d, struct device *dev)
 {
+	/* One spool per registry: a second one's state would be lost here. */
+	assert(!dev->spool);
+	d->dev = dev;
+	d->id = dev->id;
+	dev->spool = d;
 	room_for_one((void **)&sp->devs, sp->ndevs, &sp->cap, 8, sizeof(*sp->devs));
-	memmove(&sp->devs[pos + 1], &sp->devs[pos], (sp->ndevs - pos) * sizeof(*sp->devs));
-	sp->devs[pos] = d;
-	sp->ndevs++;
+	sp->devs[sp->ndevs++] = d;
+}
+
+/*
+ * Takes d off its device and out of the list, its records out of the totals, and frees it.
+ * The list is walked for it: a removal is rare, and the order of the rest stays.
+ */
+static void
+dev_drop(struct spool *sp, struct device_spool *d)
+{
+	size_t i = 0;
+
+	while (sp->devs[i] != d)
+		i++;
+	memmove(&sp->devs[i], &sp->devs[i + 1], (sp->ndevs - i - 1) * sizeof(*sp->devs));
+	sp->ndevs--;
+	sp->st.records -= d->records;
+	sp->st.bytes -= d->bytes;
+	dev_free(sp, d);
 }
 
 static void
-load_acked(struct spool *sp, struct dev *d, uint64_t *next)
+load_acked(struct spool *sp, struct device_spool *d, uint64_t *next)
 {
 	uint8_t b[ACK_LEN + 1];
 	ssize_t n;
@@ -897,14 +903,14 @@ load_acked(struct spool *sp, struct dev *d, uint64_t *next)
 
 /* The folder's path, for messages. */
 static void
-dev_path(const struct spool *sp, const struct dev *d, char *buf, size_t len)
+dev_path(const struct spool *sp, const struct device_spool *d, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s/%s", sp->dir, d->id);
 }
 
 /* Writes the acknowledged position aside, fsync'd if sync (else by the caller's syncfs). */
 static int
-ack_write_tmp(struct spool *sp, struct dev *d, bool sync)
+ack_write_tmp(struct spool *sp, struct device_spool *d, bool sync)
 {
 	char path[PATH_MAX];
 	uint8_t b[ACK_LEN];
@@ -920,7 +926,7 @@ ack_write_tmp(struct spool *sp, struct dev *d, bool sync)
 
 /* Puts the position written aside, durable by now, in place; the folder is then to be synced. */
 static int
-ack_install(struct spool *sp, struct dev *d)
+ack_install(struct spool *sp, struct device_spool *d)
 {
 	char path[PATH_MAX];
 	int r;
@@ -935,7 +941,7 @@ ack_install(struct spool *sp, struct dev *d)
 }
 
 static int
-save_acked(struct spool *sp, struct dev *d)
+save_acked(struct spool *sp, struct device_spool *d)
 {
 	int r = ack_write_tmp(sp, d, true);
 
@@ -952,19 +958,19 @@ seg_order(const void *a, const void *b)
 
 /*
  * Loads device id's folder: its acked file and every segment, checked. -errno if the folder
- * cannot be read.
+ * cannot be read. *out keeps id (it is not copied) and is on no device and in no list yet.
  */
 static int
-dev_load(struct spool *sp, const char *id, struct dev **out)
+dev_load(struct spool *sp, const char *id, struct device_spool **out)
 {
-	struct dev *d = xcalloc(1, sizeof(*d));
+	struct device_spool *d = xcalloc(1, sizeof(*d));
 	uint64_t next = 0;
 	bool synced = false;
 	struct dirent *de;
 	DIR *dir;
 	int fd, r = 0;
 
-	snprintf(d->id, sizeof(d->id), "%s", id);
+	d->id = id;
 	d->dirfd = openat(sp->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (d->dirfd < 0) {
 		r = -errno;
@@ -1056,26 +1062,99 @@ fail:
 
 /* The device's folder, made if missing (an existing one, e.g. unreadable at open, is loaded). */
 static int
-dev_create(struct spool *sp, const char *id, struct dev **out)
+dev_create(struct spool *sp, struct device *dev, struct device_spool **out)
 {
-	struct dev *d;
-	size_t pos;
+	struct device_spool *d;
 	int r;
 
-	if (mkdirat(sp->dirfd, id, 0700) == 0) {
+	if (mkdirat(sp->dirfd, dev->id, 0700) == 0) {
 		sp->dir_dirty = true;
 	} else if (errno != EEXIST) {
 		r = -errno;
-		log_warn("spool: create %s/%s", sp->dir, id);
+		log_warn("spool: create %s/%s", sp->dir, dev->id);
 		return r;
 	}
-	r = dev_load(sp, id, &d);
+	r = dev_load(sp, dev->id, &d);
 	if (r < 0)
 		return r;
-	dev_find(sp, id, &pos);
-	dev_insert(sp, d, pos);
+	dev_attach(sp, d, dev);
 	*out = d;
 	return 0;
+}
+
+/*
+ * Deletes device id's folder and everything in it. -ENOENT if there is none, unless had: its
+ * state was loaded, so the folder was there and going is what was wanted of it.
+ */
+static int
+forget_dir(struct spool *sp, const char *id, bool had)
+{
+	struct dirent *de;
+	DIR *dir;
+	int fd, r = 0;
+
+	fd = openat(sp->dirfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT && had ? 0 : -errno;
+	dir = fdopendir(fd);
+	if (!dir) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	/* The folder holds only files the spool made: no subfolders. */
+	while ((de = readdir(dir))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+		    unlinkat(fd, de->d_name, 0) < 0 && r == 0) {
+			r = -errno;
+			log_warn("spool: remove %s/%s/%s", sp->dir, id, de->d_name);
+		}
+	}
+	closedir(dir);
+	if (unlinkat(sp->dirfd, id, AT_REMOVEDIR) < 0 && r == 0) {
+		r = -errno;
+		log_warn("spool: remove %s/%s", sp->dir, id);
+	}
+	if (fsync(sp->dirfd) < 0 && r == 0) {
+		r = -errno;
+		log_warn("spool: fsync %s", sp->dir);
+	}
+	return r;
+}
+
+/*
+ * The folder of a device the registry does not have (removed while gatewayd was down): loaded
+ * only to say how much goes with it, then deleted.
+ */
+static void
+drop_orphan(struct spool *sp, const char *id)
+{
+	struct device_spool *d;
+	uint64_t records;
+
+	if (dev_load(sp, id, &d) < 0)
+		return;
+	records = d->records;
+	sp->st.records -= d->records;
+	sp->st.bytes -= d->bytes;
+	dev_free(sp, d);
+	if (records)
+		log_warnx("%s: %llu spooled messages of a device that was removed: deleted", id,
+		          (unsigned long long)records);
+	forget_dir(sp, id, true);
+}
+
+/* The registry's removal watcher: a removed device's records and folder go at once. */
+static void
+device_removed(struct device *dev, void *data)
+{
+	spool_forget(data, dev);
+}
+
+static int
+name_order(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 /* syncfs(2) returns writeback errors only since Linux 5.8 (errseq on the super block). */
@@ -1111,9 +1190,12 @@ spool_set_limits(struct spool *sp, const struct spool_limits *lim)
 }
 
 int
-spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
+spool_open(struct spool **out, const char *dir, const struct spool_limits *lim,
+           struct device_registry *devices)
 {
 	struct spool *sp = xcalloc(1, sizeof(*sp));
+	char **names = NULL;
+	size_t nnames = 0, cap = 0;
 	struct dirent *de;
 	bool made = false;
 	struct stat st;
@@ -1126,6 +1208,7 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 	sp->now = clock_now;
 	sp->use_syncfs = syncfs_reports_errors();
 	sp->dir = xstrdup(dir);
+	sp->devices = devices;
 	if (mkdir(dir, 0700) == 0) {
 		made = true;
 	} else if (errno != EEXIST) {
@@ -1182,8 +1265,6 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 		goto fail;
 	}
 	for (;;) {
-		struct dev *d;
-
 		errno = 0;
 		de = readdir(dh);
 		if (!de) {
@@ -1200,22 +1281,40 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim)
 			log_warnx("spool: %s/%s: not a device id; ignored", dir, de->d_name);
 			continue;
 		}
-		if (dev_load(sp, de->d_name, &d) < 0)
-			continue;
-		dev_insert(sp, d, sp->ndevs);
+		room_for_one((void **)&names, nnames, &cap, 16, sizeof(*names));
+		names[nnames++] = xstrdup(de->d_name);
 	}
 	closedir(dh);
 	if (r < 0)
 		goto fail;
-	/* Not with none: qsort's base must not be NULL. */
-	if (sp->ndevs > 1)
-		qsort(sp->devs, sp->ndevs, sizeof(*sp->devs), dev_cmp);
+	/* In id order, so that what is logged about them and spool_devices() come in it too.
+	 * Not with none: qsort's base must not be NULL. */
+	if (nnames > 1)
+		qsort(names, nnames, sizeof(*names), name_order);
+	for (size_t i = 0; i < nnames; i++) {
+		struct device *dev = device_find(devices, names[i]);
+		struct device_spool *d;
+
+		if (!dev) {
+			drop_orphan(sp, names[i]);
+			continue;
+		}
+		if (dev_load(sp, dev->id, &d) == 0)
+			dev_attach(sp, d, dev);
+	}
+	device_registry_on_remove(devices, device_removed, sp);
 	if (sp->st.records)
 		log_info("spool: %s: %" PRIu64 " records (%" PRIu64 " bytes) waiting", dir,
 		         sp->st.records, sp->st.bytes);
+	for (size_t i = 0; i < nnames; i++)
+		free(names[i]);
+	free(names);
 	*out = sp;
 	return 0;
 fail:
+	for (size_t i = 0; i < nnames; i++)
+		free(names[i]);
+	free(names);
 	spool_free(sp);
 	return r;
 }
@@ -1225,6 +1324,8 @@ spool_free(struct spool *sp)
 {
 	if (!sp)
 		return;
+	/* Not there if spool_open() failed: then this does nothing. */
+	device_registry_off_remove(sp->devices, device_removed, sp);
 	for (size_t i = 0; i < sp->ndevs; i++)
 		dev_free(sp, sp->devs[i]);
 	free(sp->devs);
@@ -1244,14 +1345,14 @@ spool_set_clock(struct spool *sp, int64_t (*now)(void))
 }
 
 /* The device holding the oldest live record of all (by stored_at). */
-static struct dev *
+static struct device_spool *
 oldest_dev(const struct spool *sp)
 {
-	struct dev *best = NULL;
+	struct device_spool *best = NULL;
 	int64_t best_at = 0;
 
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct dev *d = sp->devs[i];
+		struct device_spool *d = sp->devs[i];
 
 		for (size_t si = 0; si < d->nsegs; si++) {
 			const struct seg *s = &d->segs[si];
@@ -1268,9 +1369,9 @@ oldest_dev(const struct spool *sp)
 	return best;
 }
 
-/* Makes room for total more bytes of device id (d: NULL if it has no folder yet). */
+/* Makes room for total more bytes of d's device (d: NULL if it has no folder yet). */
 static int
-make_room(struct spool *sp, struct dev *d, const char *id, uint64_t total)
+make_room(struct spool *sp, struct device_spool *d, uint64_t total)
 {
 	/* total is within both limits (spool_append() checked), so these cannot wrap. */
 	uint64_t dev_max = sp->lim.device_bytes - total, all_max = sp->lim.total_bytes - total;
@@ -1284,7 +1385,7 @@ make_room(struct spool *sp, struct dev *d, const char *id, uint64_t total)
 	if (!over_dev && !over_all)
 		return 0;
 	if (over_dev && !d->full_logged)
-		log_warnx("spool: device %s: over its %" PRIu64 " bytes; %s", id,
+		log_warnx("spool: device %s: over its %" PRIu64 " bytes; %s", d->id,
 		          sp->lim.device_bytes,
 		          sp->lim.full == SPOOL_REFUSE ? "refusing its messages until it drains"
 		                                       : "dropping its oldest messages");
@@ -1307,7 +1408,7 @@ make_room(struct spool *sp, struct dev *d, const char *id, uint64_t total)
 			return r;
 	}
 	while (sp->st.bytes > all_max) {
-		struct dev *o = oldest_dev(sp);
+		struct device_spool *o = oldest_dev(sp);
 
 		if (!o)
 			break;
@@ -1320,7 +1421,7 @@ make_room(struct spool *sp, struct dev *d, const char *id, uint64_t total)
 
 /* The segment that takes d's next append: the last one, or a new one if that is full. */
 static int
-tail_seg(struct spool *sp, struct dev *d, struct seg **out)
+tail_seg(struct spool *sp, struct device_spool *d, struct seg **out)
 {
 	char name[SEG_NAME_LEN + 1];
 	struct seg *s = d->nsegs ? &d->segs[d->nsegs - 1] : NULL;
@@ -1370,7 +1471,7 @@ write_at(int fd, const uint8_t *b, size_t len, uint64_t off)
 
 /* Only a damaged segment name or acked file can bring a device here (see SEQ_END). */
 static int
-seq_used_up(struct spool *sp, struct dev *d)
+seq_used_up(struct spool *sp, struct device_spool *d)
 {
 	log_warnx("spool: device %s: no seq is left after %" PRIu64
 	          " (a damaged segment name or acked file in %s/%s?); its messages are refused "
@@ -1380,17 +1481,17 @@ seq_used_up(struct spool *sp, struct dev *d)
 }
 
 int
-spool_append(struct spool *sp, const char *device, struct spool_record *rec)
+spool_append(struct spool *sp, struct device *dev, struct spool_record *rec)
 {
 	const char *ctype = rec->content_type ? rec->content_type : "";
 	size_t tlen, clen, total;
 	struct live before;
-	struct dev *d;
+	struct device_spool *d;
 	struct seg *s = NULL;
 	uint8_t *b;
 	int r;
 
-	if (!device_id_valid(device) || !rec->topic || rec->qos > 1 || (rec->len && !rec->payload))
+	if (!rec->topic || rec->qos > 1 || (rec->len && !rec->payload))
 		return -EINVAL;
 	tlen = strlen(rec->topic);
 	clen = strlen(ctype);
@@ -1401,14 +1502,17 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 	total = REC_HDR + tlen + 1 + clen + 1 + rec->len;
 	if (total > sp->lim.device_bytes || total > sp->lim.total_bytes)
 		return -EMSGSIZE;
-	d = dev_find(sp, device, NULL);
+	/* Its slot would be set again after its watcher cleared it, and never cleared. */
+	if (dev->state == DEVICE_GONE)
+		return -ENODEV;
+	d = dev->spool;
 	if (d && d->next_seq == SEQ_END)
 		return seq_used_up(sp, d);
-	r = make_room(sp, d, device, total);
+	r = make_room(sp, d, total);
 	if (r < 0)
 		return r;
 	if (!d) {
-		r = dev_create(sp, device, &d);
+		r = dev_create(sp, dev, &d);
 		if (r < 0)
 			return r;
 		if (d->next_seq == SEQ_END)
@@ -1445,7 +1549,7 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 		r = write_at(r, b, total, s->size);
 	if (r < 0) {
 		errno = -r;
-		log_warn("spool: device %s: write", device);
+		log_warn("spool: device %s: write", dev->id);
 		/* Leave no partial record behind, or else write no more to this file. */
 		if (s->fd >= 0 && ftruncate(s->fd, (off_t)s->size) < 0) {
 			s->sealed = true;
@@ -1469,7 +1573,7 @@ spool_append(struct spool *sp, const char *device, struct spool_record *rec)
 /* A segment spool_sync() may delete: nothing live, and nothing of it the acked file on disk
  * does not cover. The last one stays while it takes appends. */
 static bool
-deletable(const struct spool *sp, const struct dev *d, size_t si)
+deletable(const struct spool *sp, const struct device_spool *d, size_t si)
 {
 	const struct seg *s = &d->segs[si];
 
@@ -1480,7 +1584,7 @@ deletable(const struct spool *sp, const struct dev *d, size_t si)
 
 /* checkpoint: also persist the acknowledged position and delete delivered segments. */
 static int
-dev_sync(struct spool *sp, struct dev *d, bool checkpoint)
+dev_sync(struct spool *sp, struct device_spool *d, bool checkpoint)
 {
 	bool removed = false;
 	bool durable;
@@ -1560,7 +1664,7 @@ dirty_files(const struct spool *sp)
 	size_t n = sp->dir_dirty;
 
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		const struct dev *d = sp->devs[i];
+		const struct device_spool *d = sp->devs[i];
 
 		n += d->dir_dirty;
 		for (size_t si = 0; si < d->nsegs; si++)
@@ -1576,7 +1680,7 @@ synced_all(struct spool *sp, bool failed)
 	if (failed && dirty_files(sp) > 0 && !sp->append_err)
 		sp->append_err = -EIO;
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct dev *d = sp->devs[i];
+		struct device_spool *d = sp->devs[i];
 
 		for (size_t si = 0; si < d->nsegs; si++) {
 			if (d->segs[si].dirty && failed)
@@ -1623,7 +1727,7 @@ checkpoint_all(struct spool *sp)
 	int err = 0, r;
 
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct dev *d = sp->devs[i];
+		struct device_spool *d = sp->devs[i];
 
 		if (d->acked != d->acked_saved) {
 			r = ack_write_tmp(sp, d, false);
@@ -1652,7 +1756,7 @@ checkpoint_all(struct spool *sp)
 	if ((r = syncfs_all(sp)) < 0)
 		return r;
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct dev *d = sp->devs[i];
+		struct device_spool *d = sp->devs[i];
 
 		d->dir_dirty = false;
 		for (size_t si = 0; si < d->nsegs; si++) {
@@ -1728,7 +1832,7 @@ spool_needs_sync(const struct spool *sp)
 	if (sp->dir_dirty)
 		return true;
 	for (size_t i = 0; i < sp->ndevs; i++) {
-		const struct dev *d = sp->devs[i];
+		const struct device_spool *d = sp->devs[i];
 
 		if (d->dir_dirty || d->acked != d->acked_saved)
 			return true;
@@ -1741,7 +1845,7 @@ spool_needs_sync(const struct spool *sp)
 }
 
 static void
-set_cursor(struct dev *d, const struct seg *s, uint64_t off, uint64_t idx, uint64_t after)
+set_cursor(struct device_spool *d, const struct seg *s, uint64_t off, uint64_t idx, uint64_t after)
 {
 	d->cur_name = s->name;
 	d->cur_off = off;
@@ -1750,16 +1854,13 @@ set_cursor(struct dev *d, const struct seg *s, uint64_t off, uint64_t idx, uint6
 }
 
 int
-spool_read(struct spool *sp, const char *device, uint64_t from_seq, struct spool_record *rec,
+spool_read(struct spool *sp, struct device *dev, uint64_t from_seq, struct spool_record *rec,
            void **buf)
 {
 	uint64_t dropped = 0, start;
 	int rescans = 0, r;
-	struct dev *d;
+	struct device_spool *d = dev->spool;
 
-	if (!device_id_valid(device))
-		return -EINVAL;
-	d = dev_find(sp, device, NULL);
 	if (!d)
 		return -ENOENT;
 again:
@@ -1830,24 +1931,22 @@ out:
 }
 
 int
-spool_ack(struct spool *sp, const char *device, uint64_t seq)
+spool_ack(struct spool *sp, struct device *dev, uint64_t seq)
 {
+	struct device_spool *d = dev->spool;
 	uint64_t n = 0;
-	struct dev *d;
 
-	if (!device_id_valid(device))
-		return -EINVAL;
-	d = dev_find(sp, device, NULL);
 	if (!d)
 		return -ENOENT;
 	return advance(sp, d, seq, &n);
 }
 
 uint64_t
-spool_depth(const struct spool *sp, const char *device, uint64_t *bytes)
+spool_depth(const struct spool *sp, const struct device *dev, uint64_t *bytes)
 {
-	const struct dev *d = device_id_valid(device) ? dev_find(sp, device, NULL) : NULL;
+	const struct device_spool *d = dev->spool;
 
+	(void)sp;
 	if (bytes)
 		*bytes = d ? d->bytes : 0;
 	return d ? d->records : 0;
@@ -1860,8 +1959,8 @@ spool_stats(const struct spool *sp, struct spool_stats *st)
 }
 
 size_t
-spool_devices(const struct spool *sp, void (*fn)(const char *device, uint64_t records, void *data),
-              void *data)
+spool_devices(const struct spool *sp,
+              void (*fn)(const struct device *dev, uint64_t records, void *data), void *data)
 {
 	size_t n = 0;
 
@@ -1869,56 +1968,18 @@ spool_devices(const struct spool *sp, void (*fn)(const char *device, uint64_t re
 		if (!sp->devs[i]->records)
 			continue;
 		if (fn)
-			fn(sp->devs[i]->id, sp->devs[i]->records, data);
+			fn(sp->devs[i]->dev, sp->devs[i]->records, data);
 		n++;
 	}
 	return n;
 }
 
 int
-spool_forget(struct spool *sp, const char *device)
+spool_forget(struct spool *sp, struct device *dev)
 {
-	struct dirent *de;
-	struct dev *d;
-	size_t pos;
-	DIR *dir;
-	int fd, r = 0;
+	struct device_spool *d = dev->spool;
 
-	if (!device_id_valid(device))
-		return -EINVAL;
-	d = dev_find(sp, device, &pos);
-	if (d) {
-		sp->st.records -= d->records;
-		sp->st.bytes -= d->bytes;
-		dev_free(sp, d);
-		memmove(&sp->devs[pos], &sp->devs[pos + 1], (sp->ndevs - pos - 1) * sizeof(d));
-		sp->ndevs--;
-	}
-	fd = openat(sp->dirfd, device, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT && d ? 0 : -errno;
-	dir = fdopendir(fd);
-	if (!dir) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
-	/* The folder holds only files the spool made: no subfolders. */
-	while ((de = readdir(dir))) {
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
-		    unlinkat(fd, de->d_name, 0) < 0 && r == 0) {
-			r = -errno;
-			log_warn("spool: remove %s/%s/%s", sp->dir, device, de->d_name);
-		}
-	}
-	closedir(dir);
-	if (unlinkat(sp->dirfd, device, AT_REMOVEDIR) < 0 && r == 0) {
-		r = -errno;
-		log_warn("spool: remove %s/%s", sp->dir, device);
-	}
-	if (fsync(sp->dirfd) < 0 && r == 0) {
-		r = -errno;
-		log_warn("spool: fsync %s", sp->dir);
-	}
-	return r;
+	if (d)
+		dev_drop(sp, d);
+	return forget_dir(sp, dev->id, d != NULL);
 }

@@ -12,6 +12,10 @@
  * holding its record, and nothing so acknowledged is lost by a crash or a power loss (a
  * delivered record may come back once after a crash: duplicates upstream, never loss).
  *
+ * It holds the data of the devices of one registry (device.h): a device's part hangs on
+ * dev->spool, found there rather than by id, and goes, folder and all, when the registry
+ * removes the device.
+ *
  * Layout under DIR (0700):
  *   .lock                       held (flock) by the process that has the spool open
  *   DEVICE/ (0700)              one folder per device id
@@ -30,6 +34,8 @@
 /* segment_bytes when spool_limits gives 0. */
 #define SPOOL_SEGMENT_DEFAULT (1 << 20)
 
+struct device;
+struct device_registry;
 struct spool;
 
 enum spool_full {
@@ -68,13 +74,20 @@ struct spool_stats {
 };
 
 /*
- * Opens the spool in dir, creating it (0700) if missing, and recovers every device's
- * segments. Fails only if dir itself cannot be made, opened or locked (-EBUSY: another
- * process has it open); damaged files are logged, counted and worked around.
+ * Opens the spool in dir, creating it (0700) if missing, and recovers the segments of every
+ * device of devices that has a folder there. The folder of a device devices does not have
+ * (removed while gatewayd was down) is deleted, with a warning if it held messages. From then
+ * on a device removed from devices has its records and folder deleted at once. Fails only if
+ * dir itself cannot be made, opened or locked (-EBUSY: another process has it open); damaged
+ * files are logged, counted and worked around. One spool per registry.
  */
-int spool_open(struct spool **out, const char *dir, const struct spool_limits *lim);
+int spool_open(struct spool **out, const char *dir, const struct spool_limits *lim,
+               struct device_registry *devices);
 
-/* Closes the files; does not sync. Accepts NULL. */
+/*
+ * Closes the files and lets go of the devices (their slots cleared); does not sync. Before the
+ * registry is freed. Accepts NULL.
+ */
 void spool_free(struct spool *sp);
 /*
  * A reload: new bounds for what comes next. What is stored already is not trimmed to them;
@@ -83,15 +96,16 @@ void spool_free(struct spool *sp);
 void spool_set_limits(struct spool *sp, const struct spool_limits *lim);
 
 /*
- * Writes rec for device (an id as device_id_valid() accepts, else -EINVAL) and sets rec->seq
- * and rec->stored_at. The record is written but not durable until spool_sync(). -EMSGSIZE if
+ * Writes rec for dev, a device of the spool's registry, and sets rec->seq and rec->stored_at.
+ * The record is written but not durable until spool_sync(). -ENODEV if dev was removed
+ * (GONE); -EMSGSIZE if
  * it could never fit (larger than a bound or SPOOL_*_MAX); -ENOSPC when a bound would be
  * passed and lim.full is SPOOL_REFUSE (nothing is dropped then); -EOVERFLOW when the device's
  * seqs are used up (only a damaged segment name or acked file does that). With
  * SPOOL_DROP_OLDEST the device's oldest records make room when it is over device_bytes, and
  * the records of whichever device has the oldest one when the spool is over total_bytes.
  */
-int spool_append(struct spool *sp, const char *device, struct spool_record *rec);
+int spool_append(struct spool *sp, struct device *dev, struct spool_record *rec);
 
 /*
  * Makes everything durable: fsyncs the segments written since the last sync, writes the
@@ -114,33 +128,40 @@ int spool_sync_appends(struct spool *sp);
 bool spool_needs_sync(const struct spool *sp);
 
 /*
- * The first live record of device (not acknowledged, not dropped) with seq >= from_seq.
- * rec's strings and payload point into *buf, which the caller frees (the payload is followed
- * by a NUL too). -ENOENT if there is none (or the device is unknown). Reading on from the seq
+ * The first live record of dev (not acknowledged, not dropped) with seq >= from_seq. rec's
+ * strings and payload point into *buf, which the caller frees (the payload is followed by a
+ * NUL too). -ENOENT if there is none (or dev has nothing in the spool). Reading on from the seq
  * last returned plus one continues where the last read stopped. A record older than max_age
  * is dropped here with every live record before it (counted in dropped_age), not returned.
  */
-int spool_read(struct spool *sp, const char *device, uint64_t from_seq, struct spool_record *rec,
+int spool_read(struct spool *sp, struct device *dev, uint64_t from_seq, struct spool_record *rec,
                void **buf);
 
 /*
- * Everything of device up to and including seq is delivered and no longer live. The position
- * is persisted, and wholly delivered segments deleted, by the next spool_sync(); after a crash
- * before it those records come back once.
+ * Everything of dev up to and including seq is delivered and no longer live (-ENOENT if dev has
+ * nothing in the spool). The position is persisted, and wholly delivered segments deleted, by
+ * the next spool_sync(); after a crash before it those records come back once.
  */
-int spool_ack(struct spool *sp, const char *device, uint64_t seq);
+int spool_ack(struct spool *sp, struct device *dev, uint64_t seq);
 
-/* Live records of device, and their bytes if bytes is not NULL; 0 for an unknown device. */
-uint64_t spool_depth(const struct spool *sp, const char *device, uint64_t *bytes);
+/* Live records of dev, and their bytes if bytes is not NULL; 0 if it has nothing spooled. */
+uint64_t spool_depth(const struct spool *sp, const struct device *dev, uint64_t *bytes);
 
 void spool_stats(const struct spool *sp, struct spool_stats *st);
 
-/* Calls fn for every device with live records, in id order; returns how many there are. */
+/*
+ * Calls fn for every device with live records (in id order for those found at spool_open(),
+ * then in the order of their first appends); returns how many there are.
+ */
 size_t spool_devices(const struct spool *sp,
-                     void (*fn)(const char *device, uint64_t records, void *data), void *data);
+                     void (*fn)(const struct device *dev, uint64_t records, void *data),
+                     void *data);
 
-/* The device was removed from the gateway: deletes its folder and everything in it. */
-int spool_forget(struct spool *sp, const char *device);
+/*
+ * Deletes dev's records, its folder and everything in it (-ENOENT if it had none); its next
+ * append starts afresh. The spool does so itself when the registry removes a device.
+ */
+int spool_forget(struct spool *sp, struct device *dev);
 
 /*
  * Test hook: the clock giving stored_at and judging max_age (unix seconds); NULL restores

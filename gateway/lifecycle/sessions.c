@@ -104,7 +104,7 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 		return false;
 	}
 	/* Readings spooled before a restart: its connect goes before those of idle devices. */
-	if (spool_depth(s->o.spool, id, NULL) > 0)
+	if (spool_depth(s->o.spool, dev, NULL) > 0)
 		mqttbr_wanted(mdev);
 	return true;
 }

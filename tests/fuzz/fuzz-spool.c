@@ -3,8 +3,9 @@
  * libFuzzer harness for gateway/data/spool.c's recovery: the segment scanner and the record reader
  * on what a power loss, a failing SD card or a careless hand left in a spool folder. The input
  * becomes the files of up to two devices in a private spool folder; the spool is opened as
- * gatewayd opens it at start (every segment scanned, damage counted, a torn tail cut off) and
- * everything it offers is read back. Any broken promise of spool.h aborts:
+ * gatewayd opens it at start (both devices in its registry, every segment scanned, damage
+ * counted, a torn tail cut off) and everything it offers is read back. Any broken promise of
+ * spool.h aborts:
  *   - spool_open() succeeds whatever the files hold;
  *   - every record read is one written whole in one of the device's segments (re-encoded, it
  *     is found there byte for byte), with seqs strictly increasing and above the position a
@@ -37,6 +38,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "device.h"
 #include "fuzz.h"
 #include "spool.h"
 
@@ -82,6 +84,9 @@ struct list {
 
 static uint32_t crc_table[256];
 static char spool_dir[PATH_MAX + 16];
+/* The spool's devices, both registered for each input: its folders are theirs. */
+static struct device_registry *registry;
+static struct device *device[NDEV];
 
 static void
 crc_init(void)
@@ -313,7 +318,7 @@ read_all(struct spool *sp, const struct layout *l, int dev, bool verbatim, struc
 	void *buf;
 	int rc;
 
-	while ((rc = spool_read(sp, devs[dev], from, &r, &buf)) == 0) {
+	while ((rc = spool_read(sp, device[dev], from, &r, &buf)) == 0) {
 		uint8_t *enc;
 		size_t len;
 
@@ -330,7 +335,7 @@ read_all(struct spool *sp, const struct layout *l, int dev, bool verbatim, struc
 		from = r.seq + 1;
 	}
 	check(rc == -ENOENT);
-	check(spool_depth(sp, devs[dev], &depth_bytes) == out->n);
+	check(spool_depth(sp, device[dev], &depth_bytes) == out->n);
 	check(depth_bytes == bytes);
 }
 
@@ -349,7 +354,7 @@ read_each(struct spool *sp, int dev, const struct list *li)
 
 			if (k == 1 && (from[1] == 0 || (i > 0 && li->seqs[i - 1] == from[1])))
 				continue;
-			check(spool_read(sp, devs[dev], from[k], &r, &buf) == 0);
+			check(spool_read(sp, device[dev], from[k], &r, &buf) == 0);
 			check(r.seq == li->seqs[i]);
 			enc = encode(&r, &len);
 			check(len == li->lens[i] && memcmp(enc, li->recs[i], len) == 0);
@@ -360,9 +365,9 @@ read_each(struct spool *sp, int dev, const struct list *li)
 }
 
 static void
-count_device(const char *device, uint64_t records, void *data)
+count_device(const struct device *dev, uint64_t records, void *data)
 {
-	(void)device;
+	(void)dev;
 	check(records > 0);
 	++*(size_t *)data;
 }
@@ -376,7 +381,7 @@ check_totals(struct spool *sp)
 	size_t live = 0, seen = 0;
 
 	for (int d = 0; d < NDEV; d++) {
-		uint64_t b, n = spool_depth(sp, devs[d], &b);
+		uint64_t b, n = spool_depth(sp, device[d], &b);
 
 		records += n;
 		bytes += b;
@@ -400,7 +405,7 @@ open_spool(void)
 	const struct spool_limits lim = {0};
 	struct spool *sp = NULL;
 
-	check(spool_open(&sp, spool_dir, &lim) == 0);
+	check(spool_open(&sp, spool_dir, &lim, registry) == 0);
 	spool_set_clock(sp, fuzz_clock);
 	check_totals(sp);
 	return sp;
@@ -495,19 +500,19 @@ run(struct layout *l, const uint8_t *data, size_t size)
 			continue;
 		if (li->n) {
 			keep[d] = li->n / 2 + 1;
-			check(spool_ack(sp, devs[d], li->seqs[keep[d] - 1]) == 0);
-			check(spool_depth(sp, devs[d], NULL) == li->n - keep[d]);
+			check(spool_ack(sp, device[d], li->seqs[keep[d] - 1]) == 0);
+			check(spool_depth(sp, device[d], NULL) == li->n - keep[d]);
 		}
 		/* No seq is left after UINT64_MAX - 1 (a segment's name, an acked file). */
 		if (used_up(l, d, li)) {
-			check(spool_append(sp, devs[d], &r) == -EOVERFLOW);
+			check(spool_append(sp, device[d], &r) == -EOVERFLOW);
 			continue;
 		}
-		check(spool_append(sp, devs[d], &r) == 0);
+		check(spool_append(sp, device[d], &r) == 0);
 		check(li->n == 0 || r.seq > li->seqs[li->n - 1]);
 		check(!l->ack_ok[d] || (r.seq > l->acked[d] && r.seq >= l->next[d]));
 		check(r.stored_at == NOW);
-		check(spool_read(sp, devs[d], r.seq, &back, &buf) == 0);
+		check(spool_read(sp, device[d], r.seq, &back, &buf) == 0);
 		check_record(&back, buf);
 		check(back.seq == r.seq && back.len == r.len);
 		check(r.len == 0 || memcmp(back.payload, r.payload, r.len) == 0);
@@ -528,8 +533,8 @@ run(struct layout *l, const uint8_t *data, size_t size)
 		check(list_tail_equal(&first[d], keep[d], &again));
 		list_free(&again);
 		if (first[d].n)
-			check(spool_ack(sp, devs[d], first[d].seqs[first[d].n - 1]) == 0);
-		check(spool_depth(sp, devs[d], NULL) == 0);
+			check(spool_ack(sp, device[d], first[d].seqs[first[d].n - 1]) == 0);
+		check(spool_depth(sp, device[d], NULL) == 0);
 	}
 	check_totals(sp);
 	check(spool_sync(sp) == 0);
@@ -537,7 +542,7 @@ run(struct layout *l, const uint8_t *data, size_t size)
 
 	sp = open_spool();
 	for (int d = 0; d < NDEV; d++) {
-		check(spool_depth(sp, devs[d], NULL) == 0);
+		check(spool_depth(sp, device[d], NULL) == 0);
 		list_free(&first[d]);
 	}
 	spool_free(sp);
@@ -557,6 +562,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check(mkdir(spool_dir, 0700) == 0);
 	}
 	fuzz_empty(spool_dir);
+	registry = device_registry_new();
+	for (int d = 0; d < NDEV; d++)
+		check(device_add(registry, devs[d], &device[d]) == 0);
 
 	/* The parts are changed in place (checksums made right), so in a copy. */
 	copy = malloc(size ? size : 1);
@@ -572,6 +580,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		at = end + strlen(PART_SEP);
 	}
 	run(&l, data, size);
+	device_registry_free(registry);
 	free(copy);
 	return 0;
 }

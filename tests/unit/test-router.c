@@ -205,13 +205,13 @@ setup_with(void **state, const char *ack, uint64_t device_bytes)
 		return -1;
 	snprintf(dir, sizeof(dir), "%s/spool", f->tmp);
 	f->conf = load_conf(f, ack);
-	if (gw_loop_new(&f->loop) < 0 || spool_open(&f->spool, dir, &lim) < 0)
-		return -1;
-	f->up = (struct fake_up){.retry_after = 7};
-	f->commands = cmdq_new(16, 3600);
 	f->devices = device_registry_new();
 	if (device_add(f->devices, DEV, &f->dev) < 0)
 		return -1;
+	if (gw_loop_new(&f->loop) < 0 || spool_open(&f->spool, dir, &lim, f->devices) < 0)
+		return -1;
+	f->up = (struct fake_up){.retry_after = 7};
+	f->commands = cmdq_new(16, 3600);
 	f->up.dev = f->dev;
 	device_set_upstream(f->dev, DEVICE_UPSTREAM_UP);
 	f->rt = router_new(&(struct router_options){
@@ -263,8 +263,8 @@ teardown(void **state)
 			finish(&f->up, i, -ENOTCONN);
 	}
 	router_free(f->rt);
-	device_registry_free(f->devices);
 	spool_free(f->spool);
+	device_registry_free(f->devices);
 	cmdq_free(f->commands);
 	gw_loop_free(f->loop);
 	gwconf_free(f->conf);
@@ -356,7 +356,7 @@ the_window_holds_sixteen(void **state)
 	finish(&f->up, 1, 0);
 	assert_int_equal(f->up.npubs, 19);
 	expect_published(f, 18, "r18");
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 17);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 17);
 }
 
 static void
@@ -379,7 +379,7 @@ a_failure_rewinds_to_the_first_not_acknowledged(void **state)
 	finish(&f->up, 3, -ENOTCONN);
 	finish(&f->up, 4, -ENOTCONN);
 	assert_int_equal(f->up.npubs, 5);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 4);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 4);
 	/* Back: everything from r1 goes again, in order (r2 twice: at least once). */
 	set_up(f, DEVICE_UPSTREAM_UP);
 	assert_int_equal(f->up.npubs, 9);
@@ -393,9 +393,9 @@ a_failure_rewinds_to_the_first_not_acknowledged(void **state)
 	 */
 	finish(&f->up, 2, 0);
 	finish(&f->up, 5, 0);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 3);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 3);
 	finish(&f->up, 6, 0);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 2);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 2);
 }
 
 static void
@@ -411,18 +411,18 @@ refused_by_the_broker_are_dropped_in_turn(void **state)
 	assert_int_equal(f->up.npubs, 3);
 	/* Not authorised: sent again it would be refused again; it goes, in its turn. */
 	finish(&f->up, 1, -EACCES);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 3);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 3);
 	finish(&f->up, 0, 0);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 1);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 1);
 	finish(&f->up, 2, 0);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 0);
 	/* Larger than the broker takes: dropped at once, and what follows goes on. */
 	f->up.refuse_next = -EMSGSIZE;
 	post(f, &req[3], "big", true);
 	turn(f);
 	assert_true(req[3].answered);
 	assert_int_equal(req[3].status, SENSOR_CHANGED);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 0);
 	assert_int_equal(f->up.npubs, 3);
 }
 
@@ -450,13 +450,13 @@ a_device_without_a_session_is_told_to_wait(void **state)
 	set_up(f, DEVICE_UPSTREAM_REFUSED);
 	post(f, &req[2], "r2", true);
 	assert_int_equal(req[2].status, SENSOR_UNAVAILABLE);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 0);
 	/* Only waiting for the network: the spool bridges it, and the connect is hurried. */
 	set_up(f, DEVICE_UPSTREAM_WAITING);
 	post(f, &req[3], "r3", true);
 	turn(f);
 	assert_int_equal(req[3].status, SENSOR_CHANGED);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 1);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 1);
 	assert_true(f->up.wanted > 0);
 	assert_int_equal(f->up.npubs, 0);
 	set_up(f, DEVICE_UPSTREAM_UP);
@@ -474,7 +474,7 @@ a_refused_device_waits_until_accepted(void **state)
 	set_up(f, DEVICE_UPSTREAM_REFUSED);
 	post(f, &req[0], "r0", true);
 	assert_int_equal(req[0].status, SENSOR_UNAVAILABLE);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 0);
 	/* Accepted: the spool takes readings again. */
 	set_up(f, DEVICE_UPSTREAM_UP);
 	post(f, &req[1], "r1", true);
@@ -546,7 +546,7 @@ ack_upstream_answers_with_the_puback(void **state)
 	post(f, &req[3], "u3", true);
 	assert_int_equal(req[3].status, SENSOR_UNAVAILABLE);
 	assert_true(f->up.wanted > 0);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->spool, f->dev, NULL), 0);
 }
 
 static void
@@ -584,7 +584,8 @@ a_removed_device_takes_its_flow_with_it(void **state)
 	held = device_ref(f->dev);
 	device_remove(f->devices, f->dev);
 	assert_null(held->flow);
-	assert_int_equal(spool_depth(f->spool, DEV, NULL), 0);
+	assert_null(held->spool);
+	assert_int_equal(spool_depth(f->spool, held, NULL), 0);
 	finish(&f->up, 0, 0);
 	turn(f);
 	device_unref(held);

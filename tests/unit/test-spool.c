@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "device.h"
 #include "spool.h"
 
 #define DEV "sensor-1"
@@ -31,6 +32,7 @@ struct fixture {
 	char tmp[PATH_MAX];
 	char dir[PATH_MAX + 8]; /* the spool: tmp/spool, made by spool_open() */
 	struct spool_limits lim;
+	struct device_registry *reg; /* the spool's devices: dev_of() adds them as named */
 	struct spool *sp;
 };
 
@@ -55,6 +57,7 @@ setup(void **state)
 		return -1;
 	snprintf(f->dir, sizeof(f->dir), "%s/spool", f->tmp);
 	test_now = 1700000000;
+	f->reg = device_registry_new();
 	*state = f;
 	return 0;
 }
@@ -74,9 +77,21 @@ teardown(void **state)
 	struct fixture *f = *state;
 
 	spool_free(f->sp);
+	device_registry_free(f->reg);
 	nftw(f->tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	free(f);
 	return 0;
+}
+
+/* The device id of the fixture's registry, added if it has none. */
+static struct device *
+dev_of(struct fixture *f, const char *id)
+{
+	struct device *dev = device_find(f->reg, id);
+
+	if (!dev)
+		assert_int_equal(device_add(f->reg, id, &dev), 0);
+	return dev;
 }
 
 /* (Re)opens the fixture's spool with f->lim, on the test clock. */
@@ -85,7 +100,7 @@ reopen(struct fixture *f)
 {
 	spool_free(f->sp);
 	f->sp = NULL;
-	assert_int_equal(spool_open(&f->sp, f->dir, &f->lim), 0);
+	assert_int_equal(spool_open(&f->sp, f->dir, &f->lim, f->reg), 0);
 	spool_set_clock(f->sp, fake_clock);
 }
 
@@ -100,7 +115,7 @@ put(struct fixture *f, const char *dev, const char *payload)
 	        .len = strlen(payload),
 	};
 
-	assert_int_equal(spool_append(f->sp, dev, &r), 0);
+	assert_int_equal(spool_append(f->sp, dev_of(f, dev), &r), 0);
 	assert_int_equal(r.stored_at, test_now);
 	return r.seq;
 }
@@ -116,7 +131,7 @@ try_put(struct fixture *f, const char *dev, const char *payload)
 	        .len = strlen(payload),
 	};
 
-	return spool_append(f->sp, dev, &r);
+	return spool_append(f->sp, dev_of(f, dev), &r);
 }
 
 /* Reads every live record of dev in order: payloads joined by ',' into out, seqs into seqs. */
@@ -129,7 +144,7 @@ read_all(struct fixture *f, const char *dev, char *out, size_t outlen, uint64_t 
 	void *buf;
 
 	out[0] = '\0';
-	while (spool_read(f->sp, dev, from, &rec, &buf) == 0) {
+	while (spool_read(f->sp, dev_of(f, dev), from, &rec, &buf) == 0) {
 		char p[64];
 
 		assert_true(rec.len < sizeof(p));
@@ -152,19 +167,24 @@ read_all(struct fixture *f, const char *dev, char *out, size_t outlen, uint64_t 
 static uint64_t
 record_bytes(struct fixture *f, const char *payload)
 {
+	struct device_registry *save_reg = f->reg;
 	struct spool_limits lim = {0};
 	struct spool *save = f->sp;
 	char dir[PATH_MAX + 8];
 	uint64_t bytes;
 
+	/* A registry of its own: one spool per registry, and f->sp may be open. */
+	f->reg = device_registry_new();
 	snprintf(dir, sizeof(dir), "%s/probe", f->tmp);
-	assert_int_equal(spool_open(&f->sp, dir, &lim), 0);
+	assert_int_equal(spool_open(&f->sp, dir, &lim, f->reg), 0);
 	spool_set_clock(f->sp, fake_clock);
 	put(f, DEV, payload);
-	assert_int_equal(spool_depth(f->sp, DEV, &bytes), 1);
-	assert_int_equal(spool_forget(f->sp, DEV), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), &bytes), 1);
+	assert_int_equal(spool_forget(f->sp, dev_of(f, DEV)), 0);
 	spool_free(f->sp);
+	device_registry_free(f->reg);
 	f->sp = save;
+	f->reg = save_reg;
 	return bytes;
 }
 
@@ -276,7 +296,7 @@ append_read_ack_in_order(void **state)
 	assert_false(spool_needs_sync(f->sp));
 
 	/* Everything a record carries comes back. */
-	assert_int_equal(spool_read(f->sp, DEV, 0, &rec, &buf), 0);
+	assert_int_equal(spool_read(f->sp, dev_of(f, DEV), 0, &rec, &buf), 0);
 	assert_int_equal(rec.seq, seq[0]);
 	assert_int_equal(rec.qos, 1);
 	assert_int_equal(rec.stored_at, test_now);
@@ -289,19 +309,19 @@ append_read_ack_in_order(void **state)
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), got), 5);
 	assert_string_equal(all, "m1,m2,m3,m4,m5");
 	assert_memory_equal(got, seq, sizeof(seq));
-	assert_int_equal(spool_read(f->sp, DEV, seq[4] + 1, &rec, &buf), -ENOENT);
+	assert_int_equal(spool_read(f->sp, dev_of(f, DEV), seq[4] + 1, &rec, &buf), -ENOENT);
 	/* from_seq between records: the next one. */
-	assert_int_equal(spool_read(f->sp, DEV, seq[2], &rec, &buf), 0);
+	assert_int_equal(spool_read(f->sp, dev_of(f, DEV), seq[2], &rec, &buf), 0);
 	assert_int_equal(rec.seq, seq[2]);
 	free(buf);
 
-	assert_int_equal(spool_depth(f->sp, DEV, &bytes), 5);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), &bytes), 5);
 	assert_true(bytes > 5 * 2);
 	assert_int_equal(spool_devices(f->sp, NULL, NULL), 1);
 
-	assert_int_equal(spool_ack(f->sp, DEV, seq[2]), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), seq[2]), 0);
 	assert_true(spool_needs_sync(f->sp));
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 2);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 2);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 2);
 	assert_string_equal(all, "m4,m5");
 	assert_int_equal(spool_sync(f->sp), 0);
@@ -309,21 +329,21 @@ append_read_ack_in_order(void **state)
 
 	/* No content type reads back as "", and an empty payload as empty. */
 	r.len = 0;
-	assert_int_equal(spool_append(f->sp, "other", &r), 0);
-	assert_int_equal(spool_read(f->sp, "other", 0, &rec, &buf), 0);
+	assert_int_equal(spool_append(f->sp, dev_of(f, "other"), &r), 0);
+	assert_int_equal(spool_read(f->sp, dev_of(f, "other"), 0, &rec, &buf), 0);
 	assert_string_equal(rec.topic, "a/b");
 	assert_string_equal(rec.content_type, "");
 	assert_int_equal(rec.len, 0);
 	free(buf);
 	assert_int_equal(spool_devices(f->sp, NULL, NULL), 2);
 
-	assert_int_equal(spool_read(f->sp, "nobody", 0, &rec, &buf), -ENOENT);
-	assert_int_equal(spool_ack(f->sp, "nobody", 1), -ENOENT);
+	assert_int_equal(spool_read(f->sp, dev_of(f, "nobody"), 0, &rec, &buf), -ENOENT);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, "nobody"), 1), -ENOENT);
 	r.topic = "";
-	assert_int_equal(spool_append(f->sp, DEV, &r), -EINVAL);
+	assert_int_equal(spool_append(f->sp, dev_of(f, DEV), &r), -EINVAL);
 	r.topic = "a";
 	r.qos = 2;
-	assert_int_equal(spool_append(f->sp, DEV, &r), -EINVAL);
+	assert_int_equal(spool_append(f->sp, dev_of(f, DEV), &r), -EINVAL);
 }
 
 static void
@@ -336,14 +356,14 @@ reopen_keeps_order_and_acks(void **state)
 
 	reopen(f);
 	/* One process at a time. */
-	assert_int_equal(spool_open(&second, f->dir, &f->lim), -EBUSY);
+	assert_int_equal(spool_open(&second, f->dir, &f->lim, f->reg), -EBUSY);
 
 	a = put(f, DEV, "a");
 	b = put(f, DEV, "b");
 	c = put(f, DEV, "c");
 	assert_true(a < b && b < c);
 	assert_int_equal(spool_sync(f->sp), 0);
-	assert_int_equal(spool_ack(f->sp, DEV, b), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), b), 0);
 	assert_int_equal(spool_sync(f->sp), 0);
 
 	reopen(f);
@@ -354,7 +374,7 @@ reopen_keeps_order_and_acks(void **state)
 	assert_int_equal(spool_sync(f->sp), 0);
 
 	/* A crash after an acknowledgement that no sync persisted: the record comes back. */
-	assert_int_equal(spool_ack(f->sp, DEV, c), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), c), 0);
 	reopen(f);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 2);
 	assert_string_equal(all, "c,d");
@@ -379,7 +399,7 @@ reopen_keeps_order_and_acks(void **state)
 		snprintf(dev, sizeof(dev), "many-%d", i);
 		put(f, dev, "n");
 		assert_int_equal(read_all(f, dev, all, sizeof(all), seqs), 2);
-		assert_int_equal(spool_ack(f->sp, dev, seqs[0]), 0);
+		assert_int_equal(spool_ack(f->sp, dev_of(f, dev), seqs[0]), 0);
 	}
 	assert_int_equal(spool_sync(f->sp), 0);
 	assert_false(spool_needs_sync(f->sp));
@@ -393,7 +413,7 @@ reopen_keeps_order_and_acks(void **state)
 	}
 
 	/* A sync of the appends alone leaves acknowledgements for the next full sync. */
-	assert_int_equal(spool_ack(f->sp, DEV, d), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), d), 0);
 	assert_int_equal(spool_sync_appends(f->sp), 0);
 	assert_true(spool_needs_sync(f->sp));
 	reopen(f);
@@ -401,11 +421,11 @@ reopen_keeps_order_and_acks(void **state)
 	assert_string_equal(all, "c,d");
 
 	/* Everything acknowledged and persisted: nothing comes back, seqs go on. */
-	assert_int_equal(spool_ack(f->sp, DEV, d), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), d), 0);
 	assert_int_equal(spool_sync(f->sp), 0);
 	reopen(f);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 0);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 0);
 	e = put(f, DEV, "e");
 	assert_true(e > d);
 }
@@ -441,17 +461,17 @@ segments_roll_over_and_delivered_ones_go(void **state)
 	assert_string_equal(all, "p00,p01,p02,p03,p04,p05,p06,p07,p08,p09");
 
 	/* Acknowledge into the middle of the second segment: only the first goes. */
-	assert_int_equal(spool_ack(f->sp, DEV, seq[k + 1]), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), seq[k + 1]), 0);
 	assert_int_equal(segments(f, DEV, names, 16), n); /* not before the sync */
 	assert_int_equal(spool_sync(f->sp), 0);
 	assert_int_equal(segments(f, DEV, names, 16), n - 1);
 	snprintf(want, sizeof(want), "%016llx.seg", (unsigned long long)seq[k]);
 	assert_string_equal(names[0], want);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 10 - (k + 2));
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 10 - (k + 2));
 
 	/* All delivered: only the newest segment stays, for appends (10 % k != 0: not full). */
 	assert_int_equal(10 % k != 0, 1);
-	assert_int_equal(spool_ack(f->sp, DEV, seq[9]), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), seq[9]), 0);
 	assert_int_equal(spool_sync(f->sp), 0);
 	assert_int_equal(segments(f, DEV, names, 16), 1);
 	snprintf(want, sizeof(want), "%016llx.seg", (unsigned long long)seq[(n - 1) * k]);
@@ -461,11 +481,11 @@ segments_roll_over_and_delivered_ones_go(void **state)
 	for (uint64_t i = 10 - (n - 1) * k; i < k; i++)
 		seq[10] = put(f, DEV, "p10");
 	assert_int_equal(segments(f, DEV, names, 16), 1);
-	assert_int_equal(spool_ack(f->sp, DEV, seq[10]), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), seq[10]), 0);
 	assert_int_equal(spool_sync(f->sp), 0);
 	assert_int_equal(segments(f, DEV, names, 16), 0);
 	reopen(f);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 0);
 	seq[11] = put(f, DEV, "p11");
 	assert_true(seq[11] > seq[10]);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 1);
@@ -521,7 +541,7 @@ flipped_payload_bit_loses_one_record(void **state)
 	spool_stats(f->sp, &st);
 	assert_int_equal(st.corrupt_records, 1);
 	assert_int_equal(st.corrupt_bytes, rs);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 4);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 4);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 4);
 	assert_string_equal(all, "m1,m2,m4,m5");
 	/* The damage stays where it was: appends and a restart do not disturb the rest. */
@@ -567,7 +587,7 @@ payload_that_looks_like_a_record_is_not_one(void **state)
 
 	/* A good record with a high seq, as another spool wrote it. */
 	snprintf(probe, sizeof(probe), "%s/probe2", f->tmp);
-	assert_int_equal(spool_open(&f->sp, probe, &lim), 0);
+	assert_int_equal(spool_open(&f->sp, probe, &lim, f->reg), 0);
 	spool_set_clock(f->sp, fake_clock);
 	for (int i = 0; i < 100; i++)
 		put(f, "x", "zz");
@@ -588,7 +608,7 @@ payload_that_looks_like_a_record_is_not_one(void **state)
 	reopen(f);
 	put(f, DEV, "m1");
 	put(f, DEV, "m2");
-	assert_int_equal(spool_append(f->sp, DEV, &r), 0);
+	assert_int_equal(spool_append(f->sp, dev_of(f, DEV), &r), 0);
 	put(f, DEV, "m4");
 	put(f, DEV, "m5");
 	assert_int_equal(spool_sync(f->sp), 0);
@@ -626,7 +646,7 @@ record_inside_a_torn_ones_length_survives_appends(void **state)
 
 	/* m4 as a larger record with the same seq, written by another spool. */
 	snprintf(probe, sizeof(probe), "%s/probe3", f->tmp);
-	assert_int_equal(spool_open(&f->sp, probe, &lim), 0);
+	assert_int_equal(spool_open(&f->sp, probe, &lim, f->reg), 0);
 	spool_set_clock(f->sp, fake_clock);
 	for (int i = 1; i <= 3; i++)
 		put(f, DEV, "m0");
@@ -690,7 +710,7 @@ damage_found_while_running_is_skipped(void **state)
 	assert_int_equal(st.records, 3);
 	/* Appends go on after the damage, and everything good survives a restart. */
 	put(f, DEV, "m6");
-	assert_int_equal(spool_ack(f->sp, DEV, seqs[0]), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), seqs[0]), 0);
 	assert_int_equal(spool_sync(f->sp), 0);
 	reopen(f);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 3);
@@ -721,7 +741,7 @@ full_device_refuses(void **state)
 	/* Other devices have their own bound. */
 	assert_int_equal(try_put(f, "other", "o1"), 0);
 	/* Room again once something is delivered. */
-	assert_int_equal(spool_ack(f->sp, DEV, s1), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), s1), 0);
 	assert_int_equal(try_put(f, DEV, "r4"), 0);
 	/* Never fits. */
 	memset(big, 'x', sizeof(big) - 1);
@@ -751,8 +771,8 @@ full_spool_refuses(void **state)
 	assert_int_equal(st.refused, 2);
 	assert_int_equal(st.records, 4);
 	assert_int_equal(st.bytes, 4 * rs);
-	assert_int_equal(spool_depth(f->sp, "a", NULL), 3);
-	assert_int_equal(spool_depth(f->sp, "b", NULL), 1);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, "a"), NULL), 3);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, "b"), NULL), 1);
 }
 
 static void
@@ -775,7 +795,7 @@ full_device_drops_its_oldest(void **state)
 	spool_stats(f->sp, &st);
 	assert_int_equal(st.dropped_full, 2);
 	assert_int_equal(st.refused, 0);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 3);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 3);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 3);
 	assert_string_equal(all, "d3,d4,d5");
 	assert_int_equal(read_all(f, "other", all, sizeof(all), NULL), 1);
@@ -834,7 +854,7 @@ old_records_are_dropped_on_read(void **state)
 	test_now += 50;
 	put(f, DEV, "new1");
 	test_now += 50;
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 3);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 3);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 1);
 	assert_string_equal(all, "new1");
 	spool_stats(f->sp, &st);
@@ -844,11 +864,11 @@ old_records_are_dropped_on_read(void **state)
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 0);
 	spool_stats(f->sp, &st);
 	assert_int_equal(st.dropped_age, 3);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 0);
 }
 
 static void
-invalid_device_ids_are_refused(void **state)
+invalid_device_ids_never_reach_the_spool(void **state)
 {
 	static const char *const bad[] = {
 	        "",
@@ -863,26 +883,36 @@ invalid_device_ids_are_refused(void **state)
 	        "\xc3\xbc",
 	        "0123456789012345678901234567890123456789012345678901234567890123x",
 	};
+	/* Folder names a hand or another program may leave; never a device's. */
+	static const char *const stray[] = {"-lead", "sp ace", "tab\t", "\xc3\xbc"};
 	struct fixture *f = *state;
-	struct spool_record rec;
-	char names[4][32];
+	char names[4][32], path[PATH_MAX + 80];
 	struct dirent *de;
-	void *buf;
 	DIR *d;
 
 	reopen(f);
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		assert_int_equal(try_put(f, bad[i], "x"), -EINVAL);
-		assert_int_equal(spool_read(f->sp, bad[i], 0, &rec, &buf), -EINVAL);
-		assert_int_equal(spool_ack(f->sp, bad[i], 1), -EINVAL);
-		assert_int_equal(spool_forget(f->sp, bad[i]), -EINVAL);
-	}
+	/* The registry refuses them: no device the spool is given has one. */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(device_add(f->reg, bad[i], NULL), -EINVAL);
 	/* Nothing was made for them. */
 	d = opendir(f->dir);
 	assert_non_null(d);
 	while ((de = readdir(d)))
 		assert_true(de->d_name[0] == '.');
 	closedir(d);
+	/* Folders so named are not the spool's: at open they are neither loaded nor deleted. */
+	spool_free(f->sp);
+	f->sp = NULL;
+	for (size_t i = 0; i < sizeof(stray) / sizeof(stray[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", f->dir, stray[i]);
+		assert_int_equal(mkdir(path, 0700), 0);
+	}
+	reopen(f);
+	assert_int_equal(spool_devices(f->sp, NULL, NULL), 0);
+	for (size_t i = 0; i < sizeof(stray) / sizeof(stray[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", f->dir, stray[i]);
+		assert_int_equal(access(path, F_OK), 0);
+	}
 	/* The longest valid id works. */
 	assert_int_equal(
 	        try_put(f, "0123456789012345678901234567890123456789012345678901234567890123", "x"),
@@ -904,7 +934,7 @@ files_are_private(void **state)
 
 	reopen(f);
 	s = put(f, DEV, "secret");
-	assert_int_equal(spool_ack(f->sp, DEV, s), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), s), 0);
 	put(f, DEV, "secret2");
 	assert_int_equal(spool_sync(f->sp), 0);
 	umask(old);
@@ -927,11 +957,11 @@ files_are_private(void **state)
 }
 
 static void
-collect(const char *device, uint64_t records, void *data)
+collect(const struct device *dev, uint64_t records, void *data)
 {
 	char *out = data;
 
-	snprintf(out + strlen(out), 64, "%s:%llu ", device, (unsigned long long)records);
+	snprintf(out + strlen(out), 80, "%s:%llu ", dev->id, (unsigned long long)records);
 }
 
 static void
@@ -951,19 +981,100 @@ forget_removes_a_device(void **state)
 	all[0] = '\0';
 	assert_int_equal(spool_devices(f->sp, collect, all), 2);
 	assert_string_equal(all, "a:2 b:1 ");
-	assert_int_equal(spool_forget(f->sp, "a"), 0);
+	assert_int_equal(spool_forget(f->sp, dev_of(f, "a")), 0);
 	snprintf(path, sizeof(path), "%s/a", f->dir);
 	assert_int_equal(access(path, F_OK), -1);
-	assert_int_equal(spool_depth(f->sp, "a", NULL), 0);
-	assert_int_equal(spool_depth(f->sp, "b", &bytes), 1);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, "a"), NULL), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, "b"), &bytes), 1);
 	spool_stats(f->sp, &st);
 	assert_int_equal(st.records, 1);
 	assert_int_equal(st.bytes, bytes);
-	assert_int_equal(spool_forget(f->sp, "a"), -ENOENT);
+	assert_int_equal(spool_forget(f->sp, dev_of(f, "a")), -ENOENT);
 	reopen(f);
 	assert_int_equal(read_all(f, "a", all, sizeof(all), NULL), 0);
 	assert_int_equal(read_all(f, "b", all, sizeof(all), NULL), 1);
 	assert_string_equal(all, "b1");
+}
+
+/* The registry removes a device: its records and folder go at once, not at the next start. */
+static void
+a_removed_device_goes_at_once(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_record r = {.topic = "t", .payload = (const uint8_t *)"x", .len = 1};
+	char path[PATH_MAX + 80], all[256];
+	struct spool_stats st;
+	struct device *held;
+	uint64_t bytes;
+
+	reopen(f);
+	put(f, "a", "a1");
+	put(f, "a", "a2");
+	put(f, "b", "b1");
+	assert_int_equal(spool_sync(f->sp), 0);
+	held = device_ref(dev_of(f, "a"));
+	device_remove(f->reg, held);
+	assert_null(held->spool);
+	snprintf(path, sizeof(path), "%s/a", f->dir);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(spool_depth(f->sp, held, NULL), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, "b"), &bytes), 1);
+	spool_stats(f->sp, &st);
+	assert_int_equal(st.records, 1);
+	assert_int_equal(st.bytes, bytes);
+	assert_int_equal(spool_devices(f->sp, NULL, NULL), 1);
+	/* What still holds it cannot bring it back. */
+	assert_int_equal(spool_append(f->sp, held, &r), -ENODEV);
+	assert_int_equal(access(path, F_OK), -1);
+	device_unref(held);
+
+	/* A device added again under the id starts afresh, and a restart finds only its own. */
+	put(f, "a", "a3");
+	assert_int_equal(spool_sync(f->sp), 0);
+	reopen(f);
+	assert_int_equal(read_all(f, "a", all, sizeof(all), NULL), 1);
+	assert_string_equal(all, "a3");
+	assert_int_equal(read_all(f, "b", all, sizeof(all), NULL), 1);
+	assert_string_equal(all, "b1");
+}
+
+/*
+ * A device removed while the spool was closed (gatewayd down): at the next open its folder is
+ * deleted, empty or not, and the others are kept.
+ */
+static void
+open_deletes_the_folders_of_devices_gone(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX + 80], all[256];
+	struct spool_stats st;
+
+	reopen(f);
+	put(f, "kept", "k1");
+	put(f, "gone", "g1");
+	put(f, "gone", "g2");
+	assert_int_equal(spool_sync(f->sp), 0);
+	spool_free(f->sp);
+	f->sp = NULL;
+	device_remove(f->reg, dev_of(f, "gone"));
+	snprintf(path, sizeof(path), "%s/gone", f->dir);
+	assert_int_equal(access(path, F_OK), 0);
+	snprintf(path, sizeof(path), "%s/empty", f->dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+
+	reopen(f);
+	assert_int_equal(access(path, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/gone", f->dir);
+	assert_int_equal(access(path, F_OK), -1);
+	spool_stats(f->sp, &st);
+	assert_int_equal(st.records, 1);
+	all[0] = '\0';
+	assert_int_equal(spool_devices(f->sp, collect, all), 1);
+	assert_string_equal(all, "kept:1 ");
+	assert_int_equal(read_all(f, "kept", all, sizeof(all), NULL), 1);
+	assert_string_equal(all, "k1");
+	/* An id the registry gets again later starts afresh. */
+	assert_int_equal(read_all(f, "gone", all, sizeof(all), NULL), 0);
 }
 
 /*
@@ -996,7 +1107,7 @@ names_at_the_top_never_wrap_seqs(void **state)
 	seg_path(f, DEV, "ffffffffffffffff.seg", top, sizeof(top));
 	assert_int_equal(rename(seg, top), 0);
 	reopen(f);
-	assert_int_equal(spool_depth(f->sp, DEV, NULL), 0);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 0);
 	put(f, DEV, "m6");
 	assert_int_equal(spool_sync(f->sp), 0);
 	reopen(f);
@@ -1031,9 +1142,13 @@ main(void)
 	        cmocka_unit_test_setup_teardown(full_spool_drops_the_oldest_records, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(old_records_are_dropped_on_read, setup, teardown),
-	        cmocka_unit_test_setup_teardown(invalid_device_ids_are_refused, setup, teardown),
+	        cmocka_unit_test_setup_teardown(invalid_device_ids_never_reach_the_spool, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(files_are_private, setup, teardown),
 	        cmocka_unit_test_setup_teardown(forget_removes_a_device, setup, teardown),
+	        cmocka_unit_test_setup_teardown(a_removed_device_goes_at_once, setup, teardown),
+	        cmocka_unit_test_setup_teardown(open_deletes_the_folders_of_devices_gone, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(names_at_the_top_never_wrap_seqs, setup, teardown),
 	};
 
