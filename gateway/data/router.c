@@ -83,7 +83,7 @@ struct router {
 
 /* Whether the device's session is up: the one answer, kept by the cloud side (device.h). */
 static bool
-up(const struct device *dev)
+is_up(const struct device *dev)
 {
 	return dev->upstream == DEVICE_UPSTREAM_UP;
 }
@@ -332,7 +332,7 @@ spooled_done(int status, void *data)
 	default:
 		/* Down, or no PUBACK in time: all from the first unacknowledged goes again. */
 		flow_rewind(f);
-		if (status != -ENOTCONN || up(f->dev))
+		if (status != -ENOTCONN || is_up(f->dev))
 			gw_timer_arm(f->retry, 1000);
 		sent_free(s);
 		return;
@@ -346,20 +346,73 @@ spooled_done(int status, void *data)
 	pump(rt, f);
 }
 
+/*
+ * Publishes a record of the device's spool, the next in order, into the window. Returns
+ * whether the next may follow now (false: the session is not there, or a retry is armed).
+ */
+static bool
+publish_record(struct router *rt, struct device_flow *f, const struct spool_record *rec)
+{
+	struct sent *s = xmalloc(sizeof(*s));
+	struct upstream_msg m = {
+	        .topic = rec->topic,
+	        .payload = rec->payload,
+	        .len = rec->len,
+	        .qos = rec->qos,
+	        .content_type =
+	                rec->content_type && rec->content_type[0] ? rec->content_type : NULL,
+	};
+	int r;
+
+	*s = (struct sent){.rt = rt, .dev = device_ref(f->dev), .seq = rec->seq, .epoch = f->epoch};
+	/* upstream encodes the message at once: the record's buffers can go after. */
+	r = rt->up_ops->publish(rt->up, f->dev, &m, spooled_done, s);
+	if (r == -EMSGSIZE) {
+		/*
+		 * Larger than the broker takes (its CONNACK's Maximum Packet Size): sent, it
+		 * would end the session, every time, and hold up all behind it.
+		 */
+		log_warnx("%s: spooled message %llu is larger than the broker accepts: dropped",
+		          f->dev->id, (unsigned long long)rec->seq);
+		rt->st.broker_refused++;
+		sent_free(s);
+		/* Acknowledged in its turn, with those before it. */
+		f->out[f->nout].seq = rec->seq;
+		f->out[f->nout].done = true;
+		f->nout++;
+		f->next = rec->seq + 1;
+		flow_advance(rt, f);
+		return true;
+	}
+	if (r < 0) {
+		sent_free(s);
+		/* Nothing is lost: the record stays and goes out with the next pump. */
+		if (r != -ENOTCONN || is_up(f->dev))
+			gw_timer_arm(f->retry, 1000);
+		return false;
+	}
+	f->out[f->nout].seq = rec->seq;
+	f->out[f->nout].done = false;
+	f->nout++;
+	f->next = rec->seq + 1;
+	return true;
+}
+
 /* Publishes from the device's spool, in order, while the window has room. */
 static void
 pump(struct router *rt, struct device_flow *f)
 {
 	enum device_upstream st = f->dev->upstream;
+	uint64_t live = spool_depth(rt->spool, f->dev, NULL);
 
 	/* Readings wait in its spool: its connect goes before those of idle devices. */
-	if (st != DEVICE_UPSTREAM_NONE && st != DEVICE_UPSTREAM_UP &&
-	    spool_depth(rt->spool, f->dev, NULL) > 0)
+	if (st != DEVICE_UPSTREAM_NONE && st != DEVICE_UPSTREAM_UP && live > 0)
 		rt->up_ops->wanted(rt->up, f->dev);
-	while (up(f->dev) && f->nout < WINDOW) {
+	/* Every live record is in the window already: nothing to read (and fail to find). */
+	while (is_up(f->dev) && f->nout < WINDOW && live > f->nout) {
 		struct spool_record rec;
-		struct sent *s;
 		void *buf = NULL;
+		bool more;
 		int r = spool_read(rt->spool, f->dev, f->next, &rec, &buf);
 
 		if (r == -ENOENT)
@@ -370,49 +423,11 @@ pump(struct router *rt, struct device_flow *f)
 			gw_timer_arm(f->retry, 1000);
 			return;
 		}
-		s = xmalloc(sizeof(*s));
-		*s = (struct sent){
-		        .rt = rt, .dev = device_ref(f->dev), .seq = rec.seq, .epoch = f->epoch};
-		struct upstream_msg m = {
-		        .topic = rec.topic,
-		        .payload = rec.payload,
-		        .len = rec.len,
-		        .qos = rec.qos,
-		        .content_type =
-		                rec.content_type && rec.content_type[0] ? rec.content_type : NULL,
-		};
-		/* upstream encodes the message at once: the buffer can go. */
-		r = rt->up_ops->publish(rt->up, f->dev, &m, spooled_done, s);
+		more = publish_record(rt, f, &rec);
 		free(buf);
-		if (r == -EMSGSIZE) {
-			/*
-			 * Larger than the broker takes (its CONNACK's Maximum Packet Size): sent,
-			 * it would end the session, every time, and hold up all behind it.
-			 */
-			log_warnx("%s: spooled message %llu is larger than the broker accepts: "
-			          "dropped",
-			          f->dev->id, (unsigned long long)rec.seq);
-			rt->st.broker_refused++;
-			sent_free(s);
-			/* Acknowledged in its turn, with those before it. */
-			f->out[f->nout].seq = rec.seq;
-			f->out[f->nout].done = true;
-			f->nout++;
-			f->next = rec.seq + 1;
-			flow_advance(rt, f);
-			continue;
-		}
-		if (r < 0) {
-			sent_free(s);
-			/* Nothing is lost: the record stays and goes out with the next pump. */
-			if (r != -ENOTCONN || up(f->dev))
-				gw_timer_arm(f->retry, 1000);
+		if (!more)
 			return;
-		}
-		f->out[f->nout].seq = rec.seq;
-		f->out[f->nout].done = false;
-		f->nout++;
-		f->next = rec.seq + 1;
+		live = spool_depth(rt->spool, f->dev, NULL);
 	}
 }
 
@@ -432,7 +447,7 @@ upstream_changed(struct device *dev, enum device_upstream was, void *data)
 	struct router *rt = data;
 
 	(void)was;
-	if (up(dev) && spool_depth(rt->spool, dev, NULL) > 0)
+	if (is_up(dev) && spool_depth(rt->spool, dev, NULL) > 0)
 		pump(rt, flow_get(rt, dev));
 }
 
@@ -738,6 +753,15 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 		/* Nothing to acknowledge: its answer (a NON 2.04) says only that it was taken. */
 		answer(rt, req, SENSOR_CHANGED, 0);
 		schedule_sync(rt, false);
+	}
+	/*
+	 * The only record waiting, and nothing in flight: it goes from memory, not read back from
+	 * the spool. (Published before its fsync, as a read-back one would be: the 2.04 waits for
+	 * the disk, the broker's copy may come first.)
+	 */
+	if (is_up(f->dev) && f->nout == 0 && spool_depth(rt->spool, f->dev, NULL) == 1) {
+		if (!publish_record(rt, f, &rec))
+			return;
 	}
 	pump(rt, f);
 }
