@@ -375,13 +375,17 @@ gw_start_subscriber() {
     kill "$SUB_PID" 2>/dev/null || true
     wait "$SUB_PID" 2>/dev/null || true
   fi
+  # Subscribed, not only connected: a message published before the broker has the
+  # subscription reaches nobody (mosquitto's PUBACK then says "no matching subscribers").
+  local subacks
+  subacks=$(gw_count "Sending SUBACK to observer$" "$WORK/mosquitto.log")
   mosquitto_sub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
     --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i observer "${keep[@]}" \
     -t 'devices/#' -q 1 -v >>"$WORK/sub.out" 2>"$WORK/sub.err" &
   SUB_PID=$!
   GW_PIDS+=("$!")
-  gw_wait_for "grep -q \"observer.*u'observer'\" '$WORK/mosquitto.log' 2>/dev/null" 10 ||
-    gw_fail "subscriber did not connect: $(cat "$WORK/sub.err")"
+  gw_wait_for "[ \$(gw_count 'Sending SUBACK to observer\$' '$WORK/mosquitto.log') -gt ${subacks:-0} ]" 10 ||
+    gw_fail "subscriber did not subscribe: $(cat "$WORK/sub.err")"
 }
 
 # gw_start_stamper TOPIC: tests/tools/mqttstamp as the observer (client id observer-stamp):
