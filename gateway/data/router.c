@@ -784,8 +784,10 @@ may_read(struct device *dev, const char *resource, void *data)
 static struct sensor_command *
 command_take(struct device *dev, void *data)
 {
-	(void)data;
-	return dev->flow ? cmdq_pop(&dev->flow->commands) : NULL;
+	const struct router *rt = data;
+
+	/* Without a downlink group the queues have no cmdq behind them. */
+	return rt->commands && dev->flow ? cmdq_pop(&dev->flow->commands) : NULL;
 }
 
 static void
