@@ -755,11 +755,14 @@ uplink(struct sensor_request *req, const struct sensor_uplink *up, void *data)
 		schedule_sync(rt, false);
 	}
 	/*
-	 * The only record waiting, and nothing in flight: it goes from memory, not read back from
-	 * the spool. (Published before its fsync, as a read-back one would be: the 2.04 waits for
-	 * the disk, the broker's copy may come first.)
+	 * The only record not in the window yet, and the next in order (every one before it is in
+	 * flight, or there are none): it goes from memory, not read back from the spool. A sensor
+	 * sends its next reading on its 2.04, often before the broker's PUBACK for the last one,
+	 * so "nothing in flight" alone missed most of them. (Published before its fsync, as a
+	 * read-back one would be: the 2.04 waits for the disk, the broker's copy may come first.)
 	 */
-	if (is_up(f->dev) && f->nout == 0 && spool_depth(rt->spool, f->dev, NULL) == 1) {
+	if (is_up(f->dev) && f->nout < WINDOW && (f->nout == 0 || f->next == rec.seq) &&
+	    spool_depth(rt->spool, f->dev, NULL) == f->nout + 1) {
 		if (!publish_record(rt, f, &rec))
 			return;
 	}
