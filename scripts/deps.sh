@@ -6,7 +6,8 @@
 #   scripts/deps.sh peers   the real peers of the demo and the tests: mosquitto, coap-client,
 #                           swtpm, tpm2-tools, openssl, python3 (the tests' EST server),
 #                           systemd (systemd-analyze scores the unit), groff-base and man-db
-#                           (test-docs formats the man pages), curl (scrapes the metrics)
+#                           (test-docs formats the man pages), curl (scrapes the metrics),
+#                           strace (tests/bench/syscalls.sh counts gatewayd's system calls)
 #   scripts/deps.sh all     both (default)
 set -euo pipefail
 
@@ -15,7 +16,7 @@ build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libmos
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev
   clang libclang-rt-14-dev)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
-  procps coreutils bc python3 systemd groff-base man-db curl)
+  procps coreutils bc python3 systemd groff-base man-db curl strace)
 
 case "${1:-all}" in
   build) want=("${build[@]}") ;;
