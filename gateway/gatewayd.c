@@ -96,6 +96,8 @@ device_changed(const char *id, enum admin_change what, void *data)
 {
 	struct daemon *d = data;
 
+	if (what == ADMIN_CHANGE_STATE)
+		coapbr_fleet_changed(d->coap);
 	sessions_device_changed(d->sessions, id,
 	                        what == ADMIN_CHANGE_CERT  ? SESSIONS_CHANGE_CERT
 	                        : what == ADMIN_CHANGE_PSK ? SESSIONS_CHANGE_PSK

@@ -58,6 +58,12 @@ void coapbr_free(struct coapbr *br);
 void coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt);
 
 /*
+ * Devices were added or removed: the number of DTLS handshakes libcoap takes at once follows
+ * the paired fleet (at least libcoap's 100, at most sensors.max_sessions).
+ */
+void coapbr_fleet_changed(struct coapbr *br);
+
+/*
  * Closes the DTLS sessions of a device (NULL: of every device) with close_notify: all of them,
  * or with stale_only those whose PSK identity is no longer valid (rotated out by pairing, grace
  * over; a sweep does that every 30 s by itself). Their pending answers are

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # gwctl while gatewayd runs: a device added and given a certificate comes up without a
 # restart; a removed one loses its upstream session and its PSK at once; bad certificates are
-# refused with their reason. Without gatewayd, gwctl works on the store itself.
+# refused with their reason; libcoap's handshake limit follows the fleet. Without gatewayd, gwctl works on the store itself.
 source "$(dirname "$0")/lib.sh"
 gw_setup
 gw_pki_init
@@ -77,6 +77,18 @@ gw_wait_for "grep -q 'Client dev-b disconnected' '$WORK/mosquitto.log'" 10 ||
 code=$(gw_sensor dev-b post temp after-remove)
 [ "$code" = none ] || gw_fail "removed device's sensor got $code"
 [ ! -e "$WORK/state/keystore/dev-b" ] || gw_fail "dev-b's folder is still there"
+
+# libcoap's limit on DTLS handshakes at once follows the paired fleet as devices come and go
+# (at least libcoap's 100): sized at start only, a fleet added to a running gatewayd handshook
+# through 100 slots. dev-a and 100 more make 101; one removed, 100.
+for i in $(seq 1 100); do
+  out=$(gw_gwctl device add "fleet-$i" 2>&1) || gw_fail "gwctl device add fleet-$i: $out"
+done
+gw_wait_for "grep -q 'coap: up to 101 DTLS handshakes at once (101 devices paired' '$WORK/gatewayd.log'" 10 ||
+  gw_fail "the handshake limit did not follow the fleet: $(grep 'DTLS handshakes at once' "$WORK/gatewayd.log")"
+out=$(gw_gwctl device remove fleet-100 2>&1) || gw_fail "remove fleet-100: $out"
+gw_wait_for "grep -q 'coap: up to 100 DTLS handshakes at once (100 devices paired' '$WORK/gatewayd.log'" 10 ||
+  gw_fail "the handshake limit did not follow a removal: $(grep 'DTLS handshakes at once' "$WORK/gatewayd.log")"
 
 # With the daemon holding the store, a second writer is kept out.
 out=$(gw_gwctl -s "$WORK/nothing.sock" device list 2>&1) && gw_fail "gwctl opened a store gatewayd holds"

@@ -8,8 +8,9 @@
  *   - the same receive buffer on its UDP socket (4 MiB, gatewayd's sensors.receive_buffer
  *     default; DESIGN.md 2) and the same session limits (idle sessions = sensors.max_sessions,
  *     handshakes = the fleet, at least libcoap's 100);
- *   - driven by its coap fd with coap_io_process(COAP_IO_NO_WAIT), taking up to 64 datagrams
- *     per wakeup, as coapbr.c's coap_ready() does (libcoap 4.3.1 reads one per call).
+ *   - driven by its coap fd through bridges/coap/coapio.c, as coapbr.c's coap_ready() is: up
+ *     to 64 datagrams per wakeup, libcoap's sessions walked once per round of reads, not
+ *     once per datagram.
  * Keys come from a file (-K), one "IDENTITY KEY" a line, which must not be group or world
  * readable; no key is ever printed.
  * With -S the 2.04 is a separate response (RFC 7252 section 5.2.2) due at once, as gatewayd
@@ -19,6 +20,8 @@
  * or after -t seconds (default 600), so that it never outlives a run.
  *   coapsink -a ADDR -p PORT -K KEYFILE [-b RCVBUF_BYTES] [-m MAX_SESSIONS] [-t SECONDS] [-S]
  */
+#include "coapio.h"
+
 #include <coap3/coap.h>
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -33,9 +36,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-/* As coapbr.c: each coap_io_process() also walks every session for its timeouts. */
-#define DATAGRAMS_PER_WAKEUP 64
 
 struct psk_entry {
 	char *identity;
@@ -332,16 +332,9 @@ main(int argc, char *argv[])
 		struct pollfd p = {.fd = fd, .events = POLLIN};
 
 		/* The wait bounds the time to notice a signal or the end; no timer of ours runs. */
-		if (poll(&p, 1, 100) > 0) {
-			for (int i = 0; i < DATAGRAMS_PER_WAKEUP; i++) {
-				coap_io_process(ctx, COAP_IO_NO_WAIT);
-				if (poll(&p, 1, 0) <= 0)
-					break;
-			}
-		} else {
-			/* Session and handshake timeouts. */
-			coap_io_process(ctx, COAP_IO_NO_WAIT);
-		}
+		/* libcoap's timer is in the set: its timeouts wake this too. */
+		if (poll(&p, 1, 100) > 0)
+			coapio_drain(ctx);
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (now.tv_sec - t0.tv_sec >= limit)
 			break;
