@@ -41,3 +41,15 @@ broker_operator_log() {
   mv "$WORK/mosquitto.log" "$WORK/mosquitto-setup.log"
   gw_run_broker || gw_fail "mosquitto did not restart: $(cat "$WORK/mosquitto.out")"
 }
+# CPU seconds (user + system) a process has used so far.
+cpu_s() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \
+    "/proc/$1/stat" 2>/dev/null || echo 0
+}
+minus() { echo "$1 - $2" | bc -l | awk '{ printf "%.2f", $1 }'; }
+# write_config [EXTRA]: gw_write_config with gatewayd's log level as production runs it: info,
+# not the tests' debug.
+write_config() {
+  GW_CONFIG_EXTRA=${1:-} gw_write_config
+  sed -i 's/log_level = "debug";/log_level = "info";/' "$WORK/gateway.conf"
+}

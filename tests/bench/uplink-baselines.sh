@@ -49,17 +49,6 @@ gw_start_broker
 # here, it logs what an operator keeps. Same broker, same config, for mqtt-direct and the gateway.
 broker_operator_log
 
-# CPU seconds (user + system) a process has used so far.
-cpu_s() {
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \
-    "/proc/$1/stat" 2>/dev/null || echo 0
-}
-minus() { echo "$1 - $2" | bc -l | awk '{ printf "%.2f", $1 }'; }
-# The writer gives gatewayd's log level as production runs it: info, not the tests' debug.
-write_config() {
-  GW_CONFIG_EXTRA=${1:-} gw_write_config
-  sed -i 's/log_level = "debug";/log_level = "info";/' "$WORK/gateway.conf"
-}
 
 # ---- provisioning: the gateway's devices (gwctl, as a technician does), the same sensor
 # keys for coapsink, and a certificate of each device's own identity for the direct publishers.
