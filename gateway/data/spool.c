@@ -116,6 +116,7 @@ struct device_spool {
 	uint64_t acked_saved; /* what the acked file says */
 	bool dir_dirty;       /* files created or removed since the folder's last fsync */
 	bool full_logged;
+	bool touched;            /* on the spool's touched list */
 	uint64_t records, bytes; /* live */
 	/* Where the record after the last one spool_read() returned starts: segment (0: none),
 	 * offset, good records before it in the segment, seq of the record returned. */
@@ -135,6 +136,13 @@ struct spool {
 	 */
 	struct device_spool **devs;
 	size_t ndevs, cap;
+	/*
+	 * The devices with something for the next sync (a segment or folder written, a position
+	 * to save): a sync walks these, not every device, so that its cost follows the devices
+	 * that sent since the last one, not the fleet (issue 15).
+	 */
+	struct device_spool **touched;
+	size_t ntouched, touched_cap;
 	bool dir_dirty;
 	bool full_logged;
 	unsigned nopen;
@@ -395,6 +403,8 @@ seg_fd(struct spool *sp, struct device_spool *d, struct seg *s)
 	return s->fd;
 }
 
+static void touch(struct spool *sp, struct device_spool *d);
+
 /* Removes segment si from d's index, and its file if delete_file. */
 static void
 seg_remove(struct spool *sp, struct device_spool *d, size_t si, bool delete_file)
@@ -408,6 +418,7 @@ seg_remove(struct spool *sp, struct device_spool *d, size_t si, bool delete_file
 		if (unlinkat(d->dirfd, name, 0) < 0 && errno != ENOENT)
 			log_warn("spool: remove %s/%s/%s", sp->dir, d->id, name);
 		d->dir_dirty = true;
+		touch(sp, d);
 	}
 	if (d->cur_name == s->name)
 		d->cur_name = 0;
@@ -429,6 +440,50 @@ room_for_one(void **arr, size_t n, size_t *cap, size_t first, size_t size)
 		return;
 	*arr = xreallocarray(*arr, grown, size);
 	*cap = grown;
+}
+
+/* d has something for the next sync: it goes on the touched list, once. */
+static void
+touch(struct spool *sp, struct device_spool *d)
+{
+	if (d->touched)
+		return;
+	room_for_one((void **)&sp->touched, sp->ntouched, &sp->touched_cap, 8,
+	             sizeof(*sp->touched));
+	sp->touched[sp->ntouched++] = d;
+	d->touched = true;
+}
+
+static bool deletable(const struct spool *sp, const struct device_spool *d, size_t si);
+
+/* A sync would write or delete something of d. */
+static bool
+needs_sync(const struct spool *sp, const struct device_spool *d)
+{
+	if (d->dir_dirty || d->acked != d->acked_saved)
+		return true;
+	for (size_t si = 0; si < d->nsegs; si++) {
+		if (d->segs[si].dirty || deletable(sp, d, si))
+			return true;
+	}
+	return false;
+}
+
+/* After a sync: what it left clean goes off the touched list; with gone, d whatever it is. */
+static void
+untouch(struct spool *sp, const struct device_spool *gone)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		struct device_spool *d = sp->touched[i];
+
+		if (gone ? d != gone : needs_sync(sp, d))
+			sp->touched[kept++] = d;
+		else
+			d->touched = false;
+	}
+	sp->ntouched = kept;
 }
 
 static struct seg *
@@ -628,6 +683,7 @@ seg_check(struct spool *sp, struct device_spool *d, size_t si, bool cut_tail, ui
 			sc.hole_records -= t->records;
 			sc.nholes--;
 			s->dirty = true;
+			touch(sp, d);
 			cut = true;
 		} else {
 			log_warn("spool: cut off the damaged tail of %s", what);
@@ -763,6 +819,7 @@ again:
 			s->head_idx = s->nrec;
 			account(sp, d, s, before);
 			d->acked = s->last_seq;
+			touch(sp, d);
 			continue;
 		}
 		off = s->head_off;
@@ -796,6 +853,8 @@ again:
 	}
 	if (seq > d->acked)
 		d->acked = seq;
+	if (d->acked != d->acked_saved)
+		touch(sp, d);
 	return 0;
 }
 
@@ -832,6 +891,8 @@ dev_free(struct spool *sp, struct device_spool *d)
 {
 	if (!d)
 		return;
+	if (d->touched)
+		untouch(sp, d);
 	if (d->dev)
 		d->dev->spool = NULL;
 	for (size_t i = 0; i < d->nsegs; i++) {
@@ -1299,8 +1360,12 @@ spool_open(struct spool **out, const char *dir, const struct spool_limits *lim,
 			drop_orphan(sp, names[i]);
 			continue;
 		}
-		if (dev_load(sp, dev->id, &d) == 0)
-			dev_attach(sp, d, dev);
+		if (dev_load(sp, dev->id, &d) != 0)
+			continue;
+		dev_attach(sp, d, dev);
+		/* What an earlier run left to sync or delete: the first sync does it. */
+		if (needs_sync(sp, d))
+			touch(sp, d);
 	}
 	device_registry_on_remove(devices, device_removed, sp);
 	if (sp->st.records)
@@ -1329,6 +1394,7 @@ spool_free(struct spool *sp)
 	for (size_t i = 0; i < sp->ndevs; i++)
 		dev_free(sp, sp->devs[i]);
 	free(sp->devs);
+	free(sp->touched);
 	if (sp->lockfd >= 0)
 		close(sp->lockfd);
 	if (sp->dirfd >= 0)
@@ -1446,6 +1512,7 @@ tail_seg(struct spool *sp, struct device_spool *d, struct seg **out)
 	s->fd = fd;
 	sp->nopen++;
 	d->dir_dirty = true;
+	touch(sp, d);
 	*out = s;
 	return 0;
 }
@@ -1565,6 +1632,7 @@ spool_append(struct spool *sp, struct device *dev, struct spool_record *rec)
 	if (s->head_idx == s->nrec - 1)
 		s->head_at = rec->stored_at;
 	s->dirty = true;
+	touch(sp, d);
 	account(sp, d, s, before);
 	d->next_seq++;
 	return 0;
@@ -1663,8 +1731,8 @@ dirty_files(const struct spool *sp)
 {
 	size_t n = sp->dir_dirty;
 
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		const struct device_spool *d = sp->devs[i];
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		const struct device_spool *d = sp->touched[i];
 
 		n += d->dir_dirty;
 		for (size_t si = 0; si < d->nsegs; si++)
@@ -1679,8 +1747,8 @@ synced_all(struct spool *sp, bool failed)
 {
 	if (failed && dirty_files(sp) > 0 && !sp->append_err)
 		sp->append_err = -EIO;
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct device_spool *d = sp->devs[i];
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		struct device_spool *d = sp->touched[i];
 
 		for (size_t si = 0; si < d->nsegs; si++) {
 			if (d->segs[si].dirty && failed)
@@ -1699,8 +1767,8 @@ acks_to_save(const struct spool *sp)
 {
 	size_t n = 0;
 
-	for (size_t i = 0; i < sp->ndevs; i++)
-		n += sp->devs[i]->acked != sp->devs[i]->acked_saved;
+	for (size_t i = 0; i < sp->ntouched; i++)
+		n += sp->touched[i]->acked != sp->touched[i]->acked_saved;
 	return n;
 }
 
@@ -1722,12 +1790,12 @@ syncfs_all(struct spool *sp)
 static int
 checkpoint_all(struct spool *sp)
 {
-	bool *pending = xcalloc(sp->ndevs ? sp->ndevs : 1, sizeof(*pending));
+	bool *pending = xcalloc(sp->ntouched ? sp->ntouched : 1, sizeof(*pending));
 	bool removed = false;
 	int err = 0, r;
 
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct device_spool *d = sp->devs[i];
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		struct device_spool *d = sp->touched[i];
 
 		if (d->acked != d->acked_saved) {
 			r = ack_write_tmp(sp, d, false);
@@ -1740,23 +1808,23 @@ checkpoint_all(struct spool *sp)
 	r = syncfs_all(sp);
 	synced_all(sp, r < 0);
 	if (r < 0) {
-		for (size_t i = 0; i < sp->ndevs; i++) {
+		for (size_t i = 0; i < sp->ntouched; i++) {
 			if (pending[i])
-				atomic_discard(sp->devs[i]->dirfd, ACK_FILE);
+				atomic_discard(sp->touched[i]->dirfd, ACK_FILE);
 		}
 		free(pending);
 		return r;
 	}
 	/* The positions, in place. */
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		if (pending[i] && (r = ack_install(sp, sp->devs[i])) < 0 && !err)
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		if (pending[i] && (r = ack_install(sp, sp->touched[i])) < 0 && !err)
 			err = r;
 	}
 	free(pending);
 	if ((r = syncfs_all(sp)) < 0)
 		return r;
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		struct device_spool *d = sp->devs[i];
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		struct device_spool *d = sp->touched[i];
 
 		d->dir_dirty = false;
 		for (size_t si = 0; si < d->nsegs; si++) {
@@ -1770,15 +1838,15 @@ checkpoint_all(struct spool *sp)
 	if (removed) {
 		if ((r = syncfs_all(sp)) < 0)
 			return r;
-		for (size_t i = 0; i < sp->ndevs; i++)
-			sp->devs[i]->dir_dirty = false;
+		for (size_t i = 0; i < sp->ntouched; i++)
+			sp->touched[i]->dir_dirty = false;
 	}
 	/* A position that could not be written is written at the next checkpoint. */
 	return err;
 }
 
 static int
-sync_all(struct spool *sp, bool checkpoint)
+sync_devices(struct spool *sp, bool checkpoint)
 {
 	int err = 0;
 
@@ -1793,8 +1861,8 @@ sync_all(struct spool *sp, bool checkpoint)
 	if (checkpoint && sp->use_syncfs && dirty_files(sp) + acks_to_save(sp) >= SYNCFS_FILES)
 		return checkpoint_all(sp);
 
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		int r = dev_sync(sp, sp->devs[i], checkpoint);
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		int r = dev_sync(sp, sp->touched[i], checkpoint);
 
 		err = err ? err : r;
 	}
@@ -1807,6 +1875,16 @@ sync_all(struct spool *sp, bool checkpoint)
 		}
 	}
 	return err;
+}
+
+/* Syncs the touched devices; those it left with nothing to sync go off the list. */
+static int
+sync_all(struct spool *sp, bool checkpoint)
+{
+	int r = sync_devices(sp, checkpoint);
+
+	untouch(sp, NULL);
+	return r;
 }
 
 int
@@ -1831,15 +1909,9 @@ spool_needs_sync(const struct spool *sp)
 {
 	if (sp->dir_dirty)
 		return true;
-	for (size_t i = 0; i < sp->ndevs; i++) {
-		const struct device_spool *d = sp->devs[i];
-
-		if (d->dir_dirty || d->acked != d->acked_saved)
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		if (needs_sync(sp, sp->touched[i]))
 			return true;
-		for (size_t si = 0; si < d->nsegs; si++) {
-			if (d->segs[si].dirty || deletable(sp, d, si))
-				return true;
-		}
 	}
 	return false;
 }
