@@ -48,10 +48,21 @@
 #define REC_VERSION 1
 static const uint8_t rec_magic[4] = {0xab, 'G', 'S', 'R'};
 
-/* The acked file: magic AB 47 53 41, version u32, acked u64, next seq u64, CRC-32C of 0..23. */
-#define ACK_FILE "acked"
-#define ACK_TMP  ".acked.tmp" /* atomic_stage()'s name for it */
-#define ACK_LEN  28
+/*
+ * The acked file. Version 1: magic AB 47 53 41, version u32 1, acked u64, next seq u64, CRC-32C
+ * of 0..23 (28 bytes), replaced by rename at every checkpoint. Version 2: two slots of 32
+ * bytes, each magic, version u32 2, acked u64, next seq u64, generation u32, CRC-32C of 0..27;
+ * the valid slot of the higher generation counts. A checkpoint writes the other slot in place
+ * (generation + 1): no file is created or renamed, which with 1,000 devices was the largest
+ * part of a checkpoint (ext4 makes an inode for each new name), and a write torn by a crash
+ * leaves the slot before it to count. Version 1 files are read, and replaced by a version 2
+ * file (by rename) at their first checkpoint.
+ */
+#define ACK_FILE   "acked"
+#define ACK_TMP    ".acked.tmp" /* atomic_stage()'s name for it */
+#define ACK_LEN    28
+#define ACK_SLOT   32
+#define ACK_V2_LEN (2 * ACK_SLOT)
 static const uint8_t ack_magic[4] = {0xab, 'G', 'S', 'A'};
 
 /*
@@ -117,6 +128,8 @@ struct device_spool {
 	bool dir_dirty;       /* files created or removed since the folder's last fsync */
 	bool full_logged;
 	bool touched;            /* on the spool's touched list */
+	bool ack_inplace;        /* its acked file has two slots: written in place */
+	uint32_t ack_gen;        /* the generation of its acked file's slot that counts */
 	uint64_t records, bytes; /* live */
 	/* Where the record after the last one spool_read() returned starts: segment (0: none),
 	 * offset, good records before it in the segment, seq of the record returned. */
@@ -939,7 +952,8 @@ dev_drop(struct spool *sp, struct device_spool *d)
 static void
 load_acked(struct spool *sp, struct device_spool *d, uint64_t *next)
 {
-	uint8_t b[ACK_LEN + 1];
+	uint8_t b[ACK_V2_LEN + 1];
+	const uint8_t *use = NULL;
 	ssize_t n;
 	int fd;
 
@@ -951,15 +965,30 @@ load_acked(struct spool *sp, struct device_spool *d, uint64_t *next)
 	}
 	n = read(fd, b, sizeof(b));
 	close(fd);
-	if (n != ACK_LEN || memcmp(b, ack_magic, sizeof(ack_magic)) || get32(b + 4) != 1 ||
-	    get32(b + 24) != crc32c(0, b, 24) || get64(b + 8) == SEQ_END) {
+	if (n == ACK_LEN && memcmp(b, ack_magic, sizeof(ack_magic)) == 0 && get32(b + 4) == 1 &&
+	    get32(b + 24) == crc32c(0, b, 24)) {
+		use = b;
+	} else if (n == ACK_V2_LEN) {
+		for (int i = 0; i < 2; i++) {
+			const uint8_t *slot = b + i * ACK_SLOT;
+
+			if (memcmp(slot, ack_magic, sizeof(ack_magic)) || get32(slot + 4) != 2 ||
+			    get32(slot + 28) != crc32c(0, slot, 28))
+				continue;
+			if (!use || get32(slot + 24) > get32(use + 24))
+				use = slot;
+		}
+	}
+	if (!use || get64(use + 8) == SEQ_END) {
 		log_warnx("spool: %s/%s/" ACK_FILE " is damaged: the device's records still on "
 		          "disk will be sent again, delivered or not",
 		          sp->dir, d->id);
 		return;
 	}
-	d->acked = d->acked_saved = get64(b + 8);
-	*next = get64(b + 16);
+	d->ack_inplace = use != b || get32(b + 4) == 2;
+	d->ack_gen = d->ack_inplace ? get32(use + 24) : 0;
+	d->acked = d->acked_saved = get64(use + 8);
+	*next = get64(use + 16);
 }
 
 /* The folder's path, for messages. */
@@ -969,20 +998,61 @@ dev_path(const struct spool *sp, const struct device_spool *d, char *buf, size_t
 	snprintf(buf, len, "%s/%s", sp->dir, d->id);
 }
 
-/* Writes the acknowledged position aside, fsync'd if sync (else by the caller's syncfs). */
-static int
-ack_write_tmp(struct spool *sp, struct device_spool *d, bool sync)
+/* One slot of a version 2 acked file: d's position now, as generation gen. */
+static void
+ack_slot(const struct device_spool *d, uint32_t gen, uint8_t b[ACK_SLOT])
 {
-	char path[PATH_MAX];
-	uint8_t b[ACK_LEN];
-
 	memcpy(b, ack_magic, sizeof(ack_magic));
-	put32(b + 4, 1);
+	put32(b + 4, 2);
 	put64(b + 8, d->acked);
 	put64(b + 16, d->next_seq);
-	put32(b + 24, crc32c(0, b, 24));
+	put32(b + 24, gen);
+	put32(b + 28, crc32c(0, b, 28));
+}
+
+/*
+ * Writes d's position: into the older slot of its acked file, in place (returns 0), or, with
+ * no version 2 file yet, a new file aside for ack_install() (returns 1). fsync'd if sync, else
+ * by the caller's syncfs; ack_done() or ack_install() once that succeeded.
+ */
+static int
+ack_write(struct spool *sp, struct device_spool *d, bool sync)
+{
+	char path[PATH_MAX];
+	uint8_t b[ACK_V2_LEN];
+	uint32_t gen = d->ack_gen + 1;
+	int fd, r = 0;
+
 	dev_path(sp, d, path, sizeof(path));
-	return atomic_stage(d->dirfd, path, ACK_FILE, b, sizeof(b), 0600, sync);
+	if (!d->ack_inplace) {
+		/* Both slots whole: the next write in place goes to the one of generation gen - 1.
+		 */
+		ack_slot(d, gen, b + (gen % 2) * ACK_SLOT);
+		ack_slot(d, gen - 1, b + ((gen - 1) % 2) * ACK_SLOT);
+		r = atomic_stage(d->dirfd, path, ACK_FILE, b, sizeof(b), 0600, sync);
+		return r < 0 ? r : 1;
+	}
+	ack_slot(d, gen, b);
+	fd = openat(d->dirfd, ACK_FILE, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || pwrite(fd, b, ACK_SLOT, (off_t)(gen % 2) * ACK_SLOT) != ACK_SLOT ||
+	    (sync && fsync(fd) < 0)) {
+		r = errno ? -errno : -EIO;
+		log_warn("spool: %s/" ACK_FILE, path);
+	}
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/*
+ * The position ack_write() wrote in place is on disk. (Until then a failed write is tried
+ * again in the same slot: the other one holds the position that counts.)
+ */
+static void
+ack_done(struct device_spool *d)
+{
+	d->ack_gen++;
+	d->acked_saved = d->acked;
 }
 
 /* Puts the position written aside, durable by now, in place; the folder is then to be synced. */
@@ -996,7 +1066,8 @@ ack_install(struct spool *sp, struct device_spool *d)
 	r = atomic_install(d->dirfd, path, ACK_FILE);
 	if (r < 0)
 		return r;
-	d->acked_saved = d->acked;
+	ack_done(d);
+	d->ack_inplace = true;
 	d->dir_dirty = true;
 	return 0;
 }
@@ -1004,9 +1075,11 @@ ack_install(struct spool *sp, struct device_spool *d)
 static int
 save_acked(struct spool *sp, struct device_spool *d)
 {
-	int r = ack_write_tmp(sp, d, true);
+	int r = ack_write(sp, d, true);
 
-	return r < 0 ? r : ack_install(sp, d);
+	if (r == 0)
+		ack_done(d);
+	return r == 1 ? ack_install(sp, d) : r;
 }
 
 static int
@@ -1784,44 +1857,50 @@ syncfs_all(struct spool *sp)
 /*
  * dev_sync(checkpoint) for many devices at once, in the same order, with a syncfs per step
  * instead of three fsyncs per device (which stalled the loop for tens of ms with 50 devices):
- * the appends and the new positions (aside), then the positions put in place, then the
- * delivered segments deleted.
+ * the appends and the new positions (in place; aside, for a file of version 1 or none yet),
+ * then those aside put in place, then the delivered segments deleted.
  */
 static int
 checkpoint_all(struct spool *sp)
 {
-	bool *pending = xcalloc(sp->ntouched ? sp->ntouched : 1, sizeof(*pending));
-	bool removed = false;
+	/* Per touched device: 0 no position written, 1 in place, 2 aside (a new file). */
+	uint8_t *pending = xcalloc(sp->ntouched ? sp->ntouched : 1, sizeof(*pending));
+	bool removed = false, installed = false;
 	int err = 0, r;
 
 	for (size_t i = 0; i < sp->ntouched; i++) {
 		struct device_spool *d = sp->touched[i];
 
 		if (d->acked != d->acked_saved) {
-			r = ack_write_tmp(sp, d, false);
-			pending[i] = r == 0;
+			r = ack_write(sp, d, false);
+			pending[i] = r < 0 ? 0 : (uint8_t)(r + 1);
 			if (r < 0 && !err)
 				err = r;
 		}
 	}
-	/* The appends and the new positions, aside. */
+	/* The appends and the new positions. */
 	r = syncfs_all(sp);
 	synced_all(sp, r < 0);
 	if (r < 0) {
 		for (size_t i = 0; i < sp->ntouched; i++) {
-			if (pending[i])
+			if (pending[i] == 2)
 				atomic_discard(sp->touched[i]->dirfd, ACK_FILE);
 		}
 		free(pending);
 		return r;
 	}
-	/* The positions, in place. */
+	/* Those written aside, put in place (a version 1 file's first checkpoint, or none yet). */
 	for (size_t i = 0; i < sp->ntouched; i++) {
-		if (pending[i] && (r = ack_install(sp, sp->touched[i])) < 0 && !err)
-			err = r;
+		if (pending[i] == 1) {
+			ack_done(sp->touched[i]);
+		} else if (pending[i] == 2) {
+			installed = true;
+			if ((r = ack_install(sp, sp->touched[i])) < 0 && !err)
+				err = r;
+		}
 	}
 	free(pending);
-	if ((r = syncfs_all(sp)) < 0)
+	if (installed && (r = syncfs_all(sp)) < 0)
 		return r;
 	for (size_t i = 0; i < sp->ntouched; i++) {
 		struct device_spool *d = sp->touched[i];
