@@ -47,7 +47,7 @@ stop_gateway() {
   wait "$GATEWAY_PID" 2>/dev/null || true
 }
 
-declare -A line rate seconds
+declare -A line rate seconds up_s
 # measure MODE SERVER_PID COUNT burst|SECONDS: the first COUNT sensors at once (gwfleet, one
 # process), R readings each (burst) or back to back for SECONDS; its figures kept.
 measure() {
@@ -68,6 +68,7 @@ measure() {
     < <(grep '^result ' <<<"$out" || echo "result 0 0 0 0 0 -1 0 0 - -")
   if [ "$limit" = burst ]; then
     seconds[$mode]=$done
+    up_s[$mode]=$all_up
     rate[$mode]=$(echo "$acked / $done" | bc -l)
   else
     # The rate leaves the handshakes out: from all up to the end.
@@ -132,6 +133,9 @@ echo "provisioning $n devices through the daemon: $(printf '%.1f' "$provision_s"
   "gatewayd RSS with all $n connected after the rates: $rss KiB"
 echo "rate-$n / rate-$small: gatewayd $(ratio "gatewayd rate-$n" "gatewayd rate-$small")" \
   "(target >= 0.9), coapsink $(ratio "coapsink rate-$n" "coapsink rate-$small")"
+echo "bursts, all $n sensors up (first reading answered) after: gatewayd added" \
+  "${up_s[gatewayd burst-added]} s, restart ${up_s[gatewayd burst-restart]} s, coapsink" \
+  "${up_s[coapsink burst]} s"
 echo "burst time against coapsink's: added" \
   "$(echo "${seconds[gatewayd burst-added]} / ${seconds[coapsink burst]}" | bc -l | awk '{ printf "%.2f", $1 }')," \
   "restart $(echo "${seconds[gatewayd burst-restart]} / ${seconds[coapsink burst]}" | bc -l | awk '{ printf "%.2f", $1 }')" \
