@@ -113,6 +113,14 @@ sync_all(struct daemon *d)
 		                        SESSIONS_CHANGE_STATE);
 }
 
+static int
+drop_spool(const char *id, uint64_t *count, uint64_t *bytes, void *data)
+{
+	struct daemon *d = data;
+
+	return router_drop_spool(d->router, id, count, bytes);
+}
+
 static const char *
 enrolment_words(const char *id, void *data)
 {
@@ -300,6 +308,7 @@ start(struct daemon *d)
 	        .upstream = upstream_word,
 	        .enrolment = enrolment_words,
 	        .enroll = enroll_now,
+	        .drop_spool = drop_spool,
 	        .activity = daemon_activity,
 	        .reload = reload_verb,
 	        .status = daemon_status,

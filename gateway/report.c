@@ -236,6 +236,9 @@ collect_devices(struct daemon *d, struct metrics_writer *w)
 	        {"gatewayd_device_upstream_connected",
 	         "1 while a device's upstream session is up."},
 	        {"gatewayd_device_dtls_sessions", "DTLS sessions of a device's sensor."},
+	        {"gatewayd_device_spool_held_messages",
+	         "Messages in the spool of a device the broker refuses: kept until it accepts a "
+	         "certificate of the device (gwctl device drop-spool drops them)."},
 	};
 	size_t n = keystore_count(d->ks);
 
@@ -278,9 +281,15 @@ collect_devices(struct daemon *d, struct metrics_writer *w)
 				              mqttbr_status(d->mqtt, id, &reason) ==
 				                      MQTTBR_CONNECTED);
 				break;
-			default:
+			case 5:
 				metrics_gauge(w, METRICS_LABELS({"device", id}),
 				              d->coap ? coapbr_device_sessions(d->coap, id) : 0);
+				break;
+			default:
+				metrics_gauge(w, METRICS_LABELS({"device", id}),
+				              mqttbr_status(d->mqtt, id, &reason) == MQTTBR_REJECTED
+				                      ? (double)spool_depth(d->spool, dev, NULL)
+				                      : 0);
 			}
 		}
 	}
@@ -337,6 +346,7 @@ daemon_collect(struct metrics_writer *w, void *data)
 	        {"spool_max_age", ss.dropped_age},        {"spool_damaged", ss.corrupt_records},
 	        {"command_too_large", rs.down_too_large}, {"command_queue_full", qs.overflowed},
 	        {"command_expired", qs.expired},          {"command_policy", rs.denied_down},
+	        {"operator", ss.dropped_operator},
 	};
 	by_reason(w, "gatewayd_dropped_total",
 	          "Messages dropped after they were accepted, by reason.", "reason", dropped,

@@ -900,6 +900,27 @@ router_device_queues(const struct router *rt, const char *device, uint64_t *spoo
 	*commands = dev && dev->flow ? cmdq_depth(&dev->flow->commands) : 0;
 }
 
+int
+router_drop_spool(struct router *rt, const char *device, uint64_t *count, uint64_t *bytes)
+{
+	struct device *dev = device_find(rt->devices, device);
+	int r;
+
+	*count = *bytes = 0;
+	if (!dev)
+		return -ENOENT;
+	if (is_up(dev))
+		return -EBUSY;
+	spool_depth(rt->spool, dev, bytes);
+	r = spool_drop(rt->spool, dev, count);
+	if (*count > 0) {
+		log_warnx("%s: %llu spooled messages (%llu bytes) dropped by the operator", dev->id,
+		          (unsigned long long)*count, (unsigned long long)*bytes);
+		schedule_sync(rt, false);
+	}
+	return r;
+}
+
 void
 router_device_stats(const struct router *rt, const char *device, struct router_device_stats *st)
 {

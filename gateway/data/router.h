@@ -84,6 +84,14 @@ void router_downlink(struct device *dev, const struct upstream_msg *m, void *dat
 void router_device_queues(const struct router *rt, const char *device, uint64_t *spooled,
                           uint64_t *bytes, size_t *commands);
 
+/*
+ * gwctl device drop-spool: drops the messages in device's spool, *count of them (*bytes); for
+ * a device whose messages cannot be delivered (the broker refuses it) and that the operator
+ * gives up on. -EBUSY while its upstream session is up (they are being delivered), -ENOENT if
+ * there is no such device.
+ */
+int router_drop_spool(struct router *rt, const char *device, uint64_t *count, uint64_t *bytes);
+
 struct router_stats {
 	uint64_t up_messages, up_bytes;     /* accepted from sensors */
 	uint64_t published;                 /* acknowledged upstream (QoS 1) or sent (QoS 0) */

@@ -2092,6 +2092,20 @@ spool_ack(struct spool *sp, struct device *dev, uint64_t seq)
 	return advance(sp, d, seq, &n);
 }
 
+int
+spool_drop(struct spool *sp, struct device *dev, uint64_t *count)
+{
+	struct device_spool *d = dev->spool;
+	int r;
+
+	*count = 0;
+	if (!d || d->next_seq <= 1)
+		return 0;
+	r = advance(sp, d, d->next_seq - 1, count);
+	sp->st.dropped_operator += *count;
+	return r;
+}
+
 uint64_t
 spool_depth(const struct spool *sp, const struct device *dev, uint64_t *bytes)
 {

@@ -65,9 +65,10 @@ struct spool_record {
 /* records and bytes are live now; the others count since spool_open(). */
 struct spool_stats {
 	uint64_t records, bytes;
-	uint64_t dropped_full;    /* records dropped to make room (SPOOL_DROP_OLDEST) */
-	uint64_t dropped_age;     /* records dropped because they were older than max_age */
-	uint64_t refused;         /* appends refused with -ENOSPC */
+	uint64_t dropped_full;     /* records dropped to make room (SPOOL_DROP_OLDEST) */
+	uint64_t dropped_age;      /* records dropped because they were older than max_age */
+	uint64_t refused;          /* appends refused with -ENOSPC */
+	uint64_t dropped_operator; /* records an operator dropped (spool_drop()) */
 	uint64_t corrupt_records; /* records lost to damaged files (an estimate: at least 1 a place)
 	                           */
 	uint64_t corrupt_bytes;   /* bytes of damaged files skipped or cut off */
@@ -143,6 +144,13 @@ int spool_read(struct spool *sp, struct device *dev, uint64_t from_seq, struct s
  * the next spool_sync(); after a crash before it those records come back once.
  */
 int spool_ack(struct spool *sp, struct device *dev, uint64_t seq);
+
+/*
+ * Drops every live record of dev, as an operator asked (counted in dropped_operator), and says
+ * how many in *count; 0 with none. Persisted, and the segments deleted, by the next
+ * spool_sync(); its next append follows in sequence.
+ */
+int spool_drop(struct spool *sp, struct device *dev, uint64_t *count);
 
 /* Live records of dev, and their bytes if bytes is not NULL; 0 if it has nothing spooled. */
 uint64_t spool_depth(const struct spool *sp, const struct device *dev, uint64_t *bytes);

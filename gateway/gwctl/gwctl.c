@@ -6,12 +6,14 @@
 #include "admin.h"
 #include "conf.h"
 #include "control.h"
+#include "device.h"
 #include "enrol.h"
 #include "keystore.h"
 #include "log.h"
 #include "loop.h"
 #include "options.h"
 #include "qr.h"
+#include "spool.h"
 #include "xalloc.h"
 
 #include <errno.h>
@@ -124,6 +126,34 @@ enroll_here(const char *id, admin_done_fn done, void *ctx, FILE *err, void *data
 	return r;
 }
 
+/* Without the daemon: the spool opened here, under its lock, as gatewayd opens it. */
+static int
+drop_spool_here(const char *id, uint64_t *count, uint64_t *bytes, void *data)
+{
+	struct client *c = data;
+	struct device *dev = device_find(keystore_devices(c->ks), id);
+	struct spool_limits lim;
+	struct spool *sp;
+	char *dir;
+	int r;
+
+	*count = *bytes = 0;
+	if (!dev)
+		return -ENOENT;
+	options_spool(&lim, c->conf);
+	dir = xasprintf("%s/spool", c->conf->state_dir);
+	r = spool_open(&sp, dir, &lim, keystore_devices(c->ks));
+	free(dir);
+	if (r < 0)
+		return r;
+	spool_depth(sp, dev, bytes);
+	r = spool_drop(sp, dev, count);
+	if (r == 0)
+		r = spool_sync(sp);
+	spool_free(sp);
+	return r;
+}
+
 /* Runs one command, through the daemon if one listens, else on the store under its lock. */
 static int
 client_call(struct client *c, int argc, char **argv, const char *input, size_t input_len,
@@ -135,8 +165,10 @@ client_call(struct client *c, int argc, char **argv, const char *input, size_t i
 	                            .input_len = input_len,
 	                            .done = late_answer,
 	                            .done_ctx = c};
-	const struct admin_hooks hooks = {
-	        .enroll = enroll_here, .gateway_id = c->conf->gateway_id, .data = c};
+	const struct admin_hooks hooks = {.enroll = enroll_here,
+	                                  .drop_spool = drop_spool_here,
+	                                  .gateway_id = c->conf->gateway_id,
+	                                  .data = c};
 	FILE *fo, *fe;
 	int r;
 

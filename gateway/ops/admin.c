@@ -215,7 +215,7 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
             const struct admin_hooks *hooks)
 {
 	struct keystore_info info;
-	const char *reason, *enrolment;
+	const char *reason, *enrolment, *up;
 
 	if (req->argc != 3)
 		return 2;
@@ -238,7 +238,8 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		if (keystore_device_attr_at(ks, info.id, i, &k, &v) == 0)
 			fprintf(out, "attr.%s: %s\n", k, v);
 	}
-	fprintf(out, "upstream: %s\n", upstream_word(hooks, info.id, &reason));
+	up = upstream_word(hooks, info.id, &reason);
+	fprintf(out, "upstream: %s\n", up);
 	if (reason)
 		fprintf(out, "upstream-last-error: %s\n", reason);
 	if (hooks && hooks->enrolment && (enrolment = hooks->enrolment(info.id, hooks->data)))
@@ -257,6 +258,13 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		        (unsigned long long)a.up_messages, (unsigned long long)a.up_bytes,
 		        (unsigned long long)a.down_messages, (unsigned long long)a.spooled,
 		        (unsigned long long)a.spooled_bytes, a.commands);
+		/* Answered 2.04 before the broker refused the device: kept, not lost. */
+		if (a.spooled > 0 && strcmp(up, "rejected-upstream") == 0)
+			fprintf(out,
+			        "spool-held: the broker refuses this device: its %llu spooled "
+			        "messages wait for a certificate it accepts, and then go under it "
+			        "(gwctl device drop-spool %s drops them)\n",
+			        (unsigned long long)a.spooled, info.id);
 	}
 	print_cert(out, &info);
 	if (!info.has_cert)
@@ -337,6 +345,39 @@ device_remove(struct keystore *ks, const struct admin_request *req, FILE *out, F
 		return 1;
 	}
 	fprintf(out, "device %s removed; its key is destroyed\n", req->argv[2]);
+	return 0;
+}
+
+static int
+device_drop_spool(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
+                  const struct admin_hooks *hooks)
+{
+	struct keystore_info info;
+	uint64_t count, bytes;
+	int r;
+
+	if (req->argc != 3)
+		return 2;
+	if (keystore_device_info(ks, req->argv[2], &info) < 0) {
+		fprintf(err, "cannot drop the spool of %s: no such device\n", req->argv[2]);
+		return 1;
+	}
+	r = hooks && hooks->drop_spool
+	            ? hooks->drop_spool(req->argv[2], &count, &bytes, hooks->data)
+	            : -ENOTSUP;
+	if (r == -EBUSY) {
+		fprintf(err,
+		        "cannot drop the spool of %s: its upstream session is up and delivering it "
+		        "(gwctl device suspend %s first, if it must go)\n",
+		        req->argv[2], req->argv[2]);
+		return 1;
+	}
+	if (r < 0) {
+		fprintf(err, "cannot drop the spool of %s: %s\n", req->argv[2], strerror(-r));
+		return 1;
+	}
+	fprintf(out, "%s: %llu spooled messages (%llu bytes) dropped\n", req->argv[2],
+	        (unsigned long long)count, (unsigned long long)bytes);
 	return 0;
 }
 
@@ -617,6 +658,8 @@ static const struct verb verbs[] = {
         {"enroll", "ID (over EST: a first certificate, or a renewal with a new key)", device_enroll,
          ADMIN_CHANGE_NONE},
         {"remove", "ID", device_remove, ADMIN_CHANGE_STATE},
+        {"drop-spool", "ID (its spooled messages, undelivered: for a device the broker refuses)",
+         device_drop_spool, ADMIN_CHANGE_NONE},
         {"suspend", "ID", device_suspend, ADMIN_CHANGE_STATE},
         {"resume", "ID", device_resume, ADMIN_CHANGE_STATE},
         {"revoke", "ID", device_revoke, ADMIN_CHANGE_STATE},

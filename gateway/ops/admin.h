@@ -69,6 +69,12 @@ struct admin_hooks {
 	 * later, or 1 with the reason written to err.
 	 */
 	int (*reload)(admin_done_fn done, void *ctx, FILE *err, void *data);
+	/*
+	 * gwctl device drop-spool: drops the messages in the device's spool (count, bytes) or
+	 * -errno (-EBUSY: its upstream session is up and delivering them). gwctl without the
+	 * daemon opens the spool itself.
+	 */
+	int (*drop_spool)(const char *device_id, uint64_t *count, uint64_t *bytes, void *data);
 	/* gwctl status: the gateway at a glance. */
 	void (*status)(FILE *out, void *data);
 	/* gwctl metrics: the counters, in the Prometheus text format. */

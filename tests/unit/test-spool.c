@@ -1116,6 +1116,36 @@ names_at_the_top_never_wrap_seqs(void **state)
 	assert_int_equal(access(top, F_OK), 0);
 }
 
+/* An operator's drop: every live record goes, counted; the next append follows in sequence. */
+static void
+drop_takes_every_live_record(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_stats st;
+	char all[256];
+	uint64_t a, c, n;
+
+	reopen(f);
+	assert_int_equal(spool_drop(f->sp, dev_of(f, DEV), &n), 0);
+	assert_int_equal(n, 0);
+	a = put(f, DEV, "a");
+	put(f, DEV, "b");
+	put(f, DEV, "c");
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), a), 0);
+	assert_int_equal(spool_drop(f->sp, dev_of(f, DEV), &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 0);
+	spool_stats(f->sp, &st);
+	assert_int_equal(st.dropped_operator, 2);
+	assert_int_equal(spool_sync(f->sp), 0);
+	reopen(f);
+	assert_int_equal(spool_depth(f->sp, dev_of(f, DEV), NULL), 0);
+	c = put(f, DEV, "d");
+	assert_true(c > a + 2);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 1);
+	assert_string_equal(all, "d");
+}
+
 /* CRC-32C (Castagnoli), bit by bit: an oracle of its own for the acked file's checksum. */
 static uint32_t
 crc32c_ref(const uint8_t *p, size_t len)
@@ -1256,6 +1286,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(acked_positions_are_written_in_place, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(version_1_acked_file_is_read, setup, teardown),
+	        cmocka_unit_test_setup_teardown(drop_takes_every_live_record, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
