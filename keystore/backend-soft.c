@@ -13,8 +13,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,14 +92,66 @@ out:
 	return r;
 }
 
+/*
+ * The public point of a key file, cached beside it (NAME.pub: the SHA-256 of the key file, then
+ * the point). OpenSSL 3 decodes a PEM key through its decoder framework, about 0.8 ms a key on
+ * the development machine, which made every offline gwctl call and gatewayd's start cost that
+ * per device of the store (issue 15); loading needs only the point. The digest ties the cache
+ * to the very file: any other content (a renewal's key put in place, damage) is decoded again
+ * and the cache written anew. Not written durably: a cache lost in a crash is made again.
+ */
+#define PUB_CACHE_LEN (SHA256_DIGEST_LENGTH + KSPROV_P256_POINT_LEN)
+
+static bool
+cached_point(int fd, const char *name, const uint8_t digest[SHA256_DIGEST_LENGTH],
+             uint8_t pub[KSPROV_P256_POINT_LEN])
+{
+	char cache[64];
+	uint8_t b[PUB_CACHE_LEN + 1];
+	ssize_t n;
+	int cfd;
+
+	snprintf(cache, sizeof(cache), "%s.pub", name);
+	cfd = openat(fd, cache, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (cfd < 0)
+		return false;
+	n = read(cfd, b, sizeof(b));
+	close(cfd);
+	if (n != PUB_CACHE_LEN || memcmp(b, digest, SHA256_DIGEST_LENGTH) != 0)
+		return false;
+	memcpy(pub, b + SHA256_DIGEST_LENGTH, KSPROV_P256_POINT_LEN);
+	return true;
+}
+
+static void
+cache_point(int fd, const char *dir, const char *name, const uint8_t digest[SHA256_DIGEST_LENGTH],
+            const uint8_t pub[KSPROV_P256_POINT_LEN])
+{
+	char cache[64];
+	uint8_t b[PUB_CACHE_LEN];
+	int cfd;
+
+	snprintf(cache, sizeof(cache), "%s.pub", name);
+	memcpy(b, digest, SHA256_DIGEST_LENGTH);
+	memcpy(b + SHA256_DIGEST_LENGTH, pub, KSPROV_P256_POINT_LEN);
+	cfd = openat(fd, cache, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (cfd < 0 || write(cfd, b, sizeof(b)) != (ssize_t)sizeof(b))
+		log_debug("keystore: cannot cache %s/%s's public key: %s", dir, name,
+		          strerror(errno));
+	if (cfd >= 0)
+		close(cfd);
+}
+
 static int
 soft_load_key(struct ks_backend *be, int fd, const char *dir, const char *id, bool next,
               uint8_t pub[KSPROV_P256_POINT_LEN])
 {
 	const char *name = ks_soft_ops.key_file[next], *ref = ks_soft_ops.tls_ref[next];
+	uint8_t digest[SHA256_DIGEST_LENGTH];
+	EVP_PKEY *pkey = NULL;
 	uint8_t *pem;
 	size_t len;
-	EVP_PKEY *pkey;
+	bool hashed, cached;
 	BIO *b;
 	int r;
 
@@ -105,17 +159,26 @@ soft_load_key(struct ks_backend *be, int fd, const char *dir, const char *id, bo
 	r = ks_read_file(fd, dir, name, true, 16384, &pem, &len);
 	if (r < 0)
 		return r;
-	b = BIO_new_mem_buf(pem, (int)len);
-	pkey = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default") : NULL;
-	BIO_free(b);
+	hashed = SHA256(pem, len, digest) != NULL;
+	cached = hashed && cached_point(fd, name, digest, pub);
+	if (!cached) {
+		b = BIO_new_mem_buf(pem, (int)len);
+		pkey = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default")
+		         : NULL;
+		BIO_free(b);
+	}
 	explicit_bzero(pem, len);
 	free(pem);
-	if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || ks_point_of(pkey, pub) < 0) {
-		ks_log_openssl("keystore: a key file is not a P-256 EC private key");
+	if (!cached) {
+		if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || ks_point_of(pkey, pub) < 0) {
+			ks_log_openssl("keystore: a key file is not a P-256 EC private key");
+			EVP_PKEY_free(pkey);
+			return -EINVAL;
+		}
 		EVP_PKEY_free(pkey);
-		return -EINVAL;
+		if (hashed)
+			cache_point(fd, dir, name, digest, pub);
 	}
-	EVP_PKEY_free(pkey);
 	/*
 	 * A soft key's reference holds no secret, only the device's id: one lost by hand or by
 	 * damage (or by a crash between a renewal's two files) is written again, rather than

@@ -178,12 +178,14 @@ ks_open_dir(int at, const char *name, const char *path)
 /* ---- file names, unlinking ---- */
 
 /*
- * Every backend's key and PSK files, whichever the store uses: a folder is cleaned of all of
- * them. In the order they are unlinked; a renewal's are the last four (ks_unlink_next()).
+ * Every backend's key and PSK files, whichever the store uses, and the soft backend's caches
+ * of public keys (*.pub): a folder is cleaned of all of them. In the order they are unlinked;
+ * a renewal's are the last five (ks_unlink_next()).
  */
-static const char *const secret_files[] = {"key.tss2.pem",      "key.pem",      "keyref.pem",
-                                           "psk.enc",           "psk.key",      "next.cert.pem",
-                                           "next.key.tss2.pem", "next.key.pem", "next.keyref.pem"};
+static const char *const secret_files[] = {"key.tss2.pem",    "key.pem",           "key.pem.pub",
+                                           "keyref.pem",      "psk.enc",           "psk.key",
+                                           "next.cert.pem",   "next.key.tss2.pem", "next.key.pem",
+                                           "next.keyref.pem", "next.key.pem.pub"};
 
 /* Unlinks files of a device folder. Returns 0 once none is left. */
 static int
@@ -210,7 +212,7 @@ ks_unlink_secrets(int fd, const char *dir)
 }
 
 /*
- * A renewal's new key and certificate: the last four of secret_files, the certificate first
+ * A renewal's new key and certificate: the last five of secret_files, the certificate first
  * and on its own, because a certificate left without its new key reads as a switch half done
  * (ks_load_next()).
  */
@@ -218,9 +220,9 @@ int
 ks_unlink_next(int fd, const char *dir)
 {
 	size_t n = sizeof(secret_files) / sizeof(secret_files[0]);
-	int r = unlink_files(fd, dir, secret_files + n - 4, 1);
+	int r = unlink_files(fd, dir, secret_files + n - 5, 1);
 
-	return r < 0 ? r : unlink_files(fd, dir, secret_files + n - 3, 3);
+	return r < 0 ? r : unlink_files(fd, dir, secret_files + n - 4, 4);
 }
 
 /* ---- the backends ---- */

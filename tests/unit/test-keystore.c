@@ -643,6 +643,59 @@ read_text(const char *path, char *buf, size_t max)
 }
 
 /*
+ * A soft key's public point is cached beside it (key.pem.pub: the key file's SHA-256, then the
+ * point), so that loading a store decodes no key: a cache that does not match the key file is
+ * not used, and is written again.
+ */
+static void
+caches_the_public_key_of_its_file(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	const char *cert, *keyfile;
+	char path[256], why[512], *pem;
+	uint8_t good[97], b[97];
+	FILE *fp;
+
+	add(ks, "dev-a", NULL, NULL);
+	pem = certify(f, ks, "dev-a", -1, 30, true);
+	import_ok(ks, "dev-a", pem);
+	keystore_free(ks);
+	ks = open_ok(f);
+	keystore_free(ks);
+	snprintf(path, sizeof(path), "%s/dev-a/key.pem.pub", f->ks);
+	assert_non_null(fp = fopen(path, "r+"));
+	assert_int_equal(fread(good, 1, sizeof(good) + 0, fp), sizeof(good));
+
+	/* Another file's digest: decoded again, the certificate still the key's, the cache mended.
+	 */
+	memcpy(b, good, sizeof(b));
+	b[0] ^= 1;
+	rewind(fp);
+	assert_int_equal(fwrite(b, 1, sizeof(b), fp), sizeof(b));
+	fclose(fp);
+	ks = open_ok(f);
+	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &keyfile), 0);
+	keystore_free(ks);
+	assert_non_null(fp = fopen(path, "r+"));
+	assert_int_equal(fread(b, 1, sizeof(b), fp), sizeof(b));
+	assert_memory_equal(b, good, sizeof(b));
+
+	/* The matching digest with another point: the cache is what loading used, and the
+	 * device's own certificate no longer matches what the store takes for its key. */
+	b[40] ^= 1;
+	rewind(fp);
+	assert_int_equal(fwrite(b, 1, sizeof(b), fp), sizeof(b));
+	fclose(fp);
+	ks = open_ok(f);
+	assert_int_equal(
+	        keystore_device_import_cert(ks, "dev-a", pem, strlen(pem), why, sizeof(why)),
+	        -EKEYREJECTED);
+	keystore_free(ks);
+	free(pem);
+}
+
+/*
  * A soft key's reference (no secret: the device's id) lost by hand or damage is written again,
  * not handed to the TLS library missing (found by tests/fuzz/fuzz-keystore.c).
  */
@@ -910,6 +963,7 @@ main(void)
 	        cmocka_unit_test_setup_teardown(finishes_a_switch_cut_short, setup, teardown),
 	        cmocka_unit_test_setup_teardown(drops_a_discard_cut_short, setup, teardown),
 	        cmocka_unit_test_setup_teardown(keeps_the_gateways_own_identity, setup, teardown),
+	        cmocka_unit_test_setup_teardown(caches_the_public_key_of_its_file, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
