@@ -1034,6 +1034,11 @@ ack_write(struct spool *sp, struct device_spool *d, bool sync)
 	}
 	ack_slot(d, gen, b);
 	fd = openat(d->dirfd, ACK_FILE, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT) {
+		/* Removed by hand: written whole again, aside, as a first one is. */
+		d->ack_inplace = false;
+		return ack_write(sp, d, sync);
+	}
 	if (fd < 0 || pwrite(fd, b, ACK_SLOT, (off_t)(gen % 2) * ACK_SLOT) != ACK_SLOT ||
 	    (sync && fsync(fd) < 0)) {
 		r = errno ? -errno : -EIO;

@@ -1211,6 +1211,30 @@ acked_positions_are_written_in_place(void **state)
 	assert_int_equal(read_all(f, "p1", all, sizeof(all), NULL), 1);
 }
 
+/* An acked file removed while the spool runs is written whole again, not failed for ever. */
+static void
+a_removed_acked_file_is_written_again(void **state)
+{
+	struct fixture *f = *state;
+	char path[PATH_MAX + 80], all[256];
+	uint64_t a, b;
+
+	reopen(f);
+	a = put(f, DEV, "a");
+	b = put(f, DEV, "b");
+	put(f, DEV, "c");
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), a), 0);
+	assert_int_equal(spool_sync(f->sp), 0);
+	seg_path(f, DEV, "acked", path, sizeof(path));
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(spool_ack(f->sp, dev_of(f, DEV), b), 0);
+	assert_int_equal(spool_sync(f->sp), 0);
+	assert_int_equal(file_size(path), 64);
+	reopen(f);
+	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 1);
+	assert_string_equal(all, "c");
+}
+
 /* A version 1 acked file (one record, replaced by rename) is read, and replaced by version 2. */
 static void
 version_1_acked_file_is_read(void **state)
@@ -1287,6 +1311,8 @@ main(void)
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(version_1_acked_file_is_read, setup, teardown),
 	        cmocka_unit_test_setup_teardown(drop_takes_every_live_record, setup, teardown),
+	        cmocka_unit_test_setup_teardown(a_removed_acked_file_is_written_again, setup,
+	                                        teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
