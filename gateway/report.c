@@ -25,6 +25,18 @@
 #define GW_VERSION "unknown"
 #endif
 
+/*
+ * Of the spooled messages of device id, those held: answered 2.04, kept, and waiting for a
+ * certificate the broker accepts, because it refuses the device.
+ */
+static uint64_t
+held_messages(struct daemon *d, const char *id, uint64_t spooled)
+{
+	const char *reason;
+
+	return mqttbr_status(d->mqtt, id, &reason) == MQTTBR_REJECTED ? spooled : 0;
+}
+
 void
 daemon_activity(const char *id, struct admin_activity *a, void *data)
 {
@@ -38,6 +50,7 @@ daemon_activity(const char *id, struct admin_activity *a, void *data)
 	a->up_bytes = rs.up_bytes;
 	a->down_messages = rs.down_messages;
 	router_device_queues(d->router, id, &a->spooled, &a->spooled_bytes, &a->commands);
+	a->spool_held = held_messages(d, id, a->spooled);
 }
 
 /* "3d 04:05:06" */
@@ -287,9 +300,8 @@ collect_devices(struct daemon *d, struct metrics_writer *w)
 				break;
 			default:
 				metrics_gauge(w, METRICS_LABELS({"device", id}),
-				              mqttbr_status(d->mqtt, id, &reason) == MQTTBR_REJECTED
-				                      ? (double)spool_depth(d->spool, dev, NULL)
-				                      : 0);
+				              (double)held_messages(
+				                      d, id, spool_depth(d->spool, dev, NULL)));
 			}
 		}
 	}

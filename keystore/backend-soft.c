@@ -142,17 +142,34 @@ cache_point(int fd, const char *dir, const char *name, const uint8_t digest[SHA2
 		close(cfd);
 }
 
+/* The public point of a PEM private key, decoded: 0, or -EINVAL if it is not a P-256 key. */
+static int
+point_of_pem(const uint8_t *pem, size_t len, uint8_t pub[KSPROV_P256_POINT_LEN])
+{
+	BIO *b = BIO_new_mem_buf(pem, (int)len);
+	EVP_PKEY *pkey =
+	        b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default")
+	          : NULL;
+	int r = 0;
+
+	BIO_free(b);
+	if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || ks_point_of(pkey, pub) < 0) {
+		ks_log_openssl("keystore: a key file is not a P-256 EC private key");
+		r = -EINVAL;
+	}
+	EVP_PKEY_free(pkey);
+	return r;
+}
+
 static int
 soft_load_key(struct ks_backend *be, int fd, const char *dir, const char *id, bool next,
               uint8_t pub[KSPROV_P256_POINT_LEN])
 {
 	const char *name = ks_soft_ops.key_file[next], *ref = ks_soft_ops.tls_ref[next];
 	uint8_t digest[SHA256_DIGEST_LENGTH];
-	EVP_PKEY *pkey = NULL;
 	uint8_t *pem;
 	size_t len;
 	bool hashed, cached;
-	BIO *b;
 	int r;
 
 	(void)be;
@@ -161,24 +178,14 @@ soft_load_key(struct ks_backend *be, int fd, const char *dir, const char *id, bo
 		return r;
 	hashed = SHA256(pem, len, digest) != NULL;
 	cached = hashed && cached_point(fd, name, digest, pub);
-	if (!cached) {
-		b = BIO_new_mem_buf(pem, (int)len);
-		pkey = b ? PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, NULL, "provider=default")
-		         : NULL;
-		BIO_free(b);
-	}
+	if (!cached)
+		r = point_of_pem(pem, len, pub);
 	explicit_bzero(pem, len);
 	free(pem);
-	if (!cached) {
-		if (!pkey || !EVP_PKEY_is_a(pkey, "EC") || ks_point_of(pkey, pub) < 0) {
-			ks_log_openssl("keystore: a key file is not a P-256 EC private key");
-			EVP_PKEY_free(pkey);
-			return -EINVAL;
-		}
-		EVP_PKEY_free(pkey);
-		if (hashed)
-			cache_point(fd, dir, name, digest, pub);
-	}
+	if (r < 0)
+		return r;
+	if (!cached && hashed)
+		cache_point(fd, dir, name, digest, pub);
 	/*
 	 * A soft key's reference holds no secret, only the device's id: one lost by hand or by
 	 * damage (or by a crash between a renewal's two files) is written again, rather than

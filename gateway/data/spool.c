@@ -817,6 +817,9 @@ advance(struct spool *sp, struct device_spool *d, uint64_t seq, uint64_t *count)
 
 	if (seq >= d->next_seq)
 		seq = d->next_seq - 1;
+	/* Its position moves: the next checkpoint saves it (even if a read below fails). */
+	if (seq > d->acked)
+		touch(sp, d);
 again:
 	for (size_t si = 0; si < d->nsegs && seq > d->acked; si++) {
 		struct seg *s = &d->segs[si];
@@ -832,7 +835,6 @@ again:
 			s->head_idx = s->nrec;
 			account(sp, d, s, before);
 			d->acked = s->last_seq;
-			touch(sp, d);
 			continue;
 		}
 		off = s->head_off;
@@ -866,8 +868,6 @@ again:
 	}
 	if (seq > d->acked)
 		d->acked = seq;
-	if (d->acked != d->acked_saved)
-		touch(sp, d);
 	return 0;
 }
 
@@ -985,7 +985,7 @@ load_acked(struct spool *sp, struct device_spool *d, uint64_t *next)
 		          sp->dir, d->id);
 		return;
 	}
-	d->ack_inplace = use != b || get32(b + 4) == 2;
+	d->ack_inplace = get32(use + 4) == 2;
 	d->ack_gen = d->ack_inplace ? get32(use + 24) : 0;
 	d->acked = d->acked_saved = get64(use + 8);
 	*next = get64(use + 16);

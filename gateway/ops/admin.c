@@ -215,7 +215,7 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
             const struct admin_hooks *hooks)
 {
 	struct keystore_info info;
-	const char *reason, *enrolment, *up;
+	const char *reason, *enrolment;
 
 	if (req->argc != 3)
 		return 2;
@@ -238,8 +238,7 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		if (keystore_device_attr_at(ks, info.id, i, &k, &v) == 0)
 			fprintf(out, "attr.%s: %s\n", k, v);
 	}
-	up = upstream_word(hooks, info.id, &reason);
-	fprintf(out, "upstream: %s\n", up);
+	fprintf(out, "upstream: %s\n", upstream_word(hooks, info.id, &reason));
 	if (reason)
 		fprintf(out, "upstream-last-error: %s\n", reason);
 	if (hooks && hooks->enrolment && (enrolment = hooks->enrolment(info.id, hooks->data)))
@@ -259,12 +258,12 @@ device_show(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		        (unsigned long long)a.down_messages, (unsigned long long)a.spooled,
 		        (unsigned long long)a.spooled_bytes, a.commands);
 		/* Answered 2.04 before the broker refused the device: kept, not lost. */
-		if (a.spooled > 0 && strcmp(up, "rejected-upstream") == 0)
+		if (a.spool_held > 0)
 			fprintf(out,
 			        "spool-held: the broker refuses this device: its %llu spooled "
 			        "messages wait for a certificate it accepts, and then go under it "
 			        "(gwctl device drop-spool %s drops them)\n",
-			        (unsigned long long)a.spooled, info.id);
+			        (unsigned long long)a.spool_held, info.id);
 	}
 	print_cert(out, &info);
 	if (!info.has_cert)

@@ -42,6 +42,7 @@ struct admin_activity {
 	uint64_t down_messages; /* commands for its sensor, queued */
 	uint64_t spooled;       /* messages waiting in its spool ... */
 	uint64_t spooled_bytes; /* ... and their bytes */
+	uint64_t spool_held;    /* of those, held: the broker refuses the device */
 	size_t commands;        /* commands waiting for its sensor */
 };
 

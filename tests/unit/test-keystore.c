@@ -642,6 +642,17 @@ read_text(const char *path, char *buf, size_t max)
 	return n;
 }
 
+/* Reads (mode "r") or writes ("w") exactly n bytes of the file at path. */
+static void
+file_bytes(const char *path, const char *mode, uint8_t *b, size_t n)
+{
+	FILE *fp = fopen(path, mode);
+
+	assert_non_null(fp);
+	assert_int_equal(mode[0] == 'r' ? fread(b, 1, n, fp) : fwrite(b, 1, n, fp), n);
+	assert_int_equal(fclose(fp), 0);
+}
+
 /*
  * A soft key's public point is cached beside it (key.pem.pub: the key file's SHA-256, then the
  * point), so that loading a store decodes no key: a cache that does not match the key file is
@@ -655,7 +666,6 @@ caches_the_public_key_of_its_file(void **state)
 	const char *cert, *keyfile;
 	char path[256], why[512], *pem;
 	uint8_t good[97], b[97];
-	FILE *fp;
 
 	add(ks, "dev-a", NULL, NULL);
 	pem = certify(f, ks, "dev-a", -1, 30, true);
@@ -664,29 +674,23 @@ caches_the_public_key_of_its_file(void **state)
 	ks = open_ok(f);
 	keystore_free(ks);
 	snprintf(path, sizeof(path), "%s/dev-a/key.pem.pub", f->ks);
-	assert_non_null(fp = fopen(path, "r+"));
-	assert_int_equal(fread(good, 1, sizeof(good) + 0, fp), sizeof(good));
+	file_bytes(path, "r", good, sizeof(good));
 
 	/* Another file's digest: decoded again, the certificate still the key's, the cache mended.
 	 */
 	memcpy(b, good, sizeof(b));
 	b[0] ^= 1;
-	rewind(fp);
-	assert_int_equal(fwrite(b, 1, sizeof(b), fp), sizeof(b));
-	fclose(fp);
+	file_bytes(path, "w", b, sizeof(b));
 	ks = open_ok(f);
 	assert_int_equal(keystore_tls_files(ks, "dev-a", &cert, &keyfile), 0);
 	keystore_free(ks);
-	assert_non_null(fp = fopen(path, "r+"));
-	assert_int_equal(fread(b, 1, sizeof(b), fp), sizeof(b));
+	file_bytes(path, "r", b, sizeof(b));
 	assert_memory_equal(b, good, sizeof(b));
 
 	/* The matching digest with another point: the cache is what loading used, and the
 	 * device's own certificate no longer matches what the store takes for its key. */
 	b[40] ^= 1;
-	rewind(fp);
-	assert_int_equal(fwrite(b, 1, sizeof(b), fp), sizeof(b));
-	fclose(fp);
+	file_bytes(path, "w", b, sizeof(b));
 	ks = open_ok(f);
 	assert_int_equal(
 	        keystore_device_import_cert(ks, "dev-a", pem, strlen(pem), why, sizeof(why)),
