@@ -10,6 +10,7 @@ set -euo pipefail
 
 GW_PIDS=()
 GW_FAILED=0
+GW_WAITING=
 GW_TEST=${GW_TEST:-$(basename "$0" .sh)}
 
 gw_log() { printf '%s: %s\n' "$GW_TEST" "$*" >&2; }
@@ -17,12 +18,18 @@ gw_log() { printf '%s: %s\n' "$GW_TEST" "$*" >&2; }
 gw_fail() {
   gw_log "FAIL: $*"
   GW_FAILED=1
-  if [ -n "${WORK:-}" ]; then
-    for f in "$WORK"/gatewayd.log "$WORK"/mosquitto.log; do
-      [ -f "$f" ] && { echo "--- last lines of $f" >&2; tail -n 25 "$f" >&2; }
-    done
-  fi
+  gw_show_logs
   exit 1
+}
+
+# The last lines of gatewayd's and mosquitto's logs, which say what they were doing.
+gw_show_logs() {
+  local f
+  [ -n "${WORK:-}" ] || return 0
+  for f in "$WORK"/gatewayd.log "$WORK"/mosquitto.log; do
+    [ -f "$f" ] && { echo "--- last lines of $f" >&2; tail -n 25 "$f" >&2; }
+  done
+  return 0
 }
 
 gw_require() {
@@ -67,7 +74,8 @@ gw_setup() {
   # set -e ends the test at a failing command: say which, rather than end in silence.
   trap 'GW_FAILED=1; gw_log "FAIL: line $LINENO: $BASH_COMMAND"' ERR
   # meson's timeout: keep the files, which say where it hung.
-  trap 'GW_FAILED=1; gw_log "FAIL: stopped by SIGTERM (timed out?) at line $LINENO"; exit 143' TERM
+  # What it was waiting for, or running (LINENO would be the trap's own line).
+  trap 'GW_FAILED=1; gw_log "FAIL: stopped by SIGTERM (timed out?) ${SECONDS}s in, ${GW_WAITING:+waiting for: $GW_WAITING, }running: $BASH_COMMAND"; gw_show_logs; exit 143' TERM
   mkdir -m 700 "$WORK/state"
 }
 
@@ -124,14 +132,21 @@ gw_free_port_pair() {
   echo "$p"
 }
 
-# Waits up to $2 seconds for $1 (a shell condition) to hold.
+# Waits up to $2 seconds for $1 (a shell condition) to hold. A deadline on the clock, not a
+# count of tries: a condition that runs gwctl takes a while itself on a loaded machine, and
+# 1,200 tries of "120 s" once outlasted meson's timeout.
 gw_wait_for() {
-  local cond=$1 secs=${2:-10} i
-  for i in $(seq 1 $((secs * 10))); do
-    if eval "$cond"; then return 0; fi
+  local cond=$1 secs=${2:-10} end
+  end=$((${EPOCHREALTIME/[.,]/} + secs * 1000000))
+  GW_WAITING=$cond # for the timeout's message
+  until eval "$cond"; do
+    if [ "${EPOCHREALTIME/[.,]/}" -ge "$end" ]; then
+      GW_WAITING=
+      return 1
+    fi
     sleep 0.1
   done
-  return 1
+  GW_WAITING=
 }
 
 # gw_grep ARG...: grep, for a filter whose "no line matched" (exit 1) is an answer, not an
