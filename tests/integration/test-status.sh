@@ -115,7 +115,9 @@ gw_gwctl metrics >"$WORK/metrics-down.txt"
 [ "$(metric 'gatewayd_upstream_connect_failures_total{reason="network"}' "$WORK/metrics-down.txt")" -ge 1 ] ||
   gw_fail "failures: $(grep connect_failures "$WORK/metrics-down.txt")"
 # The handshake with the wrong key is counted when its half-made session ends: OpenSSL drops
-# the records it cannot decrypt, so that is when the server's DTLS retransmissions run out.
+# the records it cannot decrypt, so that is when the server's DTLS retransmissions run out:
+# measured 31 or 63 s after the handshake began (test-hostile.sh says why); 150 s for a loaded
+# machine, on the clock.
 key_mismatch() { gw_gwctl metrics | awk '$1 == "gatewayd_dtls_handshake_failures_total{reason=\"key_mismatch\"}" { print $2 }'; }
-gw_wait_for '[ "$(key_mismatch)" = 1 ]' 90 || gw_fail "key_mismatch is $(key_mismatch), want 1"
+gw_wait_for '[ "$(key_mismatch)" = 1 ]' 150 || gw_fail "key_mismatch is $(key_mismatch), want 1"
 gw_pass
