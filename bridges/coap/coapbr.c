@@ -71,6 +71,7 @@ struct sensor {
 	 */
 	unsigned deferred;
 	bool connected; /* the handshake completed */
+	uint64_t hs_ms; /* when its handshake began, on the loop's clock */
 	/*
 	 * Its DTLS session ended (closed by either side, or failed) and waits for libcoap to free
 	 * it. Nothing more goes to it: libcoap would take a message sent there for the start of
@@ -214,6 +215,7 @@ sensor_reset(struct sensor *sn)
 	free(sn->last_get);
 	sn->last_get = NULL;
 	sn->last_get_mid = COAP_INVALID_MID;
+	sn->hs_ms = gw_now_ms();
 	sn->observing = false;
 	for (size_t i = 0; i < SEEN_PER_SENSOR; i++)
 		sn->seen[i].mid = COAP_INVALID_MID;
@@ -1099,10 +1101,43 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 }
 
 /*
+ * A handshake that has not finished after this long never will: libcoap gives up on its own
+ * after its 4 DTLS retransmissions (1 + 2 + 4 + 8 + 16 s = 31 s). But OpenSSL stops its
+ * retransmission timer once the sensor's next flight begins to arrive, and a Finished it
+ * cannot decrypt (a wrong key) is dropped without a word (RFC 6347 4.1.2.7): when the sensor
+ * stops retransmitting, such a handshake had no timer left and held its slot among
+ * libcoap's handshakes until the idle session timeout (300 s). Seen in test-hostile.
+ */
+#define HANDSHAKE_DEADLINE_MS 40000
+
+/* Ends the handshakes older than HANDSHAKE_DEADLINE_MS, counted as failed. */
+static void
+end_stalled_handshakes(struct coapbr *br)
+{
+	uint64_t now = gw_now_ms();
+
+	for (struct sensor *sn = br->sensors; sn; sn = sn->next) {
+		coap_session_t *s;
+
+		if (sn->closed || sn->connected || now - sn->hs_ms < HANDSHAKE_DEADLINE_MS)
+			continue;
+		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
+		if (!s || coap_session_get_app_data(s) != sn ||
+		    coap_session_get_state(s) != COAP_SESSION_STATE_HANDSHAKE)
+			continue;
+		/* With a known identity, a handshake that stalls has a key that does not match. */
+		count_unfinished(br, s, sn);
+		sensor_closed(br, s, sn);
+		coap_session_disconnected(s, COAP_NACK_TLS_FAILED);
+	}
+}
+
+/*
  * A rotated-out identity whose grace period ended is refused at its next request already;
  * this closes such sessions too, so that sensors hear it and re-handshake with their new key.
+ * Stalled handshakes end here too.
  */
-#define SWEEP_MS 30000
+#define SWEEP_MS 10000
 
 static void
 sweep_stale(struct gw_timer *t, void *data)
@@ -1110,6 +1145,7 @@ sweep_stale(struct gw_timer *t, void *data)
 	struct coapbr *br = data;
 
 	coapbr_drop_device(br, NULL, true);
+	end_stalled_handshakes(br);
 	gw_timer_arm(t, SWEEP_MS);
 }
 

@@ -71,11 +71,12 @@ mismatches() {
   gw_gwctl metrics | sed -n 's/^gatewayd_dtls_handshake_failures_total{reason="key_mismatch"} //p'
 }
 # The server gives up on a handshake whose Finished it cannot decrypt after its own DTLS
-# retransmissions, which double from 1 s (libcoap counts 4): measured 31 s after the handshake
-# began, or 63 s when one more ran first (a datagram that arrives just as OpenSSL's timer
-# expires has OpenSSL retransmit by itself, uncounted). The sensor gives up after 2 s (-B 2).
-# Two at once, so that both give-ups fall within the 60 s log interval (one after the other, a
-# second one past it was rightly logged again). The wait allows 120 s for a loaded machine.
+# retransmissions, which double from 1 s (libcoap counts 4): 31 s after the handshake began.
+# When OpenSSL had stopped its timer on the sensor's flight and the sensor gave up (after 2 s,
+# -B 2), no retransmission is left to count: gatewayd ends such a handshake at its 40 s
+# deadline, checked every 10 s (without it, libcoap's idle timeout of 300 s did). Two at once,
+# so that both fall within the 60 s log interval (one after the other, a second one past it
+# was rightly logged again). The wait allows 120 s for a loaded machine.
 wrong_key dev-a &
 first=$!
 wrong_key dev-a &
