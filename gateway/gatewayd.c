@@ -273,6 +273,7 @@ start(struct daemon *d)
 	        .mqtt = d->mqtt,
 	        .router = d->router,
 	        .spool = d->spool,
+	        .on_demand = d->conf->upstream.on_demand,
 	});
 	mqttbr_on_judged(d->mqtt, sessions_judged, d->sessions);
 	mqttbr_on_message(d->mqtt, router_downlink, d->router);

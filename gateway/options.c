@@ -44,6 +44,8 @@ options_mqttbr(struct mqttbr_options *out, const struct gwconf *conf)
 	        .offline = conf->presence.offline ? conf->presence.offline : "offline",
 	        .presence_qos = conf->presence.qos,
 	        .command_qos = conf->downlink.qos,
+	        .idle_timeout = conf->upstream.idle_timeout,
+	        .session_expiry = (unsigned)conf->upstream.session_expiry,
 	};
 }
 

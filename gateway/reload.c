@@ -145,6 +145,7 @@ apply(struct daemon *d, struct gwconf *next, bool *restart_all)
 		log_set_level(next->log_level);
 	options_mqttbr(&mo, next);
 	mqttbr_reconfigure(d->mqtt, &mo, restart_all);
+	sessions_set_on_demand(d->sessions, next->upstream.on_demand);
 	if (d->coap) {
 		options_coapbr(&co, next);
 		coapbr_reconfigure(d->coap, &co);

@@ -80,7 +80,7 @@ monotonic_ms(void)
 /* Devices by what the keystore says of them and by their upstream session. */
 struct census {
 	size_t devices, by_state[4]; /* active, suspended, revoked, disabled */
-	size_t by_upstream[MQTTBR_REJECTED + 1];
+	size_t by_upstream[MQTTBR_STATUSES];
 	const char *last_reason; /* a reason the broker could not be reached, if any */
 };
 
@@ -161,10 +161,10 @@ daemon_status(FILE *out, void *data)
 	        c.by_state[KEYSTORE_REVOKED], c.by_state[3]);
 	fprintf(out,
 	        "upstream-sessions: connected %zu, connecting %zu, retrying %zu, "
-	        "rejected-upstream %zu, none %zu\n",
+	        "rejected-upstream %zu, idle %zu, none %zu\n",
 	        c.by_upstream[MQTTBR_CONNECTED], c.by_upstream[MQTTBR_CONNECTING],
 	        c.by_upstream[MQTTBR_RETRYING], c.by_upstream[MQTTBR_REJECTED],
-	        c.by_upstream[MQTTBR_NONE]);
+	        c.by_upstream[MQTTBR_IDLE], c.by_upstream[MQTTBR_NONE]);
 	struct mqttbr_stats ms;
 
 	mqttbr_get_stats(d->mqtt, &ms);
@@ -195,6 +195,9 @@ daemon_status(FILE *out, void *data)
 		        c.last_reason);
 	else if (c.by_upstream[MQTTBR_REJECTED] > 0)
 		fprintf(out, "broker: %s reachable, but it refuses every device's identity\n",
+		        d->conf->upstream.broker);
+	else if (c.by_upstream[MQTTBR_IDLE] > 0)
+		fprintf(out, "broker: %s not connected now (every session is idle, on demand)\n",
 		        d->conf->upstream.broker);
 	else
 		fprintf(out, "broker: %s not tried yet (no device has an upstream session)\n",
@@ -388,6 +391,9 @@ daemon_collect(struct metrics_writer *w, void *data)
 	          "Upstream connects that failed, by reason.", "reason", failures, MQTTBR_FAILS);
 	counter(w, "gatewayd_upstream_sessions_lost_total",
 	        "Upstream sessions that dropped after they were up.", ms.lost);
+	counter(w, "gatewayd_upstream_sessions_idled_total",
+	        "On-demand upstream sessions ended after upstream.idle_timeout with nothing to do.",
+	        ms.idled);
 	gauge(w, "gatewayd_upstream_sessions", "Upstream sessions up now.", (double)ms.up);
 	metrics_family(w, "gatewayd_upstream_tls_handshakes_total", METRICS_COUNTER,
 	               "Upstream TLS handshakes: full (one TPM signature) or resumed (none).");

@@ -213,6 +213,16 @@ keystore_check_attr(const char *key, const char *value, char *why, size_t len)
 		         value);
 		return -EINVAL;
 	}
+	/* Read by the sessions (gateway/lifecycle): a typo must not pass for a choice. */
+	if (strcmp(key, "sessions") == 0 && value && *value && strcmp(value, "always") != 0 &&
+	    strcmp(value, "on-demand") != 0) {
+		snprintf(
+		        why, len,
+		        "attribute sessions is \"%.64s\": it must be always or on-demand (when the "
+		        "device holds its upstream session), or empty to follow upstream.sessions",
+		        value);
+		return -EINVAL;
+	}
 	return 0;
 }
 

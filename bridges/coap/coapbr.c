@@ -204,6 +204,20 @@ sensor_unlink(struct coapbr *br, struct sensor *sn)
 }
 
 /*
+ * Whether sn observes its device's commands. The device counts its observers (device.h): an
+ * on-demand upstream session stays up while one observes.
+ */
+static void
+set_observing(struct sensor *sn, bool on)
+{
+	if (sn->observing == on)
+		return;
+	sn->observing = on;
+	if (sn->dev)
+		sn->dev->observers += on ? 1u : (unsigned)-1;
+}
+
+/*
  * A session's exchanges start afresh: message IDs, uploads and observations of an earlier
  * one mean nothing now (RFC 7252 section 9.1.1).
  */
@@ -216,7 +230,7 @@ sensor_reset(struct sensor *sn)
 	sn->last_get = NULL;
 	sn->last_get_mid = COAP_INVALID_MID;
 	sn->hs_ms = gw_now_ms();
-	sn->observing = false;
+	set_observing(sn, false);
 	for (size_t i = 0; i < SEEN_PER_SENSOR; i++)
 		sn->seen[i].mid = COAP_INVALID_MID;
 	for (size_t i = 0; i < SENT_PER_SENSOR; i++)
@@ -226,6 +240,7 @@ sensor_reset(struct sensor *sn)
 static void
 sensor_free(struct sensor *sn)
 {
+	set_observing(sn, false);
 	upload_free(sn->upload);
 	free(sn->last_get);
 	device_unref(sn->dev);
@@ -356,6 +371,7 @@ psk_for_identity(coap_bin_const_t *identity, coap_session_t *session, void *arg)
 		sensor_reset(sn);
 	}
 	if (sn->dev != dev) {
+		set_observing(sn, false);
 		device_unref(sn->dev);
 		sn->dev = device_ref(dev);
 	}
@@ -418,7 +434,7 @@ sensor_closed(struct coapbr *br, const coap_session_t *session, struct sensor *s
 	orphan_requests(br, session);
 	if (sn) {
 		sn->closed = true;
-		sn->observing = false;
+		set_observing(sn, false);
 	}
 }
 
@@ -905,13 +921,13 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 	}
 	if (obs && coap_decode_var_bytes(coap_opt_value(obs), coap_opt_length(obs)) == 0 &&
 	    token.length <= sizeof(sn->obs_token)) {
-		sn->observing = true;
+		set_observing(sn, true);
 		sn->obs_token_len = token.length;
 		if (token.length)
 			memcpy(sn->obs_token, token.s, token.length);
 		log_info("%s: its sensor observes /%s", sn->dev->id, br->commands_path);
 	} else if (obs) {
-		sn->observing = false;
+		set_observing(sn, false);
 	}
 	cmd = br->ops->command_take(sn->dev, br->data);
 	put_command(response, cmd, sn->observing && obs, ++br->observe);
@@ -1026,7 +1042,7 @@ on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_nack_reason_
 	    coap_pdu_get_code(sent) != COAP_RESPONSE_CODE_CONTENT)
 		return;
 	if (reason == COAP_NACK_RST)
-		sn->observing = false;
+		set_observing(sn, false);
 	coap_get_data(sent, &len, &data);
 	for (size_t i = 0; i < SENT_PER_SENSOR; i++) {
 		if (sn->sent[i].mid != mid)
@@ -1363,7 +1379,7 @@ coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt)
 		br->commands_path = xstrdup(opt->commands_resource);
 		/* Observers of the old path: their observation ends with it (RFC 7641 3.6). */
 		for (struct sensor *sn = br->sensors; sn; sn = sn->next)
-			sn->observing = false;
+			set_observing(sn, false);
 		add_commands(br);
 	}
 	add_routes(br, opt);

@@ -49,6 +49,8 @@ enum dev_state {
 	DEV_STOPPING, /* mqttbr_stop(): DISCONNECT sent */
 	DEV_STOPPED,
 	DEV_REMOVING, /* mqttbr_remove_device(): DISCONNECT sent, then freed */
+	DEV_IDLE,     /* on demand, with nothing to do: no connection until it is wanted */
+	DEV_PARKING,  /* on demand, idle: DISCONNECT sent, then DEV_IDLE (or again if wanted) */
 };
 
 /* Where a connect is in its handshake, for the pace of admissions. */
@@ -89,7 +91,11 @@ struct device_mqtt {
 	uint64_t admitted_ms, signing_ms;
 	/* Readings or a sensor wait for this device: its connect goes first. */
 	bool wanted;
-	enum queue queue; /* while DEV_QUEUED */
+	/* Connected only while wanted (mqttbr_session.on_demand); idle: when it last did work. */
+	bool on_demand;
+	uint64_t active_ms;
+	struct gw_timer *idle; /* on demand only */
+	enum queue queue;      /* while DEV_QUEUED */
 	struct device_mqtt *qprev, *qnext;
 	unsigned failures; /* consecutive failed connects, for the backoff */
 	/* The broker refused this device's identity: retried on the slow schedule. */
@@ -137,7 +143,9 @@ struct mqttbr {
 		int reconnect_min;
 		int reconnect_max;
 		int rejected_retry;
-		int version; /* MQTTCODEC_V5 or MQTTCODEC_V311: upstream.mqtt_version */
+		int idle_timeout;        /* seconds, on-demand sessions */
+		unsigned session_expiry; /* seconds, on-demand sessions (MQTT 5) */
+		int version;             /* MQTTCODEC_V5 or MQTTCODEC_V311: upstream.mqtt_version */
 		unsigned session_lifetime; /* seconds a TLS session may be resumed, 0: never */
 		/* ALPN protocols in wire format (RFC 7301 section 3.1). NULL: none offered. */
 		unsigned char *alpn;
@@ -336,6 +344,23 @@ enqueue(struct device_mqtt *dev)
 	pump(dev->br);
 }
 
+/* A sensor observes the device's commands: its session stays up while it does. */
+static bool
+observed(const struct device_mqtt *dev)
+{
+	return dev->entry && dev->entry->observers > 0;
+}
+
+/* No connection, none wanted: the device connects when mqttbr_wanted() is called. */
+static void
+park(struct device_mqtt *dev)
+{
+	queue_remove(dev);
+	gw_timer_disarm(dev->retry);
+	dev->state = DEV_IDLE;
+	tell_upstream(dev);
+}
+
 /*
  * Full handshakes admitted before their signature: enough to keep the TPM busy while each
  * crosses the network to its signature (time to the signature over the signature's time),
@@ -493,8 +518,14 @@ build_connect(struct device_mqtt *dev, size_t *len)
 	struct mqttcodec_connect c = {
 	        .version = dev->version,
 	        .client_id = dev->client_id,
-	        /* No session state kept at the broker: the spool replays what was not acked. */
-	        .clean_start = true,
+	        /*
+	         * No session state kept at the broker: the spool replays what was not acked. An
+	         * on-demand device's is kept, for the commands sent while it is away; what it
+	         * publishes is still the spool's to resend (a session is only left idle with
+	         * nothing in flight, so nothing of ours waits in it).
+	         */
+	        .clean_start = !dev->on_demand,
+	        .session_expiry = dev->on_demand ? br->cfg.session_expiry : 0,
 	        .keepalive = (uint16_t)br->cfg.keepalive,
 	        .username = dev->username,
 	        .maximum_packet = MAX_PACKET_IN,
@@ -774,6 +805,7 @@ publish(struct device_mqtt *dev, const struct upstream_msg *m, upstream_done_fn 
 
 	if (dev->state != DEV_UP)
 		return -ENOTCONN;
+	dev->active_ms = gw_now_ms();
 	if (m->qos == 1)
 		p.packet_id = new_packet_id(dev);
 	size = mqttcodec_publish_size(&p);
@@ -917,6 +949,9 @@ on_up(void *data, const struct mqttcodec_packet *p)
 	log_info("%s: upstream connected to %s%s", dev->id, br->cfg.broker,
 	         mqttconn_resumed(dev->conn) ? " (TLS session resumed)" : "");
 	session_started(dev);
+	dev->active_ms = gw_now_ms();
+	if (dev->on_demand)
+		gw_timer_arm(dev->idle, (uint64_t)br->cfg.idle_timeout * 1000);
 	if (dev->not_after) {
 		time_t now = time(NULL);
 
@@ -959,6 +994,8 @@ static void
 on_inbound(struct device_mqtt *dev, const struct mqttcodec_packet *p)
 {
 	struct mqttbr *br = dev->br;
+
+	dev->active_ms = gw_now_ms();
 	char *topic = xmalloc(p->topic.len + 1), *ctype = NULL;
 	int version = dev->version;
 	uint16_t id = p->packet_id;
@@ -1230,6 +1267,13 @@ on_ended(void *data, const struct mqttconn_end *why)
 	case DEV_REMOVING:
 		device_destroy(dev);
 		return;
+	case DEV_PARKING:
+		/* Wanted again while its DISCONNECT went out: a new session at once. */
+		if (dev->wanted)
+			enqueue(dev);
+		else
+			park(dev);
+		return;
 	case DEV_STOPPING:
 		dev->state = DEV_STOPPED;
 		session_over(dev);
@@ -1257,6 +1301,7 @@ static void
 session_over(struct device_mqtt *dev)
 {
 	gw_timer_disarm(dev->expiry);
+	gw_timer_disarm(dev->idle);
 	dev->sub_id = 0;
 	dev->max_packet = 0;
 	dev->receive_max = 0;
@@ -1275,7 +1320,15 @@ retry_fired(struct gw_timer *t, void *data)
 		device_destroy(dev);
 		return;
 	}
-	if (dev->state == DEV_WAITING)
+	if (dev->state != DEV_WAITING)
+		return;
+	/*
+	 * After a failure or a loss, an on-demand device connects again only if something waits
+	 * for it; a refused one keeps asking on the slow schedule, to learn of a new certificate.
+	 */
+	if (dev->on_demand && !dev->wanted && !dev->rejected && !dev->held && !observed(dev))
+		park(dev);
+	else
 		enqueue(dev);
 }
 
@@ -1302,6 +1355,38 @@ schedule_retry(struct device_mqtt *dev)
 	dev->state = DEV_WAITING;
 	gw_timer_arm(dev->retry, ms);
 	tell_upstream(dev);
+}
+
+/* ---- on-demand sessions ---- */
+
+static void say_goodbye(struct device_mqtt *dev);
+
+/*
+ * An on-demand session with nothing in flight (publishes, its SUBSCRIBE), no observer and no
+ * work for idle_timeout seconds ends with a DISCONNECT. The broker keeps the MQTT session
+ * (session_expiry), and the TLS session kept for resumption makes the next connect cheap.
+ */
+static void
+idle_fired(struct gw_timer *t, void *data)
+{
+	struct device_mqtt *dev = data;
+	uint64_t limit = (uint64_t)dev->br->cfg.idle_timeout * 1000,
+	         quiet = gw_now_ms() - dev->active_ms;
+
+	if (dev->state != DEV_UP || !dev->on_demand)
+		return;
+	if (dev->pubs || dev->sub_id || observed(dev) || quiet < limit) {
+		gw_timer_arm(t, quiet < limit ? limit - quiet : limit);
+		return;
+	}
+	log_info("%s: upstream idle for %d s: disconnecting until it is wanted (on demand)",
+	         dev->id, dev->br->cfg.idle_timeout);
+	dev->br->st.idled++;
+	session_over(dev);
+	dev->state = DEV_PARKING;
+	/* From now the spool takes its data, and asks for a connect (mqttbr_wanted()). */
+	tell_upstream(dev);
+	say_goodbye(dev);
 }
 
 /*
@@ -1435,6 +1520,9 @@ mqttbr_status(struct mqttbr *br, const char *id, const char **reason)
 	case DEV_CONNECTING:
 	case DEV_QUEUED:
 		return MQTTBR_CONNECTING;
+	case DEV_IDLE:
+	case DEV_PARKING:
+		return MQTTBR_IDLE;
 	default:
 		return MQTTBR_RETRYING;
 	}
@@ -1449,6 +1537,7 @@ mqttbr_status_name(enum mqttbr_status st)
 	        [MQTTBR_CONNECTED] = "connected",
 	        [MQTTBR_RETRYING] = "retrying",
 	        [MQTTBR_REJECTED] = "rejected-upstream",
+	        [MQTTBR_IDLE] = "idle",
 	};
 
 	return names[st];
@@ -1464,6 +1553,8 @@ retry_after(const struct device_mqtt *dev)
 		return 0;
 	case DEV_QUEUED:
 	case DEV_CONNECTING:
+	case DEV_IDLE:
+	case DEV_PARKING:
 		/* Its turn comes at the TPM's pace, in order: ask again soon. */
 		return 1;
 	case DEV_WAITING:
@@ -1477,9 +1568,15 @@ retry_after(const struct device_mqtt *dev)
 void
 mqttbr_wanted(struct device_mqtt *dev)
 {
+	/* Asked for: an on-demand session that is up stays up a while longer. */
+	dev->active_ms = gw_now_ms();
 	if (dev->wanted || dev->state == DEV_UP)
 		return;
 	dev->wanted = true;
+	if (dev->state == DEV_IDLE) {
+		enqueue(dev);
+		return;
+	}
 	if (dev->state != DEV_QUEUED)
 		return;
 	if (dev->queue == Q_NORMAL) {
@@ -1558,11 +1655,18 @@ mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session
 	dev->retry = gw_timer_new(br->loop, retry_fired, dev);
 	dev->expiry = gw_timer_new(br->loop, expiry_fired, dev);
 	dev->version = br->cfg.version;
+	dev->on_demand = session->on_demand;
+	if (dev->on_demand)
+		dev->idle = gw_timer_new(br->loop, idle_fired, dev);
 	dev->state = DEV_WAITING;
 	tell_upstream(dev);
 	if (out)
 		*out = dev;
-	enqueue(dev);
+	/* A held device asks the broker now: its refusal may be over. */
+	if (dev->on_demand && !dev->held)
+		park(dev);
+	else
+		enqueue(dev);
 	return 0;
 }
 
@@ -1602,6 +1706,7 @@ device_destroy(struct device_mqtt *dev)
 	}
 	gw_timer_free(dev->retry);
 	gw_timer_free(dev->expiry);
+	gw_timer_free(dev->idle);
 	drop_session(dev);
 	free(dev->id);
 	free(dev->cert_file);
@@ -1628,6 +1733,15 @@ remove_session(struct device_mqtt *dev)
 	/* Its sensors' requests hear at once; nothing of it is resumed later (DESIGN.md 3). */
 	drop_session(dev);
 	publishes_fail(dev);
+	if (dev->state == DEV_PARKING && dev->conn) {
+		/* Its DISCONNECT is on its way already. */
+		br->removing =
+		        xreallocarray(br->removing, br->nremoving + 1, sizeof(*br->removing));
+		br->removing[br->nremoving++] = dev;
+		dev->state = DEV_REMOVING;
+		gw_timer_arm(dev->retry, STOP_GRACE_MS);
+		return;
+	}
 	if (dev->state != DEV_UP || !dev->conn) {
 		device_destroy(dev);
 		pump(br);
@@ -1724,6 +1838,29 @@ mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_sessi
 	       same_string(dev->username, session->username);
 }
 
+void
+mqttbr_set_on_demand(struct mqttbr *br, const char *id, bool on_demand)
+{
+	struct device_mqtt *dev = mqttbr_find(br, id);
+
+	if (!dev || dev->on_demand == on_demand)
+		return;
+	dev->on_demand = on_demand;
+	if (on_demand) {
+		if (!dev->idle)
+			dev->idle = gw_timer_new(br->loop, idle_fired, dev);
+		dev->active_ms = gw_now_ms();
+		if (dev->state == DEV_UP)
+			gw_timer_arm(dev->idle, (uint64_t)br->cfg.idle_timeout * 1000);
+		return;
+	}
+	gw_timer_disarm(dev->idle);
+	/* Always: connected from now on (after its DISCONNECT, for one that is parking). */
+	dev->wanted = dev->wanted || dev->state == DEV_PARKING;
+	if (dev->state == DEV_IDLE)
+		enqueue(dev);
+}
+
 /*
  * The ALPN list in TLS wire format: each protocol after its length byte (RFC 7301 section
  * 3.1); the config allows 1 to 255 bytes each. NULL for an empty list.
@@ -1786,6 +1923,8 @@ configure(struct mqttbr *br, const struct mqttbr_options *opt, bool all)
 	br->cfg.reconnect_max = opt->reconnect_max;
 	br->cfg.rejected_retry = opt->rejected_retry;
 	br->cfg.session_lifetime = opt->session_lifetime;
+	br->cfg.idle_timeout = opt->idle_timeout > 0 ? opt->idle_timeout : 60;
+	br->cfg.session_expiry = opt->session_expiry ? opt->session_expiry : 86400;
 	if (!all)
 		return;
 

@@ -48,6 +48,9 @@ struct mqttbr_options {
 	const char *online, *offline;     /* presence payloads (the offline one is the will) */
 	int presence_qos;
 	int command_qos; /* of the command subscription */
+	/* On-demand sessions (mqttbr_session.on_demand): */
+	int idle_timeout;        /* seconds up with nothing to do before it disconnects */
+	unsigned session_expiry; /* seconds the broker keeps the session (MQTT 5) */
 };
 
 /*
@@ -80,9 +83,17 @@ struct mqttbr_session {
 	 * refused until a connect with another certificate is accepted.
 	 */
 	time_t not_after;
+	/*
+	 * Connected only while there is something to do: readings to deliver, a sensor asking for
+	 * its commands or observing them (device.observers). It connects without a clean start,
+	 * so that the broker keeps its subscription and the commands sent meanwhile (for
+	 * session_expiry seconds), and disconnects after idle_timeout seconds with nothing to do.
+	 */
+	bool on_demand;
 };
 
-/* Adds a store's device and starts connecting it. -ENOENT: no such device; -EEXIST. */
+/* Adds a store's device and starts connecting it (an on-demand one: once it is wanted). -ENOENT: no
+ * such device; -EEXIST. */
 int mqttbr_add_device(struct mqttbr *br, const char *id, const struct mqttbr_session *session,
                       struct device_mqtt **out);
 struct device_mqtt *mqttbr_find(struct mqttbr *br, const char *id);
@@ -92,7 +103,14 @@ struct device_mqtt *mqttbr_find(struct mqttbr *br, const char *id);
  */
 void mqttbr_remove_device(struct mqttbr *br, const char *id);
 
-/* Whether id's session was made of exactly session (false for an unknown id). */
+/*
+ * Switches a device's session between always and on demand (mqttbr_session.on_demand) without
+ * ending it; the broker's session follows from its next connect. Nothing for an unknown id.
+ */
+void mqttbr_set_on_demand(struct mqttbr *br, const char *id, bool on_demand);
+
+/* Whether id's session was made of exactly session (false for an unknown id); on_demand is
+ * not compared (mqttbr_set_on_demand() changes it in place). */
 bool mqttbr_session_same(struct mqttbr *br, const char *id, const struct mqttbr_session *session);
 
 /*
@@ -124,6 +142,8 @@ enum mqttbr_status {
 	MQTTBR_CONNECTED,
 	MQTTBR_RETRYING, /* waiting out the backoff after a failure or a loss */
 	MQTTBR_REJECTED, /* the broker refused the device's identity; retried slowly */
+	MQTTBR_IDLE,     /* on demand, nothing to do: connects when wanted */
+	MQTTBR_STATUSES,
 };
 
 /* A device's upstream state, and why the last attempt failed (NULL if it did not). */
@@ -165,6 +185,7 @@ struct mqttbr_stats {
 	uint64_t connected; /* accepted */
 	uint64_t failures[MQTTBR_FAILS];
 	uint64_t lost;       /* sessions that dropped after they were up */
+	uint64_t idled;      /* on-demand sessions ended for want of work */
 	uint64_t up;         /* sessions up now */
 	uint64_t full;       /* TLS handshakes with a signature */
 	uint64_t resumed;    /* TLS handshakes that resumed a session: no signature */

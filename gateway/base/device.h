@@ -54,6 +54,9 @@ struct device {
 	enum device_state state;       /* kept by the keystore */
 	bool enabled;                  /* the attribute "enabled" is not "false"; the keystore's */
 	enum device_upstream upstream; /* set through device_set_upstream() only */
+	/* Sensor sessions observing its commands (bridges/coap's): an on-demand session stays up.
+	 */
+	unsigned observers;
 	/* Each slot belongs to one module, which sets it and clears it before the last unref. */
 	struct device_ks *ks;       /* keystore/ */
 	struct device_spool *spool; /* gateway/data/spool.c */

@@ -288,24 +288,43 @@ parse_mqtt_version(struct parse *p, const config_setting_t *g, int def)
 		conf_report(p, s, "'upstream.mqtt_version' must be 5 or \"3.1.1\"");
 }
 
+/*
+ * When devices hold their session: always, or on demand (issue 15: a fleet of mostly idle
+ * devices need not hold a TLS connection and a broker session each).
+ */
+static void
+parse_sessions(struct parse *p, const config_setting_t *g)
+{
+	struct gwconf *c = p->conf;
+	char *v = conf_string(p, g, "upstream", "sessions", "always");
+
+	c->upstream.on_demand = false;
+	if (v && strcmp(v, "on-demand") == 0)
+		c->upstream.on_demand = true;
+	else if (v && strcmp(v, "always") != 0)
+		conf_report(p, config_setting_get_member(g, "sessions"),
+		            "'upstream.sessions' is \"%s\", expected \"always\" or \"on-demand\"",
+		            v);
+	free(v);
+	/* Long enough to carry a burst of readings on one connection, short enough to free it. */
+	c->upstream.idle_timeout = conf_int(p, g, "upstream", "idle_timeout", 60, 1, 86400);
+	/* How long the broker keeps an on-demand device's commands while it is away: a day. */
+	c->upstream.session_expiry =
+	        conf_int(p, g, "upstream", "session_expiry", 86400, 60, 2592000);
+}
+
 static void
 parse_upstream(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"broker",
-	                                    "ca_file",
-	                                    "keepalive",
-	                                    "connect_timeout",
-	                                    "publish_timeout",
-	                                    "reconnect_min",
-	                                    "reconnect_max",
-	                                    "rejected_retry",
-	                                    "profile",
-	                                    "client_id",
-	                                    "username",
-	                                    "alpn",
-	                                    "mqtt_version",
-	                                    "tls_session_lifetime",
-	                                    NULL};
+	static const char *const known[] = {"broker",          "ca_file",
+	                                    "keepalive",       "connect_timeout",
+	                                    "publish_timeout", "reconnect_min",
+	                                    "reconnect_max",   "rejected_retry",
+	                                    "profile",         "client_id",
+	                                    "username",        "alpn",
+	                                    "mqtt_version",    "tls_session_lifetime",
+	                                    "sessions",        "idle_timeout",
+	                                    "session_expiry",  NULL};
 	const config_setting_t *g = conf_group(p, root, "upstream", true);
 	struct gwconf *c = p->conf;
 	struct profile_defaults def;
@@ -335,6 +354,7 @@ parse_upstream(struct parse *p, const config_setting_t *root)
 	 */
 	c->upstream.tls_session_lifetime =
 	        conf_int(p, g, "upstream", "tls_session_lifetime", 3600, 0, 86400);
+	parse_sessions(p, g);
 	if (c->upstream.reconnect_max < c->upstream.reconnect_min)
 		conf_report(
 		        p, config_setting_get_member(g, "reconnect_max"),

@@ -115,6 +115,10 @@ struct gwconf {
 		int reconnect_max;
 		int rejected_retry;       /* seconds between tries of a device the broker refused */
 		int tls_session_lifetime; /* seconds a TLS session may be resumed; 0: never */
+		/* Sessions on demand (upstream.sessions), unless a device's attribute says. */
+		bool on_demand;
+		int idle_timeout;   /* seconds an on-demand session stays up with nothing to do */
+		int session_expiry; /* seconds the broker keeps an on-demand session (MQTT 5) */
 		enum gwconf_profile profile;
 		char *client_id; /* template, see gateway/conf/template.h */
 		char *username;  /* template; NULL: no user name is sent */

@@ -789,6 +789,12 @@ command_take(struct device *dev, void *data)
 {
 	const struct router *rt = data;
 
+	/*
+	 * A sensor asks for its commands: those the broker keeps for a session that is down (an
+	 * on-demand one, idle) come once it is up, for the next GET or as notifications.
+	 */
+	if (dev->upstream == DEVICE_UPSTREAM_WAITING || dev->upstream == DEVICE_UPSTREAM_UP)
+		rt->up_ops->wanted(rt->up, dev);
 	/* Without a downlink group the queues have no cmdq behind them. */
 	return rt->commands && dev->flow ? cmdq_pop(&dev->flow->commands) : NULL;
 }

@@ -45,6 +45,22 @@ sessions_set_enrol(struct sessions *s, struct enrol *enrol)
 	s->o.enrol = enrol;
 }
 
+void
+sessions_set_on_demand(struct sessions *s, bool on_demand)
+{
+	s->o.on_demand = on_demand;
+}
+
+/* The device's attribute sessions ("always" or "on-demand", checked when set), else the config's.
+ */
+static bool
+on_demand(const struct sessions *s, const struct device *dev)
+{
+	const char *v = keystore_attr(dev, "sessions");
+
+	return v && *v ? strcmp(v, "on-demand") == 0 : s->o.on_demand;
+}
+
 bool
 sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 {
@@ -69,6 +85,7 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 	        .key_file = key,
 	        .status_topic = topics.has_status ? topics.status_topic : NULL,
 	        .command_filter = topics.has_commands ? topics.command_filter : NULL,
+	        .on_demand = on_demand(s, dev),
 	};
 	/* The client id and user name upstream.profile and the config make for it. */
 	r = topics.ids_error;
@@ -91,6 +108,7 @@ sessions_start(struct sessions *s, const char *id, enum sessions_how how)
 	session.username = topics.ids.has_username ? topics.ids.username : NULL;
 
 	if (mqttbr_find(s->o.mqtt, id)) {
+		mqttbr_set_on_demand(s->o.mqtt, id, session.on_demand);
 		if (how == SESSIONS_KEEP ||
 		    (how == SESSIONS_IF_CHANGED && mqttbr_session_same(s->o.mqtt, id, &session)))
 			return false;

@@ -25,6 +25,8 @@ struct sessions_options {
 	struct spool *spool;
 	struct enrol *enrol; /* NULL without an EST server, or until sessions_set_enrol() */
 	struct coapbr *coap; /* NULL until the sensor side runs: sessions_set_coap() */
+	/* upstream.sessions is "on-demand": for devices whose attribute sessions does not say. */
+	bool on_demand;
 };
 
 struct sessions *sessions_new(const struct sessions_options *opt);
@@ -33,6 +35,8 @@ void sessions_free(struct sessions *s);
 void sessions_set_coap(struct sessions *s, struct coapbr *coap);
 /* The EST client, made after the sessions (it tells them of new certificates). */
 void sessions_set_enrol(struct sessions *s, struct enrol *enrol);
+/* A reload's upstream.sessions: sessions made from now on (sessions_start()) follow it. */
+void sessions_set_on_demand(struct sessions *s, bool on_demand);
 
 enum sessions_change {
 	SESSIONS_CHANGE_STATE, /* added, removed, suspended, resumed, attributes */

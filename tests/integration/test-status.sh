@@ -47,7 +47,7 @@ grep -qE "^config: $WORK/gateway.conf \(loaded [0-9-]{10} [0-9:]{8} UTC\)$" <<<"
 grep -qx 'tpm: none (keystore backend soft)' <<<"$status" || gw_fail "status: tpm: $status"
 grep -qx 'devices: 3 (active 2, suspended 1, revoked 0, disabled 0)' <<<"$status" ||
   gw_fail "status: devices: $status"
-grep -qx 'upstream-sessions: connected 2, connecting 0, retrying 0, rejected-upstream 0, none 1' \
+grep -qx 'upstream-sessions: connected 2, connecting 0, retrying 0, rejected-upstream 0, idle 0, none 1' \
   <<<"$status" || gw_fail "status: sessions: $status"
 # dev-c was suspended after its full handshake: 3 full, none resumed, nothing waiting.
 grep -qx 'upstream-connects: 0 queued, 0 in flight; TLS handshakes 3 full, 0 resumed' \
