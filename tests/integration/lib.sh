@@ -161,6 +161,15 @@ gw_grep() {
 # gw_count [GREP_OPTION...] PATTERN FILE: how many lines of FILE match (0 is an answer).
 gw_count() { gw_grep -c "$@"; }
 
+# CMD | gw_has [GREP_OPTION...] PATTERN: grep -q that reads all of its input first. Under
+# pipefail, grep -q leaving at its first match kills a writer that writes in more than one
+# piece (gwctl metrics does) with SIGPIPE, and the check failed though the line was there.
+gw_has() {
+  local in
+  in=$(cat)
+  grep -q "$@" <<<"$in"
+}
+
 # ---- a throwaway PKI ----
 
 gw_pki_init() {

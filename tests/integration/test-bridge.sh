@@ -29,7 +29,7 @@ gw_write_config 'connect_timeout = 5;'
 sed -i 's/^  port = \([0-9]*\);$/  port = \1;\n  max_payload = 256;/' "$WORK/gateway.conf"
 sed -i 's|^routes = (|routes = (\n  { resource = "env/fmt"; topic = "devices/${device}/fmt"; content_type = "suffix"; },|' \
   "$WORK/gateway.conf"
-"$GATEWAYD" -n -c "$WORK/gateway.conf" 2>&1 | grep -q 'configuration OK' ||
+"$GATEWAYD" -n -c "$WORK/gateway.conf" 2>&1 | gw_has 'configuration OK' ||
   gw_fail "test config rejected: $("$GATEWAYD" -n -c "$WORK/gateway.conf" 2>&1)"
 gw_add_device dev-a
 gw_add_device dev-b

@@ -58,7 +58,7 @@ grep -q 'Content-Format:50\|Content-Format:application/json' "$WORK/observe.out"
 command devices/dev-b/commands/reboot reboot-now
 gw_wait_for "grep -q 'dev-b: command of 10 bytes from devices/dev-b/commands/reboot queued' '$WORK/gatewayd.log'" 10 ||
   gw_fail "dev-b's command was not queued"
-gw_gwctl device show dev-b | grep -qx 'commands-queued: 1' ||
+gw_gwctl device show dev-b | gw_has -x 'commands-queued: 1' ||
   gw_fail "device show dev-b: $(gw_gwctl device show dev-b | grep commands)"
 gw_expect_code 2.05 dev-b get cmd ""
 grep -q 'reboot-now' "$WORK/coap-last.out" || gw_fail "GET did not return the command: $(tail -n 4 "$WORK/coap-last.out")"

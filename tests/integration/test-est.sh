@@ -27,11 +27,11 @@ out=$(gw_gwctl device enroll dev-1 2>&1) && gw_fail "enrolment without a gateway
 grep -q 'the gateway has no certificate of its own' <<<"$out" || gw_fail "unclear: $out"
 
 gw_gateway_cert
-gw_gwctl gateway show | grep -q '^certificate-subject: .*gw-test' ||
+gw_gwctl gateway show | gw_has '^certificate-subject: .*gw-test' ||
   gw_fail "gateway show: $(gw_gwctl gateway show)"
 gw_add_uncertified dev-2
 for id in dev-1 dev-2; do
-  gw_gwctl device show "$id" | grep -q '^certificate: none' || gw_fail "$id has a certificate"
+  gw_gwctl device show "$id" | gw_has '^certificate: none' || gw_fail "$id has a certificate"
 done
 
 # Enrolled on their own at start, and connected under their own names.
@@ -54,7 +54,7 @@ gw_wait_for "grep -q 'dev-3: enrolment failed: .*refused' '$log'" 10 ||
 out=$(gw_gwctl device enroll dev-3 2>&1) && gw_fail "a refused enrolment succeeded: $out"
 grep -q 'refused simpleenroll (HTTP 403): enrolment refused by EST server policy for CN=dev-3' <<<"$out" ||
   gw_fail "gwctl device enroll said: $out"
-gw_gwctl device show dev-3 | grep -q '^enrolment: enrolment failed: .*HTTP 403' ||
+gw_gwctl device show dev-3 | gw_has '^enrolment: enrolment failed: .*HTTP 403' ||
   gw_fail "device show dev-3: $(gw_gwctl device show dev-3)"
 echo "ok" >"$WORK/est-mode"
 # A retry sent before the policy changed is still refused; the operator asks again, as here.
@@ -90,22 +90,22 @@ kept=$(gw_serial dev-2)
 gw_wait_for "grep -aq 'dev-2: renewal failed: the new certificate could not connect: ' '$log'" 30 ||
   gw_fail "dev-2's refused renewal was not reported: $(grep -a dev-2 "$log" | tail -5)"
 [ "$(gw_serial dev-2)" = "$kept" ] || gw_fail "dev-2 lost its certificate"
-gw_wait_for "gw_gwctl device list | grep -qE '^dev-2 +active +[a-z]+ +[a-z]+ +connected '" 10 ||
+gw_wait_for "gw_gwctl device list | gw_has -E '^dev-2 +active +[a-z]+ +[a-z]+ +connected '" 10 ||
   gw_fail "dev-2 is not back on its old certificate: $(gw_gwctl device list)"
 # The next try comes within 2 s: the status shows the failure in between.
-gw_wait_for "gw_gwctl device show dev-2 | grep -q '^enrolment: renewal failed: .*keeps its certificate'" 10 ||
+gw_wait_for "gw_gwctl device show dev-2 | gw_has '^enrolment: renewal failed: .*keeps its certificate'" 10 ||
   gw_fail "device show dev-2: $(gw_gwctl device show dev-2)"
 
 # Still refused when the old one runs out: the expired certificate is not presented.
 gw_wait_for "grep -q 'dev-2: its certificate expired on .*: not used' '$log'" 30 ||
   gw_fail "dev-2 kept using an expired certificate: $(grep -a dev-2 "$log" | tail -5)"
-gw_wait_for "gw_gwctl device show dev-2 | grep -q '^upstream-last-error: its certificate expired'" 10 ||
+gw_wait_for "gw_gwctl device show dev-2 | gw_has '^upstream-last-error: its certificate expired'" 10 ||
   gw_fail "device show dev-2: $(gw_gwctl device show dev-2)"
 gw_expect_code 5.03 dev-2 post temp 23.5
 
 # The EST server issues again: the device comes back by itself.
 echo "ok" >"$WORK/est-mode"
-gw_wait_for "gw_gwctl device list | grep -qE '^dev-2 +active +[a-z]+ +[a-z]+ +connected '" 20 ||
+gw_wait_for "gw_gwctl device list | gw_has -E '^dev-2 +active +[a-z]+ +[a-z]+ +connected '" 20 ||
   gw_fail "dev-2 did not come back: $(grep -a dev-2 "$log" | tail -5)"
 gw_expect_code 2.04 dev-2 post temp 24.5
 gw_wait_received "devices/dev-2/telemetry/temp 24.5"

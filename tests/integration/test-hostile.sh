@@ -132,7 +132,7 @@ grep -q "dropped one that sent no request" "$WORK/gatewayd.log" || gw_fail "no l
 # ---- loose values ----
 out=$(gw_gwctl device set dev-a enabled=maybe 2>&1) && gw_fail "enabled=maybe was accepted: $out"
 grep -q 'must be true or false' <<<"$out" || gw_fail "enabled=maybe: no reason given: $out"
-gw_gwctl device show dev-a | grep -q 'enabled' && gw_fail "enabled=maybe was stored"
+gw_gwctl device show dev-a | gw_has 'enabled' && gw_fail "enabled=maybe was stored"
 cp "$WORK/gateway.conf" "$WORK/good.conf"
 sed 's/id = "gw-test";/id = "gw\\x00test";/' "$WORK/good.conf" >"$WORK/escape.conf"
 out=$("$GATEWAYD" -n -c "$WORK/escape.conf" 2>&1) && gw_fail "gateway.id with \\x00 was accepted: $out"

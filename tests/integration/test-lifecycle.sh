@@ -46,8 +46,8 @@ beyond=$(awk -v n="$last7" '$2 == "dev-7" && $3 > n + 5' "$WORK/sub.out")
 # enabled=false acts as suspend; removing the attribute undoes it.
 gw_gwctl device set dev-3 enabled=false location=barn-2 >/dev/null
 wait "$(sensor_pid dev-3)" && gw_fail "dev-3's sensor finished normally while disabled"
-gw_gwctl device list | grep -qE '^dev-3 +disabled ' || gw_fail "dev-3 not listed as disabled"
-gw_gwctl device show dev-3 | grep -qx 'attr.location: barn-2' || gw_fail "dev-3's attribute not shown"
+gw_gwctl device list | gw_has -E '^dev-3 +disabled ' || gw_fail "dev-3 not listed as disabled"
+gw_gwctl device show dev-3 | gw_has -x 'attr.location: barn-2' || gw_fail "dev-3's attribute not shown"
 before=$(grep -c 'dev-3: upstream connected' "$WORK/gatewayd.log")
 gw_gwctl device set dev-3 enabled= >/dev/null
 gw_wait_for "[ \$(grep -c 'dev-3: upstream connected' '$WORK/gatewayd.log') -gt $before ]" 10 ||
@@ -62,7 +62,7 @@ for f in key.pem keyref.pem psk.key; do
 done
 out=$(gw_gwctl device resume dev-9 2>&1) && gw_fail "a revoked device was resumed"
 grep -q "revoked, which is final" <<<"$out" || gw_fail "resume of a revoked device: $out"
-gw_gwctl device list | grep -qE '^dev-9 +revoked ' || gw_fail "dev-9 not listed as revoked"
+gw_gwctl device list | gw_has -E '^dev-9 +revoked ' || gw_fail "dev-9 not listed as revoked"
 
 # Everyone else ran to the end of their time without a refusal, and every reading that was
 # acknowledged reached the broker: no gaps, per device.

@@ -30,7 +30,7 @@ grep -q 'dev-c: upstream connected' "$WORK/gatewayd.log" || gw_fail "the connect
 show() { gw_gwctl device show "$1" | sed -n 's/^upstream: //p'; }
 [ "$(show dev-a)" = idle ] || gw_fail "dev-a's upstream is '$(show dev-a)' at the start, want idle"
 [ "$(show dev-c)" = connected ] || gw_fail "dev-c's upstream is '$(show dev-c)', want connected"
-gw_gwctl status | grep -q '^upstream-sessions: connected 1, .*idle 2, none 0$' ||
+gw_gwctl status | gw_has '^upstream-sessions: connected 1, .*idle 2, none 0$' ||
   gw_fail "status: $(gw_gwctl status | grep upstream-sessions)"
 
 # A reading connects dev-a and is delivered (the spool takes it, durable, meanwhile).

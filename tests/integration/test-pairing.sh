@@ -30,7 +30,7 @@ code=$(gw_sensor "$identity" post temp "new key" "$key")
 [ "$code" = 2.04 ] || gw_fail "the printed identity and key did not work: $code"
 code=$(gw_sensor dev-a post temp "old key in grace")
 [ "$code" = 2.04 ] || gw_fail "the previous key was refused within its grace period: $code"
-gw_gwctl device show dev-a | grep -q "^psk-previous-identity: dev-a " || gw_fail "show lacks the grace"
+gw_gwctl device show dev-a | gw_has "^psk-previous-identity: dev-a " || gw_fail "show lacks the grace"
 # After it, the old key never again; the new one still. The grace is over once show no longer
 # lists it (psk_grace = 5: bounded at 15 s); the output in full, as a failed gwctl or grep -q's
 # early exit (SIGPIPE) must not read as "gone".
@@ -54,7 +54,7 @@ gw_wait_for "[ \$(grep -c ' 2.04\$' '$WORK/sensor-rotated.out') -ge 5 ]" 10 ||
   gw_fail "the sensor did not get going: $(tail -n 2 "$WORK/sensor-rotated.out")"
 gw_gwctl device pair dev-a --grace 0 >/dev/null
 wait "$rotated" && gw_fail "the sensor on the rotated-out identity kept its session"
-tail -n 1 "$WORK/sensor-rotated.out" | grep -qE ' (closed|4\.03)$' ||
+tail -n 1 "$WORK/sensor-rotated.out" | gw_has -E ' (closed|4\.03)$' ||
   gw_fail "rotated-out sensor ended with: $(tail -n 1 "$WORK/sensor-rotated.out")"
 
 # Bulk: three new devices from a CSV, one with a key of its own (the ASCII of 0123456789abcdef).
@@ -62,7 +62,7 @@ printf 'id\n# sensors of barn 2\nbarn-1\nbarn-2,30313233343536373839616263646566
 gw_gwctl -o "$WORK/barn-keys.csv" device pair --from "$WORK/barn.csv" 2>"$WORK/bulk.err" ||
   gw_fail "bulk pairing: $(cat "$WORK/bulk.err")"
 [ "$(stat -c %a "$WORK/barn-keys.csv")" = 600 ] || gw_fail "the key file is readable by others"
-head -n 1 "$WORK/barn-keys.csv" | grep -qx 'id,psk_identity,psk_key_hex' || gw_fail "no CSV header"
+head -n 1 "$WORK/barn-keys.csv" | gw_has -x 'id,psk_identity,psk_key_hex' || gw_fail "no CSV header"
 [ "$(grep -c '^barn-' "$WORK/barn-keys.csv")" -eq 3 ] || gw_fail "bulk output: $(cat "$WORK/barn-keys.csv")"
 grep -qx 'barn-2,barn-2,30313233343536373839616263646566' "$WORK/barn-keys.csv" ||
   gw_fail "barn-2's given key not used: $(cat "$WORK/barn-keys.csv")"

@@ -42,9 +42,9 @@ grep -qx 'gatewayd_device_spool_held_messages{device="dev-c"} 0' <<<"$metrics" |
 # Dropped by the operator: counted, said, and never delivered.
 out=$(gw_gwctl device drop-spool dev-b 2>&1) || gw_fail "drop-spool dev-b: $out"
 grep -q '^dev-b: 1 spooled messages ([0-9]* bytes) dropped$' <<<"$out" || gw_fail "drop-spool said: $out"
-gw_gwctl device show dev-b | grep -q '^spooled: 0 messages' || gw_fail "dev-b: $(gw_gwctl device show dev-b)"
-gw_gwctl device show dev-b | grep -q '^spool-held' && gw_fail "dev-b still shows held messages"
-gw_gwctl metrics | grep -qx 'gatewayd_dropped_total{reason="operator"} 1' ||
+gw_gwctl device show dev-b | gw_has '^spooled: 0 messages' || gw_fail "dev-b: $(gw_gwctl device show dev-b)"
+gw_gwctl device show dev-b | gw_has '^spool-held' && gw_fail "dev-b still shows held messages"
+gw_gwctl metrics | gw_has -x 'gatewayd_dropped_total{reason="operator"} 1' ||
   gw_fail "operator drops: $(gw_gwctl metrics | grep dropped_total)"
 # A device connected and delivering: refused, with what to do.
 out=$(gw_gwctl device drop-spool dev-c 2>&1) && gw_fail "drop-spool of a connected device: $out"
@@ -68,5 +68,5 @@ gw_expect_code 2.04 dev-b post temp after-b
 # dev-b's reading after the drop arrived: per-device order, so the dropped one would be before it.
 gw_wait_received "devices/dev-b/telemetry/temp after-b"
 grep -q 'held-b1' "$WORK/sub.out" && gw_fail "dev-b's dropped reading was delivered"
-gw_gwctl device show dev-a | grep -q '^spooled: 0 messages' || gw_fail "dev-a: $(gw_gwctl device show dev-a)"
+gw_gwctl device show dev-a | gw_has '^spooled: 0 messages' || gw_fail "dev-a: $(gw_gwctl device show dev-a)"
 gw_pass

@@ -102,7 +102,7 @@ grep -qx '<6>gatewayd: ready: gateway [^ ]*, 0 devices, .*' "$WORK/gatewayd.log"
   gw_fail "no <6> (info) on the ready line: $(head -n 3 "$WORK/gatewayd.log")"
 grep -q '^<4>gatewayd: warning: no devices in the keystore' "$WORK/gatewayd.log" ||
   gw_fail "no <4> (warning) on a warning: $(head -n 5 "$WORK/gatewayd.log")"
-grep -v '^<[0-7]>' "$WORK/gatewayd.log" | grep -q . &&
+grep -v '^<[0-7]>' "$WORK/gatewayd.log" | gw_has . &&
   gw_fail "lines without a priority: $(grep -v '^<[0-7]>' "$WORK/gatewayd.log" | head -n 3)"
 # ExecReload's SIGHUP: RELOADING=1, then READY=1 with the outcome (systemd.service(5)).
 kill -HUP "$gw_pid"

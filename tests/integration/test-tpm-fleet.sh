@@ -64,7 +64,7 @@ for i in $(seq 1 5); do
 done
 list=$(gw_gwctl device list) || gw_fail "device list after crashes: $list"
 [ "$(grep -c '^dev-' <<<"$list")" -eq "$fleet" ] || gw_fail "devices lost in the crashes: $list"
-ls -a "$WORK/state/keystore" | grep -q '\.new$' && gw_fail "a half-added device is left"
+ls -a "$WORK/state/keystore" | gw_has '\.new$' && gw_fail "a half-added device is left"
 gw_expect_code 2.04 dev-1 post temp after-crashes
 
 # What the operator sees of the TPM: reachable, and the signatures of this run's handshakes.

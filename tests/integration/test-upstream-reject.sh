@@ -24,11 +24,11 @@ timeout 10 mosquitto_pub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.p
   -t devices/none -m takeover >/dev/null 2>&1 || true
 gw_wait_for "grep -q 'dev-7: rejected upstream: .*certificate revoked' '$WORK/gatewayd.log'" 15 ||
   gw_fail "dev-7 not marked rejected: $(grep dev-7 "$WORK/gatewayd.log" | tail -3)"
-gw_gwctl device list | grep -qE '^dev-7 +active +soft +[a-z]+ +rejected-upstream ' ||
+gw_gwctl device list | gw_has -E '^dev-7 +active +soft +[a-z]+ +rejected-upstream ' ||
   gw_fail "device list: $(gw_gwctl device list | grep dev-7)"
-gw_gwctl device show dev-7 | grep -q '^upstream-last-error: .*certificate revoked' ||
+gw_gwctl device show dev-7 | gw_has '^upstream-last-error: .*certificate revoked' ||
   gw_fail "device show: $(gw_gwctl device show dev-7)"
-gw_gwctl device list | grep -E '^dev-' | grep -v '^dev-7 ' | grep -qv ' connected ' &&
+gw_gwctl device list | grep -E '^dev-' | grep -v '^dev-7 ' | gw_has -v ' connected ' &&
   gw_fail "another device is not connected: $(gw_gwctl device list)"
 
 # dev-7's sensor keeps its readings: once told 5.03, never 2.04 again. (Its run may end
@@ -40,7 +40,7 @@ last=$(acked dev-7)
 awk '$3 == "5.03" { refused = 1 } refused && $3 == "2.04" { print; exit 1 }' "$WORK/sensor-dev-7.out" ||
   gw_fail "dev-7's sensor got 2.04 after it was told 5.03"
 gw_expect_code 5.03 dev-7 post temp after-refusal
-awk -v n="$last" '$2 == "dev-7" && $3 > n + 1' "$WORK/sub.out" | grep -q . &&
+awk -v n="$last" '$2 == "dev-7" && $3 > n + 1' "$WORK/sub.out" | gw_has . &&
   gw_fail "dev-7 published after it was refused"
 
 gw_check_flowing "$fleet" dev-7
