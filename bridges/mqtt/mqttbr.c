@@ -10,6 +10,7 @@
 #include "xalloc.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -166,6 +167,7 @@ struct mqttbr {
 	/* The broker's addresses, looked up off the loop. */
 	struct resolve *resolving;
 	struct gw_timer *resolve_timer;
+	struct gw_timer *trim_timer; /* see give_back() */
 	uint64_t resolved_ms;
 	struct resolve_result addrs;
 	size_t addr_next;
@@ -349,6 +351,30 @@ static bool
 observed(const struct device_mqtt *dev)
 {
 	return dev->entry && dev->entry->observers > 0;
+}
+
+/*
+ * A connection's TLS state and buffers take tens of KiB, freed when an on-demand session goes
+ * idle; glibc keeps freed memory in the middle of its heap for the process, so after a wave of
+ * devices went idle the gateway kept the wave's peak. Given back to the system a second after
+ * sessions parked (at most once a second; malloc_trim walks the free lists, well under a
+ * millisecond at this size).
+ */
+#define TRIM_DELAY_MS 1000
+
+static void
+trim_fired(struct gw_timer *t, void *data)
+{
+	(void)t;
+	(void)data;
+	malloc_trim(0);
+}
+
+static void
+give_back(struct mqttbr *br)
+{
+	if (gw_timer_remaining(br->trim_timer) < 0)
+		gw_timer_arm(br->trim_timer, TRIM_DELAY_MS);
 }
 
 /* No connection, none wanted: the device connects when mqttbr_wanted() is called. */
@@ -1273,6 +1299,7 @@ on_ended(void *data, const struct mqttconn_end *why)
 			enqueue(dev);
 		else
 			park(dev);
+		give_back(br);
 		return;
 	case DEV_STOPPING:
 		dev->state = DEV_STOPPED;
@@ -2060,6 +2087,7 @@ mqttbr_new(struct gw_loop *loop, const struct mqttbr_options *opt, const struct 
 	device_registry_on_remove(br->devices, device_removed, br);
 	br->stop.timer = gw_timer_new(loop, stop_timed_out, br);
 	br->resolve_timer = gw_timer_new(loop, resolve_fired, br);
+	br->trim_timer = gw_timer_new(loop, trim_fired, br);
 	configure(br, opt, true);
 	return br;
 }
@@ -2082,6 +2110,7 @@ mqttbr_free(struct mqttbr *br)
 	resolve_cancel(br->resolving);
 	gw_timer_free(br->stop.timer);
 	gw_timer_free(br->resolve_timer);
+	gw_timer_free(br->trim_timer);
 	SSL_CTX_free(br->ctx);
 	free(br->cfg.broker);
 	free(br->cfg.host);

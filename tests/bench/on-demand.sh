@@ -105,7 +105,9 @@ show_ms=$(median_ms gw_gwctl device show "dev-$n")
 wave cold
 gw_wait_for "[ \$(grep -c 'upstream idle for' '$WORK/gatewayd.log') -ge $active ]" $((idle_timeout * 4 + 60)) ||
   gw_fail "only $(count 'upstream idle for') of $active sessions went idle"
-rss_kept=$(rss_kib)
+# gatewayd gives freed memory back to the system a second after sessions park (malloc_trim):
+# the lowest RSS over the next 3 s.
+rss_kept=$(for i in 1 2 3 4 5 6; do rss_kib; sleep 0.5; done | sort -n | head -n 1)
 wave idled-out
 wave connected
 stop_gateway
