@@ -151,7 +151,12 @@ sync_sessions(struct sessions *s, const char *id, enum sessions_change what)
 	}
 	if (what == SESSIONS_CHANGE_CERT)
 		mqttbr_remove_device(s->o.mqtt, id);
-	sessions_start(s, id, SESSIONS_KEEP);
+	/*
+	 * A new certificate is tried at once, on demand too: a renewal on trial waits for the
+	 * broker's verdict, and the operator who imported one wants to hear it.
+	 */
+	if (sessions_start(s, id, SESSIONS_KEEP) && what == SESSIONS_CHANGE_CERT)
+		mqttbr_wanted(mqttbr_find(s->o.mqtt, id));
 }
 
 void

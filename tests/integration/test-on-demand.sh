@@ -7,7 +7,7 @@
 # finds the device away connects it; the command is there for the next one), and the
 # reconnect resumes the TLS session (no signature). A sensor that observes its commands keeps
 # the session up. A device whose attribute sessions is "always" connects at the start; the
-# attribute switches a running device either way.
+# attribute switches a running device either way. A new certificate is tried at once.
 source "$(dirname "$0")/lib.sh"
 gw_setup
 gw_pki_init
@@ -87,6 +87,13 @@ mosquitto_pub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
 gw_wait_for "grep -q 'pushed-to-observer' '$WORK/observe.out'" 10 ||
   gw_fail "the command did not reach dev-b's observer: $(tail -n 5 "$WORK/observe.out")"
 [ "$(show dev-c)" = connected ] || gw_fail "dev-c (always) is '$(show dev-c)', want connected"
+
+# A new certificate is tried at once, on demand too (a renewal on trial waits for the broker's
+# verdict): a device added to the running gateway connects once, then goes idle.
+gw_add_device dev-d
+gw_wait_for "grep -q 'dev-d: upstream connected' '$WORK/gatewayd.log'" 30 ||
+  gw_fail "dev-d's new certificate was not tried at once"
+gw_wait_for "grep -q 'dev-d: upstream idle for 2 s' '$WORK/gatewayd.log'" 30 || gw_fail "dev-d did not go idle"
 
 # Switched while running, without a new session: dev-c to on demand goes idle, dev-a to always
 # connects.
