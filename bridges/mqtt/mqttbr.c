@@ -1020,12 +1020,12 @@ static void
 on_inbound(struct device_mqtt *dev, const struct mqttcodec_packet *p)
 {
 	struct mqttbr *br = dev->br;
-
-	dev->active_ms = gw_now_ms();
 	char *topic = xmalloc(p->topic.len + 1), *ctype = NULL;
 	int version = dev->version;
 	uint16_t id = p->packet_id;
 	int qos = p->qos;
+
+	dev->active_ms = gw_now_ms();
 
 	memcpy(topic, p->topic.data, p->topic.len);
 	topic[p->topic.len] = '\0';
