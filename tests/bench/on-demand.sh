@@ -6,8 +6,8 @@
 #   - gatewayd's start to ready and its RSS: with no device, with the N idle (no session), and
 #     with all N connected (upstream.sessions = "always", the baseline), per device;
 #   - gwctl device list and device show through the daemon;
-#   - three waves of A sensors, each sending one reading (gwsensor -T: its send time in the
-#     payload) that mqttstamp times at the broker: "cold" (no TLS session kept: a full
+#   - three waves of A sensors (one gwfleet process), each sending one reading (-T: its send
+#     time in the payload) that mqttstamp times at the broker: "cold" (no TLS session kept: a full
 #     handshake each), "idled-out" (after every session went idle: a resumed handshake each),
 #     and "connected" (at once after, their sessions still up: no connect, the baseline).
 #     For each: delivery p50/p99/max (send to the broker's delivery, including the sensor's own
@@ -27,6 +27,7 @@ active=${2:-$((n / 10))}
 idle_timeout=15
 GW_TEST=bench-on-demand
 source tests/bench/bench.sh
+GWFLEET=$BENCH_BUILD/tests/tools/gwfleet
 gw_pki_init
 gw_start_broker
 broker_operator_log
@@ -67,11 +68,11 @@ wave() {
   c0=$(count 'upstream connected')
   : >"$WORK/stamp.out"
   t0=$(date +%s%3N)
-  for i in $(seq 1 "$active"); do sensor "dev-$i" -n 1 -T -t 60; done
+  timeout 200 "$GWFLEET" -a 127.0.0.1 -p "$COAP_PORT" -K "$WORK/wave-keys" -n 1 -T -t 120 \
+    >"$WORK/gwfleet-$name.out" 2>&1 || gw_log "$name: gwfleet: $(tail -n 2 "$WORK/gwfleet-$name.out")"
   gw_wait_for "[ \$(grep -c ' devices/dev-[0-9]*/telemetry/' '$WORK/stamp.out') -ge $active ]" 300 ||
     gw_fail "$name: the broker delivered $(grep -c telemetry "$WORK/stamp.out") of $active readings"
   t1=$(awk '$2 ~ /telemetry/ { if ($1 > m) m = $1 } END { print m }' "$WORK/stamp.out")
-  for i in $(seq 1 "$active"); do wait "$(sensor_pid "dev-$i")" || true; done
   read -r -a h1 < <(handshakes)
   c1=$(count 'upstream connected')
   lat=$(awk '$2 ~ /telemetry/ { print $1 - $5 }' "$WORK/stamp.out" | sort -n | awk '{ v[NR] = $1 }
@@ -102,6 +103,10 @@ list_ms=$(median_ms gw_gwctl device list)
 show_ms=$(median_ms gw_gwctl device show "dev-$n")
 [ "$(count 'upstream connected')" = 0 ] || gw_fail "on demand, $(count 'upstream connected') devices connected at the start"
 
+(
+  umask 077
+  for i in $(seq 1 "$active"); do printf 'dev-%s %s\n' "$i" "$(gw_psk "dev-$i")"; done >"$WORK/wave-keys"
+)
 wave cold
 gw_wait_for "[ \$(grep -c 'upstream idle for' '$WORK/gatewayd.log') -ge $active ]" $((idle_timeout * 4 + 60)) ||
   gw_fail "only $(count 'upstream idle for') of $active sessions went idle"

@@ -18,7 +18,10 @@
  * some never did); DONE_S: until the last sensor stopped; RATE: readings answered 2.04 per
  * second from ALL_UP_S to the end (so a rate run leaves the handshakes out); P50/P99: from a
  * reading's send to its 2.04, over all of them.
- *   gwfleet -a ADDR -p PORT -K KEYFILE [-r RESOURCE] [-n COUNT] [-t SECONDS]
+ * With -T each payload also carries the time its reading was first sent, in epoch ms
+ * ("<identity> <seq> <epoch-ms>", the same for a resend), as gwsensor -T does, so that a
+ * subscriber (tests/tools/mqttstamp) can time its delivery.
+ *   gwfleet -a ADDR -p PORT -K KEYFILE [-r RESOURCE] [-n COUNT] [-t SECONDS] [-T]
  */
 #include <coap3/coap.h>
 #include <arpa/inet.h>
@@ -36,8 +39,9 @@ struct sensor {
 	char identity[128];
 	char key[128];
 	coap_session_t *session;
-	long seq;         /* the reading outstanding (or next) */
-	uint64_t sent_us; /* its first send */
+	long seq;               /* the reading outstanding (or next) */
+	uint64_t sent_us;       /* its first send */
+	uint64_t sent_epoch_ms; /* the same, on the wall clock, for -T */
 	uint64_t resend_at_us;
 	uint8_t token[8];
 	size_t token_len;
@@ -51,6 +55,7 @@ struct sensor {
 static struct sensor *sensors;
 static size_t nsensors, ndone, nup, acked, others, failed;
 static long count = 100000000;
+static bool stamp; /* -T */
 static const char *resource = "temp";
 static uint64_t start_us, all_up_us;
 static size_t acked_when_all_up;
@@ -93,11 +98,20 @@ send_reading(struct sensor *s)
 	coap_session_new_token(s->session, &s->token_len, s->token);
 	coap_add_token(pdu, s->token_len, s->token);
 	coap_add_option(pdu, COAP_OPTION_URI_PATH, strlen(resource), (const uint8_t *)resource);
-	snprintf(payload, sizeof(payload), "%s %ld", s->identity, s->seq);
-	coap_add_data(pdu, strlen(payload), (const uint8_t *)payload);
-	if (s->resend_at_us == 0)
+	if (s->resend_at_us == 0) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		s->sent_epoch_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 		s->sent_us = now_us();
+	}
 	s->resend_at_us = 0;
+	if (stamp)
+		snprintf(payload, sizeof(payload), "%s %ld %llu", s->identity, s->seq,
+		         (unsigned long long)s->sent_epoch_ms);
+	else
+		snprintf(payload, sizeof(payload), "%s %ld", s->identity, s->seq);
+	coap_add_data(pdu, strlen(payload), (const uint8_t *)payload);
 	if (coap_send(s->session, pdu) == COAP_INVALID_MID)
 		finish(s, false);
 }
@@ -226,7 +240,7 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: gwfleet -a ADDR -p PORT -K KEYFILE [-r RESOURCE] [-n COUNT] "
-	                "[-t SECONDS]\n");
+	                "[-t SECONDS] [-T]\n");
 	exit(2);
 }
 
@@ -241,7 +255,7 @@ main(int argc, char *argv[])
 	uint64_t deadline, end_us, last_scan = 0;
 	int ch, epfd;
 
-	while ((ch = getopt(argc, argv, "a:p:K:r:n:t:")) != -1) {
+	while ((ch = getopt(argc, argv, "a:p:K:r:n:t:T")) != -1) {
 		switch (ch) {
 		case 'a':
 			addr = optarg;
@@ -260,6 +274,9 @@ main(int argc, char *argv[])
 			break;
 		case 't':
 			limit = atol(optarg);
+			break;
+		case 'T':
+			stamp = true;
 			break;
 		default:
 			usage();
