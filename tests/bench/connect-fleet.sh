@@ -52,7 +52,8 @@ bench() {
 
   # Cold start with the broker up: all N connect at once.
   t0=$(now)
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+  : >"$WORK/gatewayd.log"
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
   GATEWAY_PID=$!
   GW_PIDS+=("$GATEWAY_PID")
   gw_wait_for "[ \$(connected) -ge $n ]" 300 || gw_fail "$b: only $(connected) of $n connected"

@@ -43,7 +43,8 @@ stop_gateway() {
 start_gateway() {
   local t0
   t0=$(date +%s%N)
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+  : >"$WORK/gatewayd.log"
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
   GATEWAY_PID=$!
   GW_PIDS+=("$GATEWAY_PID")
   gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 120 || gw_fail "gatewayd did not start"

@@ -41,7 +41,8 @@ wait "$BROKER_PID" 2>/dev/null || true
 starts=()
 for i in 1 2 3; do
   t0=$(date +%s%N)
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+  : >"$WORK/gatewayd.log"
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
   GATEWAY_PID=$!
   GW_PIDS+=("$GATEWAY_PID")
   gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 60 || gw_fail "gatewayd did not start"

@@ -318,7 +318,8 @@ run_chip() {
   phase_begin "$chip" cold
   t0=$(gw_now_ms)
   # Not gw_start_gateway: with a slow TPM, "ready" may take longer than its 10 s.
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+  : >"$WORK/gatewayd.log"
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
   GATEWAY_PID=$!
   GW_PIDS+=("$GATEWAY_PID")
   gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" "$storm_limit" || gw_fail "gatewayd did not start"

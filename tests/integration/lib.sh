@@ -510,7 +510,10 @@ CONF
 # gw_start_gateway N: starts gatewayd and waits until N devices are connected upstream.
 gw_start_gateway() {
   local want=${1:-0}
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+  # Emptied here: the redirection of a job started with & happens in the child, perhaps
+  # after the wait below read the last run's "ready:" in the old file.
+  : >"$WORK/gatewayd.log"
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
   GATEWAY_PID=$!
   GW_PIDS+=("$GATEWAY_PID")
   gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 10 || gw_fail "gatewayd did not start"

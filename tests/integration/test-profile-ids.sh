@@ -79,7 +79,8 @@ stdbuf -oL openssl s_server -accept "$TLS_PORT" -cert "$WORK/pki/broker.pem" -ke
 GW_PIDS+=("$!")
 gw_wait_for "[ -n \"\$(ss -Hltn 'sport = :$TLS_PORT')\" ]" 10 || gw_fail "openssl s_server did not start"
 BROKER_PORT=$TLS_PORT gw_write_config 'profile = "aws"; alpn = ("mqtt", "x-amzn-mqtt-ca");'
-"$GATEWAYD" -d -c "$WORK/gateway.conf" >"$WORK/gatewayd.log" 2>&1 &
+: >"$WORK/gatewayd.log"
+"$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
 GATEWAY_PID=$!
 GW_PIDS+=("$GATEWAY_PID")
 gw_wait_for "grep -q 'ALPN protocols advertised by the client' '$WORK/s_server.out'" 15 ||
