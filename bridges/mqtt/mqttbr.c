@@ -169,6 +169,7 @@ struct mqttbr {
 	struct gw_timer *resolve_timer;
 	struct gw_timer *trim_timer; /* see give_back() */
 	uint64_t resolved_ms;
+	uint64_t stale_logged_ms; /* sessions_stale()'s last log line */
 	struct resolve_result addrs;
 	size_t addr_next;
 
@@ -1127,10 +1128,16 @@ sessions_stale(struct mqttbr *br, uint64_t before_ms)
 			queue_append(dev, dev->wanted ? Q_URGENT : Q_NORMAL);
 		}
 	}
-	if (dropped)
+	/*
+	 * Said once a second at most, dropped or not: devices that offered their sessions at the
+	 * same time each find theirs refused, and none is left for the first to drop.
+	 */
+	if (dropped || gw_now_ms() - br->stale_logged_ms >= 1000) {
+		br->stale_logged_ms = gw_now_ms();
 		log_info("upstream: the broker resumes no earlier TLS session (restarted?): %zu "
-		         "dropped, full handshakes for them",
+		         "more dropped, full handshakes for them",
 		         dropped);
+	}
 }
 
 static void
