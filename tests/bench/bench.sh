@@ -57,3 +57,30 @@ write_config() {
   GW_CONFIG_EXTRA=${1:-} gw_write_config
   sed -i 's/log_level = "debug";/log_level = "info";/' "$WORK/gateway.conf"
 }
+# bench_start_gateway: starts gatewayd on $WORK/gateway.conf and waits for its ready line (at
+# most 120 s); started_ms is the time from its start to that line.
+bench_start_gateway() {
+  local t0
+  t0=$(date +%s%N)
+  : >"$WORK/gatewayd.log"
+  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
+  GATEWAY_PID=$!
+  GW_PIDS+=("$GATEWAY_PID")
+  gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 120 || gw_fail "gatewayd did not start"
+  started_ms=$((($(date +%s%N) - t0) / 1000000))
+}
+stop_gateway() {
+  kill -TERM "$GATEWAY_PID"
+  wait "$GATEWAY_PID" 2>/dev/null || true
+}
+# gatewayd's resident memory now, in KiB.
+gateway_rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$GATEWAY_PID/status"; }
+# median_ms CMD...: the median wall time of 5 runs of CMD, in ms.
+median_ms() {
+  local i t0
+  for i in 1 2 3 4 5; do
+    t0=$(date +%s%N)
+    "$@" >/dev/null 2>&1 || gw_fail "$* failed"
+    echo $((($(date +%s%N) - t0) / 1000000))
+  done | sort -n | sed -n 3p
+}

@@ -21,10 +21,6 @@ gw_start_broker
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 now() { date +%s.%N; }
 connected() { grep -c 'upstream connected' "$WORK/gatewayd.log" || true; }
-stop_gateway() {
-  kill -TERM "$GATEWAY_PID"
-  wait "$GATEWAY_PID" 2>/dev/null || true
-}
 
 declare -A result
 bench() {

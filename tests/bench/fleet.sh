@@ -42,10 +42,6 @@ gw_start_broker
 broker_operator_log
 
 connected() { grep -c 'upstream connected' "$WORK/gatewayd.log" || true; }
-stop_gateway() {
-  kill -TERM "$GATEWAY_PID"
-  wait "$GATEWAY_PID" 2>/dev/null || true
-}
 
 declare -A line rate seconds up_s
 # measure MODE SERVER_PID COUNT burst|SECONDS: the first COUNT sensors at once (gwfleet, one

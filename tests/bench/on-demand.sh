@@ -34,30 +34,6 @@ broker_operator_log
 gw_start_stamper 'devices/+/telemetry/#'
 
 count() { grep -c "$1" "$WORK/gatewayd.log" || true; }
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$GATEWAY_PID/status"; }
-stop_gateway() {
-  kill -TERM "$GATEWAY_PID"
-  wait "$GATEWAY_PID" 2>/dev/null || true
-}
-# start_gateway: starts gatewayd; started_ms is the time from its start to its ready line.
-start_gateway() {
-  local t0
-  t0=$(date +%s%N)
-  : >"$WORK/gatewayd.log"
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
-  GATEWAY_PID=$!
-  GW_PIDS+=("$GATEWAY_PID")
-  gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 120 || gw_fail "gatewayd did not start"
-  started_ms=$((($(date +%s%N) - t0) / 1000000))
-}
-median_ms() {
-  local i t0
-  for i in 1 2 3 4 5; do
-    t0=$(date +%s%N)
-    "$@" >/dev/null 2>&1 || gw_fail "$* failed"
-    echo $((($(date +%s%N) - t0) / 1000000))
-  done | sort -n | sed -n 3p
-}
 handshakes() { gw_gwctl status | sed -n 's/^upstream-connects: .*TLS handshakes \([0-9]*\) full, \([0-9]*\) resumed$/\1 \2/p'; }
 
 declare -A line
@@ -89,17 +65,17 @@ wave() {
 gw_write_config "sessions = \"on-demand\"; idle_timeout = $idle_timeout;"
 # As production runs it (write_config): info, not the tests' debug.
 sed -i 's/log_level = "debug";/log_level = "info";/' "$WORK/gateway.conf"
-start_gateway
-rss0=$(rss_kib)
+bench_start_gateway
+rss0=$(gateway_rss_kib)
 
 # ---- N devices, added through the daemon: none connects.
 t0=$(date +%s)
 for i in $(seq 1 "$n"); do gw_add_device "dev-$i"; done
 provision_s=$(($(date +%s) - t0))
 stop_gateway
-start_gateway
+bench_start_gateway
 start_ms=$started_ms
-rss_idle=$(rss_kib)
+rss_idle=$(gateway_rss_kib)
 list_ms=$(median_ms gw_gwctl device list)
 show_ms=$(median_ms gw_gwctl device show "dev-$n")
 [ "$(count 'upstream connected')" = 0 ] || gw_fail "on demand, $(count 'upstream connected') devices connected at the start"
@@ -113,18 +89,18 @@ gw_wait_for "[ \$(grep -c 'upstream idle for' '$WORK/gatewayd.log') -ge $active 
   gw_fail "only $(count 'upstream idle for') of $active sessions went idle"
 # gatewayd gives freed memory back to the system a second after sessions park (malloc_trim):
 # the lowest RSS over the next 3 s.
-rss_kept=$(for i in 1 2 3 4 5 6; do rss_kib; sleep 0.5; done | sort -n | head -n 1)
+rss_kept=$(for i in 1 2 3 4 5 6; do gateway_rss_kib; sleep 0.5; done | sort -n | head -n 1)
 wave idled-out
 wave connected
 stop_gateway
 
 # ---- the baseline: every session up.
 sed -i 's/sessions = "on-demand";/sessions = "always";/' "$WORK/gateway.conf"
-start_gateway
+bench_start_gateway
 start_always_ms=$started_ms
 gw_wait_for "[ \$(grep -c 'upstream connected' '$WORK/gatewayd.log') -ge $n ]" 600 ||
   gw_fail "only $(count 'upstream connected') of $n connected"
-rss_always=$(rss_kib)
+rss_always=$(gateway_rss_kib)
 stop_gateway
 
 per() { echo "($1 - $2) / $3" | bc -l | awk '{ printf "%.1f", $1 }'; }

@@ -17,19 +17,8 @@ gw_start_broker
 write_config
 gw_start_gateway 0
 for i in $(seq 1 "$n"); do gw_add_device "dev-$i"; done
-kill -TERM "$GATEWAY_PID"
-wait "$GATEWAY_PID" 2>/dev/null || true
+stop_gateway
 
-# median_ms CMD...: the median wall time of 5 runs of CMD, in ms.
-median_ms() {
-  local i t0 t1
-  for i in 1 2 3 4 5; do
-    t0=$(date +%s%N)
-    "$@" >/dev/null 2>&1 || gw_fail "$* failed"
-    t1=$(date +%s%N)
-    echo $(((t1 - t0) / 1000000))
-  done | sort -n | sed -n 3p
-}
 add_remove() { gw_gwctl device add extra >/dev/null && gw_gwctl device remove extra; }
 show_ms=$(median_ms gw_gwctl device show dev-1)
 list_ms=$(median_ms gw_gwctl device list)
@@ -40,16 +29,10 @@ kill "$BROKER_PID"
 wait "$BROKER_PID" 2>/dev/null || true
 starts=()
 for i in 1 2 3; do
-  t0=$(date +%s%N)
-  : >"$WORK/gatewayd.log"
-  "$GATEWAYD" -d -c "$WORK/gateway.conf" >>"$WORK/gatewayd.log" 2>&1 &
-  GATEWAY_PID=$!
-  GW_PIDS+=("$GATEWAY_PID")
-  gw_wait_for "grep -q 'ready:' '$WORK/gatewayd.log'" 60 || gw_fail "gatewayd did not start"
-  starts+=($((($(date +%s%N) - t0) / 1000000)))
-  rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$GATEWAY_PID/status")
-  kill -TERM "$GATEWAY_PID"
-  wait "$GATEWAY_PID" 2>/dev/null || true
+  bench_start_gateway
+  starts+=("$started_ms")
+  rss=$(gateway_rss_kib)
+  stop_gateway
 done
 start_ms=$(printf '%s\n' "${starts[@]}" | sort -n | sed -n 2p)
 
