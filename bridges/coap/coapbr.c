@@ -947,6 +947,15 @@ handle_commands(coap_resource_t *resource, coap_session_t *session, const coap_p
 		gw_timer_arm(br->push, 0);
 }
 
+/* sn's libcoap session, or NULL once libcoap gave its peer's address to another. */
+static coap_session_t *
+session_of(struct coapbr *br, const struct sensor *sn)
+{
+	coap_session_t *s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
+
+	return s && coap_session_get_app_data(s) == sn ? s : NULL;
+}
+
 /* The sensor session of device that observes the command resource, or NULL. */
 static coap_session_t *
 observer_of(struct coapbr *br, const struct device *dev, struct sensor **out)
@@ -956,8 +965,8 @@ observer_of(struct coapbr *br, const struct device *dev, struct sensor **out)
 
 		if (!sn->observing || sn->closed || sn->dev != dev)
 			continue;
-		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
-		if (s && coap_session_get_app_data(s) == sn) {
+		s = session_of(br, sn);
+		if (s) {
 			*out = sn;
 			return s;
 		}
@@ -1105,8 +1114,8 @@ coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only)
 			continue;
 		if (stale_only && keystore_identity_valid(sn->dev, sn->identity, sn->identity_len))
 			continue;
-		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
-		if (!s || coap_session_get_app_data(s) != sn)
+		s = session_of(br, sn);
+		if (!s)
 			continue;
 		log_info("%s: closing the DTLS session from %s", sn->dev->id,
 		         remote_str(s, addr, sizeof(addr)));
@@ -1137,9 +1146,8 @@ end_stalled_handshakes(struct coapbr *br)
 
 		if (sn->closed || sn->connected || now - sn->hs_ms < HANDSHAKE_DEADLINE_MS)
 			continue;
-		s = coap_session_get_by_peer(br->ctx, &sn->remote, sn->ifindex);
-		if (!s || coap_session_get_app_data(s) != sn ||
-		    coap_session_get_state(s) != COAP_SESSION_STATE_HANDSHAKE)
+		s = session_of(br, sn);
+		if (!s || coap_session_get_state(s) != COAP_SESSION_STATE_HANDSHAKE)
 			continue;
 		/* With a known identity, a handshake that stalls has a key that does not match. */
 		count_unfinished(br, s, sn);

@@ -378,6 +378,14 @@ give_back(struct mqttbr *br)
 		gw_timer_arm(br->trim_timer, TRIM_DELAY_MS);
 }
 
+/* An on-demand session that is up counts its quiet time from now. */
+static void
+watch_idle(struct device_mqtt *dev)
+{
+	dev->active_ms = gw_now_ms();
+	gw_timer_arm(dev->idle, (uint64_t)dev->br->cfg.idle_timeout * 1000);
+}
+
 /* No connection, none wanted: the device connects when mqttbr_wanted() is called. */
 static void
 park(struct device_mqtt *dev)
@@ -976,9 +984,8 @@ on_up(void *data, const struct mqttcodec_packet *p)
 	log_info("%s: upstream connected to %s%s", dev->id, br->cfg.broker,
 	         mqttconn_resumed(dev->conn) ? " (TLS session resumed)" : "");
 	session_started(dev);
-	dev->active_ms = gw_now_ms();
 	if (dev->on_demand)
-		gw_timer_arm(dev->idle, (uint64_t)br->cfg.idle_timeout * 1000);
+		watch_idle(dev);
 	if (dev->not_after) {
 		time_t now = time(NULL);
 
@@ -1767,16 +1774,10 @@ remove_session(struct device_mqtt *dev)
 	/* Its sensors' requests hear at once; nothing of it is resumed later (DESIGN.md 3). */
 	drop_session(dev);
 	publishes_fail(dev);
-	if (dev->state == DEV_PARKING && dev->conn) {
-		/* Its DISCONNECT is on its way already. */
-		br->removing =
-		        xreallocarray(br->removing, br->nremoving + 1, sizeof(*br->removing));
-		br->removing[br->nremoving++] = dev;
-		dev->state = DEV_REMOVING;
-		gw_timer_arm(dev->retry, STOP_GRACE_MS);
-		return;
-	}
-	if (dev->state != DEV_UP || !dev->conn) {
+	/* An idle on-demand session's DISCONNECT is on its way already. */
+	bool parking = dev->state == DEV_PARKING;
+
+	if ((dev->state != DEV_UP && !parking) || !dev->conn) {
 		device_destroy(dev);
 		pump(br);
 		return;
@@ -1784,7 +1785,8 @@ remove_session(struct device_mqtt *dev)
 	br->removing = xreallocarray(br->removing, br->nremoving + 1, sizeof(*br->removing));
 	br->removing[br->nremoving++] = dev;
 	dev->state = DEV_REMOVING;
-	say_goodbye(dev);
+	if (!parking)
+		say_goodbye(dev);
 	gw_timer_arm(dev->retry, STOP_GRACE_MS);
 	log_info("%s: upstream session closed", dev->id);
 }
@@ -1883,9 +1885,8 @@ mqttbr_set_on_demand(struct mqttbr *br, const char *id, bool on_demand)
 	if (on_demand) {
 		if (!dev->idle)
 			dev->idle = gw_timer_new(br->loop, idle_fired, dev);
-		dev->active_ms = gw_now_ms();
 		if (dev->state == DEV_UP)
-			gw_timer_arm(dev->idle, (uint64_t)br->cfg.idle_timeout * 1000);
+			watch_idle(dev);
 		return;
 	}
 	gw_timer_disarm(dev->idle);
@@ -1957,8 +1958,8 @@ configure(struct mqttbr *br, const struct mqttbr_options *opt, bool all)
 	br->cfg.reconnect_max = opt->reconnect_max;
 	br->cfg.rejected_retry = opt->rejected_retry;
 	br->cfg.session_lifetime = opt->session_lifetime;
-	br->cfg.idle_timeout = opt->idle_timeout > 0 ? opt->idle_timeout : 60;
-	br->cfg.session_expiry = opt->session_expiry ? opt->session_expiry : 86400;
+	br->cfg.idle_timeout = opt->idle_timeout;
+	br->cfg.session_expiry = opt->session_expiry;
 	if (!all)
 		return;
 

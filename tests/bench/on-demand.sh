@@ -88,8 +88,11 @@ wave cold
 gw_wait_for "[ \$(grep -c 'upstream idle for' '$WORK/gatewayd.log') -ge $active ]" $((idle_timeout * 4 + 60)) ||
   gw_fail "only $(count 'upstream idle for') of $active sessions went idle"
 # gatewayd gives freed memory back to the system a second after sessions park (malloc_trim):
-# the lowest RSS over the next 3 s.
-rss_kept=$(for i in 1 2 3 4 5 6; do gateway_rss_kib; sleep 0.5; done | sort -n | head -n 1)
+# its RSS once it fell below what it was as the last one parked.
+rss_parked=$(gateway_rss_kib)
+gw_wait_for "[ \$(gateway_rss_kib) -lt $rss_parked ]" 10 ||
+  gw_log "gatewayd's RSS did not fall from $rss_parked KiB after the sessions parked"
+rss_kept=$(gateway_rss_kib)
 wave idled-out
 wave connected
 stop_gateway

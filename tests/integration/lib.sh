@@ -442,6 +442,14 @@ gw_start_subscriber5() {
 
 gw_gwctl() { "$GWCTL" -c "$WORK/gateway.conf" "$@"; }
 
+# gw_command TOPIC PAYLOAD [MOSQUITTO_PUB_OPTION...]: the cloud sends a command: the observer
+# (whom the broker's ACL lets write commands) publishes it, MQTT 5, QoS 1.
+gw_command() {
+  mosquitto_pub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
+    --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i cloud -V mqttv5 -q 1 \
+    -t "$1" -m "$2" "${@:3}" || gw_fail "mosquitto_pub to $1 failed"
+}
+
 # gw_add_device ID [CN]: gwctl device add (the PSK it prints is kept in $WORK/psk-ID), then a
 # certificate for the device key, with subject CN (default ID), from the test CA.
 # Needs gw_write_config first. Works with gatewayd running (control socket) or not.

@@ -23,13 +23,6 @@ gw_start_gateway 2
 gw_wait_received "devices/dev-a/status online"
 gw_wait_received "devices/dev-b/status online"
 
-# The cloud's side: the observer may write commands (tests/integration/lib.sh's ACL).
-command() {
-  mosquitto_pub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" \
-    --cert "$WORK/pki/observer.pem" --key "$WORK/pki/observer.key" -i cloud -V mqttv5 -q 1 \
-    -t "$1" -m "$2" "${@:3}" || gw_fail "mosquitto_pub to $1 failed"
-}
-
 # dev-a's sensor observes /cmd for 40 s (the test ends before).
 timeout 50 coap-client-openssl -v 6 -B 45 -s 40 -m get -u dev-a -k "$(gw_psk dev-a)" \
   "coaps://127.0.0.1:$COAP_PORT/cmd" >"$WORK/observe.out" 2>&1 &
@@ -38,13 +31,13 @@ GW_PIDS+=("$OBSERVER_PID")
 gw_wait_for "grep -q 'dev-a: its sensor observes /cmd' '$WORK/gatewayd.log'" 10 ||
   gw_fail "dev-a's observation did not register: $(tail -n 5 "$WORK/observe.out")"
 t0=$(gw_now_ms)
-command devices/dev-a/commands/valve open-valve-1 -D publish content-type application/json
+gw_command devices/dev-a/commands/valve open-valve-1 -D publish content-type application/json
 gw_wait_for "grep -q 'open-valve-1' '$WORK/observe.out'" 10 ||
   gw_fail "the command did not reach the observing sensor: $(tail -n 8 "$WORK/observe.out")"
 t1=$(gw_now_ms)
 # Denied by the policy, then one allowed: the second arriving proves the first was refused.
-command devices/dev-a/commands/secret not-for-sensors
-command devices/dev-a/commands/valve open-valve-2
+gw_command devices/dev-a/commands/secret not-for-sensors
+gw_command devices/dev-a/commands/valve open-valve-2
 gw_wait_for "grep -q 'open-valve-2' '$WORK/observe.out'" 10 ||
   gw_fail "the second command did not reach the observing sensor"
 grep -q 'not-for-sensors' "$WORK/observe.out" && gw_fail "a command the policy denies reached the sensor"
@@ -55,7 +48,7 @@ grep -q 'Content-Format:50\|Content-Format:application/json' "$WORK/observe.out"
   gw_fail "no Content-Format 50 in the notification: $(grep -m 3 open-valve "$WORK/observe.out")"
 
 # dev-b does not observe: its command waits, and a GET takes it, once.
-command devices/dev-b/commands/reboot reboot-now
+gw_command devices/dev-b/commands/reboot reboot-now
 gw_wait_for "grep -q 'dev-b: command of 10 bytes from devices/dev-b/commands/reboot queued' '$WORK/gatewayd.log'" 10 ||
   gw_fail "dev-b's command was not queued"
 gw_gwctl device show dev-b | gw_has -x 'commands-queued: 1' ||
@@ -69,10 +62,10 @@ grep -q 'reboot-now' "$WORK/coap-last.out" && gw_fail "the command was delivered
 # Sentinels: the gateway took dev-b's command (queued for dev-b, who does not observe), then a
 # later one of dev-a's reached dev-a's observer: one at a time, in order, so anything meant for
 # it before would be in by now.
-command devices/dev-b/commands/x for-b-only
+gw_command devices/dev-b/commands/x for-b-only
 gw_wait_for "grep -q 'dev-b: command of 10 bytes from devices/dev-b/commands/x queued' '$WORK/gatewayd.log'" 10 ||
   gw_fail "dev-b's second command was not queued"
-command devices/dev-a/commands/valve after-for-b
+gw_command devices/dev-a/commands/valve after-for-b
 gw_wait_for "grep -q 'after-for-b' '$WORK/observe.out'" 10 ||
   gw_fail "dev-a's command after dev-b's did not reach the observing sensor"
 grep -q 'for-b-only' "$WORK/observe.out" && gw_fail "dev-a's sensor got dev-b's command"
@@ -82,8 +75,8 @@ grep -q 'for-b-only' "$WORK/observe.out" && gw_fail "dev-a's sensor got dev-b's 
 # AddressSanitizer turns into a failed exit). The observer is frozen, so that it acknowledges
 # neither; the second waits behind the first in libcoap (one CON at a time, RFC 7252 4.7).
 kill -STOP "$OBSERVER_PID"
-command devices/dev-a/commands/valve open-valve-3
-command devices/dev-a/commands/valve open-valve-4
+gw_command devices/dev-a/commands/valve open-valve-3
+gw_command devices/dev-a/commands/valve open-valve-4
 gw_wait_for "[ \$(grep -c 'dev-a: command of 12 bytes sent to its sensor' '$WORK/gatewayd.log') -ge 4 ]" 10 ||
   gw_fail "the third and fourth commands were not sent to the observing sensor"
 

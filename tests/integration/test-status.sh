@@ -26,9 +26,7 @@ sensor dev-a -n 5 -i 20 -t 10
 wait "$(sensor_pid dev-a)" || gw_fail "dev-a's readings failed: $(cat "$WORK/sensor-dev-a.out")"
 gw_wait_for "[ \$(grep -c '^devices/dev-a/telemetry/temp ' '$WORK/sub.out') -ge 5 ]" 10 ||
   gw_fail "dev-a's readings did not arrive"
-mosquitto_pub -h localhost -p "$BROKER_PORT" --cafile "$WORK/pki/ca.pem" --cert "$WORK/pki/observer.pem" \
-  --key "$WORK/pki/observer.key" -i cloud -V mqttv5 -q 1 -t devices/dev-b/commands/x -m open ||
-  gw_fail "cannot publish a command"
+gw_command devices/dev-b/commands/x open
 gw_wait_for "grep -q 'dev-b: command of 4 bytes' '$WORK/gatewayd.log'" 10 || gw_fail "the command was not queued"
 code=$(gw_sensor dev-a post temp x 00112233445566778899aabbccddeeff)
 [ "$code" != 2.04 ] || gw_fail "a wrong key was accepted"
