@@ -24,6 +24,9 @@ gw_expect_code 2.04 dev-b post temp held-b1
 gw_pki_revoke dev-a
 gw_pki_revoke dev-b
 gw_run_broker || gw_fail "mosquitto did not restart: $(cat "$WORK/mosquitto.out")"
+# The observer subscribed again before anything can be delivered: mosquitto_sub's own
+# reconnect may come after dev-a's held readings went.
+gw_start_subscriber
 for id in dev-a dev-b; do
   gw_wait_for "grep -q '$id: rejected upstream: .*certificate revoked' '$WORK/gatewayd.log'" 30 ||
     gw_fail "$id not refused: $(grep "$id" "$WORK/gatewayd.log" | tail -3)"
@@ -46,7 +49,10 @@ gw_gwctl device show dev-b | gw_has '^spooled: 0 messages' || gw_fail "dev-b: $(
 gw_gwctl device show dev-b | gw_has '^spool-held' && gw_fail "dev-b still shows held messages"
 gw_gwctl metrics | gw_has -x 'gatewayd_dropped_total{reason="operator"} 1' ||
   gw_fail "operator drops: $(gw_gwctl metrics | grep dropped_total)"
-# A device connected and delivering: refused, with what to do.
+# A device connected and delivering: refused, with what to do. dev-c reconnects after the
+# broker's restart on its own backoff: up first.
+gw_wait_for "$GWCTL -c '$WORK/gateway.conf' device show dev-c | grep -qx 'upstream: connected'" 10 ||
+  gw_fail "dev-c did not reconnect: $(gw_gwctl device show dev-c)"
 out=$(gw_gwctl device drop-spool dev-c 2>&1) && gw_fail "drop-spool of a connected device: $out"
 grep -q 'its upstream session is up' <<<"$out" || gw_fail "drop-spool dev-c said: $out"
 
