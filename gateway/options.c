@@ -58,6 +58,7 @@ options_coapbr(struct coapbr_options *out, const struct gwconf *conf)
 	        .receive_buffer = conf->sensors.receive_buffer,
 	        .max_sessions = (size_t)conf->sensors.max_sessions,
 	        .max_payload = (size_t)conf->sensors.max_payload,
+	        .piggyback_wait = (unsigned)conf->sensors.piggyback_wait,
 	        .routes = conf->routes,
 	        .nroutes = conf->nroutes,
 	        /* Commands come down only on a subscription: with downlink.topic (a restart's key).

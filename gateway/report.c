@@ -379,6 +379,14 @@ daemon_collect(struct metrics_writer *w, void *data)
 	          "DTLS handshakes refused or failed, by reason.", "reason", handshake,
 	          sizeof(handshake) / sizeof(handshake[0]));
 	gauge(w, "gatewayd_dtls_sessions", "DTLS sessions with sensors now.", (double)cs.sessions);
+	const struct reason answers[] = {
+	        {"piggybacked", cs.answers[COAPBR_PIGGYBACKED]},
+	        {"separate", cs.answers[COAPBR_SEPARATE]},
+	};
+	by_reason(w, "gatewayd_coap_answers_total",
+	          "Answers to confirmable sensor requests that waited for the spool or the broker: "
+	          "on the ACK (within sensors.piggyback_wait) or separate, after an empty ACK.",
+	          "how", answers, sizeof(answers) / sizeof(answers[0]));
 
 	counter(w, "gatewayd_upstream_connect_attempts_total", "Upstream connects tried.",
 	        ms.connects);

@@ -23,6 +23,7 @@
 
 enum request_state {
 	REQ_IN_HANDLER, /* handle_uplink() is running and answers it itself */
+	REQ_HELD,       /* a CON not acknowledged yet: its answer is to ride on the ACK */
 	REQ_DEFERRED,   /* acknowledged; coapbr_complete() sends the separate response */
 	REQ_ORPHAN,     /* its session ended: nothing is sent, it is only freed */
 };
@@ -126,7 +127,9 @@ struct sensor_request {
 	size_t token_len;
 	bool has_block1; /* the last block of an upload: the answer echoes its Block1 */
 	coap_block_t block1;
+	uint64_t ack_due; /* REQ_HELD: when the empty ACK goes out if no answer came */
 	struct sensor_request *prev, *next;
+	struct sensor_request *held_prev, *held_next; /* REQ_HELD: on the held list */
 };
 
 /*
@@ -165,6 +168,13 @@ struct coapbr {
 	coap_bin_const_t psk_bin;
 	/* Uplinks awaiting their outcome, so that coapbr_free can release them. */
 	struct sensor_request *requests;
+	/*
+	 * The REQ_HELD ones, oldest first: all wait the same piggyback_wait, so the first is due
+	 * first (a reload that shortens the wait delays the new ones behind the old, once).
+	 */
+	struct sensor_request *held, *held_last;
+	struct gw_timer *ack_timer; /* at the first held request's ack_due */
+	unsigned piggyback_wait;    /* sensors.piggyback_wait, ms */
 	struct sensor *sensors;
 	struct gw_timer *sweep;
 	size_t max_sessions;     /* sensors.max_sessions */
@@ -655,7 +665,14 @@ take_block(struct coapbr *br, struct sensor *sn, const coap_resource_t *resource
 	return -1;
 }
 
-/* The deferred request of session with message ID mid, if one waits for the router. */
+/* Held or deferred: it holds its session and waits for the router's answer. */
+static bool
+request_waits(const struct sensor_request *req)
+{
+	return req->state == REQ_HELD || req->state == REQ_DEFERRED;
+}
+
+/* The waiting request of session with message ID mid, if there is one. */
 static struct sensor_request *
 pending_request(struct coapbr *br, const coap_session_t *session, coap_mid_t mid)
 {
@@ -664,18 +681,63 @@ pending_request(struct coapbr *br, const coap_session_t *session, coap_mid_t mid
 	if (!sn || sn->deferred == 0)
 		return NULL;
 	for (struct sensor_request *req = br->requests; req; req = req->next) {
-		if (req->session == session && req->mid == mid && req->state == REQ_DEFERRED)
+		if (req->session == session && req->mid == mid && request_waits(req))
 			return req;
 	}
 	return NULL;
 }
 
-/* A deferred request is answered, or its session ended: it lets go of the session. */
+/* Holds back the ACK of a CON waiting for the router, for at most br->piggyback_wait ms. */
+static void
+hold_ack(struct coapbr *br, struct sensor_request *req)
+{
+	req->state = REQ_HELD;
+	req->ack_due = gw_now_ms() + br->piggyback_wait;
+	req->held_next = NULL;
+	req->held_prev = br->held_last;
+	if (br->held_last)
+		br->held_last->held_next = req;
+	else
+		br->held = req;
+	br->held_last = req;
+	if (!req->held_prev)
+		gw_timer_arm(br->ack_timer, br->piggyback_wait);
+}
+
+/* A held request leaves the held list (answered, acknowledged empty, or orphaned). */
+static void
+unhold(struct sensor_request *req)
+{
+	struct coapbr *br = req->br;
+
+	if (req->held_prev)
+		req->held_prev->held_next = req->held_next;
+	else
+		br->held = req->held_next;
+	if (req->held_next)
+		req->held_next->held_prev = req->held_prev;
+	else
+		br->held_last = req->held_prev;
+	req->held_prev = req->held_next = NULL;
+	/* The timer stays at the old first's time; ack_due_fired() finds the next one. */
+}
+
+/* A held request is to be acknowledged empty: its answer will be a separate response. */
+static void
+stop_holding(struct sensor_request *req)
+{
+	unhold(req);
+	req->state = REQ_DEFERRED;
+}
+
+/* A waiting request is answered, or its session ended: it lets go of the session. */
 static void
 request_settle(struct sensor_request *req, enum request_state state)
 {
 	struct sensor *sn = coap_session_get_app_data(req->session);
 
+	if (req->state == REQ_HELD)
+		unhold(req);
 	if (sn)
 		sn->deferred--;
 	coap_session_release(req->session);
@@ -686,7 +748,7 @@ static void
 request_free(struct sensor_request *req)
 {
 	request_unlink(req);
-	if (req->state == REQ_DEFERRED)
+	if (request_waits(req))
 		request_settle(req, REQ_ORPHAN);
 	free(req);
 }
@@ -700,18 +762,25 @@ static void
 orphan_requests(struct coapbr *br, const coap_session_t *session)
 {
 	for (struct sensor_request *req = br->requests; req; req = req->next) {
-		if (req->state == REQ_DEFERRED && (!session || req->session == session))
+		if (request_waits(req) && (!session || req->session == session))
 			request_settle(req, REQ_ORPHAN);
 	}
 }
 
-/* A deferred request's answer, as a separate response (RFC 7252 section 5.2.2). */
+/*
+ * A waiting request's answer: on the ACK of a held CON (RFC 7252 section 5.2.1), or else as a
+ * separate response (section 5.2.2).
+ */
 static void
-send_separate(struct sensor_request *req)
+send_answer(struct sensor_request *req)
 {
 	struct sensor *sn = coap_session_get_app_data(req->session);
-	coap_pdu_t *pdu = coap_pdu_init(req->con ? COAP_MESSAGE_CON : COAP_MESSAGE_NON,
-	                                COAP_EMPTY_CODE, coap_new_message_id(req->session),
+	bool piggyback = req->state == REQ_HELD;
+	coap_pdu_t *pdu = coap_pdu_init(piggyback  ? COAP_MESSAGE_ACK
+	                                : req->con ? COAP_MESSAGE_CON
+	                                           : COAP_MESSAGE_NON,
+	                                COAP_EMPTY_CODE,
+	                                piggyback ? req->mid : coap_new_message_id(req->session),
 	                                coap_session_max_pdu_size(req->session));
 
 	if (!pdu || !coap_add_token(pdu, req->token_len, req->token)) {
@@ -722,9 +791,39 @@ send_separate(struct sensor_request *req)
 	}
 	answer_as(sn, req->con, req->has_block1 ? &req->block1 : NULL, req->mid, pdu, req->status,
 	          req->max_age);
-	/* libcoap retransmits a CON until the sensor acknowledges it. */
+	/* libcoap retransmits a separate CON until the sensor acknowledges it. */
 	if (coap_send(req->session, pdu) == COAP_INVALID_MID)
 		log_warnx("%s: cannot send the answer to a request", sn ? sn->dev->id : "?");
+	if (req->con)
+		req->br->st.answers[piggyback ? COAPBR_PIGGYBACKED : COAPBR_SEPARATE]++;
+}
+
+/*
+ * A held CON's answer did not come in time, or the sensor sent the CON again: it is
+ * acknowledged empty now, and answered separately later.
+ */
+static void
+ack_empty(struct sensor_request *req)
+{
+	coap_pdu_t *pdu = coap_pdu_init(COAP_MESSAGE_ACK, COAP_EMPTY_CODE, req->mid,
+	                                coap_session_max_pdu_size(req->session));
+
+	stop_holding(req);
+	if (!pdu || coap_send(req->session, pdu) == COAP_INVALID_MID)
+		log_warnx("%s: cannot acknowledge a request",
+		          session_device(req->session) ? session_device(req->session) : "?");
+}
+
+static void
+ack_due_fired(struct gw_timer *t, void *data)
+{
+	struct coapbr *br = data;
+	uint64_t now = gw_now_ms();
+
+	while (br->held && br->held->ack_due <= now)
+		ack_empty(br->held);
+	if (br->held)
+		gw_timer_arm(t, br->held->ack_due - now);
 }
 
 static int
@@ -775,8 +874,14 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 		return;
 	}
 	if (coap_pdu_get_type(request) == COAP_MESSAGE_CON &&
-	    pending_request(br, session, coap_pdu_get_mid(request))) {
-		/* Still with the router: acknowledged again (empty), answered once it is known. */
+	    (req = pending_request(br, session, coap_pdu_get_mid(request)))) {
+		/*
+		 * Still with the router: acknowledged (again) with the empty ACK libcoap sends for
+		 * a response left empty, and answered separately once the answer is known. A held
+		 * one was held too long for this sensor.
+		 */
+		if (req->state == REQ_HELD)
+			stop_holding(req);
 		return;
 	}
 	/*
@@ -840,7 +945,11 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	}
 	/*
 	 * Wait for coapbr_complete(). A response left without a code is sent by libcoap as an
-	 * empty ACK to a CON, and as nothing to a NON (RFC 7252 section 5.2.2).
+	 * empty ACK to a CON, and as nothing to a NON (RFC 7252 section 5.2.2). A CON's ACK is
+	 * held back instead, to carry the answer, while it may come before the sensor would send
+	 * the CON again: four datagrams become two, and no separate CON waits in libcoap's list
+	 * of them (one list for all sensors, walked at each insertion). A response made
+	 * non-confirmable and left empty is not sent.
 	 */
 	req->state = REQ_DEFERRED;
 	req->con = up.confirmable;
@@ -849,6 +958,10 @@ handle_uplink(coap_resource_t *resource, coap_session_t *session, const coap_pdu
 	req->has_block1 = coap_get_block(request, COAP_OPTION_BLOCK1, &req->block1);
 	coap_session_reference(session);
 	sn->deferred++;
+	if (req->con && br->piggyback_wait > 0) {
+		coap_pdu_set_type(response, COAP_MESSAGE_NON);
+		hold_ack(br, req);
+	}
 }
 
 /* Seconds a command has left, for its Max-Age: the sensor may act on it until then. */
@@ -1092,8 +1205,9 @@ coapbr_complete(struct sensor_request *req, enum sensor_status status, unsigned 
 	switch (req->state) {
 	case REQ_IN_HANDLER:
 		break;
+	case REQ_HELD:
 	case REQ_DEFERRED:
-		send_separate(req);
+		send_answer(req);
 		request_free(req);
 		break;
 	case REQ_ORPHAN:
@@ -1400,6 +1514,7 @@ coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt)
 		br->max_payload = opt->max_payload;
 	}
 	br->max_sessions = opt->max_sessions;
+	br->piggyback_wait = opt->piggyback_wait;
 	set_session_limits(br);
 	set_libcoap_log_level();
 }
@@ -1454,6 +1569,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct coapbr_option
 	coap_context_set_block_mode(br->ctx, COAP_BLOCK_USE_LIBCOAP);
 	coap_register_nack_handler(br->ctx, on_nack);
 	br->max_sessions = opt->max_sessions;
+	br->piggyback_wait = opt->piggyback_wait;
 	set_session_limits(br);
 	coap_register_event_handler(br->ctx, on_coap_event);
 
@@ -1482,6 +1598,7 @@ coapbr_new(struct coapbr **out, struct gw_loop *loop, const struct coapbr_option
 	br->sweep = gw_timer_new(loop, sweep_stale, br);
 	gw_timer_arm(br->sweep, SWEEP_MS);
 	br->push = gw_timer_new(loop, push_fired, br);
+	br->ack_timer = gw_timer_new(loop, ack_due_fired, br);
 	log_info("coap: listening for DTLS on %s port %u, %zu sensors paired", opt->listen,
 	         opt->port, fleet);
 	*out = br;
@@ -1505,6 +1622,7 @@ coapbr_free(struct coapbr *br)
 		coap_free_context(br->ctx);
 	gw_timer_free(br->sweep);
 	gw_timer_free(br->push);
+	gw_timer_free(br->ack_timer);
 	while (br->requests) {
 		struct sensor_request *req = br->requests;
 

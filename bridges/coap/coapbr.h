@@ -32,6 +32,12 @@ struct coapbr_options {
 	int receive_buffer;  /* bytes asked of the kernel for the socket */
 	size_t max_sessions; /* DTLS sessions held at once */
 	size_t max_payload;  /* bytes of one message, reassembled from Block1 if need be */
+	/*
+	 * Milliseconds a confirmable uplink's ACK is held back to carry its answer (RFC 7252
+	 * section 5.2.1); an answer later than that comes as a separate response. 0: always
+	 * separate (an empty ACK at once).
+	 */
+	unsigned piggyback_wait;
 	/* The resources served; each uplink hands its route to the router. */
 	const struct gwconf_route *routes;
 	size_t nroutes;
@@ -51,9 +57,9 @@ void coapbr_commands_ready(struct coapbr *br, struct device *dev);
 void coapbr_free(struct coapbr *br);
 
 /*
- * A reload: opt's routes, max_payload, max_sessions and command resource (which does not come
- * or go: only its path changes) from now on. DTLS sessions stay; Block1 uploads under way start
- * again if max_payload changed.
+ * A reload: opt's routes, max_payload, max_sessions, piggyback_wait and command resource (which
+ * does not come or go: only its path changes) from now on. DTLS sessions stay; Block1 uploads under
+ * way start again if max_payload changed.
  */
 void coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt);
 
@@ -73,6 +79,7 @@ void coapbr_fleet_changed(struct coapbr *br);
 void coapbr_drop_device(struct coapbr *br, const char *device, bool stale_only);
 
 /* The sensor side's counters since start, and its DTLS sessions now. */
+enum { COAPBR_PIGGYBACKED, COAPBR_SEPARATE };
 struct coapbr_stats {
 	uint64_t handshakes;       /* DTLS sessions established */
 	uint64_t refused_unknown;  /* handshakes refused: PSK identity unknown (or retired) */
@@ -80,6 +87,11 @@ struct coapbr_stats {
 	uint64_t key_mismatch;     /* ... a known identity never completed it: a wrong key */
 	uint64_t handshake_failed; /* ... failed otherwise (a broken or abandoned handshake) */
 	uint64_t sessions;         /* established DTLS sessions held now */
+	/*
+	 * Answers to CONs that waited for the router: on the ACK (within piggyback_wait), or
+	 * separate (after an empty ACK).
+	 */
+	uint64_t answers[2];
 };
 void coapbr_get_stats(const struct coapbr *br, struct coapbr_stats *st);
 /* Established DTLS sessions of the device's sensor now. */

@@ -56,8 +56,9 @@ parse_gateway(struct parse *p, const config_setting_t *root)
 static void
 parse_sensors(struct parse *p, const config_setting_t *root)
 {
-	static const char *const known[] = {"listen",       "port",        "receive_buffer",
-	                                    "max_sessions", "max_payload", NULL};
+	static const char *const known[] = {
+	        "listen",         "port", "receive_buffer", "max_sessions", "max_payload",
+	        "piggyback_wait", NULL};
 	const config_setting_t *g = conf_group(p, root, "sensors", false);
 	struct gwconf *c = p->conf;
 	unsigned char addr[sizeof(struct in6_addr)];
@@ -84,6 +85,12 @@ parse_sensors(struct parse *p, const config_setting_t *root)
 	 * memory until complete, so this bounds what one sensor can make the gateway buffer.
 	 */
 	c->sensors.max_payload = conf_int(p, g, "sensors", "max_payload", 16384, 64, 1 << 20);
+	/*
+	 * 1 s: a sensor first retransmits a CON after 2 to 3 s (RFC 7252 section 4.8's
+	 * ACK_TIMEOUT and ACK_RANDOM_FACTOR), so an answer ready within 1 s rides on the ACK and
+	 * the sensor sends nothing twice. Past 2 s every default sensor would retransmit first.
+	 */
+	c->sensors.piggyback_wait = conf_int(p, g, "sensors", "piggyback_wait", 1000, 0, 2000);
 }
 
 /* Accepts ssl://host:port, mqtts://host:port or [v6]:port forms; the port defaults to 8883. */

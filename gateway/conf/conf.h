@@ -100,7 +100,8 @@ struct gwconf {
 		uint16_t port;
 		int receive_buffer;
 		int max_sessions;
-		int max_payload; /* bytes of one message, reassembled from Block1 if need be */
+		int max_payload;    /* bytes of one message, reassembled from Block1 if need be */
+		int piggyback_wait; /* ms a CON's ACK waits to carry its answer; 0: never */
 	} sensors;
 
 	struct {

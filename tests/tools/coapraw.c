@@ -8,6 +8,10 @@
  * REQUEST is one of
  *   post:LEN[:CHAR]                     a POST carrying LEN bytes of CHAR (default 'x')
  *   block:NUM:M:SZX:LEN[:CHAR]          the same with a Block1 option NUM/M/SZX
+ *   twice:LEN[:CHAR]                    a POST as post: sent twice back to back, the same CON
+ *                                       with the same message ID, as by a sensor whose first
+ *                                       copy seemed lost (RFC 7252 section 4.2); put it last,
+ *                                       since the copy's own retransmissions may follow
  * A request in one datagram larger than the session's usual MTU is sent as one datagram too
  * (the MTU is raised), so that the server sees what a sensor could send.
  * Exit status: 0 when every request was sent (whatever the answers), 2 usage, 4 no session.
@@ -85,13 +89,17 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: coapraw -a ADDR -p PORT -u IDENTITY -k KEY [-r RESOURCE] "
-	                "[-t SECONDS] post:LEN[:CHAR] | block:NUM:M:SZX:LEN[:CHAR]...\n");
+	                "[-t SECONDS] post:LEN[:CHAR] | block:NUM:M:SZX:LEN[:CHAR] | "
+	                "twice:LEN[:CHAR]...\n");
 	exit(2);
 }
 
-/* Builds the request a REQUEST argument describes; NULL if it is not one. */
+/*
+ * Builds the request a REQUEST argument describes; NULL if it is not one. *twice: it is to be
+ * sent twice.
+ */
 static coap_pdu_t *
-build(coap_session_t *session, const char *resource, const char *arg)
+build(coap_session_t *session, const char *resource, const char *arg, bool *twice)
 {
 	unsigned long num = 0, m = 0, szx = 0, len = 0;
 	char fill = 'x', c = 0;
@@ -99,8 +107,11 @@ build(coap_session_t *session, const char *resource, const char *arg)
 	coap_pdu_t *pdu;
 	uint8_t *payload, opt[4];
 
+	*twice = false;
 	if (sscanf(arg, "post:%lu:%c", &len, &c) >= 1)
 		block = false;
+	else if (sscanf(arg, "twice:%lu:%c", &len, &c) >= 1)
+		block = false, *twice = true;
 	else if (sscanf(arg, "block:%lu:%lu:%lu:%lu:%c", &num, &m, &szx, &len, &c) >= 4)
 		block = true;
 	else
@@ -189,7 +200,8 @@ main(int argc, char *argv[])
 		return 4;
 	}
 	for (int i = optind; i < argc; i++) {
-		coap_pdu_t *pdu = build(session, resource, argv[i]);
+		bool twice;
+		coap_pdu_t *pdu = build(session, resource, argv[i], &twice), *copy = NULL;
 		uint64_t deadline = now_ms() + (uint64_t)limit * 1000;
 
 		if (!pdu) {
@@ -197,7 +209,20 @@ main(int argc, char *argv[])
 			usage();
 		}
 		st.answer[0] = '\0';
-		if (coap_send(session, pdu) == COAP_INVALID_MID) {
+		if (twice) {
+			/* libcoap refuses a second PDU with one message ID in its handshake queue.
+			 */
+			while (coap_session_get_state(session) != COAP_SESSION_STATE_ESTABLISHED &&
+			       !st.closed && now_ms() < deadline)
+				coap_io_process(ctx, 50);
+			/* NSTART 1 would hold the copy back until the first is answered. */
+			coap_session_set_nstart(session, 2);
+			copy = coap_pdu_duplicate(pdu, session, st.token_len, st.token, NULL);
+			if (copy)
+				coap_pdu_set_mid(copy, coap_pdu_get_mid(pdu));
+		}
+		if (coap_send(session, pdu) == COAP_INVALID_MID ||
+		    (twice && (!copy || coap_send(session, copy) == COAP_INVALID_MID))) {
 			fprintf(stderr, "coapraw: libcoap would not send '%s'\n", argv[i]);
 			return 4;
 		}

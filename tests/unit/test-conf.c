@@ -43,6 +43,7 @@ minimal_config_gets_defaults(void **state)
 	assert_int_equal(c->routes[0].qos_non, 0);
 	assert_int_equal(c->routes[0].content_type, GWCONF_CTYPE_PROPERTY);
 	assert_int_equal(c->sensors.max_payload, 16384);
+	assert_int_equal(c->sensors.piggyback_wait, 1000);
 	assert_null(c->downlink.topic);
 	assert_null(c->presence.topic);
 	assert_true(c->spool.ack_durable);
@@ -87,6 +88,7 @@ full_config_is_read_as_written(void **state)
 	assert_int_equal(c->routes[1].qos_non, 1);
 	assert_int_equal(c->routes[1].content_type, GWCONF_CTYPE_SUFFIX);
 	assert_int_equal(c->sensors.max_payload, 4096);
+	assert_int_equal(c->sensors.piggyback_wait, 250);
 	assert_string_equal(c->downlink.topic, "devices/${device}/commands/#");
 	assert_string_equal(c->downlink.resource, "commands");
 	assert_int_equal(c->downlink.queue, 4);
