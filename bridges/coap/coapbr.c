@@ -66,7 +66,7 @@ struct sensor {
 	unsigned seen_next;
 	struct upload *upload;
 	/*
-	 * Its requests waiting for the router (REQ_DEFERRED): a CON seen again is looked for
+	 * Its requests waiting for the router (held or deferred): a CON seen again is looked for
 	 * among the gateway's pending requests only when this session has some, so that a
 	 * reading costs the same with 1,000 sensors waiting as with one.
 	 */
@@ -108,8 +108,9 @@ struct sensor {
 };
 
 /*
- * An uplink request waiting for the router. A deferred one holds a reference on its session
- * (so the pointer stays valid) and what its separate response needs (RFC 7252 section 5.2.2).
+ * An uplink request waiting for the router. A held or deferred one holds a reference on its
+ * session (so the pointer stays valid) and what its answer needs: on the ACK (RFC 7252 section
+ * 5.2.1) or as a separate response (section 5.2.2).
  * libcoap's own async requests are not used: libcoap answers one by dispatching a copy of the
  * request again, through its Block1 handling and to whatever resource is at that path by then,
  * and so could answer it without us, leaving the request pending and its async freed.
@@ -170,7 +171,7 @@ struct coapbr {
 	struct sensor_request *requests;
 	/*
 	 * The REQ_HELD ones, oldest first: all wait the same piggyback_wait, so the first is due
-	 * first (a reload that shortens the wait delays the new ones behind the old, once).
+	 * first (a reload that shortens the wait brings the older ones forward to keep it so).
 	 */
 	struct sensor_request *held, *held_last;
 	struct gw_timer *ack_timer; /* at the first held request's ack_due */
@@ -812,6 +813,23 @@ ack_empty(struct sensor_request *req)
 	if (!pdu || coap_send(req->session, pdu) == COAP_INVALID_MID)
 		log_warnx("%s: cannot acknowledge a request",
 		          session_device(req->session) ? session_device(req->session) : "?");
+}
+
+/*
+ * A reload shortened piggyback_wait: no ACK held now waits longer than the new wait. The
+ * held list stays in order of ack_due, which later holds (due later still) keep.
+ */
+static void
+shorten_holds(struct coapbr *br, unsigned wait)
+{
+	uint64_t now = gw_now_ms();
+
+	for (struct sensor_request *req = br->held; req; req = req->held_next) {
+		if (req->ack_due > now + wait)
+			req->ack_due = now + wait;
+	}
+	if (br->held)
+		gw_timer_arm(br->ack_timer, br->held->ack_due - now);
 }
 
 static void
@@ -1514,6 +1532,8 @@ coapbr_reconfigure(struct coapbr *br, const struct coapbr_options *opt)
 		br->max_payload = opt->max_payload;
 	}
 	br->max_sessions = opt->max_sessions;
+	if (opt->piggyback_wait < br->piggyback_wait)
+		shorten_holds(br, opt->piggyback_wait);
 	br->piggyback_wait = opt->piggyback_wait;
 	set_session_limits(br);
 	set_libcoap_log_level();

@@ -218,8 +218,15 @@ main(int argc, char *argv[])
 			/* NSTART 1 would hold the copy back until the first is answered. */
 			coap_session_set_nstart(session, 2);
 			copy = coap_pdu_duplicate(pdu, session, st.token_len, st.token, NULL);
-			if (copy)
+			if (copy) {
+				/* coap_pdu_duplicate() copies the options, not the payload. */
+				const uint8_t *data;
+				size_t len;
+
 				coap_pdu_set_mid(copy, coap_pdu_get_mid(pdu));
+				if (coap_get_data(pdu, &len, &data))
+					coap_add_data(copy, len, data);
+			}
 		}
 		if (coap_send(session, pdu) == COAP_INVALID_MID ||
 		    (twice && (!copy || coap_send(session, copy) == COAP_INVALID_MID))) {
