@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -210,6 +211,34 @@ open_spool(struct daemon *d)
 	return 0;
 }
 
+/*
+ * The soft open-file limit up to the hard one: systemd leaves the soft at 1024 for select()'s
+ * sake (gatewayd uses epoll), and each device may hold three files open: its spool folder, a
+ * spool segment and its upstream connection. Says so when even the hard limit is short for the
+ * devices in the keystore.
+ */
+static void
+raise_file_limit(size_t devices)
+{
+	struct rlimit rl;
+	rlim_t want = 3 * (rlim_t)devices + 256;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+			log_warn("cannot raise the open-file limit to %llu",
+			         (unsigned long long)rl.rlim_max);
+			getrlimit(RLIMIT_NOFILE, &rl);
+		}
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+		log_warnx("the open-file limit is %llu, and %zu devices may need %llu: raise it "
+		          "(LimitNOFILE= in the service, or ulimit -n)",
+		          (unsigned long long)rl.rlim_cur, devices, (unsigned long long)want);
+}
+
 static int
 start(struct daemon *d)
 {
@@ -241,6 +270,8 @@ start(struct daemon *d)
 		log_warnx("cannot open the keystore in %s: %s", d->conf->state_dir, strerror(-r));
 		return r;
 	}
+	/* Before the spool sizes what it keeps open from it. */
+	raise_file_limit(keystore_count(d->ks));
 	/* Before any session starts signing: the baseline for the per-handshake count. */
 	keystore_get_stats(d->ks, &st);
 	if (st.tpm_commands > 0)

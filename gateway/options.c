@@ -7,6 +7,8 @@
 #include "mqttbr.h"
 #include "spool.h"
 
+#include <sys/resource.h>
+
 void
 options_keystore(struct keystore_config *out, const struct gwconf *conf)
 {
@@ -82,6 +84,24 @@ options_enrol(struct enrol_options *out, const struct gwconf *conf)
 	};
 }
 
+/*
+ * A quarter of the open-file limit for the spool's segments, the rest for the spool's folders,
+ * the upstream sockets and everything else: the devices that send at once then keep theirs
+ * open, where the old fixed 32 had every reading of a fleet of 1,000 open and close its
+ * segment (and walk every device to close 32 at a time).
+ */
+static size_t
+spool_open_files(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 65536;
+	if (rl.rlim_cur / 4 < SPOOL_OPEN_DEFAULT)
+		return SPOOL_OPEN_DEFAULT;
+	return rl.rlim_cur / 4 > 65536 ? 65536 : (size_t)(rl.rlim_cur / 4);
+}
+
 void
 options_spool(struct spool_limits *out, const struct gwconf *conf)
 {
@@ -91,5 +111,6 @@ options_spool(struct spool_limits *out, const struct gwconf *conf)
 	        .max_age = (unsigned)conf->spool.max_age,
 	        .full = conf->spool.drop_oldest ? SPOOL_DROP_OLDEST : SPOOL_REFUSE,
 	        .segment_bytes = (size_t)conf->spool.segment_bytes,
+	        .open_files = spool_open_files(),
 	};
 }

@@ -78,11 +78,10 @@ static const uint8_t ack_magic[4] = {0xab, 'G', 'S', 'A'};
 #define LOCK_FILE    ".lock"
 
 /*
- * Segment files kept open between calls. Dirty ones stay open until spool_sync() (an fsync
- * through another descriptor might not report a writeback error that happened before it was
- * opened); clean ones are closed when there are more than this.
+ * Segment files are kept open between calls, up to lim.open_files. Dirty ones stay open until
+ * spool_sync() (an fsync through another descriptor might not report a writeback error that
+ * happened before it was opened); clean ones are closed when there are more than that.
  */
-#define OPEN_MAX 32
 /* Segments are read in pieces of this size, so that one unreadable sector costs only these. */
 #define READ_CHUNK 65536
 /* New damage found while reading makes the segment be scanned again; a disk that keeps
@@ -403,7 +402,7 @@ seg_fd(struct spool *sp, struct device_spool *d, struct seg *s)
 
 	if (s->fd >= 0)
 		return s->fd;
-	if (sp->nopen >= OPEN_MAX)
+	if (sp->nopen >= sp->lim.open_files)
 		close_clean(sp);
 	seg_name(name, s->name);
 	s->fd = openat(d->dirfd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
@@ -1320,6 +1319,8 @@ take_limits(struct spool *sp, const struct spool_limits *lim)
 		sp->lim.total_bytes = UINT64_MAX;
 	if (!sp->lim.segment_bytes)
 		sp->lim.segment_bytes = SPOOL_SEGMENT_DEFAULT;
+	if (!sp->lim.open_files)
+		sp->lim.open_files = SPOOL_OPEN_DEFAULT;
 }
 
 void
@@ -1577,7 +1578,7 @@ tail_seg(struct spool *sp, struct device_spool *d, struct seg **out)
 	}
 	if (s)
 		s->sealed = true;
-	if (sp->nopen >= OPEN_MAX)
+	if (sp->nopen >= sp->lim.open_files)
 		close_clean(sp);
 	seg_name(name, d->next_seq);
 	fd = openat(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);

@@ -50,7 +50,14 @@ struct spool_limits {
 	unsigned max_age;      /* seconds a record may wait before it is dropped; 0: no limit */
 	enum spool_full full;  /* what spool_append() does when a bound would be passed */
 	size_t segment_bytes;  /* a segment past this size is closed; 0: SPOOL_SEGMENT_DEFAULT */
+	/*
+	 * Segment files kept open between calls; past it the clean ones are closed (0:
+	 * SPOOL_OPEN_DEFAULT). Size it above the devices that send at once: a device whose
+	 * segment was closed opens it again at its next reading.
+	 */
+	size_t open_files;
 };
+#define SPOOL_OPEN_DEFAULT 32
 
 struct spool_record {
 	uint64_t seq;             /* set by spool_append(): per device, strictly increasing */

@@ -1273,6 +1273,56 @@ version_1_acked_file_is_read(void **state)
 	assert_string_equal(all, "v3");
 }
 
+/* Descriptors the process has open now. */
+static int
+open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* opendir's own */
+}
+
+/*
+ * 5 devices' segments read one after another: with open_files 2 no more than 2 stay open, and
+ * with 64 all 5 do (a fleet's devices sending in turn keep theirs, issue 15).
+ */
+static void
+open_segments_are_bounded_by_open_files(void **state)
+{
+	struct fixture *f = *state;
+	char all[64], dev[16];
+	int before;
+
+	f->lim.open_files = 2;
+	reopen(f);
+	for (int i = 0; i < 5; i++) {
+		snprintf(dev, sizeof(dev), "dev-%d", i);
+		put(f, dev, "x");
+	}
+	assert_int_equal(spool_sync(f->sp), 0);
+	for (size_t want = 2; want <= 5; want += 3) {
+		f->lim.open_files = want;
+		reopen(f);
+		before = open_fds();
+		for (int i = 0; i < 5; i++) {
+			snprintf(dev, sizeof(dev), "dev-%d", i);
+			assert_int_equal(read_all(f, dev, all, sizeof(all), NULL), 1);
+			assert_string_equal(all, "x");
+		}
+		/* Past the bound the clean ones are all closed, so fewer may stay. */
+		if (want == 2)
+			assert_in_range(open_fds() - before, 1, 2);
+		else
+			assert_int_equal(open_fds() - before, 5);
+	}
+}
+
 int
 main(void)
 {
@@ -1302,6 +1352,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(invalid_device_ids_never_reach_the_spool, setup,
 	                                        teardown),
 	        cmocka_unit_test_setup_teardown(files_are_private, setup, teardown),
+	        cmocka_unit_test_setup_teardown(open_segments_are_bounded_by_open_files, setup,
+	                                        teardown),
 	        cmocka_unit_test_setup_teardown(forget_removes_a_device, setup, teardown),
 	        cmocka_unit_test_setup_teardown(a_removed_device_goes_at_once, setup, teardown),
 	        cmocka_unit_test_setup_teardown(open_deletes_the_folders_of_devices_gone, setup,
