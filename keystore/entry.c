@@ -22,6 +22,7 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -589,10 +590,10 @@ asn1_epoch(const ASN1_TIME *t)
 	return ASN1_TIME_to_tm(t, &tm) == 1 ? timegm(&tm) : 0;
 }
 
-void
-ks_cert_summary(struct ks_tls *t)
+/* The summary of a chain's first certificate; none (empty, 0) without a chain. */
+static void
+summarize(struct ks_tls *t, STACK_OF(X509) * chain)
 {
-	STACK_OF(X509) *chain = t->cert_file ? ks_read_chain(t->cert_file, NULL, 0) : NULL;
 	X509 *leaf;
 
 	t->subject[0] = '\0';
@@ -604,6 +605,95 @@ ks_cert_summary(struct ks_tls *t)
 	t->not_before = asn1_epoch(X509_get0_notBefore(leaf));
 	t->not_after = asn1_epoch(X509_get0_notAfter(leaf));
 	sk_X509_pop_free(chain, X509_free);
+}
+
+void
+ks_cert_summary(struct ks_tls *t)
+{
+	summarize(t, t->cert_file ? ks_read_chain(t->cert_file, NULL, 0) : NULL);
+}
+
+/*
+ * The current certificate's summary, cached beside it (cert.pem.sum: a magic, the SHA-256 of
+ * cert.pem, then the validity and subject). OpenSSL 3 decodes a certificate's public key
+ * through its decoder framework: with 10,000 devices that was most of gatewayd's start (perf:
+ * 45 % of it in libcrypto), and every device list. The digest ties the cache to the very
+ * file, as key.pem.pub does for a soft key: a certificate put in place by a renewal or by hand
+ * is parsed again and the cache written anew. Not written durably: a cache lost in a crash is
+ * made again. A renewal's certificate on trial is parsed each time (it is there for minutes).
+ */
+#define SUM_FILE  "cert.pem.sum"
+#define SUM_MAGIC "gwsum01"
+
+struct cert_sum {
+	char magic[8];
+	uint8_t digest[SHA256_DIGEST_LENGTH];
+	int64_t not_before, not_after;
+	char subject[256];
+};
+_Static_assert(sizeof(struct cert_sum) == 8 + SHA256_DIGEST_LENGTH + 16 + 256,
+               "cert.pem.sum is written as it is in memory: no padding");
+_Static_assert(sizeof(((struct ks_tls *)0)->subject) == sizeof(((struct cert_sum *)0)->subject),
+               "a cached subject fits the summary's");
+
+static bool
+cached_summary(int fd, const uint8_t digest[SHA256_DIGEST_LENGTH], struct ks_tls *t)
+{
+	struct cert_sum c;
+	int cfd = openat(fd, SUM_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	ssize_t n;
+
+	if (cfd < 0)
+		return false;
+	n = read(cfd, &c, sizeof(c));
+	close(cfd);
+	if (n != (ssize_t)sizeof(c) || memcmp(c.magic, SUM_MAGIC, sizeof(c.magic)) != 0 ||
+	    memcmp(c.digest, digest, sizeof(c.digest)) != 0 ||
+	    !memchr(c.subject, '\0', sizeof(c.subject)))
+		return false;
+	memcpy(t->subject, c.subject, sizeof(t->subject));
+	t->not_before = (time_t)c.not_before;
+	t->not_after = (time_t)c.not_after;
+	return true;
+}
+
+static void
+cache_summary(int fd, const char *dir, const uint8_t digest[SHA256_DIGEST_LENGTH],
+              const struct ks_tls *t)
+{
+	struct cert_sum c = {.magic = SUM_MAGIC,
+	                     .not_before = (int64_t)t->not_before,
+	                     .not_after = (int64_t)t->not_after};
+	int cfd;
+
+	memcpy(c.digest, digest, sizeof(c.digest));
+	memcpy(c.subject, t->subject, sizeof(c.subject));
+	cfd = openat(fd, SUM_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (cfd < 0 || write(cfd, &c, sizeof(c)) != (ssize_t)sizeof(c))
+		log_debug("keystore: cannot cache %s/cert.pem's summary: %s", dir, strerror(errno));
+	if (cfd >= 0)
+		close(cfd);
+}
+
+/* The current certificate (cert.pem, in the folder fd) summarized into t, from the cache. */
+static void
+cur_cert_summary(int fd, const char *dir, struct ks_tls *t)
+{
+	uint8_t digest[SHA256_DIGEST_LENGTH];
+	uint8_t *pem;
+	size_t len;
+
+	if (ks_read_file(fd, dir, "cert.pem", false, 65536, &pem, &len) < 0) {
+		summarize(t, NULL);
+		return;
+	}
+	if (!SHA256(pem, len, digest)) {
+		summarize(t, ks_read_chain(NULL, (const char *)pem, len));
+	} else if (!cached_summary(fd, digest, t)) {
+		summarize(t, ks_read_chain(NULL, (const char *)pem, len));
+		cache_summary(fd, dir, digest, t);
+	}
+	free(pem);
 }
 
 /* An EVP_PKEY (default provider) holding only the device's public key. */
@@ -648,10 +738,17 @@ ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next)
 	struct ks_tls *t = next ? &d->next : &d->cur;
 	const char *name = next ? "next.cert.pem" : "cert.pem";
 
+	char dir[4096];
+
 	if (faccessat(fd, name, R_OK, 0) < 0)
 		return;
 	t->cert_file = xasprintf("%s/%s/%s", ks->dir, d->id, name);
-	ks_cert_summary(t);
+	if (next) {
+		ks_cert_summary(t);
+		return;
+	}
+	snprintf(dir, sizeof(dir), "%s/%s", ks->dir, d->id);
+	cur_cert_summary(fd, dir, t);
 }
 
 /*

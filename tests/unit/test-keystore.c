@@ -700,6 +700,62 @@ caches_the_public_key_of_its_file(void **state)
 }
 
 /*
+ * The current certificate's summary is cached beside it (cert.pem.sum: cert.pem's SHA-256,
+ * then validity and subject), so that loading a store parses no certificate: the cache is what
+ * loading uses while it matches the file, and a certificate put in place by hand is read anew.
+ */
+static void
+caches_the_certificate_summary_of_its_file(void **state)
+{
+	struct fixture *f = *state;
+	struct keystore *ks = open_ok(f);
+	struct keystore_info info;
+	char path[256], *pem;
+	uint8_t good[320], b[320];
+	FILE *fp;
+
+	add(ks, "dev-a", NULL, NULL);
+	pem = certify(f, ks, "dev-a", -1, 30, true);
+	import_ok(ks, "dev-a", pem);
+	free(pem);
+	keystore_free(ks);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_string_equal(info.subject, "/CN=dev-a");
+	keystore_free(ks);
+	snprintf(path, sizeof(path), "%s/dev-a/cert.pem.sum", f->ks);
+	file_bytes(path, "r", good, 312);
+
+	/* The matching digest with another subject: loading took the cache. */
+	memcpy(b, good, 312);
+	b[8 + 32 + 16 + 4] = 'X'; /* "/CN=dev-a" becomes "/CN=Xev-a" */
+	file_bytes(path, "w", b, 312);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_string_equal(info.subject, "/CN=Xev-a");
+	keystore_free(ks);
+
+	/* Another certificate put in place by hand: parsed, and the cache written anew. */
+	ks = open_ok(f);
+	pem = certify(f, ks, "dev-a", -1, 60, true);
+	keystore_free(ks);
+	snprintf(path, sizeof(path), "%s/dev-a/cert.pem", f->ks);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs(pem, fp);
+	fclose(fp);
+	free(pem);
+	ks = open_ok(f);
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_string_equal(info.subject, "/CN=dev-a");
+	keystore_free(ks);
+	snprintf(path, sizeof(path), "%s/dev-a/cert.pem.sum", f->ks);
+	file_bytes(path, "r", b, 312);
+	assert_memory_not_equal(b, good, 312);
+	assert_memory_equal(b, "gwsum01", 8);
+}
+
+/*
  * A soft key's reference (no secret: the device's id) lost by hand or damage is written again,
  * not handed to the TLS library missing (found by tests/fuzz/fuzz-keystore.c).
  */
@@ -968,6 +1024,8 @@ main(void)
 	        cmocka_unit_test_setup_teardown(drops_a_discard_cut_short, setup, teardown),
 	        cmocka_unit_test_setup_teardown(keeps_the_gateways_own_identity, setup, teardown),
 	        cmocka_unit_test_setup_teardown(caches_the_public_key_of_its_file, setup, teardown),
+	        cmocka_unit_test_setup_teardown(caches_the_certificate_summary_of_its_file, setup,
+	                                        teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
