@@ -48,6 +48,12 @@ struct keystore_config {
 	bool create_parent;         /* tpm: create the storage key if it is missing */
 	const char *device_ca_file; /* CA(s) a device certificate must chain to */
 	unsigned psk_grace;         /* seconds a rotated-out PSK stays valid */
+	/*
+	 * Only this device is loaded (NULL: every device), for a tool's command on one device,
+	 * which then costs the same in a store of 10,000 as in one of 10. A command that adds
+	 * a PSK identity (unique in the store) or lists the devices needs them all.
+	 */
+	const char *only;
 };
 
 /* A reload: cfg's psk_grace and device_ca_file from now on (the rest needs a restart). */

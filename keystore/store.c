@@ -174,6 +174,28 @@ check_identities(const struct keystore *ks)
 	return r;
 }
 
+/* The gateway's own folder, if it has one, and device id's, if that is one. */
+static int
+load_one_device(struct keystore *ks, const char *id)
+{
+	struct device_ks rec = {0};
+	int r;
+
+	if (faccessat(ks->dirfd, GATEWAY_DIR, F_OK, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (r = ks_load_device(ks, &ks->gateway, GATEWAY_DIR, true)) < 0)
+		return r;
+	/* None such: the command finds no device, and says so as it would in the whole store. */
+	if (!device_id_valid(id) || faccessat(ks->dirfd, id, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	r = ks_load_device(ks, &rec, id, false);
+	if (r < 0) {
+		ks_device_finish(&rec);
+		return r;
+	}
+	register_device(ks, &rec);
+	return 0;
+}
+
 static int
 load_devices(struct keystore *ks)
 {
@@ -502,7 +524,7 @@ keystore_open(struct keystore **out, const struct keystore_config *cfg)
 	r = ops->open(&ks->be, cfg, ks->tpmq, ks->dirfd, ks->dir);
 	if (r < 0)
 		goto fail;
-	r = load_devices(ks);
+	r = cfg->only ? load_one_device(ks, cfg->only) : load_devices(ks);
 	if (r < 0)
 		goto fail;
 	for (size_t i = 0; i < KS_NBACKENDS; i++)

@@ -66,13 +66,15 @@ answer_finish(struct answer *a)
 	*a = (struct answer){0};
 }
 
+/* only: the one device the command needs, or NULL for every device. */
 static int
-open_store(struct client *c)
+open_store(struct client *c, const char *only)
 {
 	struct keystore_config kc;
 	int r;
 
 	options_keystore(&kc, c->conf);
+	kc.only = only;
 	r = keystore_open(&c->ks, &kc);
 	if (r == -EBUSY)
 		fprintf(stderr, "gwctl: gatewayd holds the keystore but does not answer on %s\n",
@@ -183,7 +185,7 @@ client_call(struct client *c, int argc, char **argv, const char *input, size_t i
 			        strerror(-r));
 			return r;
 		}
-		r = open_store(c);
+		r = open_store(c, admin_one_device(argc, argv));
 		if (r < 0)
 			return r;
 	}

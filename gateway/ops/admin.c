@@ -19,6 +19,12 @@ struct verb {
 	int (*run)(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
 	           const struct admin_hooks *hooks);
 	enum admin_change changes; /* told to hooks->changed for argv[2] on success */
+	/*
+	 * Reads and writes argv[2]'s folder alone. Not add and pair, which need every PSK
+	 * identity (a new one must be unique), nor list; nor drop-spool, whose spool_open()
+	 * would take every device missing from the store as removed and delete its spool.
+	 */
+	bool one_device;
 };
 
 static void
@@ -641,30 +647,42 @@ gateway_show(struct keystore *ks, const struct admin_request *req, FILE *out, FI
 }
 
 static const struct verb gateway_verbs[] = {
-        {"csr", "[-o FILE]", gateway_csr, ADMIN_CHANGE_NONE},
-        {"import-cert", "FILE", gateway_import_cert, ADMIN_CHANGE_NONE},
-        {"show", "", gateway_show, ADMIN_CHANGE_NONE},
+        {"csr", "[-o FILE]", gateway_csr, ADMIN_CHANGE_NONE, false},
+        {"import-cert", "FILE", gateway_import_cert, ADMIN_CHANGE_NONE, false},
+        {"show", "", gateway_show, ADMIN_CHANGE_NONE, false},
 };
 
 static const struct verb verbs[] = {
-        {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, ADMIN_CHANGE_STATE},
+        {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, ADMIN_CHANGE_STATE, false},
         {"pair", "ID [--grace SECONDS] [--psk-key HEX] | --from FILE.csv", device_pair,
-         ADMIN_CHANGE_NONE},
-        {"list", "", device_list, ADMIN_CHANGE_NONE},
-        {"show", "ID", device_show, ADMIN_CHANGE_NONE},
-        {"csr", "ID [-o FILE]", device_csr, ADMIN_CHANGE_NONE},
-        {"import-cert", "ID FILE", device_import_cert, ADMIN_CHANGE_CERT},
+         ADMIN_CHANGE_NONE, false},
+        {"list", "", device_list, ADMIN_CHANGE_NONE, false},
+        {"show", "ID", device_show, ADMIN_CHANGE_NONE, true},
+        {"csr", "ID [-o FILE]", device_csr, ADMIN_CHANGE_NONE, true},
+        {"import-cert", "ID FILE", device_import_cert, ADMIN_CHANGE_CERT, true},
         {"enroll", "ID (over EST: a first certificate, or a renewal with a new key)", device_enroll,
-         ADMIN_CHANGE_NONE},
-        {"remove", "ID", device_remove, ADMIN_CHANGE_STATE},
+         ADMIN_CHANGE_NONE, true},
+        {"remove", "ID", device_remove, ADMIN_CHANGE_STATE, true},
         {"drop-spool", "ID (its spooled messages, undelivered: for a device the broker refuses)",
-         device_drop_spool, ADMIN_CHANGE_NONE},
-        {"suspend", "ID", device_suspend, ADMIN_CHANGE_STATE},
-        {"resume", "ID", device_resume, ADMIN_CHANGE_STATE},
-        {"revoke", "ID", device_revoke, ADMIN_CHANGE_STATE},
+         device_drop_spool, ADMIN_CHANGE_NONE, false},
+        {"suspend", "ID", device_suspend, ADMIN_CHANGE_STATE, true},
+        {"resume", "ID", device_resume, ADMIN_CHANGE_STATE, true},
+        {"revoke", "ID", device_revoke, ADMIN_CHANGE_STATE, true},
         {"set", "ID KEY=VALUE... (KEY= removes it; enabled=false suspends)", device_set,
-         ADMIN_CHANGE_STATE},
+         ADMIN_CHANGE_STATE, true},
 };
+
+const char *
+admin_one_device(int argc, char **argv)
+{
+	if (argc < 3 || strcmp(argv[0], "device") != 0)
+		return NULL;
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		if (strcmp(argv[1], verbs[i].name) == 0)
+			return verbs[i].one_device ? argv[2] : NULL;
+	}
+	return NULL;
+}
 
 void
 admin_usage(FILE *f)

@@ -93,6 +93,12 @@ struct admin_hooks {
 int admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
               const struct admin_hooks *hooks);
 
+/*
+ * The device a command reads and writes alone (its id), or NULL when it needs the whole store:
+ * gwctl then opens the store with that device only (keystore_config.only).
+ */
+const char *admin_one_device(int argc, char **argv);
+
 /* The command summary gwctl prints for -h. */
 void admin_usage(FILE *f);
 

@@ -93,4 +93,22 @@ gw_wait_for "grep -q 'coap: up to 100 DTLS handshakes at once (100 devices paire
 # With the daemon holding the store, a second writer is kept out.
 out=$(gw_gwctl -s "$WORK/nothing.sock" device list 2>&1) && gw_fail "gwctl opened a store gatewayd holds"
 grep -q "gatewayd holds the keystore" <<<"$out" || gw_fail "lock message: $out"
+
+# Without gatewayd, a command on one device reads that device's folder alone: a damaged
+# folder elsewhere in the store, which fails a command that loads every device, is not read.
+kill -TERM "$GATEWAY_PID"
+rc=0
+wait "$GATEWAY_PID" || rc=$?
+[ "$rc" -eq 0 ] || gw_fail "gatewayd exited $rc after SIGTERM"
+mkdir -m 700 "$WORK/state/keystore/broken-1"
+out=$(gw_gwctl device list 2>&1) && gw_fail "device list took a folder without a record: $out"
+grep -q 'broken-1 has no device record' <<<"$out" || gw_fail "device list said: $out"
+out=$(gw_gwctl device show dev-a 2>&1) || gw_fail "device show dev-a, offline: $out"
+grep -qx 'psk-identity: dev-a' <<<"$out" || gw_fail "device show dev-a, offline: $out"
+grep -q broken-1 <<<"$out" && gw_fail "device show dev-a read another device's folder: $out"
+out=$(gw_gwctl device suspend fleet-7 2>&1) || gw_fail "device suspend fleet-7, offline: $out"
+gw_gwctl device show fleet-7 | gw_has -x 'state: suspended' ||
+  gw_fail "fleet-7 after suspend: $(gw_gwctl device show fleet-7)"
+out=$(gw_gwctl device show nosuch 2>&1) && gw_fail "device show of no such device: $out"
+grep -q 'nosuch' <<<"$out" || gw_fail "device show nosuch said: $out"
 gw_pass
