@@ -165,20 +165,62 @@ state_word(const struct keystore_info *info)
 	return keystore_state_name(info->state);
 }
 
+/*
+ * Pages: --after ID starts past that id (in the list's order, which is the ids' byte order),
+ * --limit N stops after N devices and says on err how to ask for the next page, so that a
+ * script can walk 10,000 devices a page at a time.
+ */
 static int
 device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FILE *err,
             const struct admin_hooks *hooks)
 {
-	(void)err;
-	if (req->argc != 2)
+	static const struct option opts[] = {
+	        {"after", required_argument, NULL, 'a'},
+	        {"limit", required_argument, NULL, 'l'},
+	        {NULL, 0, NULL, 0},
+	};
+	const char *after = NULL, *last = NULL;
+	unsigned long limit = 0, shown = 0;
+	size_t i = 0;
+	char *end;
+	int ch;
+
+	optind = 0;
+	while ((ch = getopt_long(req->argc - 1, req->argv + 1, "", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'a':
+			after = optarg;
+			break;
+		case 'l':
+			errno = 0;
+			limit = strtoul(optarg, &end, 10);
+			if (errno || *end || limit < 1 || limit > 1000000) {
+				fprintf(err, "--limit is a number of devices, 1 to 1000000\n");
+				return 1;
+			}
+			break;
+		default:
+			return 2;
+		}
+	}
+	if (optind != req->argc - 1)
 		return 2;
+	if (after) {
+		while (i < keystore_count(ks) && strcmp(keystore_device_id(ks, i), after) <= 0)
+			i++;
+	}
 	fprintf(out, "%-24s %-10s %-7s %-6s %-17s %-20s %-9s %-11s %s\n", "ID", "STATE", "BACKEND",
 	        "SENSOR", "UPSTREAM", "LAST-SEEN", "UP", "CERT-EXPIRY", "CERT-SUBJECT");
-	for (size_t i = 0; i < keystore_count(ks); i++) {
+	for (; i < keystore_count(ks); i++) {
 		struct keystore_info info;
 		struct admin_activity a = {0};
 		char expiry[32], seen[64], sensor[16] = "-", up[24] = "-";
 
+		if (limit && shown == limit) {
+			fprintf(err, "more after %s: gwctl device list --after %s --limit %lu\n",
+			        last, last, limit);
+			break;
+		}
 		if (keystore_device_info(ks, keystore_device_id(ks, i), &info) < 0)
 			continue;
 		format_expiry(info.not_after, expiry, sizeof(expiry));
@@ -194,6 +236,8 @@ device_list(struct keystore *ks, const struct admin_request *req, FILE *out, FIL
 		        state_word(&info), info.backend, sensor,
 		        upstream_word(hooks, info.id, NULL), seen, up, info.has_cert ? expiry : "-",
 		        info.has_cert ? info.subject : "(no certificate)");
+		last = info.id;
+		shown++;
 	}
 	return 0;
 }
@@ -656,7 +700,7 @@ static const struct verb verbs[] = {
         {"add", "ID [--psk-identity NAME] [--psk-key HEX]", device_add, ADMIN_CHANGE_STATE, false},
         {"pair", "ID [--grace SECONDS] [--psk-key HEX] | --from FILE.csv", device_pair,
          ADMIN_CHANGE_NONE, false},
-        {"list", "", device_list, ADMIN_CHANGE_NONE, false},
+        {"list", "[--after ID] [--limit N]", device_list, ADMIN_CHANGE_NONE, false},
         {"show", "ID", device_show, ADMIN_CHANGE_NONE, true},
         {"csr", "ID [-o FILE]", device_csr, ADMIN_CHANGE_NONE, true},
         {"import-cert", "ID FILE", device_import_cert, ADMIN_CHANGE_CERT, true},

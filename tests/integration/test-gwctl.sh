@@ -90,6 +90,17 @@ out=$(gw_gwctl device remove fleet-100 2>&1) || gw_fail "remove fleet-100: $out"
 gw_wait_for "grep -q 'coap: up to 100 DTLS handshakes at once (100 devices paired' '$WORK/gatewayd.log'" 10 ||
   gw_fail "the handshake limit did not follow a removal: $(grep 'DTLS handshakes at once' "$WORK/gatewayd.log")"
 
+# device list in pages: two rows, then where the next page starts (the ids in byte order:
+# dev-a, fleet-1, fleet-10, ...).
+out=$(gw_gwctl device list --limit 2 2>"$WORK/list.err") || gw_fail "device list --limit 2: $out"
+[ "$(tail -n +2 <<<"$out" | awk '{ print $1 }' | tr '\n' ' ')" = "dev-a fleet-1 " ] ||
+  gw_fail "device list --limit 2: $out"
+grep -qx 'more after fleet-1: gwctl device list --after fleet-1 --limit 2' "$WORK/list.err" ||
+  gw_fail "device list --limit 2 said: $(cat "$WORK/list.err")"
+out=$(gw_gwctl device list --after fleet-98 2>&1) || gw_fail "device list --after: $out"
+[ "$(tail -n +2 <<<"$out" | awk '{ print $1 }' | tr '\n' ' ')" = "fleet-99 " ] ||
+  gw_fail "device list --after fleet-98: $out"
+
 # With the daemon holding the store, a second writer is kept out.
 out=$(gw_gwctl -s "$WORK/nothing.sock" device list 2>&1) && gw_fail "gwctl opened a store gatewayd holds"
 grep -q "gatewayd holds the keystore" <<<"$out" || gw_fail "lock message: $out"
