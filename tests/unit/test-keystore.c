@@ -699,6 +699,18 @@ caches_the_public_key_of_its_file(void **state)
 	free(pem);
 }
 
+/* The store opened afresh says dev-a's certificate subject is want. */
+static void
+expect_subject_at_open(struct fixture *f, const char *want)
+{
+	struct keystore *ks = open_ok(f);
+	struct keystore_info info;
+
+	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
+	assert_string_equal(info.subject, want);
+	keystore_free(ks);
+}
+
 /*
  * The current certificate's summary is cached beside it (cert.pem.sum: cert.pem's SHA-256,
  * then validity and subject), so that loading a store parses no certificate: the cache is what
@@ -709,7 +721,6 @@ caches_the_certificate_summary_of_its_file(void **state)
 {
 	struct fixture *f = *state;
 	struct keystore *ks = open_ok(f);
-	struct keystore_info info;
 	char path[256], *pem;
 	uint8_t good[320], b[320];
 	FILE *fp;
@@ -719,10 +730,7 @@ caches_the_certificate_summary_of_its_file(void **state)
 	import_ok(ks, "dev-a", pem);
 	free(pem);
 	keystore_free(ks);
-	ks = open_ok(f);
-	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
-	assert_string_equal(info.subject, "/CN=dev-a");
-	keystore_free(ks);
+	expect_subject_at_open(f, "/CN=dev-a");
 	snprintf(path, sizeof(path), "%s/dev-a/cert.pem.sum", f->ks);
 	file_bytes(path, "r", good, 312);
 
@@ -730,10 +738,7 @@ caches_the_certificate_summary_of_its_file(void **state)
 	memcpy(b, good, 312);
 	b[8 + 32 + 16 + 4] = 'X'; /* "/CN=dev-a" becomes "/CN=Xev-a" */
 	file_bytes(path, "w", b, 312);
-	ks = open_ok(f);
-	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
-	assert_string_equal(info.subject, "/CN=Xev-a");
-	keystore_free(ks);
+	expect_subject_at_open(f, "/CN=Xev-a");
 
 	/* Another certificate put in place by hand: parsed, and the cache written anew. */
 	ks = open_ok(f);
@@ -745,10 +750,7 @@ caches_the_certificate_summary_of_its_file(void **state)
 	fputs(pem, fp);
 	fclose(fp);
 	free(pem);
-	ks = open_ok(f);
-	assert_int_equal(keystore_device_info(ks, "dev-a", &info), 0);
-	assert_string_equal(info.subject, "/CN=dev-a");
-	keystore_free(ks);
+	expect_subject_at_open(f, "/CN=dev-a");
 	snprintf(path, sizeof(path), "%s/dev-a/cert.pem.sum", f->ks);
 	file_bytes(path, "r", b, 312);
 	assert_memory_not_equal(b, good, 312);

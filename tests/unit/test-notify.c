@@ -17,6 +17,7 @@
 
 #include "loop.h"
 #include "notify.h"
+#include "open-fds.h"
 
 /* The service manager's end: a datagram socket bound where $NOTIFY_SOCKET will point. */
 struct manager {
@@ -93,20 +94,6 @@ expect_nothing(struct manager *m)
 
 	assert_int_equal(recv(m->fd, buf, sizeof(buf), MSG_DONTWAIT), -1);
 	assert_int_equal(errno, EAGAIN);
-}
-
-static int
-open_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *de;
-	int n = 0;
-
-	assert_non_null(d);
-	while ((de = readdir(d)))
-		n += de->d_name[0] != '.';
-	closedir(d);
-	return n;
 }
 
 static void

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "device.h"
+#include "open-fds.h"
 #include "spool.h"
 
 #define DEV "sensor-1"
@@ -1271,21 +1272,6 @@ version_1_acked_file_is_read(void **state)
 	reopen(f);
 	assert_int_equal(read_all(f, DEV, all, sizeof(all), NULL), 1);
 	assert_string_equal(all, "v3");
-}
-
-/* Descriptors the process has open now. */
-static int
-open_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *de;
-	int n = 0;
-
-	assert_non_null(d);
-	while ((de = readdir(d)))
-		n += de->d_name[0] != '.';
-	closedir(d);
-	return n - 1; /* opendir's own */
 }
 
 /*
