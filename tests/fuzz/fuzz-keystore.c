@@ -2,10 +2,11 @@
 /*
  * libFuzzer harness for what keystore/ (entry.c, store.c, record.c, cert.c) reads from disk: the
  * store's folders, each device's record (device), PSK file (psk.key), key (key.pem, PKCS#8),
- * key reference, and certificates (cert.pem, a renewal's next.* files), the gateway's own
- * folder, and the tpm backend's encrypted PSK file (psk.enc, through kspsk.h: its master key
- * needs a TPM). The input becomes a store of the soft backend in a private folder, which is
- * opened through keystore.h as gatewayd opens it. Any broken promise aborts:
+ * key reference, and certificates (cert.pem and its cached summary cert.pem.sum, a renewal's
+ * next.* files), the gateway's own folder, and the tpm backend's encrypted PSK file (psk.enc,
+ * through kspsk.h: its master key needs a TPM). The input becomes a store of the soft backend in a
+ * private folder, which is opened through keystore.h as gatewayd opens it. Any broken promise
+ * aborts:
  *   - keystore_open() succeeds, or refuses with one of the errors damage causes (-EINVAL,
  *     -ENOENT, -EEXIST, -EFBIG); LeakSanitizer sees that a refusal frees everything;
  *   - opened: the devices are the folders named by valid ids, in order; each one's PSK identity
