@@ -8,22 +8,25 @@
 #                           systemd (systemd-analyze scores the unit), groff-base and man-db
 #                           (test-docs formats the man pages), curl (scrapes the metrics),
 #                           strace (tests/bench/syscalls.sh counts gatewayd's system calls)
-#   scripts/deps.sh all     both (default)
+#   scripts/deps.sh package debhelper, dpkg-dev, fakeroot and lintian, for scripts/package.sh
+#   scripts/deps.sh all     build and peers (default)
 set -euo pipefail
 
 # libmosquitto-dev: the test tools' MQTT clients (tests/tools/mqttload, mqttstamp), not gatewayd.
 build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libmosquitto-dev
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev
   clang libclang-rt-14-dev)
+package=(debhelper dpkg-dev fakeroot lintian)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
   procps coreutils bc python3 systemd groff-base man-db curl strace)
 
 case "${1:-all}" in
   build) want=("${build[@]}") ;;
   peers) want=("${peers[@]}") ;;
+  package) want=("${package[@]}") ;;
   all) want=("${build[@]}" "${peers[@]}") ;;
   *)
-    echo "usage: $0 [build|peers|all]" >&2
+    echo "usage: $0 [build|peers|package|all]" >&2
     exit 2
     ;;
 esac
