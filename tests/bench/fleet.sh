@@ -9,7 +9,7 @@
 #   rate-S         then S sensors (default 50) back to back for T seconds (default 10)
 #   rate-N         then all N sensors back to back for T seconds
 # the two rates K times in turn (default 3; the machine's cores are shared, and one pair's
-# ratio has ranged 0.70-0.92 between runs of the same build), and the median of the K ratios,
+# ratio ranged 0.84-1.05 over 11 pairs of one build), and the median of the K ratios,
 # and the same bursts and rates against coapsink, libcoap serving the same DTLS-PSK load alone
 # (the same keys, socket buffer and session limits, driven as bridges/coap drives libcoap), on
 # the same port, after gatewayd stopped: the baseline, and what the sensors themselves cost.
