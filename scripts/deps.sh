@@ -9,6 +9,9 @@
 #                           (test-docs formats the man pages), curl (scrapes the metrics),
 #                           strace (tests/bench/syscalls.sh counts gatewayd's system calls)
 #   scripts/deps.sh package debhelper, dpkg-dev, fakeroot and lintian, for scripts/package.sh
+#   scripts/deps.sh arm64   the arm64 cross toolchain, the -dev libraries for arm64 (Debian's
+#                           multiarch: adds the architecture arm64 to dpkg) and qemu-user-static,
+#                           for scripts/package.sh arm64 and scripts/test-arm64.sh
 #   scripts/deps.sh all     build and peers (default)
 set -euo pipefail
 
@@ -17,6 +20,9 @@ build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libmos
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev
   clang libclang-rt-14-dev)
 package=(debhelper dpkg-dev fakeroot lintian)
+arm64=(crossbuild-essential-arm64 qemu-user-static libssl-dev:arm64 libcoap3-dev:arm64
+  libconfig-dev:arm64 libtss2-dev:arm64 libcurl4-openssl-dev:arm64 libqrencode-dev:arm64
+  libcmocka-dev:arm64 libmosquitto-dev:arm64)
 peers=(mosquitto mosquitto-clients libcoap3-bin swtpm swtpm-tools tpm2-tools tpm2-openssl openssl iproute2
   procps coreutils bc python3 systemd groff-base man-db curl strace)
 
@@ -24,9 +30,10 @@ case "${1:-all}" in
   build) want=("${build[@]}") ;;
   peers) want=("${peers[@]}") ;;
   package) want=("${package[@]}") ;;
+  arm64) want=("${arm64[@]}") ;;
   all) want=("${build[@]}" "${peers[@]}") ;;
   *)
-    echo "usage: $0 [build|peers|package|all]" >&2
+    echo "usage: $0 [build|peers|package|arm64|all]" >&2
     exit 2
     ;;
 esac
@@ -45,6 +52,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
   }
   sudo=(sudo)
+fi
+# The :arm64 packages need dpkg to know the architecture before apt reads its lists.
+if [ "${1:-all}" = arm64 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  "${sudo[@]}" dpkg --add-architecture arm64
 fi
 echo "installing: ${missing[*]}" >&2
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
