@@ -107,17 +107,10 @@ cached_point(int fd, const char *name, const uint8_t digest[SHA256_DIGEST_LENGTH
              uint8_t pub[KSPROV_P256_POINT_LEN])
 {
 	char cache[64];
-	uint8_t b[PUB_CACHE_LEN + 1];
-	ssize_t n;
-	int cfd;
+	uint8_t b[PUB_CACHE_LEN];
 
 	snprintf(cache, sizeof(cache), "%s.pub", name);
-	cfd = openat(fd, cache, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (cfd < 0)
-		return false;
-	n = read(cfd, b, sizeof(b));
-	close(cfd);
-	if (n != PUB_CACHE_LEN || memcmp(b, digest, SHA256_DIGEST_LENGTH) != 0)
+	if (!ks_cache_read(fd, cache, b, sizeof(b)) || memcmp(b, digest, SHA256_DIGEST_LENGTH) != 0)
 		return false;
 	memcpy(pub, b + SHA256_DIGEST_LENGTH, KSPROV_P256_POINT_LEN);
 	return true;
@@ -129,17 +122,11 @@ cache_point(int fd, const char *dir, const char *name, const uint8_t digest[SHA2
 {
 	char cache[64];
 	uint8_t b[PUB_CACHE_LEN];
-	int cfd;
 
 	snprintf(cache, sizeof(cache), "%s.pub", name);
 	memcpy(b, digest, SHA256_DIGEST_LENGTH);
 	memcpy(b + SHA256_DIGEST_LENGTH, pub, KSPROV_P256_POINT_LEN);
-	cfd = openat(fd, cache, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (cfd < 0 || write(cfd, b, sizeof(b)) != (ssize_t)sizeof(b))
-		log_debug("keystore: cannot cache %s/%s's public key: %s", dir, name,
-		          strerror(errno));
-	if (cfd >= 0)
-		close(cfd);
+	ks_cache_write(fd, dir, cache, b, sizeof(b), 0600);
 }
 
 /* The public point of a PEM private key, decoded: 0, or -EINVAL if it is not a P-256 key. */

@@ -125,6 +125,38 @@ ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size_t m
 	return 0;
 }
 
+bool
+ks_cache_read(int fd, const char *name, void *buf, size_t len)
+{
+	/* One byte more than wanted, to tell a longer file from the right one in one read. */
+	uint8_t b[KS_CACHE_MAX + 1];
+	ssize_t n;
+	int cfd;
+
+	if (len > KS_CACHE_MAX)
+		return false;
+	cfd = openat(fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (cfd < 0)
+		return false;
+	n = read(cfd, b, len + 1);
+	close(cfd);
+	if (n != (ssize_t)len)
+		return false;
+	memcpy(buf, b, len);
+	return true;
+}
+
+void
+ks_cache_write(int fd, const char *dir, const char *name, const void *buf, size_t len, mode_t mode)
+{
+	int cfd = openat(fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+
+	if (cfd < 0 || write(cfd, buf, len) != (ssize_t)len)
+		log_debug("keystore: cannot write the cache %s/%s: %s", dir, name, strerror(errno));
+	if (cfd >= 0)
+		close(cfd);
+}
+
 int
 ks_fsync_dir(int dirfd, const char *dir)
 {
@@ -640,14 +672,9 @@ static bool
 cached_summary(int fd, const uint8_t digest[SHA256_DIGEST_LENGTH], struct ks_tls *t)
 {
 	struct cert_sum c;
-	int cfd = openat(fd, SUM_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	ssize_t n;
 
-	if (cfd < 0)
-		return false;
-	n = read(cfd, &c, sizeof(c));
-	close(cfd);
-	if (n != (ssize_t)sizeof(c) || memcmp(c.magic, SUM_MAGIC, sizeof(c.magic)) != 0 ||
+	if (!ks_cache_read(fd, SUM_FILE, &c, sizeof(c)) ||
+	    memcmp(c.magic, SUM_MAGIC, sizeof(c.magic)) != 0 ||
 	    memcmp(c.digest, digest, sizeof(c.digest)) != 0 ||
 	    !memchr(c.subject, '\0', sizeof(c.subject)))
 		return false;
@@ -664,15 +691,10 @@ cache_summary(int fd, const char *dir, const uint8_t digest[SHA256_DIGEST_LENGTH
 	struct cert_sum c = {.magic = SUM_MAGIC,
 	                     .not_before = (int64_t)t->not_before,
 	                     .not_after = (int64_t)t->not_after};
-	int cfd;
 
 	memcpy(c.digest, digest, sizeof(c.digest));
 	memcpy(c.subject, t->subject, sizeof(c.subject));
-	cfd = openat(fd, SUM_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (cfd < 0 || write(cfd, &c, sizeof(c)) != (ssize_t)sizeof(c))
-		log_debug("keystore: cannot cache %s/cert.pem's summary: %s", dir, strerror(errno));
-	if (cfd >= 0)
-		close(cfd);
+	ks_cache_write(fd, dir, SUM_FILE, &c, sizeof(c), 0644);
 }
 
 /* The current certificate (cert.pem, in the folder fd) summarized into t, from the cache. */
@@ -737,7 +759,6 @@ ks_load_cert(struct keystore *ks, struct device_ks *d, int fd, bool next)
 {
 	struct ks_tls *t = next ? &d->next : &d->cur;
 	const char *name = next ? "next.cert.pem" : "cert.pem";
-
 	char dir[4096];
 
 	if (faccessat(fd, name, R_OK, 0) < 0)

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define PSK_IDENTITY_MAX KEYSTORE_IDENTITY_MAX
@@ -106,6 +107,16 @@ void ks_log_openssl(const char *what);
 int ks_read_file(int dirfd, const char *dir, const char *name, bool secret, size_t max,
                  uint8_t **out, size_t *len);
 int ks_fsync_dir(int dirfd, const char *dir);
+/*
+ * A cache beside the file it was derived from (key.pem.pub, cert.pem.sum), in the folder fd:
+ * read, true only when it holds exactly len bytes (at most KS_CACHE_MAX), which the caller
+ * then checks against the file's digest; written, not durably (one lost in a crash is made
+ * again), failures logged at debug level only.
+ */
+#define KS_CACHE_MAX 512
+bool ks_cache_read(int fd, const char *name, void *buf, size_t len);
+void ks_cache_write(int fd, const char *dir, const char *name, const void *buf, size_t len,
+                    mode_t mode);
 int ks_open_dir(int at, const char *name, const char *path);
 int ks_unlink_secrets(int fd, const char *dir);
 int ks_unlink_next(int fd, const char *dir);

@@ -808,11 +808,11 @@ ack_empty(struct sensor_request *req)
 {
 	coap_pdu_t *pdu = coap_pdu_init(COAP_MESSAGE_ACK, COAP_EMPTY_CODE, req->mid,
 	                                coap_session_max_pdu_size(req->session));
+	const char *device = session_device(req->session);
 
 	stop_holding(req);
 	if (!pdu || coap_send(req->session, pdu) == COAP_INVALID_MID)
-		log_warnx("%s: cannot acknowledge a request",
-		          session_device(req->session) ? session_device(req->session) : "?");
+		log_warnx("%s: cannot acknowledge a request", device ? device : "?");
 }
 
 /*

@@ -716,25 +716,37 @@ static const struct verb verbs[] = {
          ADMIN_CHANGE_STATE, true},
 };
 
+#define NVERBS(table) (sizeof(table) / sizeof((table)[0]))
+
+/* The verb of table (n of them) named name, or NULL. */
+static const struct verb *
+find_verb(const struct verb *table, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(name, table[i].name) == 0)
+			return &table[i];
+	}
+	return NULL;
+}
+
 const char *
 admin_one_device(int argc, char **argv)
 {
+	const struct verb *v;
+
 	if (argc < 3 || strcmp(argv[0], "device") != 0)
 		return NULL;
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-		if (strcmp(argv[1], verbs[i].name) == 0)
-			return verbs[i].one_device ? argv[2] : NULL;
-	}
-	return NULL;
+	v = find_verb(verbs, NVERBS(verbs), argv[1]);
+	return v && v->one_device ? argv[2] : NULL;
 }
 
 void
 admin_usage(FILE *f)
 {
 	fprintf(f, "usage: gwctl [-c config] [-s socket] command\ncommands:\n");
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+	for (size_t i = 0; i < NVERBS(verbs); i++)
 		fprintf(f, "  device %s %s\n", verbs[i].name, verbs[i].args);
-	for (size_t i = 0; i < sizeof(gateway_verbs) / sizeof(gateway_verbs[0]); i++)
+	for (size_t i = 0; i < NVERBS(gateway_verbs); i++)
 		fprintf(f, "  gateway %s %s\n", gateway_verbs[i].name, gateway_verbs[i].args);
 	fprintf(f, "  status   (identity, uptime, config, TPM, devices by state, spool, broker)\n"
 	           "  reload   (re-read the config file and apply what changed)\n"
@@ -785,18 +797,12 @@ admin_run(struct keystore *ks, const struct admin_request *req, FILE *out, FILE 
 	if (req->argc >= 1 && daemon_verb(req, out, err, hooks, &status))
 		return status;
 	if (req->argc >= 2 && strcmp(req->argv[0], "device") == 0) {
-		for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-			if (strcmp(req->argv[1], verbs[i].name) == 0)
-				v = &verbs[i];
-		}
+		v = find_verb(verbs, NVERBS(verbs), req->argv[1]);
 		/* Every device verb but list names a device as its third word. */
 		if (v && v->run != device_list && req->argc < 3)
 			v = NULL;
 	} else if (req->argc >= 2 && strcmp(req->argv[0], "gateway") == 0) {
-		for (size_t i = 0; i < sizeof(gateway_verbs) / sizeof(gateway_verbs[0]); i++) {
-			if (strcmp(req->argv[1], gateway_verbs[i].name) == 0)
-				v = &gateway_verbs[i];
-		}
+		v = find_verb(gateway_verbs, NVERBS(gateway_verbs), req->argv[1]);
 	}
 	if (!v) {
 		admin_usage(err);
