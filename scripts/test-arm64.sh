@@ -12,15 +12,18 @@ scripts/deps.sh arm64
 
 dir=.build/arm64
 mkdir -p .build
-# The loader and libraries of the arm64 programs are Debian's multiarch ones: qemu finds the
-# loader under -L, the loader finds the rest in /lib/aarch64-linux-gnu as on a real board.
+# The loader and libraries of the arm64 programs are Debian's multiarch ones (libc6:arm64 and
+# the rest in /lib/aarch64-linux-gnu), as on a real board: -L / keeps qemu off the cross
+# toolchain's loader in /usr/aarch64-linux-gnu/lib. That loader is an older build of glibc than
+# libc6:arm64, and the two share private structures: with it, the multiarch libc.so.6 walked a
+# list in ld.so's globals at the wrong offset and every child of fork() spun there for ever.
 cat >.build/arm64-cross.txt <<'CROSS'
 [binaries]
 c = 'aarch64-linux-gnu-gcc'
 ar = 'aarch64-linux-gnu-ar'
 strip = 'aarch64-linux-gnu-strip'
 pkgconfig = 'aarch64-linux-gnu-pkg-config'
-exe_wrapper = ['qemu-aarch64-static', '-L', '/usr/aarch64-linux-gnu']
+exe_wrapper = ['qemu-aarch64-static', '-L', '/']
 
 [host_machine]
 system = 'linux'
