@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The unit suite of an arm64 build, under qemu: builds the tree for arm64 with Debian's cross
+# The suites of an arm64 build, under qemu: builds the tree for arm64 with Debian's cross
 # toolchain and the arm64 -dev libraries (multiarch) in .build/arm64 (-Werror), and runs
-# `meson test --suite unit` there, each test through qemu-aarch64-static (meson's exe_wrapper).
-# Installs what it needs (scripts/deps.sh build arm64). Exits non-zero if anything fails.
-#   scripts/test-arm64.sh [MESON_TEST_ARG...]
+#  - unit (the default): `meson test --suite unit`, each test through qemu-aarch64-static
+#    (meson's exe_wrapper);
+#  - integration: the integration and tpm suites, the arm64 gatewayd, gwctl and test tools
+#    (through qemu, GW_EXE_WRAPPER in tests/integration/lib.sh) against this machine's own
+#    mosquitto, coap-client and swtpm on loopback.
+# Installs what it needs (scripts/deps.sh build arm64, and peers for integration). Exits
+# non-zero if anything fails.
+#   scripts/test-arm64.sh [unit|integration] [MESON_TEST_ARG...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what=unit
+case "${1:-}" in
+  unit | integration) what=$1 && shift ;;
+esac
 scripts/deps.sh build
 scripts/deps.sh arm64
+[ "$what" = unit ] || scripts/deps.sh peers
 
 dir=.build/arm64
+qemu=(qemu-aarch64-static -L /)
 mkdir -p .build
 # The loader and libraries of the arm64 programs are Debian's multiarch ones (libc6:arm64 and
 # the rest in /lib/aarch64-linux-gnu), as on a real board: -L / keeps qemu off the cross
 # toolchain's loader in /usr/aarch64-linux-gnu/lib. That loader is an older build of glibc than
 # libc6:arm64, and the two share private structures: with it, the multiarch libc.so.6 walked a
 # list in ld.so's globals at the wrong offset and every child of fork() spun there for ever.
-cat >.build/arm64-cross.txt <<'CROSS'
+cat >.build/arm64-cross.txt <<CROSS
 [binaries]
 c = 'aarch64-linux-gnu-gcc'
 ar = 'aarch64-linux-gnu-ar'
 strip = 'aarch64-linux-gnu-strip'
 pkgconfig = 'aarch64-linux-gnu-pkg-config'
-exe_wrapper = ['qemu-aarch64-static', '-L', '/']
+exe_wrapper = ['${qemu[0]}', '${qemu[1]}', '${qemu[2]}']
 
 [host_machine]
 system = 'linux'
@@ -35,4 +46,10 @@ if [ ! -d "$dir/meson-private" ]; then
   meson setup "$dir" --cross-file .build/arm64-cross.txt -Dwerror=true >/dev/null
 fi
 ninja -C "$dir" >/dev/null
-meson test -C "$dir" --suite unit --print-errorlogs "$@"
+if [ "$what" = unit ]; then
+  meson test -C "$dir" --suite unit --print-errorlogs "$@"
+else
+  # Under emulation the daemon is several times slower than native: twice meson's timeouts.
+  GW_EXE_WRAPPER="${qemu[*]}" \
+    meson test -C "$dir" --suite integration --suite tpm --timeout-multiplier 2 --print-errorlogs "$@"
+fi

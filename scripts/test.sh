@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Runs the whole test suite (unit; integration against real mosquitto and coap-client; tpm on swtpm)
-# twice: on a -Werror build, and on an AddressSanitizer + UndefinedBehaviorSanitizer build; then
-# runs each fuzz harness briefly (GW_FUZZ_SECONDS, default 10) with clang's libFuzzer.
+# twice: on a -Werror build, and on an AddressSanitizer + UndefinedBehaviorSanitizer build; the
+# unit suite of an arm64 build under qemu (scripts/test-arm64.sh); the Debian packages and the
+# package test; then runs each fuzz harness briefly (GW_FUZZ_SECONDS, default 10) with clang's
+# libFuzzer.
 # Installs what it needs. Exits non-zero if anything fails. Builds live in .build/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,12 @@ run() {
   fi
   echo "== $name: testing" >&2
   meson test -C "$dir" --suite unit --suite integration --suite tpm --print-errorlogs
-  local log="$dir/meson-logs/testlog.json" ok bad
+  count "$dir"
+}
+
+# Adds the results of the last `meson test` in build dir $1 to the totals.
+count() {
+  local log="$1/meson-logs/testlog.json" ok bad
   ok=$(grep -c '"result": "OK"' "$log" || true)
   bad=$(grep -c '"result": "\(FAIL\|TIMEOUT\|ERROR\)"' "$log" || true)
   if [ "$ok" -eq 0 ] && [ "$bad" -eq 0 ]; then
@@ -37,6 +44,30 @@ run() {
 
 run werror .build/werror
 run sanitize .build/sanitize -Db_sanitize=address,undefined -Db_lundef=false
+
+# The unit suite of the arm64 build (the boards' architecture: char is unsigned there, and
+# alignment and atomics differ), cross-built and run under qemu-user. Its integration suite
+# takes about 8 minutes more: `scripts/test-arm64.sh integration`.
+echo "== arm64: building in .build/arm64 and testing under qemu" >&2
+rm -f .build/arm64/meson-logs/testlog.json
+scripts/test-arm64.sh unit
+if [ -f .build/arm64/meson-logs/testlog.json ]; then
+  count .build/arm64
+else
+  echo "== arm64: set-up or build failed" >&2
+  failed=$((failed + 1))
+fi
+
+# The Debian packages (amd64, and arm64 cross-built; lintian), and the package test: it installs
+# the native .deb on this machine, checks it and purges it (it refuses to touch a gatewayd
+# installed already).
+echo "== package: building the .debs, installing and purging the amd64 one" >&2
+if scripts/package.sh all >.build/package.log 2>&1 && tests/package/test-package.sh >>.build/package.log 2>&1; then
+  passed=$((passed + 1))
+else
+  tail -n 40 .build/package.log >&2
+  failed=$((failed + 1))
+fi
 
 # Each fuzz harness for a short, fixed time from its corpus (the two runs above replayed every
 # corpus file already): a crash, a leak or a sanitizer report fails the suite.

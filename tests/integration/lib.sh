@@ -10,10 +10,28 @@ set -euo pipefail
 
 GW_PIDS=()
 GW_FAILED=0
+GW_ARCH_BIN=
 GW_WAITING=
 GW_TEST=${GW_TEST:-$(basename "$0" .sh)}
 
 gw_log() { printf '%s: %s\n' "$GW_TEST" "$*" >&2; }
+
+# GW_EXE_WRAPPER (scripts/test-arm64.sh sets it): the programs under test are built for another
+# architecture and run through this command, e.g. "qemu-aarch64-static -L /". Each program named
+# by GATEWAYD, GWCTL and the test tools' variables is replaced by a script that execs it through
+# the wrapper, so that every test runs them unchanged and a PID the test keeps is the program's.
+gw_wrap_programs() {
+  local var
+  GW_ARCH_BIN=$(mktemp -d "${TMPDIR:-/tmp}/gw-arch-bin.XXXXXX")
+  for var in GATEWAYD GWCTL GWSENSOR COAPRAW TPMSLOW NETCUT MQTTSTAMP; do
+    [ -n "${!var:-}" ] || continue
+    printf '#!/bin/sh\nexec %s %q "$@"\n' "$GW_EXE_WRAPPER" "${!var}" >"$GW_ARCH_BIN/${var,,}"
+    chmod 755 "$GW_ARCH_BIN/${var,,}"
+    printf -v "$var" '%s' "$GW_ARCH_BIN/${var,,}"
+  done
+  gw_log "programs under test run through: $GW_EXE_WRAPPER"
+}
+[ -z "${GW_EXE_WRAPPER:-}" ] || gw_wrap_programs
 
 gw_fail() {
   gw_log "FAIL: $*"
@@ -59,6 +77,7 @@ gw_cleanup() {
     gw_log "FAIL: a sanitizer reported in $(grep -lE 'Sanitizer|runtime error: ' "$WORK"/gatewayd*.log | xargs -n1 basename):"
     grep -hE -A12 '^(==[0-9]+==ERROR: [A-Za-z]+Sanitizer|.*runtime error: )' "$WORK"/gatewayd*.log | head -n 40 >&2
   fi
+  [ -z "$GW_ARCH_BIN" ] || rm -rf "$GW_ARCH_BIN"
   if [ "$GW_FAILED" = 0 ] && [ -z "${GW_KEEP:-}" ]; then
     rm -rf "$WORK"
   else
