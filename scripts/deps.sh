@@ -38,10 +38,18 @@ case "${1:-all}" in
     ;;
 esac
 
+# PKG[:ARCH] is installed for ARCH, or for this machine's architecture (or all) when no ARCH is
+# named: with arm64 added, libconfig-dev:arm64 alone must not pass for the native libconfig-dev.
+installed() {
+  local archs="$native|all"
+  [ "${1#*:}" = "$1" ] || archs=${1#*:}
+  dpkg-query -W -f='${Architecture} ${Status}\n' "${1%%:*}" 2>/dev/null |
+    grep -qE "^($archs) install ok installed$"
+}
+native=$(dpkg --print-architecture)
 missing=()
 for pkg in "${want[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-    missing+=("$pkg")
+  installed "$pkg" || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

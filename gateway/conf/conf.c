@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,6 +94,31 @@ parse_sensors(struct parse *p, const config_setting_t *root)
 	c->sensors.piggyback_wait = conf_int(p, g, "sensors", "piggyback_wait", 1000, 0, 2000);
 }
 
+/*
+ * Whether host (len bytes) is a name reserved for documentation (RFC 2606): example.com,
+ * .net and .org and their subdomains, and the .example and .invalid domains. Such a name in a
+ * config is the shipped example's placeholder, never filled in: no broker answers there, and
+ * gatewayd would only retry it for ever.
+ */
+static bool
+example_host(const char *host, size_t len)
+{
+	static const char *const domains[] = {"example.com", "example.net", "example.org",
+	                                      "example", "invalid"};
+
+	while (len > 0 && host[len - 1] == '.') /* the root's dot */
+		len--;
+	for (size_t i = 0; i < sizeof(domains) / sizeof(domains[0]); i++) {
+		size_t n = strlen(domains[i]);
+
+		if (len < n || strncasecmp(host + len - n, domains[i], n) != 0)
+			continue;
+		if (len == n || host[len - n - 1] == '.')
+			return true;
+	}
+	return false;
+}
+
 /* Accepts ssl://host:port, mqtts://host:port or [v6]:port forms; the port defaults to 8883. */
 static void
 parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
@@ -157,6 +183,12 @@ parse_broker(struct parse *p, const config_setting_t *where, const char *uri)
 		free(host);
 		return;
 	}
+	if (example_host(host, strlen(host)))
+		conf_report(p, where,
+		            "'upstream.broker' \"%s\": %s is the example's placeholder (a name "
+		            "reserved for documentation), not a broker: put your broker's host "
+		            "name here",
+		            uri, host);
 	c->upstream.broker_host = host;
 	c->upstream.broker_port = (uint16_t)port;
 	if (strchr(host, ':'))
@@ -450,6 +482,18 @@ parse_est(struct parse *p, const config_setting_t *root)
 		        p, config_setting_get_member(g, "url"),
 		        "'est.url' \"%s\" must start with https:// (RFC 7030 runs over TLS only)",
 		        c->est.url);
+	else if (c->est.url) {
+		const char *host = c->est.url + 8;
+		size_t len = strcspn(host, ":/?#");
+
+		if (example_host(host, len))
+			conf_report(
+			        p, config_setting_get_member(g, "url"),
+			        "'est.url' \"%s\": %.*s is the example's placeholder (a name "
+			        "reserved for documentation), not an EST server: put your server's "
+			        "address here",
+			        c->est.url, (int)len, host);
+	}
 	c->est.ca_file = conf_path(p, g, "est", "ca_file", NULL);
 	if (c->est.ca_file && access(c->est.ca_file, R_OK) < 0)
 		conf_report(p, config_setting_get_member(g, "ca_file"),

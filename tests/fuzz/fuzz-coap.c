@@ -513,7 +513,7 @@ setup(void)
 	snprintf(text, sizeof(text),
 	         "gateway = { id = \"gw-fuzz\"; state_dir = \"%s\"; };\n"
 	         "sensors = { listen = \"127.0.0.1\"; port = %u; max_payload = %d; };\n"
-	         "upstream = { broker = \"mqtts://broker.example.com\"; ca_file = \"/dev/null\"; "
+	         "upstream = { broker = \"mqtts://broker.test\"; ca_file = \"/dev/null\"; "
 	         "};\n"
 	         "routes = ( { resource = \"t\"; topic = \"d/${device}/t\"; },\n"
 	         "           { resource = \"a/b\"; topic = \"d/${device}/ab\"; } );\n"
@@ -523,7 +523,7 @@ setup(void)
 	snprintf(text, sizeof(text),
 	         "gateway = { id = \"gw-fuzz\"; state_dir = \"%s\"; };\n"
 	         "sensors = { listen = \"127.0.0.1\"; port = %u; max_payload = %d; };\n"
-	         "upstream = { broker = \"mqtts://broker.example.com\"; ca_file = \"/dev/null\"; "
+	         "upstream = { broker = \"mqtts://broker.test\"; ca_file = \"/dev/null\"; "
 	         "};\n"
 	         "routes = ( { resource = \"a/b\"; topic = \"d/${device}/ab\"; },\n"
 	         "           { resource = \"cmd\"; topic = \"d/${device}/cmd\"; } );\n"

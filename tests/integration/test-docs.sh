@@ -217,11 +217,13 @@ done
 # Points every "/etc/gateway/NAME" at $WORK/etc/NAME, which it creates (gatewayd -n checks that
 # CA files can be read, and opens nothing else).
 mkdir "$WORK/etc"
+# The example's placeholders filled in: its /etc files made and the documentation's reserved
+# host names (example.com), which gatewayd -n refuses as never filled in, made real-looking.
 retarget() {
   gw_grep -o '"/etc/gateway/[^"]*"' "$1" | tr -d '"' | while read -r f; do
     cp "$GW_TEST_DATA/conf/ca.pem" "$WORK/etc/${f#/etc/gateway/}"
   done
-  sed "s|\"/etc/gateway/|\"$WORK/etc/|g" "$1"
+  sed "s|\"/etc/gateway/|\"$WORK/etc/|g; s|\.example\.com\([:/\"]\)|.test\1|g" "$1"
 }
 check_conf() { # FILE WHAT
   local out

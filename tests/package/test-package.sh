@@ -4,7 +4,8 @@
 # dependencies; root or sudo), checks what a technician meets first, then removes and purges it.
 #   - the files are where the unit and the man pages say; /etc/gateway/gateway.conf is a
 #     conffile;
-#   - gatewayd -n on the shipped config refuses it, naming the key to fill in (not a crash);
+#   - gatewayd -n on the shipped config refuses it, naming the keys to fill in (the broker and
+#     its CA file), not a crash;
 #   - systemd-analyze verify passes on the installed unit, and its security score is 2.0 or
 #     lower;
 #   - gwctl --help prints the commands; man finds gatewayd(8), gwctl(1), gateway.conf(5);
@@ -63,7 +64,9 @@ dpkg-query -W -f='${Conffiles}\n' gatewayd | grep -q ' /etc/gateway/gateway.conf
 rc=0
 out=$(gatewayd -n -c /etc/gateway/gateway.conf 2>&1) || rc=$?
 [ "$rc" -eq 1 ] || fail "gatewayd -n on the shipped config exited $rc (want 1, a refusal): $out"
-grep -q "'upstream.ca_file'" <<<"$out" || fail "gatewayd -n did not name the key to fill in: $out"
+for key in upstream.broker upstream.ca_file; do
+  grep -q "'$key'" <<<"$out" || fail "gatewayd -n did not name $key, a key to fill in: $out"
+done
 
 SYSTEMD_COLORS=0 systemd-analyze verify /lib/systemd/system/gatewayd.service >"$work/verify.out" 2>&1 ||
   fail "systemd-analyze verify: $(cat "$work/verify.out")"

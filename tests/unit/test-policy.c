@@ -226,7 +226,7 @@ check_policies_error(const char *policies_line, const char *want)
 	assert_non_null(f);
 	fprintf(f,
 	        "gateway = { id = \"gw-1\"; };\n"
-	        "upstream = { broker = \"mqtts://broker.example.com\"; ca_file = \"%s\"; };\n"
+	        "upstream = { broker = \"mqtts://broker.test\"; ca_file = \"%s\"; };\n"
 	        "routes = ( { resource = \"temp\"; topic = \"devices/${device}/temp\"; } );\n"
 	        "%s\n",
 	        ca, policies_line);

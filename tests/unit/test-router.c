@@ -179,7 +179,7 @@ load_conf(struct fixture *f, const char *ack)
 	assert_non_null(out);
 	fprintf(out,
 	        "gateway = { id = \"gw-01\"; };\n"
-	        "upstream = { broker = \"mqtts://broker.example.com\"; ca_file = \"/dev/null\"; "
+	        "upstream = { broker = \"mqtts://broker.test\"; ca_file = \"/dev/null\"; "
 	        "};\n"
 	        "routes = ( { resource = \"temp\"; topic = \"d/${device}/${attr.site}/${path}\"; "
 	        "} );\n"
