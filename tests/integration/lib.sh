@@ -23,9 +23,11 @@ gw_log() { printf '%s: %s\n' "$GW_TEST" "$*" >&2; }
 gw_wrap_programs() {
   local var
   GW_ARCH_BIN=$(mktemp -d "${TMPDIR:-/tmp}/gw-arch-bin.XXXXXX")
+  # Until the test sets gw_cleanup (which removes it too) as its EXIT trap.
+  trap 'rm -rf "$GW_ARCH_BIN"' EXIT
   for var in GATEWAYD GWCTL GWSENSOR COAPRAW TPMSLOW NETCUT MQTTSTAMP; do
     [ -n "${!var:-}" ] || continue
-    printf '#!/bin/sh\nexec %s %q "$@"\n' "$GW_EXE_WRAPPER" "${!var}" >"$GW_ARCH_BIN/${var,,}"
+    printf '#!/bin/bash\nexec %s %q "$@"\n' "$GW_EXE_WRAPPER" "${!var}" >"$GW_ARCH_BIN/${var,,}"
     chmod 755 "$GW_ARCH_BIN/${var,,}"
     printf -v "$var" '%s' "$GW_ARCH_BIN/${var,,}"
   done
