@@ -8,7 +8,8 @@
 #                           systemd (systemd-analyze scores the unit), groff-base and man-db
 #                           (test-docs formats the man pages), curl (scrapes the metrics),
 #                           strace (tests/bench/syscalls.sh counts gatewayd's system calls)
-#   scripts/deps.sh package debhelper, dpkg-dev, fakeroot and lintian, for scripts/package.sh
+#   scripts/deps.sh package debhelper, dpkg-dev, fakeroot and lintian, for scripts/package.sh;
+#                           debootstrap, for tests/package/test-package-arm64.sh
 #   scripts/deps.sh arm64   the arm64 cross toolchain, the -dev libraries for arm64 (Debian's
 #                           multiarch: adds the architecture arm64 to dpkg) and qemu-user-static,
 #                           for scripts/package.sh arm64 and scripts/test-arm64.sh
@@ -19,7 +20,7 @@ set -euo pipefail
 build=(meson ninja-build pkg-config gcc libc6-dev libssl-dev libcoap3-dev libmosquitto-dev
   libconfig-dev libcmocka-dev libtss2-dev libsystemd-dev libqrencode-dev libcurl4-openssl-dev
   clang libclang-rt-14-dev)
-package=(debhelper dpkg-dev fakeroot lintian)
+package=(debhelper dpkg-dev fakeroot lintian debootstrap)
 arm64=(crossbuild-essential-arm64 qemu-user-static libssl-dev:arm64 libcoap3-dev:arm64
   libconfig-dev:arm64 libtss2-dev:arm64 libcurl4-openssl-dev:arm64 libqrencode-dev:arm64
   libcmocka-dev:arm64 libmosquitto-dev:arm64)

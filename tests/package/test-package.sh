@@ -42,7 +42,18 @@ fi
 # What the package may leave: the purge's documented keep, and what was there before.
 state_before=$([ -e /var/lib/gateway ] && echo yes || echo no)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# A failed check must not leave the package it installed behind (the next run would refuse to
+# start): purged, with the state when there was none before.
+cleanup() {
+  if dpkg-query -W -f='${Status}' gatewayd 2>/dev/null | grep -q 'ok installed\|config-files'; then
+    local purge_state=yes
+    [ "$state_before" = no ] || purge_state=
+    "${sudo[@]}" env GATEWAYD_PURGE_STATE=$purge_state dpkg --purge gatewayd >/dev/null 2>&1 ||
+      echo "test-package: could not purge gatewayd after the failure: dpkg --purge gatewayd" >&2
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 install_it() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$deb" >"$work/apt.out" 2>&1 ||
