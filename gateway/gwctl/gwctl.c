@@ -218,6 +218,7 @@ read_input(const char *path, char **buf, size_t *len)
 {
 	int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
 	size_t n = 0;
+	int err = 0;
 	char *b;
 
 	if (fd < 0)
@@ -229,19 +230,23 @@ read_input(const char *path, char **buf, size_t *len)
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got < 0) {
-			free(b);
-			return -errno;
+			err = -errno;
+			break;
 		}
 		if (got == 0)
 			break;
 		n += (size_t)got;
 		if (n > INPUT_MAX) {
-			free(b);
-			return -EFBIG;
+			err = -EFBIG;
+			break;
 		}
 	}
 	if (fd != STDIN_FILENO)
 		close(fd);
+	if (err) {
+		free(b);
+		return err;
+	}
 	b[n] = '\0';
 	*buf = b;
 	*len = n;
