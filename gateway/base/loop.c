@@ -31,6 +31,14 @@ struct gw_timer {
 	size_t slot; /* index in the heap, or SIZE_MAX when disarmed */
 };
 
+struct gw_deferred {
+	struct gw_loop *loop;
+	gw_deferred_fn fn;
+	void *data;
+	/* In the loop's pending or running ring while queued; itself when not. */
+	struct gw_deferred *next, *prev;
+};
+
 struct gw_loop {
 	int epfd;
 	int timerfd;
@@ -54,6 +62,11 @@ struct gw_loop {
 	/* Min-heap on due time: one timerfd serves every timer, whatever the fleet size. */
 	struct gw_timer **heap;
 	size_t nheap, heap_cap;
+	/*
+	 * Deferred calls: queued ones in pending; those of the pass under way in running, so that
+	 * one that queues itself again waits for the next turn, and a free takes one out of either.
+	 */
+	struct gw_deferred pending, running;
 	bool quit;
 	int status;
 };
@@ -250,6 +263,15 @@ heap_remove(struct gw_loop *loop, struct gw_timer *t)
 	t->slot = SIZE_MAX;
 }
 
+/* Out of whichever ring holds it; a no-op when it is in none. */
+static void
+deferred_unlink(struct gw_deferred *d)
+{
+	d->prev->next = d->next;
+	d->next->prev = d->prev;
+	d->next = d->prev = d;
+}
+
 struct gw_timer *
 gw_timer_new(struct gw_loop *loop, gw_timer_fn fn, void *data)
 {
@@ -366,6 +388,8 @@ gw_loop_new(struct gw_loop **out)
 	int r;
 
 	loop->timerfd = loop->sigfd = -1;
+	loop->pending.next = loop->pending.prev = &loop->pending;
+	loop->running.next = loop->running.prev = &loop->running;
 	sigemptyset(&loop->sigmask);
 	loop->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (loop->epfd < 0)
@@ -403,6 +427,8 @@ gw_loop_free(struct gw_loop *loop)
 	for (size_t i = 0; i < loop->nheap; i++)
 		loop->heap[i]->slot = SIZE_MAX;
 	free(loop->heap);
+	while (loop->pending.next != &loop->pending)
+		deferred_unlink(loop->pending.next);
 	if (loop->sigfd >= 0)
 		close(loop->sigfd);
 	if (loop->timerfd >= 0)
@@ -419,11 +445,78 @@ gw_loop_quit(struct gw_loop *loop, int status)
 	loop->status = status;
 }
 
+struct gw_deferred *
+gw_deferred_new(struct gw_loop *loop, gw_deferred_fn fn, void *data)
+{
+	struct gw_deferred *d = xcalloc(1, sizeof(*d));
+
+	*d = (struct gw_deferred){.loop = loop, .fn = fn, .data = data};
+	d->next = d->prev = d;
+	return d;
+}
+
+void
+gw_deferred_queue(struct gw_deferred *d)
+{
+	struct gw_deferred *ring = &d->loop->pending;
+
+	if (d->next != d)
+		return;
+	d->prev = ring->prev;
+	d->next = ring;
+	ring->prev->next = d;
+	ring->prev = d;
+}
+
+void
+gw_deferred_free(struct gw_deferred *d)
+{
+	if (!d)
+		return;
+	deferred_unlink(d);
+	free(d);
+}
+
+/* Makes the calls queued before this pass; returns whether more were queued meanwhile. */
+static bool
+deferred_run(struct gw_loop *loop)
+{
+	struct gw_deferred *run = &loop->running;
+
+	if (loop->pending.next == &loop->pending)
+		return false;
+	/* The pending ring becomes the running one, and pending starts empty. */
+	run->next = loop->pending.next;
+	run->prev = loop->pending.prev;
+	run->next->prev = run->prev->next = run;
+	loop->pending.next = loop->pending.prev = &loop->pending;
+	while (run->next != run && !loop->quit) {
+		struct gw_deferred *d = run->next;
+
+		deferred_unlink(d);
+		d->fn(d->data);
+	}
+	/* Not made before a quit: back to pending, for a loop that is run again. */
+	while (run->next != run) {
+		struct gw_deferred *d = run->next;
+
+		deferred_unlink(d);
+		gw_deferred_queue(d);
+	}
+	return loop->pending.next != &loop->pending;
+}
+
 int
 gw_loop_dispatch(struct gw_loop *loop, int timeout_ms)
 {
 	struct epoll_event evs[64];
-	int n = epoll_wait(loop->epfd, evs, 64, timeout_ms);
+	int n;
+
+	if (deferred_run(loop))
+		timeout_ms = 0;
+	if (loop->quit)
+		return 0;
+	n = epoll_wait(loop->epfd, evs, 64, timeout_ms);
 
 	if (n < 0) {
 		if (errno == EINTR)

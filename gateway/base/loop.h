@@ -11,10 +11,12 @@
 
 struct gw_loop;
 struct gw_timer;
+struct gw_deferred;
 
 typedef void (*gw_loop_fd_fn)(int fd, uint32_t events, void *data);
 typedef void (*gw_timer_fn)(struct gw_timer *timer, void *data);
 typedef void (*gw_signal_fn)(int signo, void *data);
+typedef void (*gw_deferred_fn)(void *data);
 
 int gw_loop_new(struct gw_loop **out);
 void gw_loop_free(struct gw_loop *loop);
@@ -23,7 +25,8 @@ void gw_loop_free(struct gw_loop *loop);
 int gw_loop_run(struct gw_loop *loop);
 void gw_loop_quit(struct gw_loop *loop, int status);
 /*
- * One round of gw_loop_run(): waits up to timeout_ms (-1: for ever) for events and runs
+ * One round of gw_loop_run(): runs the deferred calls queued so far, then waits up to
+ * timeout_ms (-1: for ever; 0 while a deferred call queued itself again) for events and runs
  * what is ready. Returns how many were ready (0: none in time, or a signal interrupted the
  * wait), or -errno. For tests that drive the loop step by step.
  */
@@ -50,5 +53,16 @@ void gw_timer_arm(struct gw_timer *timer, uint64_t ms);
 void gw_timer_disarm(struct gw_timer *timer);
 /* Milliseconds until the timer fires, or -1 if it is not armed. */
 int64_t gw_timer_remaining(const struct gw_timer *timer);
+
+/*
+ * A call the loop makes once, when it next turns, before it waits: work that several events of
+ * one turn ask for (the bytes an upstream session queued) is done once per turn, from the loop,
+ * without a system call to ask for it. Never NULL.
+ */
+struct gw_deferred *gw_deferred_new(struct gw_loop *loop, gw_deferred_fn fn, void *data);
+/* Frees it, unqueued first; accepts NULL. */
+void gw_deferred_free(struct gw_deferred *d);
+/* Queues the call; a call already queued stays queued once. */
+void gw_deferred_queue(struct gw_deferred *d);
 
 #endif

@@ -126,6 +126,93 @@ signals_arrive_as_loop_events(void **state)
 	gw_loop_free(loop);
 }
 
+struct later {
+	struct gw_loop *loop;
+	struct gw_deferred *self, *victim; /* victim: freed by this call */
+	int runs, again;                   /* again: queue itself again this many times */
+};
+
+static void
+later_run(void *data)
+{
+	struct later *l = data;
+
+	l->runs++;
+	if (l->victim) {
+		gw_deferred_free(l->victim);
+		l->victim = NULL;
+	}
+	if (l->again > 0) {
+		l->again--;
+		gw_deferred_queue(l->self);
+	}
+}
+
+/* Queued twice in a turn: made once, before the loop waits, and not again after. */
+static void
+deferred_call_runs_once_per_queueing(void **state)
+{
+	struct later l = {0};
+
+	(void)state;
+	assert_int_equal(gw_loop_new(&l.loop), 0);
+	l.self = gw_deferred_new(l.loop, later_run, &l);
+	gw_deferred_queue(l.self);
+	gw_deferred_queue(l.self);
+	assert_int_equal(l.runs, 0);
+	assert_int_equal(gw_loop_dispatch(l.loop, 0), 0);
+	assert_int_equal(l.runs, 1);
+	assert_int_equal(gw_loop_dispatch(l.loop, 0), 0);
+	assert_int_equal(l.runs, 1);
+	gw_deferred_free(l.self);
+	gw_loop_free(l.loop);
+}
+
+/*
+ * One that queues itself again runs on the next turn, and that turn does not wait: with
+ * timeout -1 and nothing else to wake it, a wait would never return (meson's timeout).
+ */
+static void
+deferred_call_queued_again_runs_next_turn_without_waiting(void **state)
+{
+	struct later l = {.again = 1};
+
+	(void)state;
+	assert_int_equal(gw_loop_new(&l.loop), 0);
+	l.self = gw_deferred_new(l.loop, later_run, &l);
+	gw_deferred_queue(l.self);
+	assert_int_equal(gw_loop_dispatch(l.loop, -1), 0);
+	assert_int_equal(l.runs, 1);
+	assert_int_equal(gw_loop_dispatch(l.loop, 0), 0);
+	assert_int_equal(l.runs, 2);
+	gw_deferred_free(l.self);
+	gw_loop_free(l.loop);
+}
+
+/* Freed by an earlier call of the same pass, or queued when the loop goes: never made. */
+static void
+deferred_call_freed_while_queued_is_not_made(void **state)
+{
+	struct later first = {0}, second = {0}, left = {0};
+
+	(void)state;
+	assert_int_equal(gw_loop_new(&first.loop), 0);
+	first.self = gw_deferred_new(first.loop, later_run, &first);
+	second.self = gw_deferred_new(first.loop, later_run, &second);
+	left.self = gw_deferred_new(first.loop, later_run, &left);
+	first.victim = second.self;
+	gw_deferred_queue(first.self);
+	gw_deferred_queue(second.self);
+	assert_int_equal(gw_loop_dispatch(first.loop, 0), 0);
+	assert_int_equal(first.runs, 1);
+	assert_int_equal(second.runs, 0);
+	gw_deferred_queue(left.self);
+	gw_loop_free(first.loop);
+	assert_int_equal(left.runs, 0);
+	gw_deferred_free(left.self); /* after its loop: must not touch the loop's freed rings */
+	gw_deferred_free(first.self);
+}
+
 int
 main(void)
 {
@@ -133,6 +220,9 @@ main(void)
 	        cmocka_unit_test(timers_fire_in_due_order),
 	        cmocka_unit_test(fd_watch_calls_back_and_can_remove_itself),
 	        cmocka_unit_test(signals_arrive_as_loop_events),
+	        cmocka_unit_test(deferred_call_runs_once_per_queueing),
+	        cmocka_unit_test(deferred_call_queued_again_runs_next_turn_without_waiting),
+	        cmocka_unit_test(deferred_call_freed_while_queued_is_not_made),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
