@@ -40,8 +40,7 @@ git ls-files -z --cached --others --exclude-standard |
 
 for a in "${archs[@]}"; do
   opts=()
-  profiles=cross,nocheck
-  [ "$a" = "$native" ] || opts=(-a"$a" --build-profiles="$profiles")
+  [ "$a" = "$native" ] || opts=(-a"$a" --build-profiles=cross,nocheck)
   cd "$out/src"
   echo "== dpkg-buildpackage ($a)" >&2
   dpkg-buildpackage -us -uc -b "${opts[@]}" >"$out/build-$a.log" 2>&1 || {

@@ -26,17 +26,18 @@ run() {
     return
   fi
   echo "== $name: testing" >&2
-  rm -f "$dir/meson-logs/testlog.json"
-  meson test -C "$dir" --suite unit --suite integration --suite tpm --print-errorlogs
-  count "$dir"
+  tested "$dir" meson test -C "$dir" --suite unit --suite integration --suite tpm --print-errorlogs
 }
 
-# Adds the results of the last `meson test` in build dir $1 to the totals (its caller removed
-# the log before, so that no earlier run's passes count).
-count() {
-  local log="$1/meson-logs/testlog.json" ok bad
+# tested DIR COMMAND...: runs COMMAND, a `meson test` of build dir DIR, and adds the results in
+# its test log to the totals (the last run's log removed first, so that none of its passes count).
+tested() {
+  local dir=$1 log=$1/meson-logs/testlog.json ok bad
+  shift
+  rm -f "$log"
+  "$@"
   if [ ! -f "$log" ]; then
-    echo "== $1: no test log: the tests did not run" >&2
+    echo "== $dir: no test log: the tests did not run" >&2
     failed=$((failed + 1))
     return
   fi
@@ -56,9 +57,7 @@ run sanitize .build/sanitize -Db_sanitize=address,undefined -Db_lundef=false
 # alignment and atomics differ), cross-built and run under qemu-user. Its integration suite
 # takes about 8 minutes more: `scripts/test-arm64.sh integration`.
 echo "== arm64: building in .build/arm64 and testing under qemu" >&2
-rm -f .build/arm64/meson-logs/testlog.json
-scripts/test-arm64.sh unit
-count .build/arm64
+tested .build/arm64 scripts/test-arm64.sh unit
 
 # The Debian packages (amd64, and arm64 cross-built; lintian), and the package test: it installs
 # the native .deb on this machine, checks it and purges it (it refuses to touch a gatewayd

@@ -35,7 +35,8 @@ struct gw_deferred {
 	struct gw_loop *loop;
 	gw_deferred_fn fn;
 	void *data;
-	/* In the loop's pending or running ring while queued; itself when not. */
+	/* In the loop's pending ring, or the ring of a pass under way, while queued; else itself.
+	 */
 	struct gw_deferred *next, *prev;
 };
 
@@ -62,11 +63,8 @@ struct gw_loop {
 	/* Min-heap on due time: one timerfd serves every timer, whatever the fleet size. */
 	struct gw_timer **heap;
 	size_t nheap, heap_cap;
-	/*
-	 * Deferred calls: queued ones in pending; those of the pass under way in running, so that
-	 * one that queues itself again waits for the next turn, and a free takes one out of either.
-	 */
-	struct gw_deferred pending, running;
+	/* Deferred calls queued for the next pass (a ring; this is its head). */
+	struct gw_deferred pending;
 	bool quit;
 	int status;
 };
@@ -389,7 +387,6 @@ gw_loop_new(struct gw_loop **out)
 
 	loop->timerfd = loop->sigfd = -1;
 	loop->pending.next = loop->pending.prev = &loop->pending;
-	loop->running.next = loop->running.prev = &loop->running;
 	sigemptyset(&loop->sigmask);
 	loop->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (loop->epfd < 0)
@@ -477,15 +474,18 @@ gw_deferred_free(struct gw_deferred *d)
 	free(d);
 }
 
-/* Makes the calls queued before this pass; returns whether more were queued meanwhile. */
+/*
+ * Makes the calls queued before this pass; returns whether more were queued meanwhile. The pass
+ * takes the pending ring under its own head, so that a call that queues itself again waits for
+ * the next pass, and one freed by an earlier call of the pass leaves that ring.
+ */
 static bool
 deferred_run(struct gw_loop *loop)
 {
-	struct gw_deferred *run = &loop->running;
+	struct gw_deferred ring, *run = &ring;
 
 	if (loop->pending.next == &loop->pending)
 		return false;
-	/* The pending ring becomes the running one, and pending starts empty. */
 	run->next = loop->pending.next;
 	run->prev = loop->pending.prev;
 	run->next->prev = run->prev->next = run;
